@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh clone (see README.md):
+#   make reproduce   create .venv if missing, then run the main job
+#   make test        create .venv if missing, then run every test, notebooks included
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PROFILE ?= paper
+
+.PHONY: reproduce test figures env clean-env
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+env: $(VENV)/.installed
+
+reproduce: env
+	$(PY) -m mixout_theory reproduce --profile $(PROFILE)
+
+figures: env
+	$(PY) -m mixout_theory figures
+
+test: env
+	MIXOUT_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env -q
+
+clean-env:
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from mixout_theory.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,314 @@
+"""The mixout operator as pure functions (the ``torch.nn.functional`` half of the library).
+
+Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetune Large-scale
+Pretrained Language Models", ICLR 2020 (arXiv:1909.11299). Equation numbers are the paper's.
+
+Notation: ``w`` the trained parameter, ``u`` the target it is mixed with (``w_pre`` for finetuning,
+0 for dropout / dropconnect), ``M`` a random mask with ``E M = mu``, ``Var M = sigma^2``.
+
+* :func:`mixture`    -- eq. 4, the random mixture function ``Phi(w; u, M) = u + M (w - u) / mu``.
+* :func:`mixout`     -- mixout(u, p), eq. 8: one Bernoulli(1-p) mask value per *input unit*
+  (index of dim 1 of a weight of shape ``(out, in, ...)``), shared by every weight leaving it.
+* :func:`mixconnect` -- mixconnect(u, 1-p, p(1-p)), eq. 5: one independent mask value per parameter.
+* :func:`mixout_authors` -- the same forward value as :func:`mixout` with the backward of the
+  authors' public code (``grad * mask``), which omits the exact factor ``1/(1-p)``. For comparison only.
+* :func:`sample_mixtures`, :func:`mixture_variance` -- many draws at once, and the exact
+  per-coordinate variance ``(sigma^2 / mu^2) (w - u)^2`` (Theorem 1's proof), for Monte Carlo checks.
+* :func:`mixout_sgd` -- plain SGD through the mixture with the exact or the authors' backward, to show
+  that the authors' gradient amounts to SGD with the learning rate scaled by ``1 - p``.
+
+All operator functions return ``weight`` itself when ``training`` is False or ``p == 0``, and the
+target (with an all-zero gradient to ``weight``) when ``p == 1``. The gradient is the exact one,
+``d Phi / d w = M / mu`` (``mask / (1-p)``), and no gradient ever flows into the target. A target on
+another device or of another dtype is moved / cast to the weight's; a target of another shape is an
+error (never broadcast). A ``generator`` must live on the weight's device.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Callable, NamedTuple
+
+import torch
+
+__all__ = [
+    "mixture",
+    "mixout",
+    "mixconnect",
+    "mixout_authors",
+    "neuron_mask",
+    "parameter_mask",
+    "check_p",
+    "check_target",
+    "mixture_variance",
+    "sample_mixtures",
+    "SGDPath",
+    "mixout_sgd",
+]
+
+
+def check_p(p) -> float:
+    """Validate a mixing probability and return it as a float.
+
+    Raises ``TypeError`` for a non-number (bools and tensors of more than one element included) and
+    ``ValueError`` for NaN or a value outside ``[0, 1]``.
+    """
+    if isinstance(p, torch.Tensor):
+        if p.numel() != 1:
+            raise TypeError(f"p must be a single number, got a tensor of shape {tuple(p.shape)}")
+        p = p.item()
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"p must be a real number in [0, 1], got {p!r} of type {type(p).__name__}")
+    p = float(p)
+    if math.isnan(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must lie in [0, 1], got p={p!r}")
+    return p
+
+
+def check_target(weight: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Return the target as a detached tensor on ``weight``'s device and dtype.
+
+    ``None`` means the origin (dropout / dropconnect). A target whose shape differs from the
+    weight's raises ``ValueError`` naming both shapes; it is never broadcast.
+    """
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    if target is None:
+        return torch.zeros_like(weight, requires_grad=False).detach()
+    if not isinstance(target, torch.Tensor):
+        target = torch.as_tensor(target)
+    if target.shape != weight.shape:
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match weight shape {tuple(weight.shape)}"
+        )
+    return target.detach().to(device=weight.device, dtype=weight.dtype)
+
+
+def mixture(w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, mu: float) -> torch.Tensor:
+    """Eq. 4, the random mixture function for any mask (Bernoulli, Gaussian, ...).
+
+    ``Phi(w; u, M) = mu^{-1} ((I - M) u + M w - (1 - mu) u) = u + M (w - u) / mu``
+
+    ``mask`` broadcasts against ``w``; ``E Phi = w`` whenever ``E M = mu``. Where ``M = 0`` the result
+    is exactly ``u``.
+    """
+    if isinstance(mu, numbers.Real) and not mu > 0:
+        raise ValueError(f"mu (the mask mean) must be > 0, got mu={mu!r}")
+    return u + mask * (w - u) / mu
+
+
+def _mask_shape(weight: torch.Tensor) -> tuple[int, ...]:
+    if weight.dim() <= 1:
+        return tuple(weight.shape)
+    return (1, weight.shape[1]) + (1,) * (weight.dim() - 2)
+
+
+def neuron_mask(
+    weight: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Bernoulli(1-p) mask with one value per input unit, shaped to broadcast against ``weight``.
+
+    For a weight of shape ``(out, in, *rest)`` the mask has shape ``(1, in, 1, ...)``: column ``j``
+    (``W[:, j]``, every weight leaving input neuron ``j``) is kept (1) or mixed (0) as a whole. A 1-D
+    (or 0-D) tensor gets one value per element.
+    """
+    p = check_p(p)
+    return torch.empty(_mask_shape(weight), device=weight.device, dtype=weight.dtype).bernoulli_(
+        1.0 - p, generator=generator
+    )
+
+
+def parameter_mask(
+    weight: torch.Tensor, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Bernoulli(1-p) mask with one independent value per parameter (same shape as ``weight``)."""
+    p = check_p(p)
+    return torch.empty_like(weight, requires_grad=False).bernoulli_(1.0 - p, generator=generator)
+
+
+def _all_target(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """p == 1: exactly ``u``, with an all-zero (never NaN) gradient to ``weight``."""
+    return torch.where(torch.zeros((), dtype=torch.bool, device=weight.device), weight, u)
+
+
+def _mix(weight, target, p, training, generator, make_mask):
+    p = check_p(p)
+    u = check_target(weight, target)
+    if not training or p == 0.0:
+        return weight
+    if p == 1.0:
+        return _all_target(weight, u)
+    return mixture(weight, u, make_mask(weight, p, generator), 1.0 - p)
+
+
+def mixout(
+    weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    p: float = 0.0,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Neuron-level mixout(u, p) of a weight (eq. 8); ``target=None`` gives dropout(p) on the inputs.
+
+    ``Phi = u + B (w - u) / (1 - p)`` with ``B_j ~ Bernoulli(1 - p)`` drawn once per input unit ``j``
+    (dim 1) and shared along every other dim: a mixed column becomes exactly ``u[:, j]``, a kept one
+    ``u[:, j] + (w[:, j] - u[:, j]) / (1 - p)``. Gradient: ``d Phi / d w = B / (1 - p)``.
+    """
+    return _mix(weight, target, p, training, generator, neuron_mask)
+
+
+def mixconnect(
+    weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    p: float = 0.0,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Parameter-level mixconnect(u, 1-p, p(1-p)) (eq. 5): one Bernoulli(1-p) value per parameter.
+
+    ``Phi = u + M (w - u) / (1 - p)`` with independent ``M_i``; ``target=None`` gives dropconnect(p).
+    """
+    return _mix(weight, target, p, training, generator, parameter_mask)
+
+
+class _AuthorsMixout(torch.autograd.Function):
+    """Forward as eq. 4; backward ``grad * mask`` as in github.com/bloodwass/mixout (no 1/(1-p))."""
+
+    @staticmethod
+    def forward(ctx, weight, target, mask, p):
+        ctx.save_for_backward(mask)
+        return mixture(weight, target, mask, 1.0 - p)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None, None
+
+
+def mixout_authors(
+    weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    p: float = 0.0,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Mixout with the authors' backward: same forward as :func:`mixout`, gradient ``mask`` times
+    the incoming gradient instead of the exact ``mask / (1 - p)``. Kept for comparisons only.
+    """
+    p = check_p(p)
+    u = check_target(weight, target)
+    if not training or p == 0.0:
+        return weight
+    if p == 1.0:
+        return _all_target(weight, u)
+    return _AuthorsMixout.apply(weight, u, neuron_mask(weight, p, generator), p)
+
+
+def mixture_variance(
+    weight: torch.Tensor, target: torch.Tensor | None = None, p: float = 0.0
+) -> torch.Tensor:
+    """Exact per-coordinate variance of mixout / mixconnect(u, 1-p, p(1-p)) draws (Theorem 1's proof).
+
+    ``Var Phi_i = (sigma^2 / mu^2) (w_i - u_i)^2 = p / (1 - p) (w_i - u_i)^2``; ``inf`` where ``p == 1``
+    and ``w_i != u_i`` (0 where they are equal). Computed without gradient.
+    """
+    p = check_p(p)
+    with torch.no_grad():
+        d2 = (weight - check_target(weight, target)) ** 2
+        if p == 1.0:
+            return torch.where(d2 > 0, torch.full_like(d2, math.inf), torch.zeros_like(d2))
+        return d2 * (p / (1.0 - p))
+
+
+def sample_mixtures(
+    weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    p: float = 0.0,
+    n: int = 1,
+    *,
+    level: str = "neuron",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``n`` independent draws of eq. 4 at once, stacked along a new dim 0 (shape ``(n, *w.shape)``).
+
+    ``level="neuron"`` draws mixout masks (shared along every dim but dim 1), ``"parameter"`` draws
+    mixconnect masks. Computed without gradient (for Monte Carlo checks of ``E Phi = w``).
+    """
+    p = check_p(p)
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise ValueError(f"n must be a positive integer, got n={n!r}")
+    if level not in ("neuron", "parameter"):
+        raise ValueError(f"level must be 'neuron' or 'parameter', got level={level!r}")
+    with torch.no_grad():
+        u = check_target(weight, target)
+        w = weight.detach()
+        if p == 0.0:
+            return w.expand((int(n),) + tuple(w.shape)).clone()
+        if p == 1.0:
+            return u.expand((int(n),) + tuple(u.shape)).clone()
+        shape = _mask_shape(w) if level == "neuron" else tuple(w.shape)
+        mask = torch.empty((int(n),) + shape, device=w.device, dtype=w.dtype)
+        mask.bernoulli_(1.0 - p, generator=generator)
+        return mixture(w, u, mask, 1.0 - p)
+
+
+class SGDPath(NamedTuple):
+    """Result of :func:`mixout_sgd`: ``weights[k]`` is ``w_k`` (``weights[0] = w0``), ``losses[k]`` is
+    the training loss ``L(Phi(w_k; u, B_k))`` seen at step ``k``, and ``masks[k]`` is ``B_k``."""
+
+    weights: torch.Tensor
+    losses: torch.Tensor
+    masks: torch.Tensor
+
+
+def mixout_sgd(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    w0: torch.Tensor,
+    target: torch.Tensor | None = None,
+    p: float = 0.0,
+    lr: float = 0.1,
+    steps: int = 100,
+    *,
+    backward: str = "exact",
+    seed: int = 0,
+) -> SGDPath:
+    """Plain SGD on ``L(Phi(w; u, B))`` with a fresh neuron-level mask ``B_k`` at every step.
+
+    ``w_{k+1} = w_k - lr * g_k`` with ``g_k = (B_k / (1 - p)) * grad L(Phi_k)`` (``backward="exact"``,
+    the chain rule through eq. 4) or ``g_k = B_k * grad L(Phi_k)`` (``backward="authors"``, their
+    public code). The masks come from a ``torch.Generator`` seeded with ``seed``, so two runs with the
+    same seed see the same masks; since ``Phi_k`` depends on ``w_k`` and ``B_k`` only, the authors'
+    run with ``lr`` is the exact run with ``lr * (1 - p)`` (equal up to rounding).
+    ``loss_fn`` maps a weight of ``w0``'s shape to a scalar.
+    """
+    p = check_p(p)
+    if backward not in ("exact", "authors"):
+        raise ValueError(f"backward must be 'exact' or 'authors', got backward={backward!r}")
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a finite positive number, got lr={lr!r}")
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got steps={steps!r}")
+    op = mixout if backward == "exact" else mixout_authors
+    u = check_target(w0, target)
+    gen = torch.Generator(device=w0.device).manual_seed(int(seed))
+    w = w0.detach().clone()
+    weights, losses, masks = [w.clone()], [], []
+    for _ in range(int(steps)):
+        w.requires_grad_(True)
+        state = gen.get_state()
+        masks.append(neuron_mask(w, p, gen) if 0.0 < p < 1.0 else torch.full(
+            _mask_shape(w), 1.0 - p, dtype=w.dtype, device=w.device))
+        gen.set_state(state)  # the operator below draws the very same mask
+        loss = loss_fn(op(w, u, p, True, gen))
+        (grad,) = torch.autograd.grad(loss, w)
+        with torch.no_grad():
+            w = w - lr * grad
+        weights.append(w.clone())
+        losses.append(loss.detach())
+    empty = torch.empty((0,) + _mask_shape(w0), dtype=w0.dtype, device=w0.device)
+    return SGDPath(
+        torch.stack(weights),
+        torch.stack(losses) if losses else torch.empty(0, dtype=w0.dtype, device=w0.device),
+        torch.stack(masks) if masks else empty,
+    )

@@ -1,0 +1,158 @@
+"""The paper's 784-300-100-10 MLP (Section 4 / Supplement C.1), as a module and as a pure function.
+
+Each hidden layer is ``Linear -> ReLU -> LayerNorm -> Dropout``; weights ~ N(0, 0.02^2), biases 0,
+LayerNorm gain 1 and shift 0. The paper does not say whether dropout comes before or after
+LayerNorm; we put it *after*, so that dropping a hidden unit is exactly dropping an input column of
+the next Linear, and dropout(p) = mixout(0, p) on ``fc2`` / ``fc3`` up to when masks are drawn
+(per example for dropout, per mini-batch for mixout). Mixout mixes ``fc2.weight`` (300->100) and
+``fc3.weight`` (100->10), the weights leaving hidden neurons; ``fc1`` (784->300) is never mixed.
+
+:func:`forward` works on a dict of parameters with an optional leading *member* dimension, so the
+same code runs one network or a stacked ensemble (:mod:`mixout_theory.training`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIZES = (784, 300, 100, 10)
+INIT_STD = 0.02
+LN_EPS = 1e-5
+#: Parameter names in forward order (the ``state_dict`` keys of :class:`MLP`).
+PARAM_NAMES = (
+    "fc1.weight", "fc1.bias", "ln1.weight", "ln1.bias",
+    "fc2.weight", "fc2.bias", "ln2.weight", "ln2.bias",
+    "fc3.weight", "fc3.bias",
+)  # fmt: skip
+#: The weights that mixout mixes: those leaving the two hidden layers.
+MIXED = ("fc2.weight", "fc3.weight")
+#: Where each mixed weight's input mask lives: hidden layer 1 feeds fc2, hidden layer 2 feeds fc3.
+LAYERS = {"fc1": "784->300", "fc2": "300->100", "fc3": "100->10"}
+
+
+class MLP(nn.Module):
+    """The paper's MLP as an ordinary ``nn.Module`` (dropout on the two hidden layers only)."""
+
+    def __init__(self, dropout: float = 0.0, sizes=SIZES):
+        super().__init__()
+        d0, d1, d2, d3 = sizes
+        self.fc1, self.ln1, self.drop1 = nn.Linear(d0, d1), nn.LayerNorm(d1, eps=LN_EPS), nn.Dropout(dropout)
+        self.fc2, self.ln2, self.drop2 = nn.Linear(d1, d2), nn.LayerNorm(d2, eps=LN_EPS), nn.Dropout(dropout)
+        self.fc3 = nn.Linear(d2, d3)
+        self.reset_parameters()
+
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Weights ~ N(0, 0.02^2), biases 0 (LayerNorm: gain 1, shift 0)."""
+        with torch.no_grad():
+            for fc in (self.fc1, self.fc2, self.fc3):
+                fc.weight.normal_(0.0, INIT_STD, generator=generator)
+                fc.bias.zero_()
+            for ln in (self.ln1, self.ln2):
+                ln.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.drop1(self.ln1(F.relu(self.fc1(x))))
+        h = self.drop2(self.ln2(F.relu(self.fc2(h))))
+        return self.fc3(h)
+
+
+def init_params(n_members: int | None = None, seed: int = 0, sizes=SIZES, device=None) -> dict:
+    """Fresh parameters, stacked along a leading member dim when ``n_members`` is given.
+
+    Member ``k`` of ``init_params(n, seed)`` equals ``init_params(None, seed + k)``.
+    """
+    if n_members is not None:
+        members = [init_params(None, seed + k, sizes, device) for k in range(n_members)]
+        return {k: torch.stack([m[k] for m in members]) for k in PARAM_NAMES}
+    g = torch.Generator().manual_seed(seed)
+    model = MLP(sizes=sizes)
+    model.reset_parameters(generator=g)
+    return {k: v.detach().clone().to(device) for k, v in model.state_dict().items()}
+
+
+def stack(params: dict, n_members: int) -> dict:
+    """Repeat one network's parameters ``n_members`` times along a new leading dim."""
+    return {k: v.unsqueeze(0).expand(n_members, *v.shape).clone() for k, v in params.items()}
+
+
+class EnsembleLinear(torch.autograd.Function):
+    """``y[e] = h[e] W[e]^T + b[e]`` for every member ``e`` at once: one ``bmm`` each way.
+
+    Autograd's own ``bmm`` backward would produce ``dW`` as ``(E, in, out)`` and copy it into the
+    ``(E, out, in)`` layout of the weight; here ``dW = dy^T h`` is computed in place, in that layout.
+    """
+
+    @staticmethod
+    def forward(ctx, h, weight, bias):  # h (E, B, in), weight (E, out, in), bias (E, out)
+        ctx.save_for_backward(h, weight)
+        return torch.baddbmm(bias.unsqueeze(-2), h, weight.transpose(-1, -2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, weight = ctx.saved_tensors
+        grad_h = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(-1, -2), h) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(-2) if ctx.needs_input_grad[2] else None
+        if grad_w is not None and grad_w.shape != weight.shape:  # a target broadcast over members
+            grad_w = grad_w.sum_to_size(weight.shape)
+        return grad_h, grad_w, grad_b
+
+
+def _linear(h, weight, bias):
+    # h: (E, B, in) with weight (E, out, in), bias (E, out); or one network: h (B, in).
+    return EnsembleLinear.apply(h, weight, bias) if h.dim() == 3 else F.linear(h, weight, bias)
+
+
+def _layer_norm(h, gain, shift):
+    return F.layer_norm(h, h.shape[-1:], eps=LN_EPS) * gain.unsqueeze(-2) + shift.unsqueeze(-2)
+
+
+def forward(
+    params: dict,
+    x: torch.Tensor,
+    drop: tuple | None = None,
+    mix: tuple | None = None,
+    target: dict | None = None,
+) -> torch.Tensor:
+    """Logits of the MLP for parameters ``params`` (optionally stacked: every tensor ``(E, ...)``).
+
+    ``x`` is ``(B, 784)`` or ``(E, B, 784)``. ``drop = (d1, d2)``: scaled activation masks for the
+    two hidden layers (entries ``Bernoulli(1-p)/(1-p)``, shape ``(E, B, 300)`` / ``(E, B, 100)``).
+    ``mix = (m2, m3)``: scaled column masks ``B/(1-p)`` of shape ``(E, 1, 300)`` / ``(E, 1, 100)`` for
+    ``fc2.weight`` / ``fc3.weight``, mixed towards ``target`` by eq. 4: ``W_eff = u + (W - u) * m``.
+    ``None`` means no dropout / no mixing (evaluation).
+    """
+    w2, w3 = params["fc2.weight"], params["fc3.weight"]
+    if mix is not None:
+        u2, u3 = target["fc2.weight"], target["fc3.weight"]
+        # eq. 4, Phi = u + (M / mu) (w - u); lerp returns w exactly where M / mu == 1 and u where 0
+        w2, w3 = torch.lerp(u2, w2, mix[0]), torch.lerp(u3, w3, mix[1])
+    if x.dim() == 2 and params["fc1.weight"].dim() == 3:
+        x = x.unsqueeze(0).expand(params["fc1.weight"].shape[0], *x.shape)
+    h = _layer_norm(F.relu(_linear(x, params["fc1.weight"], params["fc1.bias"])), params["ln1.weight"], params["ln1.bias"])
+    if drop is not None:
+        h = h * drop[0]
+    h = _layer_norm(F.relu(_linear(h, w2, params["fc2.bias"])), params["ln2.weight"], params["ln2.bias"])
+    if drop is not None:
+        h = h * drop[1]
+    return _linear(h, w3, params["fc3.bias"])
+
+
+def squared_distances(params: dict, reference: dict) -> dict:
+    """``||w - u||^2`` per parameter tensor (per member when stacked), plus per layer and totals.
+
+    Keys: each parameter name, ``fc1`` / ``fc2`` / ``fc3`` / ``ln1`` / ``ln2`` (weight + bias),
+    ``mixed`` (the mixed weights only, the norm in the layer-restricted Corollary 1.1) and ``all``
+    (the whole parameter vector). Values are tensors of shape ``(E,)`` (or scalars).
+    """
+    out = {}
+    for name in PARAM_NAMES:
+        d = (params[name] - reference[name]).double().pow(2)
+        out[name] = d.sum(dim=(-2, -1) if name.startswith("fc") and name.endswith("weight") else -1)
+    for layer in ("fc1", "ln1", "fc2", "ln2", "fc3"):
+        out[layer] = out[f"{layer}.weight"] + out[f"{layer}.bias"]
+    out["mixed"] = sum(out[n] for n in MIXED)
+    out["all"] = sum(out[n] for n in PARAM_NAMES)
+    return out

@@ -1,0 +1,587 @@
+"""The mixout penalty ``E L(Phi(w; u, M)) - L(w)``: Monte Carlo, exact for quadratics, worked cases.
+
+Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetune Large-scale
+Pretrained Language Models", ICLR 2020 (arXiv:1909.11299). Equation numbers are the paper's.
+
+* :func:`empirical_penalty` -- Monte Carlo estimate of ``E L(Phi) - L(w)`` with
+  ``Phi = u + M (w - u) / (1 - p)`` (eq. 4), masks drawn as in :mod:`mixout_theory.mixing`
+  (``scheme="neuron"``: mixout, eq. 8; ``scheme="parameter"``: mixconnect, eq. 5).
+* :func:`quadratic_penalty` -- the exact penalty of a quadratic,
+  ``(p / (2 (1 - p))) sum_g d_g^T A_gg d_g`` with ``d = w - u`` (groups share one mask value).
+* :func:`neuron_groups` -- the groups of a flattened ``(out, in)`` weight under mixout (column j).
+* :func:`mixout_least_squares` -- the exact minimiser of ``E L(Phi(w))`` for least squares
+  (Supplement D): ``(H + k (H o G)) w = X^T y / n + k (H o G) u`` with ``H = X^T X / n``,
+  ``k = p / (1 - p)``.
+* :class:`TheoryCase` and its builders (:func:`quadratic_case`, :func:`least_squares_case`,
+  :func:`logistic_case`, :func:`softmax_case`), :func:`penalty_curve` and :func:`line_fit_experiment`:
+  the worked examples shown by the theory figures and notebook 02.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from mixout_theory import bounds
+from mixout_theory.bounds import check_mixing_p, paired_entries, resolve_mixed
+from mixout_theory.mixing import mixture, parameter_mask
+
+__all__ = [
+    "Z95",
+    "PenaltyEstimate",
+    "empirical_penalty",
+    "quadratic_penalty",
+    "neuron_groups",
+    "mixout_least_squares",
+    "expected_mixout_least_squares_loss",
+    "TheoryCase",
+    "quadratic_case",
+    "least_squares_case",
+    "logistic_case",
+    "softmax_case",
+    "theory_cases",
+    "PenaltyCurve",
+    "penalty_curve",
+    "LineFit",
+    "line_fit_experiment",
+]
+
+#: two-sided 95% normal quantile used for the intervals
+Z95 = 1.959963984540054
+
+SCHEMES = ("neuron", "parameter")
+
+
+# --------------------------------------------------------------------------------------------
+# Monte Carlo
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PenaltyEstimate:
+    """A Monte Carlo estimate of ``E L(Phi) - L(w)``.
+
+    ``mean`` is the sample mean of ``L(Phi_s) - L(w)`` over ``n_samples`` independent masks, ``std``
+    its sample standard deviation (``ddof=1``), ``se = std / sqrt(n_samples)`` and ``(lo, hi)`` the
+    normal 95% interval ``mean -+ 1.96 se``.
+    """
+
+    mean: float
+    se: float
+    lo: float
+    hi: float
+    n_samples: int
+    std: float
+
+    def within(self, value: float, n_se: float = 4.0) -> bool:
+        """Whether ``value`` lies within ``n_se`` standard errors of the mean."""
+        return abs(self.mean - float(value)) <= n_se * self.se
+
+
+def _check_count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} of type {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
+    return int(value)
+
+
+def _check_scheme(scheme: str) -> str:
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got scheme={scheme!r}")
+    return scheme
+
+
+def _mask_shape(weight: torch.Tensor, scheme: str) -> tuple[int, ...]:
+    """Per-sample mask shape, as :func:`mixing.neuron_mask` / :func:`mixing.parameter_mask` draw it."""
+    if scheme == "parameter" or weight.dim() <= 1:
+        return tuple(weight.shape)
+    return (1, weight.shape[1]) + (1,) * (weight.dim() - 2)
+
+
+def _make_generator(generator, device) -> torch.Generator | None:
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    if isinstance(generator, numbers.Integral) and not isinstance(generator, bool):
+        g = torch.Generator(device=device)
+        g.manual_seed(int(generator))
+        return g
+    raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {generator!r}")
+
+
+def _rebuild(w, values):
+    """Put per-entry tensors back into ``w``'s structure."""
+    if isinstance(w, torch.Tensor):
+        return values[0]
+    if isinstance(w, Mapping):
+        return dict(zip(list(w), values))
+    return type(w)(values) if isinstance(w, tuple) else list(values)
+
+
+def _index(batch, i):
+    if isinstance(batch, torch.Tensor):
+        return batch[i]
+    if isinstance(batch, Mapping):
+        return {k: v[i] for k, v in batch.items()}
+    return type(batch)(v[i] for v in batch)
+
+
+def _as_scalar(value, what: str) -> torch.Tensor:
+    value = torch.as_tensor(value)
+    if value.numel() != 1:
+        raise ValueError(f"the per-sample loss_fn must return a scalar, got shape {tuple(value.shape)} {what}")
+    return value.reshape(())
+
+
+def _evaluate(loss_fn, batch, size: int, batched: bool, state: dict) -> torch.Tensor:
+    """Losses of a batch of ``size`` parameter samples, shape ``(size,)``."""
+    if batched:
+        out = loss_fn(batch)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (size,):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(
+                f"a batched loss_fn must map a batch of {size} parameter samples to a tensor of shape "
+                f"({size},), got {got}; pass batched=False for a loss of one parameter sample"
+            )
+        return out
+    if state["vectorize"] == "vmap":
+        try:
+            out = torch.func.vmap(loss_fn)(batch)
+            return out.reshape(size)
+        except Exception as exc:  # noqa: BLE001 - any vmap failure falls back to the exact loop
+            warnings.warn(
+                f"torch.func.vmap could not vectorise loss_fn ({type(exc).__name__}: {exc}); "
+                "evaluating it one sample at a time instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            state["vectorize"] = "loop"
+    return torch.stack([_as_scalar(loss_fn(_index(batch, i)), f"(sample {i})") for i in range(size)])
+
+
+def empirical_penalty(
+    loss_fn: Callable,
+    w,
+    u,
+    p: float,
+    n_samples: int,
+    scheme: str = "neuron",
+    generator: torch.Generator | int | None = None,
+    batch_size: int = 1024,
+    batched: bool = True,
+    vectorize: str = "vmap",
+    mixed=None,
+) -> PenaltyEstimate:
+    """Monte Carlo estimate of the mixout penalty ``E_M L(Phi(w; u, M)) - L(w)`` (eq. 4 / eq. 7).
+
+    ``Phi = u + M (w - u) / (1 - p)`` with Bernoulli(1 - p) masks: ``scheme="neuron"`` draws one value
+    per input unit (dim 1 of a weight of shape ``(out, in, ...)``, one per element of a 1-D tensor)
+    as :func:`mixout_theory.mixing.neuron_mask` does; ``scheme="parameter"`` one per parameter as
+    :func:`mixout_theory.mixing.parameter_mask`.
+
+    ``loss_fn`` convention:
+
+    * ``batched=True`` (default): ``loss_fn`` takes a batch of parameter samples, a tensor of shape
+      ``(S, *w.shape)`` (for a mapping / list ``w``: the same structure with every entry batched), and
+      returns the ``S`` losses, shape ``(S,)``. The losses of :mod:`mixout_theory.bounds` work as is.
+    * ``batched=False``: ``loss_fn`` takes one parameter sample (``w``'s structure) and returns a
+      scalar. It is vectorised with :func:`torch.func.vmap` (``vectorize="vmap"``); if vmap fails the
+      estimator warns and loops over samples, which ``vectorize="loop"`` asks for directly.
+
+    Masks depend only on ``generator`` (a ``torch.Generator`` or an int seed), ``batch_size`` and
+    ``n_samples``, never on how the loss is evaluated, so the modes give the same estimate.
+    ``w`` and ``u`` may be tensors or matching flat collections (``u=None`` is the origin); ``mixed``
+    leaves some entries / coordinates unmixed (Supplement B; see :func:`bounds.resolve_mixed`).
+    Evaluated under ``torch.no_grad()``, statistics in float64. ``p = 0`` returns an exact zero.
+    """
+    p = check_mixing_p(p)
+    n_samples = _check_count("n_samples", n_samples, 2)
+    batch_size = _check_count("batch_size", batch_size, 1)
+    scheme = _check_scheme(scheme)
+    if vectorize not in ("vmap", "loop"):
+        raise ValueError(f"vectorize must be 'vmap' or 'loop', got vectorize={vectorize!r}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    entries = paired_entries(w, u)
+    selections = resolve_mixed(entries, mixed)
+    if p == 0.0:
+        return PenaltyEstimate(0.0, 0.0, 0.0, 0.0, n_samples, 0.0)
+    gen = _make_generator(generator, entries[0][1].device)
+    state = {"vectorize": vectorize}
+    mu = 1.0 - p
+    with torch.no_grad():
+        ws = [wt.detach() for _, wt, _ in entries]
+        if batched:
+            base = _evaluate(loss_fn, _rebuild(w, [x.unsqueeze(0) for x in ws]), 1, True, state)[0]
+        else:
+            base = _as_scalar(loss_fn(_rebuild(w, ws)), "(at w)")
+        base = base.to(torch.float64)
+        diffs = []
+        for start in range(0, n_samples, batch_size):
+            size = min(batch_size, n_samples - start)
+            samples = []
+            for (_, wt, ut), wd, sel in zip(entries, ws, selections):
+                if sel is False:
+                    samples.append(wd.expand(size, *wd.shape))
+                    continue
+                holder = torch.empty((size,) + _mask_shape(wd, scheme), dtype=wd.dtype, device=wd.device)
+                mask = parameter_mask(holder, p, gen)  # independent Bernoulli(1-p) per mask slot
+                phi = mixture(wd, ut.detach(), mask, mu)
+                if sel is not True:
+                    phi = torch.where(sel, phi, wd)
+                samples.append(phi)
+            losses = _evaluate(loss_fn, _rebuild(w, samples), size, batched, state)
+            diffs.append(losses.to(torch.float64) - base)
+        d = torch.cat(diffs)
+    mean = d.mean().item()
+    std = d.std(correction=1).item()
+    se = std / math.sqrt(n_samples)
+    return PenaltyEstimate(mean, se, mean - Z95 * se, mean + Z95 * se, n_samples, std)
+
+
+# --------------------------------------------------------------------------------------------
+# exact penalty of a quadratic
+# --------------------------------------------------------------------------------------------
+
+
+def neuron_groups(shape) -> torch.Tensor:
+    """Group id of every element of a row-major flattened weight under neuron-level mixout.
+
+    For ``shape = (out, in, *rest)`` element ``W[i, j, ...]`` belongs to group ``j`` (input unit j,
+    column ``W[:, j]``); a 1-D shape puts every element in its own group. Returns a long tensor of
+    length ``prod(shape)``, usable as ``groups`` in :func:`quadratic_penalty`.
+    """
+    shape = tuple(int(s) for s in (shape.shape if isinstance(shape, torch.Tensor) else shape))
+    if any(s < 0 for s in shape):
+        raise ValueError(f"shape must have non-negative sizes, got {shape}")
+    if len(shape) <= 1:
+        return torch.arange(math.prod(shape))
+    view = (1, shape[1]) + (1,) * (len(shape) - 2)
+    return torch.arange(shape[1]).reshape(view).expand(shape).reshape(-1).clone()
+
+
+def _group_ids(groups, size: int) -> torch.Tensor:
+    """Normalise ``groups`` (a group-id vector or a partition of ``range(size)``) to group ids."""
+    if isinstance(groups, torch.Tensor) or (
+        isinstance(groups, (Sequence, np.ndarray)) and len(groups) > 0
+        and all(isinstance(g, (numbers.Integral, np.integer)) and not isinstance(g, bool) for g in groups)
+    ):
+        ids = torch.as_tensor(groups)
+        if ids.dim() != 1 or ids.numel() != size:
+            raise ValueError(f"a group-id vector must be 1-D with one id per coordinate ({size}), got shape {tuple(ids.shape)}")
+        if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise TypeError(f"group ids must be integers, got dtype {ids.dtype}")
+        return ids.long()
+    try:
+        parts = [list(map(int, g)) for g in groups]
+    except TypeError:
+        raise TypeError("groups must be a group-id vector or a partition (a list of index lists)") from None
+    ids = torch.full((size,), -1, dtype=torch.long)
+    for gi, part in enumerate(parts):
+        for i in part:
+            if not 0 <= i < size:
+                raise ValueError(f"groups: index {i} (group {gi}) is outside range({size})")
+            if ids[i] != -1:
+                raise ValueError(f"groups: index {i} appears in more than one group (groups {ids[i].item()} and {gi})")
+            ids[i] = gi
+    missing = (ids == -1).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(f"groups must partition range({size}); indices {missing[:10]} are in no group")
+    return ids
+
+
+def _grouped_hessian(A: torch.Tensor, groups, size: int) -> torch.Tensor:
+    """``A o G`` with ``G_ij = [i, j in the same group]`` (``diag(A)`` for independent masks)."""
+    if groups is None:
+        return torch.diag(torch.diagonal(A))
+    ids = _group_ids(groups, size).to(A.device)
+    return A * (ids[:, None] == ids[None, :]).to(A.dtype)
+
+
+def _check_A(A, size: int) -> torch.Tensor:
+    A = torch.as_tensor(A).detach().to(torch.float64)
+    if A.dim() != 2 or A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}")
+    if A.shape[0] != size:
+        raise ValueError(f"A is {A.shape[0]}x{A.shape[1]} but w - u has {size} coordinates")
+    asym = (A - A.T).abs().max().item()
+    if asym > 1e-8 * max(A.abs().max().item(), 1.0):
+        raise ValueError(f"A must be symmetric, max |A - A^T| = {asym:.3g}")
+    return A
+
+
+def quadratic_penalty(A, w, u, p: float, groups=None) -> float:
+    """Exact mixout penalty of ``L(w) = 1/2 (w - w*)^T A (w - w*) + c`` (any ``w*``, ``c``).
+
+    ``E L(Phi) - L(w) = 1/2 sum_ij A_ij Cov(Phi_i, Phi_j)`` (Section 2 of the notes on Theorem 1):
+    independent masks (``groups=None``) give ``(sigma^2 / (2 mu^2)) sum_i A_ii d_i^2``; masks shared
+    within groups give ``(sigma^2 / (2 mu^2)) sum_g d_g^T A_gg d_g``, with ``d = w - u`` flattened
+    row-major, ``sigma^2 / mu^2 = p / (1 - p)``. ``groups`` is a group-id vector (see
+    :func:`neuron_groups`) or a partition of the coordinate indices. Returns a float (float64 maths).
+    """
+    p = check_mixing_p(p)
+    w = torch.as_tensor(w)
+    u = torch.zeros_like(w) if u is None else torch.as_tensor(u)
+    if w.shape != u.shape:
+        raise ValueError(f"shape mismatch: w has shape {tuple(w.shape)}, u has shape {tuple(u.shape)}")
+    d = (w - u).detach().reshape(-1).to(torch.float64)
+    A = _check_A(A, d.numel())
+    return p / (2.0 * (1.0 - p)) * (d @ _grouped_hessian(A, groups, d.numel()) @ d).item()
+
+
+# --------------------------------------------------------------------------------------------
+# Supplement D: least squares under mixout, solved exactly
+# --------------------------------------------------------------------------------------------
+
+
+def _least_squares_inputs(X, y, u):
+    X = torch.as_tensor(X)
+    y = torch.as_tensor(y)
+    if X.dim() != 2:
+        raise ValueError(f"X must be a 2-D design matrix (n, d), got shape {tuple(X.shape)}")
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"y must have shape ({X.shape[0]},) to match X {tuple(X.shape)}, got {tuple(y.shape)}")
+    u = torch.zeros(X.shape[1], dtype=X.dtype) if u is None else torch.as_tensor(u)
+    if u.shape != (X.shape[1],):
+        raise ValueError(f"u must have shape ({X.shape[1]},) to match X {tuple(X.shape)}, got {tuple(u.shape)}")
+    return X, y, u
+
+
+def mixout_least_squares(X, y, u, p: float, groups=None) -> torch.Tensor:
+    """Exact minimiser of ``E L(Phi(w; u, M))`` for ``L(w) = (1 / (2n)) ||X w - y||^2`` (Supplement D).
+
+    ``E L(Phi) = L(w) + (k / 2) (w - u)^T (H o G) (w - u)`` with ``H = X^T X / n``, ``k = p / (1 - p)``
+    (see :func:`quadratic_penalty`), so the minimiser solves the ridge-like system
+    ``(H + k (H o G)) w = X^T y / n + k (H o G) u``. ``groups=None`` is one mask per coordinate
+    (mixconnect, or mixout of a 1-D parameter such as the line ``(w1, w2)``). ``p = 0`` gives ordinary
+    least squares; as ``p -> 1`` the solution tends to ``u``. Returns ``w`` in ``X``'s dtype.
+    """
+    p = check_mixing_p(p)
+    X, y, u = _least_squares_inputs(X, y, u)
+    x64, y64, u64 = (t.detach().to(torch.float64) for t in (X, y, u))
+    n, d = x64.shape
+    H = x64.T @ x64 / n
+    k = p / (1.0 - p)
+    HG = _grouped_hessian(H, groups, d)
+    lhs = H + k * HG
+    rhs = x64.T @ y64 / n + k * (HG @ u64)
+    try:
+        sol = torch.linalg.solve(lhs, rhs)
+    except RuntimeError as exc:
+        raise ValueError(f"the mixout least-squares system is singular at p={p} ({exc})") from None
+    return sol.to(X.dtype if X.dtype.is_floating_point else torch.get_default_dtype())
+
+
+def expected_mixout_least_squares_loss(w, X, y, u, p: float, groups=None) -> float:
+    """``E L(Phi(w; u, M)) = L(w) + quadratic_penalty(X^T X / n, w, u, p, groups)`` for least squares."""
+    X, y, u = _least_squares_inputs(X, y, u)
+    x64 = X.detach().to(torch.float64)
+    w64 = torch.as_tensor(w).detach().to(torch.float64)
+    base = bounds.least_squares_loss(w64, x64, y.detach().to(torch.float64)).item()
+    return base + quadratic_penalty(x64.T @ x64 / x64.shape[0], w64, u, p, groups)
+
+
+# --------------------------------------------------------------------------------------------
+# worked cases (theory figures, notebook 02, tests)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TheoryCase:
+    """A strongly convex loss with a point ``w``, a target ``u`` and its modulus ``m``.
+
+    ``loss`` is batched (shape ``(S, *w.shape)`` to ``(S,)``), ``scheme`` the mask scheme to use,
+    ``exact`` (when known) maps ``p`` to the exact penalty, ``data`` holds the problem's arrays.
+    """
+
+    name: str
+    label: str
+    loss: Callable
+    w: torch.Tensor
+    u: torch.Tensor
+    m: float
+    scheme: str = "neuron"
+    exact: Callable[[float], float] | None = None
+    data: dict = field(default_factory=dict)
+
+    def bound(self, p: float) -> float:
+        """Corollary 1.1 (eq. 9) at ``p`` for this case."""
+        return float(bounds.corollary11_penalty(self.w, self.u, self.m, p))
+
+
+def _gen(seed: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(seed))
+    return g
+
+
+def quadratic_case(shape=(6,), seed: int = 0, isotropic: bool = False, m: float = 1.0,
+                   condition: float = 8.0, scheme: str = "parameter") -> TheoryCase:
+    """Random quadratic ``1/2 (w - w*)^T A (w - w*)`` on a weight of ``shape`` (float64).
+
+    ``isotropic=True``: ``A = m I`` (Theorem 1 holds with equality). Otherwise ``A = Q diag(e) Q^T``
+    with eigenvalues ``e`` spread log-uniformly over ``[m, condition * m]`` (modulus ``m``).
+    ``exact`` uses :func:`quadratic_penalty`, with :func:`neuron_groups` for ``scheme="neuron"``.
+    """
+    scheme = _check_scheme(scheme)
+    g = _gen(seed)
+    shape = tuple(shape)
+    D = math.prod(shape)
+    if isotropic:
+        A = m * torch.eye(D, dtype=torch.float64)
+    else:
+        Q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+        e = m * condition ** torch.linspace(0.0, 1.0, D, dtype=torch.float64)
+        A = (Q * e) @ Q.T
+        A = (A + A.T) / 2
+    w_star = torch.randn(shape, generator=g, dtype=torch.float64)
+    w = torch.randn(shape, generator=g, dtype=torch.float64)
+    u = torch.randn(shape, generator=g, dtype=torch.float64)
+    groups = neuron_groups(shape) if scheme == "neuron" else None
+    mod = bounds.quadratic_modulus(A)
+    kind = f"A = {m:g} I" if isotropic else f"SPD A, cond {condition:g}"
+    return TheoryCase(
+        name="quadratic_isotropic" if isotropic else "quadratic",
+        label=f"quadratic, {kind}, w {tuple(shape)}, {scheme} masks",
+        loss=lambda W: bounds.quadratic_loss(W, A, w_star),
+        w=w, u=u, m=mod, scheme=scheme,
+        exact=lambda p: quadratic_penalty(A, w, u, p, groups),
+        data={"A": A, "w_star": w_star, "groups": groups},
+    )
+
+
+def least_squares_case(n: int = 40, dim: int = 3, seed: int = 0, noise: float = 0.5) -> TheoryCase:
+    """Least squares ``(1/(2n)) ||X w - y||^2`` on Gaussian data; exact penalty via ``H = X^T X / n``."""
+    g = _gen(seed)
+    X = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    w_star = torch.randn(dim, generator=g, dtype=torch.float64)
+    y = X @ w_star + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    w = torch.randn(dim, generator=g, dtype=torch.float64)
+    u = torch.randn(dim, generator=g, dtype=torch.float64)
+    H = X.T @ X / n
+    return TheoryCase(
+        name="least_squares",
+        label=f"least squares, n={n}, d={dim}",
+        loss=lambda W: bounds.least_squares_loss(W, X, y),
+        w=w, u=u, m=bounds.least_squares_modulus(X), scheme="neuron",
+        exact=lambda p: quadratic_penalty(H, w, u, p),
+        data={"X": X, "y": y, "w_star": w_star},
+    )
+
+
+def logistic_case(n: int = 200, dim: int = 4, lam: float = 0.05, seed: int = 0) -> TheoryCase:
+    """L2-regularised logistic regression (labels from a random logistic model); modulus ``lam``."""
+    g = _gen(seed)
+    X = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    w_star = torch.randn(dim, generator=g, dtype=torch.float64)
+    y = torch.bernoulli(torch.sigmoid(X @ w_star), generator=g)
+    w = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
+    u = 0.5 * torch.randn(dim, generator=g, dtype=torch.float64)
+    return TheoryCase(
+        name="logistic",
+        label=f"L2 logistic, n={n}, d={dim}, lam={lam:g}",
+        loss=lambda W: bounds.logistic_loss(W, X, y, lam),
+        w=w, u=u, m=bounds.logistic_modulus(lam), scheme="neuron",
+        data={"X": X, "y": y, "lam": lam},
+    )
+
+
+def softmax_case(n: int = 200, dim: int = 4, classes: int = 3, lam: float = 0.05, seed: int = 0) -> TheoryCase:
+    """L2-regularised softmax regression, ``W`` of shape ``(classes, dim)``, neuron-level masks
+    (one per input feature, column ``W[:, j]``); modulus ``lam``."""
+    g = _gen(seed)
+    X = torch.randn(n, dim, generator=g, dtype=torch.float64)
+    W_star = torch.randn(classes, dim, generator=g, dtype=torch.float64)
+    y = torch.multinomial(torch.softmax(X @ W_star.T, -1), 1, generator=g).squeeze(-1)
+    w = 0.5 * torch.randn(classes, dim, generator=g, dtype=torch.float64)
+    u = 0.5 * torch.randn(classes, dim, generator=g, dtype=torch.float64)
+    return TheoryCase(
+        name="softmax",
+        label=f"L2 softmax, n={n}, d={dim}, k={classes}, lam={lam:g}",
+        loss=lambda W: bounds.softmax_loss(W, X, y, lam),
+        w=w, u=u, m=bounds.softmax_modulus(lam), scheme="neuron",
+        data={"X": X, "y": y, "lam": lam},
+    )
+
+
+def theory_cases(seed: int = 0) -> list[TheoryCase]:
+    """The four cases of the penalty-vs-p figure: SPD quadratic, least squares, logistic, softmax."""
+    return [quadratic_case(seed=seed), least_squares_case(seed=seed),
+            logistic_case(seed=seed), softmax_case(seed=seed)]
+
+
+@dataclass(frozen=True)
+class PenaltyCurve:
+    """Monte Carlo penalty against Corollary 1.1 over a grid of ``p`` for one :class:`TheoryCase`.
+
+    Arrays (NumPy, one entry per ``p``): ``mean``, ``se``, ``lo``, ``hi`` (95% interval), ``bound``
+    (eq. 9) and ``exact`` (``None`` when the case has no closed form).
+    """
+
+    name: str
+    label: str
+    scheme: str
+    ps: np.ndarray
+    mean: np.ndarray
+    se: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    bound: np.ndarray
+    exact: np.ndarray | None
+    n_samples: int
+
+
+def penalty_curve(case: TheoryCase, ps, n_samples: int, seed: int = 0, batch_size: int = 4096) -> PenaltyCurve:
+    """Estimate the penalty of ``case`` at every ``p`` in ``ps`` (one seeded generator for the grid)."""
+    ps = np.asarray([check_mixing_p(float(p)) for p in ps], dtype=float)
+    g = _gen(seed)
+    est = [empirical_penalty(case.loss, case.w, case.u, p, n_samples, scheme=case.scheme,
+                             generator=g, batch_size=batch_size) for p in ps]
+    col = lambda attr: np.array([getattr(e, attr) for e in est])  # noqa: E731
+    return PenaltyCurve(
+        name=case.name, label=case.label, scheme=case.scheme, ps=ps,
+        mean=col("mean"), se=col("se"), lo=col("lo"), hi=col("hi"),
+        bound=np.array([case.bound(p) for p in ps]),
+        exact=None if case.exact is None else np.array([case.exact(p) for p in ps]),
+        n_samples=n_samples,
+    )
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """Supplement D: data ``y = w1* x + w2* + noise``, a target line ``u``, and the mixout(u, p) fits.
+
+    ``fits[i]`` is ``(w1, w2)`` minimising ``E L(Phi(w; u, B))`` exactly at ``ps[i]``
+    (:func:`mixout_least_squares`, one mask per coordinate).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    w_star: torch.Tensor
+    u: torch.Tensor
+    ps: tuple
+    fits: torch.Tensor
+    m: float
+
+
+def line_fit_experiment(ps=(0.0, 0.3, 0.6, 0.9), n: int = 40, noise: float = 0.3, seed: int = 1) -> LineFit:
+    """Fit the line ``y = w1 x + w2`` under mixout(u, p) for each ``p`` (Supplement D), exactly.
+
+    ``x ~ U(-2, 2)``, ``w* ~ N(0, I)``, Gaussian noise of std ``noise``, and a random target
+    ``u ~ N(0, I)``; all seeded. ``m`` is the least-squares modulus ``lambda_min(X^T X / n)``.
+    """
+    g = _gen(seed)
+    x = 4.0 * torch.rand(n, generator=g, dtype=torch.float64) - 2.0
+    w_star = torch.randn(2, generator=g, dtype=torch.float64)
+    y = w_star[0] * x + w_star[1] + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    u = torch.randn(2, generator=g, dtype=torch.float64)
+    X = bounds.add_intercept(x)
+    ps = tuple(check_mixing_p(float(p)) for p in ps)
+    fits = torch.stack([mixout_least_squares(X, y, u, p) for p in ps])
+    return LineFit(x=x, y=y, w_star=w_star, u=u, ps=ps, fits=fits, m=bounds.least_squares_modulus(X))

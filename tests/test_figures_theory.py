@@ -1,0 +1,70 @@
+"""The theory figures: files are written, panels show what their titles say, no pyplot state."""
+
+import matplotlib
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from mixout_theory import figures as F
+from mixout_theory import penalty as P
+
+
+@pytest.fixture(scope="module")
+def small_curves():
+    return F.compute_theory_curves(ps=(0.0, 0.3, 0.6, 0.9), n_samples=300, seed=0)
+
+
+def test_penalty_panel_draws_bound_exact_and_states_case_p_range_and_samples(small_curves):
+    fig = F.theory_penalty_figure(small_curves)
+    assert isinstance(fig, Figure)
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 4
+    for ax, curve in zip(axes, small_curves):
+        title = ax.get_title()
+        assert curve.label in title and "p in [0, 0.9]" in title and "300 masks" in title
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert any("Corollary 1.1" in t for t in labels)
+        assert any("n=300" in t for t in labels)
+        assert any("exact" in t for t in labels) == (curve.exact is not None)
+        # the dashed bound line carries the bound values at p > 0 (log axis drops p = 0)
+        bound_line = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+        np.testing.assert_allclose(bound_line.get_ydata(), curve.bound[curve.ps > 0])
+        assert ax.get_yscale() == "log"
+
+
+def test_line_fit_panel_has_one_line_per_p():
+    fit = P.line_fit_experiment(ps=(0.0, 0.3, 0.6, 0.9))
+    fig = F.line_fit_figure(fit)
+    (ax,) = fig.axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert sum("mixout(u, p=" in t for t in labels) == 4
+    assert any("true line" in t for t in labels) and any("target u" in t for t in labels)
+    assert "p in {0, 0.3, 0.6, 0.9}" in ax.get_title()
+
+
+def test_render_theory_figures_writes_png_and_pdf(tmp_path):
+    backend = matplotlib.get_backend()
+    paths = F.render_theory_figures(tmp_path / "figs", n_samples=200, ps=(0.2, 0.5, 0.8))
+    assert [p.suffix for p in paths] == [".png", ".pdf", ".png", ".pdf"]
+    for path in paths:
+        assert path.exists() and path.stat().st_size > 5_000
+        head = path.read_bytes()[:8]
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else head.startswith(b"%PDF")
+    assert matplotlib.get_backend() == backend  # rendering never switches the caller's backend
+
+
+def test_render_all_renders_the_theory_figures(tmp_path, monkeypatch):
+    calls = []
+
+    def fake(out_dir, **kw):
+        calls.append(out_dir)
+        return [tmp_path / "x.png"]
+
+    monkeypatch.setattr(F, "render_theory_figures", fake)
+    assert F.render_all(tmp_path, results=tmp_path / "results") == [tmp_path / "x.png"]
+    assert calls == [tmp_path]
+
+
+def test_empty_curve_list_raises():
+    with pytest.raises(ValueError, match="at least one curve"):
+        F.theory_penalty_figure([])
