@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -344,7 +344,9 @@ def quadratic_modulus(A) -> float:
     a = _check_symmetric("A", _as_matrix("A", A))
     lam_min = torch.linalg.eigvalsh(a)[0].item()
     if lam_min <= 0.0:
-        raise ValueError(f"A is not positive definite (smallest eigenvalue {lam_min:.3g}): the quadratic is not strongly convex")
+        raise ValueError(
+            f"A is not positive definite (smallest eigenvalue {lam_min:.3g}): the quadratic is not strongly convex"
+        )
     return lam_min
 
 

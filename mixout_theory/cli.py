@@ -46,22 +46,35 @@ def _add_data(sub) -> None:
 def _add_reproduce(sub) -> None:
     p = sub.add_parser(
         "reproduce",
-        help="data, pretraining, sweep and figures in one go (resumable)",
-        description="Run the whole pipeline for a profile. Finished runs are stored as they end "
-        "and skipped on a rerun, so an interrupted reproduction continues where it stopped.",
+        help="the EMNIST Digits -> MNIST experiment end to end: data, pretraining, sweep, figures",
+        description="Run the whole pipeline for a profile (smoke: CI-sized, about a minute; quick: "
+        "minutes; paper: the full protocol of the paper's Section 4). Every finished run is stored "
+        "as it ends and skipped on a rerun, so an interrupted reproduction continues where it stopped.",
     )
     p.add_argument("--profile", default="paper", choices=["smoke", "quick", "paper"])
-    p.add_argument("--out", default="figures", help="figure folder (default: figures/)")
-    p.add_argument("--results", default="results", help="results store (default: results/)")
+    p.add_argument("--source", default="auto", choices=["auto", "emnist", "stand-in"],
+                   help="source task: EMNIST Digits (the paper), the stand-in, or EMNIST when it can be had")  # fmt: skip
+    p.add_argument("--emnist-from", default=None, metavar="PATH",
+                   help="a local EMNIST gzip.zip or folder holding the digits files")  # fmt: skip
+    p.add_argument("--pretrain-search", action="store_true",
+                   help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20 (slow)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    p.add_argument("--chunk", type=int, default=17, help="runs trained at once per ensemble (default 17)")
     p.add_argument("--data-root", default="data", help="data folder (default: data/)")
+    p.add_argument("--results", default="results", help="results store (default: results/)")
+    p.add_argument("--out", default="figures", help="figure folder (default: figures/)")
     p.set_defaults(func=_cmd_reproduce)
 
 
 def _cmd_reproduce(args) -> int:
-    from mixout_theory import figures
+    from mixout_theory import sweep
 
-    for path in figures.render_all(Path(args.out), results=Path(args.results)):
-        print(path)
+    overrides = {"pretrain_search": True} if args.pretrain_search else {}
+    store = sweep.reproduce(
+        args.profile, data_root=args.data_root, results=args.results, figures_dir=args.out,
+        source=args.source, emnist_from=args.emnist_from, device=args.device, chunk=args.chunk, **overrides,
+    )  # fmt: skip
+    print(f"results: {store.dir}\nfigures: {args.out}/")
     return 0
 
 

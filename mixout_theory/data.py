@@ -802,7 +802,6 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
         "target_name": "MNIST",
         "cache_version": CACHE_VERSION,
         "cache_file": _rel(root, path),
-        "root": str(root.resolve()),
         "normalisation": norm,
         "sizes": {t: {s: int(d[s][0].shape[0]) for s in ("train", "val", "test")} for t, d in (("source", source), ("target", target))},
         "split_seeds": dict(SEEDS),
@@ -821,6 +820,8 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
     with Staging() as st:
         tmp = st.path_for(path)
         torch.save(payload, tmp)
+        side = st.path_for(path.with_suffix(".json"))  # the same record, human-readable
+        side.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
         st.commit()
     log(f"cache: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
     return info
@@ -1007,6 +1008,12 @@ class ExperimentData:
 
 
 def _read_cache_info(path: Path) -> dict:
+    side = path.with_suffix(".json")
+    if side.exists():
+        try:
+            return json.loads(side.read_text())
+        except ValueError:
+            pass
     return json.loads(_torch_load(path)["info_json"])
 
 
@@ -1103,36 +1110,45 @@ def framing_statistics(images: torch.Tensor, threshold: int = STAT_THRESHOLD) ->
     }
 
 
-def _linear_probe(xa_tr, xb_tr, xa_te, xb_te, l2: float = 1e-3, iters: int = 100) -> float:
-    """Test accuracy of an L2-regularised logistic regression telling framing A from framing B."""
-    x_tr = torch.cat([xa_tr, xb_tr]).reshape(-1, 784).float()
-    y_tr = torch.cat([torch.ones(len(xa_tr)), torch.zeros(len(xb_tr))])
-    x_te = torch.cat([xa_te, xb_te]).reshape(-1, 784).float()
-    y_te = torch.cat([torch.ones(len(xa_te)), torch.zeros(len(xb_te))])
+def _linear_probe(xa_tr, xb_tr, xa_te, xb_te, l2: float = 1.0, steps: int = 15) -> float:
+    """Test accuracy of a linear classifier telling framing A from framing B.
+
+    L2-regularised logistic regression on 2x2-average-pooled pixels (14x14 = 196 features, still a
+    linear function of the raw pixels), standardised, fitted by Newton's method in float64 with a
+    fixed number of steps: deterministic, and a fraction of a second.
+    """
+
+    def feats(a, b):
+        x = torch.cat([a, b]).reshape(-1, 14, 2, 14, 2).double().mean(dim=(2, 4)).reshape(-1, 196)
+        y = torch.cat([torch.ones(len(a)), torch.zeros(len(b))]).double()
+        return x, y
+
+    x_tr, y_tr = feats(xa_tr, xb_tr)
+    x_te, y_te = feats(xa_te, xb_te)
     mu, sd = x_tr.mean(0), x_tr.std(0).clamp(min=1e-3)
-    x_tr, x_te = (x_tr - mu) / sd, (x_te - mu) / sd
-    w = torch.zeros(784, requires_grad=True)
-    b = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=iters, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x_tr @ w + b, y_tr) + 0.5 * l2 * (w @ w)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    with torch.no_grad():
-        return float(((x_te @ w + b > 0).float() == y_te).float().mean())
+    x_tr = torch.cat([(x_tr - mu) / sd, torch.ones(len(x_tr), 1, dtype=torch.float64)], dim=1)
+    x_te = torch.cat([(x_te - mu) / sd, torch.ones(len(x_te), 1, dtype=torch.float64)], dim=1)
+    d = x_tr.shape[1]
+    reg = torch.full((d,), l2, dtype=torch.float64)
+    reg[-1] = 1e-9  # (almost) no penalty on the bias
+    w = torch.zeros(d, dtype=torch.float64)
+    for _ in range(steps):
+        p = torch.sigmoid(x_tr @ w)
+        grad = x_tr.T @ (p - y_tr) + reg * w
+        hess = (x_tr * (p * (1 - p))[:, None]).T @ x_tr + torch.diag(reg)
+        w = w - torch.linalg.solve(hess, grad)
+    return float(((x_te @ w > 0).double() == y_te).double().mean())
 
 
 def shift_statistics(data: ExperimentData, n: int = 2000, seed: int = 0) -> dict:
     """Show the source/target shift with numbers (framing statistics and a linear probe).
 
     Framing statistics (:func:`framing_statistics`) on ``n`` random training images of each task;
-    a logistic regression on raw pixels trained on ``n`` source-train vs ``n`` target-train images
+    an L2-regularised logistic regression (a linear classifier) on raw pixels, trained on ``n`` source-train vs ``n`` target-train images
     and tested on up to ``n`` source-val vs target-val images (different digits than it was
-    trained on, so it can only succeed by the framing). Chance is 0.5.
+    trained on, so it can only succeed by the framing). Chance is 0.5. The control probe does the
+    same with two disjoint sets of *target* images on both sides (same framing), so it should stay
+    near 0.5: the probe finds the framing, not chance structure.
     """
     if not isinstance(n, int) or n < 10:
         raise ValueError(f"n must be an int >= 10, got {n!r}")
@@ -1142,16 +1158,19 @@ def shift_statistics(data: ExperimentData, n: int = 2000, seed: int = 0) -> dict
         x = data.task(task)[split].x
         return data._pixels(task, x[torch.randperm(x.shape[0], generator=g)[:k]])
 
-    src_tr, tgt_tr = sample("source", "train", n), sample("target", "train", n)
+    src_tr, tgt_tr = sample("source", "train", n), sample("target", "train", 2 * n)
     src_te, tgt_te = sample("source", "val", n), sample("target", "val", n)
+    tgt_tr, ctl_tr = tgt_tr[:n], tgt_tr[n:]
     k = min(len(src_te), len(tgt_te))
     src_te, tgt_te = src_te[:k], tgt_te[:k]
+    ctl_te = sample("target", "test", k)
     return {
         "source_name": data.source_name,
         "source": framing_statistics(src_tr),
         "target": framing_statistics(tgt_tr),
         "probe_accuracy": _linear_probe(src_tr, tgt_tr, src_te, tgt_te),
-        "probe_train": 2 * min(len(src_tr), len(tgt_tr)),
+        "probe_control_accuracy": _linear_probe(ctl_tr, tgt_tr, ctl_te, tgt_te),
+        "probe_train": len(src_tr) + len(tgt_tr),
         "probe_test": 2 * k,
         "chance": 0.5,
     }

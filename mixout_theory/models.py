@@ -121,7 +121,7 @@ def forward(
     ``x`` is ``(B, 784)`` or ``(E, B, 784)``. ``drop = (d1, d2)``: scaled activation masks for the
     two hidden layers (entries ``Bernoulli(1-p)/(1-p)``, shape ``(E, B, 300)`` / ``(E, B, 100)``).
     ``mix = (m2, m3)``: scaled column masks ``B/(1-p)`` of shape ``(E, 1, 300)`` / ``(E, 1, 100)`` for
-    ``fc2.weight`` / ``fc3.weight``, mixed towards ``target`` by eq. 4: ``W_eff = u + (W - u) * m``.
+    ``fc2.weight`` / ``fc3.weight``, mixed towards ``target`` by eq. 4: ``W_eff = u + m (W - u)``.
     ``None`` means no dropout / no mixing (evaluation).
     """
     w2, w3 = params["fc2.weight"], params["fc3.weight"]

@@ -274,7 +274,9 @@ def _group_ids(groups, size: int) -> torch.Tensor:
     ):
         ids = torch.as_tensor(groups)
         if ids.dim() != 1 or ids.numel() != size:
-            raise ValueError(f"a group-id vector must be 1-D with one id per coordinate ({size}), got shape {tuple(ids.shape)}")
+            raise ValueError(
+                f"a group-id vector must be 1-D with one id per coordinate ({size}), got shape {tuple(ids.shape)}"
+            )
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise TypeError(f"group ids must be integers, got dtype {ids.dtype}")
         return ids.long()

@@ -66,8 +66,8 @@ class _MaskStreams:
     def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100)):
         self.members, self.b, self.total, self.widths = members, batch_size, total_steps, widths
         self.gens = [torch.Generator().manual_seed(m.mask_seed) for m in members]
-        self.drop_p = torch.tensor([m.dropout for m in members])
-        self.mix_p = torch.tensor([m.mixout for m in members])
+        self.drop_p = torch.tensor([m.dropout for m in members], dtype=torch.float64)
+        self.mix_p = torch.tensor([m.mixout for m in members], dtype=torch.float64)
         self.any_drop, self.any_mix = bool(self.drop_p.any()), bool(self.mix_p.any())
         self._start = None
 
@@ -83,19 +83,19 @@ class _MaskStreams:
         self._start = start
 
     @staticmethod
-    def _scaled(keep, p, widths):
-        scale = (1.0 / (1.0 - p)).view(-1, 1, 1)
-        return tuple(t.float() * scale for t in keep.split(list(widths), dim=-1))
+    def _scaled(keep, p, widths, dtype):
+        scale = (1.0 / (1.0 - p)).to(dtype).view(-1, 1, 1)
+        return tuple(t.to(dtype) * scale for t in keep.split(list(widths), dim=-1))
 
-    def masks(self, step: int, rows: int):
+    def masks(self, step: int, rows: int, dtype=torch.float32):
         """``(drop, mix)`` for this step: scaled masks as :func:`models.forward` takes them, or None."""
         if not (self.any_drop or self.any_mix):
             return None, None
         if self._start is None or not self._start <= step < self._start + MASK_BLOCK:
             self._fill(step)
         i = step - self._start
-        drop = self._scaled(self._drop[i, :, :rows], self.drop_p, self.widths) if self.any_drop else None
-        mix = self._scaled(self._mix[i], self.mix_p, self.widths) if self.any_mix else None
+        drop = self._scaled(self._drop[i, :, :rows], self.drop_p, self.widths, dtype) if self.any_drop else None
+        mix = self._scaled(self._mix[i], self.mix_p, self.widths, dtype) if self.any_mix else None
         return drop, mix
 
 
@@ -180,11 +180,10 @@ def train_ensemble(
         for start in range(0, n, batch_size):
             idx = order[:, start : start + batch_size]
             rows = idx.shape[1]
-            drop, mix = streams.masks(step, rows)
-            if drop is not None:
-                drop = tuple(d.to(dev, dtype, non_blocking=True) for d in drop)
-            if mix is not None:
-                mix = tuple(m.to(dev, dtype, non_blocking=True) for m in mix)
+            drop, mix = streams.masks(step, rows, dtype)
+            if dev.type != "cpu":
+                drop = None if drop is None else tuple(d.to(dev, non_blocking=True) for d in drop)
+                mix = None if mix is None else tuple(m.to(dev, non_blocking=True) for m in mix)
             logits = models.forward(params, x[idx], drop=drop, mix=mix, target=target)
             losses = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none").view(E, rows)
             member_loss = losses.mean(1)

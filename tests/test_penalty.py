@@ -6,8 +6,6 @@ test also asserts that the standard error is small relative to the quantity, so 
 means something.
 """
 
-import math
-import warnings
 
 import numpy as np
 import pytest
@@ -71,7 +69,8 @@ def test_quadratic_penalty_is_the_covariance_formula():
     cov_phi = cov_mask * torch.outer(d, d) / (1 - p) ** 2
     brute = 0.5 * (A * cov_phi).sum().item()
     assert P.quadratic_penalty(A, w, u, p, groups) == pytest.approx(brute, rel=1e-12)
-    brute_ind = 0.5 * (A * torch.eye(6, dtype=torch.float64) * p * (1 - p) * torch.outer(d, d) / (1 - p) ** 2).sum().item()
+    eye = torch.eye(6, dtype=torch.float64)
+    brute_ind = 0.5 * (A * eye * p * (1 - p) * torch.outer(d, d) / (1 - p) ** 2).sum().item()
     assert P.quadratic_penalty(A, w, u, p) == pytest.approx(brute_ind, rel=1e-12)
     # a partition gives the same as the id vector
     parts = [[0, 3], [1, 4], [2, 5]]

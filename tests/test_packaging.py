@@ -1,0 +1,48 @@
+"""The project's own files: environment.yml in step with pyproject.toml, the CI and the CLI."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch"}  # PyPI name -> conda-forge name where they differ
+
+
+def _req(line: str) -> tuple[str, str]:
+    m = re.match(r"\s*([A-Za-z0-9_.\-]+)\s*(.*)", line)
+    return m.group(1).lower(), m.group(2).replace(" ", "")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = dict(_req(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    wanted = {CONDA_NAMES.get(k, k): v for k, v in wanted.items()}
+    text = (ROOT / "environment.yml").read_text()
+    assert "conda-forge" in text and "defaults" not in text.split("dependencies:")[0]
+    conda = {}
+    for line in text.split("dependencies:")[1].splitlines():
+        m = re.match(r"\s*-\s+([^:\s][^:]*)$", line)
+        if m and not m.group(1).startswith(("-e", ".")):
+            name, spec = _req(m.group(1))
+            conda[name] = spec
+    conda.pop("python"), conda.pop("pip")
+    assert conda == wanted
+    assert re.search(r"pip:\s*\n\s*-\s+-e\s+\.", text), "environment.yml must install the package itself with pip"
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in ci and "make test" in readme and "make reproduce" in readme
+    make = (ROOT / "Makefile").read_text()
+    assert "--nbval-lax" in make and "--nbval-current-env" in make
+
+
+def test_cli_help_names_every_command():
+    out = subprocess.run([sys.executable, "-m", "mixout_theory", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    for cmd in ("figures", "data", "reproduce"):
+        assert re.search(rf"^\s+{cmd}\s+\S", out.stdout, re.M), cmd
+    assert "mixout-theory" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]

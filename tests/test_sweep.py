@@ -1,0 +1,140 @@
+"""The sweep: runs, records, the resumable store, summaries."""
+
+import json
+import types
+
+import pytest
+import torch
+
+from mixout_theory import models, sweep, training
+
+
+def _split(n, seed, shift):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    means = torch.randn(10, 784, generator=torch.Generator().manual_seed(shift))
+    return types.SimpleNamespace(x=means[y] * 0.5 + torch.randn(n, 784, generator=g), y=y)
+
+
+@pytest.fixture(scope="module")
+def exp():
+    S = types.SimpleNamespace
+    return S(
+        source=S(train=_split(400, 1, 0), val=_split(200, 2, 0), test=_split(200, 3, 0)),
+        target=S(train=_split(160, 4, 1), val=_split(200, 5, 1), test=_split(200, 6, 1)),
+        source_key="stand-in", source_name="synthetic test task", info={"n": 400},
+    )  # fmt: skip
+
+
+def _config(exp, **kw):
+    base = dict(source_train=None, target_train=None, eval_size=None, pretrain_epochs=2, ps=(0.0, 0.5), restarts=2)
+    return sweep.profile_config("smoke", source="stand-in", data=sweep.data_fingerprint(exp), **{**base, **kw})
+
+
+def test_members_cover_the_grid_with_shared_p0():
+    cfg = sweep.profile_config("paper")
+    runs = sweep.sweep_members(cfg)
+    assert len(runs) == 10 * (1 + 2 * 8) == 170
+    assert len({r[0] for r in runs}) == 170
+    none = [r for r in runs if r[1]["method"] == "none"]
+    assert len(none) == 10 and all(r[1]["p"] == 0 and r[2].dropout == r[2].mixout == 0 for r in none)
+    # restarts are paired: the data order depends on the restart only
+    by_seed = {}
+    for _, f, m in runs:
+        by_seed.setdefault(f["seed"], set()).add(m.data_seed)
+    assert all(v == {k} for k, v in by_seed.items())
+    assert len({m.mask_seed for _, _, m in runs}) == 170
+
+
+def test_config_key_changes_with_what_changes_numbers():
+    a = sweep.profile_config("paper")
+    assert a.key() == sweep.profile_config("paper").key()
+    assert a.key() != sweep.profile_config("paper", lr_finetune=1e-4).key()
+    assert a.key() != sweep.profile_config("paper", data="other data").key()
+    assert a.pretrain_key() == sweep.profile_config("paper", lr_finetune=1e-4).pretrain_key()
+    with pytest.raises(ValueError, match="profile must be one of"):
+        sweep.profile_config("huge")
+
+
+def test_sweep_records_resume_and_interrupt(exp, tmp_path, monkeypatch):
+    cfg = _config(exp)
+    tensors = sweep.experiment_tensors(exp, cfg)
+    w_pre = sweep.pretrain(tmp_path, cfg, tensors, device="cpu", progress=False)
+    # cached: a second call loads the same tensors without training
+    calls = []
+    monkeypatch.setattr(training, "train_ensemble", lambda *a, **k: calls.append(1))
+    again = sweep.pretrain(tmp_path, cfg, tensors, device="cpu", progress=False)
+    assert not calls and all(torch.equal(w_pre[k], again[k]) for k in w_pre)
+    monkeypatch.undo()
+
+    # interrupt after the first chunk: what finished is kept, the rest is done on the rerun
+    real = training.train_ensemble
+    n_calls = {"n": 0}
+
+    def flaky(*a, **k):
+        n_calls["n"] += 1
+        if n_calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(training, "train_ensemble", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(tmp_path, cfg, tensors, w_pre, chunk=3, device="cpu", progress=False)
+    store = sweep.Store(tmp_path, cfg)
+    assert len(store.done()) == 3
+    assert not list(store.runs.glob("*.tmp"))
+    first = {r["run_id"]: r for r in store.records()}
+    monkeypatch.undo()
+
+    store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, chunk=3, device="cpu", progress=False)
+    recs = store.records()
+    assert len(recs) == 2 * 3
+    assert all(first[r["run_id"]] == r for r in recs if r["run_id"] in first)  # untouched
+    r = recs[0]
+    for field in ("method", "p", "seed", "source", "profile", "dist_all", "dist_mixed", "dist_fc1", "dist_fc2",
+                  "dist_fc3", "target_val_acc", "target_test_acc", "source_val_acc", "train_loss",
+                  "chunk_seconds", "torch", "mixout_theory"):  # fmt: skip
+        assert field in r, field
+    # every record's distance is the distance of an actual finetuned network (sum of its layers)
+    assert r["dist_all"] == pytest.approx(r["dist_fc1"] + r["dist_fc2"] + r["dist_fc3"] + r["dist_ln1"] + r["dist_ln2"])
+    csv_lines = (store.dir / "runs.csv").read_text().splitlines()
+    assert len(csv_lines) == 7 and csv_lines[0].startswith("run_id,method,p,seed,source,profile")
+    assert json.loads((store.dir / "config.json").read_text())["ps"] == [0.0, 0.5]
+
+    # a changed configuration goes to a different folder and never sees these records
+    other = sweep.Store(tmp_path, _config(exp, lr_finetune=1e-3))
+    assert other.dir != store.dir and other.done() == set()
+
+
+def test_sweep_record_matches_a_solo_run(exp, tmp_path):
+    """The numbers in a record are those of the member trained alone with the same seeds."""
+    cfg = _config(exp, ps=(0.0, 0.6), restarts=1)
+    tensors = sweep.experiment_tensors(exp, cfg)
+    w_pre = models.init_params(None, 4)
+    store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, device="cpu", progress=False)
+    rec = next(r for r in store.records() if r["method"] == "mixout")
+    member = next(m for rid, _, m in sweep.sweep_members(cfg) if rid == rec["run_id"])
+    solo = training.train_ensemble(w_pre, [member], *tensors["target_train"], epochs=5, lr=cfg.lr_finetune,
+                                   target=w_pre, device="cpu")  # fmt: skip
+    d = models.squared_distances(solo.params, w_pre)
+    assert rec["dist_mixed"] == pytest.approx(float(d["mixed"][0]), rel=1e-4)
+    acc = training.evaluate(solo.params, *tensors["source_val"])["acc"][0]
+    assert rec["source_val_acc"] == pytest.approx(float(acc), abs=1 / 200 + 1e-9)
+
+
+def test_summarise_mean_std_and_shared_p0():
+    recs = [
+        {"method": "none", "p": 0.0, "seed": s, "x": float(s)} for s in range(3)
+    ] + [{"method": m, "p": 0.5, "seed": s, "x": 10.0 + s + (m == "mixout")} for m in ("dropout", "mixout") for s in range(3)]
+    rows = sweep.summarise(recs, metrics=("x",))
+    assert [(r["method"], r["p"], r["n"]) for r in rows] == [("dropout", 0.0, 3), ("dropout", 0.5, 3), ("mixout", 0.0, 3), ("mixout", 0.5, 3)]
+    assert rows[0]["x_mean"] == 1.0 and rows[0]["x_std"] == pytest.approx(1.0)  # ddof = 1
+    assert rows[3]["x_mean"] == 12.0
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "a.json"
+    sweep.atomic_write(target, "old")
+    with pytest.raises(TypeError):
+        sweep.atomic_write(target, 12345)  # not bytes / str: fails while writing
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
