@@ -218,7 +218,8 @@ def pretrain(store_root, config: SweepConfig, tensors: dict, device="auto", prog
     best = {"acc": -1.0}
     t0 = time.perf_counter()
     for epochs in budgets:
-        members = [training.Member(dropout=config.dropout_pretrain, data_seed=s, mask_seed=10_000 + s) for s in seeds]
+        members = [training.Member(dropout=config.dropout_pretrain, wdecay=config.weight_decay_pretrain,
+                                   data_seed=s, mask_seed=10_000 + s) for s in seeds]  # fmt: skip
 
         def keep_best(epoch, params, epochs=epochs):
             acc = training.evaluate(params, xv, yv)["acc"]
@@ -231,7 +232,7 @@ def pretrain(store_root, config: SweepConfig, tensors: dict, device="auto", prog
         training.train_ensemble(
             models.init_params(len(members), seed=1000 * config.pretrain_seed),
             members, xs, ys, epochs=epochs, lr=config.lr_pretrain, batch_size=config.batch_size,
-            warmup=config.warmup, weight_decay=config.weight_decay_pretrain, device=device,
+            warmup=config.warmup, device=device,
             on_epoch_end=keep_best, progress=f"pretrain ({config.source}, {epochs} epochs)" if progress else False,
         )  # fmt: skip
     meta = {k: v for k, v in best.items() if k != "params"}

@@ -32,24 +32,40 @@ EPS = 1e-8
 MASK_BLOCK = 16
 
 
+def _pair(value, name: str) -> tuple[float, float]:
+    pair = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be one p or a pair (hidden layer 1, hidden layer 2), got {value!r}")
+    for p in pair:
+        if check_p(p) == 1.0:
+            raise ValueError(f"{name}={value!r} would drop every unit; use p < 1")
+    return tuple(float(p) for p in pair)
+
+
 @dataclass(frozen=True)
 class Member:
     """One configuration of the ensemble.
 
-    ``dropout``: p of dropout on both hidden layers. ``mixout``: p of mixout(target, p) on
-    ``fc2.weight`` and ``fc3.weight``. ``data_seed`` fixes the data order (restarts differ only in
-    it, so settings with the same seed are paired); ``mask_seed`` fixes the masks.
+    ``dropout``: p of dropout on the hidden layers, one p for both or a pair ``(p_h1, p_h2)``.
+    ``mixout``: p of mixout(target, p) on ``fc2.weight`` and ``fc3.weight`` (one or a pair; the
+    weights leaving hidden layer 1 and 2). ``wdecay``: lambda of ``wdecay(u, lambda)``, i.e. the loss
+    ``L(w) + (lambda/2) ||w - u||^2`` on the Linear weights (coupled: ``lambda (w - u)`` is added to
+    the gradient before Adam), ``u`` being the engine's ``wdecay_target`` (the origin by default).
+    ``data_seed`` fixes the data order (restarts differ only in it, so settings with the same seed
+    are paired); ``mask_seed`` fixes the masks.
     """
 
-    dropout: float = 0.0
-    mixout: float = 0.0
+    dropout: float | tuple = 0.0
+    mixout: float | tuple = 0.0
+    wdecay: float = 0.0
     data_seed: int = 0
     mask_seed: int = 0
 
     def __post_init__(self):
-        for name in ("dropout", "mixout"):
-            if check_p(getattr(self, name)) == 1.0:
-                raise ValueError(f"{name}={getattr(self, name)} would drop every unit; use p < 1")
+        object.__setattr__(self, "dropout", _pair(self.dropout, "dropout"))
+        object.__setattr__(self, "mixout", _pair(self.mixout, "mixout"))
+        if not (isinstance(self.wdecay, (int, float)) and self.wdecay >= 0):
+            raise ValueError(f"wdecay must be a number >= 0, got {self.wdecay!r}")
 
 
 def lr_factor(step: int, total: int, warmup: float = 0.1) -> float:
@@ -61,31 +77,37 @@ def lr_factor(step: int, total: int, warmup: float = 0.1) -> float:
 
 
 class _MaskStreams:
-    """Per-member random masks, drawn ``MASK_BLOCK`` steps at a time from each member's generator."""
+    """Per-member random masks, drawn ``MASK_BLOCK`` steps at a time from each member's generator.
+
+    Per step and member: one uniform per (example, hidden unit) for dropout, one per hidden unit for
+    mixout (shared by the mini-batch), each only where that member uses it.
+    """
 
     def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100)):
         self.members, self.b, self.total, self.widths = members, batch_size, total_steps, widths
         self.gens = [torch.Generator().manual_seed(m.mask_seed) for m in members]
-        self.drop_p = torch.tensor([m.dropout for m in members], dtype=torch.float64)
-        self.mix_p = torch.tensor([m.mixout for m in members], dtype=torch.float64)
+        self.drop_p = self._per_unit([m.dropout for m in members])  # (E, 400) float64
+        self.mix_p = self._per_unit([m.mixout for m in members])
         self.any_drop, self.any_mix = bool(self.drop_p.any()), bool(self.mix_p.any())
         self._start = None
+
+    def _per_unit(self, pairs):
+        return torch.tensor(pairs, dtype=torch.float64).repeat_interleave(torch.tensor(self.widths), dim=1)
 
     def _fill(self, start: int) -> None:
         k, width, E = min(MASK_BLOCK, self.total - start), sum(self.widths), len(self.members)
         self._drop = torch.ones(k, E, self.b, width, dtype=torch.bool) if self.any_drop else None
         self._mix = torch.ones(k, E, 1, width, dtype=torch.bool) if self.any_mix else None
-        for e, (m, g) in enumerate(zip(self.members, self.gens)):
-            if m.dropout > 0:
-                self._drop[:, e] = torch.rand(k, self.b, width, generator=g) < 1.0 - m.dropout
-            if m.mixout > 0:
-                self._mix[:, e, 0] = torch.rand(k, width, generator=g) < 1.0 - m.mixout
+        for e, g in enumerate(self.gens):
+            if self.drop_p[e].any():
+                self._drop[:, e] = torch.rand(k, self.b, width, generator=g, dtype=torch.float64) >= self.drop_p[e]
+            if self.mix_p[e].any():
+                self._mix[:, e, 0] = torch.rand(k, width, generator=g, dtype=torch.float64) >= self.mix_p[e]
         self._start = start
 
-    @staticmethod
-    def _scaled(keep, p, widths, dtype):
-        scale = (1.0 / (1.0 - p)).to(dtype).view(-1, 1, 1)
-        return tuple(t.to(dtype) * scale for t in keep.split(list(widths), dim=-1))
+    def _scaled(self, keep, p, dtype):
+        scaled = keep.to(dtype) * (1.0 / (1.0 - p)).to(dtype).unsqueeze(1)  # Bernoulli(1-p) / (1-p)
+        return tuple(scaled.split(list(self.widths), dim=-1))
 
     def masks(self, step: int, rows: int, dtype=torch.float32):
         """``(drop, mix)`` for this step: scaled masks as :func:`models.forward` takes them, or None."""
@@ -94,20 +116,29 @@ class _MaskStreams:
         if self._start is None or not self._start <= step < self._start + MASK_BLOCK:
             self._fill(step)
         i = step - self._start
-        drop = self._scaled(self._drop[i, :, :rows], self.drop_p, self.widths, dtype) if self.any_drop else None
-        mix = self._scaled(self._mix[i], self.mix_p, self.widths, dtype) if self.any_mix else None
+        drop = self._scaled(self._drop[i, :, :rows], self.drop_p, dtype) if self.any_drop else None
+        mix = self._scaled(self._mix[i], self.mix_p, dtype) if self.any_mix else None
         return drop, mix
 
 
-def make_adam(params: dict, lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
-    """Adam(0.9, 0.999) with coupled weight decay on the Linear weights only; fused where available."""
-    decay = [v for k, v in params.items() if k.startswith("fc") and k.endswith("weight")]
-    rest = [v for k, v in params.items() if not (k.startswith("fc") and k.endswith("weight"))]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+def make_adam(params: dict, lr: float) -> torch.optim.Adam:
+    """Adam(0.9, 0.999), fused where this torch and device have it (the same update either way)."""
     try:
-        return torch.optim.Adam(groups, lr=lr, betas=BETAS, eps=EPS, fused=True)
+        return torch.optim.Adam(list(params.values()), lr=lr, betas=BETAS, eps=EPS, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch: no fused Adam on this device
-        return torch.optim.Adam(groups, lr=lr, betas=BETAS, eps=EPS, foreach=True)
+        return torch.optim.Adam(list(params.values()), lr=lr, betas=BETAS, eps=EPS, foreach=True)
+
+
+DECAYED = ("fc1.weight", "fc2.weight", "fc3.weight")  # wdecay acts on the Linear weights only
+
+
+def _add_wdecay(params: dict, lam: torch.Tensor, target: dict | None) -> None:
+    """Gradient of ``(lambda_e / 2) ||w_e - u||^2`` added in place, member by member (eq. of wdecay)."""
+    with torch.no_grad():
+        for name in DECAYED:
+            w = params[name]
+            diff = w if target is None else w - target[name]
+            w.grad.add_(diff * lam.view(-1, *([1] * (w.dim() - 1))))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -135,16 +166,17 @@ def train_ensemble(
     lr: float,
     batch_size: int = 32,
     warmup: float = 0.1,
-    weight_decay: float = 0.0,
     target: dict | None = None,
+    wdecay_target: dict | None = None,
     device: str | torch.device = "auto",
     on_epoch_end=None,
     progress: bool | str = False,
 ) -> TrainResult:
     """Train ``len(members)`` copies of the MLP from ``init`` (one network, or stacked ``(E, ...)``).
 
-    ``target`` (one network's parameters, or stacked) is what mixout mixes towards (``w_pre``); it
-    is required when any member uses mixout. ``on_epoch_end(epoch, params)`` is called after each
+    ``target`` (one network's parameters, or stacked, or just the mixed weights) is what mixout mixes
+    towards (``w_pre``); it is required when any member uses mixout. ``wdecay_target`` is the ``u``
+    of the members' ``wdecay(u, lambda)`` (``None``: the origin, ordinary weight decay). ``on_epoch_end(epoch, params)`` is called after each
     epoch with the current stacked parameters (for best-checkpoint selection). ``progress``: False,
     True or a label (a bar of this run's steps), or a caller's bar to advance by member-steps.
     """
@@ -153,7 +185,7 @@ def train_ensemble(
     E, n = len(members), x.shape[0]
     if y.shape[0] != n:
         raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
-    if target is None and any(m.mixout > 0 for m in members):
+    if target is None and any(max(m.mixout) > 0 for m in members):
         raise ValueError("a member uses mixout but no target (w_pre) was given")
     dev = resolve_device(device)
     stacked = _stacked(init)
@@ -163,12 +195,14 @@ def train_ensemble(
         k: (v if stacked else v.unsqueeze(0).expand(E, *v.shape)).detach().clone().to(dev).requires_grad_(True)
         for k, v in init.items()
     }
-    target = None if target is None else {k: v.detach().to(dev) for k, v in target.items()}
     dtype = params["fc1.weight"].dtype
+    target = None if target is None else {k: v.detach().to(dev, dtype) for k, v in target.items()}
+    wd_target = None if wdecay_target is None else {k: wdecay_target[k].detach().to(dev, dtype) for k in DECAYED}
+    lam = torch.tensor([m.wdecay for m in members], dtype=dtype, device=dev)
     x, y = x.to(dev, dtype), y.to(dev)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
-    opt = make_adam(params, lr, weight_decay)
+    opt = make_adam(params, lr)
     streams = _MaskStreams(members, batch_size, total)
     data_gens = [torch.Generator().manual_seed(m.data_seed) for m in members]
     bar = _Progress(total, E, progress)
@@ -191,6 +225,8 @@ def train_ensemble(
                 group["lr"] = lr * lr_factor(step, total, warmup)
             opt.zero_grad(set_to_none=True)
             member_loss.sum().backward()
+            if lam.any():
+                _add_wdecay(params, lam, wd_target)
             opt.step()
             epoch_loss += member_loss.detach().double() * rows
             step += 1

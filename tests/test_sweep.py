@@ -37,7 +37,7 @@ def test_members_cover_the_grid_with_shared_p0():
     assert len(runs) == 10 * (1 + 2 * 8) == 170
     assert len({r[0] for r in runs}) == 170
     none = [r for r in runs if r[1]["method"] == "none"]
-    assert len(none) == 10 and all(r[1]["p"] == 0 and r[2].dropout == r[2].mixout == 0 for r in none)
+    assert len(none) == 10 and all(r[1]["p"] == 0 and r[2].dropout == r[2].mixout == (0.0, 0.0) for r in none)
     # restarts are paired: the data order depends on the restart only
     by_seed = {}
     for _, f, m in runs:

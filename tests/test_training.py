@@ -75,10 +75,10 @@ def test_lr_schedule():
 MEMBERS = [
     training.Member(data_seed=0, mask_seed=1),
     training.Member(dropout=0.3, data_seed=1, mask_seed=2),
-    training.Member(dropout=0.6, data_seed=0, mask_seed=3),
+    training.Member(dropout=0.6, wdecay=0.01, data_seed=0, mask_seed=3),
     training.Member(mixout=0.3, data_seed=1, mask_seed=4),
-    training.Member(mixout=0.7, data_seed=2, mask_seed=5),
-    training.Member(dropout=0.2, mixout=0.5, data_seed=3, mask_seed=6),
+    training.Member(mixout=0.7, wdecay=0.1, data_seed=2, mask_seed=5),
+    training.Member(dropout=(0.0, 0.7), mixout=(0.5, 0.0), data_seed=3, mask_seed=6),
 ]
 
 
@@ -87,7 +87,7 @@ def test_ensemble_equals_solo_runs():
     x, y = _task()
     w0 = _params()
     target = {k: v + 0.01 for k, v in w0.items()}
-    kw = dict(epochs=2, lr=1e-3, batch_size=32, target=target, weight_decay=0.01, device="cpu")
+    kw = dict(epochs=2, lr=1e-3, batch_size=32, target=target, wdecay_target=target, device="cpu")
     ens = training.train_ensemble(w0, MEMBERS, x, y, **kw)
     assert ens.steps == 2 * math.ceil(480 / 32)
     for e, m in enumerate(MEMBERS):
@@ -107,21 +107,20 @@ def test_deterministic_same_seed_same_numbers():
         assert torch.equal(runs[0].params[k], runs[1].params[k])
 
 
-def test_engine_equals_plain_pytorch_loop():
-    """No regulariser: the engine equals nn.Module + torch.optim.Adam + the same schedule, batches,
-    and coupled weight decay on the Linear weights only."""
+@pytest.mark.parametrize("towards", ["origin", "w_pre"])
+def test_engine_equals_plain_pytorch_loop(towards):
+    """Dropout-free member with wdecay(u, 0.05): the engine equals nn.Module + torch.optim.Adam on
+    ``L(w) + (0.05/2) ||w - u||^2`` over the Linear weights, with the same schedule and batches."""
     x, y = _task()
     w0 = _params(seed=3)
-    member = training.Member(data_seed=7)
-    kw = dict(epochs=2, lr=2e-3, batch_size=32, weight_decay=0.05, warmup=0.1)
-    eng = training.train_ensemble(w0, [member], x, y, device="cpu", **kw)
+    u = None if towards == "origin" else {k: v + 0.01 for k, v in _params(seed=4).items()}
+    lam = 0.05
+    eng = training.train_ensemble(w0, [training.Member(wdecay=lam, data_seed=7)], x, y, epochs=2, lr=2e-3,
+                                  batch_size=32, warmup=0.1, wdecay_target=u, device="cpu")  # fmt: skip
 
     net = models.MLP().double()
     net.load_state_dict(w0)
-    decay = [p for n, p in net.named_parameters() if n.startswith("fc") and n.endswith("weight")]
-    rest = [p for n, p in net.named_parameters() if not (n.startswith("fc") and n.endswith("weight"))]
-    opt = torch.optim.Adam([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                           lr=2e-3, betas=(0.9, 0.999), eps=1e-8)  # fmt: skip
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3, betas=(0.9, 0.999), eps=1e-8)
     g = torch.Generator().manual_seed(7)
     total, step = 2 * math.ceil(480 / 32), 0
     for _ in range(2):
@@ -131,7 +130,11 @@ def test_engine_equals_plain_pytorch_loop():
             for group in opt.param_groups:
                 group["lr"] = 2e-3 * training.lr_factor(step, total, 0.1)
             opt.zero_grad()
-            F.cross_entropy(net(x[idx]), y[idx]).backward()
+            loss = F.cross_entropy(net(x[idx]), y[idx])
+            for name in ("fc1", "fc2", "fc3"):
+                w = getattr(net, name).weight
+                loss = loss + lam / 2 * (w - (0 if u is None else u[f"{name}.weight"])).pow(2).sum()
+            loss.backward()
             opt.step()
             step += 1
     for k, v in net.state_dict().items():
@@ -197,6 +200,10 @@ def test_bad_input():
         training.Member(dropout=1.5)
     with pytest.raises(ValueError, match="drop every unit"):
         training.Member(mixout=1.0)
+    with pytest.raises(ValueError, match="one p or a pair"):
+        training.Member(dropout=(0.1, 0.2, 0.3))
+    with pytest.raises(ValueError, match="wdecay must be"):
+        training.Member(wdecay=-1)
 
 
 def test_evaluate_and_distances():
