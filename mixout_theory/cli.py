@@ -18,9 +18,11 @@ commands:
 
 
 def _cmd_figures(args) -> int:
-    from mixout_theory import figures
+    from mixout_theory import figures, sweep
 
-    for path in figures.render_all(Path(args.out), results=Path(args.results)):
+    out = sweep.project_dir("figures") if args.out is None else Path(args.out)
+    results = sweep.project_dir("results") if args.results is None else Path(args.results)
+    for path in figures.render_all(out, results=results):
         print(path)
     return 0
 
@@ -32,8 +34,8 @@ def _add_figures(sub) -> None:
         description="Render the theory figures and, where stored sweep results exist, Figure 2 and "
         "the per-layer distance figure. Never trains anything.",
     )
-    p.add_argument("--out", default="figures", help="output folder (default: figures/)")
-    p.add_argument("--results", default="results", help="results store (default: results/)")
+    p.add_argument("--out", default=None, help="output folder (default: the checkout's figures/)")
+    p.add_argument("--results", default=None, help="results store (default: the checkout's results/)")
     p.set_defaults(func=_cmd_figures)
 
 
@@ -60,9 +62,9 @@ def _add_reproduce(sub) -> None:
                    help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20 (slow)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--chunk", type=int, default=17, help="runs trained at once per ensemble (default 17)")
-    p.add_argument("--data-root", default="data", help="data folder (default: data/)")
-    p.add_argument("--results", default="results", help="results store (default: results/)")
-    p.add_argument("--out", default="figures", help="figure folder (default: figures/)")
+    p.add_argument("--data-root", default=None, help="data folder (default: the checkout's data/)")
+    p.add_argument("--results", default=None, help="results store (default: the checkout's results/)")
+    p.add_argument("--out", default=None, help="figure folder (default: the checkout's figures/)")
     p.set_defaults(func=_cmd_reproduce)
 
 
@@ -74,7 +76,7 @@ def _cmd_reproduce(args) -> int:
         args.profile, data_root=args.data_root, results=args.results, figures_dir=args.out,
         source=args.source, emnist_from=args.emnist_from, device=args.device, chunk=args.chunk, **overrides,
     )  # fmt: skip
-    print(f"results: {store.dir}\nfigures: {args.out}/")
+    print(f"results: {store.dir}\nfigures: {args.out or sweep.project_dir('figures')}")
     return 0
 
 

