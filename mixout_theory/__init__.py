@@ -26,6 +26,15 @@ from mixout_theory.bounds import (
     squared_distance,
     theorem1_penalty,
 )
+from mixout_theory.data import (
+    DataIntegrityError,
+    DataUnavailableError,
+    ExperimentData,
+    StandInWarning,
+    load_experiment,
+    prepare,
+    shift_statistics,
+)
 from mixout_theory.mixing import (
     check_p,
     check_target,

@@ -12,9 +12,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import struct
+import time
 import warnings
 import zipfile
 from pathlib import Path
@@ -200,8 +202,7 @@ def test_numpy_only_unpickler(tmp_path):
 
 def test_stand_in_experiment_sizes_labels_and_normalisation(datatest_real_root):
     root, _ = datatest_real_root
-    with pytest.warns(D.StandInWarning, match="--emnist-from"):
-        d = D.load_experiment(root, source="auto", log=None)
+    d = D.load_experiment(root, source="stand-in", log=None)
     assert d.source_key == "stand-in" and "not EMNIST" in d.source_name and "EMNIST Digits" != d.source_name
     assert d.source.sizes() == {"train": 27000, "val": 3000, "test": 10000}
     assert d.target.sizes() == {"train": 27000, "val": 3000, "test": 10000}
@@ -378,12 +379,22 @@ def test_no_route_to_emnist_says_how_and_leaves_nothing(datatest_mnist_copy):
 def test_auto_falls_back_to_the_labelled_stand_in(datatest_mnist_copy, datatest_real_root):
     root = datatest_mnist_copy
     _copy_stand_in(datatest_real_root[0], root)
+    # leftovers of a killed run are cleaned up, a concurrent run's fresh temporaries are not
+    stale, fresh = root / "MNIST" / "raw" / ".x.tmp-1-ab", root / "MNIST" / "raw" / ".y.tmp-2-cd"
+    stale.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
     with pytest.warns(D.StandInWarning) as rec:
         report = D.prepare(root, source="auto", download=False, log=None)
     text = str(rec[0].message)
     assert "STAND-IN" in text and "--emnist-from" in text and "not EMNIST" in text
     assert report["source_key"] == "stand-in" and report["source_name"] == D.SOURCE_NAMES["stand-in"]
     assert report["emnist"]["status"] == "unavailable" and report["warnings"] == [text]
+    assert not stale.exists() and fresh.exists()
+    with pytest.warns(D.StandInWarning, match="--emnist-from"):  # and again on every load
+        d = D.load_experiment(root, source="auto", log=None)
+    assert d.source_key == "stand-in" and d.source_name == D.SOURCE_NAMES["stand-in"]
+    assert d.info["source_name"] == d.source_name and "Not EMNIST" in d.info["stand_in"]
 
 
 def test_truncated_or_altered_mnist_is_named_and_kept(datatest_mnist_copy):
