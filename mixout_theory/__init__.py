@@ -10,6 +10,7 @@ Theorem 1 / Corollary 1.1 (:mod:`~mixout_theory.bounds`), empirical penalty esti
 __version__ = "0.1.0"
 
 # ruff: noqa: E402, F401
+from mixout_theory.ablations import effective_l2, run_ablations
 from mixout_theory.bounds import (
     add_intercept,
     bernoulli_moments,
@@ -55,6 +56,7 @@ from mixout_theory.penalty import (
     mixout_least_squares,
     neuron_groups,
     quadratic_penalty,
+    wdecay,
 )
 from mixout_theory.profiles import by_profile, current_profile
 from mixout_theory.training import Member, evaluate, train_ensemble

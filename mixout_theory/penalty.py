@@ -12,6 +12,9 @@ Pretrained Language Models", ICLR 2020 (arXiv:1909.11299). Equation numbers are 
 * :func:`mixout_least_squares` -- the exact minimiser of ``E L(Phi(w))`` for least squares
   (Supplement D): ``(H + k (H o G)) w = X^T y / n + k (H o G) u`` with ``H = X^T X / n``,
   ``k = p / (1 - p)``.
+* :func:`wdecay` -- the weight-decay penalty ``wdecay(u, lambda) = (lambda / 2) ||w - u||^2`` (notes,
+  Section 1), the explicit L2 pull that Corollary 1.1 compares mixout(u, p) with; ``u = 0`` is
+  ordinary weight decay, ``u = w_pre`` is L2-SP.
 * :class:`TheoryCase` and its builders (:func:`quadratic_case`, :func:`least_squares_case`,
   :func:`logistic_case`, :func:`softmax_case`), :func:`penalty_curve` and :func:`line_fit_experiment`:
   the worked examples shown by the theory figures and notebook 02.
@@ -37,6 +40,7 @@ __all__ = [
     "PenaltyEstimate",
     "empirical_penalty",
     "quadratic_penalty",
+    "wdecay",
     "neuron_groups",
     "mixout_least_squares",
     "expected_mixout_least_squares_loss",
@@ -335,6 +339,59 @@ def quadratic_penalty(A, w, u, p: float, groups=None) -> float:
     d = (w - u).detach().reshape(-1).to(torch.float64)
     A = _check_A(A, d.numel())
     return p / (2.0 * (1.0 - p)) * (d @ _grouped_hessian(A, groups, d.numel()) @ d).item()
+
+
+# --------------------------------------------------------------------------------------------
+# weight decay towards a point: the explicit L2 penalty mixout is compared with
+# --------------------------------------------------------------------------------------------
+
+
+def wdecay(w, u, lam: float, keys=None) -> torch.Tensor:
+    """The penalty of ``wdecay(u, lambda)``: ``(lambda / 2) ||w - u||^2`` (notes, Section 1).
+
+    Training with ``wdecay(u, lambda)`` means minimising ``L(w) + wdecay(w, u, lambda)``; ``u = None``
+    (the origin) is ordinary weight decay, ``u = w_pre`` is L2-SP. Corollary 1.1 (eq. 9) says
+    mixout(u, p) costs at least ``wdecay(w, u, m p / (1 - p))`` for an ``m``-strongly convex loss.
+
+    ``w`` and ``u`` are tensors, or mappings such as state dicts; for mappings the penalty is
+    summed over ``keys`` (default: every key of ``w``; ``u`` must hold each of them, extra keys of
+    ``u`` are ignored, so ``u`` may be a whole network while ``keys`` names only its Linear weights).
+    The result is a 0-dim tensor that keeps ``w``'s autograd graph: its gradient is
+    ``lambda (w - u)`` and ``u`` is treated as a constant (detached).
+
+    This is the *coupled* form: the gradient of the penalty is added to the loss gradient before the
+    optimiser sees it (what :func:`mixout_theory.training.train_ensemble` does for
+    ``Member(wdecay=lambda)``). It is the definition the theory compares mixout with. Decoupled decay
+    (AdamW: ``w <- w - lr * lambda * (w - u)`` outside Adam's normalisation) is not the gradient of
+    any fixed penalty under Adam, whose per-coordinate step size rescales the penalty's gradient.
+    """
+    if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam must be a finite number >= 0, got lam={lam!r}")
+    if isinstance(w, torch.Tensor):
+        if keys is not None:
+            raise TypeError("keys is only for mapping (state_dict) arguments; w is a tensor")
+        pairs = paired_entries(w, u)
+    elif isinstance(w, Mapping):
+        names = list(w) if keys is None else list(keys)
+        if not names:
+            raise ValueError("wdecay: no parameters selected (empty w or keys)")
+        missing = [k for k in names if k not in w]
+        if missing:
+            raise ValueError(f"wdecay: keys {missing} are not in w (it has {list(w)})")
+        if u is not None:
+            if not isinstance(u, Mapping):
+                raise TypeError(f"w is a mapping but u is {type(u).__name__}; give u as a mapping or None")
+            absent = [k for k in names if k not in u]
+            if absent:
+                raise ValueError(f"wdecay: u lacks the keys {absent}")
+        pairs = paired_entries({k: w[k] for k in names}, None if u is None else {k: u[k] for k in names})
+    else:
+        raise TypeError(f"w must be a tensor or a mapping of tensors, got {type(w).__name__}")
+    total = None
+    for _, wt, ut in pairs:
+        term = (wt - ut.detach().to(wt.dtype)).pow(2).sum()
+        total = term if total is None else total + term
+    return 0.5 * lam * total
 
 
 # --------------------------------------------------------------------------------------------
