@@ -62,6 +62,8 @@ def _add_reproduce(sub) -> None:
                    help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20 (slow)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--chunk", type=int, default=17, help="runs trained at once per ensemble (default 17)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes training chunks side by side (default: 2 on a CPU with 2+ cores)")  # fmt: skip
     p.add_argument("--data-root", default=None, help="data folder (default: the checkout's data/)")
     p.add_argument("--results", default=None, help="results store (default: the checkout's results/)")
     p.add_argument("--out", default=None, help="figure folder (default: the checkout's figures/)")
@@ -74,7 +76,8 @@ def _cmd_reproduce(args) -> int:
     overrides = {"pretrain_search": True} if args.pretrain_search else {}
     store = sweep.reproduce(
         args.profile, data_root=args.data_root, results=args.results, figures_dir=args.out,
-        source=args.source, emnist_from=args.emnist_from, device=args.device, chunk=args.chunk, **overrides,
+        source=args.source, emnist_from=args.emnist_from, device=args.device, chunk=args.chunk,
+        workers=args.workers, **overrides,
     )  # fmt: skip
     print(f"results: {store.dir}\nfigures: {args.out or sweep.project_dir('figures')}")
     return 0
