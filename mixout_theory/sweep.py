@@ -91,8 +91,8 @@ def profile_config(profile: str, **overrides) -> SweepConfig:
     sizes = {
         # smoke: 1,250 finetuning steps; with fewer (e.g. 470), dropout(0.8) barely leaves w_pre
         # and so forgets less than mixout: the paper's regime needs the model to actually train.
-        "smoke": dict(source_train=None, target_train=8000, eval_size=2000, pretrain_epochs=3,
-                      ps=(0.0, 0.2, 0.4, 0.6, 0.8), restarts=3),
+        "smoke": dict(source_train=None, target_train=8000, eval_size=None, pretrain_epochs=3,
+                      ps=(0.0, 0.3, 0.6, 0.8), restarts=4),
         "quick": dict(source_train=None, target_train=10000, eval_size=3000, pretrain_epochs=5,
                       ps=PAPER_PS, restarts=4),
         "paper": dict(),
