@@ -42,6 +42,7 @@ from mixout_theory.mixing import (
     mixconnect,
     mixout,
     mixout_authors,
+    mixout_linear,
     mixout_sgd,
     mixture,
     mixture_variance,

@@ -63,7 +63,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--chunk", type=int, default=17, help="runs trained at once per ensemble (default 17)")
     p.add_argument("--workers", type=int, default=None,
-                   help="processes training chunks side by side (default: 2 on a CPU with 2+ cores)")  # fmt: skip
+                   help="CPU cores each ensemble uses side by side (default: 2 on a CPU with 2+ cores)")  # fmt: skip
     p.add_argument("--data-root", default=None, help="data folder (default: the checkout's data/)")
     p.add_argument("--results", default=None, help="results store (default: the checkout's results/)")
     p.add_argument("--out", default=None, help="figure folder (default: the checkout's figures/)")

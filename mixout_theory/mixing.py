@@ -12,6 +12,8 @@ Notation: ``w`` the trained parameter, ``u`` the target it is mixed with (``w_pr
 * :func:`mixconnect` -- mixconnect(u, 1-p, p(1-p)), eq. 5: one independent mask value per parameter.
 * :func:`mixout_authors` -- the same forward value as :func:`mixout` with the backward of the
   authors' public code (``grad * mask``), which omits the exact factor ``1/(1-p)``. For comparison only.
+* :func:`mixout_linear` -- ``F.linear`` with a mixout(u, p) weight, fused (what ``MixLinear`` runs):
+  the same mask, weight and exact gradient as the composition, in fewer kernels.
 * :func:`sample_mixtures`, :func:`mixture_variance` -- many draws at once, and the exact
   per-coordinate variance ``(sigma^2 / mu^2) (w - u)^2`` (Theorem 1's proof), for Monte Carlo checks.
 * :func:`mixout_sgd` -- plain SGD through the mixture with the exact or the authors' backward, to show
@@ -37,6 +39,7 @@ __all__ = [
     "mixout",
     "mixconnect",
     "mixout_authors",
+    "mixout_linear",
     "neuron_mask",
     "parameter_mask",
     "check_p",
@@ -170,6 +173,40 @@ def mixconnect(
     ``Phi = u + M (w - u) / (1 - p)`` with independent ``M_i``; ``target=None`` gives dropconnect(p).
     """
     return _mix(weight, target, p, training, generator, parameter_mask)
+
+
+def mixout_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    target: torch.Tensor | None = None,
+    p: float = 0.0,
+    training: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8) in fewer kernels.
+
+    The same mask draw and the same mixed weight, bit for bit: with ``B`` in {0, 1},
+    ``B (w - u) / mu`` equals ``(w - u) / (mu / B)`` exactly (``/ mu`` where ``B = 1``, ``/ inf = 0``
+    where ``B = 0``), so ``Phi = addcdiv(u, w - u, mu / B)`` is :func:`mixture`'s value in two
+    kernels instead of four, and autograd's gradient through it, ``(dL/dPhi) / (mu / B)``, is the
+    exact ``(dL/dPhi) B / mu`` with fewer graph nodes; higher derivatives work as for the
+    composition. (:class:`~mixout_theory.modules.MixLinear` runs this.)
+    """
+    p = check_p(p)
+    if not training or p == 0.0 or p == 1.0:
+        return torch.nn.functional.linear(x, mixout(weight, target, p, training, generator), bias)
+    return _mixout_linear(x, weight, bias, None if target is None else check_target(weight, target), p, generator)
+
+
+def _mixout_linear(x, weight, bias, u, p: float, generator):
+    """:func:`mixout_linear` for a checked ``0 < p < 1`` and a target ``u`` (or None) of the weight's
+    shape, dtype and device."""
+    denom = torch.empty(_mask_shape(weight), device=weight.device, dtype=weight.dtype)
+    denom.bernoulli_(1.0 - p, generator=generator)  # the mask B of neuron_mask(weight, p, generator)
+    denom.reciprocal_().mul_(1.0 - p)  # mu / B: mu where kept, inf where mixed
+    phi = torch.div(weight, denom) if u is None else torch.addcdiv(u, weight - u, denom)
+    return torch.nn.functional.linear(x, phi, bias)
 
 
 class _AuthorsMixout(torch.autograd.Function):

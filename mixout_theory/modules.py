@@ -21,7 +21,6 @@ import copy
 from typing import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mixout_theory import mixing
@@ -86,8 +85,11 @@ class MixLinear(nn.Linear):
         self._target_is_w_pre = False
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        weight = mixing.mixout(self.weight, self.target, self.p, self.training, self.generator)
-        return F.linear(input, weight, self.bias)
+        # = F.linear(input, mixing.mixout(weight, target, p, training, generator), bias), fused
+        p, u, w = self._p, self.target, self.weight
+        if self.training and 0.0 < p < 1.0 and (u is None or (u.dtype == w.dtype and u.device == w.device)):
+            return mixing._mixout_linear(input, w, self.bias, u, p, self.generator)  # p, u checked on entry
+        return mixing.mixout_linear(input, w, self.bias, u, p, self.training, self.generator)
 
     def extra_repr(self) -> str:
         if self.target is None:

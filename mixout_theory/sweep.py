@@ -62,6 +62,7 @@ class SweepConfig:
     dropout_placement: str = "after LayerNorm"
     normalisation: str = "per-task mean/std of the training split"
     data: str = ""  # fingerprint of the prepared data (see data_fingerprint)
+    engine: str = training.ENGINE_VERSION  # how masks and data orders are drawn from the seeds
 
     def key(self) -> str:
         """Short hash of every field that changes the numbers."""
@@ -71,7 +72,7 @@ class SweepConfig:
         """Short hash of the fields that change ``w_pre``."""
         keep = ("source", "source_train", "eval_size", "pretrain_epochs", "pretrain_seed", "pretrain_search",
                 "batch_size", "lr_pretrain", "weight_decay_pretrain", "dropout_pretrain", "warmup",
-                "dropout_placement", "normalisation", "data")  # fmt: skip
+                "dropout_placement", "normalisation", "data", "engine")  # fmt: skip
         return _hash({k: getattr(self, k) for k in keep})
 
 
@@ -288,60 +289,32 @@ def run_sweep(
 ) -> Store:
     """Finetune ``w_pre`` for every run not yet in the store, ``chunk`` runs per batched ensemble.
 
-    ``workers > 1`` trains that many chunks at once in separate processes (one thread each: on a
-    small CPU, two single-threaded ensembles outrun one two-threaded one). Each chunk's records are
-    written by the process that trained it as soon as it finishes, so an interrupted sweep keeps them.
-    The numbers do not depend on ``chunk`` or ``workers``.
+    Each chunk's records are written as soon as it finishes, so an interrupted sweep keeps them.
+    ``workers`` is passed to :func:`training.train_ensemble` (CPU cores used side by side). The numbers
+    do not depend on ``chunk`` or ``workers``.
     """
     store = Store(store_root, config)
     todo = [r for r in sweep_members(config) if r[0] not in store.done()]
-    parts = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
-    steps = config.finetune_epochs * -(-tensors["target_train"][0].shape[0] // config.batch_size)
+    xt, yt = tensors["target_train"]
+    steps = config.finetune_epochs * -(-xt.shape[0] // config.batch_size)
     bar = None
     if progress and todo:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(todo) * steps, desc=f"sweep ({config.profile})", unit="member-step", unit_scale=True)
-    job = dict(store_root=store_root, config=config, tensors=tensors, w_pre=w_pre, device=device, source_name=source_name)
-    if workers <= 1 or len(parts) <= 1 or training.resolve_device(device).type != "cpu":
-        for part in parts:
-            _train_chunk(part, progress=bar if bar is not None else False, **job)
-    else:
-        import torch.multiprocessing as tmp
-
-        ctx = tmp.get_context("spawn")
-        with ctx.Pool(min(workers, len(parts)), initializer=_worker_init, initargs=(job,)) as pool:
-            for n in pool.imap_unordered(_worker_chunk, parts):
-                if bar is not None:
-                    bar.update(n * steps)
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        result = training.train_ensemble(
+            w_pre, [m for _, _, m in part], xt, yt, epochs=config.finetune_epochs, lr=config.lr_finetune,
+            batch_size=config.batch_size, warmup=config.warmup, target=w_pre, device=device, workers=workers,
+            progress=bar if bar is not None else False,
+        )  # fmt: skip
+        for record in _records(part, result, w_pre, tensors, config, source_name):
+            store.write(record)
     if bar is not None:
         bar.close()
     store.export_csv()
     return store
-
-
-def _train_chunk(part, *, store_root, config, tensors, w_pre, device, source_name, progress=False) -> int:
-    xt, yt = tensors["target_train"]
-    result = training.train_ensemble(
-        w_pre, [m for _, _, m in part], xt, yt, epochs=config.finetune_epochs, lr=config.lr_finetune,
-        batch_size=config.batch_size, warmup=config.warmup, target=w_pre, device=device, progress=progress,
-    )  # fmt: skip
-    store = Store(store_root, config)
-    for record in _records(part, result, w_pre, tensors, config, source_name):
-        store.write(record)
-    return len(part)
-
-
-_JOB: dict = {}
-
-
-def _worker_init(job: dict) -> None:
-    torch.set_num_threads(1)
-    _JOB.update(job)
-
-
-def _worker_chunk(part) -> int:
-    return _train_chunk(part, **_JOB)
 
 
 def _records(part, result, w_pre, tensors, config, source_name) -> list[dict]:
@@ -443,8 +416,8 @@ def run_experiment(
 ) -> Store:
     """Data, pretraining and the sweep for one profile; every stage resumes from what is stored.
 
-    ``workers``: processes training chunks side by side (default: 2 when the machine has 2 or more
-    CPU cores and the device is the CPU, else 1)."""
+    ``workers``: CPU cores each ensemble uses side by side (default: 2 when the machine has 2 or
+    more cores, else 1)."""
     from mixout_theory import data
 
     results = project_dir("results") if results is None else Path(results)

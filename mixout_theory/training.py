@@ -7,6 +7,13 @@ the ensemble loss is the *sum* of the members' mean losses, so each member recei
 gradient and update it would receive alone: the ensemble is the same computation as ``E`` solo
 runs (``tests/test_training.py`` checks it).
 
+Speed (see ``benchmarks/``): the gradient is computed by hand (:func:`models.loss_and_grad`, checked
+against autograd) into preallocated buffers, activations live in buffers reused from step to step,
+members that share a data seed share one batch gather and sit side by side, masks are drawn
+``MASK_BLOCK`` steps at a time, and one fused Adam call updates every member. ``workers=2`` trains
+two halves of the ensemble in two threads (one core each), which beats the kernels' own threading
+and degrades gracefully on a shared machine.
+
 Protocol (paper Section 4 / Supplement C.1): Adam(0.9, 0.999), linear warm-up over the first 10% of
 steps then linear decay to 0, batch 32; coupled weight decay ``wdecay(0, lambda)`` on the Linear
 weights only (gradient ``+ lambda * w``); dropout masks drawn per example, mixout masks per
@@ -27,6 +34,8 @@ from mixout_theory.mixing import check_p
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
+#: Bumped whenever the same seeds would give other masks or data orders (results stores key on it).
+ENGINE_VERSION = "2"
 #: Masks are drawn this many steps at a time per member (a fixed constant so that a member's
 #: random stream does not depend on the ensemble it is trained in).
 MASK_BLOCK = 16
@@ -77,52 +86,117 @@ def lr_factor(step: int, total: int, warmup: float = 0.1) -> float:
 
 
 class _MaskStreams:
-    """Per-member random masks, drawn ``MASK_BLOCK`` steps at a time from each member's generator.
+    """Per-member random masks, drawn ``MASK_BLOCK`` steps at a time from each member's own stream.
 
-    Per step and member: one uniform per (example, hidden unit) for dropout, one per hidden unit for
-    mixout (shared by the mini-batch), each only where that member uses it.
+    Member ``e``'s stream is the PCG64 generator seeded with its ``mask_seed`` (numpy's
+    ``PCG64(mask_seed).random_raw``, read as 32-bit unsigned integers ``U``), so what a member draws
+    never depends on the ensemble it is trained in. Per block of ``k`` steps a dropout member draws
+    ``k x B x 400`` integers (one per example and hidden unit), then a mixout member ``k x 400`` (one
+    per hidden unit, shared by the mini-batch), each only where that member uses it; unit ``j`` is
+    kept when ``U >= round(p_j 2^32)``: Bernoulli(1 - p_j) to within 2^-33. (A 32-bit integer per
+    mask is about 4x cheaper than ``torch.rand`` in float64.) Blocks are stored already scaled
+    (``Bernoulli(1-p) / (1-p)``) in buffers reused from block to block, laid out ``(E, k, B, 400)``
+    so that each member's draw is one contiguous piece; members that do not use a regulariser keep
+    the ones written once.
     """
 
     def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100)):
+        import numpy as np
+
         self.members, self.b, self.total, self.widths = members, batch_size, total_steps, widths
-        self.gens = [torch.Generator().manual_seed(m.mask_seed) for m in members]
+        self.gens = [np.random.PCG64(m.mask_seed) for m in members]
         self.drop_p = self._per_unit([m.dropout for m in members])  # (E, 400) float64
         self.mix_p = self._per_unit([m.mixout for m in members])
         self.any_drop, self.any_mix = bool(self.drop_p.any()), bool(self.mix_p.any())
-        self._start = None
+        self._start, self._key = None, None
 
     def _per_unit(self, pairs):
         return torch.tensor(pairs, dtype=torch.float64).repeat_interleave(torch.tensor(self.widths), dim=1)
 
-    def _fill(self, start: int) -> None:
+    @staticmethod
+    def _draw(gen, shape, p: torch.Tensor, out: torch.Tensor) -> None:
+        """``out = (U >= round(p 2^32)) / (1 - p)`` for ``U`` the next ``prod(shape)`` 32-bit draws."""
+        import numpy as np
+
+        size = math.prod(shape)
+        raw = gen.random_raw((size + 1) // 2).view(np.uint32)[:size].reshape(shape)
+        keep = raw >= np.round(p.numpy() * 2.0**32).astype(np.uint64)
+        scale = 1.0 / (1.0 - p)
+        if out.dtype in (torch.float32, torch.float64):
+            np.multiply(keep, scale.to(out.dtype).numpy(), out=out.numpy())
+        else:
+            torch.mul(torch.from_numpy(keep), scale.to(out.dtype), out=out)
+
+    def _fill(self, start: int, dtype, device) -> None:
         k, width, E = min(MASK_BLOCK, self.total - start), sum(self.widths), len(self.members)
-        self._drop = torch.ones(k, E, self.b, width, dtype=torch.bool) if self.any_drop else None
-        self._mix = torch.ones(k, E, 1, width, dtype=torch.bool) if self.any_mix else None
+        if self._key != (dtype, device):  # (re)allocate, ones everywhere
+            self._bufs = [torch.ones(E, MASK_BLOCK, rows, width, dtype=dtype) if use else None
+                          for use, rows in ((self.any_drop, self.b), (self.any_mix, 1))]  # fmt: skip
         for e, g in enumerate(self.gens):
-            if self.drop_p[e].any():
-                self._drop[:, e] = torch.rand(k, self.b, width, generator=g, dtype=torch.float64) >= self.drop_p[e]
-            if self.mix_p[e].any():
-                self._mix[:, e, 0] = torch.rand(k, width, generator=g, dtype=torch.float64) >= self.mix_p[e]
-        self._start = start
+            for buf, p, rows in ((self._bufs[0], self.drop_p[e], self.b), (self._bufs[1], self.mix_p[e], 1)):
+                if buf is not None and p.any():
+                    self._draw(g, (k, rows, width), p, buf[e, :k])
+        self._drop, self._mix = (None if b is None else b.to(device) for b in self._bufs)
+        self._start, self._key = start, (dtype, device)
 
-    def _scaled(self, keep, p, dtype):
-        scaled = keep.to(dtype) * (1.0 / (1.0 - p)).to(dtype).unsqueeze(1)  # Bernoulli(1-p) / (1-p)
-        return tuple(scaled.split(list(self.widths), dim=-1))
-
-    def masks(self, step: int, rows: int, dtype=torch.float32):
-        """``(drop, mix)`` for this step: scaled masks as :func:`models.forward` takes them, or None."""
+    def views(self, step: int, rows: int, dtype=torch.float32, device="cpu"):
+        """``(drop, mix)`` for this step as views into the current block (valid until the next block
+        is drawn): ``drop`` two ``(E, rows, 300)`` / ``(E, rows, 100)`` masks (the first ``rows``
+        examples'), ``mix`` two ``(E, 1, 300)`` / ``(E, 1, 100)``; None where no member uses one.
+        Steps must be asked for in order (a block is drawn when ``step`` leaves the current one)."""
         if not (self.any_drop or self.any_mix):
             return None, None
+        device = torch.device(device)
         if self._start is None or not self._start <= step < self._start + MASK_BLOCK:
-            self._fill(step)
+            self._fill(step, dtype, device)
+        elif self._key != (dtype, device):
+            raise ValueError(f"masks asked for as {dtype} on {device} within a block drawn as {self._key}")
         i = step - self._start
-        drop = self._scaled(self._drop[i, :, :rows], self.drop_p, dtype) if self.any_drop else None
-        mix = self._scaled(self._mix[i], self.mix_p, dtype) if self.any_mix else None
+        drop = tuple(self._drop[:, i, :rows].split(list(self.widths), dim=-1)) if self.any_drop else None
+        mix = tuple(self._mix[:, i].split(list(self.widths), dim=-1)) if self.any_mix else None
         return drop, mix
+
+    def masks(self, step: int, rows: int, dtype=torch.float32, device="cpu"):
+        """:meth:`views` as fresh contiguous tensors (safe to keep): the scaled masks that
+        :func:`models.forward` takes."""
+        drop, mix = self.views(step, rows, dtype, device)
+        return tuple(None if m is None else tuple(t.contiguous() for t in m) for m in (drop, mix))
+
+
+class _Adam:
+    """Adam(0.9, 0.999) on lists of stacked tensors, one fused kernel call per step.
+
+    ``torch._fused_adam_`` (what ``torch.optim.Adam(fused=True)`` runs) called directly on the
+    engine's own gradient buffers, without the optimizer object's per-step Python work; where this
+    torch or device has no fused kernel, the functional ``torch.optim.adam.adam`` (foreach). Both are
+    the standard Adam update, elementwise, so each member's update is exactly its solo update.
+    """
+
+    def __init__(self, params: list, grads: list):
+        self.params, self.grads = params, grads
+        self.exp_avgs = [torch.zeros_like(p) for p in params]
+        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
+        self.fused = hasattr(torch, "_fused_adam_")
+
+    def step(self, lr: float) -> None:
+        if self.fused:
+            torch._foreach_add_(self.steps, 1)
+            try:
+                torch._fused_adam_(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+                                   lr=lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS,
+                                   amsgrad=False, maximize=False)  # fmt: skip
+                return
+            except (RuntimeError, NotImplementedError, TypeError):  # no fused kernel here
+                torch._foreach_add_(self.steps, -1)
+                self.fused = False
+        torch.optim.adam.adam(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+                              foreach=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], lr=lr,
+                              weight_decay=0.0, eps=EPS, maximize=False)  # fmt: skip
 
 
 def make_adam(params: dict, lr: float) -> torch.optim.Adam:
-    """Adam(0.9, 0.999), fused where this torch and device have it (the same update either way)."""
+    """Adam(0.9, 0.999) as a ``torch.optim`` object, fused where this torch and device have it."""
     try:
         return torch.optim.Adam(list(params.values()), lr=lr, betas=BETAS, eps=EPS, fused=True)
     except (RuntimeError, TypeError, ValueError):  # older torch: no fused Adam on this device
@@ -132,13 +206,12 @@ def make_adam(params: dict, lr: float) -> torch.optim.Adam:
 DECAYED = ("fc1.weight", "fc2.weight", "fc3.weight")  # wdecay acts on the Linear weights only
 
 
-def _add_wdecay(params: dict, lam: torch.Tensor, target: dict | None) -> None:
+def _add_wdecay(params: dict, grads: dict, lam: torch.Tensor, target: dict | None) -> None:
     """Gradient of ``(lambda_e / 2) ||w_e - u||^2`` added in place, member by member (eq. of wdecay)."""
-    with torch.no_grad():
-        for name in DECAYED:
-            w = params[name]
-            diff = w if target is None else w - target[name]
-            w.grad.add_(diff * lam.view(-1, *([1] * (w.dim() - 1))))
+    for name in DECAYED:
+        w = params[name]
+        diff = w if target is None else w - target[name]
+        grads[name].add_(diff * lam.view(-1, *([1] * (w.dim() - 1))))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -171,17 +244,27 @@ def train_ensemble(
     device: str | torch.device = "auto",
     on_epoch_end=None,
     progress: bool | str = False,
+    workers: int = 1,
 ) -> TrainResult:
     """Train ``len(members)`` copies of the MLP from ``init`` (one network, or stacked ``(E, ...)``).
 
     ``target`` (one network's parameters, or stacked, or just the mixed weights) is what mixout mixes
     towards (``w_pre``); it is required when any member uses mixout. ``wdecay_target`` is the ``u``
-    of the members' ``wdecay(u, lambda)`` (``None``: the origin, ordinary weight decay). ``on_epoch_end(epoch, params)`` is called after each
-    epoch with the current stacked parameters (for best-checkpoint selection). ``progress``: False,
-    True or a label (a bar of this run's steps), or a caller's bar to advance by member-steps.
+    of the members' ``wdecay(u, lambda)`` (``None``: the origin, ordinary weight decay).
+    ``on_epoch_end(epoch, params)`` is called after each epoch with the current stacked parameters
+    (for best-checkpoint selection). ``progress``: False, True or a label (a bar of this run's
+    steps), or a caller's bar to advance by member-steps.
+
+    ``workers`` (CPU only): split the members into this many parts trained concurrently, each in its
+    own thread running single-threaded kernels (``torch.set_num_threads(1)`` for the duration of the
+    call, restored after). On a machine with ``workers`` free cores this scales better than the
+    kernels' own threads and degrades gracefully when the cores are shared (see ``benchmarks/``).
+    The numbers are the same either way: each member's computation never depends on the others.
     """
     if not members:
         raise ValueError("members is empty: give at least one Member")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
     E, n = len(members), x.shape[0]
     if y.shape[0] != n:
         raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
@@ -191,53 +274,137 @@ def train_ensemble(
     stacked = _stacked(init)
     if stacked and init["fc1.weight"].shape[0] != E:
         raise ValueError(f"init is stacked for {init['fc1.weight'].shape[0]} members, not {E}")
-    params = {
-        k: (v if stacked else v.unsqueeze(0).expand(E, *v.shape)).detach().clone().to(dev).requires_grad_(True)
-        for k, v in init.items()
-    }
-    dtype = params["fc1.weight"].dtype
-    target = None if target is None else {k: v.detach().to(dev, dtype) for k, v in target.items()}
-    wd_target = None if wdecay_target is None else {k: wdecay_target[k].detach().to(dev, dtype) for k in DECAYED}
-    lam = torch.tensor([m.wdecay for m in members], dtype=dtype, device=dev)
+    dtype = init["fc1.weight"].dtype
+    # members that share a data seed see the same batches: put them side by side (the caller's
+    # order is restored on the way out) so that fc1 runs once per shared batch
+    seeds = list(dict.fromkeys(m.data_seed for m in members))
+    order = sorted(range(E), key=lambda e: seeds.index(members[e].data_seed))
+    workers = min(workers, E) if dev.type == "cpu" else 1
+    cuts = [round(i * E / workers) for i in range(workers + 1)]
+    parts = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+
+    def pick(t, index, name):  # the rows of a stacked (E, ...) tensor for these members
+        if t.dim() == _NDIM.get(name, t.dim()) + 1:
+            return t.index_select(0, torch.as_tensor(index, device=t.device))
+        return t
+
     x, y = x.to(dev, dtype), y.to(dev)
     steps_per_epoch = math.ceil(n / batch_size)
     total = epochs * steps_per_epoch
-    opt = make_adam(params, lr)
-    streams = _MaskStreams(members, batch_size, total)
-    data_gens = [torch.Generator().manual_seed(m.data_seed) for m in members]
     bar = _Progress(total, E, progress)
-    t0, step = time.perf_counter(), 0
+    runs = []
+    for index in parts:
+        init_p = {k: pick(v.detach(), index, k) if stacked else v.detach().unsqueeze(0).expand(len(index), *v.shape)
+                  for k, v in init.items()}  # fmt: skip
+        tgt = None if target is None else {k: pick(v.detach(), index, k) for k, v in target.items()}
+        wdt = None if wdecay_target is None else {k: pick(wdecay_target[k].detach(), index, k) for k in DECAYED}
+        runs.append(_Part(init_p, [members[e] for e in index], x, y, tgt, wdt, dev=dev, lr=lr, total=total,
+                          warmup=warmup, batch_size=batch_size, bar=bar, lead=not runs))  # fmt: skip
+    flat = [e for index in parts for e in index]
+    inv = None if flat == list(range(E)) else torch.tensor(flat).argsort()
+
+    def gather(tensors):  # the parts' (E_i, ...) tensors as one (E, ...) in the caller's order
+        t = tensors[0] if len(tensors) == 1 else torch.cat(tensors)
+        return t if inv is None else t.index_select(0, inv.to(t.device))
+
+    t0 = time.perf_counter()
     last_loss = torch.zeros(E, dtype=torch.float64)
-    for epoch in range(epochs):
-        order = torch.stack([torch.randperm(n, generator=g) for g in data_gens]).to(dev)
-        epoch_loss = torch.zeros(E, dtype=torch.float64, device=dev)
-        for start in range(0, n, batch_size):
-            idx = order[:, start : start + batch_size]
+    threads = torch.get_num_threads()
+    pool = None
+    try:
+        if len(runs) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            torch.set_num_threads(1)
+            pool = ThreadPoolExecutor(len(runs), thread_name_prefix="train_ensemble")
+        for epoch in range(epochs):
+            if pool is None:
+                runs[0].epoch()
+            else:
+                list(pool.map(_Part.epoch_single_threaded, runs))
+            last_loss = gather([r.epoch_loss for r in runs]).cpu()
+            bar.epoch_done(epoch, last_loss)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, {k: gather([r.params[k] for r in runs]) for k in models.PARAM_NAMES})
+    finally:
+        if pool is not None:
+            pool.shutdown()
+            torch.set_num_threads(threads)
+        bar.close()
+    out = {k: gather([r.params[k] for r in runs]).cpu() for k in models.PARAM_NAMES}
+    return TrainResult(out, last_loss, time.perf_counter() - t0, total)
+
+
+#: dims of one network's tensors (a stacked tensor has one more)
+_NDIM = {k: (2 if k.endswith("weight") and k.startswith("fc") else 1) for k in models.PARAM_NAMES}
+
+
+class _Part:
+    """One batched ensemble's state and training loop (the whole ensemble, or one worker's part).
+
+    Members are in data-seed order, so each data group ``[a, b)`` is a contiguous range that shares
+    one batch per step. Each step: the group batches, this step's masks (views of the pre-drawn
+    block), :func:`models.loss_and_grad` into preallocated gradient buffers, wdecay, one fused Adam
+    call over all parameters.
+    """
+
+    def __init__(self, init, members, x, y, target, wd_target, *, dev, lr, total, warmup, batch_size, bar, lead=True):
+        self.params = {k: init[k].to(dev).clone(memory_format=torch.contiguous_format) for k in models.PARAM_NAMES}
+        self.dtype = self.params["fc1.weight"].dtype
+        self.members, self.x, self.y, self.target, self.wd_target, self.dev = members, x, y, target, wd_target, dev
+        self.lr, self.total, self.warmup, self.batch_size, self.bar = lr, total, warmup, batch_size, bar
+        self.lead = lead  # the part whose steps advance a bar of steps
+        E = len(members)
+        seeds = list(dict.fromkeys(m.data_seed for m in members))
+        sizes = [sum(m.data_seed == s for m in members) for s in seeds]
+        bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+        self.groups = list(zip(bounds[:-1], bounds[1:]))
+        self.shared = len(self.groups) < E  # else every member has its own batch: one (E, B, 784) input
+        self.member_group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(dev)
+        self.data_gens = [torch.Generator().manual_seed(s) for s in seeds]
+        self.lam = torch.tensor([m.wdecay for m in members], dtype=self.dtype, device=dev)
+        self.use_wdecay = bool(self.lam.any())
+        self.grads = {k: torch.empty_like(v) for k, v in self.params.items()}
+        self.adam = _Adam(list(self.params.values()), list(self.grads.values()))
+        self.streams = _MaskStreams(members, batch_size, total)
+        self.work = {}  # buffers reused from step to step
+        self.step = 0
+        self.epoch_loss = torch.zeros(E, dtype=torch.float64)
+
+    def _buf(self, name, shape, dtype):
+        key = (name, shape)
+        if key not in self.work:
+            self.work[key] = torch.empty(shape, dtype=dtype, device=self.dev)
+        return self.work[key]
+
+    def epoch_single_threaded(self) -> None:
+        torch.set_num_threads(1)  # this worker thread's own kernels (OpenMP and MKL settings are per thread)
+        self.epoch()
+
+    def epoch(self) -> None:
+        x, y, n, B = self.x, self.y, self.x.shape[0], self.batch_size
+        order = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens]).to(self.dev)  # (groups, n)
+        total_loss = torch.zeros(len(self.members), dtype=torch.float64, device=self.dev)
+        groups = self.groups if self.shared else None
+        for start in range(0, n, B):
+            idx = order[:, start : start + B]
             rows = idx.shape[1]
-            drop, mix = streams.masks(step, rows, dtype)
-            if dev.type != "cpu":
-                drop = None if drop is None else tuple(d.to(dev, non_blocking=True) for d in drop)
-                mix = None if mix is None else tuple(m.to(dev, non_blocking=True) for m in mix)
-            logits = models.forward(params, x[idx], drop=drop, mix=mix, target=target)
-            losses = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="none").view(E, rows)
-            member_loss = losses.mean(1)
-            for group in opt.param_groups:
-                group["lr"] = lr * lr_factor(step, total, warmup)
-            opt.zero_grad(set_to_none=True)
-            member_loss.sum().backward()
-            if lam.any():
-                _add_wdecay(params, lam, wd_target)
-            opt.step()
-            epoch_loss += member_loss.detach().double() * rows
-            step += 1
-            bar.update()
-        last_loss = (epoch_loss / n).cpu()
-        bar.epoch_done(epoch, last_loss)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, {k: v.detach() for k, v in params.items()})
-    bar.close()
-    out = {k: v.detach().cpu() for k, v in params.items()}
-    return TrainResult(out, last_loss, time.perf_counter() - t0, step)
+            flat = idx.reshape(-1)
+            k = len(self.data_gens)
+            xb = torch.index_select(x, 0, flat, out=self._buf("xb", (k * rows, x.shape[1]), x.dtype)).view(k, rows, -1)
+            yb = y.index_select(0, flat).view(k, rows)
+            if self.shared:
+                yb = yb.index_select(0, self.member_group)
+            drop, mix = self.streams.views(self.step, rows, self.dtype, self.dev)
+            losses, _ = models.loss_and_grad(self.params, xb, yb, drop, mix, self.target, groups=groups,
+                                             out=self.grads, work=self.work)  # fmt: skip
+            if self.use_wdecay:
+                _add_wdecay(self.params, self.grads, self.lam, self.wd_target)
+            self.adam.step(self.lr * lr_factor(self.step, self.total, self.warmup))
+            total_loss += losses.double() * rows
+            self.step += 1
+            self.bar.update(len(self.members), self.lead)
+        self.epoch_loss = (total_loss / n).cpu()
 
 
 def _stacked(params: dict) -> bool:
@@ -249,8 +416,10 @@ class _Progress:
     caller's own bar (``progress`` any object with ``update``, e.g. a sweep-wide ``tqdm``)."""
 
     def __init__(self, total: int, members: int, progress):
+        import threading
+
+        self.lock = threading.Lock()  # workers update one bar
         self.outer = hasattr(progress, "update")
-        self.per_step = members if self.outer else 1
         if self.outer:
             self.bar = progress
         elif progress:
@@ -261,9 +430,11 @@ class _Progress:
         else:
             self.bar = None
 
-    def update(self) -> None:
-        if self.bar is not None:
-            self.bar.update(self.per_step)
+    def update(self, members: int, lead: bool = True) -> None:
+        """One step of a part of ``members`` members (the ``lead`` part's steps count on a bar of steps)."""
+        if self.bar is not None and (self.outer or lead):
+            with self.lock:
+                self.bar.update(members if self.outer else 1)
 
     def epoch_done(self, epoch: int, loss: torch.Tensor) -> None:
         if self.bar is not None and not self.outer:

@@ -217,3 +217,119 @@ def test_evaluate_and_distances():
     torch.testing.assert_close(ev["loss"][0], F.cross_entropy(logits, y).double(), rtol=0, atol=1e-12)
     d = models.squared_distances(stacked, w0)
     assert d["all"][0] == 0 and d["fc2"][1] == pytest.approx(0.01 * 300 * 100) and d["mixed"][1] == d["all"][1]
+
+
+def test_loss_and_grad_equals_autograd():
+    """The engine's hand-written backward = autograd through ``models.forward`` (float64), with
+    dropout and mixout masks, a mixed target, and batches shared by groups of members."""
+    E, B = 5, 7
+    g = torch.Generator().manual_seed(0)
+    params = {k: v.to(DT) + 0.05 * torch.randn(v.shape, generator=g, dtype=DT)
+              for k, v in models.init_params(E, 0).items()}  # fmt: skip
+    target = {k: v[0] + 0.03 * torch.randn(v[0].shape, generator=g, dtype=DT) for k, v in params.items()}
+    y = torch.randint(0, 10, (E, B), generator=g)
+    drop = tuple(torch.bernoulli(torch.full((E, B, w), 0.7, dtype=DT), generator=g) / 0.7 for w in (300, 100))
+    mix = tuple(torch.bernoulli(torch.full((E, 1, w), 0.6, dtype=DT), generator=g) / 0.6 for w in (300, 100))
+    x = torch.randn(E, B, 784, dtype=DT, generator=g)
+    shared = x[:2]  # members [0, 3) see shared[0], [3, 5) see shared[1]
+    per_member = torch.cat([shared[0].expand(3, B, 784), shared[1].expand(2, B, 784)])
+    cases = [(x, None, x, drop, mix), (x[0], None, x[0], None, None), (shared, [(0, 3), (3, 5)], per_member, drop, mix)]
+    for xin, groups, x_each, d, m in cases:
+        leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        logits = models.forward(leaf, x_each, drop=d, mix=m, target=target)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(E, B).mean(1)
+        losses.sum().backward()
+        out = {k: torch.full_like(v, float("nan")) for k, v in params.items()}  # every entry overwritten
+        got, grads = models.loss_and_grad(params, xin, y, d, m, target, groups=groups, out=out)
+        assert grads is out
+        torch.testing.assert_close(got, losses.detach(), rtol=0, atol=1e-13)
+        for k in models.PARAM_NAMES:
+            torch.testing.assert_close(grads[k], leaf[k].grad, rtol=0, atol=1e-13)
+
+
+def test_workers_give_the_same_numbers():
+    """Members split over two worker threads train exactly as in one ensemble (float64), and the
+    caller sees them in its own order, also at every epoch end."""
+    x, y = _task()
+    w0 = _params()
+    target = {k: v + 0.01 for k, v in w0.items()}
+    kw = dict(epochs=2, lr=1e-3, target=target, device="cpu")
+    seen = {}
+    one = training.train_ensemble(w0, MEMBERS, x, y, **kw)
+    threads = torch.get_num_threads()
+    two = training.train_ensemble(w0, MEMBERS, x, y, workers=2, **kw,
+                                  on_epoch_end=lambda ep, p: seen.update({ep: {k: v.clone() for k, v in p.items()}}))
+    assert torch.get_num_threads() == threads  # restored
+    for k in models.PARAM_NAMES:
+        torch.testing.assert_close(two.params[k], one.params[k], rtol=0, atol=1e-11)
+        assert torch.equal(seen[1][k], two.params[k])
+    torch.testing.assert_close(two.train_loss, one.train_loss, rtol=0, atol=1e-11)
+    with pytest.raises(ValueError, match="workers must be"):
+        training.train_ensemble(w0, MEMBERS, x, y, workers=0, **kw)
+
+
+def test_mask_streams_do_not_depend_on_the_ensemble():
+    """A member's masks are the same alone and inside any ensemble, block after block."""
+    ens = training._MaskStreams(MEMBERS, 32, 40)
+    alone = [training._MaskStreams([m], 32, 40) for m in MEMBERS]
+    for t in range(40):
+        rows = 32 if t % 20 else 17  # a short batch takes the first rows' masks
+        drop, mix = ens.masks(t, rows, DT)
+        for e, s in enumerate(alone):
+            d1, m1 = s.masks(t, rows, DT)
+            for a, b in zip(drop, d1 if d1 is not None else [torch.ones(1, rows, w, dtype=DT) for w in (300, 100)]):
+                assert torch.equal(a[e], b[0])
+            for a, b in zip(mix, m1 if m1 is not None else [torch.ones(1, 1, w, dtype=DT) for w in (300, 100)]):
+                assert torch.equal(a[e], b[0])
+
+
+@pytest.mark.parametrize("target_kind", ["w_pre", "origin"])
+def test_mixout_linear_equals_the_composition(target_kind):
+    """MixLinear's fused path: the same mask, the same output bit for bit and the same exact gradient
+    (to rounding) as ``F.linear(x, mixing.mixout(w, u, p), b)``; second derivatives work too."""
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(7, 11, generator=g, dtype=DT)
+    u = None if target_kind == "origin" else torch.randn(7, 11, generator=g, dtype=DT)
+    b = torch.randn(7, generator=g, dtype=DT)
+    x = torch.randn(5, 11, generator=g, dtype=DT)
+    for p in (0.1, 0.3, 0.7):
+        w1, w2 = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        fused = mixing.mixout_linear(x, w1, b, u, p, generator=torch.Generator().manual_seed(9))
+        ref = F.linear(x, mixing.mixout(w2, u, p, generator=torch.Generator().manual_seed(9)), b)
+        assert torch.equal(fused, ref)
+        fused.pow(2).sum().backward()
+        ref.pow(2).sum().backward()
+        torch.testing.assert_close(w1.grad, w2.grad, rtol=0, atol=1e-12)
+        if p == 0.7:  # P(no column mixed) = 0.3^11: some column gets no gradient at all
+            assert (w1.grad == 0).all(dim=0).any()
+    wg = w.clone().requires_grad_(True)
+    assert torch.autograd.gradgradcheck(
+        lambda v: mixing.mixout_linear(x, v, b, u, 0.4, generator=torch.Generator().manual_seed(1)).tanh(), (wg,))
+    lin = MixLinear(11, 7, p=0.4, target=u).double()
+    lin.generator = torch.Generator().manual_seed(2)
+    out = lin(x)
+    ref = mixing.mixout(lin.weight, lin.target, 0.4, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(out, F.linear(x, ref, lin.bias))
+
+
+def test_stacked_init_targets_and_workers_equal_solo_runs():
+    """Per-member (stacked) init, mixout target and wdecay target, members whose data seeds
+    interleave, two workers: each member still trains exactly as alone (float64)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(160, 784, dtype=DT, generator=g), torch.randint(0, 10, (160,), generator=g)
+    members = [training.Member(mixout=0.3, wdecay=0.1, data_seed=1, mask_seed=1),
+               training.Member(dropout=0.2, data_seed=0, mask_seed=2),
+               training.Member(mixout=0.5, data_seed=1, mask_seed=3),
+               training.Member(wdecay=0.05, data_seed=2, mask_seed=4)]  # fmt: skip
+    init = {k: v.to(DT) for k, v in models.init_params(4, 0).items()}
+    tgt = {k: v + 0.01 for k, v in init.items()}
+    wdt = {k: v - 0.02 for k, v in init.items()}
+    ens = training.train_ensemble(init, members, x, y, epochs=2, lr=1e-3, target=tgt, wdecay_target=wdt,
+                                  device="cpu", workers=2)  # fmt: skip
+    for e, m in enumerate(members):
+        one = {k: v[e : e + 1] for k, v in init.items()}
+        solo = training.train_ensemble(one, [m], x, y, epochs=2, lr=1e-3, device="cpu",
+                                       target={k: v[e : e + 1] for k, v in tgt.items()},
+                                       wdecay_target={k: v[e : e + 1] for k, v in wdt.items()})  # fmt: skip
+        for k in models.PARAM_NAMES:
+            torch.testing.assert_close(ens.params[k][e], solo.params[k][0], rtol=0, atol=1e-11)
