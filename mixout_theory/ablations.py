@@ -54,6 +54,7 @@ import torch.nn.functional as F
 
 from mixout_theory import __version__, models, penalty, training
 from mixout_theory.profiles import PROFILES
+from mixout_theory.sweep import _jsonable, atomic_write
 
 __all__ = [
     "STUDIES",
@@ -241,16 +242,6 @@ def _hash(d) -> str:
     return hashlib.sha256(json.dumps(_jsonable(d), sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _atomic_write(path: Path, data) -> None:
-    from mixout_theory.sweep import atomic_write
-
-    atomic_write(path, data)
-
-
 class AblationStore:
     """``root/ablations/<study>-<profile>-<source>-<key>/``: ``config.json`` and one JSON per run.
 
@@ -264,13 +255,13 @@ class AblationStore:
         self.runs = self.dir / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "config.json").exists():
-            _atomic_write(self.dir / "config.json", json.dumps(_jsonable(config.asdict()), indent=1, sort_keys=True))
+            atomic_write(self.dir / "config.json", json.dumps(_jsonable(config.asdict()), indent=1, sort_keys=True))
 
     def done(self) -> set[str]:
         return {p.stem for p in self.runs.glob("*.json")}
 
     def write(self, record: dict) -> None:
-        _atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(_jsonable(record), indent=1, sort_keys=True))
+        atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(_jsonable(record), indent=1, sort_keys=True))
 
     def records(self) -> list[dict]:
         recs = [json.loads(p.read_text()) for p in sorted(self.runs.glob("*.json"))]
@@ -376,7 +367,7 @@ def _finish(store, part, result, tensors, w_pre, reference_fc3=None) -> None:
         store.write(rec)
 
 
-def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dict, *, chunk: int = 16,
+def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dict, *, chunk: int = 16, workers: int = 1,
                    device="auto", progress=False) -> AblationStore:  # fmt: skip
     """Study 1: every (size, setting, restart) of :data:`SMALL_DATA_SETTINGS` not yet stored.
 
@@ -403,7 +394,7 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
         result = training.train_ensemble(
             w_pre, [m for _, m in part], x, y, epochs=epochs_for(size, config), lr=config.lr,
             batch_size=config.batch_size, warmup=config.warmup, target=w_pre,
-            wdecay_target=w_pre if group == "w_pre" else None, device=device,
+            wdecay_target=w_pre if group == "w_pre" else None, device=device, workers=workers,
             progress=bar if bar is not None else False,
         )  # fmt: skip
         for fields, _ in part:
@@ -414,7 +405,7 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     return store
 
 
-def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict, *, chunk: int = 16,
+def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict, *, chunk: int = 16, workers: int = 1,
                  device="auto", progress=False) -> AblationStore:  # fmt: skip
     """Study 2: the re-initialised output layer under :data:`HEAD_SETTINGS` at every head size.
 
@@ -440,7 +431,7 @@ def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
         target = {"fc2.weight": w_pre["fc2.weight"], "fc3.weight": init["fc3.weight"].clone()}
         result = training.train_ensemble(
             init, [m for _, m in part], x, y, epochs=epochs_for(size, config), lr=config.lr,
-            batch_size=config.batch_size, warmup=config.warmup, target=target, device=device,
+            batch_size=config.batch_size, warmup=config.warmup, target=target, device=device, workers=workers,
             progress=bar if bar is not None else False,
         )  # fmt: skip
         for fields, _ in part:
@@ -542,7 +533,7 @@ def effective_l2(params: dict, reference: dict, p: float, x: torch.Tensor, y: to
                        m_hi=scale * est.hi, lam=2.0 * est.mean / dist2)  # fmt: skip
 
 
-def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dict, *, device="auto",
+def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dict, *, workers: int = 1, device="auto",
                    progress=False) -> AblationStore:  # fmt: skip
     """Study 3: mixout(w_pre, p) runs on ``trajectory_size`` images, :func:`effective_l2` at epoch ends.
 
@@ -583,7 +574,7 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     t0 = time.perf_counter()
     result = training.train_ensemble(
         w_pre, [m for _, m, _ in todo], x, y, epochs=epochs, lr=config.lr, batch_size=config.batch_size,
-        warmup=config.warmup, target=w_pre, device=device, on_epoch_end=on_epoch_end,
+        warmup=config.warmup, target=w_pre, device=device, on_epoch_end=on_epoch_end, workers=workers,
         progress=bar if bar is not None else False,
     )  # fmt: skip
     seconds = time.perf_counter() - t0
@@ -627,11 +618,15 @@ class AblationResults:
 
 
 def run_ablations(profile: str = "paper", studies=STUDIES, *, results=None, data_root=None, source: str = "auto",
-                  device="auto", chunk: int = 16, progress: bool = True, **overrides) -> AblationResults:  # fmt: skip
+                  device="auto", chunk: int = 16, workers: int | None = None, progress: bool = True,
+                  **overrides) -> AblationResults:  # fmt: skip
     """Data, ``w_pre`` (the sweep's cached pretraining for ``profile``) and the chosen studies.
 
     Every stage resumes from what is stored under ``results`` (default: the checkout's ``results/``).
+    ``workers``: CPU cores each ensemble uses side by side (default: 2 on a machine with 2+ cores).
     """
+    import os
+
     from mixout_theory import data, sweep
 
     unknown = [s for s in studies if s not in STUDIES]
@@ -652,7 +647,9 @@ def run_ablations(profile: str = "paper", studies=STUDIES, *, results=None, data
     runners = {"small_data": run_small_data, "new_head": run_new_head, "trajectory": run_trajectory}
     for study in studies:
         t = time.perf_counter()
-        kw = {} if study == "trajectory" else {"chunk": chunk}
+        kw = {"workers": workers or min(2, os.cpu_count() or 1)}
+        if study != "trajectory":
+            kw["chunk"] = chunk
         store = runners[study](results, config, tensors, w_pre, device=device, progress=progress, **kw)
         out.stores[study], out.records[study] = store, store.records()
         out.seconds[study] = time.perf_counter() - t
@@ -970,7 +967,7 @@ def export_results(res: AblationResults, out_dir) -> dict:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols})
-        _atomic_write(out_dir / name, buf.getvalue())
+        atomic_write(out_dir / name, buf.getvalue())
         written[name] = out_dir / name
 
     run_cols = ["size", "setting", "restart", "data_seed", "mask_seed", "epochs", "steps", "test_acc", "test_loss",
@@ -1012,8 +1009,8 @@ def export_results(res: AblationResults, out_dir) -> dict:
     idx = res.subset_index.tolist()
     write_csv("subsets.csv", [{"rank": i, "target_train_index": j} for i, j in enumerate(idx)])
     meta["claims"] = _jsonable(claims(small, head, traj, res.records.get("small_data")))
-    _atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
-    _atomic_write(out_dir / "meta.json", json.dumps(_jsonable(meta), indent=1, sort_keys=True))
+    atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
+    atomic_write(out_dir / "meta.json", json.dumps(_jsonable(meta), indent=1, sort_keys=True))
     written["tables.md"], written["meta.json"] = out_dir / "tables.md", out_dir / "meta.json"
     return written
 
@@ -1029,7 +1026,7 @@ def _training_cost(records: list[dict]) -> dict:
 def _save(fig, path: Path, written: dict) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
     written[path.name] = path
 
 
