@@ -31,6 +31,8 @@ from mixout_theory.profiles import PROFILES
 
 METHODS = ("dropout", "mixout")
 PAPER_PS = tuple(round(0.1 * k, 1) for k in range(9))  # 0.0, 0.1, ..., 0.8
+#: The paper's selection of w_pre: every seed for every epoch budget, best final validation accuracy.
+SEARCH_BUDGETS, SEARCH_SEEDS = range(1, 21), range(5)
 
 
 @dataclass(frozen=True)
@@ -215,8 +217,8 @@ def pretrain(store_root, config: SweepConfig, tensors: dict, device="auto", prog
         return torch.load(path, map_location="cpu", weights_only=True)["params"]
     xs, ys = tensors["source_train"]
     xv, yv = tensors["source_val"]
-    budgets = range(1, 21) if config.pretrain_search else [config.pretrain_epochs]
-    seeds = range(5) if config.pretrain_search else [config.pretrain_seed]
+    budgets = SEARCH_BUDGETS if config.pretrain_search else [config.pretrain_epochs]
+    seeds = SEARCH_SEEDS if config.pretrain_search else [config.pretrain_seed]
     best = {"acc": -1.0}
     t0 = time.perf_counter()
     for epochs in budgets:

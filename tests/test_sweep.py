@@ -153,3 +153,27 @@ def test_workers_give_the_same_records(exp, tmp_path):
     assert len(a) == 6 and [r["run_id"] for r in a] == [r["run_id"] for r in b]
     for ra, rb in zip(a, b):  # equal up to float32 summation order (thread counts differ)
         assert ra == {k: pytest.approx(v, rel=1e-4, abs=1e-6) if isinstance(v, float) else v for k, v in rb.items()}
+
+
+def test_pretrain_search_keeps_the_best_final_validation_run(exp, tmp_path, monkeypatch):
+    """The paper's search: each (seed, budget) is its own run and only its final epoch competes."""
+    monkeypatch.setattr(sweep, "SEARCH_BUDGETS", range(1, 3))
+    monkeypatch.setattr(sweep, "SEARCH_SEEDS", range(2))
+    cfg = _config(exp, pretrain_search=True)
+    tensors = sweep.experiment_tensors(exp, cfg)
+    w_pre = sweep.pretrain(tmp_path, cfg, tensors, device="cpu", progress=False)
+    meta = json.loads(next((tmp_path / "pretrain").glob("*.json")).read_text())
+    assert meta["budget"] in (1, 2) and meta["seed"] in (0, 1) and meta["epoch"] == meta["budget"]
+    # reproduce every candidate alone: the kept one has the best final validation accuracy
+    accs = {}
+    for budget in (1, 2):
+        for seed in (0, 1):
+            m = training.Member(dropout=cfg.dropout_pretrain, wdecay=cfg.weight_decay_pretrain,
+                                data_seed=seed, mask_seed=10_000 + seed)  # fmt: skip
+            init = {k: v[seed] for k, v in models.init_params(2, seed=0).items()}
+            r = training.train_ensemble(init, [m], *tensors["source_train"], epochs=budget, lr=cfg.lr_pretrain,
+                                        device="cpu")  # fmt: skip
+            accs[budget, seed] = float(training.evaluate(r.params, *tensors["source_val"])["acc"][0])
+    assert meta["acc"] == pytest.approx(max(accs.values()))
+    assert accs[meta["budget"], meta["seed"]] == pytest.approx(meta["acc"])
+    assert set(w_pre) == set(models.PARAM_NAMES)
