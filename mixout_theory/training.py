@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.optim.adam import adam as _functional_adam
 
 from mixout_theory import models
 from mixout_theory.mixing import check_p
@@ -190,17 +191,9 @@ class _Adam:
             except (RuntimeError, NotImplementedError, TypeError):  # no fused kernel here
                 torch._foreach_add_(self.steps, -1)
                 self.fused = False
-        torch.optim.adam.adam(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
+        _functional_adam(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
                               foreach=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], lr=lr,
                               weight_decay=0.0, eps=EPS, maximize=False)  # fmt: skip
-
-
-def make_adam(params: dict, lr: float) -> torch.optim.Adam:
-    """Adam(0.9, 0.999) as a ``torch.optim`` object, fused where this torch and device have it."""
-    try:
-        return torch.optim.Adam(list(params.values()), lr=lr, betas=BETAS, eps=EPS, fused=True)
-    except (RuntimeError, TypeError, ValueError):  # older torch: no fused Adam on this device
-        return torch.optim.Adam(list(params.values()), lr=lr, betas=BETAS, eps=EPS, foreach=True)
 
 
 DECAYED = ("fc1.weight", "fc2.weight", "fc3.weight")  # wdecay acts on the Linear weights only

@@ -333,3 +333,20 @@ def test_stacked_init_targets_and_workers_equal_solo_runs():
                                        wdecay_target={k: v[e : e + 1] for k, v in wdt.items()})  # fmt: skip
         for k in models.PARAM_NAMES:
             torch.testing.assert_close(ens.params[k][e], solo.params[k][0], rtol=0, atol=1e-11)
+
+
+def test_adam_fallback_without_fused_kernel_is_the_same_update(monkeypatch):
+    """Where torch has no fused Adam kernel (older torch on the CPU), the foreach path is used and
+    gives the same training run."""
+    x, y = _task(n=96)
+    w0 = _params()
+    kw = dict(epochs=1, lr=1e-3, target=w0, device="cpu")
+    fused = training.train_ensemble(w0, MEMBERS[:3], x, y, **kw)
+
+    def no_kernel(*args, **kwargs):
+        raise NotImplementedError("no fused Adam here")
+
+    monkeypatch.setattr(torch, "_fused_adam_", no_kernel)
+    plain = training.train_ensemble(w0, MEMBERS[:3], x, y, **kw)
+    for k in models.PARAM_NAMES:
+        torch.testing.assert_close(plain.params[k], fused.params[k], rtol=0, atol=1e-12)
