@@ -243,28 +243,24 @@ def loss_and_grad(
     torch.sum(dz, 1, out=out["fc3.bias"])
     torch.bmm(dz.transpose(1, 2), h2 if m3 is None else torch.mul(h2, m3, out=buf("hm2", E, rows, d2)),
               out=out["fc3.weight"])  # fmt: skip
-    dh2 = torch.bmm(dz, w3, out=buf("dh2", E, rows, d2))
-    if k2 is not None:
-        dh2.mul_(k2)
-    torch.sum(torch.mul(dh2, n2, out=buf("t2", E, rows, d2)), 1, out=out["ln2.weight"])
-    torch.sum(dh2, 1, out=out["ln2.bias"])
-    da2 = torch.ops.aten.native_layer_norm_backward(
-        dh2.mul_(g2), r2, [d2], mean2, rstd2, None, None, [True, False, False]
-    )[0]
-    torch.ops.aten.threshold_backward.grad_input(da2, r2, 0, grad_input=da2)
-    torch.sum(da2, 1, out=out["fc2.bias"])
+    def hidden_backward(i, dh, k, n, g, r, mean, rstd):
+        """Hidden layer ``i`` (Linear -> ReLU -> LayerNorm -> dropout ``k``), from ``dL/dh`` (consumed
+        in place): write the gradients of ``ln{i}`` and ``fc{i}.bias``, return ``dL/d(fc{i} output)``."""
+        if k is not None:
+            dh.mul_(k)
+        torch.sum(torch.mul(dh, n, out=buf(f"t{i}", *dh.shape)), 1, out=out[f"ln{i}.weight"])
+        torch.sum(dh, 1, out=out[f"ln{i}.bias"])
+        da = torch.ops.aten.native_layer_norm_backward(
+            dh.mul_(g), r, [dh.shape[-1]], mean, rstd, None, None, [True, False, False]
+        )[0]
+        torch.ops.aten.threshold_backward.grad_input(da, r, 0, grad_input=da)
+        torch.sum(da, 1, out=out[f"fc{i}.bias"])
+        return da
+
+    da2 = hidden_backward(2, torch.bmm(dz, w3, out=buf("dh2", E, rows, d2)), k2, n2, g2, r2, mean2, rstd2)
     torch.bmm(da2.transpose(1, 2), h1 if m2 is None else torch.mul(h1, m2, out=buf("hm1", E, rows, d1)),
               out=out["fc2.weight"])  # fmt: skip
-    dh1 = torch.bmm(da2, w2, out=buf("dh1", E, rows, d1))
-    if k1 is not None:
-        dh1.mul_(k1)
-    torch.sum(torch.mul(dh1, n1, out=buf("t1", E, rows, d1)), 1, out=out["ln1.weight"])
-    torch.sum(dh1, 1, out=out["ln1.bias"])
-    da1 = torch.ops.aten.native_layer_norm_backward(
-        dh1.mul_(g1), r1, [d1], mean1, rstd1, None, None, [True, False, False]
-    )[0]
-    torch.ops.aten.threshold_backward.grad_input(da1, r1, 0, grad_input=da1)
-    torch.sum(da1, 1, out=out["fc1.bias"])
+    da1 = hidden_backward(1, torch.bmm(da2, w2, out=buf("dh1", E, rows, d1)), k1, n1, g1, r1, mean1, rstd1)
     gw1 = out["fc1.weight"]
     if split is None:
         torch.bmm(da1.transpose(1, 2), x, out=gw1)
