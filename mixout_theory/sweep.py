@@ -310,7 +310,7 @@ def run_sweep(
             batch_size=config.batch_size, warmup=config.warmup, target=w_pre, device=device, workers=workers,
             progress=bar if bar is not None else False,
         )  # fmt: skip
-        for record in _records(part, result, w_pre, tensors, config, source_name):
+        for record in _records(part, result, w_pre, tensors, config, source_name, device):
             store.write(record)
     if bar is not None:
         bar.close()
@@ -318,11 +318,11 @@ def run_sweep(
     return store
 
 
-def _records(part, result, w_pre, tensors, config, source_name) -> list[dict]:
+def _records(part, result, w_pre, tensors, config, source_name, device) -> list[dict]:
     dist = models.squared_distances(result.params, w_pre)
     ev = {k: training.evaluate(result.params, *tensors[k]) for k in ("target_val", "target_test", "source_val")}
     env = {"mixout_theory": __version__, "torch": torch.__version__, "python": platform.python_version(),
-           "device": str(training.resolve_device("auto"))}  # fmt: skip
+           "device": str(training.resolve_device(device))}  # fmt: skip
     out = []
     for e, (run_id, fields, _) in enumerate(part):
         rec = {"run_id": run_id, **fields, "source": config.source, "source_name": source_name,
