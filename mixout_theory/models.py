@@ -152,6 +152,17 @@ def _groups_of(x: torch.Tensor, n_members: int, groups):
     return None
 
 
+def reused_buffer(work: dict | None, name: str, shape: tuple, dtype, device) -> torch.Tensor:
+    """An uninitialised tensor kept in ``work`` under ``(name, shape)`` and handed out again on the
+    next call (a fresh one when ``work`` is None): step after step, no new memory."""
+    if work is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    key = (name, shape)
+    if key not in work:
+        work[key] = torch.empty(shape, dtype=dtype, device=device)
+    return work[key]
+
+
 def loss_and_grad(
     params: dict,
     x: torch.Tensor,
@@ -186,12 +197,7 @@ def loss_and_grad(
     dt, dev = w1.dtype, w1.device
 
     def buf(name, *shape):
-        if work is None:
-            return torch.empty(shape, dtype=dt, device=dev)
-        key = (name, shape)
-        if key not in work:
-            work[key] = torch.empty(shape, dtype=dt, device=dev)
-        return work[key]
+        return reused_buffer(work, name, shape, dt, dev)
 
     if out is None:
         out = {k: torch.empty_like(v) for k, v in params.items()}

@@ -364,12 +364,6 @@ class _Part:
         self.step = 0
         self.epoch_loss = torch.zeros(E, dtype=torch.float64)
 
-    def _buf(self, name, shape, dtype):
-        key = (name, shape)
-        if key not in self.work:
-            self.work[key] = torch.empty(shape, dtype=dtype, device=self.dev)
-        return self.work[key]
-
     def epoch_single_threaded(self) -> None:
         torch.set_num_threads(1)  # this worker thread's own kernels (OpenMP and MKL settings are per thread)
         self.epoch()
@@ -384,7 +378,8 @@ class _Part:
             rows = idx.shape[1]
             flat = idx.reshape(-1)
             k = len(self.data_gens)
-            xb = torch.index_select(x, 0, flat, out=self._buf("xb", (k * rows, x.shape[1]), x.dtype)).view(k, rows, -1)
+            xb = models.reused_buffer(self.work, "xb", (k * rows, x.shape[1]), x.dtype, self.dev)
+            xb = torch.index_select(x, 0, flat, out=xb).view(k, rows, -1)
             yb = y.index_select(0, flat).view(k, rows)
             if self.shared:
                 yb = yb.index_select(0, self.member_group)
