@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 from mixout_theory import __version__, models, penalty, training
 from mixout_theory.profiles import PROFILES
-from mixout_theory.sweep import _jsonable, atomic_write
+from mixout_theory.sweep import RunStore, _jsonable, atomic_write
 
 __all__ = [
     "STUDIES",
@@ -242,7 +242,7 @@ def _hash(d) -> str:
     return hashlib.sha256(json.dumps(_jsonable(d), sort_keys=True).encode()).hexdigest()[:12]
 
 
-class AblationStore:
+class AblationStore(RunStore):
     """``root/ablations/<study>-<profile>-<source>-<key>/``: ``config.json`` and one JSON per run.
 
     Records are written atomically (temporary file + rename) as each ensemble chunk finishes, so an
@@ -251,21 +251,11 @@ class AblationStore:
 
     def __init__(self, root, study: str, config: AblationConfig):
         self.study, self.config = study, config
-        self.dir = Path(root) / "ablations" / f"{study}-{config.profile}-{config.source}-{config.key(study)}"
-        self.runs = self.dir / "runs"
-        self.runs.mkdir(parents=True, exist_ok=True)
-        if not (self.dir / "config.json").exists():
-            atomic_write(self.dir / "config.json", json.dumps(_jsonable(config.asdict()), indent=1, sort_keys=True))
-
-    def done(self) -> set[str]:
-        return {p.stem for p in self.runs.glob("*.json")}
-
-    def write(self, record: dict) -> None:
-        atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(_jsonable(record), indent=1, sort_keys=True))
+        super().__init__(Path(root) / "ablations" / f"{study}-{config.profile}-{config.source}-{config.key(study)}",
+                         config.asdict())  # fmt: skip
 
     def records(self) -> list[dict]:
-        recs = [json.loads(p.read_text()) for p in sorted(self.runs.glob("*.json"))]
-        return sorted(recs, key=lambda r: (r.get("size", 0), r.get("order", 0), r.get("restart", 0)))
+        return sorted(self._read(), key=lambda r: (r.get("size", 0), r.get("order", 0), r.get("restart", 0)))
 
 
 # --------------------------------------------------------------------------------------------

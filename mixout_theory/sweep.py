@@ -125,23 +125,37 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
-class Store:
-    """``root/<profile>-<config hash>/``: ``config.json``, ``runs/<run id>.json``, ``runs.csv``."""
+class RunStore:
+    """A folder of runs: ``config.json`` (written once) and ``runs/<run id>.json``, one record per
+    finished run, each written atomically, so a rerun can skip what is ``done()``."""
 
-    def __init__(self, root: str | Path, config: SweepConfig):
-        self.config = config
-        self.dir = Path(root) / f"{config.profile}-{config.source}-{config.key()}"
+    def __init__(self, folder: str | Path, config: dict):
+        self.dir = Path(folder)
         self.runs = self.dir / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
-        cfg = json.dumps(_jsonable(dataclasses.asdict(config)), indent=2, sort_keys=True)
         if not (self.dir / "config.json").exists():
-            atomic_write(self.dir / "config.json", cfg)
+            atomic_write(self.dir / "config.json", json.dumps(_jsonable(config), indent=1, sort_keys=True))
 
     def done(self) -> set[str]:
         return {p.stem for p in self.runs.glob("*.json")}
 
     def write(self, record: dict) -> None:
-        atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(record, indent=1, sort_keys=True))
+        atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(_jsonable(record), indent=1, sort_keys=True))
+
+    def _read(self) -> list[dict]:
+        return _read_runs(self.dir)
+
+
+def _read_runs(folder) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(folder, "runs").glob("*.json"))]
+
+
+class Store(RunStore):
+    """The sweep's store: ``root/<profile>-<source>-<config hash>/``, plus ``runs.csv``."""
+
+    def __init__(self, root: str | Path, config: SweepConfig):
+        self.config = config
+        super().__init__(Path(root) / f"{config.profile}-{config.source}-{config.key()}", dataclasses.asdict(config))
 
     def records(self) -> list[dict]:
         return load_records(self.dir)
@@ -152,8 +166,7 @@ class Store:
 
 def load_records(folder: str | Path) -> list[dict]:
     """Every run record stored under ``folder`` (a store folder), sorted by method, p, seed."""
-    recs = [json.loads(p.read_text()) for p in sorted(Path(folder, "runs").glob("*.json"))]
-    return sorted(recs, key=lambda r: (r["method"], r["p"], r["seed"]))
+    return sorted(_read_runs(folder), key=lambda r: (r["method"], r["p"], r["seed"]))
 
 
 def export_csv(records: list[dict], path: Path) -> Path:
