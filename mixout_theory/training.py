@@ -177,20 +177,23 @@ class _Adam:
         self.params, self.grads = params, grads
         self.exp_avgs = [torch.zeros_like(p) for p in params]
         self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
-        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in params]
+        self.step_count = torch.zeros((), dtype=torch.float32, device=params[0].device)
+        self.steps = [self.step_count] * len(params)  # every tensor is at the same step: one counter
         self.fused = hasattr(torch, "_fused_adam_")
 
     def step(self, lr: float) -> None:
         if self.fused:
-            torch._foreach_add_(self.steps, 1)
+            self.step_count += 1
             try:
                 torch._fused_adam_(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
                                    lr=lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS,
                                    amsgrad=False, maximize=False)  # fmt: skip
                 return
             except (RuntimeError, NotImplementedError, TypeError):  # no fused kernel here
-                torch._foreach_add_(self.steps, -1)
+                self.step_count -= 1
                 self.fused = False
+                # the functional adam counts the step itself, once per tensor: one counter each
+                self.steps = [self.step_count.clone() for _ in self.params]
         _functional_adam(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
                               foreach=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], lr=lr,
                               weight_decay=0.0, eps=EPS, maximize=False)  # fmt: skip
@@ -205,6 +208,11 @@ def _add_wdecay(params: dict, grads: dict, lam: torch.Tensor, target: dict | Non
         w = params[name]
         diff = w if target is None else w - target[name]
         grads[name].add_(diff * lam.view(-1, *([1] * (w.dim() - 1))))
+
+
+def _kind_rank(m: Member) -> int:
+    """0 for dropout only, 1 for neither (or both), 2 for mixout only."""
+    return 1 + (max(m.mixout) > 0) - (max(m.dropout) > 0)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -269,9 +277,11 @@ def train_ensemble(
         raise ValueError(f"init is stacked for {init['fc1.weight'].shape[0]} members, not {E}")
     dtype = init["fc1.weight"].dtype
     # members that share a data seed see the same batches: put them side by side (the caller's
-    # order is restored on the way out) so that fc1 runs once per shared batch
+    # order is restored on the way out) so that fc1 runs once per shared batch; within a data
+    # group dropout members come first and mixout members last, so that a worker's part tends to
+    # hold one kind and skips the other's masks altogether
     seeds = list(dict.fromkeys(m.data_seed for m in members))
-    order = sorted(range(E), key=lambda e: seeds.index(members[e].data_seed))
+    order = sorted(range(E), key=lambda e: (seeds.index(members[e].data_seed), _kind_rank(members[e])))
     workers = min(workers, E) if dev.type == "cpu" else 1
     cuts = [round(i * E / workers) for i in range(workers + 1)]
     parts = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
