@@ -13,7 +13,7 @@ Notation: ``w`` the trained parameter, ``u`` the target it is mixed with (``w_pr
 * :func:`mixout_authors` -- the same forward value as :func:`mixout` with the backward of the
   authors' public code (``grad * mask``), which omits the exact factor ``1/(1-p)``. For comparison only.
 * :func:`mixout_linear` -- ``F.linear`` with a mixout(u, p) weight, fused (what ``MixLinear`` runs):
-  the same mask, weight and exact gradient as the composition, in fewer kernels.
+  the same mask and exact gradient as the composition, the weight to rounding, in fewer kernels.
 * :func:`sample_mixtures`, :func:`mixture_variance` -- many draws at once, and the exact
   per-coordinate variance ``(sigma^2 / mu^2) (w - u)^2`` (Theorem 1's proof), for Monte Carlo checks.
 * :func:`mixout_sgd` -- plain SGD through the mixture with the exact or the authors' backward, to show
@@ -184,14 +184,20 @@ def mixout_linear(
     training: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8) in fewer kernels.
+    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8), fused.
 
-    The same mask draw and the same mixed weight, bit for bit: with ``B`` in {0, 1},
-    ``B (w - u) / mu`` equals ``(w - u) / (mu / B)`` exactly (``/ mu`` where ``B = 1``, ``/ inf = 0``
-    where ``B = 0``), so ``Phi = addcdiv(u, w - u, mu / B)`` is :func:`mixture`'s value in two
-    kernels instead of four, and autograd's gradient through it, ``(dL/dPhi) / (mu / B)``, is the
-    exact ``(dL/dPhi) B / mu`` with fewer graph nodes; higher derivatives work as for the
-    composition. (:class:`~mixout_theory.modules.MixLinear` runs this.)
+    The same mask draw as :func:`mixout` (``neuron_mask(weight, p, generator)``) and the same exact
+    gradient, with the fewest kernels (what :class:`~mixout_theory.modules.MixLinear` runs):
+
+    * forward ``Phi = lerp(u, w, s)`` with ``s = B / (1 - p)`` per input column, one pass over the
+      weight (the engine's formula, :func:`mixout_theory.models.loss_and_grad`); a mixed column is
+      exactly ``u``, a kept one ``u + (w - u) / (1 - p)`` to rounding (within an ulp of
+      :func:`mixture`'s value);
+    * backward ``dL/dw = (dL/dy)^T (x * s)``: the column scale applied to the ``(batch, in)`` input
+      rather than to the ``(out, in)`` gradient (``dL/dPhi * s``, the same numbers to rounding).
+
+    First and second derivatives are exact (``gradcheck`` / ``gradgradcheck``); no gradient flows
+    into the target.
     """
     p = check_p(p)
     if not training or p == 0.0 or p == 1.0:
@@ -202,11 +208,40 @@ def mixout_linear(
 def _mixout_linear(x, weight, bias, u, p: float, generator):
     """:func:`mixout_linear` for a checked ``0 < p < 1`` and a target ``u`` (or None) of the weight's
     shape, dtype and device."""
-    denom = torch.empty(_mask_shape(weight), device=weight.device, dtype=weight.dtype)
-    denom.bernoulli_(1.0 - p, generator=generator)  # the mask B of neuron_mask(weight, p, generator)
-    denom.reciprocal_().mul_(1.0 - p)  # mu / B: mu where kept, inf where mixed
-    phi = torch.div(weight, denom) if u is None else torch.addcdiv(u, weight - u, denom)
-    return torch.nn.functional.linear(x, phi, bias)
+    scale = weight.new_empty(_mask_shape(weight))
+    scale.bernoulli_(1.0 - p, generator=generator).mul_(1.0 / (1.0 - p))  # B / (1 - p), B = neuron_mask
+    return _MixoutLinear.apply(x, weight, bias, u, scale)
+
+
+def _mixed_weight(weight, u, scale):
+    return weight * scale if u is None else torch.lerp(u, weight, scale)
+
+
+class _MixoutLinear(torch.autograd.Function):
+    """``y = x Phi^T + b``, ``Phi = lerp(u, w, s)``; ``dL/dw = (dL/dy)^T (x * s)``, ``dL/dx = dL/dy Phi``."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, u, scale):
+        phi = _mixed_weight(weight, u, scale)
+        ctx.save_for_backward(x, weight, u, scale)
+        ctx.phi = phi
+        return torch.nn.functional.linear(x, phi, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, u, scale = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            # when differentiating twice, rebuild Phi from the saved weight so that it is in the graph
+            grad_x = grad @ (_mixed_weight(weight, u, scale) if torch.is_grad_enabled() else ctx.phi)
+        if x.dim() != 2:
+            grad, x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
+        if need_w:
+            grad_w = grad.t() @ (x * scale)
+        if need_b:
+            grad_b = grad.sum(0)
+        return grad_x, grad_w, grad_b, None, None
 
 
 class _AuthorsMixout(torch.autograd.Function):

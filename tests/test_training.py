@@ -285,31 +285,42 @@ def test_mask_streams_do_not_depend_on_the_ensemble():
 
 @pytest.mark.parametrize("target_kind", ["w_pre", "origin"])
 def test_mixout_linear_equals_the_composition(target_kind):
-    """MixLinear's fused path: the same mask, the same output bit for bit and the same exact gradient
-    (to rounding) as ``F.linear(x, mixing.mixout(w, u, p), b)``; second derivatives work too."""
+    """MixLinear's fused path: the same mask, the same output and the same exact gradient (to
+    rounding) as ``F.linear(x, mixing.mixout(w, u, p), b)``, a mixed column exactly ``u``; first and
+    second derivatives in ``x``, ``w`` and ``b`` pass gradcheck, for 2-D and 3-D inputs."""
     g = torch.Generator().manual_seed(3)
     w = torch.randn(7, 11, generator=g, dtype=DT)
     u = None if target_kind == "origin" else torch.randn(7, 11, generator=g, dtype=DT)
     b = torch.randn(7, generator=g, dtype=DT)
-    x = torch.randn(5, 11, generator=g, dtype=DT)
-    for p in (0.1, 0.3, 0.7):
-        w1, w2 = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
-        fused = mixing.mixout_linear(x, w1, b, u, p, generator=torch.Generator().manual_seed(9))
-        ref = F.linear(x, mixing.mixout(w2, u, p, generator=torch.Generator().manual_seed(9)), b)
-        assert torch.equal(fused, ref)
-        fused.pow(2).sum().backward()
-        ref.pow(2).sum().backward()
-        torch.testing.assert_close(w1.grad, w2.grad, rtol=0, atol=1e-12)
-        if p == 0.7:  # P(no column mixed) = 0.3^11: some column gets no gradient at all
-            assert (w1.grad == 0).all(dim=0).any()
-    wg = w.clone().requires_grad_(True)
-    assert torch.autograd.gradgradcheck(
-        lambda v: mixing.mixout_linear(x, v, b, u, 0.4, generator=torch.Generator().manual_seed(1)).tanh(), (wg,))
+    for x in (torch.randn(5, 11, generator=g, dtype=DT), torch.randn(2, 3, 11, generator=g, dtype=DT)):
+        for p in (0.1, 0.3, 0.7):
+            w1, w2 = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
+            x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            fused = mixing.mixout_linear(x1, w1, b, u, p, generator=torch.Generator().manual_seed(9))
+            ref = F.linear(x2, mixing.mixout(w2, u, p, generator=torch.Generator().manual_seed(9)), b)
+            torch.testing.assert_close(fused, ref, rtol=1e-14, atol=1e-14)
+            fused.pow(2).sum().backward()
+            ref.pow(2).sum().backward()
+            torch.testing.assert_close(w1.grad, w2.grad, rtol=0, atol=1e-12)
+            torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-12)
+            mask = mixing.neuron_mask(w, p, generator=torch.Generator().manual_seed(9))[0]
+            assert torch.equal(w1.grad[:, mask == 0], torch.zeros(7, int((mask == 0).sum()), dtype=DT))
+            phi = mixing._mixed_weight(w, u, mask / (1 - p))
+            assert torch.equal(phi[:, mask == 0], (torch.zeros_like(w) if u is None else u)[:, mask == 0])
+            if p == 0.7:  # P(no column mixed) = 0.3^11: some column gets no gradient at all
+                assert (mask == 0).any()
+        args = (x.clone().requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True))
+
+        def f(xv, wv, bv):
+            return mixing.mixout_linear(xv, wv, bv, u, 0.4, generator=torch.Generator().manual_seed(1)).tanh()
+
+        assert torch.autograd.gradcheck(f, args)
+        assert torch.autograd.gradgradcheck(f, args)
     lin = MixLinear(11, 7, p=0.4, target=u).double()
     lin.generator = torch.Generator().manual_seed(2)
     out = lin(x)
     ref = mixing.mixout(lin.weight, lin.target, 0.4, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(out, F.linear(x, ref, lin.bias))
+    torch.testing.assert_close(out, F.linear(x, ref, lin.bias), rtol=1e-14, atol=1e-14)
 
 
 def test_stacked_init_targets_and_workers_equal_solo_runs():
