@@ -283,7 +283,7 @@ def train_ensemble(
     seeds = list(dict.fromkeys(m.data_seed for m in members))
     order = sorted(range(E), key=lambda e: (seeds.index(members[e].data_seed), _kind_rank(members[e])))
     workers = min(workers, E) if dev.type == "cpu" else 1
-    cuts = [math.ceil(i * E / workers) for i in range(workers + 1)]  # 17 -> 9 + 8: dropout + none, mixout
+    cuts = [round(i * E / workers) for i in range(workers + 1)]
     parts = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
 
     def pick(t, index, name):  # the rows of a stacked (E, ...) tensor for these members
