@@ -184,20 +184,14 @@ def mixout_linear(
     training: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8), fused.
+    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8), in fewer kernels.
 
-    The same mask draw as :func:`mixout` (``neuron_mask(weight, p, generator)``) and the same exact
-    gradient, with the fewest kernels (what :class:`~mixout_theory.modules.MixLinear` runs):
-
-    * forward ``Phi = lerp(u, w, s)`` with ``s = B / (1 - p)`` per input column, one pass over the
-      weight (the engine's formula, :func:`mixout_theory.models.loss_and_grad`); a mixed column is
-      exactly ``u``, a kept one ``u + (w - u) / (1 - p)`` to rounding (within an ulp of
-      :func:`mixture`'s value);
-    * backward ``dL/dw = (dL/dy)^T (x * s)``: the column scale applied to the ``(batch, in)`` input
-      rather than to the ``(out, in)`` gradient (``dL/dPhi * s``, the same numbers to rounding).
-
-    First and second derivatives are exact (``gradcheck`` / ``gradgradcheck``); no gradient flows
-    into the target.
+    The same mask draw as :func:`mixout` (``neuron_mask(weight, p, generator)``), then
+    ``Phi = lerp(u, w, s)`` with ``s = B / (1 - p)`` per input column: one pass over the weight (the
+    engine's formula, :func:`mixout_theory.models.loss_and_grad`). A mixed column is exactly ``u``, a
+    kept one ``u + (w - u) / (1 - p)`` to rounding (within an ulp of :func:`mixture`'s value); the
+    gradient is autograd's through ``lerp``, the exact ``dL/dPhi * B / (1 - p)``, and higher
+    derivatives work. (:class:`~mixout_theory.modules.MixLinear` runs this.)
     """
     p = check_p(p)
     if not training or p == 0.0 or p == 1.0:
@@ -210,38 +204,8 @@ def _mixout_linear(x, weight, bias, u, p: float, generator):
     shape, dtype and device."""
     scale = weight.new_empty(_mask_shape(weight))
     scale.bernoulli_(1.0 - p, generator=generator).mul_(1.0 / (1.0 - p))  # B / (1 - p), B = neuron_mask
-    return _MixoutLinear.apply(x, weight, bias, u, scale)
-
-
-def _mixed_weight(weight, u, scale):
-    return weight * scale if u is None else torch.lerp(u, weight, scale)
-
-
-class _MixoutLinear(torch.autograd.Function):
-    """``y = x Phi^T + b``, ``Phi = lerp(u, w, s)``; ``dL/dw = (dL/dy)^T (x * s)``, ``dL/dx = dL/dy Phi``."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, u, scale):
-        phi = _mixed_weight(weight, u, scale)
-        ctx.save_for_backward(x, weight, u, scale)
-        ctx.phi = phi
-        return torch.nn.functional.linear(x, phi, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight, u, scale = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = grad_w = grad_b = None
-        if need_x:
-            # when differentiating twice, rebuild Phi from the saved weight so that it is in the graph
-            grad_x = grad @ (_mixed_weight(weight, u, scale) if torch.is_grad_enabled() else ctx.phi)
-        if x.dim() != 2:
-            grad, x = grad.reshape(-1, grad.shape[-1]), x.reshape(-1, x.shape[-1])
-        if need_w:
-            grad_w = grad.t() @ (x * scale)
-        if need_b:
-            grad_b = grad.sum(0)
-        return grad_x, grad_w, grad_b, None, None
+    phi = weight * scale if u is None else torch.lerp(u, weight, scale)
+    return torch.nn.functional.linear(x, phi, bias)
 
 
 class _AuthorsMixout(torch.autograd.Function):

@@ -305,8 +305,9 @@ def test_mixout_linear_equals_the_composition(target_kind):
             torch.testing.assert_close(x1.grad, x2.grad, rtol=0, atol=1e-12)
             mask = mixing.neuron_mask(w, p, generator=torch.Generator().manual_seed(9))[0]
             assert torch.equal(w1.grad[:, mask == 0], torch.zeros(7, int((mask == 0).sum()), dtype=DT))
-            phi = mixing._mixed_weight(w, u, mask / (1 - p))
-            assert torch.equal(phi[:, mask == 0], (torch.zeros_like(w) if u is None else u)[:, mask == 0])
+            # one-hot inputs read the mixed weight's columns: a mixed column is exactly u's
+            phi_t = mixing.mixout_linear(torch.eye(11, dtype=DT), w, None, u, p, generator=torch.Generator().manual_seed(9))
+            assert torch.equal(phi_t[mask == 0], (torch.zeros_like(w) if u is None else u).t()[mask == 0])
             if p == 0.7:  # P(no column mixed) = 0.3^11: some column gets no gradient at all
                 assert (mask == 0).any()
         args = (x.clone().requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True))
