@@ -2,8 +2,8 @@
 
 One command (from the repository root)::
 
-    .venv/bin/python benchmarks/run.py --quick      # about 3 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/run.py              # about 8 minutes: more steps and repeats
+    .venv/bin/python benchmarks/run.py --quick      # about 1.5 minutes on 2 CPU cores
+    .venv/bin/python benchmarks/run.py              # about 3.5 minutes: more ensemble sizes, steps, repeats
     .venv/bin/python benchmarks/run.py --device cuda   # the same on a GPU (names the card)
 
 Prints one table and writes it as CSV to ``benchmarks/results/bench-<device>-<profile>.csv``.
@@ -379,7 +379,7 @@ def bench_penalty(args, device, rows):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (about 3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (about 1.5 minutes)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--steps", type=int, default=None, help="steps per ensemble / plain member (default 48, quick 32)")
     ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, quick 3)")

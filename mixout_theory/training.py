@@ -9,7 +9,8 @@ runs (``tests/test_training.py`` checks it).
 
 Speed (see ``benchmarks/``): the gradient is computed by hand (:func:`models.loss_and_grad`, checked
 against autograd) into preallocated buffers, activations live in buffers reused from step to step,
-members that share a data seed share one batch gather and sit side by side, masks are drawn
+members that share a data seed share one batch gather and sit side by side (dropout members
+first, mixout members last, so that a worker's part seldom needs both kinds of mask), masks are drawn
 ``MASK_BLOCK`` steps at a time, and one fused Adam call updates every member. ``workers=2`` trains
 two halves of the ensemble in two threads (one core each), which beats the kernels' own threading
 and degrades gracefully on a shared machine.
