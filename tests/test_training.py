@@ -306,7 +306,8 @@ def test_mixout_linear_equals_the_composition(target_kind):
             mask = mixing.neuron_mask(w, p, generator=torch.Generator().manual_seed(9))[0]
             assert torch.equal(w1.grad[:, mask == 0], torch.zeros(7, int((mask == 0).sum()), dtype=DT))
             # one-hot inputs read the mixed weight's columns: a mixed column is exactly u's
-            phi_t = mixing.mixout_linear(torch.eye(11, dtype=DT), w, None, u, p, generator=torch.Generator().manual_seed(9))
+            eye, g9 = torch.eye(11, dtype=DT), torch.Generator().manual_seed(9)
+            phi_t = mixing.mixout_linear(eye, w, None, u, p, generator=g9)
             assert torch.equal(phi_t[mask == 0], (torch.zeros_like(w) if u is None else u).t()[mask == 0])
             if p == 0.7:  # P(no column mixed) = 0.3^11: some column gets no gradient at all
                 assert (mask == 0).any()
