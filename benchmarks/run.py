@@ -44,7 +44,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixout_theory import models, penalty, training  # noqa: E402
+from mixout_theory import kernels, models, penalty, training  # noqa: E402
 from mixout_theory.modules import MixLinear, mixout_model  # noqa: E402
 
 PAPER_MEMBERS = 170
@@ -313,6 +313,8 @@ def bench_mixout(args, device, rows):
         "nn.Dropout + nn.Linear": nn.Sequential(nn.Dropout(0.1), nn.Linear(300, 100).to(device)),
         "authors-style mixout Linear": AuthorsStyleMixLinear(lin, 0.1),
     }
+    if device.type == "cpu" and kernels.available():  # the optional C++ operator (built on first use)
+        layers["MixLinear, kernel='cpp'"] = MixLinear.from_linear(mix, 0.1, target=mix.target, kernel="cpp")
     w, u = mix.weight.detach(), mix.target
     x0 = torch.randn(B, 300, device=device)
     scale = torch.ones(1, 300, device=device)
