@@ -103,3 +103,16 @@ def test_kernel_choice_is_checked_and_a_failed_build_is_reported(monkeypatch):
     with pytest.raises(RuntimeError, match="could not be built"):
         m.kernel = "cpp"
     assert m.kernel == "torch"
+
+
+@needs_build
+def test_cpp_operator_rejects_bad_input_instead_of_reading_out_of_bounds():
+    w = torch.randn(4, 6)
+    with pytest.raises(RuntimeError, match="target must have the weight's shape"):
+        kernels.mixout_linear(torch.randn(3, 6), w, None, torch.randn(6, 4), 0.5)
+    with pytest.raises(RuntimeError, match="x must be a CPU tensor"):
+        kernels.mixout_linear(torch.randn(3, 5), w, None, None, 0.5)
+    with pytest.raises(RuntimeError, match="x must be a CPU tensor"):
+        kernels.mixout_linear(torch.randn(3, 6, dtype=torch.float64), w, None, None, 0.5)
+    with pytest.raises(RuntimeError, match="p must be in"):
+        kernels.mixout_linear(torch.randn(3, 6), w, None, None, 1.0)

@@ -49,7 +49,7 @@ Tensor mixed_weight(const Tensor& w, const Tensor& u, const Tensor& s) {
   auto phi = torch::empty_like(w);
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "mixed_weight", [&] {
     mix_rows(w.data_ptr<scalar_t>(), u.defined() ? u.data_ptr<scalar_t>() : nullptr, s.data_ptr<scalar_t>(),
-                       phi.data_ptr<scalar_t>(), w.size(0), w.size(1));
+             phi.data_ptr<scalar_t>(), w.size(0), w.size(1));
   });
   return phi;
 }
@@ -95,6 +95,12 @@ struct MixoutLinear : public torch::autograd::Function<MixoutLinear> {
 // F.linear(x, mixout(w, u, p), b) for a checked 0 < p < 1; x (..., in).
 Tensor mixout_linear(const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b, const c10::optional<Tensor>& u,
                      double p, c10::optional<at::Generator> generator) {
+  TORCH_CHECK(w.dim() == 2 && w.device().is_cpu(), "mixout_linear (C++): weight must be a 2-D CPU tensor");
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == w.size(1) && x.device().is_cpu() && x.scalar_type() == w.scalar_type(),
+              "mixout_linear (C++): x must be a CPU tensor (..., ", w.size(1), ") of the weight's dtype");
+  TORCH_CHECK(!u.has_value() || (u->sizes() == w.sizes() && u->device().is_cpu() && u->scalar_type() == w.scalar_type()),
+              "mixout_linear (C++): target must have the weight's shape, dtype and device");
+  TORCH_CHECK(0.0 < p && p < 1.0, "mixout_linear (C++): p must be in (0, 1), got ", p);
   auto s = torch::empty({w.size(1)}, w.options().requires_grad(false));
   s.bernoulli_(1.0 - p, generator);  // the mask B of mixing.neuron_mask(w, p, generator)
   AT_DISPATCH_FLOATING_TYPES(s.scalar_type(), "mask_scale", [&] {
