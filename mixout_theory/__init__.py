@@ -1,6 +1,7 @@
 """mixout-theory: exact, tested mixout (Lee, Cho, Kang, ICLR 2020, arXiv:1909.11299).
 
-Functional operator (:mod:`~mixout_theory.mixing`), modules (:mod:`~mixout_theory.modules`),
+Functional operator (:mod:`~mixout_theory.mixing`), modules (:mod:`~mixout_theory.modules`; an
+optional fused C++ operator for them in :mod:`~mixout_theory.kernels`),
 Theorem 1 / Corollary 1.1 (:mod:`~mixout_theory.bounds`), empirical penalty estimators
 (:mod:`~mixout_theory.penalty`), and the EMNIST Digits -> MNIST experiment
 (:mod:`~mixout_theory.data`, :mod:`~mixout_theory.models`, :mod:`~mixout_theory.training`,
