@@ -43,7 +43,6 @@ import hashlib
 import io
 import json
 import math
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,9 +51,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mixout_theory import __version__, models, penalty, training
+from mixout_theory import models, penalty, training
 from mixout_theory.profiles import PROFILES
-from mixout_theory.sweep import RunStore, _jsonable, atomic_write
+from mixout_theory.sweep import RunStore, _jsonable, atomic_write, run_env
 
 __all__ = [
     "STUDIES",
@@ -318,11 +317,6 @@ def head_init(restart: int, std: float = models.INIT_STD, sizes=models.SIZES) ->
 # training the studies
 
 
-def _env() -> dict:
-    return {"mixout_theory": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(training.resolve_device("auto"))}  # fmt: skip
-
-
 def _chunks(items: list, size: int):
     for start in range(0, len(items), max(1, size)):
         yield items[start : start + size]
@@ -343,10 +337,10 @@ def _fields(setting: Setting, order: int, size: int, restart: int, config: Ablat
             "config": config.key(study)}  # fmt: skip
 
 
-def _finish(store, part, result, tensors, w_pre, reference_fc3=None) -> None:
+def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None) -> None:
     ev = training.evaluate(result.params, *tensors["test"])
     dist = models.squared_distances(result.params, w_pre)
-    env = _env()
+    env = run_env(device)
     for e, (fields, _) in enumerate(part):
         rec = dict(fields)
         rec.update(test_acc=float(ev["acc"][e]), test_loss=float(ev["loss"][e]), train_loss=float(result.train_loss[e]),
@@ -389,7 +383,7 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
         )  # fmt: skip
         for fields, _ in part:
             fields["epochs"] = epochs_for(size, config)
-        _finish(store, part, result, tensors, w_pre)
+        _finish(store, part, result, tensors, w_pre, device)
     if bar is not None:
         bar.close()
     return store
@@ -426,7 +420,7 @@ def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
         )  # fmt: skip
         for fields, _ in part:
             fields.update(epochs=epochs_for(size, config), head_seed=HEAD_SEED0 + fields["restart"])
-        _finish(store, part, result, tensors, w_pre, reference_fc3=target["fc3.weight"])
+        _finish(store, part, result, tensors, w_pre, device, reference_fc3=target["fc3.weight"])
     if bar is not None:
         bar.close()
     return store
@@ -574,7 +568,7 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     for e, (fields, _, p) in enumerate(todo):
         rec = dict(fields, p=p, epochs=epochs, steps=result.steps, eval_size=n_eval,
                    mc_samples=config.trajectory_samples, test_acc=float(ev["acc"][e]),
-                   seconds=seconds, checkpoints=checkpoints[e], **_env())  # fmt: skip
+                   seconds=seconds, checkpoints=checkpoints[e], **run_env(device))  # fmt: skip
         store.write(rec)
     return store
 
@@ -963,7 +957,7 @@ def export_results(res: AblationResults, out_dir) -> dict:
     run_cols = ["size", "setting", "restart", "data_seed", "mask_seed", "epochs", "steps", "test_acc", "test_loss",
                 "train_loss", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3", "dist_all"]  # fmt: skip
     tables, meta = [], {"config": _jsonable(res.config.asdict()), "w_pre_test_acc": res.w_pre_acc,
-                        "source_name": res.source_name, "this_invocation_seconds": res.seconds, "env": _env(),
+                        "source_name": res.source_name, "this_invocation_seconds": res.seconds, "env": run_env(),
                         "training": {s: _training_cost(r) for s, r in res.records.items()},
                         "subset_sha256": hashlib.sha256(res.subset_index.numpy().astype("<i8").tobytes()).hexdigest(),
                         "store_keys": {s: res.config.key(s) for s in res.records}}  # fmt: skip

@@ -304,8 +304,9 @@ def run_sweep(
     """Finetune ``w_pre`` for every run not yet in the store, ``chunk`` runs per batched ensemble.
 
     Each chunk's records are written as soon as it finishes, so an interrupted sweep keeps them.
-    ``workers`` is passed to :func:`training.train_ensemble` (CPU cores used side by side). The numbers
-    do not depend on ``chunk`` or ``workers``.
+    ``workers`` is passed to :func:`training.train_ensemble` (CPU cores used side by side). Each run's
+    numbers are the same for any ``chunk`` and ``workers`` to rounding (the matrix library may round
+    differently for a different grouping of members), and bit for bit for the same ones.
     """
     store = Store(store_root, config)
     todo = [r for r in sweep_members(config) if r[0] not in store.done()]
@@ -331,11 +332,17 @@ def run_sweep(
     return store
 
 
+def run_env(device="auto") -> dict:
+    """What a stored run was computed with: library, torch and Python versions, and the device the
+    run used (``device`` resolved as :func:`training.train_ensemble` resolves it)."""
+    return {"mixout_theory": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(training.resolve_device(device))}  # fmt: skip
+
+
 def _records(part, result, w_pre, tensors, config, source_name, device) -> list[dict]:
     dist = models.squared_distances(result.params, w_pre)
     ev = {k: training.evaluate(result.params, *tensors[k]) for k in ("target_val", "target_test", "source_val")}
-    env = {"mixout_theory": __version__, "torch": torch.__version__, "python": platform.python_version(),
-           "device": str(training.resolve_device(device))}  # fmt: skip
+    env = run_env(device)
     out = []
     for e, (run_id, fields, _) in enumerate(part):
         rec = {"run_id": run_id, **fields, "source": config.source, "source_name": source_name,
