@@ -44,12 +44,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mixout_theory import kernels, models, penalty, training  # noqa: E402
+from mixout_theory import kernels, models, penalty, sweep, training  # noqa: E402
 from mixout_theory.modules import MixLinear, mixout_model  # noqa: E402
 
 PAPER_MEMBERS = 170
 PAPER_MEMBER_STEPS = 170 * 5 * math.ceil(54_000 / 32)  # 1,434,800
-PS = [round(0.1 * i, 1) for i in range(9)]
 B = 32
 
 
@@ -81,15 +80,8 @@ def interleaved(fns: dict, repeats: int, inner: int = 1, warmup: int = 1, device
 
 
 def paper_members() -> list[training.Member]:
-    """The paper sweep's 170 members in the sweep's order (restart-major), as in ``sweep_members``."""
-    out = []
-    for seed in range(10):
-        for p in PS:
-            for method in ("none",) if p == 0 else ("dropout", "mixout"):
-                out.append(training.Member(dropout=p if method == "dropout" else 0.0,
-                                           mixout=p if method == "mixout" else 0.0,
-                                           data_seed=seed, mask_seed=hash((method, p, seed)) % 2**31))  # fmt: skip
-    return out
+    """The paper sweep's 170 members, seeds and order (restart-major) as the sweep trains them."""
+    return [member for _, _, member in sweep.sweep_members(sweep.profile_config("paper"))]
 
 
 def param_count() -> int:
