@@ -27,6 +27,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam as _functional_adam
@@ -103,8 +104,6 @@ class _MaskStreams:
     """
 
     def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100)):
-        import numpy as np
-
         self.members, self.b, self.total, self.widths = members, batch_size, total_steps, widths
         self.gens = [np.random.PCG64(m.mask_seed) for m in members]
         self.drop_p = self._per_unit([m.dropout for m in members])  # (E, 400) float64
@@ -118,8 +117,6 @@ class _MaskStreams:
     @staticmethod
     def _draw(gen, shape, p: torch.Tensor, out: torch.Tensor) -> None:
         """``out = (U >= round(p 2^32)) / (1 - p)`` for ``U`` the next ``prod(shape)`` 32-bit draws."""
-        import numpy as np
-
         size = math.prod(shape)
         raw = gen.random_raw((size + 1) // 2).view(np.uint32)[:size].reshape(shape)
         keep = raw >= np.round(p.numpy() * 2.0**32).astype(np.uint64)
@@ -261,7 +258,9 @@ def train_ensemble(
     own thread running single-threaded kernels (``torch.set_num_threads(1)`` for the duration of the
     call, restored after). On a machine with ``workers`` free cores this scales better than the
     kernels' own threads and degrades gracefully when the cores are shared (see ``benchmarks/``).
-    The numbers are the same either way: each member's computation never depends on the others.
+    The numbers are the same either way, to rounding: each member's computation never depends on
+    the others' values, but the matrix library may round differently for a different grouping of
+    members into batched products (bit for bit for the same ``workers`` and ensemble).
     """
     if not members:
         raise ValueError("members is empty: give at least one Member")
