@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from mixout_theory import models, penalty, training
 from mixout_theory.profiles import PROFILES
-from mixout_theory.sweep import RunStore, _jsonable, atomic_write, run_env
+from mixout_theory.sweep import RunStore, _jsonable, atomic_write, atomic_write_csv, run_env
 
 __all__ = [
     "STUDIES",
@@ -936,8 +936,6 @@ def claims(small: list[dict], head: list[dict], traj: list[dict], small_records:
 
 def export_results(res: AblationResults, out_dir) -> dict:
     """Write tidy CSVs, summary CSVs, PNG figures, ``tables.md`` and ``meta.json`` into ``out_dir``."""
-    import csv
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -946,13 +944,8 @@ def export_results(res: AblationResults, out_dir) -> dict:
         if not rows:
             return
         cols = cols or [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols})
-        atomic_write(out_dir / name, buf.getvalue())
-        written[name] = out_dir / name
+        rows = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols} for r in rows]
+        written[name] = atomic_write_csv(out_dir / name, rows, cols, lineterminator="\n")
 
     run_cols = ["size", "setting", "restart", "data_seed", "mask_seed", "epochs", "steps", "test_acc", "test_loss",
                 "train_loss", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3", "dist_all"]  # fmt: skip

@@ -239,18 +239,11 @@ TABLE_COLUMNS = ("dist_all", "dist_mixed", "dist_fc1", "target_val_acc", "target
 
 def summary_table(summary: list[dict], meta: dict, out_dir: Path) -> list[Path]:
     """The figure's numbers as ``table.csv`` (mean and std columns) and ``table.md`` (mean +- std)."""
-    import csv
-    import io
-
-    from mixout_theory.sweep import atomic_write
+    from mixout_theory.sweep import atomic_write, atomic_write_csv
 
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["method", "p", "n"] + [f"{c}_{s}" for c in TABLE_COLUMNS for s in ("mean", "std")]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(summary)
-    atomic_write(out_dir / "table.csv", buf.getvalue())
+    atomic_write_csv(out_dir / "table.csv", summary, cols, lineterminator="\n")
     md = [f"<!-- {_caption(meta)} -->", f"*{_caption(meta)}*", "",
           "| method | p | n | " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|---|" + "---|" * len(TABLE_COLUMNS)]  # fmt: skip
     for r in summary:

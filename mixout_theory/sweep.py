@@ -125,6 +125,19 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+def atomic_write_csv(path: Path, rows, columns, lineterminator: str = "\r\n") -> Path:
+    """``rows`` (dicts) as a CSV table with ``columns`` (other keys ignored), via :func:`atomic_write`."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator=lineterminator)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
 class RunStore:
     """A folder of runs: ``config.json`` (written once) and ``runs/<run id>.json``, one record per
     finished run, each written atomically, so a rerun can skip what is ``done()``."""
@@ -171,18 +184,9 @@ def load_records(folder: str | Path) -> list[dict]:
 
 def export_csv(records: list[dict], path: Path) -> Path:
     """One row per run, one column per scalar field (a tidy table)."""
-    import csv
-    import io
-
     cols = sorted({k for r in records for k, v in r.items() if not isinstance(v, (dict, list))})
     first = ["run_id", "method", "p", "seed", "source", "profile"]
-    cols = [c for c in first if c in cols] + [c for c in cols if c not in first]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    w.writerows(records)
-    atomic_write(path, buf.getvalue())
-    return path
+    return atomic_write_csv(path, records, [c for c in first if c in cols] + [c for c in cols if c not in first])
 
 
 def find_stores(root: str | Path) -> list[Path]:
