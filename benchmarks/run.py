@@ -13,7 +13,7 @@ interleaved in the same process, so that ratios compare like with like on a shar
 
 Sections:
 
-1. ``sweep``: member-steps per second of :func:`mixout_theory.training.train_ensemble` on the paper
+1. ``sweep``: member-steps per second of :func:`mixout_theory.experiment.engine.train_ensemble` on the paper
    sweep's members (10 restarts x (p = 0 + 8 p x {dropout, mixout}) = 170), ``--steps`` steps per
    ensemble at batch 32, for several ensemble sizes (``chunk``) and ``workers``; against a plain
    loop (one ``nn.Module``, ``nn.Dropout`` or ``MixLinear``, ``torch.optim.Adam`` defaults, batches
@@ -43,8 +43,13 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from mixout_theory import kernels, models, penalty, sweep, training  # noqa: E402
+from cpp_prototype import kernels  # noqa: E402 - the measured C++ prototype of the mixout layer
+from mixout_theory import cases, penalty  # noqa: E402
+from mixout_theory.experiment import engine as training  # noqa: E402
+from mixout_theory.experiment import mlp as models  # noqa: E402
+from mixout_theory.experiment import sweep  # noqa: E402
 from mixout_theory.modules import MixLinear, mixout_model  # noqa: E402
 
 PAPER_MEMBERS = 170
@@ -306,7 +311,7 @@ def bench_mixout(args, device, rows):
         "authors-style mixout Linear": AuthorsStyleMixLinear(lin, 0.1),
     }
     if device.type == "cpu" and kernels.available():  # the optional C++ operator (built on first use)
-        layers["MixLinear, kernel='cpp'"] = MixLinear.from_linear(mix, 0.1, target=mix.target, kernel="cpp")
+        layers["C++ prototype layer"] = kernels.CppMixLinear.from_linear(mix, 0.1, target=mix.target)
     w, u = mix.weight.detach(), mix.target
     x0 = torch.randn(B, 300, device=device)
     scale = torch.ones(1, 300, device=device)
@@ -350,7 +355,7 @@ def bench_mixout(args, device, rows):
 
 
 def bench_penalty(args, device, rows):
-    case = penalty.softmax_case(n=200, dim=20, classes=5)
+    case = cases.softmax_case(n=200, dim=20, classes=5)
     n_batched, n_loop = (20_000, 1_000) if not args.quick else (5_000, 400)
 
     def one(W):

@@ -1,17 +1,15 @@
 """mixout-theory: exact, tested mixout (Lee, Cho, Kang, ICLR 2020, arXiv:1909.11299).
 
-Functional operator (:mod:`~mixout_theory.mixing`), modules (:mod:`~mixout_theory.modules`; an
-optional fused C++ operator for them in :mod:`~mixout_theory.kernels`),
-Theorem 1 / Corollary 1.1 (:mod:`~mixout_theory.bounds`), empirical penalty estimators
-(:mod:`~mixout_theory.penalty`), and the EMNIST Digits -> MNIST experiment
-(:mod:`~mixout_theory.data`, :mod:`~mixout_theory.models`, :mod:`~mixout_theory.training`,
-:mod:`~mixout_theory.sweep`, :mod:`~mixout_theory.figures`).
+The library: the operator as pure functions (:mod:`~mixout_theory.mixing`), modules that put it
+into any model (:mod:`~mixout_theory.modules`), Theorem 1 / Corollary 1.1
+(:mod:`~mixout_theory.bounds`), estimators of the mixout penalty ``E L(Phi(w)) - L(w)``
+(:mod:`~mixout_theory.penalty`), the theory's worked cases (:mod:`~mixout_theory.cases`) and their
+figures (:mod:`~mixout_theory.figures`). Importing it never loads the EMNIST Digits -> MNIST
+experiment, which lives in :mod:`mixout_theory.experiment` and is driven by the command line
+(:mod:`mixout_theory.cli`).
 """
 
-__version__ = "0.1.0"
-
-# ruff: noqa: E402, F401
-from mixout_theory.ablations import effective_l2, run_ablations
+from mixout_theory._version import __version__
 from mixout_theory.bounds import (
     add_intercept,
     bernoulli_moments,
@@ -28,19 +26,12 @@ from mixout_theory.bounds import (
     squared_distance,
     theorem1_penalty,
 )
-from mixout_theory.data import (
-    DataIntegrityError,
-    DataUnavailableError,
-    ExperimentData,
-    StandInWarning,
-    load_experiment,
-    prepare,
-    shift_statistics,
-)
+from mixout_theory.cases import TheoryCase, line_fit_experiment, penalty_curve, theory_cases
 from mixout_theory.mixing import (
     check_p,
     check_target,
     mixconnect,
+    mixed_weight,
     mixout,
     mixout_authors,
     mixout_linear,
@@ -61,4 +52,22 @@ from mixout_theory.penalty import (
     wdecay,
 )
 from mixout_theory.profiles import by_profile, current_profile
-from mixout_theory.training import Member, evaluate, train_ensemble
+
+__all__ = [
+    "__version__",
+    # mixing: the operator (eq. 4, 5, 8)
+    "mixed_weight", "mixture", "mixout", "mixconnect", "mixout_authors", "mixout_linear", "neuron_mask",
+    "parameter_mask", "check_p", "check_target", "mixture_variance", "sample_mixtures", "mixout_sgd",
+    # modules
+    "MixLinear", "mixout_model", "unmix_model", "mixed_layer_names",
+    # bounds: Theorem 1 (eq. 7), Corollary 1.1 (eq. 9), moduli and losses
+    "theorem1_penalty", "corollary11_penalty", "restricted_corollary11_penalty", "squared_distance",
+    "bernoulli_moments", "quadratic_modulus", "least_squares_modulus", "logistic_modulus", "softmax_modulus",
+    "quadratic_loss", "least_squares_loss", "logistic_loss", "softmax_loss", "add_intercept",
+    # penalty: estimators of E L(Phi(w)) - L(w), wdecay
+    "PenaltyEstimate", "empirical_penalty", "quadratic_penalty", "neuron_groups", "mixout_least_squares", "wdecay",
+    # cases: the theory's worked examples
+    "TheoryCase", "theory_cases", "penalty_curve", "line_fit_experiment",
+    # profiles: the one size knob
+    "current_profile", "by_profile",
+]  # fmt: skip

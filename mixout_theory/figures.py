@@ -1,4 +1,4 @@
-"""Figures: the theory figures (Theorem 1 / Corollary 1.1, Supplement D), recomputed in seconds.
+"""The theory figures (Theorem 1 / Corollary 1.1, Supplement D), recomputed in seconds.
 
 Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetune Large-scale
 Pretrained Language Models", ICLR 2020 (arXiv:1909.11299). Equation numbers are the paper's.
@@ -10,9 +10,10 @@ Pretrained Language Models", ICLR 2020 (arXiv:1909.11299). Equation numbers are 
   mixout(u, p) moves from the data's line to the target's line as ``p`` grows.
 * :func:`theory_penalty_figure`, :func:`line_fit_figure` -- whole figures (``matplotlib.figure.Figure``
   objects, no pyplot state, so any backend, notebooks' inline one included, is left alone).
-* :func:`render_theory_figures`, :func:`render_all` -- write PNG and PDF files.
+* :func:`render_theory_figures` -- write them as PNG and PDF files; :func:`save_figure` writes any.
 
-All computation lives in :mod:`mixout_theory.penalty`; this module only draws.
+All computation lives in :mod:`mixout_theory.cases`; this module only draws. The experiment's
+figures are in :mod:`mixout_theory.experiment.plots`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from mixout_theory.penalty import (
+from mixout_theory.cases import (
     LineFit,
     PenaltyCurve,
     line_fit_experiment,
@@ -39,7 +40,8 @@ __all__ = [
     "line_fit_figure",
     "compute_theory_curves",
     "render_theory_figures",
-    "render_all",
+    "save_figure",
+    "FORMATS",
 ]
 
 #: the p grid of the theory figure, 0.05 .. 0.95 (p = 0 has zero penalty and no place on a log axis)
@@ -53,7 +55,7 @@ def _p_range(ps) -> str:
 
 
 def plot_penalty_vs_p(ax, curve: PenaltyCurve, logy: bool = True, title: str | None = None, legend: bool = True):
-    """Draw one :class:`~mixout_theory.penalty.PenaltyCurve` on ``ax`` and return ``ax``.
+    """Draw one :class:`~mixout_theory.cases.PenaltyCurve` on ``ax`` and return ``ax``.
 
     Monte Carlo mean with its 95% interval (band and error bars), the Corollary 1.1 bound (eq. 9,
     dashed) and, when known, the exact penalty (dotted). ``logy`` drops ``p = 0`` (zero penalty).
@@ -133,17 +135,19 @@ def line_fit_figure(fit: LineFit) -> Figure:
 
 
 def compute_theory_curves(ps=DEFAULT_PS, n_samples: int = 2000, seed: int = 0) -> list[PenaltyCurve]:
-    """Penalty curves of the four standard cases (:func:`mixout_theory.penalty.theory_cases`)."""
+    """Penalty curves of the four standard cases (:func:`mixout_theory.cases.theory_cases`)."""
     return [penalty_curve(case, ps, n_samples, seed=seed + i) for i, case in enumerate(theory_cases(seed))]
 
 
-def _save(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+def save_figure(fig: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Write ``fig`` as ``out_dir/stem.png`` and ``.pdf`` (150 dpi) and return the paths. The PDF
+    carries no creation date, so the same figure gives the same bytes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in FORMATS:
         path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, metadata={"CreationDate": None} if ext == "pdf" else None)
         paths.append(path)
     return paths
 
@@ -158,142 +162,6 @@ def render_theory_figures(out_dir, n_samples: int = 2000, ps=DEFAULT_PS, seed: i
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = _save(theory_penalty_figure(compute_theory_curves(ps, n_samples, seed)), out_dir, "theorem1_penalty_vs_p")
-    paths += _save(line_fit_figure(line_fit_experiment()), out_dir, "supplement_d_line_fit")
+    paths = save_figure(theory_penalty_figure(compute_theory_curves(ps, n_samples, seed)), out_dir, "theorem1_penalty_vs_p")
+    paths += save_figure(line_fit_figure(line_fit_experiment()), out_dir, "supplement_d_line_fit")
     return paths
-
-
-# --------------------------------------------------------------------------------------------
-# the EMNIST Digits -> MNIST experiment (paper Section 4, Figure 2), rendered from stored results
-
-METHOD_STYLE = {"dropout": dict(color="tab:red", marker="s"), "mixout": dict(color="tab:blue", marker="o")}
-FIG2_PANELS = (
-    ("dist_all", r"(a) $\|w_{ft} - w_{pre}\|^2$ (all parameters)"),
-    ("target_val_acc", "(b) MNIST validation accuracy"),
-    ("source_val_acc", "(c) source-task validation accuracy"),
-)
-LAYER_PANELS = (
-    ("dist_mixed", "mixed weights (fc2 + fc3)"),
-    ("dist_fc2", "fc2 300->100 (mixed)"),
-    ("dist_fc3", "fc3 100->10 (mixed)"),
-    ("dist_fc1", "fc1 784->300 (never mixed)"),
-    ("dist_all", "all parameters"),
-)
-
-
-def plot_metric_vs_p(ax, summary: list[dict], metric: str, title: str = "", ylabel: str = "") -> None:
-    """Mean over restarts with a +-1 std band against p, dropout vs mixout (p = 0 shared)."""
-    for method, style in METHOD_STYLE.items():
-        rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["p"])
-        if not rows:
-            continue
-        p = np.array([r["p"] for r in rows])
-        mean = np.array([r[f"{metric}_mean"] for r in rows])
-        std = np.array([r[f"{metric}_std"] for r in rows])
-        ax.plot(p, mean, label=method, lw=1.6, ms=4, **style)
-        ax.fill_between(p, mean - std, mean + std, color=style["color"], alpha=0.2, lw=0)
-    ax.set_xlabel("p")
-    ax.set_title(title, fontsize=10)
-    if ylabel:
-        ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-
-
-def _caption(meta: dict) -> str:
-    return (f"source task: {meta.get('source_name') or meta.get('source')} | profile: {meta.get('profile')} | "
-            f"{meta.get('restarts')} restarts per setting, mean +- 1 std | config {meta.get('config')}")  # fmt: skip
-
-
-def experiment_meta(records: list[dict]) -> dict:
-    """What every experiment figure states about the runs behind it."""
-    r = records[0]
-    return {"source": r["source"], "source_name": r.get("source_name", ""), "profile": r["profile"],
-            "config": r["config"], "restarts": len({x["seed"] for x in records}), "runs": len(records)}  # fmt: skip
-
-
-def figure2(summary: list[dict], meta: dict) -> Figure:
-    """The paper's Figure 2: (a) squared distance to w_pre, (b) target and (c) source accuracy vs p."""
-    fig = Figure(figsize=(13, 4.0), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, (metric, title) in zip(axes, FIG2_PANELS):
-        plot_metric_vs_p(ax, summary, metric, title)
-    axes[0].legend()
-    fig.suptitle("Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)\n" + _caption(meta), fontsize=10)
-    return fig
-
-
-def layer_distance_figure(summary: list[dict], meta: dict) -> Figure:
-    """Squared distance to w_pre per layer vs p: mixout pulls only the layers it mixes (Supp. B)."""
-    fig = Figure(figsize=(16, 3.6), layout="constrained")
-    axes = fig.subplots(1, len(LAYER_PANELS))
-    for ax, (metric, title) in zip(axes, LAYER_PANELS):
-        plot_metric_vs_p(ax, summary, metric, title)
-    axes[0].set_ylabel(r"$\|w_{ft} - w_{pre}\|^2$")
-    axes[0].legend()
-    fig.suptitle("Where the finetuned weights move, layer by layer\n" + _caption(meta), fontsize=10)
-    return fig
-
-
-TABLE_COLUMNS = ("dist_all", "dist_mixed", "dist_fc1", "target_val_acc", "target_test_acc", "source_val_acc")
-
-
-def summary_table(summary: list[dict], meta: dict, out_dir: Path) -> list[Path]:
-    """The figure's numbers as ``table.csv`` (mean and std columns) and ``table.md`` (mean +- std)."""
-    from mixout_theory.sweep import atomic_write, atomic_write_csv
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cols = ["method", "p", "n"] + [f"{c}_{s}" for c in TABLE_COLUMNS for s in ("mean", "std")]
-    atomic_write_csv(out_dir / "table.csv", summary, cols, lineterminator="\n")
-    md = [f"<!-- {_caption(meta)} -->", f"*{_caption(meta)}*", "",
-          "| method | p | n | " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|---|" + "---|" * len(TABLE_COLUMNS)]  # fmt: skip
-    for r in summary:
-        cells = [f"{r[c + '_mean']:.4f} +- {r[c + '_std']:.4f}" for c in TABLE_COLUMNS]
-        md.append(f"| {r['method']} | {r['p']:.1f} | {r['n']} | " + " | ".join(cells) + " |")
-    atomic_write(out_dir / "table.md", "\n".join(md) + "\n")
-    return [out_dir / "table.csv", out_dir / "table.md"]
-
-
-def render_experiment(store_dir, out_dir) -> list[Path]:
-    """Figure 2, the per-layer distances and the table of one results store (no training)."""
-    from mixout_theory.sweep import load_records, summarise
-
-    records = load_records(store_dir)
-    if not records:
-        return []
-    meta = experiment_meta(records)
-    summary = summarise(records)
-    out = Path(out_dir) / f"experiment-{meta['profile']}-{meta['source']}"
-    paths = _save(figure2(summary, meta), out, "figure2")
-    paths += _save(layer_distance_figure(summary, meta), out, "layer_distances")
-    return paths + summary_table(summary, meta, out)
-
-
-def render_all(out_dir, results=None) -> list[Path]:
-    """Every figure: the theory figures, and the experiment figures of the newest store per profile
-    and source found under ``results`` (rendered from stored records only)."""
-    paths = render_theory_figures(out_dir)
-    if results is not None and Path(results).exists():
-        from mixout_theory.sweep import find_stores
-
-        seen = set()
-        for store in find_stores(results):  # newest first
-            kind = store.name.rsplit("-", 1)[0]  # profile-source
-            if kind not in seen:
-                seen.add(kind)
-                paths += render_experiment(store, out_dir)
-    return paths
-
-
-def source_target_figure(exp, n: int = 10) -> Figure:
-    """The first ``n`` validation images of the source task above those of the target task (MNIST)."""
-    fig = Figure(figsize=(1.1 * n, 2.6), layout="constrained")
-    axes = fig.subplots(2, n, squeeze=False)
-    for row, (task, name) in enumerate((("source", exp.source_name), ("target", "MNIST"))):
-        imgs, labels = exp.images(task, "val", n), exp.task(task).val.y[:n]
-        for ax, img, lab in zip(axes[row], imgs, labels):
-            ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=1)
-            ax.set_xticks([]), ax.set_yticks([])
-            ax.set_title(str(int(lab)), fontsize=8)
-        axes[row][0].set_ylabel(name if len(name) < 20 else name.replace(": ", ":\n", 1), fontsize=8)
-    fig.suptitle(exp.label, fontsize=10)
-    return fig

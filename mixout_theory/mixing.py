@@ -6,14 +6,17 @@ Pretrained Language Models", ICLR 2020 (arXiv:1909.11299). Equation numbers are 
 Notation: ``w`` the trained parameter, ``u`` the target it is mixed with (``w_pre`` for finetuning,
 0 for dropout / dropconnect), ``M`` a random mask with ``E M = mu``, ``Var M = sigma^2``.
 
+* :func:`mixed_weight` -- the one implementation of eq. 4 that everything calls (this module, the
+  modules, the experiment's engine): ``Phi = u + s (w - u)`` for a mask already scaled, ``s = M / mu``.
 * :func:`mixture`    -- eq. 4, the random mixture function ``Phi(w; u, M) = u + M (w - u) / mu``.
 * :func:`mixout`     -- mixout(u, p), eq. 8: one Bernoulli(1-p) mask value per *input unit*
   (index of dim 1 of a weight of shape ``(out, in, ...)``), shared by every weight leaving it.
 * :func:`mixconnect` -- mixconnect(u, 1-p, p(1-p)), eq. 5: one independent mask value per parameter.
 * :func:`mixout_authors` -- the same forward value as :func:`mixout` with the backward of the
   authors' public code (``grad * mask``), which omits the exact factor ``1/(1-p)``. For comparison only.
-* :func:`mixout_linear` -- ``F.linear`` with a mixout(u, p) weight, fused (what ``MixLinear`` runs):
-  the same mask and exact gradient as the composition, the weight to rounding, in fewer kernels.
+* :func:`neuron_mask`, :func:`parameter_mask` -- the Bernoulli(1-p) masks of the two levels.
+* :func:`mixout_linear` -- ``F.linear`` with a mixout(u, p) weight (what ``MixLinear`` runs): the
+  same mask, weight and exact gradient as the composition.
 * :func:`sample_mixtures`, :func:`mixture_variance` -- many draws at once, and the exact
   per-coordinate variance ``(sigma^2 / mu^2) (w - u)^2`` (Theorem 1's proof), for Monte Carlo checks.
 * :func:`mixout_sgd` -- plain SGD through the mixture with the exact or the authors' backward, to show
@@ -35,6 +38,7 @@ from typing import Callable, NamedTuple
 import torch
 
 __all__ = [
+    "mixed_weight",
     "mixture",
     "mixout",
     "mixconnect",
@@ -88,17 +92,32 @@ def check_target(weight: torch.Tensor, target: torch.Tensor | None) -> torch.Ten
     return target.detach().to(device=weight.device, dtype=weight.dtype)
 
 
+def mixed_weight(
+    w: torch.Tensor, u: torch.Tensor | None, scale: torch.Tensor, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eq. 4 for a mask divided by its mean, ``s = M / mu``: ``Phi = u + s (w - u)``.
+
+    Computed as ``torch.lerp(u, w, s)``, one pass over the weight: exactly ``u`` where ``s == 0`` and
+    exactly ``w`` where ``s == 1``; ``u=None`` means the origin (dropout / dropconnect): ``w * s``.
+    ``scale`` broadcasts against ``w``; the gradient to ``w`` is ``s`` (``u`` gets none from callers
+    that detach it). ``out``: write into this preallocated tensor (no autograd).
+    """
+    if u is None:
+        return torch.mul(w, scale) if out is None else torch.mul(w, scale, out=out)
+    return torch.lerp(u, w, scale) if out is None else torch.lerp(u, w, scale, out=out)
+
+
 def mixture(w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, mu: float) -> torch.Tensor:
     """Eq. 4, the random mixture function for any mask (Bernoulli, Gaussian, ...).
 
     ``Phi(w; u, M) = mu^{-1} ((I - M) u + M w - (1 - mu) u) = u + M (w - u) / mu``
 
     ``mask`` broadcasts against ``w``; ``E Phi = w`` whenever ``E M = mu``. Where ``M = 0`` the result
-    is exactly ``u``.
+    is exactly ``u``. Computed by :func:`mixed_weight` with ``s = M / mu``.
     """
     if isinstance(mu, numbers.Real) and not mu > 0:
         raise ValueError(f"mu (the mask mean) must be > 0, got mu={mu!r}")
-    return u + mask * (w - u) / mu
+    return mixed_weight(w, u, mask / mu)
 
 
 def _mask_shape(weight: torch.Tensor) -> tuple[int, ...]:
@@ -130,19 +149,25 @@ def parameter_mask(
     return torch.empty_like(weight, requires_grad=False).bernoulli_(1.0 - p, generator=generator)
 
 
-def _all_target(weight: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+def _all_target(weight: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
     """p == 1: exactly ``u``, with an all-zero (never NaN) gradient to ``weight``."""
+    u = torch.zeros_like(weight).detach() if u is None else u
     return torch.where(torch.zeros((), dtype=torch.bool, device=weight.device), weight, u)
+
+
+def _scaled(mask: torch.Tensor, p: float) -> torch.Tensor:
+    """``B / (1 - p)`` in place: the scaled mask :func:`mixed_weight` takes."""
+    return mask.mul_(1.0 / (1.0 - p))
 
 
 def _mix(weight, target, p, training, generator, make_mask):
     p = check_p(p)
-    u = check_target(weight, target)
+    u = None if target is None else check_target(weight, target)
     if not training or p == 0.0:
         return weight
     if p == 1.0:
         return _all_target(weight, u)
-    return mixture(weight, u, make_mask(weight, p, generator), 1.0 - p)
+    return mixed_weight(weight, u, _scaled(make_mask(weight, p, generator), p))
 
 
 def mixout(
@@ -184,28 +209,14 @@ def mixout_linear(
     training: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8), in fewer kernels.
+    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8).
 
-    The same mask draw as :func:`mixout` (``neuron_mask(weight, p, generator)``), then
-    ``Phi = lerp(u, w, s)`` with ``s = B / (1 - p)`` per input column: one pass over the weight (the
-    engine's formula, :func:`mixout_theory.models.loss_and_grad`). A mixed column is exactly ``u``, a
-    kept one ``u + (w - u) / (1 - p)`` to rounding (within an ulp of :func:`mixture`'s value); the
-    gradient is autograd's through ``lerp``, the exact ``dL/dPhi * B / (1 - p)``, and higher
-    derivatives work. (:class:`~mixout_theory.modules.MixLinear` runs this.)
+    The same mask draw and the same mixed weight as :func:`mixout` (so the same numbers, bit for
+    bit): ``Phi = lerp(u, w, B / (1 - p))`` per input column (:func:`mixed_weight`). The gradient is
+    autograd's, the exact ``dL/dPhi * B / (1 - p)``, and higher derivatives work.
+    (:class:`~mixout_theory.modules.MixLinear` runs this.)
     """
-    p = check_p(p)
-    if not training or p == 0.0 or p == 1.0:
-        return torch.nn.functional.linear(x, mixout(weight, target, p, training, generator), bias)
-    return _mixout_linear(x, weight, bias, None if target is None else check_target(weight, target), p, generator)
-
-
-def _mixout_linear(x, weight, bias, u, p: float, generator):
-    """:func:`mixout_linear` for a checked ``0 < p < 1`` and a target ``u`` (or None) of the weight's
-    shape, dtype and device."""
-    scale = weight.new_empty(_mask_shape(weight))
-    scale.bernoulli_(1.0 - p, generator=generator).mul_(1.0 / (1.0 - p))  # B / (1 - p), B = neuron_mask
-    phi = weight * scale if u is None else torch.lerp(u, weight, scale)
-    return torch.nn.functional.linear(x, phi, bias)
+    return torch.nn.functional.linear(x, mixout(weight, target, p, training, generator), bias)
 
 
 class _AuthorsMixout(torch.autograd.Function):

@@ -23,7 +23,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from mixout_theory import kernels, mixing
+from mixout_theory import mixing
 
 __all__ = ["MixLinear", "mixout_model", "unmix_model", "mixed_layer_names", "DROPOUT_TYPES"]
 
@@ -38,14 +38,6 @@ DROPOUT_TYPES = (
 )
 
 
-KERNELS = ("torch", "cpp")
-
-
-def _check_kernel(kernel) -> None:
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-
-
 class MixLinear(nn.Linear):
     """``nn.Linear`` whose weight is mixout(u, p)-ed (eq. 8) in training mode; the bias never is.
 
@@ -54,14 +46,8 @@ class MixLinear(nn.Linear):
     is never trained. ``target=None`` stores no tensor and means ``u = 0``: dropout(p) on the inputs,
     with one mask per forward call. ``p`` is validated (``mixing.check_p``) at construction and on
     assignment. ``generator`` (default ``None``: torch's global one) may be set to a
-    ``torch.Generator`` on the weight's device for reproducible masks.
-
-    ``kernel``: ``"torch"`` (default) runs :func:`mixing.mixout_linear` (PyTorch kernels, any device);
-    ``"cpp"`` runs the fused C++ operator of :mod:`mixout_theory.kernels` on CPU float32 / float64
-    weights (built on first use; the same mask, the output and gradients to rounding; at batch 32,
-    300 -> 100, about 1.25x ``nn.Linear``'s forward + backward against 1.5x to 1.8x), PyTorch's
-    kernels elsewhere. Setting it to ``"cpp"`` builds the operator and raises ``RuntimeError``
-    with the cause where it cannot be built.
+    ``torch.Generator`` on the weight's device for reproducible masks. The forward pass is one call,
+    :func:`mixing.mixout_linear`.
     """
 
     def __init__(
@@ -73,13 +59,10 @@ class MixLinear(nn.Linear):
         target: torch.Tensor | None = None,
         device=None,
         dtype=None,
-        kernel: str = "torch",
     ) -> None:
         p = mixing.check_p(p)  # before the (random) initialisation, so bad input consumes nothing
-        _check_kernel(kernel)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.p = p
-        self.kernel = kernel
         self.generator: torch.Generator | None = None
         self.register_buffer("target", None)
         self.set_target(target)
@@ -94,18 +77,6 @@ class MixLinear(nn.Linear):
     def p(self, value: float) -> None:
         self._p = mixing.check_p(value)
 
-    @property
-    def kernel(self) -> str:
-        """``"torch"`` or ``"cpp"`` (see the class docstring)."""
-        return self._kernel
-
-    @kernel.setter
-    def kernel(self, value: str) -> None:
-        _check_kernel(value)
-        if value == "cpp":
-            kernels.load()  # build now: a missing compiler is reported here, not mid-training
-        self._kernel = value
-
     def set_target(self, target: torch.Tensor | None) -> None:
         """Store ``target`` (detached copy, cast to the weight's device / dtype) or ``None`` (zero)."""
         if target is None:
@@ -115,13 +86,7 @@ class MixLinear(nn.Linear):
         self._target_is_w_pre = False
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        # = F.linear(input, mixing.mixout(weight, target, p, training, generator), bias), fused
-        p, u, w = self._p, self.target, self.weight
-        if self.training and 0.0 < p < 1.0 and (u is None or (u.dtype == w.dtype and u.device == w.device)):
-            if self._kernel == "cpp" and w.dtype in kernels.DTYPES and w.device.type == "cpu":
-                return kernels.mixout_linear(input, w, self.bias, u, p, self.generator)
-            return mixing._mixout_linear(input, w, self.bias, u, p, self.generator)  # p, u checked on entry
-        return mixing.mixout_linear(input, w, self.bias, u, p, self.training, self.generator)
+        return mixing.mixout_linear(input, self.weight, self.bias, self.target, self._p, self.training, self.generator)
 
     def extra_repr(self) -> str:
         if self.target is None:
@@ -130,8 +95,7 @@ class MixLinear(nn.Linear):
             target = "w_pre"
         else:
             target = "given"
-        kernel = ", kernel=cpp" if self._kernel == "cpp" else ""
-        return f"{super().extra_repr()}, p={self.p:g}, target={target}{kernel}"
+        return f"{super().extra_repr()}, p={self.p:g}, target={target}"
 
     @classmethod
     def from_linear(
@@ -141,10 +105,8 @@ class MixLinear(nn.Linear):
         target: torch.Tensor | None = None,
         *,
         share_parameters: bool = False,
-        kernel: str = "torch",
     ) -> "MixLinear":
-        """A :class:`MixLinear` with ``linear``'s weight, bias, device, dtype and ``requires_grad``
-        (``kernel`` as in the class).
+        """A :class:`MixLinear` with ``linear``'s weight, bias, device, dtype and ``requires_grad``.
 
         ``target`` defaults to a detached copy of ``linear.weight`` as it is now (``w_pre``). The
         weight and bias are copied unless ``share_parameters`` is True, in which case the new module
@@ -156,7 +118,7 @@ class MixLinear(nn.Linear):
         p = mixing.check_p(p)
         w = linear.weight
         new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, p=p,
-                  device="meta", dtype=w.dtype, kernel=kernel)  # meta: no random initialisation, no memory
+                  device="meta", dtype=w.dtype)  # meta: no random initialisation, no memory
         if share_parameters:
             new.weight = w
             new.bias = linear.bias

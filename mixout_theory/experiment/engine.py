@@ -5,9 +5,9 @@ members. Each member has its own data order, its own dropout / mixout masks (its
 streams, see :class:`Member`), its own p and method, and its own Adam state. Adam is elementwise and
 the ensemble loss is the *sum* of the members' mean losses, so each member receives exactly the
 gradient and update it would receive alone: the ensemble is the same computation as ``E`` solo
-runs (``tests/test_training.py`` checks it).
+runs (``tests/experiment/test_engine.py`` checks it).
 
-Speed (see ``benchmarks/``): the gradient is computed by hand (:func:`models.loss_and_grad`, checked
+Speed (see ``benchmarks/``): the gradient is computed by hand (:func:`mlp.loss_and_grad`, checked
 against autograd) into preallocated buffers, activations live in buffers reused from step to step,
 members that share a data seed share one batch gather and sit side by side (dropout members
 first, mixout members last, so that a worker's part seldom needs both kinds of mask), masks are drawn
@@ -19,11 +19,15 @@ Protocol (paper Section 4 / Supplement C.1): Adam(0.9, 0.999), linear warm-up ov
 steps then linear decay to 0, batch 32; coupled weight decay ``wdecay(0, lambda)`` on the Linear
 weights only (gradient ``+ lambda * w``); dropout masks drawn per example, mixout masks per
 mini-batch (shared by the batch, as in the authors' code); eval mode mixes nothing.
+
+:class:`RunOptions` says *how* to run (device, CPU workers, ensemble size, progress bars), never what
+is computed; every long-running function of the experiment takes one.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.optim.adam import adam as _functional_adam
 
-from mixout_theory import models
+from mixout_theory.experiment import mlp
 from mixout_theory.mixing import check_p
 
 BETAS = (0.9, 0.999)
@@ -157,7 +161,7 @@ class _MaskStreams:
 
     def masks(self, step: int, rows: int, dtype=torch.float32, device="cpu"):
         """:meth:`views` as fresh contiguous tensors (safe to keep): the scaled masks that
-        :func:`models.forward` takes."""
+        :func:`mlp.forward` takes."""
         drop, mix = self.views(step, rows, dtype, device)
         return tuple(None if m is None else tuple(t.contiguous() for t in m) for m in (drop, mix))
 
@@ -218,6 +222,41 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def default_workers() -> int:
+    """CPU cores an ensemble uses side by side by default: 2 on a machine with 2 or more, else 1."""
+    return min(2, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run, never what is computed: the same numbers for every value (to rounding; bit for bit
+    for the same ``workers`` and ``chunk``).
+
+    ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``, ...; ``workers``: CPU cores
+    each ensemble uses side by side (``None``: :func:`default_workers`); ``chunk``: runs trained at
+    once per ensemble (``None``: the study's own default, 17 for the sweep (one restart's runs),
+    16 for the ablations); ``progress``: show progress bars.
+    """
+
+    device: str = "auto"
+    workers: int | None = None
+    chunk: int | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("workers", "chunk"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+
+    @property
+    def n_workers(self) -> int:
+        return default_workers() if self.workers is None else self.workers
+
+    def chunk_or(self, default: int) -> int:
+        return default if self.chunk is None else self.chunk
 
 
 @dataclass
@@ -328,18 +367,18 @@ def train_ensemble(
             last_loss = gather([r.epoch_loss for r in runs]).cpu()
             bar.epoch_done(epoch, last_loss)
             if on_epoch_end is not None:
-                on_epoch_end(epoch, {k: gather([r.params[k] for r in runs]) for k in models.PARAM_NAMES})
+                on_epoch_end(epoch, {k: gather([r.params[k] for r in runs]) for k in mlp.PARAM_NAMES})
     finally:
         if pool is not None:
             pool.shutdown()
             torch.set_num_threads(threads)
         bar.close()
-    out = {k: gather([r.params[k] for r in runs]).cpu() for k in models.PARAM_NAMES}
+    out = {k: gather([r.params[k] for r in runs]).cpu() for k in mlp.PARAM_NAMES}
     return TrainResult(out, last_loss, time.perf_counter() - t0, total)
 
 
 #: dims of one network's tensors (a stacked tensor has one more)
-_NDIM = {k: (2 if k.endswith("weight") and k.startswith("fc") else 1) for k in models.PARAM_NAMES}
+_NDIM = {k: (2 if k.endswith("weight") and k.startswith("fc") else 1) for k in mlp.PARAM_NAMES}
 
 
 class _Part:
@@ -347,12 +386,12 @@ class _Part:
 
     Members are in data-seed order, so each data group ``[a, b)`` is a contiguous range that shares
     one batch per step. Each step: the group batches, this step's masks (views of the pre-drawn
-    block), :func:`models.loss_and_grad` into preallocated gradient buffers, wdecay, one fused Adam
+    block), :func:`mlp.loss_and_grad` into preallocated gradient buffers, wdecay, one fused Adam
     call over all parameters.
     """
 
     def __init__(self, init, members, x, y, target, wd_target, *, dev, lr, total, warmup, batch_size, bar, lead=True):
-        self.params = {k: init[k].to(dev).clone(memory_format=torch.contiguous_format) for k in models.PARAM_NAMES}
+        self.params = {k: init[k].to(dev).clone(memory_format=torch.contiguous_format) for k in mlp.PARAM_NAMES}
         self.dtype = self.params["fc1.weight"].dtype
         self.members, self.x, self.y, self.target, self.wd_target, self.dev = members, x, y, target, wd_target, dev
         self.lr, self.total, self.warmup, self.batch_size, self.bar = lr, total, warmup, batch_size, bar
@@ -388,13 +427,13 @@ class _Part:
             rows = idx.shape[1]
             flat = idx.reshape(-1)
             k = len(self.data_gens)
-            xb = models.reused_buffer(self.work, "xb", (k * rows, x.shape[1]), x.dtype, self.dev)
+            xb = mlp.reused_buffer(self.work, "xb", (k * rows, x.shape[1]), x.dtype, self.dev)
             xb = torch.index_select(x, 0, flat, out=xb).view(k, rows, -1)
             yb = y.index_select(0, flat).view(k, rows)
             if self.shared:
                 yb = yb.index_select(0, self.member_group)
             drop, mix = self.streams.views(self.step, rows, self.dtype, self.dev)
-            losses, _ = models.loss_and_grad(self.params, xb, yb, drop, mix, self.target, groups=groups,
+            losses, _ = mlp.loss_and_grad(self.params, xb, yb, drop, mix, self.target, groups=groups,
                                              out=self.grads, work=self.work)  # fmt: skip
             if self.use_wdecay:
                 _add_wdecay(self.params, self.grads, self.lam, self.wd_target)
@@ -451,12 +490,12 @@ def evaluate(params: dict, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) 
     unstacked network).
     """
     if not _stacked(params):
-        params = models.stack(params, 1)
+        params = mlp.stack(params, 1)
     dev = params["fc1.weight"].device
     correct = loss = 0.0
     for start in range(0, x.shape[0], chunk):
         xb, yb = x[start : start + chunk].to(dev), y[start : start + chunk].to(dev)
-        logits = models.forward(params, xb)  # (E, b, 10)
+        logits = mlp.forward(params, xb)  # (E, b, 10)
         correct = correct + (logits.argmax(-1) == yb).sum(1).double()
         loss = loss + F.cross_entropy(
             logits.flatten(0, 1), yb.repeat(logits.shape[0]), reduction="none"

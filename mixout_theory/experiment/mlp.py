@@ -8,7 +8,10 @@ the next Linear, and dropout(p) = mixout(0, p) on ``fc2`` / ``fc3`` up to when m
 ``fc3.weight`` (100->10), the weights leaving hidden neurons; ``fc1`` (784->300) is never mixed.
 
 :func:`forward` works on a dict of parameters with an optional leading *member* dimension, so the
-same code runs one network or a stacked ensemble (:mod:`mixout_theory.training`).
+same code runs one network or a stacked ensemble (:mod:`mixout_theory.experiment.engine`); it is
+:func:`hidden1` followed by :func:`tail` (the part mixout changes, also used on its own to evaluate
+many mixed weights at once). :func:`loss_and_grad` is the same function with a hand-written
+backward, for the engine. The mixed weights of both come from :func:`mixout_theory.mixing.mixed_weight`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mixout_theory.mixing import mixed_weight
 
 SIZES = (784, 300, 100, 10)
 INIT_STD = 0.02
@@ -28,8 +33,6 @@ PARAM_NAMES = (
 )  # fmt: skip
 #: The weights that mixout mixes: those leaving the two hidden layers.
 MIXED = ("fc2.weight", "fc3.weight")
-#: Where each mixed weight's input mask lives: hidden layer 1 feeds fc2, hidden layer 2 feeds fc3.
-LAYERS = {"fc1": "784->300", "fc2": "300->100", "fc3": "100->10"}
 
 
 class MLP(nn.Module):
@@ -53,9 +56,8 @@ class MLP(nn.Module):
                 ln.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.drop1(self.ln1(F.relu(self.fc1(x))))
-        h = self.drop2(self.ln2(F.relu(self.fc2(h))))
-        return self.fc3(h)
+        params = dict(self.named_parameters())
+        return tail(params, self.drop1(hidden1(params, x)), dropout=self.drop2)
 
 
 def init_params(n_members: int | None = None, seed: int = 0, sizes=SIZES, device=None) -> dict:
@@ -109,6 +111,33 @@ def _layer_norm(h, gain, shift):
     return F.layer_norm(h, h.shape[-1:], eps=LN_EPS) * gain.unsqueeze(-2) + shift.unsqueeze(-2)
 
 
+def hidden1(params: dict, x: torch.Tensor) -> torch.Tensor:
+    """The first hidden layer, ``LayerNorm(ReLU(fc1(x)))`` (before its dropout); ``fc1`` is never mixed.
+
+    ``x`` is ``(B, 784)`` or ``(E, B, 784)``; a 2-D ``x`` with stacked parameters is shared by every member.
+    """
+    if x.dim() == 2 and params["fc1.weight"].dim() == 3:
+        x = x.unsqueeze(0).expand(params["fc1.weight"].shape[0], *x.shape)
+    a = F.relu(_linear(x, params["fc1.weight"], params["fc1.bias"]))
+    return _layer_norm(a, params["ln1.weight"], params["ln1.bias"])
+
+
+def tail(params: dict, h1: torch.Tensor, w2: torch.Tensor | None = None, w3: torch.Tensor | None = None,
+         dropout=None) -> torch.Tensor:  # fmt: skip
+    """Logits from the first hidden layer's output on: ``fc3(dropout(LayerNorm(ReLU(fc2(h1)))))``.
+
+    ``w2`` / ``w3`` replace ``fc2.weight`` / ``fc3.weight`` (e.g. mixed weights); stacked ``(S, ...)``
+    weights with an ``(S, B, 300)`` ``h1`` evaluate ``S`` networks that share everything else.
+    ``dropout``: a function applied to the second hidden layer (``None``: none).
+    """
+    w2 = params["fc2.weight"] if w2 is None else w2
+    w3 = params["fc3.weight"] if w3 is None else w3
+    h = _layer_norm(F.relu(_linear(h1, w2, params["fc2.bias"])), params["ln2.weight"], params["ln2.bias"])
+    if dropout is not None:
+        h = dropout(h)
+    return _linear(h, w3, params["fc3.bias"])
+
+
 def forward(
     params: dict,
     x: torch.Tensor,
@@ -122,22 +151,17 @@ def forward(
     two hidden layers (entries ``Bernoulli(1-p)/(1-p)``, shape ``(E, B, 300)`` / ``(E, B, 100)``).
     ``mix = (m2, m3)``: scaled column masks ``B/(1-p)`` of shape ``(E, 1, 300)`` / ``(E, 1, 100)`` for
     ``fc2.weight`` / ``fc3.weight``, mixed towards ``target`` by eq. 4: ``W_eff = u + m (W - u)``.
-    ``None`` means no dropout / no mixing (evaluation).
+    ``None`` means no dropout / no mixing (evaluation). Equal to ``tail(params, hidden1(params, x) * d1,
+    Phi_2, Phi_3, dropout=lambda h: h * d2)``; :class:`MLP` runs the same two functions.
     """
-    w2, w3 = params["fc2.weight"], params["fc3.weight"]
-    if mix is not None:
-        u2, u3 = target["fc2.weight"], target["fc3.weight"]
-        # eq. 4, Phi = u + (M / mu) (w - u); lerp returns w exactly where M / mu == 1 and u where 0
-        w2, w3 = torch.lerp(u2, w2, mix[0]), torch.lerp(u3, w3, mix[1])
-    if x.dim() == 2 and params["fc1.weight"].dim() == 3:
-        x = x.unsqueeze(0).expand(params["fc1.weight"].shape[0], *x.shape)
-    h = _layer_norm(F.relu(_linear(x, params["fc1.weight"], params["fc1.bias"])), params["ln1.weight"], params["ln1.bias"])
+    w2 = w3 = None
+    if mix is not None:  # eq. 4, Phi = u + (M / mu) (w - u)
+        w2 = mixed_weight(params["fc2.weight"], target["fc2.weight"], mix[0])
+        w3 = mixed_weight(params["fc3.weight"], target["fc3.weight"], mix[1])
+    h = hidden1(params, x)
     if drop is not None:
         h = h * drop[0]
-    h = _layer_norm(F.relu(_linear(h, w2, params["fc2.bias"])), params["ln2.weight"], params["ln2.bias"])
-    if drop is not None:
-        h = h * drop[1]
-    return _linear(h, w3, params["fc3.bias"])
+    return tail(params, h, w2, w3, None if drop is None else (lambda h2: h2 * drop[1]))
 
 
 def _groups_of(x: torch.Tensor, n_members: int, groups):
@@ -178,7 +202,7 @@ def loss_and_grad(
     """Every member's mean cross-entropy and its exact gradient, by hand (no autograd graph).
 
     The same computation as ``F.cross_entropy(forward(params, x, drop, mix, target)[e], y[e])``
-    differentiated by autograd (``tests/test_training.py`` checks it), written for speed: the
+    differentiated by autograd (``tests/experiment/test_engine.py`` checks it), written for speed: the
     gradient of eq. 4's mixed weight ``Phi = u + M (w - u)`` is ``dL/dPhi * M`` column by column,
     i.e. ``dy^T (h * M)`` (one ``bmm`` on the ``(E, B, in)`` input scaled by the column mask);
     ``fc1``'s product is computed as ``W x^T`` (``(E, 300, B)``), BLAS's faster shape for this layer.
@@ -209,9 +233,9 @@ def loss_and_grad(
     m2 = m3 = None
     if mix is not None:
         m2, m3 = mix
-        # eq. 4; lerp returns w exactly where M / mu == 1
-        w2 = torch.lerp(target["fc2.weight"], w2, m2, out=buf("w2", E, d2, d1))
-        w3 = torch.lerp(target["fc3.weight"], w3, m3, out=buf("w3", E, d3, d2))
+        # eq. 4, Phi = u + (M / mu) (w - u)
+        w2 = mixed_weight(w2, target["fc2.weight"], m2, out=buf("w2", E, d2, d1))
+        w3 = mixed_weight(w3, target["fc3.weight"], m3, out=buf("w3", E, d3, d2))
     k1, k2 = (None, None) if drop is None else drop
     split = _groups_of(x, E, groups)
 

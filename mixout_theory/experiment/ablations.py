@@ -1,0 +1,555 @@
+"""Ablations: the paper's BERT / GLUE questions asked on the EMNIST Digits -> MNIST setting.
+
+Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetune Large-scale
+Pretrained Language Models", ICLR 2020 (arXiv:1909.11299): the questions of its BERT-LARGE / GLUE
+experiments (20 restarts per setting, degenerate runs, Table 3's new output layer). Every run
+uses the batched engine (:func:`mixout_theory.experiment.engine.train_ensemble`) from the sweep's cached
+``w_pre`` (:func:`mixout_theory.experiment.sweep.pretrain`), with the finetuning protocol of Supplement C.1
+(Adam, lr 5e-5, batch 32, 10% warm-up then linear decay to 0).
+
+Studies (each a resumable store under ``results/ablations/``, a table, a figure):
+
+* ``small_data`` -- fixed nested target subsets (100, 300, 1,000, 3,000 images), 20 restarts, for the
+  usual recipe dropout(0.1) + wdecay(0, 0.01), L2-SP wdecay(w_pre, lambda), mixout(w_pre, p) and
+  mixout(w_pre, 0.8) + wdecay(w_pre, 0.01) (:data:`SMALL_DATA_SETTINGS`). Failed runs are counted
+  by :func:`failure_thresholds`.
+* ``new_head`` -- the 100->10 layer re-initialised (``N(0, 0.02^2)``, bias 0) before finetuning, with
+  mixout(w_pre, 0.7) on fc2 and, on the new head, nothing, dropout(0.7) on its inputs, or
+  mixout(w_0, 0.7) towards its own initialisation ``w_0`` (the paper's Table 3 design,
+  :data:`HEAD_SETTINGS`).
+* ``trajectory`` -- the L2 coefficient that mixout(w_pre, p) implies along a finetuning run (eq. 9
+  read backwards): ``m_t = 2 (E L(Phi(w_t)) - L(w_t)) / ((p / (1 - p)) ||w_t - w_pre||^2)`` on the
+  mixed weights, at epoch-end checkpoints (:func:`mixout_theory.experiment.curvature.effective_l2`).
+
+This module holds the settings and the runners; summaries and the paper's claims are in
+:mod:`~mixout_theory.experiment.report`, the figures and the exported tables in
+:mod:`~mixout_theory.experiment.plots`. Each study's store also holds ``context.json`` (``w_pre``'s
+target test accuracy, the source task, the subset checksum), so figures render without training.
+
+Step budget: every subset trains for the same number of optimiser steps, that of
+``reference_epochs`` (5) epochs of the ``reference_size`` (3,000) subset, i.e. about 470 steps; the
+3,000-image subset gets exactly the paper's 5 epochs, 100 images get 118 epochs. With lr 5e-5, the
+paper's 5 epochs of 100 images are 20 steps, and the weights can move at most about ``lr * steps``
+each: too little for any regulariser to matter. Fixing steps keeps the regularisers' room to act, and
+the learning-rate schedule, the same for every size.
+
+Pairing: restart ``r`` uses data order ``data_seed = r``, mask stream ``mask_seed = 1000 + r`` and
+(new head) head initialisation seed ``5000 + r`` in every setting and at every size.
+
+Weight decay is *coupled* (the engine adds ``lambda (w - u)`` to the gradient before Adam, on the
+three Linear weights only): it is the gradient of the penalty :func:`mixout_theory.penalty.wdecay`,
+the loss ``L(w) + (lambda / 2) ||w - u||^2`` that Corollary 1.1 compares mixout with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixout_theory.experiment import data, engine, mlp, sweep
+from mixout_theory.experiment.curvature import effective_l2
+from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, project_dir, run_env
+
+__all__ = [
+    "STUDIES",
+    "Setting",
+    "SMALL_DATA_SETTINGS",
+    "HEAD_SETTINGS",
+    "AblationConfig",
+    "ablation_config",
+    "AblationStore",
+    "steps_budget",
+    "epochs_for",
+    "nested_subsets",
+    "ablation_tensors",
+    "head_init",
+    "run_small_data",
+    "run_new_head",
+    "run_trajectory",
+    "run_ablations",
+    "AblationResults",
+    "load_ablations",
+]
+
+STUDIES = ("small_data", "new_head", "trajectory")
+MASK_SEED0 = 1000
+HEAD_SEED0 = 5000
+SUBSET_SEED = 11
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One regularisation recipe, as engine members.
+
+    ``dropout`` / ``mixout``: one p or a pair (hidden layer 1 -> fc2, hidden layer 2 -> fc3), as in
+    :class:`mixout_theory.experiment.engine.Member`. ``wdecay``: lambda of ``wdecay(u, lambda)`` with
+    ``u = 0`` (``wdecay_to="origin"``) or ``u = w_pre`` (``"w_pre"``). ``head``: ``"pretrained"``
+    keeps the pretrained 100->10 layer, ``"new"`` re-initialises it; mixout of a new head mixes
+    towards its own initialisation ``w_0``.
+    """
+
+    name: str
+    label: str
+    dropout: float | tuple = 0.0
+    mixout: float | tuple = 0.0
+    wdecay: float = 0.0
+    wdecay_to: str = "origin"
+    head: str = "pretrained"
+
+    def __post_init__(self):
+        if self.wdecay_to not in ("origin", "w_pre"):
+            raise ValueError(f"wdecay_to must be 'origin' or 'w_pre', got {self.wdecay_to!r}")
+        if self.head not in ("pretrained", "new"):
+            raise ValueError(f"head must be 'pretrained' or 'new', got {self.head!r}")
+
+    def member(self, restart: int) -> engine.Member:
+        """The engine member of restart ``restart`` (seeds shared by every setting: paired runs)."""
+        return engine.Member(dropout=self.dropout, mixout=self.mixout, wdecay=self.wdecay,
+                               data_seed=restart, mask_seed=MASK_SEED0 + restart)  # fmt: skip
+
+    @property
+    def group(self) -> str:
+        """Settings of one group share the engine's (single) wdecay target and can train together."""
+        return self.wdecay_to if self.wdecay > 0 else "any"
+
+
+SMALL_DATA_SETTINGS = (
+    Setting("dropout0.1+wd0.01", "dropout(0.1) + wdecay(0, 0.01)", dropout=0.1, wdecay=0.01),
+    Setting("l2sp0.01", "wdecay(w_pre, 0.01)", wdecay=0.01, wdecay_to="w_pre"),
+    Setting("l2sp0.1", "wdecay(w_pre, 0.1)", wdecay=0.1, wdecay_to="w_pre"),
+    Setting("l2sp1", "wdecay(w_pre, 1)", wdecay=1.0, wdecay_to="w_pre"),
+    Setting("mixout0.5", "mixout(w_pre, 0.5)", mixout=0.5),
+    Setting("mixout0.7", "mixout(w_pre, 0.7)", mixout=0.7),
+    Setting("mixout0.8", "mixout(w_pre, 0.8)", mixout=0.8),
+    Setting("mixout0.9", "mixout(w_pre, 0.9)", mixout=0.9),
+    Setting("mixout0.8+l2sp0.01", "mixout(w_pre, 0.8) + wdecay(w_pre, 0.01)", mixout=0.8, wdecay=0.01,
+            wdecay_to="w_pre"),
+)  # fmt: skip
+
+HEAD_SETTINGS = (
+    Setting("head-none", "new head: no regularisation", mixout=(0.7, 0.0), head="new"),
+    Setting("head-dropout0.7", "new head: dropout(0.7) on its inputs", dropout=(0.0, 0.7), mixout=(0.7, 0.0),
+            head="new"),
+    Setting("head-mixout-w0-0.7", "new head: mixout(w_0, 0.7)", mixout=(0.7, 0.7), head="new"),
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# configuration and store
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Everything that determines the numbers of the three studies (hashed per study into the store).
+
+    ``sizes`` are nested subsets of the target training split (``subset_seed``); every size trains
+    for :func:`steps_budget` steps (``reference_epochs`` epochs of ``reference_size`` images).
+    ``test_size=None``: the whole target test set (10,000 MNIST images). ``pretrain`` is the key of
+    the sweep's pretraining that gave ``w_pre``; ``data`` the data fingerprint.
+    """
+
+    profile: str = "paper"
+    source: str = "stand-in"
+    data: str = ""
+    pretrain: str = ""
+    sizes: tuple = (100, 300, 1000, 3000)
+    restarts: int = 20
+    reference_size: int = 3000
+    reference_epochs: int = 5
+    lr: float = 5e-5
+    batch_size: int = 32
+    warmup: float = 0.1
+    subset_seed: int = SUBSET_SEED
+    test_size: int | None = None
+    head_sizes: tuple = (100, 300, 1000, 3000)
+    head_restarts: int = 20
+    head_std: float = mlp.INIT_STD
+    trajectory_size: int = 300
+    trajectory_ps: tuple = (0.5, 0.7, 0.8, 0.9)
+    trajectory_restarts: int = 2
+    trajectory_every: int = 1
+    trajectory_samples: int = 256
+    trajectory_eval: int | None = None  # None: the whole training subset is the evaluation batch
+    trajectory_mc_seed: int = 7
+
+    COMMON = ("profile", "source", "data", "pretrain", "reference_size", "reference_epochs", "lr",
+              "batch_size", "warmup", "subset_seed", "test_size")  # fmt: skip
+    FIELDS = {
+        "small_data": ("sizes", "restarts"),
+        "new_head": ("head_sizes", "head_restarts", "head_std"),
+        "trajectory": ("trajectory_size", "trajectory_ps", "trajectory_restarts", "trajectory_every",
+                       "trajectory_samples", "trajectory_eval", "trajectory_mc_seed"),
+    }  # fmt: skip
+
+    def key(self, study: str) -> str:
+        """Short hash of what changes ``study``'s numbers (its settings included)."""
+        if study not in STUDIES:
+            raise ValueError(f"study must be one of {STUDIES}, got {study!r}")
+        d = {k: getattr(self, k) for k in self.COMMON + self.FIELDS[study]}
+        d["settings"] = [repr(s) for s in {"small_data": SMALL_DATA_SETTINGS, "new_head": HEAD_SETTINGS}.get(study, ())]
+        d["seeds"] = (MASK_SEED0, HEAD_SEED0)
+        return config_hash(d)
+
+    def asdict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def ablation_config(profile: str, **overrides) -> AblationConfig:
+    """The ablations' configuration for a profile (:data:`mixout_theory.experiment.sweep.PROFILE_SIZES`)."""
+    return AblationConfig(profile=profile, **{**sweep.profile_sizes(profile, "ablations"), **overrides})
+
+
+class AblationStore(RunStore):
+    """``root/ablations/<study>-<profile>-<source>-<key>/``: ``config.json`` and one JSON per run.
+
+    Records are written atomically (temporary file + rename) as each ensemble chunk finishes, so an
+    interrupted study resumes where it stopped and a changed configuration never mixes with old runs.
+    """
+
+    def __init__(self, root, study: str, config: AblationConfig):
+        self.study, self.config = study, config
+        super().__init__(self.folder(root, study, config), config.asdict())
+
+    @staticmethod
+    def folder(root, study: str, config: AblationConfig) -> Path:
+        return Path(root) / "ablations" / f"{study}-{config.profile}-{config.source}-{config.key(study)}"
+
+    def records(self) -> list[dict]:
+        return sorted(self.read(), key=lambda r: (r.get("size", 0), r.get("order", 0), r.get("restart", 0)))
+
+
+# --------------------------------------------------------------------------------------------
+# data, step budget, head initialisation
+
+
+def steps_budget(config: AblationConfig) -> int:
+    """Optimiser steps of every run: ``reference_epochs`` epochs of ``reference_size`` images."""
+    return config.reference_epochs * math.ceil(config.reference_size / config.batch_size)
+
+
+def epochs_for(size: int, config: AblationConfig) -> int:
+    """Epochs that give ``size`` images (about) :func:`steps_budget` steps (at least one epoch)."""
+    if not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive integer, got {size!r}")
+    return max(1, round(steps_budget(config) / math.ceil(size / config.batch_size)))
+
+
+def nested_subsets(n_pool: int, sizes, seed: int = SUBSET_SEED) -> torch.Tensor:
+    """Indices into a pool of ``n_pool`` examples whose first ``n`` entries are the size-``n`` subset.
+
+    One seeded permutation (``torch.Generator().manual_seed(seed)``) cut at ``max(sizes)``; every
+    smaller subset is a prefix, so the subsets are nested and fixed.
+    """
+    sizes = [int(s) for s in sizes]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"sizes must be positive, got {sizes}")
+    if max(sizes) > n_pool:
+        raise ValueError(f"the largest subset ({max(sizes)}) exceeds the pool of {n_pool} training examples")
+    return torch.randperm(n_pool, generator=torch.Generator().manual_seed(seed))[: max(sizes)]
+
+
+def ablation_tensors(exp, config: AblationConfig) -> dict:
+    """``pool`` (x, y) of the nested training subsets in subset order, its ``index`` into the target
+    training split, and ``test`` (x, y): the whole test split, or a seeded ``test_size`` subset."""
+    sizes = set(config.sizes) | set(config.head_sizes) | {config.trajectory_size}
+    idx = nested_subsets(exp.target.train.x.shape[0], sorted(sizes), config.subset_seed)
+    xt, yt = exp.target.test.x, exp.target.test.y
+    if config.test_size is not None and config.test_size < xt.shape[0]:
+        keep = torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(5))[: config.test_size].sort().values
+        xt, yt = xt[keep], yt[keep]
+    return {"pool": (exp.target.train.x[idx], exp.target.train.y[idx]), "index": idx, "test": (xt, yt)}
+
+
+def _subset(tensors: dict, size: int):
+    x, y = tensors["pool"]
+    if size > x.shape[0]:
+        raise ValueError(f"size {size} exceeds the pool of {x.shape[0]} prepared examples")
+    return x[:size], y[:size]
+
+
+def head_init(restart: int, std: float = mlp.INIT_STD, sizes=mlp.SIZES) -> dict:
+    """A new 100->10 layer for restart ``restart``: ``N(0, std^2)`` weight (seed ``5000 + restart``), zero bias."""
+    g = torch.Generator().manual_seed(HEAD_SEED0 + int(restart))
+    w = torch.randn(sizes[3], sizes[2], generator=g) * std
+    return {"fc3.weight": w, "fc3.bias": torch.zeros(sizes[3])}
+
+
+# --------------------------------------------------------------------------------------------
+# training the studies
+
+
+def _chunks(items: list, size: int):
+    for start in range(0, len(items), max(1, size)):
+        yield items[start : start + size]
+
+
+def _bar(progress: bool, total: int, label: str):
+    if not progress or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="member-step", unit_scale=True, leave=False)
+
+
+def _fields(setting: Setting, order: int, size: int, restart: int, config: AblationConfig, study: str) -> dict:
+    return {"run_id": f"n{size}-{setting.name}-r{restart}", "study": study, "size": size, "setting": setting.name,
+            "label": setting.label, "order": order, "restart": restart, "data_seed": restart,
+            "mask_seed": MASK_SEED0 + restart, "profile": config.profile, "source": config.source,
+            "config": config.key(study)}  # fmt: skip
+
+
+def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None) -> None:
+    ev = engine.evaluate(result.params, *tensors["test"])
+    dist = mlp.squared_distances(result.params, w_pre)
+    env = run_env(device)
+    for e, (fields, _) in enumerate(part):
+        rec = dict(fields)
+        rec.update(test_acc=float(ev["acc"][e]), test_loss=float(ev["loss"][e]), train_loss=float(result.train_loss[e]),
+                   steps=result.steps, chunk_seconds=result.seconds, chunk_members=len(part), **env)  # fmt: skip
+        rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
+        if reference_fc3 is not None:
+            rec["dist_fc3_w0"] = float((result.params["fc3.weight"][e] - reference_fc3[e]).double().pow(2).sum())
+        store.write(rec)
+
+
+def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
+                   options: RunOptions = RunOptions()) -> AblationStore:  # fmt: skip
+    """Study 1: every (size, setting, restart) of :data:`SMALL_DATA_SETTINGS` not yet stored.
+
+    Settings that decay towards the origin and towards ``w_pre`` train in separate ensembles (the
+    engine takes one ``wdecay_target``); each ensemble writes its records when it finishes. Ensembles
+    hold at most ``options.chunk`` members (:data:`CHUNK` by default): on the 2-core development machine a member-step cost about
+    0.85 ms up to 20 members and about twice that from 24 members on (the stacked state outgrows
+    the CPU cache), so small ensembles are faster.
+    """
+    store = AblationStore(store_root, "small_data", config)
+    done = store.done()
+    plan = []
+    for size in config.sizes:
+        for group in ("origin", "w_pre"):
+            todo = [(_fields(s, i, size, r, config, "small_data"), s.member(r))
+                    for r in range(config.restarts) for i, s in enumerate(SMALL_DATA_SETTINGS)
+                    if (s.group == group or (group == "w_pre" and s.group == "any"))]  # fmt: skip
+            todo = [t for t in todo if t[0]["run_id"] not in done]
+            plan += [(size, group, part) for part in _chunks(todo, options.chunk_or(CHUNK))]
+    bar = _bar(options.progress, sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, _, p in plan),
+               f"small data ({config.profile})")  # fmt: skip
+    for size, group, part in plan:
+        x, y = _subset(tensors, size)
+        result = engine.train_ensemble(
+            w_pre, [m for _, m in part], x, y, epochs=epochs_for(size, config), lr=config.lr,
+            batch_size=config.batch_size, warmup=config.warmup, target=w_pre,
+            wdecay_target=w_pre if group == "w_pre" else None, device=options.device, workers=options.n_workers,
+            progress=bar if bar is not None else False,
+        )  # fmt: skip
+        for fields, _ in part:
+            fields["epochs"] = epochs_for(size, config)
+        _finish(store, part, result, tensors, w_pre, options.device)
+    if bar is not None:
+        bar.close()
+    return store
+
+
+def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
+                 options: RunOptions = RunOptions()) -> AblationStore:  # fmt: skip
+    """Study 2: the re-initialised output layer under :data:`HEAD_SETTINGS` at every head size.
+
+    Restart ``r`` starts from ``w_pre`` with the new head :func:`head_init` ``(r)`` in every setting;
+    mixout of fc3 mixes towards that restart's own ``w_0`` (a stacked, per-member target).
+    """
+    store = AblationStore(store_root, "new_head", config)
+    done = store.done()
+    plan = []
+    for size in config.head_sizes:
+        todo = [(_fields(s, i, size, r, config, "new_head"), s.member(r))
+                for r in range(config.head_restarts) for i, s in enumerate(HEAD_SETTINGS)]  # fmt: skip
+        todo = [t for t in todo if t[0]["run_id"] not in done]
+        plan += [(size, part) for part in _chunks(todo, options.chunk_or(CHUNK))]
+    bar = _bar(options.progress, sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, p in plan),
+               f"new head ({config.profile})")  # fmt: skip
+    for size, part in plan:
+        x, y = _subset(tensors, size)
+        init = mlp.stack(w_pre, len(part))
+        heads = [head_init(f["restart"], config.head_std) for f, _ in part]
+        init["fc3.weight"] = torch.stack([h["fc3.weight"] for h in heads])
+        init["fc3.bias"] = torch.stack([h["fc3.bias"] for h in heads])
+        target = {"fc2.weight": w_pre["fc2.weight"], "fc3.weight": init["fc3.weight"].clone()}
+        result = engine.train_ensemble(
+            init, [m for _, m in part], x, y, epochs=epochs_for(size, config), lr=config.lr,
+            batch_size=config.batch_size, warmup=config.warmup, target=target, device=options.device,
+            workers=options.n_workers,
+            progress=bar if bar is not None else False,
+        )  # fmt: skip
+        for fields, _ in part:
+            fields.update(epochs=epochs_for(size, config), head_seed=HEAD_SEED0 + fields["restart"])
+        _finish(store, part, result, tensors, w_pre, options.device, reference_fc3=target["fc3.weight"])
+    if bar is not None:
+        bar.close()
+    return store
+
+
+def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
+                   options: RunOptions = RunOptions()) -> AblationStore:  # fmt: skip
+    """Study 3: mixout(w_pre, p) runs on ``trajectory_size`` images, :func:`effective_l2` at epoch ends.
+
+    Checkpoints: the first epoch, every ``trajectory_every``-th epoch and the last. The evaluation
+    batch is the first ``trajectory_eval`` images of the training subset (all of it by default), so
+    ``L`` is the training loss being minimised; the Monte Carlo masks are the same at every checkpoint
+    (seed ``trajectory_mc_seed``), so the curve's wiggles are not mask noise. One record per run;
+    all runs train as one ensemble (``options.chunk`` does not apply).
+    """
+    store = AblationStore(store_root, "trajectory", config)
+    done = store.done()
+    size = config.trajectory_size
+    settings = [Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p) for p in config.trajectory_ps]
+    todo = [(_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
+            for r in range(config.trajectory_restarts) for i, (s, p) in enumerate(zip(settings, config.trajectory_ps))]
+    todo = [t for t in todo if t[0]["run_id"] not in done]  # fmt: skip
+    if not todo:
+        return store
+    x, y = _subset(tensors, size)
+    n_eval = size if config.trajectory_eval is None else min(config.trajectory_eval, size)
+    xe, ye = x[:n_eval], y[:n_eval]
+    epochs = epochs_for(size, config)
+    spe = math.ceil(size / config.batch_size)
+    marks = {0, epochs - 1} | {e for e in range(epochs) if (e + 1) % config.trajectory_every == 0}
+    checkpoints = [[] for _ in todo]
+    bar = _bar(options.progress, len(todo) * epochs * spe, f"trajectory ({config.profile})")
+
+    def on_epoch_end(epoch, params):
+        if epoch not in marks:
+            return
+        for e, (_, _, p) in enumerate(todo):
+            one = {k: v[e].detach().cpu() for k, v in params.items()}
+            est = effective_l2(one, w_pre, p, xe, ye, n_samples=config.trajectory_samples,
+                               generator=config.trajectory_mc_seed)  # fmt: skip
+            checkpoints[e].append({"epoch": epoch + 1, "step": (epoch + 1) * spe, "loss": est.loss,
+                                   "dist2": est.dist2, "penalty": est.penalty.mean, "penalty_se": est.penalty.se,
+                                   "m": est.m, "m_lo": est.m_lo, "m_hi": est.m_hi, "lam": est.lam})  # fmt: skip
+
+    t0 = time.perf_counter()
+    result = engine.train_ensemble(
+        w_pre, [m for _, m, _ in todo], x, y, epochs=epochs, lr=config.lr, batch_size=config.batch_size,
+        warmup=config.warmup, target=w_pre, device=options.device, on_epoch_end=on_epoch_end,
+        workers=options.n_workers,
+        progress=bar if bar is not None else False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    ev = engine.evaluate(result.params, *tensors["test"])
+    for e, (fields, _, p) in enumerate(todo):
+        rec = dict(fields, p=p, epochs=epochs, steps=result.steps, eval_size=n_eval,
+                   mc_samples=config.trajectory_samples, test_acc=float(ev["acc"][e]),
+                   seconds=seconds, checkpoints=checkpoints[e], **run_env(options.device))  # fmt: skip
+        store.write(rec)
+    return store
+
+
+# --------------------------------------------------------------------------------------------
+# the whole pipeline
+
+
+@dataclass
+class AblationResults:
+    """The studies' configuration, ``w_pre``'s target test accuracy, the source task's name, the
+    nested subsets' indices, the stores and their records by study, and wall seconds by stage (of
+    this invocation; empty when loaded from disk by :func:`load_ablations`)."""
+
+    config: AblationConfig
+    w_pre_acc: float
+    source_name: str
+    subset_index: torch.Tensor
+    stores: dict = field(default_factory=dict)
+    records: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+
+
+#: Runs per ensemble unless :class:`RunOptions` says otherwise (see :func:`run_small_data`).
+CHUNK = 16
+CONTEXT = "context.json"
+
+
+def _subset_sha256(index: torch.Tensor) -> str:
+    return hashlib.sha256(index.numpy().astype("<i8").tobytes()).hexdigest()
+
+
+def run_ablations(profile: str = "paper", studies=STUDIES, options: RunOptions = RunOptions(), *, results=None,
+                  data_root=None, source: str = "auto", **overrides) -> AblationResults:  # fmt: skip
+    """Data, ``w_pre`` (the sweep's cached pretraining for ``profile``) and the chosen studies.
+
+    Every stage resumes from what is stored under ``results`` (default: the checkout's ``results/``);
+    ``overrides`` are fields of :class:`AblationConfig`.
+    """
+    unknown = [s for s in studies if s not in STUDIES]
+    if unknown:
+        raise ValueError(f"unknown studies {unknown}; choose from {STUDIES}")
+    results = project_dir("results") if results is None else Path(results)
+    t0 = time.perf_counter()
+    exp = data.load_experiment(root=data_root, source=source)
+    sweep_cfg = sweep.profile_config(profile, source=exp.source_key, data=sweep.data_fingerprint(exp))
+    w_pre = sweep.pretrain(results, sweep_cfg, sweep.experiment_tensors(exp, sweep_cfg), options)
+    config = ablation_config(profile, source=exp.source_key, data=sweep_cfg.data, pretrain=sweep_cfg.pretrain_key(),
+                             **overrides)  # fmt: skip
+    tensors = ablation_tensors(exp, config)
+    w_pre_acc = float(engine.evaluate(w_pre, *tensors["test"])["acc"][0])
+    out = AblationResults(config, w_pre_acc, exp.source_name, tensors["index"],
+                          seconds={"setup": time.perf_counter() - t0})
+    context = {"w_pre_test_acc": w_pre_acc, "source_name": exp.source_name,
+               "target_train_size": int(exp.target.train.x.shape[0]), "subset_sha256": _subset_sha256(tensors["index"])}
+    runners = {"small_data": run_small_data, "new_head": run_new_head, "trajectory": run_trajectory}
+    for study in studies:
+        t = time.perf_counter()
+        store = runners[study](results, config, tensors, w_pre, options)
+        atomic_write(store.dir / CONTEXT, json.dumps(context, indent=1, sort_keys=True))
+        out.stores[study], out.records[study] = store, store.records()
+        out.seconds[study] = time.perf_counter() - t
+    return out
+
+
+def _config_from(folder: Path) -> AblationConfig:
+    d = json.loads((folder / "config.json").read_text())
+    names = {f.name for f in dataclasses.fields(AblationConfig)}
+    return AblationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+
+def load_ablations(results=None) -> list[AblationResults]:
+    """The stored studies under ``results/ablations/`` (no training, no data): for each profile and
+    source task, the newest configuration with a stored ``context.json``, and every study stored for
+    that same configuration."""
+    root = (project_dir("results") if results is None else Path(results)) / "ablations"
+    folders = sorted((d for d in root.glob("*-*") if (d / CONTEXT).is_file() and any((d / "runs").glob("*.json"))),
+                     key=lambda d: (d / CONTEXT).stat().st_mtime, reverse=True)  # fmt: skip
+    out, seen = [], set()
+    for folder in folders:
+        config = _config_from(folder)
+        if (config.profile, config.source) in seen:
+            continue
+        seen.add((config.profile, config.source))
+        context = json.loads((folder / CONTEXT).read_text())
+        index = nested_subsets(context["target_train_size"], sorted(set(config.sizes) | set(config.head_sizes)
+                                                                    | {config.trajectory_size}), config.subset_seed)
+        if _subset_sha256(index) != context["subset_sha256"]:
+            raise ValueError(f"{folder / CONTEXT}: the nested subsets do not match their recorded checksum")
+        res = AblationResults(config, context["w_pre_test_acc"], context["source_name"], index)
+        for study in STUDIES:
+            if not AblationStore.folder(root.parent, study, config).is_dir():
+                continue
+            store = AblationStore(root.parent, study, config)
+            if store.done():
+                res.stores[study], res.records[study] = store, store.records()
+        out.append(res)
+    return out

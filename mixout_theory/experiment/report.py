@@ -1,0 +1,333 @@
+"""What the stored runs say: summaries over restarts, the paper's claims checked, tables.
+
+Everything here is a pure function of run records (the dicts stored by
+:mod:`~mixout_theory.experiment.sweep` and :mod:`~mixout_theory.experiment.ablations`), so it is
+tested on synthetic records and the notebooks call it instead of computing in cells.
+
+* Figure 2 (paper Section 4): :func:`summarise` (mean and std over restarts per method and p),
+  :func:`figure2_claims` (the claims of the figure, as numbers), :func:`summary_table` (``table.csv``,
+  ``table.md``), :func:`experiment_meta` / :func:`caption` (what every figure states about its runs).
+* The ablations (the paper's GLUE questions, Table 3's new output layer): :func:`failure_thresholds`, :func:`summarise_runs`,
+  :func:`paired_differences`, :func:`trajectory_summary`, :func:`trajectory_rows`, :func:`claims`,
+  and the checks notebook 04 asserts: :func:`pairing_check`, :func:`mixed_distance_ratios`,
+  :func:`head_pull_ratios`, :func:`trajectory_checks`; :func:`markdown_table` renders any of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mixout_theory.experiment.store import atomic_write, atomic_write_csv
+from mixout_theory.experiment.sweep import METHODS
+
+
+# --------------------------------------------------------------------------------------------
+# Figure 2
+
+def caption(meta: dict) -> str:
+    return (f"source task: {meta.get('source_name') or meta.get('source')} | profile: {meta.get('profile')} | "
+            f"{meta.get('restarts')} restarts per setting, mean +- 1 std | config {meta.get('config')}")  # fmt: skip
+
+
+def experiment_meta(records: list[dict]) -> dict:
+    """What every experiment figure states about the runs behind it."""
+    r = records[0]
+    return {"source": r["source"], "source_name": r.get("source_name", ""), "profile": r["profile"],
+            "config": r["config"], "restarts": len({x["seed"] for x in records}), "runs": len(records)}  # fmt: skip
+
+
+
+
+SUMMARY_METRICS = ("dist_all", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3",
+                   "target_val_acc", "target_test_acc", "source_val_acc")  # fmt: skip
+
+
+def summarise(records: list[dict], metrics=SUMMARY_METRICS) -> list[dict]:
+    """Mean and sample std (ddof=1) over restarts for every (method, p); the shared p = 0 run
+    ("none") is listed under both methods, as in the paper's figure."""
+    rows = []
+    for method in METHODS:
+        ps = sorted({r["p"] for r in records})
+        for p in ps:
+            group = [r for r in records if r["p"] == p and r["method"] in ((method, "none") if p == 0 else (method,))]
+            if not group:
+                continue
+            row = {"method": method, "p": p, "n": len(group)}
+            for m in metrics:
+                vals = torch.tensor([r[m] for r in group], dtype=torch.float64)
+                row[f"{m}_mean"] = float(vals.mean())
+                row[f"{m}_std"] = float(vals.std()) if len(vals) > 1 else 0.0
+            rows.append(row)
+    return rows
+
+
+def figure2_claims(records: list[dict]) -> dict:
+    """Check, on stored runs, what the theory and the paper's Figure 2 claim.
+
+    1. mixout's squared distance to ``w_pre`` over the mixed weights (``dist_mixed``) falls as p
+       grows, in every restart; ``mixed_distance_margin`` is the smallest drop of the mean between
+       neighbouring p, in units of the larger of the two standard deviations.
+    2. mixout's source validation accuracy is at least dropout's at every p > 0 (restart means;
+       ``source_acc_gaps`` maps p to mean(mixout - dropout), paired by restart).
+    """
+    mix = [r for r in records if r["method"] in ("mixout", "none")]
+    ps = sorted({r["p"] for r in mix})
+    seeds = sorted({r["seed"] for r in mix})
+    dist = {(r["seed"], r["p"]): r["dist_mixed"] for r in mix}
+    every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in zip(ps, ps[1:]))
+    rows = {r["p"]: r for r in summarise(records, metrics=("dist_mixed",)) if r["method"] == "mixout"}
+    margin = min(
+        (rows[a]["dist_mixed_mean"] - rows[b]["dist_mixed_mean"]) / max(rows[a]["dist_mixed_std"], rows[b]["dist_mixed_std"], 1e-12)
+        for a, b in zip(ps, ps[1:])
+    )  # fmt: skip
+    acc = {(r["method"], r["seed"], r["p"]): r["source_val_acc"] for r in records}
+    gaps = {}
+    for p in (p for p in ps if p > 0):
+        diffs = [acc["mixout", s, p] - acc["dropout", s, p] for s in seeds if ("dropout", s, p) in acc]
+        gaps[p] = round(sum(diffs) / len(diffs), 4)
+    report = ["mixout dist_mixed mean by p: " + ", ".join(f"{p}: {rows[p]['dist_mixed_mean']:.4f}" for p in ps),
+              f"decreasing in every one of {len(seeds)} restarts: {every}; smallest drop = {margin:.1f} std",
+              "source acc, mixout - dropout by p: " + ", ".join(f"{p}: {g:+.4f}" for p, g in gaps.items())]  # fmt: skip
+    return {"mixed_distance_decreasing_every_restart": every, "mixed_distance_margin": margin,
+            "source_acc_gaps": gaps, "source_acc_mixout_ge_dropout": all(g >= 0 for g in gaps.values()),
+            "report": report}  # fmt: skip
+
+
+TABLE_COLUMNS = ("dist_all", "dist_mixed", "dist_fc1", "target_val_acc", "target_test_acc", "source_val_acc")
+
+
+def summary_table(summary: list[dict], meta: dict, out_dir: Path) -> list[Path]:
+    """The figure's numbers as ``table.csv`` (mean and std columns) and ``table.md`` (mean +- std)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cols = ["method", "p", "n"] + [f"{c}_{s}" for c in TABLE_COLUMNS for s in ("mean", "std")]
+    atomic_write_csv(out_dir / "table.csv", summary, cols, lineterminator="\n")
+    md = [f"<!-- {caption(meta)} -->", f"*{caption(meta)}*", "",
+          "| method | p | n | " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|---|" + "---|" * len(TABLE_COLUMNS)]  # fmt: skip
+    for r in summary:
+        cells = [f"{r[c + '_mean']:.4f} +- {r[c + '_std']:.4f}" for c in TABLE_COLUMNS]
+        md.append(f"| {r['method']} | {r['p']:.1f} | {r['n']} | " + " | ".join(cells) + " |")
+    atomic_write(out_dir / "table.md", "\n".join(md) + "\n")
+    return [out_dir / "table.csv", out_dir / "table.md"]
+
+
+
+# --------------------------------------------------------------------------------------------
+# the ablations
+
+
+def failure_thresholds(records: list[dict], w_pre_acc: float) -> dict:
+    """The two cut-offs under which a run counts as failed, for the runs of one study at one size.
+
+    * ``failed_below = w_pre_acc``: the target test accuracy of ``w_pre`` itself (pretrained head, no
+      finetuning). A run below it ended worse than not finetuning at all, the analogue of the paper's
+      degenerate (chance-level) GLUE runs. It is fixed before any finetuning, the same for every
+      setting, and does not count a setting as failing merely for being slightly worse.
+    * ``outlier_below = median_best - 3 sd_best``: the best setting (highest median) and its sample
+      standard deviation (ddof=1). A normal run of the best setting falls below it with probability
+      0.13%; it flags unlucky runs, and also every run of a setting that is uniformly worse by more
+      than 3 sd_best, so it is reported as a second count, not as the failure count.
+    """
+    by = {}
+    for r in records:
+        by.setdefault(r["setting"], []).append(r["test_acc"])
+    med = {k: float(np.median(v)) for k, v in by.items()}
+    best = max(med, key=med.get)
+    sd = float(np.std(by[best], ddof=1)) if len(by[best]) > 1 else 0.0
+    return {"failed_below": float(w_pre_acc), "outlier_below": med[best] - 3.0 * sd, "best_setting": best,
+            "best_median": med[best], "best_sd": sd}  # fmt: skip
+
+
+def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
+    """Per (size, setting): n, mean, sample std (ddof=1), min, median, max of target test accuracy,
+    failed / outlier counts (:func:`failure_thresholds`), and mean squared distances to ``w_pre``."""
+    rows = []
+    for size in sorted({r["size"] for r in records}):
+        at = [r for r in records if r["size"] == size]
+        th = failure_thresholds(at, w_pre_acc)
+        for name in sorted({r["setting"] for r in at}, key=lambda s: min(r["order"] for r in at if r["setting"] == s)):
+            g = [r for r in at if r["setting"] == name]
+            acc = np.array([r["test_acc"] for r in g])
+            row = {"size": size, "setting": name, "label": g[0]["label"], "n": len(g),
+                   "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                   "min": float(acc.min()), "median": float(np.median(acc)), "max": float(acc.max()),
+                   "failed": int((acc < th["failed_below"]).sum()), "outliers": int((acc < th["outlier_below"]).sum()),
+                   "failed_below": th["failed_below"], "outlier_below": th["outlier_below"],
+                   "dist_mixed": float(np.mean([r["dist_mixed"] for r in g])),
+                   "dist_all": float(np.mean([r["dist_all"] for r in g]))}  # fmt: skip
+            if "dist_fc3_w0" in g[0]:
+                row["dist_fc3_w0"] = float(np.mean([r["dist_fc3_w0"] for r in g]))
+            rows.append(row)
+    return rows
+
+
+#: (a, b) pairs of study 1 compared restart by restart (same data order and mask seed)
+PAIRED_COMPARISONS = (("mixout0.8", "dropout0.1+wd0.01"), ("mixout0.8", "l2sp0.1"), ("l2sp0.1", "dropout0.1+wd0.01"),
+                      ("mixout0.8+l2sp0.01", "mixout0.8"), ("mixout0.9", "mixout0.5"))  # fmt: skip
+
+
+def paired_differences(records: list[dict], pairs=PAIRED_COMPARISONS, metric: str = "test_acc") -> list[dict]:
+    """Per size and pair ``(a, b)``: the mean and sample sd (ddof=1) over restarts of ``metric(a) -
+    metric(b)``, with how many restarts ``a`` beat, tied or lost to ``b``, restart by restart."""
+    rows = []
+    for size in sorted({r["size"] for r in records}):
+        val = {(r["setting"], r["restart"]): r[metric] for r in records if r["size"] == size}
+        for a, b in pairs:
+            d = np.array([val[a, k] - val[b, k] for (s, k) in val if s == a and (b, k) in val])
+            if d.size == 0:
+                continue
+            rows.append({"size": size, "a": a, "b": b, "n": int(d.size), "mean_diff": float(d.mean()),
+                         "sd_diff": float(d.std(ddof=1)) if d.size > 1 else 0.0, "a_wins": int((d > 0).sum()),
+                         "ties": int((d == 0).sum()), "b_wins": int((d < 0).sum())})  # fmt: skip
+    return rows
+
+
+def markdown_table(rows: list[dict], columns, digits: int = 4) -> str:
+    """``rows`` as a GitHub markdown table of ``columns`` (``(key, header)`` pairs or keys)."""
+    cols = [(c, c) if isinstance(c, str) else tuple(c) for c in columns]
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
+        return str(v)
+
+    lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(k, "")) for k, _ in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+SUMMARY_COLUMNS = (("size", "n train"), ("label", "setting"), ("n", "runs"), ("mean", "mean acc"),
+                   ("std", "sd"), ("min", "min"), ("median", "median"), ("max", "max"), ("failed", "failed"),
+                   ("outliers", "3-sd outliers"), ("dist_mixed", "mean ‖w − w_pre‖² (fc2, fc3)"))  # fmt: skip
+HEAD_COLUMNS = SUMMARY_COLUMNS[:-1] + (("dist_fc3_w0", "mean ‖w_fc3 − w_0‖²"),)
+
+
+def trajectory_summary(records: list[dict]) -> list[dict]:
+    """Per p, over restarts (mean curve): the implied modulus ``m`` at the first checkpoint, at its
+    peak (and the step of the peak), at the last checkpoint, ``peak / last``, the implied wdecay
+    lambda ``m p / (1 - p)`` at the peak and at the end, the evaluation-batch loss ``L(w_t)`` at the
+    peak and at the end, and the final target test accuracy."""
+    rows = []
+    for p in sorted({r["p"] for r in records}):
+        runs = [r["checkpoints"] for r in records if r["p"] == p]
+        m = np.array([[q["m"] for q in c] for c in runs]).mean(0)
+        loss = np.array([[q["loss"] for q in c] for c in runs]).mean(0)
+        steps = [q["step"] for q in runs[0]]
+        k = p / (1 - p)
+        i = int(m.argmax())
+        rows.append({"p": p, "restarts": len(runs), "checkpoints": len(steps), "m_first": float(m[0]),
+                     "first_step": steps[0], "m_peak": float(m[i]), "peak_step": steps[i], "m_last": float(m[-1]),
+                     "last_step": steps[-1], "peak_over_last": float(m[i] / m[-1]), "lam_peak": float(m[i] * k),
+                     "lam_last": float(m[-1] * k), "loss_peak": float(loss[i]), "loss_last": float(loss[-1]),
+                     "min_m_lo_after_first": (float(min(q["m_lo"] for c in runs for q in c[1:]))
+                                              if len(steps) > 1 else float("nan")),
+                     "test_acc": float(np.mean([r["test_acc"] for r in records if r["p"] == p]))})  # fmt: skip
+    return rows
+
+
+TRAJECTORY_COLUMNS = (("p", "p"), ("restarts", "restarts"), ("checkpoints", "checkpoints"),
+                      ("first_step", "first step"), ("m_first", "m (first)"), ("peak_step", "peak step"),
+                      ("m_peak", "m (peak)"), ("m_last", "m (last)"), ("peak_over_last", "peak / last"),
+                      ("lam_peak", "lambda (peak)"), ("lam_last", "lambda (last)"), ("loss_peak", "L at peak"),
+                      ("loss_last", "L (last)"), ("test_acc", "test acc"))  # fmt: skip
+
+
+def trajectory_rows(records: list[dict]) -> list[dict]:
+    """One flat row per (run, checkpoint) of the trajectory study (a tidy table)."""
+    rows = []
+    for r in records:
+        for c in r["checkpoints"]:
+            rows.append({"p": r["p"], "restart": r["restart"], "size": r["size"], "eval_size": r["eval_size"],
+                         "mc_samples": r["mc_samples"], **c})  # fmt: skip
+    return sorted(rows, key=lambda q: (q["p"], q["restart"], q["step"]))
+
+
+
+
+
+def claims(small: list[dict], head: list[dict], traj: list[dict], small_records: list[dict] | None = None) -> dict:
+    """What the paper claims, as numbers on these runs (summaries from :func:`summarise_runs` and
+    :func:`trajectory_summary`; ``small_records`` for paired differences).
+
+    * ``mixout_fewer_failures``: per size, failed runs of the best mixout(w_pre, p >= 0.7) vs the
+      usual recipe dropout(0.1) + wdecay(0, 0.01) (paper: mixout cuts degenerate runs);
+    * ``mixout_mean_gain``: per size, best mixout mean minus the usual recipe's mean;
+    * ``paired_gain_mixout0.8``: per size, mean over restarts of acc(mixout 0.8) - acc(usual recipe);
+    * ``mixout_wd_gain``: per size, mixout(0.8) + wdecay(w_pre, 0.01) minus mixout(0.8) alone;
+    * ``head``: per size, the head regulariser with the best mean;
+    * ``m_peak_over_last``: per p, peak / final implied modulus along the run (adaptive L2 if >> 1).
+    """
+    out = {"mixout_fewer_failures": {}, "mixout_mean_gain": {}, "paired_gain_mixout0.8": {}, "mixout_wd_gain": {},
+           "head": {}, "m_peak_over_last": {t["p"]: t["peak_over_last"] for t in traj}}  # fmt: skip
+    for size in sorted({r["size"] for r in small}):
+        at = {r["setting"]: r for r in small if r["size"] == size}
+        usual = at.get("dropout0.1+wd0.01")
+        mix = [at[k] for k in ("mixout0.7", "mixout0.8", "mixout0.9") if k in at]
+        if usual and mix:
+            best = max(mix, key=lambda r: r["mean"])
+            out["mixout_fewer_failures"][size] = (best["failed"], usual["failed"])
+            out["mixout_mean_gain"][size] = best["mean"] - usual["mean"]
+        if "mixout0.8" in at and "mixout0.8+l2sp0.01" in at:
+            out["mixout_wd_gain"][size] = at["mixout0.8+l2sp0.01"]["mean"] - at["mixout0.8"]["mean"]
+        if small_records:
+            acc = {(r["setting"], r["restart"]): r["test_acc"] for r in small_records if r["size"] == size}
+            d = [acc["mixout0.8", k] - acc["dropout0.1+wd0.01", k] for (s, k) in acc if s == "mixout0.8"
+                 and ("dropout0.1+wd0.01", k) in acc]  # fmt: skip
+            if d:
+                sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
+                out["paired_gain_mixout0.8"][size] = (float(np.mean(d)), sd)
+    for size in sorted({r["size"] for r in head}):
+        at = [r for r in head if r["size"] == size]
+        out["head"][size] = max(at, key=lambda r: r["mean"])["setting"]
+    return out
+
+
+
+
+# --------------------------------------------------------------------------------------------
+# what notebook 04 asserts, as functions
+
+
+def pairing_check(records: list[dict]) -> tuple[bool, int]:
+    """Whether every (size, setting) holds the same restarts with the same data and mask seeds, and
+    how many restarts that is (the comparisons of a study are paired only if so)."""
+    seeds: dict = {}
+    for r in records:
+        seeds.setdefault((r["size"], r["setting"]), set()).add((r["restart"], r["data_seed"], r["mask_seed"]))
+    sets = set(map(frozenset, seeds.values()))
+    return len(sets) == 1, len(next(iter(seeds.values()))) if seeds else 0
+
+
+def mixed_distance_ratios(records: list[dict], settings=("mixout0.5", "mixout0.7", "mixout0.8", "mixout0.9")) -> list[float]:
+    """``dist_mixed(p_next) / dist_mixed(p)`` for neighbouring mixout settings, at every size and
+    restart where both are stored (below 1: the pull towards ``w_pre`` grows with p, Corollary 1.1)."""
+    dist = {(r["size"], r["setting"], r["restart"]): r["dist_mixed"] for r in records}
+    keys = {(n, k) for n, _, k in dist}
+    return [dist[n, b, k] / dist[n, a, k] for n, k in sorted(keys) for a, b in zip(settings, settings[1:])
+            if (n, a, k) in dist and (n, b, k) in dist]  # fmt: skip
+
+
+def head_pull_ratios(records: list[dict]) -> list[float]:
+    """``||w_fc3 - w_0||^2`` of mixout(w_0, 0.7) on the new head over that of no regularisation,
+    restart by restart (below 1: mixout pulls the new head towards its own initialisation)."""
+    d0 = {(r["size"], r["setting"], r["restart"]): r["dist_fc3_w0"] for r in records}
+    return [d0[n, "head-mixout-w0-0.7", k] / d0[n, "head-none", k] for (n, s, k) in sorted(d0)
+            if s == "head-none" and (n, "head-mixout-w0-0.7", k) in d0]  # fmt: skip
+
+
+def trajectory_checks(records: list[dict]) -> dict:
+    """Along each trajectory run: the smallest lower 95% bound of ``m_t`` after the first checkpoint
+    (``> 0``: a positive L2 strength), and per run the first, peak and last ``m_t`` with whether the
+    peak's interval lies above the first checkpoint's (``m_t`` not constant: an adaptive penalty)."""
+    later = [r for r in trajectory_rows(records) if r["epoch"] > 1]
+    runs = []
+    for r in records:
+        c = r["checkpoints"]
+        first, peak = c[0], max(c, key=lambda q: q["m"])
+        runs.append({"p": r["p"], "restart": r["restart"], "first_m": first["m"], "first_step": first["step"],
+                     "peak_m": peak["m"], "peak_step": peak["step"], "last_m": c[-1]["m"],
+                     "peak_above_first": peak["m_lo"] > first["m_hi"]})  # fmt: skip
+    return {"checkpoints_after_first": len(later),
+            "min_m_lo_after_first": min((q["m_lo"] for q in later), default=float("nan")), "runs": runs}  # fmt: skip

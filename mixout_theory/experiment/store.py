@@ -1,0 +1,224 @@
+"""What the experiment writes to disk, and how: atomically, hashed, one record per finished run.
+
+One implementation of each of these, used by the data layer, the sweep and the ablations:
+
+* :class:`Staging` -- write several files under hidden temporary names (``.NAME.tmp-*``), flush them
+  to disk, then rename them all into place; on any error (Ctrl-C included) the temporaries are
+  deleted. :func:`atomic_write` / :func:`atomic_write_csv` are the one-file case;
+  :func:`remove_stale_temporaries` cleans what a killed process left.
+* :func:`file_digest` / :func:`sha256_file` -- checksums of files; :func:`config_hash` -- the short
+  hash of a configuration that names a results folder; :func:`jsonable` -- what JSON can hold.
+* :class:`RunStore` -- a folder of runs: ``config.json`` and ``runs/<run id>.json``, one record per
+  finished run, so a rerun skips what is :meth:`~RunStore.done`; :func:`export_csv` the tidy table,
+  :func:`find_stores` the folders holding runs, :func:`run_env` what a run was computed with.
+* :func:`project_dir` -- ``data/``, ``results/``, ``figures/`` inside this checkout (else ``./``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import platform
+import secrets
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from mixout_theory._version import __version__
+
+TMP_MARK = ".tmp-"
+
+
+def project_dir(name: str) -> Path:
+    """``name`` inside this checkout when running from one (data/, results/, figures/), else ``./name``."""
+    repo = Path(__file__).resolve().parents[2]
+    if (repo / "pyproject.toml").is_file() and (repo / "mixout_theory").is_dir():
+        return repo / name
+    return Path(name)
+
+
+# ------------------------------------------------------------------------------------- hashing
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file, read in chunks."""
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file (hex)."""
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """md5 of a file (hex); only used to compare with a checksum a data provider publishes."""
+    return file_digest(path, "md5")
+
+
+def jsonable(obj):
+    """``obj`` as plain JSON types (tensors and arrays via ``tolist``, anything else as ``str``)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def config_hash(config: dict) -> str:
+    """The first 12 hex digits of the sha256 of ``config`` as sorted JSON (names results folders)."""
+    return hashlib.sha256(json.dumps(jsonable(config), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ------------------------------------------------------------------------------- safe writing
+
+
+def tmp_name(final: Path) -> Path:
+    """A hidden temporary sibling of ``final`` (same folder, so the final rename is atomic)."""
+    return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+class Staging:
+    """Write files under temporary names; :meth:`commit` renames them all, otherwise all are deleted.
+
+    >>> with Staging() as st:                       # doctest: +SKIP
+    ...     tmp = st.path_for(Path("data/x.bin"))   # write to tmp, check it, then
+    ...     st.commit()                             # data/x.bin appears (atomically)
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Path, Path]] = []
+
+    def path_for(self, final: Path) -> Path:
+        final = Path(final)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = tmp_name(final)
+        self._pending.append((tmp, final))
+        return tmp
+
+    def commit(self) -> list[Path]:
+        """Flush every temporary to disk, then rename each into place; return the final paths."""
+        for tmp, _ in self._pending:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        done = []
+        for tmp, final in self._pending:
+            os.replace(tmp, final)
+            done.append(final)
+        self._pending.clear()
+        return done
+
+    def discard(self) -> None:
+        for tmp, _ in self._pending:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+        self._pending.clear()
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()  # after commit() nothing is pending, so this only cleans up failures
+
+
+def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list[Path]:
+    """Delete this module's temporaries (``.NAME.tmp-*``) left in ``folder`` by a killed process.
+
+    Only files/folders carrying the temporary mark and older than ``older_than_s`` are touched, so a
+    concurrent process's work in progress is never removed.
+    """
+    removed = []
+    if not folder.is_dir():
+        return removed
+    now = time.time()
+    for p in folder.iterdir():
+        if not (p.name.startswith(".") and TMP_MARK in p.name):
+            continue
+        try:
+            if now - p.stat().st_mtime < older_than_s:
+                continue
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``path`` all or nothing (a :class:`Staging` of one file)."""
+    with Staging() as st:
+        tmp = st.path_for(Path(path))
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        st.commit()
+
+
+def atomic_write_csv(path: Path, rows, columns, lineterminator: str = "\r\n") -> Path:
+    """``rows`` (dicts) as a CSV table with ``columns`` (other keys ignored), via :func:`atomic_write`."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator=lineterminator)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write(path, buf.getvalue())
+    return path
+
+
+# ---------------------------------------------------------------------------------- run stores
+
+
+class RunStore:
+    """A folder of runs: ``config.json`` (written once) and ``runs/<run id>.json``, one record per
+    finished run, each written atomically, so a rerun can skip what is ``done()``."""
+
+    def __init__(self, folder: str | Path, config: dict):
+        self.dir = Path(folder)
+        self.runs = self.dir / "runs"
+        self.runs.mkdir(parents=True, exist_ok=True)
+        if not (self.dir / "config.json").exists():
+            atomic_write(self.dir / "config.json", json.dumps(jsonable(config), indent=1, sort_keys=True))
+
+    def done(self) -> set[str]:
+        return {p.stem for p in self.runs.glob("*.json")}
+
+    def write(self, record: dict) -> None:
+        atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(jsonable(record), indent=1, sort_keys=True))
+
+    def read(self) -> list[dict]:
+        """Every stored record, in file-name order."""
+        return read_runs(self.dir)
+
+
+def read_runs(folder) -> list[dict]:
+    """The records under ``folder/runs/``, in file-name order."""
+    return [json.loads(p.read_text()) for p in sorted(Path(folder, "runs").glob("*.json"))]
+
+
+def export_csv(records: list[dict], path: Path) -> Path:
+    """One row per run, one column per scalar field (a tidy table)."""
+    cols = sorted({k for r in records for k, v in r.items() if not isinstance(v, (dict, list))})
+    first = ["run_id", "method", "p", "seed", "source", "profile"]
+    return atomic_write_csv(path, records, [c for c in first if c in cols] + [c for c in cols if c not in first])
+
+
+def find_stores(root: str | Path) -> list[Path]:
+    """Store folders under ``root`` that hold at least one run, newest first."""
+    root = Path(root)
+    found = [d for d in root.glob("*-*") if d.is_dir() and any((d / "runs").glob("*.json"))]
+    return sorted(found, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True)
+
+
+def run_env(device="auto") -> dict:
+    """What a stored run was computed with: library, torch and Python versions, and the device the
+    run used (``device`` resolved as :func:`engine.resolve_device` resolves it)."""
+    from mixout_theory.experiment.engine import resolve_device
+
+    return {"mixout_theory": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(resolve_device(device))}  # fmt: skip

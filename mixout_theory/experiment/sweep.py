@@ -1,0 +1,299 @@
+"""Pretraining, the p-sweep of the paper's Figure 2, and the results store they write to.
+
+Protocol: paper Section 4 / Supplement C.1 (Adam, lr 1e-4 pretraining / 5e-5 finetuning, batch 32,
+10% warm-up then linear decay, 5 finetuning epochs, p in {0, 0.1, ..., 0.8}, 10 restarts).
+
+* :func:`pretrain` trains ``w_pre`` on the source task and keeps the best validation checkpoint;
+  it is cached in the store with its configuration and reused.
+* :func:`run_sweep` finetunes ``w_pre`` on MNIST for every (method, p, restart): p = 0 is the
+  unregularised run, shared by both methods; restarts differ only in data order, and restart ``r``
+  uses the same data order in every setting, so comparisons across p and method are paired.
+* :class:`SweepStore` keeps one folder per configuration hash; every finished run is one JSON record,
+  written atomically as its ensemble chunk finishes, so an interrupted sweep resumes where it stopped
+  and a changed configuration never mixes with old records.
+* :data:`PROFILE_SIZES` -- the one table of what ``smoke`` / ``quick`` / ``paper`` mean, for the
+  sweep and for the ablations (:mod:`mixout_theory.experiment.ablations`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mixout_theory.experiment import data, engine, mlp
+from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, export_csv, jsonable, project_dir, read_runs, run_env
+from mixout_theory.profiles import PROFILES
+
+METHODS = ("dropout", "mixout")
+PAPER_PS = tuple(round(0.1 * k, 1) for k in range(9))  # 0.0, 0.1, ..., 0.8
+#: The paper's selection of w_pre: every seed for every epoch budget, best final validation accuracy.
+SEARCH_BUDGETS, SEARCH_SEEDS = range(1, 21), range(5)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """Everything that determines the numbers of a sweep (its hash keys the results store).
+
+    ``None`` sizes mean the whole split. ``pretrain_search`` runs the paper's selection (5 seeds x
+    epoch budgets 1..20, best final validation accuracy); the default instead trains one seed for
+    ``pretrain_epochs`` epochs and keeps the epoch with the best source validation accuracy.
+    """
+
+    profile: str = "paper"
+    source: str = "stand-in"  # the source task actually used: "emnist" or "stand-in"
+    source_train: int | None = None
+    target_train: int | None = None
+    eval_size: int | None = None
+    pretrain_epochs: int = 10
+    pretrain_seed: int = 0
+    pretrain_search: bool = False
+    finetune_epochs: int = 5
+    ps: tuple = PAPER_PS
+    restarts: int = 10
+    batch_size: int = 32
+    lr_pretrain: float = 1e-4
+    lr_finetune: float = 5e-5
+    weight_decay_pretrain: float = 0.01
+    dropout_pretrain: float = 0.1
+    warmup: float = 0.1
+    dropout_placement: str = "after LayerNorm"
+    normalisation: str = "per-task mean/std of the training split"
+    data: str = ""  # fingerprint of the prepared data (see data_fingerprint)
+    engine: str = engine.ENGINE_VERSION  # how masks and data orders are drawn from the seeds
+
+    def key(self) -> str:
+        """Short hash of every field that changes the numbers."""
+        return config_hash(dataclasses.asdict(self))
+
+    def pretrain_key(self) -> str:
+        """Short hash of the fields that change ``w_pre``."""
+        keep = ("source", "source_train", "eval_size", "pretrain_epochs", "pretrain_seed", "pretrain_search",
+                "batch_size", "lr_pretrain", "weight_decay_pretrain", "dropout_pretrain", "warmup",
+                "dropout_placement", "normalisation", "data", "engine")  # fmt: skip
+        return config_hash({k: getattr(self, k) for k in keep})
+
+
+def data_fingerprint(exp) -> str:
+    """Hash of what the prepared data says about itself (sizes, seeds, checksums, constants)."""
+    return config_hash({"source": exp.source_key, "info": exp.info})
+
+
+#: What each profile means, for the sweep and for the ablations (overrides of the dataclasses'
+#: paper-size defaults): ``smoke`` (CI, about a minute), ``quick`` (minutes), ``paper`` (full protocol).
+PROFILE_SIZES = {
+    # smoke: 1,250 finetuning steps; with fewer (e.g. 470), dropout(0.8) barely leaves w_pre
+    # and so forgets less than mixout: the paper's regime needs the model to actually train.
+    "smoke": {"sweep": dict(source_train=None, target_train=8000, eval_size=None, pretrain_epochs=3,
+                            ps=(0.0, 0.3, 0.6, 0.8), restarts=4),
+              "ablations": dict(sizes=(100, 300), restarts=3, reference_size=300, test_size=2000, head_sizes=(300,),
+                                head_restarts=3, trajectory_size=300, trajectory_ps=(0.5, 0.8),
+                                trajectory_restarts=1, trajectory_every=1, trajectory_samples=96)},
+    "quick": {"sweep": dict(pretrain_epochs=5, restarts=4),
+              "ablations": dict(restarts=5, head_restarts=5, trajectory_restarts=1, trajectory_samples=128)},
+    "paper": {"sweep": dict(), "ablations": dict()},
+}  # fmt: skip
+
+
+def profile_sizes(profile: str, part: str) -> dict:
+    """The sizes :data:`PROFILE_SIZES` gives ``part`` (``"sweep"`` or ``"ablations"``) for ``profile``."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    return dict(PROFILE_SIZES[profile][part])
+
+
+def profile_config(profile: str, **overrides) -> SweepConfig:
+    """The sweep's configuration for a profile (:data:`PROFILE_SIZES`), with ``overrides``."""
+    return SweepConfig(profile=profile, **{**profile_sizes(profile, "sweep"), **overrides})
+
+
+# --------------------------------------------------------------------------------------------
+# the store
+
+
+class SweepStore(RunStore):
+    """The sweep's store: ``root/<profile>-<source>-<config hash>/``, plus ``runs.csv``."""
+
+    def __init__(self, root: str | Path, config: SweepConfig):
+        self.config = config
+        super().__init__(Path(root) / f"{config.profile}-{config.source}-{config.key()}", dataclasses.asdict(config))
+
+    def records(self) -> list[dict]:
+        return load_records(self.dir)
+
+    def export_csv(self) -> Path:
+        return export_csv(self.records(), self.dir / "runs.csv")
+
+
+def load_records(folder: str | Path) -> list[dict]:
+    """Every run record stored under ``folder`` (a sweep store folder), sorted by method, p, seed."""
+    return sorted(read_runs(folder), key=lambda r: (r["method"], r["p"], r["seed"]))
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def _subset(split, n: int | None, seed: int):
+    x, y = split
+    if n is None or n >= x.shape[0]:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[idx], y[idx]
+
+
+def experiment_tensors(exp, config: SweepConfig) -> dict:
+    """The (x, y) pairs the sweep uses, sized by the profile (fixed, seeded subsets)."""
+    return {
+        "source_train": _subset(_xy(exp.source.train), config.source_train, 1),
+        "source_val": _subset(_xy(exp.source.val), config.eval_size, 2),
+        "target_train": _subset(_xy(exp.target.train), config.target_train, 3),
+        "target_val": _subset(_xy(exp.target.val), config.eval_size, 4),
+        "target_test": _subset(_xy(exp.target.test), config.eval_size, 5),
+    }
+
+
+def _xy(split):
+    return (split.x, split.y) if hasattr(split, "x") else tuple(split)
+
+
+# --------------------------------------------------------------------------------------------
+# pretraining
+
+
+def pretrain(store_root, config: SweepConfig, tensors: dict, options: RunOptions = RunOptions()) -> dict:
+    """``w_pre``: best source-validation checkpoint, cached as ``pretrain/<source>-<hash>.pt`` and reused."""
+    path = Path(store_root) / "pretrain" / f"{config.source}-{config.pretrain_key()}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)["params"]
+    xs, ys = tensors["source_train"]
+    xv, yv = tensors["source_val"]
+    budgets = SEARCH_BUDGETS if config.pretrain_search else [config.pretrain_epochs]
+    seeds = SEARCH_SEEDS if config.pretrain_search else [config.pretrain_seed]
+    best = {"acc": -1.0}
+    t0 = time.perf_counter()
+    for epochs in budgets:
+        members = [engine.Member(dropout=config.dropout_pretrain, wdecay=config.weight_decay_pretrain,
+                                 data_seed=s, mask_seed=10_000 + s) for s in seeds]  # fmt: skip
+
+        def keep_best(epoch, params, epochs=epochs):
+            acc = engine.evaluate(params, xv, yv)["acc"]
+            k = int(acc.argmax())
+            # with the search, only a run's final epoch counts (each budget is its own run)
+            if (not config.pretrain_search or epoch == epochs - 1) and acc[k] > best["acc"]:
+                best.update(acc=float(acc[k]), epoch=epoch + 1, budget=epochs, seed=seeds[k],
+                            params={n: v[k].detach().cpu().clone() for n, v in params.items()})  # fmt: skip
+
+        engine.train_ensemble(
+            mlp.init_params(len(members), seed=1000 * config.pretrain_seed),
+            members, xs, ys, epochs=epochs, lr=config.lr_pretrain, batch_size=config.batch_size,
+            warmup=config.warmup, device=options.device, on_epoch_end=keep_best,
+            progress=f"pretrain ({config.source}, {epochs} epochs)" if options.progress else False,
+        )  # fmt: skip
+    meta = {k: v for k, v in best.items() if k != "params"}
+    meta.update(seconds=time.perf_counter() - t0, config=jsonable(dataclasses.asdict(config)))
+    buf = io.BytesIO()
+    torch.save({"params": best["params"], "meta": meta}, buf)
+    atomic_write(path, buf.getvalue())
+    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True))
+    return best["params"]
+
+
+# --------------------------------------------------------------------------------------------
+# the sweep
+
+
+def sweep_members(config: SweepConfig) -> list[tuple[str, dict, engine.Member]]:
+    """``(run_id, fields, Member)`` for every run of the sweep; p = 0 appears once (method "none")."""
+    runs = []
+    for seed in range(config.restarts):
+        for p in config.ps:
+            for method in ("none",) if p == 0 else METHODS:
+                mask_seed = int(hashlib.sha256(f"{method}/{p}/{seed}".encode()).hexdigest()[:8], 16)
+                member = engine.Member(
+                    dropout=p if method == "dropout" else 0.0,
+                    mixout=p if method == "mixout" else 0.0,
+                    data_seed=seed,
+                    mask_seed=mask_seed,
+                )
+                runs.append((f"{method}-p{p:.2f}-seed{seed}", {"method": method, "p": p, "seed": seed}, member))
+    return runs
+
+
+#: Runs per ensemble unless :class:`RunOptions` says otherwise: one restart's 17 runs of the paper's sweep.
+CHUNK = 17
+
+
+def run_sweep(store_root, config: SweepConfig, tensors: dict, w_pre: dict, options: RunOptions = RunOptions(), *,
+              source_name: str = "") -> SweepStore:  # fmt: skip
+    """Finetune ``w_pre`` for every run not yet in the store, ``options.chunk`` runs per batched ensemble.
+
+    Each chunk's records are written as soon as it finishes, so an interrupted sweep keeps them.
+    Each run's numbers are the same for any ``chunk`` and ``workers`` to rounding (the matrix library
+    may round differently for a different grouping of members), and bit for bit for the same ones.
+    """
+    store = SweepStore(store_root, config)
+    todo = [r for r in sweep_members(config) if r[0] not in store.done()]
+    xt, yt = tensors["target_train"]
+    steps = config.finetune_epochs * -(-xt.shape[0] // config.batch_size)
+    chunk = options.chunk_or(CHUNK)
+    bar = None
+    if options.progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo) * steps, desc=f"sweep ({config.profile})", unit="member-step", unit_scale=True)
+    for start in range(0, len(todo), chunk):
+        part = todo[start : start + chunk]
+        result = engine.train_ensemble(
+            w_pre, [m for _, _, m in part], xt, yt, epochs=config.finetune_epochs, lr=config.lr_finetune,
+            batch_size=config.batch_size, warmup=config.warmup, target=w_pre, device=options.device,
+            workers=options.n_workers, progress=bar if bar is not None else False,
+        )  # fmt: skip
+        for record in _records(part, result, w_pre, tensors, config, source_name, options.device):
+            store.write(record)
+    if bar is not None:
+        bar.close()
+    store.export_csv()
+    return store
+
+
+def _records(part, result, w_pre, tensors, config, source_name, device) -> list[dict]:
+    dist = mlp.squared_distances(result.params, w_pre)
+    ev = {k: engine.evaluate(result.params, *tensors[k]) for k in ("target_val", "target_test", "source_val")}
+    env = run_env(device)
+    out = []
+    for e, (run_id, fields, _) in enumerate(part):
+        rec = {"run_id": run_id, **fields, "source": config.source, "source_name": source_name,
+               "profile": config.profile, "config": config.key()}  # fmt: skip
+        rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
+        rec.update({f"{k}_acc": float(v["acc"][e]) for k, v in ev.items()})
+        rec.update({f"{k}_loss": float(v["loss"][e]) for k, v in ev.items()})
+        rec.update(train_loss=float(result.train_loss[e]), chunk_seconds=result.seconds,
+                   chunk_members=len(part), steps=result.steps, **env)  # fmt: skip
+        out.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the whole experiment
+
+
+def run_experiment(profile: str = "paper", options: RunOptions = RunOptions(), *, data_root=None, results=None,
+                   source: str = "auto", emnist_from=None, **overrides) -> SweepStore:  # fmt: skip
+    """Data, pretraining and the sweep for one profile; every stage resumes from what is stored.
+
+    ``results``: the results root (default: the checkout's ``results/``); ``overrides``: fields of
+    :class:`SweepConfig` (e.g. ``pretrain_search=True``)."""
+    results = project_dir("results") if results is None else Path(results)
+    exp = data.load_experiment(root=data_root, source=source, emnist_from=emnist_from)
+    config = profile_config(profile, source=exp.source_key, data=data_fingerprint(exp), **overrides)
+    tensors = experiment_tensors(exp, config)
+    w_pre = pretrain(results, config, tensors, options)
+    return run_sweep(results, config, tensors, w_pre, options, source_name=exp.source_name)
