@@ -27,8 +27,8 @@ commands:
   reproduce   the whole pipeline: data, pretraining, the p-sweep, figures
   ablations   the GLUE-study questions on this setting: small data, a new output layer, the effective L2
 """
-SOURCES = ("auto", "emnist", "stand-in")  # as experiment.data.SOURCE_CHOICES (tests/test_cli.py checks)
-STUDIES = ("small_data", "new_head", "trajectory")  # as experiment.ablations.STUDIES
+SOURCES = ("auto", "emnist", "stand-in")  # = experiment.data.SOURCE_CHOICES (tests/test_cli.py)
+STUDIES = ("small_data", "new_head", "trajectory")  # = experiment.ablations.STUDIES (tests/test_cli.py)
 
 
 def _store_dir(value, name: str) -> Path:

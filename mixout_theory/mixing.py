@@ -73,14 +73,18 @@ def check_p(p) -> float:
     return p
 
 
+def _check_weight(weight) -> None:
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+
+
 def check_target(weight: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Return the target as a detached tensor on ``weight``'s device and dtype.
 
     ``None`` means the origin (dropout / dropconnect). A target whose shape differs from the
     weight's raises ``ValueError`` naming both shapes; it is never broadcast.
     """
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    _check_weight(weight)
     if target is None:
         return torch.zeros_like(weight, requires_grad=False).detach()
     if not isinstance(target, torch.Tensor):
@@ -162,6 +166,7 @@ def _scaled(mask: torch.Tensor, p: float) -> torch.Tensor:
 
 def _mix(weight, target, p, training, generator, make_mask):
     p = check_p(p)
+    _check_weight(weight)
     u = None if target is None else check_target(weight, target)
     if not training or p == 0.0:
         return weight

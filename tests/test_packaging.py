@@ -43,6 +43,28 @@ def test_ci_runs_the_readme_test_command():
 def test_cli_help_names_every_command():
     out = subprocess.run([sys.executable, "-m", "mixout_theory", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
-    for cmd in ("figures", "data", "reproduce"):
+    for cmd in ("figures", "data", "reproduce", "ablations"):
         assert re.search(rf"^\s+{cmd}\s+\S", out.stdout, re.M), cmd
-    assert "mixout-theory" in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["mixout-theory"] == "mixout_theory.cli:main"
+
+
+def test_cli_version_and_no_command():
+    import mixout_theory
+    from mixout_theory import _version
+
+    out = subprocess.run([sys.executable, "-m", "mixout_theory", "--version"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0 and out.stdout.strip() == f"mixout-theory {mixout_theory.__version__}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert mixout_theory.__version__ == _version.__version__ == project["version"]
+    bare = subprocess.run([sys.executable, "-m", "mixout_theory"], capture_output=True, text=True, cwd=ROOT)
+    assert bare.returncode == 2 and "ablations" in bare.stdout  # no command: the help, and a usage error
+
+
+def test_packaged_files_exist():
+    """Every file the package declares as data is there (the C++ source left with the operator)."""
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {}).get("setuptools", {})
+    for package, patterns in tool.get("package-data", {}).items():
+        for pattern in patterns:
+            assert list((ROOT / package.replace(".", "/")).glob(pattern)), (package, pattern)
+    assert not (ROOT / "mixout_theory" / "csrc").exists() and not (ROOT / "mixout_theory" / "kernels.py").exists()

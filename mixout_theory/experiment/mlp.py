@@ -56,8 +56,10 @@ class MLP(nn.Module):
                 ln.reset_parameters()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        params = dict(self.named_parameters())
-        return tail(params, self.drop1(hidden1(params, x)), dropout=self.drop2)
+        # through its own submodules, so that mixout_model can swap fc2 / fc3 for MixLinear layers
+        h = self.drop1(self.ln1(F.relu(self.fc1(x))))
+        h = self.drop2(self.ln2(F.relu(self.fc2(h))))
+        return self.fc3(h)
 
 
 def init_params(n_members: int | None = None, seed: int = 0, sizes=SIZES, device=None) -> dict:
@@ -152,7 +154,8 @@ def forward(
     ``mix = (m2, m3)``: scaled column masks ``B/(1-p)`` of shape ``(E, 1, 300)`` / ``(E, 1, 100)`` for
     ``fc2.weight`` / ``fc3.weight``, mixed towards ``target`` by eq. 4: ``W_eff = u + m (W - u)``.
     ``None`` means no dropout / no mixing (evaluation). Equal to ``tail(params, hidden1(params, x) * d1,
-    Phi_2, Phi_3, dropout=lambda h: h * d2)``; :class:`MLP` runs the same two functions.
+    Phi_2, Phi_3, dropout=lambda h: h * d2)``; :class:`MLP` is the same network as modules
+    (``tests/experiment/test_engine.py`` checks that they agree).
     """
     w2 = w3 = None
     if mix is not None:  # eq. 4, Phi = u + (M / mu) (w - u)

@@ -1,46 +1,82 @@
-"""Tests of the optional C++ mixout operator (mixout_theory.kernels, ``MixLinear(kernel="cpp")``):
-the same mask as mixing.neuron_mask, the output and gradients of the PyTorch path to rounding,
-exact first and second derivatives. Skipped where the operator cannot be built (no C++ compiler
-or ninja); the error path is tested everywhere."""
+"""Tests of the measured C++ prototype of the mixout linear layer (``benchmarks/cpp_prototype``, not
+part of the package): the same mask as mixing.neuron_mask, the output and gradients of the library's
+:func:`mixout_theory.mixing.mixout_linear` to rounding, exact first and second derivatives, and its
+benchmark layer ``CppMixLinear``. Skipped where the operator cannot be built (no C++ compiler or
+ninja); the error path is tested everywhere.
+
+The prototype is imported by its path (it is no package of the project), under a name of its own.
+"""
 
 from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mixout_theory import kernels, mixing
+from mixout_theory import mixing
 from mixout_theory.modules import MixLinear
 
+PROTOTYPE = Path(__file__).resolve().parents[2] / "benchmarks" / "cpp_prototype"
+
+
+def _import_prototype():
+    name = "mixout_cpp_prototype_kernels"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, PROTOTYPE / "kernels.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+kernels = _import_prototype()
 needs_build = pytest.mark.skipif(not kernels.available(), reason="the C++ operator cannot be built here")
 TOL = {torch.float64: dict(rtol=1e-12, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def test_prototype_builds_from_the_source_beside_it():
+    assert kernels.SOURCE == PROTOTYPE / "mixout_linear.cpp" and kernels.SOURCE.is_file()
+    assert not hasattr(mixing, "_mixout_linear")  # the library has one mixout_linear, the composition
 
 
 @needs_build
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("target_kind", ["w_pre", "origin"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_cpp_operator_equals_the_torch_path(dtype, target_kind, with_bias):
+def test_cpp_operator_equals_the_torch_path(gen, dtype, target_kind, with_bias):
     g = gen(0)
     w = torch.randn(7, 11, generator=g, dtype=dtype)
     u = None if target_kind == "origin" else torch.randn(7, 11, generator=g, dtype=dtype)
     b = torch.randn(7, generator=g, dtype=dtype) if with_bias else None
     for x in (torch.randn(5, 11, generator=g, dtype=dtype), torch.randn(2, 3, 11, generator=g, dtype=dtype)):
         for p in (0.1, 0.5, 0.9):
-            w1, w2 = w.clone().requires_grad_(True), w.clone().requires_grad_(True)
-            x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+            w1, w2, w3 = (w.clone().requires_grad_(True) for _ in range(3))
+            x1, x2, x3 = (x.clone().requires_grad_(True) for _ in range(3))
             out = kernels.mixout_linear(x1, w1, b, u, p, gen(7))
-            ref = F.linear(x2, mixing.mixout(w2, u, p, generator=gen(7)), b)
+            ref = mixing.mixout_linear(x2, w2, b, u, p, generator=gen(7))
+            assert torch.equal(ref, F.linear(x2, mixing.mixout(w2, u, p, generator=gen(7)), b))
+            # the prototype's own formula, Phi = u + s (w - u) with s = B / (1 - p) (the library's
+            # mixed_weight computes the same Phi as lerp(u, w, s): equal to rounding, not bit for bit)
+            s_mask = mixing.neuron_mask(w, p, generator=gen(7)) / (1 - p)
+            own = F.linear(x3, w3 * s_mask if u is None else u + s_mask * (w3 - u), b)
             assert out.shape == ref.shape
             torch.testing.assert_close(out, ref, **TOL[dtype])
+            assert torch.equal(out, own)
             (out.pow(2).sum()).backward()
             (ref.pow(2).sum()).backward()
+            (own.pow(2).sum()).backward()
             torch.testing.assert_close(w1.grad, w2.grad, **TOL[dtype])
-            torch.testing.assert_close(x1.grad, x2.grad, **TOL[dtype])
+            torch.testing.assert_close(w1.grad, w3.grad, **TOL[dtype])
+            assert torch.equal(x1.grad, x3.grad)
+            if dtype == torch.float64:
+                torch.testing.assert_close(x1.grad, x2.grad, **TOL[dtype])
+            else:  # float32: an ulp of Phi times |dL/dy| can exceed 1e-5 relative in this gradient
+                torch.testing.assert_close(x1.grad.double(), x2.grad.double(), rtol=1e-4, atol=1e-4)
             # the same mask: one-hot inputs read the mixed weight, a mixed column exactly u
             mask = mixing.neuron_mask(w, p, generator=gen(7))[0]
             phi_t = kernels.mixout_linear(torch.eye(11, dtype=dtype), w, None, u, p, gen(7))
@@ -52,7 +88,7 @@ def test_cpp_operator_equals_the_torch_path(dtype, target_kind, with_bias):
 
 @needs_build
 @pytest.mark.parametrize("target_kind", ["w_pre", "origin"])
-def test_cpp_operator_first_and_second_derivatives(target_kind):
+def test_cpp_operator_first_and_second_derivatives(gen, target_kind):
     g = gen(1)
     u = None if target_kind == "origin" else torch.randn(4, 6, generator=g, dtype=torch.float64)
     args = tuple(torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True) for s in ((3, 6), (4, 6), (4,)))
@@ -65,12 +101,12 @@ def test_cpp_operator_first_and_second_derivatives(target_kind):
 
 
 @needs_build
-def test_mixlinear_cpp_kernel_trains_like_the_torch_kernel():
-    """Same generator seed, same masks: a few SGD steps of both kernels end at the same weights (to
-    rounding); eval mode and other dtypes take the PyTorch path."""
+def test_cpp_layer_trains_like_mixlinear(gen):
+    """Same generator seed, same masks: a few SGD steps of the prototype's layer and of the library's
+    MixLinear end at the same weights (to rounding); eval mode and other dtypes take MixLinear's path."""
     torch.manual_seed(0)
     a = MixLinear(20, 5, p=0.3, target=torch.randn(5, 20)).double()
-    c = MixLinear(20, 5, p=0.3, target=a.target.clone(), kernel="cpp").double()
+    c = kernels.CppMixLinear(20, 5, p=0.3, target=a.target.clone()).double()
     c.load_state_dict(a.state_dict())
     a.generator, c.generator = gen(3), gen(3)
     x = torch.randn(8, 20, dtype=torch.float64)
@@ -82,27 +118,25 @@ def test_mixlinear_cpp_kernel_trains_like_the_torch_kernel():
             opt.step()
     torch.testing.assert_close(c.weight, a.weight, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(c.bias, a.bias, rtol=1e-12, atol=1e-12)
-    assert "kernel=cpp" in repr(c)
+    assert repr(c).startswith("CppMixLinear(") and "p=0.3" in repr(c)
     c.eval()
     assert torch.equal(c(x), F.linear(x, c.weight, c.bias))
-    half = MixLinear(20, 5, p=0.3, kernel="cpp").bfloat16()
+    half = kernels.CppMixLinear(20, 5, p=0.3).bfloat16()
     assert half(x.bfloat16()).dtype == torch.bfloat16
 
 
-def test_kernel_choice_is_checked_and_a_failed_build_is_reported(monkeypatch):
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        MixLinear(4, 3, p=0.5, kernel="cuda")
-    m = MixLinear(4, 3, p=0.5)
-    with pytest.raises(ValueError, match="kernel must be one of"):
-        m.kernel = "fast"
-    assert m.kernel == "torch"
+def test_a_failed_build_is_reported(monkeypatch):
     monkeypatch.setattr(kernels, "_state", {"error": OSError("no C++ compiler")})
     assert not kernels.available()
     with pytest.raises(RuntimeError, match="could not be built here: no C\\+\\+ compiler"):
-        MixLinear(4, 3, p=0.5, kernel="cpp")
+        kernels.load()
     with pytest.raises(RuntimeError, match="could not be built"):
-        m.kernel = "cpp"
-    assert m.kernel == "torch"
+        kernels.mixout_linear(torch.randn(3, 4), torch.randn(2, 4), None, None, 0.5)
+    layer = kernels.CppMixLinear(4, 2, p=0.5)
+    with pytest.raises(RuntimeError, match="could not be built"):
+        layer(torch.randn(3, 4))
+    layer.eval()  # eval mode never needs the operator
+    assert layer(torch.randn(3, 4)).shape == (3, 2)
 
 
 @needs_build

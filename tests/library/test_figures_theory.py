@@ -6,7 +6,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from mixout_theory import figures as F
-from mixout_theory import penalty as P
+from mixout_theory import cases as C
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,7 @@ def test_penalty_panel_draws_bound_exact_and_states_case_p_range_and_samples(sma
 
 
 def test_line_fit_panel_has_one_line_per_p():
-    fit = P.line_fit_experiment(ps=(0.0, 0.3, 0.6, 0.9))
+    fit = C.line_fit_experiment(ps=(0.0, 0.3, 0.6, 0.9))
     fig = F.line_fit_figure(fit)
     (ax,) = fig.axes
     labels = [t.get_text() for t in ax.get_legend().get_texts()]
@@ -53,16 +53,13 @@ def test_render_theory_figures_writes_png_and_pdf(tmp_path):
     assert matplotlib.get_backend() == backend  # rendering never switches the caller's backend
 
 
-def test_render_all_renders_the_theory_figures(tmp_path, monkeypatch):
-    calls = []
-
-    def fake(out_dir, **kw):
-        calls.append(out_dir)
-        return [tmp_path / "x.png"]
-
-    monkeypatch.setattr(F, "render_theory_figures", fake)
-    assert F.render_all(tmp_path, results=tmp_path / "results") == [tmp_path / "x.png"]
-    assert calls == [tmp_path]
+def test_save_figure_writes_png_and_pdf(tmp_path):
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([0, 1], [1, 0])
+    paths = F.save_figure(fig, tmp_path / "new" / "dir", "stem")
+    assert paths == [tmp_path / "new" / "dir" / "stem.png", tmp_path / "new" / "dir" / "stem.pdf"]
+    assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and paths[1].read_bytes().startswith(b"%PDF")
+    assert F.FORMATS and not hasattr(F, "render_all") and not hasattr(F, "_save")
 
 
 def test_empty_curve_list_raises():

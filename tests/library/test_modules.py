@@ -128,6 +128,22 @@ def test_exact_gradient_through_module(gen, x_batch):
     assert torch.allclose(m.weight.grad, g_eff * mask / 0.75, rtol=1e-12, atol=1e-12)
 
 
+def test_mixlinear_forward_is_one_mixout_linear_call_and_has_no_kernel_choice(gen, x_batch):
+    """The C++ operator left the package (benchmarks/cpp_prototype): MixLinear takes no ``kernel``,
+    has no such attribute, and its training forward is :func:`mixing.mixout_linear`, bit for bit."""
+    with pytest.raises(TypeError, match="kernel"):
+        MixLinear(4, 3, p=0.5, kernel="cpp")
+    with pytest.raises(TypeError, match="kernel"):
+        MixLinear.from_linear(nn.Linear(4, 3), p=0.5, kernel="cpp")
+    for target in (None, torch.randn(3, 4, generator=gen(6))):
+        m = MixLinear(4, 3, p=0.5, target=target)
+        assert not hasattr(m, "kernel") and "kernel" not in repr(m)
+        x = x_batch()
+        m.generator = gen(5)
+        y = m(x)
+        assert torch.equal(y, mixing.mixout_linear(x, m.weight, m.bias, m.target, 0.5, True, gen(5)))
+
+
 # --------------------------------------------------------------------------------------- from_linear
 
 

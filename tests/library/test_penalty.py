@@ -7,19 +7,13 @@ means something.
 """
 
 
-import numpy as np
 import pytest
 import torch
 
 from mixout_theory import bounds as B
+from mixout_theory import cases as C
 from mixout_theory import mixing
 from mixout_theory import penalty as P
-
-
-def _gen(seed):
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
 
 
 # ---------------------------------------------------------------- closed form vs Monte Carlo
@@ -27,7 +21,7 @@ def _gen(seed):
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
 def test_quadratic_independent_masks_closed_form_matches_monte_carlo(p):
-    case = P.quadratic_case(shape=(6,), seed=1, scheme="parameter")
+    case = C.quadratic_case(shape=(6,), seed=1, scheme="parameter")
     exact = case.exact(p)
     est = P.empirical_penalty(case.loss, case.w, case.u, p, 40_000, scheme="parameter", generator=3)
     assert est.se < 0.03 * exact
@@ -39,7 +33,7 @@ def test_quadratic_independent_masks_closed_form_matches_monte_carlo(p):
 def test_quadratic_neuron_groups_closed_form_matches_monte_carlo(p):
     # an SPD A with strong coupling inside each column group (+ 2 G, G the same-group indicator,
     # which is PSD), so that neuron-shared masks change the penalty visibly
-    case = P.quadratic_case(shape=(3, 4), seed=2, scheme="neuron")
+    case = C.quadratic_case(shape=(3, 4), seed=2, scheme="neuron")
     groups = P.neuron_groups((3, 4))
     A = case.data["A"] + 2.0 * (groups[:, None] == groups[None, :]).to(torch.float64)
     loss = lambda v: B.quadratic_loss(v, A, case.data["w_star"])  # noqa: E731
@@ -55,9 +49,9 @@ def test_quadratic_neuron_groups_closed_form_matches_monte_carlo(p):
     assert est_par.within(independent, 4.0), (est_par, independent)
 
 
-def test_quadratic_penalty_is_the_covariance_formula():
+def test_quadratic_penalty_is_the_covariance_formula(gen):
     # 1/2 sum_ij A_ij Cov(Phi_i, Phi_j), with Cov from the mask's covariance, by brute force
-    g = _gen(6)
+    g = gen(6)
     shape, p = (2, 3), 0.4
     Q = torch.randn(6, 6, generator=g, dtype=torch.float64)
     A = Q @ Q.T + 0.1 * torch.eye(6, dtype=torch.float64)
@@ -75,44 +69,6 @@ def test_quadratic_penalty_is_the_covariance_formula():
     # a partition gives the same as the id vector
     parts = [[0, 3], [1, 4], [2, 5]]
     assert P.quadratic_penalty(A, w, u, p, parts) == pytest.approx(brute, rel=1e-12)
-
-
-def test_theorem1_equality_for_isotropic_quadratic():
-    for scheme, shape in (("parameter", (7,)), ("neuron", (3, 4))):
-        case = P.quadratic_case(shape=shape, seed=7, isotropic=True, m=1.5, scheme=scheme)
-        for p in (0.1, 0.5, 0.9):
-            assert case.exact(p) == pytest.approx(case.bound(p), rel=1e-12)
-        est = P.empirical_penalty(case.loss, case.w, case.u, 0.5, 40_000, scheme=scheme, generator=8)
-        assert est.se < 0.03 * case.bound(0.5)
-        assert est.within(case.bound(0.5), 4.0), (est, case.bound(0.5))
-
-
-def test_bound_below_exact_for_general_spd_quadratics():
-    for seed in range(5):
-        for scheme, shape in (("parameter", (6,)), ("neuron", (3, 4))):
-            case = P.quadratic_case(shape=shape, seed=seed, scheme=scheme, condition=5.0)
-            for p in (0.05, 0.3, 0.6, 0.95):
-                exact, bound = case.exact(p), case.bound(p)
-                assert bound < exact * (1 - 1e-6), (seed, scheme, p, bound, exact)
-
-
-@pytest.mark.parametrize("maker", [P.least_squares_case, P.logistic_case, P.softmax_case])
-def test_monte_carlo_never_below_bound_on_strongly_convex_losses(maker):
-    case = maker(seed=3)
-    g = _gen(9)
-    for p in (0.1, 0.3, 0.5, 0.7, 0.9):
-        est = P.empirical_penalty(case.loss, case.w, case.u, p, 4000, scheme=case.scheme, generator=g)
-        assert est.hi >= case.bound(p), (case.name, p, est, case.bound(p))
-        if case.exact is not None:
-            assert est.within(case.exact(p), 4.0)
-
-
-def test_logistic_penalty_is_strictly_above_the_bound():
-    # non-quadratic data term: the Jensen gap of the cross entropy is positive, and visible
-    case = P.logistic_case(seed=0)
-    for p in (0.3, 0.6):
-        est = P.empirical_penalty(case.loss, case.w, case.u, p, 4000, scheme=case.scheme, generator=10)
-        assert est.lo > case.bound(p)
 
 
 def test_restricted_penalty_on_a_state_dict_equals_the_restricted_bound():
@@ -139,7 +95,7 @@ def test_restricted_penalty_on_a_state_dict_equals_the_restricted_bound():
 
 
 def test_batched_vmap_and_loop_give_identical_estimates():
-    case = P.softmax_case(n=30, seed=4)
+    case = C.softmax_case(n=30, seed=4)
     X, y, lam = case.data["X"], case.data["y"], case.data["lam"]
     per_sample = lambda W: B.softmax_loss(W, X, y, lam)  # noqa: E731 - works for one W too
     kw = dict(p=0.4, n_samples=300, scheme="neuron", batch_size=64)
@@ -153,7 +109,7 @@ def test_batched_vmap_and_loop_give_identical_estimates():
 
 
 def test_unvectorisable_loss_falls_back_to_a_loop_with_a_warning():
-    case = P.quadratic_case(seed=5)
+    case = C.quadratic_case(seed=5)
     A, w_star = case.data["A"], case.data["w_star"]
 
     def python_loss(v):  # .item() cannot run under vmap
@@ -166,8 +122,8 @@ def test_unvectorisable_loss_falls_back_to_a_loop_with_a_warning():
     assert got.mean == pytest.approx(ref.mean, rel=1e-12)
 
 
-def test_seeded_and_masks_follow_the_mixing_schemes():
-    case = P.quadratic_case(shape=(3, 4), seed=6, scheme="neuron")
+def test_seeded_and_masks_follow_the_mixing_schemes(gen):
+    case = C.quadratic_case(shape=(3, 4), seed=6, scheme="neuron")
     run = lambda gen: P.empirical_penalty(case.loss, case.w, case.u, 0.5, 500, generator=gen)  # noqa: E731
     assert run(14) == run(14)
     assert run(14).mean != run(15).mean
@@ -188,7 +144,7 @@ def test_seeded_and_masks_follow_the_mixing_schemes():
 
 
 def test_p_zero_is_exactly_zero_and_bad_inputs_raise():
-    case = P.quadratic_case(seed=7)
+    case = C.quadratic_case(seed=7)
     est = P.empirical_penalty(case.loss, case.w, case.u, 0.0, 10)
     assert (est.mean, est.se, est.lo, est.hi) == (0.0, 0.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="p=1.0"):
@@ -219,13 +175,13 @@ def test_p_zero_is_exactly_zero_and_bad_inputs_raise():
         P.quadratic_penalty(torch.triu(torch.ones(6, 6)), case.w, case.u, 0.5)
 
 
-def test_neuron_groups_match_neuron_mask():
+def test_neuron_groups_match_neuron_mask(gen):
     shape = (2, 3)
     assert P.neuron_groups(shape).tolist() == [0, 1, 2, 0, 1, 2]
     assert P.neuron_groups((4,)).tolist() == [0, 1, 2, 3]
     assert P.neuron_groups((2, 2, 2)).tolist() == [0, 0, 1, 1, 0, 0, 1, 1]
     w = torch.zeros(5, 4, 3)
-    mask = mixing.neuron_mask(w, 0.5, generator=_gen(17)).expand_as(w).reshape(-1)
+    mask = mixing.neuron_mask(w, 0.5, generator=gen(17)).expand_as(w).reshape(-1)
     groups = P.neuron_groups(w.shape)
     for gid in range(4):
         assert mask[groups == gid].unique().numel() == 1
@@ -235,7 +191,7 @@ def test_neuron_groups_match_neuron_mask():
 
 
 def _line_problem():
-    fit = P.line_fit_experiment()
+    fit = C.line_fit_experiment()
     return B.add_intercept(fit.x), fit.y, fit.u, fit
 
 
@@ -247,8 +203,8 @@ def test_mixout_least_squares_limits():
 
 
 @pytest.mark.parametrize("groups", [None, [[0, 1], [2]]])
-def test_mixout_least_squares_zeroes_the_gradient_of_the_expected_loss(groups):
-    g = _gen(18)
+def test_mixout_least_squares_zeroes_the_gradient_of_the_expected_loss(gen, groups):
+    g = gen(18)
     X = torch.randn(30, 3, generator=g, dtype=torch.float64)
     y = torch.randn(30, generator=g, dtype=torch.float64)
     u = torch.randn(3, generator=g, dtype=torch.float64)
@@ -271,14 +227,14 @@ def test_mixout_least_squares_zeroes_the_gradient_of_the_expected_loss(groups):
 
 
 @pytest.mark.parametrize("p", [0.3, 0.9])
-def test_mixout_least_squares_matches_sgd_with_exact_mixout_gradients(p):
+def test_mixout_least_squares_matches_sgd_with_exact_mixout_gradients(gen, p):
     # SGD on E L(Phi(w)) through mixing.mixconnect (for a 1-D parameter the same law as mixout),
     # 16 fresh masks per step, iterate averaging over the second half; the exact solution is
     # ~1 away from ordinary least squares, SGD lands within 0.01 of it.
     X, y, u, _ = _line_problem()
     exact = P.mixout_least_squares(X, y, u, p)
     assert (exact - P.mixout_least_squares(X, y, u, 0.0)).norm() > 0.5
-    g = _gen(20)
+    g = gen(20)
     w = torch.zeros(2, dtype=torch.float64, requires_grad=True)
     avg, steps = torch.zeros(2, dtype=torch.float64), 1500
     for t in range(steps):
@@ -292,29 +248,3 @@ def test_mixout_least_squares_matches_sgd_with_exact_mixout_gradients(p):
     assert (avg - exact).norm().item() < 0.01, (avg, exact)
 
 
-def test_line_fit_moves_from_the_data_line_towards_u():
-    fit = P.line_fit_experiment(ps=(0.0, 0.3, 0.6, 0.9))
-    X = B.add_intercept(fit.x)
-    D = torch.diag(torch.diagonal(X.T @ X / X.shape[0]))
-    # the penalty norm ||w_p - u||_D is non-increasing in p (minimisers of L + k g, k increasing)
-    dist_D = [((w - fit.u) @ D @ (w - fit.u)).item() for w in fit.fits]
-    dist = [(w - fit.u).norm().item() for w in fit.fits]
-    assert all(a > b for a, b in zip(dist_D, dist_D[1:]))
-    assert all(a > b for a, b in zip(dist, dist[1:]))
-    # p = 0 is the data's own least-squares line, close to the true line (noise 0.3, n = 40)
-    assert (fit.fits[0] - fit.w_star).norm().item() < 0.3
-    assert dist[-1] < 0.2 * dist[0]
-    assert fit.m == pytest.approx(B.least_squares_modulus(X))
-
-
-def test_penalty_curve_collects_estimates_and_bounds():
-    case = P.least_squares_case(seed=8)
-    ps = [0.0, 0.25, 0.5]
-    curve = P.penalty_curve(case, ps, 1000, seed=21)
-    assert curve.ps.tolist() == ps and curve.n_samples == 1000
-    np.testing.assert_allclose(curve.bound, [case.bound(p) for p in ps])
-    np.testing.assert_allclose(curve.exact, [case.exact(p) for p in ps])
-    assert curve.mean[0] == 0.0 and np.all(curve.lo <= curve.mean) and np.all(curve.mean <= curve.hi)
-    assert np.all(np.abs(curve.mean - curve.exact) <= 4 * curve.se + 1e-15)
-    with pytest.raises(ValueError, match="p"):
-        P.penalty_curve(case, [0.5, 1.0], 10)

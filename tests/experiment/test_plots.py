@@ -1,0 +1,229 @@
+"""The experiment's figures and exported tables (mixout_theory.experiment.plots), drawn from synthetic
+records (tests/experiment/conftest.py): the panels, their labels and data, the files written. Every
+file goes under tmp_path; figures are matplotlib ``Figure`` objects (Agg, no pyplot state)."""
+
+import json
+import os
+import time
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+from mixout_theory.experiment import ablations, plots, report, store
+
+SOURCE_NAME = "stand-in: EMNIST-style MNIST (not EMNIST)"
+PNG, PDF = b"\x89PNG\r\n\x1a\n", b"%PDF"
+
+
+def _visible_axes(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def _method_lines(ax):
+    return {line.get_label(): line for line in ax.get_lines() if line.get_label() in ("dropout", "mixout")}
+
+
+def _is_file(path, head) -> bool:
+    return path.is_file() and path.stat().st_size > 1000 and path.read_bytes().startswith(head)
+
+
+# --------------------------------------------------------------------------------------- Figure 2
+
+
+def test_figure2_panels_plot_the_summary_and_name_the_source(sweep_records):
+    summary = report.summarise(sweep_records)
+    meta = report.experiment_meta(sweep_records)
+    fig = plots.figure2(summary, meta)
+    assert isinstance(fig, Figure)
+    axes = _visible_axes(fig)
+    assert len(axes) == 3
+    assert [ax.get_title() for ax in axes] == [title for _, title in plots.FIG2_PANELS]
+    assert all(ax.get_xlabel() == "p" for ax in axes)
+    assert SOURCE_NAME in fig.get_suptitle() and "Fig. 2" in fig.get_suptitle()
+    assert report.caption(meta) in fig.get_suptitle()
+    assert sorted(t.get_text() for t in axes[0].get_legend().get_texts()) == ["dropout", "mixout"]
+    # each panel: one line per method through the means at p = 0, 0.4, 0.8 (p = 0 shared)
+    for ax, (metric, _) in zip(axes, plots.FIG2_PANELS):
+        lines = _method_lines(ax)
+        assert set(lines) == {"dropout", "mixout"}
+        for method, line in lines.items():
+            assert list(line.get_xdata()) == [0.0, 0.4, 0.8]
+            want = [r[f"{metric}_mean"] for r in summary if r["method"] == method]
+            np.testing.assert_allclose(line.get_ydata(), want)
+    np.testing.assert_allclose(_method_lines(axes[0])["mixout"].get_ydata(), [12.625, 11.625, 8.625])
+    assert len(axes[0].collections) == 2  # the +-1 std bands
+
+
+def test_layer_distance_figure(sweep_records):
+    summary = report.summarise(sweep_records)
+    fig = plots.layer_distance_figure(summary, report.experiment_meta(sweep_records))
+    axes = _visible_axes(fig)
+    assert len(axes) == len(plots.LAYER_PANELS) == 5
+    assert [ax.get_title() for ax in axes] == [title for _, title in plots.LAYER_PANELS]
+    assert axes[0].get_ylabel() and all(ax.get_xlabel() == "p" for ax in axes)
+    assert SOURCE_NAME in fig.get_suptitle()
+    np.testing.assert_allclose(_method_lines(axes[0])["mixout"].get_ydata(), [11.0, 7.0, 3.0])  # dist_mixed
+    np.testing.assert_allclose(_method_lines(axes[3])["dropout"].get_ydata(), [1.5, 2.5, 3.5])  # dist_fc1
+
+
+def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_path):
+    run_store = store.RunStore(tmp_path / "results" / "smoke-stand-in-0123456789ab", {"profile": "smoke"})
+    for r in sweep_records:
+        run_store.write(r)
+    out = tmp_path / "figures"
+    paths = plots.render_experiment(run_store.dir, out)
+    folder = out / "experiment-smoke-stand-in"
+    assert paths == [folder / n for n in ("figure2.png", "figure2.pdf", "layer_distances.png", "layer_distances.pdf",
+                                          "table.csv", "table.md")]  # fmt: skip
+    for p in paths[:4]:
+        assert _is_file(p, PNG if p.suffix == ".png" else PDF), p
+    assert (folder / "table.md").read_text().count("\n| mixout |") == 3
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths)
+    empty = store.RunStore(tmp_path / "results" / "smoke-stand-in-empty", {})
+    assert plots.render_experiment(empty.dir, out) == []
+
+
+def test_render_all_renders_the_theory_figures(tmp_path, monkeypatch):
+    """(Moved from the theory figures' tests: render_all is now plots.render_all.)"""
+    calls = []
+
+    def fake(out_dir, **kw):
+        calls.append(out_dir)
+        return [tmp_path / "x.png"]
+
+    monkeypatch.setattr(plots, "render_theory_figures", fake)
+    assert plots.render_all(tmp_path, results=tmp_path / "results") == [tmp_path / "x.png"]
+    assert calls == [tmp_path]
+
+
+def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(sweep_records, ablation_records, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    monkeypatch.setattr(plots, "render_theory_figures", lambda out_dir, **kw: [])
+    results = tmp_path / "results"
+    old = store.RunStore(results / "smoke-stand-in-000000000000", {})
+    old.write(dict(sweep_records[0], profile="old"))
+    past = time.time() - 3600
+    os.utime(next(old.runs.glob("*.json")), (past, past))
+    new = store.RunStore(results / "smoke-stand-in-0123456789ab", {})
+    for r in sweep_records:
+        new.write(r)
+    cfg = ablations.ablation_config("smoke", source="stand-in", sizes=(100,), head_sizes=(100,), trajectory_size=300)
+    index = ablations.nested_subsets(1000, (100, 300), cfg.subset_seed)
+    context = {"w_pre_test_acc": 0.8, "source_name": SOURCE_NAME, "target_train_size": 1000,
+               "subset_sha256": ablations._subset_sha256(index)}  # fmt: skip
+    for study in ablations.STUDIES:
+        s = ablations.AblationStore(results, study, cfg)
+        for r in ablation_records[study]:
+            s.write(r)
+        (s.dir / ablations.CONTEXT).write_text(json.dumps(context))
+    out = tmp_path / "figures"
+    paths = plots.render_all(out, results=results)
+    names = {p.relative_to(out).as_posix() for p in paths}
+    assert {"experiment-smoke-stand-in/figure2.png", "experiment-smoke-stand-in/table.md",
+            "ablations-smoke-stand-in/small_data.png", "ablations-smoke-stand-in/new_head.png",
+            "ablations-smoke-stand-in/trajectory.png", "ablations-smoke-stand-in/meta.json"} <= names  # fmt: skip
+    assert not (out / "experiment-old-stand-in").exists()  # only the newest store per profile and source
+    assert all(p.is_file() for p in paths)
+
+
+# --------------------------------------------------------------------------------------- ablations
+
+
+def test_small_data_figure(ablation_records):
+    recs = ablation_records["small_data"]
+    fig = plots.small_data_figure(recs, 0.80, SOURCE_NAME)
+    (ax,) = _visible_axes(fig)  # one panel per size
+    assert ax.get_title() == "100 target images, 3 restarts\n40 steps (4 epochs)"
+    assert ax.get_ylabel() == "target test accuracy"
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "dropout(0.1) + wd(0, 0.01)", "mix(w_pre, 0.7)", "mix(w_pre, 0.8)", "mix(w_pre, 0.9)",
+        "mix(w_pre, 0.8) + wd(w_pre, 0.01)"]  # fmt: skip
+    assert "w_pre test acc 0.800" in fig.get_suptitle() and f"source: {SOURCE_NAME}" in fig.get_suptitle()
+    points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if c.get_offsets().shape[0] == 3])
+    np.testing.assert_allclose(np.sort(points), np.sort([r["test_acc"] for r in recs]))  # every run drawn
+    two = plots.small_data_figure(recs + [dict(r, size=300) for r in recs], 0.80)
+    assert len(_visible_axes(two)) == 2 and "source:" not in two.get_suptitle()
+
+
+def test_new_head_figure(ablation_records):
+    head = ablation_records["new_head"]
+    fig = plots.new_head_figure(head, 0.80, source_name=SOURCE_NAME)
+    (ax,) = _visible_axes(fig)
+    assert ax.get_title() == "100 target images, 2 restarts" and ax.get_ylabel() == "target test accuracy"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["no regularisation", "dropout(0.7) on its inputs",
+                                                            "mix(w_0, 0.7)"]  # fmt: skip
+    assert f"source: {SOURCE_NAME}" in fig.get_suptitle() and "new output layer" in fig.get_suptitle()
+    # study 1's mixout(w_pre, 0.7) runs as a grey reference group
+    with_ref = plots.new_head_figure(head, 0.80, reference=ablation_records["small_data"])
+    (ax,) = _visible_axes(with_ref)
+    assert len(ax.get_xticklabels()) == 4 and ax.get_xticklabels()[-1].get_text().startswith("pretrained head")
+
+
+def test_trajectory_figure(ablation_records):
+    traj = ablation_records["trajectory"]
+    fig = plots.trajectory_figure(traj)
+    axes = _visible_axes(fig)
+    assert len(axes) == 3
+    assert all(ax.get_title() for ax in axes) and all(ax.get_xlabel() == "optimiser step" for ax in axes)
+    assert axes[1].get_yscale() == axes[2].get_yscale() == "log"
+    assert "300 target images" in fig.get_suptitle() and "96 masks per checkpoint" in fig.get_suptitle()
+    assert sorted(t.get_text() for t in axes[0].get_legend().get_texts()) == ["p = 0.5", "p = 0.8"]
+    m_lines = [line for line in axes[0].get_lines() if line.get_label().startswith("p = ")]
+    assert [list(line.get_ydata()) for line in m_lines] == [[0.1, 0.5, 0.2], [0.3, 0.35, 0.2]]
+    assert [list(line.get_xdata()) for line in m_lines] == [[10, 20, 30]] * 2
+
+
+def _results(ablation_records) -> ablations.AblationResults:
+    cfg = ablations.ablation_config("smoke", source="stand-in", sizes=(100,), head_sizes=(100,))
+    return ablations.AblationResults(cfg, 0.80, SOURCE_NAME, torch.arange(7), records=ablation_records)
+
+
+def test_export_ablations_writes_every_table_figure_and_meta(ablation_records, tmp_path):
+    res = _results(ablation_records)
+    out = tmp_path / "export"
+    written = plots.export_ablations(res, out)
+    expected = {"small_data_runs.csv", "small_data_summary.csv", "small_data.png", "small_data_paired.csv",
+                "new_head_runs.csv", "new_head_summary.csv", "new_head.png", "trajectory.csv",
+                "trajectory_summary.csv", "trajectory.png", "subsets.csv", "tables.md", "meta.json"}  # fmt: skip
+    assert set(written) == expected and {p.name for p in out.iterdir()} == expected
+    assert all(path == out / name for name, path in written.items())
+    for name in ("small_data.png", "new_head.png", "trajectory.png"):
+        assert _is_file(out / name, PNG)
+    runs = (out / "small_data_runs.csv").read_text().splitlines()
+    assert runs[0] == ("size,setting,restart,data_seed,mask_seed,epochs,steps,test_acc,test_loss,train_loss,"
+                       "dist_mixed,dist_fc1,dist_fc2,dist_fc3,dist_all")  # fmt: skip
+    assert len(runs) == 1 + 15 and runs[1].startswith("100,dropout0.1+wd0.01,0,0,1000,4,40,0.85,")
+    assert (out / "subsets.csv").read_text().splitlines() == ["rank,target_train_index"] + [f"{i},{i}" for i in range(7)]
+    assert len((out / "trajectory.csv").read_text().splitlines()) == 1 + 6
+    tables = (out / "tables.md").read_text()
+    for heading in ("## Small data, many restarts", "### Paired differences", "## A new output layer",
+                    "## Effective L2 coefficient along the run"):  # fmt: skip
+        assert heading in tables
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["w_pre_test_acc"] == 0.8 and meta["source_name"] == SOURCE_NAME
+    assert meta["subset_sha256"] == ablations._subset_sha256(torch.arange(7))
+    assert meta["store_keys"] == {s: res.config.key(s) for s in ablations.STUDIES}
+    assert meta["training"]["small_data"] == {"runs": 15, "member_steps": 15 * 40, "seconds": 15 * 2.0 / 4}
+    assert meta["claims"]["head"] == {"100": "head-mixout-w0-0.7"}
+    assert meta["claims"]["mixout_fewer_failures"] == {"100": [0, 1]}
+    assert meta["this_invocation_seconds"] == {} and meta["config"]["profile"] == "smoke"
+
+
+def test_export_ablations_of_one_study(ablation_records, tmp_path):
+    res = _results({"trajectory": ablation_records["trajectory"]})
+    written = plots.export_ablations(res, tmp_path)
+    assert set(written) == {"trajectory.csv", "trajectory_summary.csv", "trajectory.png", "subsets.csv",
+                            "tables.md", "meta.json"}  # fmt: skip
+    assert json.loads((tmp_path / "meta.json").read_text())["claims"]["m_peak_over_last"] == {"0.5": pytest.approx(2.5),
+                                                                             "0.8": pytest.approx(1.75)}
+
+
+def test_figures_leave_the_backend_alone():
+    assert matplotlib.get_backend().lower() == "agg"
+    assert set(plots.__all__) >= {"figure2", "layer_distance_figure", "render_experiment", "small_data_figure",
+                                  "new_head_figure", "trajectory_figure", "export_ablations", "render_all"}  # fmt: skip
+    with pytest.raises(AttributeError):
+        plots.export_results  # noqa: B018 - renamed export_ablations
