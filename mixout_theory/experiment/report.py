@@ -23,7 +23,6 @@ import torch
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv
 from mixout_theory.experiment.sweep import METHODS
 
-
 # --------------------------------------------------------------------------------------------
 # Figure 2
 

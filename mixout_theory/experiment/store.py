@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from mixout_theory._version import __version__
+from mixout_theory.experiment.engine import resolve_device
 
 TMP_MARK = ".tmp-"
 
@@ -218,7 +219,5 @@ def find_stores(root: str | Path) -> list[Path]:
 def run_env(device="auto") -> dict:
     """What a stored run was computed with: library, torch and Python versions, and the device the
     run used (``device`` resolved as :func:`engine.resolve_device` resolves it)."""
-    from mixout_theory.experiment.engine import resolve_device
-
     return {"mixout_theory": __version__, "torch": torch.__version__, "python": platform.python_version(),
             "device": str(resolve_device(device))}  # fmt: skip

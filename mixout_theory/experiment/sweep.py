@@ -29,7 +29,16 @@ import torch
 
 from mixout_theory.experiment import data, engine, mlp
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, export_csv, jsonable, project_dir, read_runs, run_env
+from mixout_theory.experiment.store import (
+    RunStore,
+    atomic_write,
+    config_hash,
+    export_csv,
+    jsonable,
+    project_dir,
+    read_runs,
+    run_env,
+)
 from mixout_theory.profiles import PROFILES
 
 METHODS = ("dropout", "mixout")

@@ -22,7 +22,6 @@ import torch
 
 from mixout_theory.experiment import formats, sources, store
 
-
 # ------------------------------------------------------------------------------ safe unpickling
 
 

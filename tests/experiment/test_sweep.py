@@ -10,7 +10,6 @@ from mixout_theory.experiment import engine, mlp, sweep
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import TMP_MARK, atomic_write
 
-
 CPU = RunOptions(device="cpu", progress=False)
 
 

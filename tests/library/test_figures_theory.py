@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from mixout_theory import figures as F
 from mixout_theory import cases as C
+from mixout_theory import figures as F
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from mixout_theory import cases as C
 from mixout_theory import mixing
 from mixout_theory import penalty as P
 
-
 # ---------------------------------------------------------------- closed form vs Monte Carlo
 
 
