@@ -296,14 +296,6 @@ def _chunks(items: list, size: int):
         yield items[start : start + size]
 
 
-def _bar(progress: bool, total: int, label: str):
-    if not progress or total == 0:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=label, unit="member-step", unit_scale=True, leave=False)
-
-
 def _fields(setting: Setting, order: int, size: int, restart: int, config: AblationConfig, study: str) -> dict:
     return {"run_id": f"n{size}-{setting.name}-r{restart}", "study": study, "size": size, "setting": setting.name,
             "label": setting.label, "order": order, "restart": restart, "data_seed": restart,
@@ -345,8 +337,8 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
                     if (s.group == group or (group == "w_pre" and s.group == "any"))]  # fmt: skip
             todo = [t for t in todo if t[0]["run_id"] not in done]
             plan += [(size, group, part) for part in _chunks(todo, options.chunk_or(CHUNK))]
-    bar = _bar(options.progress, sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, _, p in plan),
-               f"small data ({config.profile})")  # fmt: skip
+    steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, _, p in plan)
+    bar = engine.member_step_bar(options.progress, steps, f"small data ({config.profile})", leave=False)
     for size, group, part in plan:
         x, y = _subset(tensors, size)
         result = engine.train_ensemble(
@@ -378,8 +370,8 @@ def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
                 for r in range(config.head_restarts) for i, s in enumerate(HEAD_SETTINGS)]  # fmt: skip
         todo = [t for t in todo if t[0]["run_id"] not in done]
         plan += [(size, part) for part in _chunks(todo, options.chunk_or(CHUNK))]
-    bar = _bar(options.progress, sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, p in plan),
-               f"new head ({config.profile})")  # fmt: skip
+    steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, p in plan)
+    bar = engine.member_step_bar(options.progress, steps, f"new head ({config.profile})", leave=False)
     for size, part in plan:
         x, y = _subset(tensors, size)
         init = mlp.stack(w_pre, len(part))
@@ -427,7 +419,7 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     spe = math.ceil(size / config.batch_size)
     marks = {0, epochs - 1} | {e for e in range(epochs) if (e + 1) % config.trajectory_every == 0}
     checkpoints = [[] for _ in todo]
-    bar = _bar(options.progress, len(todo) * epochs * spe, f"trajectory ({config.profile})")
+    bar = engine.member_step_bar(options.progress, len(todo) * epochs * spe, f"trajectory ({config.profile})", leave=False)
 
     def on_epoch_end(epoch, params):
         if epoch not in marks:

@@ -448,6 +448,16 @@ def _stacked(params: dict) -> bool:
     return params["fc1.weight"].dim() == 3
 
 
+def member_step_bar(enabled: bool, total: int, label: str, leave: bool = True):
+    """A progress bar of member-steps for a whole study (pass it to :func:`train_ensemble` as
+    ``progress``, which advances it), or None when ``enabled`` is False or there is nothing to do."""
+    if not enabled or total == 0:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=label, unit="member-step", unit_scale=True, leave=leave)
+
+
 class _Progress:
     """Steps of this run on a fresh bar (``progress`` True or a label), or member-steps on the
     caller's own bar (``progress`` any object with ``update``, e.g. a sweep-wide ``tqdm``)."""

@@ -253,11 +253,7 @@ def run_sweep(store_root, config: SweepConfig, tensors: dict, w_pre: dict, optio
     xt, yt = tensors["target_train"]
     steps = config.finetune_epochs * -(-xt.shape[0] // config.batch_size)
     chunk = options.chunk_or(CHUNK)
-    bar = None
-    if options.progress and todo:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo) * steps, desc=f"sweep ({config.profile})", unit="member-step", unit_scale=True)
+    bar = engine.member_step_bar(options.progress, len(todo) * steps, f"sweep ({config.profile})")
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         result = engine.train_ensemble(
