@@ -78,6 +78,7 @@ __all__ = [
     "run_ablations",
     "AblationResults",
     "load_ablations",
+    "subset_sha256",
 ]
 
 STUDIES = ("small_data", "new_head", "trajectory")
@@ -206,6 +207,10 @@ class AblationConfig:
     def asdict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    def pool_sizes(self) -> list[int]:
+        """Every subset size the three studies use, ascending (the nested subsets' cut points)."""
+        return sorted(set(self.sizes) | set(self.head_sizes) | {self.trajectory_size})
+
 
 def ablation_config(profile: str, **overrides) -> AblationConfig:
     """The ablations' configuration for a profile (:data:`mixout_theory.experiment.sweep.PROFILE_SIZES`)."""
@@ -264,8 +269,7 @@ def nested_subsets(n_pool: int, sizes, seed: int = SUBSET_SEED) -> torch.Tensor:
 def ablation_tensors(exp, config: AblationConfig) -> dict:
     """``pool`` (x, y) of the nested training subsets in subset order, its ``index`` into the target
     training split, and ``test`` (x, y): the whole test split, or a seeded ``test_size`` subset."""
-    sizes = set(config.sizes) | set(config.head_sizes) | {config.trajectory_size}
-    idx = nested_subsets(exp.target.train.x.shape[0], sorted(sizes), config.subset_seed)
+    idx = nested_subsets(exp.target.train.x.shape[0], config.pool_sizes(), config.subset_seed)
     xt, yt = exp.target.test.x, exp.target.test.y
     if config.test_size is not None and config.test_size < xt.shape[0]:
         keep = torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(5))[: config.test_size].sort().values
@@ -475,7 +479,8 @@ CHUNK = 16
 CONTEXT = "context.json"
 
 
-def _subset_sha256(index: torch.Tensor) -> str:
+def subset_sha256(index: torch.Tensor) -> str:
+    """sha256 of the nested subsets' indices as little-endian int64 (recorded with the studies)."""
     return hashlib.sha256(index.numpy().astype("<i8").tobytes()).hexdigest()
 
 
@@ -501,7 +506,7 @@ def run_ablations(profile: str = "paper", studies=STUDIES, options: RunOptions =
     out = AblationResults(config, w_pre_acc, exp.source_name, tensors["index"],
                           seconds={"setup": time.perf_counter() - t0})
     context = {"w_pre_test_acc": w_pre_acc, "source_name": exp.source_name,
-               "target_train_size": int(exp.target.train.x.shape[0]), "subset_sha256": _subset_sha256(tensors["index"])}
+               "target_train_size": int(exp.target.train.x.shape[0]), "subset_sha256": subset_sha256(tensors["index"])}
     runners = {"small_data": run_small_data, "new_head": run_new_head, "trajectory": run_trajectory}
     for study in studies:
         t = time.perf_counter()
@@ -532,9 +537,8 @@ def load_ablations(results=None) -> list[AblationResults]:
             continue
         seen.add((config.profile, config.source))
         context = json.loads((folder / CONTEXT).read_text())
-        index = nested_subsets(context["target_train_size"], sorted(set(config.sizes) | set(config.head_sizes)
-                                                                    | {config.trajectory_size}), config.subset_seed)
-        if _subset_sha256(index) != context["subset_sha256"]:
+        index = nested_subsets(context["target_train_size"], config.pool_sizes(), config.subset_seed)
+        if subset_sha256(index) != context["subset_sha256"]:
             raise ValueError(f"{folder / CONTEXT}: the nested subsets do not match their recorded checksum")
         res = AblationResults(config, context["w_pre_test_acc"], context["source_name"], index)
         for study in STUDIES:

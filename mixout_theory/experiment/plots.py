@@ -282,7 +282,7 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
     tables, meta = [], {"config": jsonable(res.config.asdict()), "w_pre_test_acc": res.w_pre_acc,
                         "source_name": res.source_name, "this_invocation_seconds": res.seconds, "env": run_env(),
                         "training": {s: _training_cost(r) for s, r in res.records.items()},
-                        "subset_sha256": ablations._subset_sha256(res.subset_index),
+                        "subset_sha256": ablations.subset_sha256(res.subset_index),
                         "store_keys": {s: res.config.key(s) for s in res.records}}  # fmt: skip
     small = head = traj = []
     if "small_data" in res.records:

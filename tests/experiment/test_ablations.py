@@ -246,7 +246,7 @@ def test_load_ablations_rebuilds_the_results_from_the_stores(toy, tmp_path):
               "trajectory": A.run_trajectory(tmp_path, cfg, tensors, w_pre, CPU)}  # fmt: skip
     assert A.load_ablations(tmp_path) == []  # no context.json yet: not a finished run_ablations
     context = {"w_pre_test_acc": 0.5, "source_name": "synthetic source", "target_train_size": 120,
-               "subset_sha256": A._subset_sha256(tensors["index"])}  # fmt: skip
+               "subset_sha256": A.subset_sha256(tensors["index"])}  # fmt: skip
     for store in stores.values():
         (store.dir / A.CONTEXT).write_text(json.dumps(context))
     (res,) = A.load_ablations(tmp_path)

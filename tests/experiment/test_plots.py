@@ -113,7 +113,7 @@ def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(sweep_reco
     cfg = ablations.ablation_config("smoke", source="stand-in", sizes=(100,), head_sizes=(100,), trajectory_size=300)
     index = ablations.nested_subsets(1000, (100, 300), cfg.subset_seed)
     context = {"w_pre_test_acc": 0.8, "source_name": SOURCE_NAME, "target_train_size": 1000,
-               "subset_sha256": ablations._subset_sha256(index)}  # fmt: skip
+               "subset_sha256": ablations.subset_sha256(index)}  # fmt: skip
     for study in ablations.STUDIES:
         s = ablations.AblationStore(results, study, cfg)
         for r in ablation_records[study]:
@@ -204,7 +204,7 @@ def test_export_ablations_writes_every_table_figure_and_meta(ablation_records, t
         assert heading in tables
     meta = json.loads((out / "meta.json").read_text())
     assert meta["w_pre_test_acc"] == 0.8 and meta["source_name"] == SOURCE_NAME
-    assert meta["subset_sha256"] == ablations._subset_sha256(torch.arange(7))
+    assert meta["subset_sha256"] == ablations.subset_sha256(torch.arange(7))
     assert meta["store_keys"] == {s: res.config.key(s) for s in ablations.STUDIES}
     assert meta["training"]["small_data"] == {"runs": 15, "member_steps": 15 * 40, "seconds": 15 * 2.0 / 4}
     assert meta["claims"]["head"] == {"100": "head-mixout-w0-0.7"}
