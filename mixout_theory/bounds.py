@@ -38,6 +38,7 @@ __all__ = [
     "corollary11_penalty",
     "restricted_corollary11_penalty",
     "paired_entries",
+    "rebuild_entries",
     "resolve_mixed",
     "quadratic_modulus",
     "least_squares_modulus",
@@ -171,6 +172,15 @@ def paired_entries(w, u) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
             )
         out.append((name, wt, ut))
     return out
+
+
+def rebuild_entries(w, values: list):
+    """Put one value per entry of :func:`paired_entries` back into ``w``'s structure (its inverse)."""
+    if isinstance(w, torch.Tensor):
+        return values[0]
+    if isinstance(w, Mapping):
+        return dict(zip(list(w), values))
+    return type(w)(values) if isinstance(w, tuple) else list(values)
 
 
 def _entry_selection(name, value, wt: torch.Tensor):

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mixout_theory import bounds
-from mixout_theory.bounds import check_mixing_p, paired_entries, resolve_mixed
+from mixout_theory.bounds import check_mixing_p, paired_entries, rebuild_entries, resolve_mixed
 from mixout_theory.mixing import mixture, parameter_mask
 
 __all__ = [
@@ -106,15 +106,6 @@ def _make_generator(generator, device) -> torch.Generator | None:
         g.manual_seed(int(generator))
         return g
     raise TypeError(f"generator must be a torch.Generator, an int seed or None, got {generator!r}")
-
-
-def _rebuild(w, values):
-    """Put per-entry tensors back into ``w``'s structure."""
-    if isinstance(w, torch.Tensor):
-        return values[0]
-    if isinstance(w, Mapping):
-        return dict(zip(list(w), values))
-    return type(w)(values) if isinstance(w, tuple) else list(values)
 
 
 def _index(batch, i):
@@ -211,9 +202,9 @@ def empirical_penalty(
     with torch.no_grad():
         ws = [wt.detach() for _, wt, _ in entries]
         if batched:
-            base = _evaluate(loss_fn, _rebuild(w, [x.unsqueeze(0) for x in ws]), 1, True, state)[0]
+            base = _evaluate(loss_fn, rebuild_entries(w, [x.unsqueeze(0) for x in ws]), 1, True, state)[0]
         else:
-            base = _as_scalar(loss_fn(_rebuild(w, ws)), "(at w)")
+            base = _as_scalar(loss_fn(rebuild_entries(w, ws)), "(at w)")
         base = base.to(torch.float64)
         diffs = []
         for start in range(0, n_samples, batch_size):
@@ -229,7 +220,7 @@ def empirical_penalty(
                 if sel is not True:
                     phi = torch.where(sel, phi, wd)
                 samples.append(phi)
-            losses = _evaluate(loss_fn, _rebuild(w, samples), size, batched, state)
+            losses = _evaluate(loss_fn, rebuild_entries(w, samples), size, batched, state)
             diffs.append(losses.to(torch.float64) - base)
         d = torch.cat(diffs)
     mean = d.mean().item()
