@@ -26,6 +26,7 @@ commands:
   data        make MNIST, EMNIST Digits (when it can be had) and the stand-in source task ready
   reproduce   the whole pipeline: data, pretraining, the p-sweep, figures
   ablations   the GLUE-study questions on this setting: small data, a new output layer, the effective L2
+  theorem1    Theorem 1 on the finetuned MLP: exact second-order penalty, curvature, Corollary 1.1
 """
 SOURCES = ("auto", "emnist", "stand-in")  # = experiment.data.SOURCE_CHOICES (tests/test_cli.py)
 STUDIES = ("small_data", "new_head", "trajectory")  # = experiment.ablations.STUDIES (tests/test_cli.py)
@@ -193,6 +194,40 @@ def _cmd_ablations(args, parser) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ theorem1
+
+
+def _add_theorem1(sub) -> None:
+    p = sub.add_parser(
+        "theorem1",
+        help="Theorem 1 on the finetuned MLP: Monte Carlo vs exact second-order penalty, curvature, Corollary 1.1",
+        description="Measure the mixout penalty of the finetuned network (Monte Carlo), its exact second-order "
+        "value from Hessian-vector products, the curvature m_eff along w - w_pre and the extreme eigenvalues "
+        "of the Hessian (Lanczos), at the finetuned weights, at w_pre, and along finetuning runs; export the "
+        "tables and figures. Every finished measurement is stored and skipped on a rerun.",
+    )
+    _add_run_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help="folder for the tables, figures and meta.json "
+                   "(default: the checkout's figures/theorem1-<profile>-<source>/)")  # fmt: skip
+    p.set_defaults(func=_cmd_theorem1)
+
+
+def _cmd_theorem1(args, parser) -> int:
+    options = _run_options(args, parser, progress=not args.no_progress)
+    from mixout_theory.experiment import plots, theorem1
+
+    res = theorem1.run_theorem1(args.profile, options, results=_store_dir(args.results, "results"),
+                                data_root=args.data_root, source=args.source)  # fmt: skip
+    export = _store_dir(None, "figures") / f"theorem1-{res.config.profile}-{res.config.source}" \
+        if args.export is None else Path(args.export)  # fmt: skip
+    for path in plots.export_theorem1(res, export).values():
+        print("wrote", path)
+    print(f"results: {res.store.dir}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 
 
@@ -208,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_reproduce(sub)
     _add_ablations(sub)
+    _add_theorem1(sub)
     return parser
 
 

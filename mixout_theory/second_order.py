@@ -159,7 +159,9 @@ class MixedHessian:
         self.n_hvp += V.shape[0]
         if self._mode == "func":
             try:
-                hv = torch.func.vmap(self._hvp_func, chunk_size=self.chunk_size)(V)
+                with warnings.catch_warnings():  # torch.func's first call scripts a helper: torch's own notice
+                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+                    hv = torch.func.vmap(self._hvp_func, chunk_size=self.chunk_size)(V)
                 return hv[0] if single else hv
             except Exception as exc:  # noqa: BLE001 - e.g. a custom autograd.Function without vmap / jvp rules
                 warnings.warn(f"torch.func could not transform loss_fn ({type(exc).__name__}: {exc}); "

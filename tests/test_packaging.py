@@ -44,7 +44,7 @@ def test_ci_runs_the_readme_test_command():
 def test_cli_help_names_every_command():
     out = subprocess.run([sys.executable, "-m", "mixout_theory", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0
-    for cmd in ("figures", "data", "reproduce", "ablations"):
+    for cmd in ("figures", "data", "reproduce", "ablations", "theorem1"):
         assert re.search(rf"^\s+{cmd}\s+\S", out.stdout, re.M), cmd
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["mixout-theory"] == "mixout_theory.cli:main"

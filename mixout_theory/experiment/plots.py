@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from mixout_theory.experiment import ablations, report, sweep
+from mixout_theory.experiment import ablations, report, sweep, theorem1
 from mixout_theory.experiment.ablations import HEAD_SETTINGS, SMALL_DATA_SETTINGS
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv, find_stores, jsonable, run_env
 from mixout_theory.figures import render_theory_figures, save_figure
 
 __all__ = ["figure2", "layer_distance_figure", "plot_metric_vs_p", "render_experiment", "small_data_figure",
-           "new_head_figure", "trajectory_figure", "export_ablations", "source_target_figure", "render_all"]  # fmt: skip
+           "new_head_figure", "trajectory_figure", "export_ablations", "theorem1_figure", "theorem1_trajectory_figure", "export_theorem1", "source_target_figure", "render_all"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -105,9 +105,10 @@ def render_experiment(store_dir, out_dir) -> list[Path]:
 
 def render_all(out_dir, results=None) -> list[Path]:
     """Every figure from stored results only (never trains): the theory figures, the experiment
-    figures of the newest sweep store per profile and source under ``results``, and the ablation
+    figures of the newest sweep store per profile and source under ``results``, the ablation
     figures and tables of every profile and source stored under ``results/ablations/``
-    (into ``out_dir/ablations-<profile>-<source>/``)."""
+    (into ``out_dir/ablations-<profile>-<source>/``) and those of the Theorem 1 study stored under
+    ``results/theorem1/`` (into ``out_dir/theorem1-<profile>-<source>/``)."""
     paths = render_theory_figures(out_dir)
     if results is None or not Path(results).exists():
         return paths
@@ -120,6 +121,9 @@ def render_all(out_dir, results=None) -> list[Path]:
     for res in ablations.load_ablations(results):
         out = Path(out_dir) / f"ablations-{res.config.profile}-{res.config.source}"
         paths += list(export_ablations(res, out).values())
+    for res in theorem1.load_stored(results):
+        out = Path(out_dir) / f"theorem1-{res.config.profile}-{res.config.source}"
+        paths += list(export_theorem1(res, out).values())
     return paths
 
 
@@ -261,6 +265,107 @@ def trajectory_figure(records: list[dict], lambdas=(0.01, 0.1, 1.0)) -> Figure:
                  fontsize=10)  # fmt: skip
     return fig
 
+
+
+# --------------------------------------------------------------------------------------------
+# Theorem 1 on the network (mixout_theory.experiment.theorem1)
+
+
+POINT_STYLE = {"finetuned": dict(color="tab:blue", marker="o", label="at w_p (finetuned), u = w_pre"),
+               "displaced": dict(color="tab:orange", marker="s", label="at w_pre, same d = w_p - w_pre")}  # fmt: skip
+
+
+def theorem1_figure(points: list[dict], meta: dict) -> Figure:
+    """(a) the mixout penalty ``E L(Phi(w)) - L(w)`` against p: Monte Carlo with 95% interval and
+    the second-order value, at the finetuned weights and at ``w_pre`` with the same displacement;
+    (b) their ratio; (c) the curvatures ``m_eff`` (along ``d``) and ``m_min`` (smallest eigenvalue of
+    ``H`` on the mixed weights) that Corollary 1.1 would use. Read from the exported table."""
+    fig = Figure(figsize=(14, 4.4), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for part, style in POINT_STYLE.items():
+        rows = sorted((r for r in points if r["part"] == part), key=lambda r: r["p"])
+        if not rows:
+            continue
+        p = np.array([r["p"] for r in rows])
+        mc, lo, hi = (np.array([r[k] for r in rows]) for k in ("mc", "mc_lo", "mc_hi"))
+        so = np.array([r["second_order"] for r in rows])
+        c, mk = style["color"], style["marker"]
+        axes[0].errorbar(p, mc, yerr=[mc - lo, hi - mc], fmt=mk, color=c, ms=5, capsize=3,
+                         label=f"Monte Carlo (95% CI), {style['label']}")  # fmt: skip
+        axes[0].plot(p, so, "--", color=c, lw=1.5, label="second order (k/2) sum_g d_g^T H_gg d_g")
+        axes[1].errorbar(p, mc / so, yerr=[(mc - lo) / so, (hi - mc) / so], fmt=mk + "-", color=c, ms=5, capsize=3,
+                         label=style["label"])  # fmt: skip
+        axes[2].plot(p, [r["m_eff"] for r in rows], mk + "-", color=c, label=f"m_eff {style['label']}")
+        if part == "finetuned" and rows[0].get("m_min") is not None:
+            axes[2].plot(p, [r["m_min"] for r in rows], "v:", color="tab:green", label="m_min at w_p (Lanczos)")
+    pre = [r for r in points if r["part"] == "w_pre"]
+    if pre:
+        axes[2].axhline(pre[0]["m_min"], color="tab:green", ls="--", lw=0.8, label=f"m_min at w_pre = {pre[0]['m_min']:.3g}")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("E L(Phi(w)) - L(w)  [nats]")
+    axes[0].set_title("(a) mixout(u, p) penalty on the finetuning loss", fontsize=9)
+    axes[1].axhline(1.0, color="0.4", lw=0.8)
+    axes[1].set_ylabel("Monte Carlo / second order")
+    axes[1].set_title("(b) what the second-order expansion misses", fontsize=9)
+    axes[2].axhline(0.0, color="0.4", lw=0.8)
+    axes[2].set_ylabel("curvature  [nats per unit ||d||^2]")
+    axes[2].set_title("(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2 and m_min", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("mixout probability p")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ctx = meta.get("context", {})
+    cor = "Corollary 1.1 with m = m_min is vacuous (m_min < 0)" if all(
+        (r.get("m_min") or 0) < 0 for r in points if r["part"] in ("w_pre", "finetuned")) else ""  # fmt: skip
+    fig.suptitle(f"Theorem 1 on the MLP, {ctx.get('source_name', '?')} -> MNIST ({meta['config']['profile']} profile): "
+                 f"mean cross-entropy on {ctx.get('loss_size', '?')} MNIST training images, mixout on fc2/fc3. {cor}",
+                 fontsize=10)  # fmt: skip
+    return fig
+
+
+def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
+    """The coefficient mixout implies along finetuning runs, ``m_t = 2 (E L(Phi) - L) / (k ||d||^2)`` from
+    Monte Carlo (95% band), beside the curvature along the displacement ``m_eff(w_t)``; and their ratio."""
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for i, p in enumerate(sorted({r["p"] for r in trajectory})):
+        rows = sorted((r for r in trajectory if r["p"] == p), key=lambda r: r["step"])
+        step = np.array([r["step"] for r in rows])
+        m, lo, hi = (np.array([r[k] for r in rows]) for k in ("m_mc", "m_mc_lo", "m_mc_hi"))
+        eff = np.array([r["m_eff"] for r in rows])
+        axes[0].plot(step, m, "-o", ms=3, color=f"C{i}", label=f"p = {p:g}: Monte Carlo m_t (95% band)")
+        axes[0].fill_between(step, lo, hi, color=f"C{i}", alpha=0.2, lw=0)
+        axes[0].plot(step, eff, "--x", ms=5, color=f"C{i}", label=f"p = {p:g}: m_eff(w_t), exact HVPs")
+        axes[1].errorbar(step, m / eff, yerr=[(m - lo) / eff, (hi - m) / eff], fmt="-o", ms=3, capsize=2,
+                         color=f"C{i}", label=f"p = {p:g}")  # fmt: skip
+    axes[0].set_ylabel("coefficient  [nats per unit ||w_t - w_pre||^2]")
+    axes[0].set_title("(a) implied coefficient vs curvature along w_t - w_pre", fontsize=9)
+    axes[1].axhline(1.0, color="0.4", lw=0.8)
+    axes[1].set_ylabel("Monte Carlo m_t / m_eff(w_t)")
+    axes[1].set_title("(b) ratio (1 = the second-order expansion explains it)", fontsize=9)
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("optimiser step")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    ctx = meta.get("context", {})
+    fig.suptitle(f"Along finetuning, {ctx.get('source_name', '?')} -> MNIST: one run per p on "
+                 f"{ctx.get('trajectory_size', '?')} MNIST images (restart 0), {ctx.get('trajectory_samples', '?')} "
+                 "masks per checkpoint", fontsize=10)  # fmt: skip
+    return fig
+
+
+def export_theorem1(res, out_dir) -> dict:
+    """The Theorem 1 study's tables and ``meta.json`` (:func:`theorem1.export_tables`) and its two
+    figures, rendered from the tables just written, into ``out_dir``; returns ``{name: path}``."""
+    written = theorem1.export_tables(res, out_dir)
+    points, traj, meta = theorem1.load_tables(out_dir)
+    figs = {"theorem1_network": theorem1_figure(points, meta)}
+    if traj:
+        figs["theorem1_trajectory"] = theorem1_trajectory_figure(traj, meta)
+    for stem, fig in figs.items():
+        written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
+    return written
 
 
 def export_ablations(res: ablations.AblationResults, out_dir) -> dict:

@@ -15,7 +15,7 @@ seeded subset of the MNIST training split (``loss_size`` images, 5,000 at the pa
   :func:`mixout_theory.second_order.curvature`), and Corollary 1.1's value ``m (k / 2) ||d||^2`` with
   ``m = m_min`` (vacuous when ``m_min <= 0``) and with ``m = m_eff`` (= ``second_order``).
 
-Three parts, each a set of records in one resumable store (``results/theorem1/<profile>-<source>-<key>/``):
+Four parts, each a set of records in one resumable store (``results/theorem1/<profile>-<source>-<key>/``):
 
 * ``finetuned`` -- at the final weights of the sweep's mixout(w_pre, p) run of restart ``restart``
   for every p (retrained here with the sweep's seeds; the weights are kept in the store's
@@ -24,6 +24,13 @@ Three parts, each a set of records in one resumable store (``results/theorem1/<p
   (``w = w_pre``, ``u = w_pre - d_p``): what the penalty would be if only ``d`` changed and the
   curvature stayed that of ``w_pre``. ``m_eff`` there against ``m_eff`` at ``w_p`` separates "the
   curvature changes" from "the displacement changes".
+* ``scan`` -- at the finetuned and the displaced point of ``p* = ps[len(ps) // 2]``, the Monte Carlo
+  penalty of masks with other probabilities ``q`` (``scan_ps``) against the second-order value
+  ``(q / (2 (1 - q))) sum_g d_g^T H_gg d_g`` (the sum does not depend on ``q``). With
+  ``X = M / mu - 1``, a third-order remainder grows relative to the second-order term like
+  ``E X^3 / E X^2 = (2q - 1) / (1 - q)``; a term that is itself of second order in the mask (such as
+  ReLU units pushed across 0 by a dropped neuron, which the almost-everywhere Hessian does not see)
+  scales like ``E X^2`` and leaves the ratio Monte Carlo / second order flat in ``q``.
 * ``trajectory`` -- the ablations' trajectory runs (restart 0, ``trajectory_size`` images, the same
   seeds, :mod:`mixout_theory.experiment.ablations`), at geometrically spaced epoch ends: the Monte Carlo
   coefficient ``2 mc / (k ||d||^2)`` the ablations store, beside ``m_eff(w_t)`` on the same batch.
@@ -31,6 +38,7 @@ Three parts, each a set of records in one resumable store (``results/theorem1/<p
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import io
@@ -47,12 +55,21 @@ from mixout_theory import second_order
 from mixout_theory.experiment import ablations, data, engine, mlp, sweep
 from mixout_theory.experiment.curvature import effective_l2
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, project_dir, run_env, sha256_file
+from mixout_theory.experiment.store import (
+    RunStore,
+    atomic_write,
+    atomic_write_csv,
+    config_hash,
+    jsonable,
+    project_dir,
+    run_env,
+    sha256_file,
+)
 
 __all__ = ["Theorem1Config", "theorem1_config", "Theorem1Store", "network_loss", "measure_point",
            "checkpoint_epochs", "run_theorem1", "PARTS"]  # fmt: skip
 
-PARTS = ("finetuned", "displaced", "trajectory")
+PARTS = ("finetuned", "displaced", "scan", "trajectory")
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,7 @@ class Theorem1Config:
     mc_seed: int = 3
     lanczos_tol: float = 1e-6
     checkpoints: int = 10
+    scan_ps: tuple = (0.1, 0.3, 0.5, 0.7, 0.9)
     version: int = 1
 
     def key(self) -> str:
@@ -121,7 +139,7 @@ class Theorem1Store(RunStore):
 
     def records(self) -> list[dict]:
         order = ("w_pre",) + PARTS
-        return sorted(self.read(), key=lambda r: (order.index(r["part"]), r["p"]))
+        return sorted(self.read(), key=lambda r: (order.index(r["part"]), r.get("point", ""), r["p"]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,6 +225,41 @@ def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
     return {p: kept[f"mixout-p{p:.2f}-seed{config.restart}"] for p in config.ps}
 
 
+def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) -> None:
+    """The ``finetuned`` and ``displaced`` records of every p, then the ``scan`` at ``p* = ps[len(ps) // 2]``."""
+    kw = dict(mc_samples=config.mc_samples, mc_seed=config.mc_seed)
+    for p in config.ps:
+        w_p, rid = weights[p], f"mixout-p{p:.2f}-seed{config.restart}"
+        shifted = {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}  # u = w_pre - d, exactly
+        for part, (w, u, tol) in {"finetuned": (w_p, w_pre, config.lanczos_tol), "displaced": (w_pre, shifted, None)}.items():
+            if part not in parts or f"{part}-p{p:.2f}" in store.done():
+                continue
+            row = measure_point(w, u, p, x, y, lanczos_tol=tol, **kw)
+            row.update(run_id=f"{part}-p{p:.2f}", part=part, point="w_p" if part == "finetuned" else "w_pre",
+                       sweep_run=rid, sweep_dist_mixed=sweep_runs.get(rid, {}).get("dist_mixed"))  # fmt: skip
+            store.write(row)
+            if progress:
+                print(f"{part} p={p:g}: Monte Carlo {row['mc']:.4g} [{row['mc_lo']:.4g}, {row['mc_hi']:.4g}], second "
+                      f"order {row['second_order']:.4g}, m_eff {row['m_eff']:.4g} ({row['seconds']:.0f} s)", flush=True)
+    if "scan" not in parts:
+        return
+    at = config.ps[len(config.ps) // 2]
+    base = {r["point"]: r for r in store.read() if r["run_id"] in (f"finetuned-p{at:.2f}", f"displaced-p{at:.2f}")}
+    pairs = {"w_p": (weights[at], w_pre), "w_pre": (w_pre, {k: 2 * w_pre[k].double() - weights[at][k].double()
+                                                            for k in mlp.MIXED})}  # fmt: skip
+    for point, (w, u) in pairs.items():
+        quad = base[point]["m_eff"] * base[point]["dist2"]  # sum_g d_g^T H_gg d_g does not depend on p
+        net = {k: v.double() for k, v in w.items()}
+        for q in config.scan_ps:
+            if f"scan-{point}-p{q:.2f}" in store.done():
+                continue
+            mc = effective_l2(net, u, q, x.double(), y, n_samples=config.mc_samples, generator=config.mc_seed).penalty
+            store.write({"run_id": f"scan-{point}-p{q:.2f}", "part": "scan", "point": point, "at_p": at, "p": q,
+                         "dist2": base[point]["dist2"], "m_eff": base[point]["m_eff"], "mc": mc.mean, "mc_se": mc.se,
+                         "mc_lo": mc.lo, "mc_hi": mc.hi, "mc_samples": mc.n_samples,
+                         "second_order": q / (2.0 * (1.0 - q)) * quad})  # fmt: skip
+
+
 def _trajectory(store, config, acfg, atensors, w_pre, options) -> None:
     """The ablations' trajectory runs of restart 0, measured at :func:`checkpoint_epochs`."""
     todo = [p for p in acfg.trajectory_ps if f"trajectory-p{p:.2f}" not in store.done()]
@@ -262,14 +315,17 @@ def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, 
     results = project_dir("results") if results is None else Path(results)
     exp = data.load_experiment(root=data_root, source=source) if exp is None else exp
     sweep_cfg = sweep.profile_config(profile, source=exp.source_key, data=sweep.data_fingerprint(exp))
-    tensors = sweep.experiment_tensors(exp, sweep_cfg)
-    w_pre = sweep.pretrain(results, sweep_cfg, tensors, options)
     acfg = ablations.ablation_config(profile, source=exp.source_key, data=sweep_cfg.data,
                                      pretrain=sweep_cfg.pretrain_key())  # fmt: skip
     overrides.setdefault("ps", tuple(p for p in sweep_cfg.ps if p > 0))
     config = theorem1_config(profile, source=exp.source_key, sweep_key=sweep_cfg.key(),
-                             trajectory_key=acfg.key("trajectory"),
-                             **overrides)  # fmt: skip
+                             trajectory_key=acfg.key("trajectory"), **overrides)  # fmt: skip
+    stray = [p for p in config.ps if p not in sweep_cfg.ps or p == 0]
+    if stray:
+        raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: "
+                         f"{[p for p in sweep_cfg.ps if p > 0]})")  # fmt: skip
+    tensors = sweep.experiment_tensors(exp, sweep_cfg)
+    w_pre = sweep.pretrain(results, sweep_cfg, tensors, options)
     store = Theorem1Store(results, config)
     x, y, loss_sha = _loss_batch(exp, config)
     context = {"source_name": exp.source_name, "loss_size": int(x.shape[0]), "loss_subset_sha256": loss_sha,
@@ -277,33 +333,165 @@ def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, 
                "trajectory_samples": acfg.trajectory_samples, "finetune_epochs": sweep_cfg.finetune_epochs,
                "target_train": int(tensors["target_train"][0].shape[0])}  # fmt: skip
     atomic_write(store.dir / "context.json", json.dumps(context, indent=1, sort_keys=True))
-    done = store.done()
-    if "w_pre" not in done and ("finetuned" in parts or "displaced" in parts):
+    if "w_pre" not in store.done() and ("finetuned" in parts or "displaced" in parts):
         loss_fn, w = network_loss(w_pre, x, y)
         c = second_order.curvature(loss_fn, w, tol=config.lanczos_tol)
         store.write({"run_id": "w_pre", "part": "w_pre", "p": 0.0, "loss": float(loss_fn(w)), "m_min": c.m_min,
                      "m_max": c.m_max, "lanczos_hvp": c.n_hvp, "point": "w_pre"})  # fmt: skip
-    need = [p for p in config.ps for part in ("finetuned", "displaced") if part in parts
-            and f"{part}-p{p:.2f}" not in done]  # fmt: skip
-    if need:
+    points = [f"{part}-p{p:.2f}" for p in config.ps for part in ("finetuned", "displaced") if part in parts]
+    points += [f"scan-{pt}-p{q:.2f}" for pt in ("w_p", "w_pre") for q in config.scan_ps if "scan" in parts]
+    if any(rid not in store.done() for rid in points):
         weights = _finetuned(store, config, sweep_cfg, tensors, w_pre, options)
         sweep_runs = {r["run_id"]: r for r in sweep.SweepStore(results, sweep_cfg).records()}
-        for p in sorted(set(need)):
-            w_p = weights[p]
-            rid = f"mixout-p{p:.2f}-seed{config.restart}"
-            if "finetuned" in parts and f"finetuned-p{p:.2f}" not in done:
-                row = measure_point(w_p, w_pre, p, x, y, mc_samples=config.mc_samples, mc_seed=config.mc_seed,
-                                    lanczos_tol=config.lanczos_tol)  # fmt: skip
-                row["sweep_dist_mixed"] = sweep_runs.get(rid, {}).get("dist_mixed")
-                store.write(dict(row, run_id=f"finetuned-p{p:.2f}", part="finetuned", point="w_p", sweep_run=rid))
-                if options.progress:
-                    print(f"finetuned p={p:g}: mc {row['mc']:.4g}, second order {row['second_order']:.4g}, "
-                          f"m_eff {row['m_eff']:.4g}, m_min {row['m_min']:.4g} ({row['seconds']:.0f} s)", flush=True)
-            if "displaced" in parts and f"displaced-p{p:.2f}" not in done:
-                shifted = {k: w_pre[k] - (w_p[k] - w_pre[k]) if k in mlp.MIXED else w_pre[k] for k in w_pre}
-                row = measure_point(w_pre, shifted, p, x, y, mc_samples=config.mc_samples, mc_seed=config.mc_seed)
-                store.write(dict(row, run_id=f"displaced-p{p:.2f}", part="displaced", point="w_pre", sweep_run=rid))
+        _points(store, config, parts, weights, w_pre, x, y, sweep_runs, options.progress)
     if "trajectory" in parts:
         _trajectory(store, config, acfg, ablations.ablation_tensors(exp, acfg), w_pre, options)
-    by_part = {part: [r for r in store.records() if r["part"] == part] for part in ("w_pre",) + PARTS}
-    return Theorem1Results(config, store, by_part, context)
+    return _results(config, store, context)
+
+
+def _results(config: Theorem1Config, store: Theorem1Store, context: dict) -> Theorem1Results:
+    recs = store.records()
+    return Theorem1Results(config, store, {part: [r for r in recs if r["part"] == part] for part in ("w_pre",) + PARTS},
+                           context)  # fmt: skip
+
+
+# --------------------------------------------------------------------------------------------
+# tables (what the figures and the notebook read) and the claims they support
+
+POINT_COLUMNS = ("part", "point", "at_p", "p", "loss", "dist2", "dist2_fc2", "dist2_fc3", "mc", "mc_se", "mc_lo", "mc_hi",
+                 "mc_samples", "second_order", "ratio", "m_eff", "m_mc", "m_mc_lo", "m_mc_hi", "quad_fc2", "quad_fc3", "m_min",
+                 "m_max", "lanczos_hvp", "corollary_m_min", "corollary_m_eff", "sweep_run", "sweep_dist_mixed",
+                 "seconds_second_order", "seconds_lanczos", "seconds")  # fmt: skip
+TRAJECTORY_COLUMNS = ("p", "epoch", "step", "loss", "dist2", "mc", "mc_lo", "mc_hi", "second_order", "m_mc", "m_mc_lo",
+                      "m_mc_hi", "m_eff", "seconds_second_order")  # fmt: skip
+TABLES = ("network_penalty.csv", "trajectory.csv")
+#: the columns a reader looks at first, as ``(key, header)`` for :func:`report.markdown_table`
+SUMMARY_COLUMNS = (("part", "point"), ("p", "p"), ("dist2", "‖d‖² (fc2, fc3)"), ("mc", "Monte Carlo"),
+                   ("mc_lo", "95% lo"), ("mc_hi", "95% hi"), ("second_order", "second order"),
+                   ("ratio", "MC / 2nd order"), ("m_eff", "m_eff"), ("m_min", "m_min"), ("m_max", "m_max"),
+                   ("corollary_m_min", "Cor. 1.1, m = m_min"))  # fmt: skip
+
+
+def table_rows(res: Theorem1Results) -> tuple[list[dict], list[dict]]:
+    """The study's two tidy tables from its records: one row per point (``w_pre``, finetuned and
+    displaced, per p), and one row per trajectory checkpoint."""
+    points = [dict(r, ratio=r["mc"] / r["second_order"]) if "mc" in r else r
+              for part in ("w_pre", "finetuned", "displaced", "scan") for r in res.records.get(part, [])]  # fmt: skip
+    traj = [dict(c, p=r["p"]) for r in res.records.get("trajectory", []) for c in r["checkpoints"]]
+    return points, traj
+
+
+def _cell(v):
+    return "" if v is None else (f"{v:.10g}" if isinstance(v, float) else v)
+
+
+def _parse(v: str):
+    if v == "":
+        return None
+    try:
+        return int(v) if v.lstrip("-").isdigit() else float(v)
+    except ValueError:
+        return v
+
+
+def export_tables(res: Theorem1Results, out_dir) -> dict:
+    """``network_penalty.csv``, ``trajectory.csv`` and ``meta.json`` (configuration, what the loss is,
+    the sha256 of each table) in ``out_dir``; returns ``{name: path}``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    points, traj = table_rows(res)
+    written = {}
+    for name, rows, cols in (("network_penalty.csv", points, POINT_COLUMNS), ("trajectory.csv", traj, TRAJECTORY_COLUMNS)):
+        written[name] = atomic_write_csv(out / name, [{k: _cell(r.get(k)) for k in cols} for r in rows], cols,
+                                         lineterminator="\n")  # fmt: skip
+    meta = {"config": dataclasses.asdict(res.config), "store_key": res.config.key(), "context": res.context,
+            "sha256": {n: sha256_file(p) for n, p in written.items()}, "env": run_env()}  # fmt: skip
+    tables = load_tables_from(written)
+    meta["claims"] = claims(*tables)
+    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
+    written["meta.json"] = out / "meta.json"
+    return written
+
+
+def load_tables_from(paths: dict) -> tuple[list[dict], list[dict]]:
+    """The two tables read back from their CSV files (numbers parsed)."""
+    rows = []
+    for name in TABLES:
+        with open(paths[name], newline="") as f:
+            rows.append([{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)])
+    return rows[0], rows[1]
+
+
+def load_tables(folder) -> tuple[list[dict], list[dict], dict]:
+    """``(points, trajectory, meta)`` from an exported folder, every table checked against its sha256."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: export the study first (python -m mixout_theory theorem1)")
+    meta = json.loads(meta_path.read_text())
+    for name in TABLES:
+        got, want = sha256_file(folder / name), meta["sha256"][name]
+        if got != want:
+            raise ValueError(f"{folder / name}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in "
+                             f"{meta_path}; the table was altered: re-export it from the results store")  # fmt: skip
+    points, traj = load_tables_from({n: folder / n for n in TABLES})
+    return points, traj, meta
+
+
+def claims(points: list[dict], trajectory: list[dict]) -> dict:
+    """What the tables say, as numbers (the notebook states and asserts them; nothing here is a threshold).
+
+    ``ratio``: Monte Carlo / second order per p (finetuned and displaced), with the ratio's 95%
+    interval ``ratio_lo``/``ratio_hi``; ``so_in_ci``: the p whose second-order value lies inside the
+    Monte Carlo 95% interval; ``m_min``: the smallest eigenvalue at ``w_pre`` and at each finetuned
+    point; ``m_eff``; ``curvature_change``: ``m_eff(w_p) / m_eff(w_pre along d_p)``; for the
+    trajectory, per p, the range of ``m_t / m_eff(w_t)`` and the fraction of checkpoints where
+    ``m_eff`` lies inside the Monte Carlo 95% interval.
+    """
+    out = {}
+    for part in ("finetuned", "displaced"):
+        rows = sorted((r for r in points if r["part"] == part), key=lambda r: r["p"])
+        out[part] = {
+            "ps": [r["p"] for r in rows],
+            "ratio": [r["mc"] / r["second_order"] for r in rows],
+            "ratio_lo": [r["mc_lo"] / r["second_order"] for r in rows],
+            "ratio_hi": [r["mc_hi"] / r["second_order"] for r in rows],
+            "so_in_ci": [r["p"] for r in rows if r["mc_lo"] <= r["second_order"] <= r["mc_hi"]],
+            "m_eff": [r["m_eff"] for r in rows],
+            "m_min": [r.get("m_min") for r in rows],
+        }
+    pre = [r for r in points if r["part"] == "w_pre"]
+    out["w_pre"] = {"m_min": pre[0]["m_min"], "m_max": pre[0]["m_max"]} if pre else {}
+    fin = {r["p"]: r for r in points if r["part"] == "finetuned"}
+    out["curvature_change"] = {p: fin[p]["m_eff"] / r["m_eff"] for r in points if r["part"] == "displaced"
+                               for p in [r["p"]] if p in fin}  # fmt: skip
+    mins = [m for m in out["finetuned"]["m_min"] + [out["w_pre"].get("m_min")] if m is not None]
+    out["corollary_vacuous"] = bool(mins) and max(mins) <= 0.0
+    out["trajectory"] = {}
+    for p in sorted({r["p"] for r in trajectory}):
+        rows = [r for r in trajectory if r["p"] == p]
+        ratio = [r["m_mc"] / r["m_eff"] for r in rows]
+        inside = [r["m_mc_lo"] <= r["m_eff"] <= r["m_mc_hi"] for r in rows]
+        out["trajectory"][p] = {"ratio_min": min(ratio), "ratio_max": max(ratio), "m_eff_in_ci": sum(inside) / len(rows),
+                                "m_eff_first": rows[0]["m_eff"], "m_eff_last": rows[-1]["m_eff"], "n": len(rows)}  # fmt: skip
+    return out
+
+
+def load_stored(results=None) -> list[Theorem1Results]:
+    """The studies stored under ``results/theorem1/`` (no data, no training): the newest per profile and source."""
+    root = (project_dir("results") if results is None else Path(results)) / "theorem1"
+    folders = sorted((d for d in root.glob("*-*") if (d / "context.json").is_file() and any((d / "runs").glob("*.json"))),
+                     key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True)  # fmt: skip
+    out, seen = [], set()
+    names = {f.name for f in dataclasses.fields(Theorem1Config)}
+    for folder in folders:
+        stored = json.loads((folder / "config.json").read_text())
+        config = Theorem1Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names})
+        if (config.profile, config.source) in seen:
+            continue
+        seen.add((config.profile, config.source))
+        store = Theorem1Store(root.parent, config)
+        if store.dir != folder:
+            raise ValueError(f"{folder / 'config.json'} does not hash to its folder's name: the file was altered")
+        out.append(_results(config, store, json.loads((folder / "context.json").read_text())))
+    return out
