@@ -3,7 +3,8 @@
 The library: the operator as pure functions (:mod:`~mixout_theory.mixing`), modules that put it
 into any model (:mod:`~mixout_theory.modules`), Theorem 1 / Corollary 1.1
 (:mod:`~mixout_theory.bounds`), estimators of the mixout penalty ``E L(Phi(w)) - L(w)``
-(:mod:`~mixout_theory.penalty`), the theory's worked cases (:mod:`~mixout_theory.cases`) and their
+(:mod:`~mixout_theory.penalty`), the same penalty to second order from exact Hessian-vector products
+(:mod:`~mixout_theory.second_order`), the theory's worked cases (:mod:`~mixout_theory.cases`) and their
 figures (:mod:`~mixout_theory.figures`). Importing it never loads the EMNIST Digits -> MNIST
 experiment, which lives in :mod:`mixout_theory.experiment` and is driven by the command line
 (:mod:`mixout_theory.cli`).
@@ -52,6 +53,14 @@ from mixout_theory.penalty import (
     wdecay,
 )
 from mixout_theory.profiles import by_profile, current_profile
+from mixout_theory.second_order import (
+    Curvature,
+    MixedHessian,
+    SecondOrderTerms,
+    curvature,
+    second_order_penalty,
+    second_order_terms,
+)
 
 __all__ = [
     "__version__",
@@ -66,6 +75,8 @@ __all__ = [
     "quadratic_loss", "least_squares_loss", "logistic_loss", "softmax_loss", "add_intercept",
     # penalty: estimators of E L(Phi(w)) - L(w), wdecay
     "PenaltyEstimate", "empirical_penalty", "quadratic_penalty", "neuron_groups", "mixout_least_squares", "wdecay",
+    # second_order: the penalty to second order, m_eff and m_min from exact Hessian-vector products
+    "MixedHessian", "SecondOrderTerms", "second_order_terms", "second_order_penalty", "Curvature", "curvature",
     # cases: the theory's worked examples
     "TheoryCase", "theory_cases", "penalty_curve", "line_fit_experiment",
     # profiles: the one size knob

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
 
 from mixout_theory.experiment import ablations, report, sweep, theorem1
 from mixout_theory.experiment.ablations import HEAD_SETTINGS, SMALL_DATA_SETTINGS
@@ -271,55 +272,72 @@ def trajectory_figure(records: list[dict], lambdas=(0.01, 0.1, 1.0)) -> Figure:
 # Theorem 1 on the network (mixout_theory.experiment.theorem1)
 
 
-POINT_STYLE = {"finetuned": dict(color="tab:blue", marker="o", label="at w_p (finetuned), u = w_pre"),
-               "displaced": dict(color="tab:orange", marker="s", label="at w_pre, same d = w_p - w_pre")}  # fmt: skip
+POINT_STYLE = {"finetuned": dict(color="tab:blue", marker="o", label="w = w_p (finetuned), u = w_pre"),
+               "displaced": dict(color="tab:orange", marker="s", label="w = w_pre, u = w_pre - d_p")}  # fmt: skip
+SCAN_POINT = {"w_p": "finetuned", "w_pre": "displaced"}
+
+
+def _ratio_bars(ax, x, rows, style, label):
+    so = np.array([r["second_order"] for r in rows])
+    mc, lo, hi = (np.array([r[k] for r in rows]) for k in ("mc", "mc_lo", "mc_hi"))
+    ax.errorbar(x, mc / so, yerr=[(mc - lo) / so, (hi - mc) / so], fmt=style["marker"] + "-", color=style["color"],
+                ms=5, capsize=3, label=label)  # fmt: skip
 
 
 def theorem1_figure(points: list[dict], meta: dict) -> Figure:
-    """(a) the mixout penalty ``E L(Phi(w)) - L(w)`` against p: Monte Carlo with 95% interval and
-    the second-order value, at the finetuned weights and at ``w_pre`` with the same displacement;
-    (b) their ratio; (c) the curvatures ``m_eff`` (along ``d``) and ``m_min`` (smallest eigenvalue of
-    ``H`` on the mixed weights) that Corollary 1.1 would use. Read from the exported table."""
-    fig = Figure(figsize=(14, 4.4), layout="constrained")
-    axes = fig.subplots(1, 3)
+    """(a) the mixout penalty ``E L(Phi(w)) - L(w)`` against p: Monte Carlo (95% interval) and the
+    second-order value, at the finetuned weights and at ``w_pre`` with the same displacement; (b) their
+    ratio; (c) the curvatures ``m_eff`` (along ``d``) and ``m_min`` (smallest eigenvalue of ``H`` on the
+    mixed weights) Corollary 1.1 would use; (d) the ratio at one fixed point for masks of other p.
+    Read from the exported table."""
+    fig = Figure(figsize=(12, 8.8), layout="constrained")
+    (a, b), (c, d) = fig.subplots(2, 2)
     for part, style in POINT_STYLE.items():
         rows = sorted((r for r in points if r["part"] == part), key=lambda r: r["p"])
         if not rows:
             continue
         p = np.array([r["p"] for r in rows])
         mc, lo, hi = (np.array([r[k] for r in rows]) for k in ("mc", "mc_lo", "mc_hi"))
-        so = np.array([r["second_order"] for r in rows])
-        c, mk = style["color"], style["marker"]
-        axes[0].errorbar(p, mc, yerr=[mc - lo, hi - mc], fmt=mk, color=c, ms=5, capsize=3,
-                         label=f"Monte Carlo (95% CI), {style['label']}")  # fmt: skip
-        axes[0].plot(p, so, "--", color=c, lw=1.5, label="second order (k/2) sum_g d_g^T H_gg d_g")
-        axes[1].errorbar(p, mc / so, yerr=[(mc - lo) / so, (hi - mc) / so], fmt=mk + "-", color=c, ms=5, capsize=3,
-                         label=style["label"])  # fmt: skip
-        axes[2].plot(p, [r["m_eff"] for r in rows], mk + "-", color=c, label=f"m_eff {style['label']}")
+        a.errorbar(p, mc, yerr=[mc - lo, hi - mc], fmt=style["marker"], color=style["color"], ms=5, capsize=3,
+                   label=f"Monte Carlo (95% CI), {style['label']}")  # fmt: skip
+        a.plot(p, [r["second_order"] for r in rows], "--", color=style["color"], lw=1.5,
+               label=f"second order, {style['label']}")  # fmt: skip
+        _ratio_bars(b, p, rows, style, style["label"])
+        c.plot(p, [r["m_eff"] for r in rows], style["marker"] + "-", color=style["color"], label=f"m_eff, {style['label']}")
         if part == "finetuned" and rows[0].get("m_min") is not None:
-            axes[2].plot(p, [r["m_min"] for r in rows], "v:", color="tab:green", label="m_min at w_p (Lanczos)")
+            c.plot(p, [r["m_min"] for r in rows], "v:", color="tab:green", label="m_min at w_p (Lanczos)")
     pre = [r for r in points if r["part"] == "w_pre"]
     if pre:
-        axes[2].axhline(pre[0]["m_min"], color="tab:green", ls="--", lw=0.8, label=f"m_min at w_pre = {pre[0]['m_min']:.3g}")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("E L(Phi(w)) - L(w)  [nats]")
-    axes[0].set_title("(a) mixout(u, p) penalty on the finetuning loss", fontsize=9)
-    axes[1].axhline(1.0, color="0.4", lw=0.8)
-    axes[1].set_ylabel("Monte Carlo / second order")
-    axes[1].set_title("(b) what the second-order expansion misses", fontsize=9)
-    axes[2].axhline(0.0, color="0.4", lw=0.8)
-    axes[2].set_ylabel("curvature  [nats per unit ||d||^2]")
-    axes[2].set_title("(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2 and m_min", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("mixout probability p")
+        c.axhline(pre[0]["m_min"], color="tab:green", ls="--", lw=0.8, label=f"m_min at w_pre ({pre[0]['m_min']:.3g})")
+    scan = [r for r in points if r["part"] == "scan"]
+    for point, part in SCAN_POINT.items():
+        rows = sorted((r for r in scan if r["point"] == point), key=lambda r: r["p"])
+        if rows:
+            _ratio_bars(d, [r["p"] for r in rows], rows, POINT_STYLE[part],
+                        f"{POINT_STYLE[part]['label']}, p = {rows[0]['at_p']:g}")  # fmt: skip
+    a.set_yscale("log")
+    a.set_ylabel("E L(Phi(w)) - L(w)  [nats]")
+    a.set_title("(a) the mixout(u, p) penalty on the finetuning loss", fontsize=9)
+    b.set_ylabel("Monte Carlo / second order")
+    b.set_title("(b) what the second-order expansion misses", fontsize=9)
+    c.set_yscale("symlog", linthresh=0.01)
+    c.set_ylabel("curvature  [nats per unit ||d||^2]  (symlog)")
+    c.set_title("(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2, and m_min (< 0: Corollary 1.1 is vacuous)", fontsize=9)
+    d.set_ylabel("Monte Carlo / second order")
+    d.set_title("(d) one fixed point, masks of probability q: flat in q = a second-order gap", fontsize=9)
+    d.set_xlabel("mask probability q at fixed w and u")
+    for ax in (a, b, c):
+        ax.set_xlabel("mixout probability p (of the run and of the mask)")
+    for ax in (b, c, d):
+        ax.axhline(1.0 if ax is not c else 0.0, color="0.4", lw=0.8)
+    for ax in (a, b, c, d):
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     ctx = meta.get("context", {})
-    cor = "Corollary 1.1 with m = m_min is vacuous (m_min < 0)" if all(
-        (r.get("m_min") or 0) < 0 for r in points if r["part"] in ("w_pre", "finetuned")) else ""  # fmt: skip
-    fig.suptitle(f"Theorem 1 on the MLP, {ctx.get('source_name', '?')} -> MNIST ({meta['config']['profile']} profile): "
-                 f"mean cross-entropy on {ctx.get('loss_size', '?')} MNIST training images, mixout on fc2/fc3. {cor}",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(f"Theorem 1 on the MLP finetuned {ctx.get('source_name', '?')} -> MNIST ({meta['config']['profile']} "
+                 f"profile, restart {meta['config']['restart']})\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
+                 f"MNIST training images; mixout on fc2 and fc3; {meta['config']['mc_samples']} masks per Monte Carlo "
+                 "point", fontsize=10)  # fmt: skip
     return fig
 
 
@@ -345,13 +363,14 @@ def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
     axes[1].set_title("(b) ratio (1 = the second-order expansion explains it)", fontsize=9)
     for ax in axes:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.set_xlabel("optimiser step")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     ctx = meta.get("context", {})
-    fig.suptitle(f"Along finetuning, {ctx.get('source_name', '?')} -> MNIST: one run per p on "
-                 f"{ctx.get('trajectory_size', '?')} MNIST images (restart 0), {ctx.get('trajectory_samples', '?')} "
-                 "masks per checkpoint", fontsize=10)  # fmt: skip
+    fig.suptitle(f"Along finetuning, {ctx.get('source_name', '?')} -> MNIST\none mixout(w_pre, p) run per p on "
+                 f"{ctx.get('trajectory_size', '?')} MNIST images (restart 0), L on the same images, "
+                 f"{ctx.get('trajectory_samples', '?')} masks per checkpoint", fontsize=10)  # fmt: skip
     return fig
 
 

@@ -66,8 +66,9 @@ from mixout_theory.experiment.store import (
     sha256_file,
 )
 
-__all__ = ["Theorem1Config", "theorem1_config", "Theorem1Store", "network_loss", "measure_point",
-           "checkpoint_epochs", "run_theorem1", "PARTS"]  # fmt: skip
+__all__ = ["PARTS", "Theorem1Config", "theorem1_config", "Theorem1Store", "Theorem1Results", "network_loss",
+           "measure_point", "checkpoint_epochs", "run_theorem1", "load_stored", "table_rows", "export_tables",
+           "load_tables", "claims", "SUMMARY_COLUMNS"]  # fmt: skip
 
 PARTS = ("finetuned", "displaced", "scan", "trajectory")
 
