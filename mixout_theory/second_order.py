@@ -17,7 +17,10 @@ tensor, or (mixconnect, eq. 5) a single coordinate. ``Cov(M_g / mu, M_h / mu) = 
     ``E L(Phi) - L(w) ~= (p / (2 (1 - p))) sum_g d_g^T H_gg d_g``      (exact when ``L`` is quadratic)
 
 with ``d_g`` the restriction of ``d`` to group ``g``. The error is third order in ``d`` and does not
-vanish in general (``E (M - mu)^3 != 0`` for a Bernoulli mask).
+vanish in general (``E (M - mu)^3 != 0`` for a Bernoulli mask). Taylor's theorem needs ``L`` twice
+differentiable between ``w`` and every ``Phi``: through ReLUs, automatic differentiation gives the
+almost-everywhere Hessian, and units that a dropped neuron pushes across 0 add a further term, itself
+of second order in the mask, that ``H`` does not contain (notebook 05 measures it on the paper's MLP).
 
 Corollary 1.1 (eq. 9) replaces each ``d_g^T H_gg d_g`` by ``m ||d_g||^2``. On a network there is no
 global ``m``; two numbers say where it stands:
@@ -102,7 +105,8 @@ class MixedHessian:
                 self.index.append(sel.expand(wt.shape).reshape(-1).nonzero().flatten())
         self.point = self.flatten([wt for _, wt, _ in self.entries]).detach()
         self.n = self.point.numel()
-        sizes = [0 if i is False else (wt.numel() if i is None else i.numel()) for (_, wt, _), i in zip(self.entries, self.index)]
+        sizes = [0 if i is False else (wt.numel() if i is None else i.numel())
+                 for (_, wt, _), i in zip(self.entries, self.index)]  # fmt: skip
         #: which entry each mixed coordinate belongs to
         self.coordinate_entry = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         if self.n == 0:
@@ -139,7 +143,11 @@ class MixedHessian:
             size = base.numel() if idx is None else idx.numel()
             piece = z[start : start + size]
             start += size
-            out.append(piece.reshape(base.shape) if idx is None else base.reshape(-1).scatter(0, idx, piece).reshape(base.shape))
+            out.append(
+                piece.reshape(base.shape)
+                if idx is None
+                else base.reshape(-1).scatter(0, idx, piece).reshape(base.shape)
+            )
         return rebuild_entries(self.structure, out)
 
     def _loss(self, z: torch.Tensor) -> torch.Tensor:
@@ -160,7 +168,9 @@ class MixedHessian:
         if self._mode == "func":
             try:
                 with warnings.catch_warnings():  # torch.func's first call scripts a helper: torch's own notice
-                    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+                    warnings.filterwarnings(
+                        "ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning
+                    )
                     hv = torch.func.vmap(self._hvp_func, chunk_size=self.chunk_size)(V)
                 return hv[0] if single else hv
             except Exception as exc:  # noqa: BLE001 - e.g. a custom autograd.Function without vmap / jvp rules
@@ -273,7 +283,9 @@ def second_order_terms(loss_fn: Callable, params, target, mixed=None, groups: st
         V = torch.zeros(rows.numel(), op.n, dtype=op.point.dtype)
         V[row_of[ids[cols]] - start, cols] = d[cols].to(op.point.dtype)  # row r: d restricted to group rows[r]
         quad[rows] = op.quadratic_forms(V.to(op.point.device)).cpu()  # d_g^T H d_g
-    group_entry = torch.zeros(norms.numel(), dtype=torch.long).scatter_(0, ids, op.coordinate_entry)  # groups never span entries
+    group_entry = torch.zeros(norms.numel(), dtype=torch.long).scatter_(
+        0, ids, op.coordinate_entry
+    )  # groups never span entries
     by_entry = {op.entries[e][0]: float(quad[group_entry == e].sum()) for e in op.coordinate_entry.unique().tolist()}
     return SecondOrderTerms(quad=float(quad.sum()), dist2=float(norms.sum()), n_groups=int(live.numel()),
                             groups=groups, loss=float(op.value), by_entry=by_entry)  # fmt: skip
@@ -315,7 +327,7 @@ class Curvature:
 
 def curvature(loss_fn: Callable, params, mixed=None, *, method: str = "auto", tol: float = 1e-8,
               maxiter: int | None = None, seed: int = 0, chunk_size: int = CHUNK) -> Curvature:  # fmt: skip
-    """``m_min`` and ``m_max``: the extreme eigenvalues of the Hessian of ``loss_fn`` at ``params`` in the mixed coordinates.
+    """``m_min``, ``m_max``: the extreme eigenvalues of the Hessian of ``loss_fn`` at ``params`` (mixed coordinates).
 
     ``method="lanczos"``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) on a
     ``LinearOperator`` whose products are :meth:`MixedHessian.matvec`, run once for the largest and

@@ -324,7 +324,8 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     c.set_ylabel("curvature  [nats per unit ||d||^2]  (symlog)")
     c.set_title("(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2, and m_min (< 0: Corollary 1.1 is vacuous)", fontsize=9)
     d.set_ylabel("Monte Carlo / second order")
-    d.set_title("(d) one fixed point, masks of probability q: flat in q = a second-order gap", fontsize=9)
+    d.set_title("(d) one fixed point, masks of probability q (a third-order remainder changes sign at q = 0.5)",
+                fontsize=9)  # fmt: skip
     d.set_xlabel("mask probability q at fixed w and u")
     for ax in (a, b, c):
         ax.set_xlabel("mixout probability p (of the run and of the mask)")

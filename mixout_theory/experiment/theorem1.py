@@ -232,7 +232,10 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
     for p in config.ps:
         w_p, rid = weights[p], f"mixout-p{p:.2f}-seed{config.restart}"
         shifted = {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}  # u = w_pre - d, exactly
-        for part, (w, u, tol) in {"finetuned": (w_p, w_pre, config.lanczos_tol), "displaced": (w_pre, shifted, None)}.items():
+        for part, (w, u, tol) in {
+            "finetuned": (w_p, w_pre, config.lanczos_tol),
+            "displaced": (w_pre, shifted, None),
+        }.items():
             if part not in parts or f"{part}-p{p:.2f}" in store.done():
                 continue
             row = measure_point(w, u, p, x, y, lanczos_tol=tol, **kw)
@@ -240,8 +243,11 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
                        sweep_run=rid, sweep_dist_mixed=sweep_runs.get(rid, {}).get("dist_mixed"))  # fmt: skip
             store.write(row)
             if progress:
-                print(f"{part} p={p:g}: Monte Carlo {row['mc']:.4g} [{row['mc_lo']:.4g}, {row['mc_hi']:.4g}], second "
-                      f"order {row['second_order']:.4g}, m_eff {row['m_eff']:.4g} ({row['seconds']:.0f} s)", flush=True)
+                print(
+                    f"{part} p={p:g}: Monte Carlo {row['mc']:.4g} [{row['mc_lo']:.4g}, {row['mc_hi']:.4g}], second "
+                    f"order {row['second_order']:.4g}, m_eff {row['m_eff']:.4g} ({row['seconds']:.0f} s)",
+                    flush=True,
+                )
     if "scan" not in parts:
         return
     at = config.ps[len(config.ps) // 2]
@@ -359,10 +365,12 @@ def _results(config: Theorem1Config, store: Theorem1Store, context: dict) -> The
 # --------------------------------------------------------------------------------------------
 # tables (what the figures and the notebook read) and the claims they support
 
-POINT_COLUMNS = ("part", "point", "at_p", "p", "loss", "dist2", "dist2_fc2", "dist2_fc3", "mc", "mc_se", "mc_lo", "mc_hi",
-                 "mc_samples", "second_order", "ratio", "m_eff", "m_mc", "m_mc_lo", "m_mc_hi", "quad_fc2", "quad_fc3", "m_min",
-                 "m_max", "lanczos_hvp", "corollary_m_min", "corollary_m_eff", "sweep_run", "sweep_dist_mixed",
-                 "seconds_second_order", "seconds_lanczos", "seconds")  # fmt: skip
+POINT_COLUMNS = (
+    "part", "point", "at_p", "p", "loss", "dist2", "dist2_fc2", "dist2_fc3", "mc", "mc_se", "mc_lo", "mc_hi",
+    "mc_samples", "second_order", "ratio", "m_eff", "m_mc", "m_mc_lo", "m_mc_hi", "quad_fc2", "quad_fc3", "m_min",
+    "m_max", "lanczos_hvp", "corollary_m_min", "corollary_m_eff", "sweep_run", "sweep_dist_mixed",
+    "seconds_second_order", "seconds_lanczos", "seconds",
+)  # fmt: skip
 TRAJECTORY_COLUMNS = ("p", "epoch", "step", "loss", "dist2", "mc", "mc_lo", "mc_hi", "second_order", "m_mc", "m_mc_lo",
                       "m_mc_hi", "m_eff", "seconds_second_order")  # fmt: skip
 TABLES = ("network_penalty.csv", "trajectory.csv")
@@ -402,7 +410,10 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     points, traj = table_rows(res)
     written = {}
-    for name, rows, cols in (("network_penalty.csv", points, POINT_COLUMNS), ("trajectory.csv", traj, TRAJECTORY_COLUMNS)):
+    for name, rows, cols in (
+        ("network_penalty.csv", points, POINT_COLUMNS),
+        ("trajectory.csv", traj, TRAJECTORY_COLUMNS),
+    ):
         written[name] = atomic_write_csv(out / name, [{k: _cell(r.get(k)) for k in cols} for r in rows], cols,
                                          lineterminator="\n")  # fmt: skip
     meta = {"config": dataclasses.asdict(res.config), "store_key": res.config.key(), "context": res.context,
@@ -473,21 +484,23 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
         rows = [r for r in trajectory if r["p"] == p]
         ratio = [r["m_mc"] / r["m_eff"] for r in rows]
         inside = [r["m_mc_lo"] <= r["m_eff"] <= r["m_mc_hi"] for r in rows]
-        out["trajectory"][p] = {"ratio_min": min(ratio), "ratio_max": max(ratio), "m_eff_in_ci": sum(inside) / len(rows),
-                                "m_eff_first": rows[0]["m_eff"], "m_eff_last": rows[-1]["m_eff"], "n": len(rows)}  # fmt: skip
+        out["trajectory"][p] = {
+            "ratio_min": min(ratio), "ratio_max": max(ratio), "m_eff_in_ci": sum(inside) / len(rows),
+            "m_eff_first": rows[0]["m_eff"], "m_eff_last": rows[-1]["m_eff"], "n": len(rows),
+        }  # fmt: skip
     return out
 
 
 def load_stored(results=None) -> list[Theorem1Results]:
     """The studies stored under ``results/theorem1/`` (no data, no training): the newest per profile and source."""
     root = (project_dir("results") if results is None else Path(results)) / "theorem1"
-    folders = sorted((d for d in root.glob("*-*") if (d / "context.json").is_file() and any((d / "runs").glob("*.json"))),
-                     key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True)  # fmt: skip
+    stored = [d for d in root.glob("*-*") if (d / "context.json").is_file() and any((d / "runs").glob("*.json"))]
+    folders = sorted(stored, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True)
     out, seen = [], set()
     names = {f.name for f in dataclasses.fields(Theorem1Config)}
     for folder in folders:
-        stored = json.loads((folder / "config.json").read_text())
-        config = Theorem1Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items() if k in names})
+        fields = json.loads((folder / "config.json").read_text())
+        config = Theorem1Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in names})
         if (config.profile, config.source) in seen:
             continue
         seen.add((config.profile, config.source))

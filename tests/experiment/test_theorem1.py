@@ -17,7 +17,9 @@ CPU = RunOptions(device="cpu", progress=False)
 
 def _moved(params, scale, seed):
     g = torch.Generator().manual_seed(seed)
-    return {k: v + scale * torch.randn(v.shape, generator=g) if k in mlp.MIXED else v.clone() for k, v in params.items()}
+    return {
+        k: v + scale * torch.randn(v.shape, generator=g) if k in mlp.MIXED else v.clone() for k, v in params.items()
+    }
 
 
 def test_network_loss_is_the_models_mean_cross_entropy(blob_task):
@@ -76,8 +78,12 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
     assert all(len(r["checkpoints"]) == 2 for r in res.records["trajectory"])
     scan = {(r["point"], r["p"]): r for r in res.records["scan"]}
     at_p = scan["w_p", 0.6]  # the scan at the measured p repeats the finetuned point's numbers
-    assert at_p["mc"] == pytest.approx(fin["mc"], rel=1e-12) and at_p["second_order"] == pytest.approx(fin["second_order"], rel=1e-10)
-    assert scan["w_pre", 0.2]["second_order"] == pytest.approx(dis["second_order"] * (0.2 / 0.8) / (0.6 / 0.4), rel=1e-10)
+    assert at_p["mc"] == pytest.approx(fin["mc"], rel=1e-12) and at_p["second_order"] == pytest.approx(
+        fin["second_order"], rel=1e-10
+    )
+    assert scan["w_pre", 0.2]["second_order"] == pytest.approx(
+        dis["second_order"] * (0.2 / 0.8) / (0.6 / 0.4), rel=1e-10
+    )
 
     # a rerun measures nothing again
     def no_work(*a, **k):  # pragma: no cover - must not be reached
