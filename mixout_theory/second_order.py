@@ -125,7 +125,7 @@ class MixedHessian:
             values = [v for _, _, v in paired_entries(self.structure, values)]
         parts = []
         for (_, wt, _), v, idx in zip(self.entries, values, self.index):
-            v = torch.as_tensor(v).to(wt.dtype).reshape(-1)
+            v = torch.as_tensor(v).to(wt.device, wt.dtype).reshape(-1)
             if idx is None:
                 parts.append(v)
             elif idx is not False:
@@ -270,7 +270,7 @@ def second_order_terms(loss_fn: Callable, params, target, mixed=None, groups: st
         raise ValueError(f"groups must be one of {GROUPS}, got groups={groups!r}")
     entries = paired_entries(params, target)  # names mismatched keys / shapes
     op = MixedHessian(loss_fn, params, mixed, chunk_size)
-    d = (op.point - op.flatten([ut for _, _, ut in entries])).double()
+    d = (op.point - op.flatten([ut for _, _, ut in entries])).double().cpu()  # group bookkeeping on the CPU
     ids = torch.unique(_group_ids(op, groups), return_inverse=True)[1]  # groups numbered 0..G-1
     norms = torch.zeros(int(ids.max()) + 1, dtype=torch.float64).index_add_(0, ids, d * d)  # ||d_g||^2
     live = (norms > 0).nonzero().flatten()  # a group with d_g = 0 adds nothing: no product for it
@@ -283,9 +283,8 @@ def second_order_terms(loss_fn: Callable, params, target, mixed=None, groups: st
         V = torch.zeros(rows.numel(), op.n, dtype=op.point.dtype)
         V[row_of[ids[cols]] - start, cols] = d[cols].to(op.point.dtype)  # row r: d restricted to group rows[r]
         quad[rows] = op.quadratic_forms(V.to(op.point.device)).cpu()  # d_g^T H d_g
-    group_entry = torch.zeros(norms.numel(), dtype=torch.long).scatter_(
-        0, ids, op.coordinate_entry
-    )  # groups never span entries
+    # each group lies in one entry: its entry is that of any of its coordinates
+    group_entry = torch.zeros(norms.numel(), dtype=torch.long).scatter_(0, ids, op.coordinate_entry)
     by_entry = {op.entries[e][0]: float(quad[group_entry == e].sum()) for e in op.coordinate_entry.unique().tolist()}
     return SecondOrderTerms(quad=float(quad.sum()), dist2=float(norms.sum()), n_groups=int(live.numel()),
                             groups=groups, loss=float(op.value), by_entry=by_entry)  # fmt: skip

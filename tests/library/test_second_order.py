@@ -66,7 +66,7 @@ def test_quadratic_over_a_dict_with_a_partly_mixed_entry():
     assert terms.m_eff == pytest.approx(terms.quad / terms.dist2)
 
 
-def _small_mlp(seed=0, sizes=(20, 16, 12, 5), n=64):
+def _small_mlp(seed=0, sizes=(20, 16, 12, 5), n=64, device="cpu"):
     """A float64 Linear-tanh-LayerNorm-Linear-tanh-LayerNorm-Linear net; its last two weights are mixed.
 
     tanh, not ReLU: Taylor's theorem needs a twice-differentiable loss. Through a ReLU, a mixed
@@ -80,6 +80,7 @@ def _small_mlp(seed=0, sizes=(20, 16, 12, 5), n=64):
            "w3": torch.randn(d3, d2, generator=g, dtype=D) / math.sqrt(d2)}  # fmt: skip
     x = torch.randn(n, d0, generator=g, dtype=D)
     y = torch.randint(0, d3, (n,), generator=g)
+    net, x, y = {k: v.to(device) for k, v in net.items()}, x.to(device), y.to(device)
     h1 = F.layer_norm(torch.tanh(x @ net["w1"].T), (d1,))
 
     def loss(m):
@@ -87,7 +88,7 @@ def _small_mlp(seed=0, sizes=(20, 16, 12, 5), n=64):
         return F.cross_entropy(h2 @ m["w3"].T, y)
 
     w = {"w2": net["w2"], "w3": net["w3"]}
-    u = {k: v + 0.05 * torch.randn(v.shape, generator=g, dtype=D) for k, v in w.items()}
+    u = {k: v + 0.05 * torch.randn(v.shape, generator=g, dtype=D).to(device) for k, v in w.items()}
     return loss, w, u
 
 
@@ -200,3 +201,14 @@ def test_bad_input_is_named():
         _ = second_order.second_order_terms(loss, w, w).m_eff
     with pytest.raises(ValueError, match="method"):
         second_order.curvature(loss, w, method="power")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_numbers():
+    loss, w, u = _small_mlp(4)
+    want = second_order.second_order_terms(loss, w, u)
+    loss_gpu, w_gpu, u_gpu = _small_mlp(4, device="cuda")
+    got = second_order.second_order_terms(loss_gpu, w_gpu, u_gpu)
+    assert got.quad == pytest.approx(want.quad, rel=1e-9) and got.n_groups == want.n_groups
+    c = second_order.curvature(loss_gpu, w_gpu, method="lanczos", tol=1e-10)
+    assert c.m_min == pytest.approx(second_order.curvature(loss, w, method="dense").m_min, abs=1e-6)
