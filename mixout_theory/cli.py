@@ -52,6 +52,13 @@ def _add_run_options(p) -> None:
                    help="runs trained at once per ensemble (default: 17 for the sweep, 16 for the ablations)")  # fmt: skip
 
 
+def _export_dir(args, study: str, config) -> Path:
+    """``--export``, else the checkout's ``figures/<study>-<profile>-<source>/``."""
+    if args.export is not None:
+        return Path(args.export)
+    return _store_dir(None, "figures") / f"{study}-{config.profile}-{config.source}"
+
+
 def _run_options(args, parser, progress: bool = True):
     from mixout_theory.experiment.engine import RunOptions
 
@@ -187,9 +194,7 @@ def _cmd_ablations(args, parser) -> int:
     res = ablations.run_ablations(args.profile, tuple(args.studies), options, results=args.results,
                                   data_root=args.data_root, source=args.source)  # fmt: skip
     print(json.dumps({"seconds": res.seconds, "w_pre_acc": res.w_pre_acc}, indent=1))
-    export = _store_dir(None, "figures") / f"ablations-{res.config.profile}-{res.config.source}" \
-        if args.export is None else Path(args.export)  # fmt: skip
-    for path in plots.export_ablations(res, export).values():
+    for path in plots.export_ablations(res, _export_dir(args, "ablations", res.config)).values():
         print("wrote", path)
     return 0
 
@@ -220,9 +225,7 @@ def _cmd_theorem1(args, parser) -> int:
 
     res = theorem1.run_theorem1(args.profile, options, results=_store_dir(args.results, "results"),
                                 data_root=args.data_root, source=args.source)  # fmt: skip
-    export = _store_dir(None, "figures") / f"theorem1-{res.config.profile}-{res.config.source}" \
-        if args.export is None else Path(args.export)  # fmt: skip
-    for path in plots.export_theorem1(res, export).values():
+    for path in plots.export_theorem1(res, _export_dir(args, "theorem1", res.config)).values():
         print("wrote", path)
     print(f"results: {res.store.dir}")
     return 0

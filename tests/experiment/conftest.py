@@ -25,11 +25,16 @@ on the source task is (0.02, 0.01, 0) at p = 0.4 and (0.06, 0.03, 0) at p = 0.8,
 
 ``make_sweep_record``, ``make_ablation_record``, ``make_trajectory_record`` -- the builders themselves,
 for tests that need records of their own.
+
+``make_exp`` -- prepared data for the pipelines (a seeded synthetic task of chosen split sizes).
 """
 
 from __future__ import annotations
 
+import types
+
 import pytest
+import torch
 
 SWEEP_TABLE = {  # (method, p) -> metric -> (base, step over seeds)
     ("none", 0.0): {"dist_mixed": (10, 1), "dist_fc1": (1, 0.5), "target_val_acc": (0.90, 0.01), "source_val_acc": (0.99, -0.01)},
@@ -142,3 +147,25 @@ def make_ablation_record():
 def make_trajectory_record():
     """``make_trajectory_record(p, restart, ms, *, size=300, eval_size=300, mc_samples=96, test_acc=0.9, width=0.01)``."""
     return trajectory_record
+
+
+def _split(n: int, seed: int, shift: int):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    means = torch.randn(10, 784, generator=torch.Generator().manual_seed(shift))
+    return types.SimpleNamespace(x=means[y] * 0.5 + torch.randn(n, 784, generator=g), y=y)
+
+
+@pytest.fixture(scope="session")
+def make_exp():
+    """``make_exp(source=(train, val, test), target=(...))``: prepared data shaped like
+    ``data.load_experiment``'s, a seeded synthetic 10-class task (source means seed 0, target seed 1)."""
+
+    def make(source=(400, 200, 200), target=(160, 200, 200)):
+        S = types.SimpleNamespace
+        src = [_split(n, seed, 0) for n, seed in zip(source, (1, 2, 3))]
+        tgt = [_split(n, seed, 1) for n, seed in zip(target, (4, 5, 6))]
+        return S(source=S(train=src[0], val=src[1], test=src[2]), target=S(train=tgt[0], val=tgt[1], test=tgt[2]),
+                 source_key="stand-in", source_name="synthetic test task", info={"n": source[0]})  # fmt: skip
+
+    return make

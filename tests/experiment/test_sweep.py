@@ -1,7 +1,6 @@
 """The sweep: runs, records, the resumable store (summaries: tests/experiment/test_report.py)."""
 
 import json
-import types
 
 import pytest
 import torch
@@ -13,21 +12,9 @@ from mixout_theory.experiment.store import TMP_MARK, atomic_write
 CPU = RunOptions(device="cpu", progress=False)
 
 
-def _split(n, seed, shift):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    means = torch.randn(10, 784, generator=torch.Generator().manual_seed(shift))
-    return types.SimpleNamespace(x=means[y] * 0.5 + torch.randn(n, 784, generator=g), y=y)
-
-
 @pytest.fixture(scope="module")
-def exp():
-    S = types.SimpleNamespace
-    return S(
-        source=S(train=_split(400, 1, 0), val=_split(200, 2, 0), test=_split(200, 3, 0)),
-        target=S(train=_split(160, 4, 1), val=_split(200, 5, 1), test=_split(200, 6, 1)),
-        source_key="stand-in", source_name="synthetic test task", info={"n": 400},
-    )  # fmt: skip
+def exp(make_exp):
+    return make_exp(source=(400, 200, 200), target=(160, 200, 200))
 
 
 def _config(exp, **kw):

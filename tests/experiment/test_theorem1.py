@@ -3,7 +3,6 @@ consistency of one measurement, and the study end to end on a synthetic task (re
 checked by sha256, tables checked by sha256, figures rendered from the tables)."""
 
 import json
-import types
 
 import pytest
 import torch
@@ -52,19 +51,9 @@ def test_checkpoint_epochs_are_geometric_with_both_ends():
     assert theorem1.checkpoint_epochs(5, 1) == [5] and theorem1.checkpoint_epochs(1, 4) == [1]
 
 
-def _split(n, seed, shift):
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 10, (n,), generator=g)
-    means = torch.randn(10, 784, generator=torch.Generator().manual_seed(shift))
-    return types.SimpleNamespace(x=means[y] * 0.5 + torch.randn(n, 784, generator=g), y=y)
-
-
 @pytest.fixture(scope="module")
-def exp():
-    S = types.SimpleNamespace
-    return S(source=S(train=_split(400, 1, 0), val=_split(100, 2, 0), test=_split(100, 3, 0)),
-             target=S(train=_split(400, 4, 1), val=_split(100, 5, 1), test=_split(100, 6, 1)),
-             source_key="stand-in", source_name="synthetic test task", info={"n": 400})  # fmt: skip
+def exp(make_exp):
+    return make_exp(source=(400, 100, 100), target=(400, 100, 100))
 
 
 def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
