@@ -52,6 +52,14 @@ def _add_run_options(p) -> None:
                    help="runs trained at once per ensemble (default: 17 for the sweep, 16 for the ablations)")  # fmt: skip
 
 
+def _add_study_output(p, study: str, files: str) -> None:
+    """``--no-progress`` and ``--export`` of a study command (the folder :func:`_export_dir` resolves)."""
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--export", default=None, metavar="DIR",
+                   help=f"folder for {files} "
+                   f"(default: the checkout's figures/{study}-<profile>-<source>/)")  # fmt: skip
+
+
 def _export_dir(args, study: str, config) -> Path:
     """``--export``, else the checkout's ``figures/<study>-<profile>-<source>/``."""
     if args.export is not None:
@@ -180,10 +188,7 @@ def _add_ablations(sub) -> None:
     _add_run_options(p)
     p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES,
                    help="which studies (default: all three)")  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help="folder for the CSV tables, figures, tables.md and meta.json "
-                   "(default: the checkout's figures/ablations-<profile>-<source>/)")  # fmt: skip
+    _add_study_output(p, "ablations", "the CSV tables, figures, tables.md and meta.json")
     p.set_defaults(func=_cmd_ablations)
 
 
@@ -212,10 +217,7 @@ def _add_theorem1(sub) -> None:
         "tables and figures. Every finished measurement is stored and skipped on a rerun.",
     )
     _add_run_options(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help="folder for the tables, figures and meta.json "
-                   "(default: the checkout's figures/theorem1-<profile>-<source>/)")  # fmt: skip
+    _add_study_output(p, "theorem1", "the tables, figures and meta.json")
     p.set_defaults(func=_cmd_theorem1)
 
 

@@ -96,9 +96,8 @@ class MixedHessian:
             if not wt.dtype.is_floating_point:
                 raise TypeError(f"entry {name!r} of params must be floating point, got dtype {wt.dtype}")
         self.structure = params
-        self.selections = resolve_mixed(self.entries, mixed)
         self.index = []  # per entry: None (whole entry mixed), False (not mixed) or the flat positions mixed
-        for (_, wt, _), sel in zip(self.entries, self.selections):
+        for (_, wt, _), sel in zip(self.entries, resolve_mixed(self.entries, mixed)):
             if sel is True or sel is False:
                 self.index.append(None if sel else False)
             else:
@@ -177,18 +176,19 @@ class MixedHessian:
                 warnings.warn(f"torch.func could not transform loss_fn ({type(exc).__name__}: {exc}); "
                               "using double backward, one vector at a time", RuntimeWarning, stacklevel=2)  # fmt: skip
                 self._mode = "autograd"
-        hv = torch.stack([self._hvp_autograd(row) for row in V])
+        hv = self._hvp_autograd(V)
         return hv[0] if single else hv
 
     def _hvp_func(self, v: torch.Tensor) -> torch.Tensor:
         return torch.func.jvp(self._grad, (self.point,), (v,))[1]
 
-    def _hvp_autograd(self, v: torch.Tensor) -> torch.Tensor:
+    def _hvp_autograd(self, V: torch.Tensor) -> torch.Tensor:
+        """``H v`` for every row of ``V`` by double backward: one graph of the gradient, one backward per row."""
         with torch.enable_grad():
             z = self.point.clone().requires_grad_(True)
             (g,) = torch.autograd.grad(self._loss(z), z, create_graph=True)
-            (hv,) = torch.autograd.grad(g, z, v, allow_unused=True)
-        return torch.zeros_like(v) if hv is None else hv.detach()
+            rows = [torch.autograd.grad(g, z, v, retain_graph=True, allow_unused=True)[0] for v in V]
+        return torch.stack([torch.zeros_like(v) if hv is None else hv.detach() for v, hv in zip(V, rows)])
 
     def gradient(self) -> torch.Tensor:
         """``grad L`` at ``params`` in the mixed coordinates."""

@@ -166,12 +166,12 @@ def measure_point(params: dict, reference: dict, p: float, x, y, *, mc_samples: 
                   lanczos_tol: float | None = None) -> dict:  # fmt: skip
     """Every quantity of the module docstring at ``w = params`` with ``u = reference`` (mixed weights), one dict."""
     t0 = time.perf_counter()
-    loss_fn, w = network_loss(params, x, y)
+    net, x = {k: v.detach().double() for k, v in params.items()}, x.double()  # float64 once, for both estimates
+    loss_fn, w = network_loss(net, x, y)
     u = {k: reference[k].detach().double() for k in mlp.MIXED}
     terms = second_order.second_order_terms(loss_fn, w, u)
     t_second = time.perf_counter() - t0
-    net = {k: v.detach().double() for k, v in params.items()}
-    mc = effective_l2(net, u, p, x.double(), y, n_samples=mc_samples, generator=mc_seed)
+    mc = effective_l2(net, u, p, x, y, n_samples=mc_samples, generator=mc_seed)
     k = p / (1.0 - p)
     row = {"p": p, "loss": terms.loss, "dist2": terms.dist2, "mc": mc.penalty.mean, "mc_se": mc.penalty.se,
            "mc_lo": mc.penalty.lo, "mc_hi": mc.penalty.hi, "mc_samples": mc_samples, "m_mc": mc.m,
@@ -226,17 +226,22 @@ def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
     return {p: kept[f"mixout-p{p:.2f}-seed{config.restart}"] for p in config.ps}
 
 
+def _displaced_target(w_pre: dict, w_p: dict) -> dict:
+    """``u = w_pre - d`` with ``d = w_p - w_pre`` on the mixed weights (float64, so ``w_pre - u = d`` exactly)."""
+    return {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}
+
+
 def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) -> None:
     """The ``finetuned`` and ``displaced`` records of every p, then the ``scan`` at ``p* = ps[len(ps) // 2]``."""
     kw = dict(mc_samples=config.mc_samples, mc_seed=config.mc_seed)
+    done = store.done()  # the ids written below are new ones
     for p in config.ps:
         w_p, rid = weights[p], f"mixout-p{p:.2f}-seed{config.restart}"
-        shifted = {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}  # u = w_pre - d, exactly
         for part, (w, u, tol) in {
             "finetuned": (w_p, w_pre, config.lanczos_tol),
-            "displaced": (w_pre, shifted, None),
+            "displaced": (w_pre, _displaced_target(w_pre, w_p), None),
         }.items():
-            if part not in parts or f"{part}-p{p:.2f}" in store.done():
+            if part not in parts or f"{part}-p{p:.2f}" in done:
                 continue
             row = measure_point(w, u, p, x, y, lanczos_tol=tol, **kw)
             row.update(run_id=f"{part}-p{p:.2f}", part=part, point="w_p" if part == "finetuned" else "w_pre",
@@ -252,13 +257,12 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
         return
     at = config.ps[len(config.ps) // 2]
     base = {r["point"]: r for r in store.read() if r["run_id"] in (f"finetuned-p{at:.2f}", f"displaced-p{at:.2f}")}
-    pairs = {"w_p": (weights[at], w_pre), "w_pre": (w_pre, {k: 2 * w_pre[k].double() - weights[at][k].double()
-                                                            for k in mlp.MIXED})}  # fmt: skip
+    pairs = {"w_p": (weights[at], w_pre), "w_pre": (w_pre, _displaced_target(w_pre, weights[at]))}
     for point, (w, u) in pairs.items():
         quad = base[point]["m_eff"] * base[point]["dist2"]  # sum_g d_g^T H_gg d_g does not depend on p
         net = {k: v.double() for k, v in w.items()}
         for q in config.scan_ps:
-            if f"scan-{point}-p{q:.2f}" in store.done():
+            if f"scan-{point}-p{q:.2f}" in done:
                 continue
             mc = effective_l2(net, u, q, x.double(), y, n_samples=config.mc_samples, generator=config.mc_seed).penalty
             store.write({"run_id": f"scan-{point}-p{q:.2f}", "part": "scan", "point": point, "at_p": at, "p": q,
@@ -310,7 +314,7 @@ class Theorem1Results:
 
 def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, results=None, data_root=None,
                  source: str = "auto", exp=None, parts=PARTS, **overrides) -> Theorem1Results:  # fmt: skip
-    """Data, ``w_pre`` (the sweep's cached pretraining), the finetuned weights and the three parts.
+    """Data, ``w_pre`` (the sweep's cached pretraining), the finetuned weights and the parts asked for (:data:`PARTS`).
 
     Every record is written as it is measured, so an interrupted study resumes where it stopped;
     ``exp``: prepared data (default :func:`mixout_theory.experiment.data.load_experiment`);
@@ -382,8 +386,8 @@ SUMMARY_COLUMNS = (("part", "point"), ("p", "p"), ("dist2", "‖d‖² (fc2, fc3
 
 
 def table_rows(res: Theorem1Results) -> tuple[list[dict], list[dict]]:
-    """The study's two tidy tables from its records: one row per point (``w_pre``, finetuned and
-    displaced, per p), and one row per trajectory checkpoint."""
+    """The study's two tidy tables from its records: one row per point (``w_pre``; finetuned and
+    displaced per p; the scan per point and q), and one row per trajectory checkpoint."""
     points = [dict(r, ratio=r["mc"] / r["second_order"]) if "mc" in r else r
               for part in ("w_pre", "finetuned", "displaced", "scan") for r in res.records.get(part, [])]  # fmt: skip
     traj = [dict(c, p=r["p"]) for r in res.records.get("trajectory", []) for c in r["checkpoints"]]
