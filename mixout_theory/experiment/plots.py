@@ -14,17 +14,18 @@ Figures are ``matplotlib.figure.Figure`` objects (no pyplot state); numbers come
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
 from mixout_theory.experiment import ablations, report, sweep, theorem1
 from mixout_theory.experiment.ablations import HEAD_SETTINGS, SMALL_DATA_SETTINGS
-from mixout_theory.experiment.store import atomic_write, atomic_write_csv, find_stores, jsonable, run_env
+from mixout_theory.experiment.report import task_line
+from mixout_theory.experiment.store import atomic_write, atomic_write_csv, find_stores, jsonable, run_env, sha256_file
 from mixout_theory.figures import render_theory_figures, save_figure
 
 __all__ = ["figure2", "layer_distance_figure", "plot_metric_vs_p", "render_experiment", "small_data_figure",
@@ -36,10 +37,12 @@ __all__ = ["figure2", "layer_distance_figure", "plot_metric_vs_p", "render_exper
 
 
 METHOD_STYLE = {"dropout": dict(color="tab:red", marker="s"), "mixout": dict(color="tab:blue", marker="o")}
+METHOD_LABEL = {"dropout": "dropout(p)", "mixout": "mixout(w_pre, p)"}
+DIST_LABEL = r"$\|w_{ft} - w_{pre}\|^2$  (sum of squares)"
 FIG2_PANELS = (
-    ("dist_all", r"(a) $\|w_{ft} - w_{pre}\|^2$ (all parameters)"),
-    ("target_val_acc", "(b) MNIST validation accuracy"),
-    ("source_val_acc", "(c) source-task validation accuracy"),
+    ("dist_all", r"(a) squared distance to $w_{pre}$, all parameters", DIST_LABEL),
+    ("target_val_acc", "(b) target task: MNIST validation accuracy", "MNIST validation accuracy (fraction)"),
+    ("source_val_acc", "(c) source task validation accuracy, after finetuning", "source validation accuracy (fraction)"),
 )
 LAYER_PANELS = (
     ("dist_mixed", "mixed weights (fc2 + fc3)"),
@@ -50,66 +53,77 @@ LAYER_PANELS = (
 )
 
 
-def plot_metric_vs_p(ax, summary: list[dict], metric: str, title: str = "", ylabel: str = "") -> None:
-    """Mean over restarts with a +-1 std band against p, dropout vs mixout (p = 0 shared)."""
+def plot_metric_vs_p(ax, summary: list[dict], metric: str, title: str = "", ylabel: str = "",
+                     band: str = "std") -> None:  # fmt: skip
+    """Mean over restarts against p, dropout vs mixout (p = 0 shared), with a band of
+    :func:`report.band_halfwidth` (``"std"``: +-1 std, the paper's; ``"ci95"``: t-based 95% CI of the mean)."""
     for method, style in METHOD_STYLE.items():
         rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["p"])
         if not rows:
             continue
         p = np.array([r["p"] for r in rows])
         mean = np.array([r[f"{metric}_mean"] for r in rows])
-        std = np.array([r[f"{metric}_std"] for r in rows])
-        ax.plot(p, mean, label=method, lw=1.6, ms=4, **style)
-        ax.fill_between(p, mean - std, mean + std, color=style["color"], alpha=0.2, lw=0)
-    ax.set_xlabel("p")
+        half = report.band_halfwidth([r[f"{metric}_std"] for r in rows], [r["n"] for r in rows], band)
+        ax.plot(p, mean, label=METHOD_LABEL[method], lw=1.6, ms=4, **style)
+        ax.fill_between(p, mean - half, mean + half, color=style["color"], alpha=0.2, lw=0)
+    ax.set_xlabel("p (dropout or mixout probability)")
     ax.set_title(title, fontsize=10)
     if ylabel:
         ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, title=report.BANDS[band], title_fontsize=7)
 
 
-def figure2(summary: list[dict], meta: dict) -> Figure:
+def figure2(summary: list[dict], meta: dict, band: str = "std") -> Figure:
     """The paper's Figure 2: (a) squared distance to w_pre, (b) target and (c) source accuracy vs p."""
-    fig = Figure(figsize=(13, 4.0), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, (metric, title) in zip(axes, FIG2_PANELS):
-        plot_metric_vs_p(ax, summary, metric, title)
-    axes[0].legend()
-    fig.suptitle("Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)\n" + report.caption(meta), fontsize=10)
+    fig = Figure(figsize=(14, 4.4), layout="constrained")
+    for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS):
+        plot_metric_vs_p(ax, summary, metric, title, ylabel, band)
+    fig.suptitle("Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)\n"
+                 + report.caption(meta, band), fontsize=10)  # fmt: skip
     return fig
 
 
-def layer_distance_figure(summary: list[dict], meta: dict) -> Figure:
+def layer_distance_figure(summary: list[dict], meta: dict, band: str = "std") -> Figure:
     """Squared distance to w_pre per layer vs p: mixout pulls only the layers it mixes (Supp. B)."""
-    fig = Figure(figsize=(16, 3.6), layout="constrained")
-    axes = fig.subplots(1, len(LAYER_PANELS))
-    for ax, (metric, title) in zip(axes, LAYER_PANELS):
-        plot_metric_vs_p(ax, summary, metric, title)
-    axes[0].set_ylabel(r"$\|w_{ft} - w_{pre}\|^2$")
-    axes[0].legend()
-    fig.suptitle("Where the finetuned weights move, layer by layer\n" + report.caption(meta), fontsize=10)
+    fig = Figure(figsize=(18, 4.0), layout="constrained")
+    for ax, (metric, title) in zip(fig.subplots(1, len(LAYER_PANELS)), LAYER_PANELS):
+        plot_metric_vs_p(ax, summary, metric, title, DIST_LABEL, band)
+    fig.suptitle("Where the finetuned weights move, layer by layer\n" + report.caption(meta, band), fontsize=10)
     return fig
 
 
-def render_experiment(store_dir, out_dir) -> list[Path]:
-    """Figure 2, the per-layer distances and the table of one results store (no training)."""
+def render_experiment(store_dir, out_dir, band: str = "std") -> list[Path]:
+    """Figure 2, the per-layer distances, the tables and ``meta.json`` of one sweep store (no
+    training), into ``out_dir/experiment-<profile>-<source>/``."""
     records = sweep.load_records(store_dir)
     if not records:
         return []
     meta = report.experiment_meta(records)
-    summary = report.summarise(records)
     out = Path(out_dir) / f"experiment-{meta['profile']}-{meta['source']}"
-    paths = save_figure(figure2(summary, meta), out, "figure2")
-    paths += save_figure(layer_distance_figure(summary, meta), out, "layer_distances")
-    return paths + report.summary_table(summary, meta, out)
+    return export_experiment(records, out, sweep.store_context(store_dir), band)
 
 
-def render_all(out_dir, results=None) -> list[Path]:
+def export_experiment(records: list[dict], out_dir, context: dict, band: str = "std") -> list[Path]:
+    """``figure2`` and ``layer_distances`` (PNG, PDF), ``table.csv`` / ``table.md``, ``runs.csv`` and
+    ``meta.json`` (:func:`sweep.export_runs`) of these runs into ``out_dir``."""
+    meta = report.experiment_meta(records)
+    summary = report.summarise(records)
+    out = Path(out_dir)
+    paths = save_figure(figure2(summary, meta, band), out, "figure2")
+    paths += save_figure(layer_distance_figure(summary, meta, band), out, "layer_distances")
+    paths += report.summary_table(summary, meta, out)
+    claims = {k: v for k, v in report.figure2_claims(records).items() if k != "report"}
+    return paths + sweep.export_runs(records, out, context, claims)
+
+
+def render_all(out_dir, results=None, band: str = "std") -> list[Path]:
     """Every figure from stored results only (never trains): the theory figures, the experiment
-    figures of the newest sweep store per profile and source under ``results``, the ablation
-    figures and tables of every profile and source stored under ``results/ablations/``
+    figures of the newest sweep store per profile and source under ``results`` (with ``band``), the
+    ablation figures and tables of every profile and source stored under ``results/ablations/``
     (into ``out_dir/ablations-<profile>-<source>/``) and those of the Theorem 1 study stored under
     ``results/theorem1/`` (into ``out_dir/theorem1-<profile>-<source>/``)."""
+    report.band_halfwidth(0.0, 2, band)  # a bad band fails before anything is drawn
     paths = render_theory_figures(out_dir)
     if results is None or not Path(results).exists():
         return paths
@@ -118,7 +132,7 @@ def render_all(out_dir, results=None) -> list[Path]:
         kind = store.name.rsplit("-", 1)[0]  # profile-source
         if kind not in seen:
             seen.add(kind)
-            paths += render_experiment(store, out_dir)
+            paths += render_experiment(store, out_dir, band)
     for res in ablations.load_ablations(results):
         out = Path(out_dir) / f"ablations-{res.config.profile}-{res.config.source}"
         paths += list(export_ablations(res, out).values())
@@ -161,13 +175,24 @@ def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colors, seed: int = 0) 
     ax.grid(True, axis="y", alpha=0.3)
 
 
-def _threshold_lines(ax, th: dict) -> None:
+#: the two failure cut-offs of :func:`report.failure_thresholds`: key, line style, what it means
+THRESHOLD_STYLE = (("failed_below", "-", "w_pre's target test accuracy (a run below it failed)"),
+                   ("outlier_below", ":", "best setting's median - 3 sd (3-sd outliers below)"))  # fmt: skip
+
+
+def _threshold_lines(ax, th: dict) -> str:
+    """Draw the cut-offs that fall inside the panel's range; return their values for its title."""
     lo, hi = ax.get_ylim()
-    lines = (("failed_below", "-", "w_pre (failed below)"), ("outlier_below", ":", "best median - 3 sd"))
-    for key, style, text in lines:
-        v = th[key]
-        if lo <= v <= hi:
-            ax.axhline(v, ls=style, color="0.3", lw=0.9, label=f"{text} = {v:.3f}")
+    for key, style, _ in THRESHOLD_STYLE:
+        if lo <= th[key] <= hi:
+            ax.axhline(th[key], ls=style, color="0.3", lw=0.9)
+    return f"w_pre {th['failed_below']:.3f}, median - 3 sd {th['outlier_below']:.3f}"
+
+
+def _threshold_legend(fig) -> None:
+    """One legend for the cut-off lines of every panel, below the panels (it never covers a run)."""
+    handles = [Line2D([], [], ls=style, color="0.3", lw=0.9, label=text) for _, style, text in THRESHOLD_STYLE]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
 
 
 def _short(label: str) -> str:
@@ -177,7 +202,7 @@ def _short(label: str) -> str:
 def small_data_figure(records: list[dict], w_pre_acc: float, source_name: str = "") -> Figure:
     """Study 1: target test accuracy of every run, box + strip per setting, one panel per size."""
     sizes = sorted({r["size"] for r in records})
-    fig = Figure(figsize=(3.6 * len(sizes), 4.6), layout="constrained")
+    fig = Figure(figsize=(3.9 * len(sizes), 5.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(sizes)))
     names = [s.name for s in SMALL_DATA_SETTINGS]
     labels = {s.name: _short(s.label) for s in SMALL_DATA_SETTINGS}
@@ -187,16 +212,14 @@ def small_data_figure(records: list[dict], w_pre_acc: float, source_name: str = 
         present = [n for n in names if any(r["setting"] == n for r in at)]
         groups = [(labels[n], np.array([r["test_acc"] for r in at if r["setting"] == n])) for n in present]
         _strip_box(ax, groups, [colors[names.index(n)] for n in present], seed=size)
-        th = report.failure_thresholds(at, w_pre_acc)
-        _threshold_lines(ax, th)
+        cut = _threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))
         restarts = len({r["restart"] for r in at})
         steps, epochs = at[0]["steps"], at[0].get("epochs", "?")
-        ax.set_title(f"{size} target images, {restarts} restarts\n{steps} steps ({epochs} epochs)", fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="lower left")
-    axes[0].set_ylabel("target test accuracy")
-    fig.suptitle(f"Small target sets, many restarts (w_pre test acc {w_pre_acc:.3f}; failed: below it)"
-                 + (f"\nsource: {source_name}" if source_name else ""), fontsize=10)  # fmt: skip
+        ax.set_title(f"{size} target images, {restarts} restarts, {steps} steps ({epochs} epochs)\n{cut}", fontsize=8)
+    axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
+    _threshold_legend(fig)
+    fig.suptitle("Small target sets, many restarts: one dot per run (box: quartiles)\n"
+                 + task_line(source_name), fontsize=10)  # fmt: skip
     return fig
 
 
@@ -205,7 +228,7 @@ def new_head_figure(records: list[dict], w_pre_acc: float, reference: list[dict]
     """Study 2: test accuracy with a re-initialised head, per head regulariser (mixout(w_pre, 0.7) on
     fc2 throughout); ``reference`` (study 1's mixout(w_pre, 0.7) runs, pretrained head) in grey."""
     sizes = sorted({r["size"] for r in records})
-    fig = Figure(figsize=(3.0 * len(sizes), 4.4), layout="constrained")
+    fig = Figure(figsize=(3.4 * len(sizes), 5.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(sizes)))
     for ax, size in zip(axes, sizes):
         at = [r for r in records if r["size"] == size]
@@ -217,22 +240,24 @@ def new_head_figure(records: list[dict], w_pre_acc: float, reference: list[dict]
             groups.append(("pretrained head,\nmix(w_pre, 0.7)", np.array(ref)))
             colors.append("0.5")
         _strip_box(ax, groups, colors, seed=size)
-        _threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))
-        ax.set_title(f"{size} target images, {len({r['restart'] for r in at})} restarts", fontsize=9)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=6, loc="lower left")
-    axes[0].set_ylabel("target test accuracy")
-    fig.suptitle("A new output layer (N(0, 0.02^2)), mixout(w_pre, 0.7) on fc2; regulariser on the new head"
-                 + (f"\nsource: {source_name}" if source_name else ""), fontsize=10)  # fmt: skip
+        cut = _threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))
+        ax.set_title(f"{size} target images, {len({r['restart'] for r in at})} restarts\n{cut}", fontsize=8)
+    axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
+    _threshold_legend(fig)
+    fig.suptitle("A new output layer (N(0, 0.02^2)), mixout(w_pre, 0.7) on fc2; the regulariser of the new head on "
+                 "the x axis; one dot per run\n" + task_line(source_name), fontsize=10)  # fmt: skip
     return fig
 
 
-def trajectory_figure(records: list[dict], lambdas=(0.01, 0.1, 1.0)) -> Figure:
+def trajectory_figure(records: list[dict], source_name: str = "", warmup: float = 0.1,
+                      lambdas=(0.01, 0.1, 1.0)) -> Figure:  # fmt: skip
     """Study 3: (a) the implied modulus ``m_t`` with its 95% interval, (b) the implied wdecay lambda
-    ``m_t p / (1 - p)`` against the L2-SP lambdas of study 1, (c) ``||w_t - w_pre||^2`` (mixed), vs step."""
-    fig = Figure(figsize=(14, 4.2), layout="constrained")
+    ``m_t p / (1 - p)`` against the L2-SP lambdas of study 1, (c) ``||w_t - w_pre||^2`` (mixed), vs
+    step; one line per run (restart), the end of the ``warmup`` fraction of the steps marked."""
+    fig = Figure(figsize=(15, 4.8), layout="constrained")
     axes = fig.subplots(1, 3)
     ps = sorted({r["p"] for r in records})
+    restarts = len({r["restart"] for r in records})
     for i, p in enumerate(ps):
         for j, r in enumerate(rr for rr in records if rr["p"] == p):
             c = r["checkpoints"]
@@ -242,28 +267,33 @@ def trajectory_figure(records: list[dict], lambdas=(0.01, 0.1, 1.0)) -> Figure:
             axes[0].fill_between(step, [q["m_lo"] for q in c], [q["m_hi"] for q in c], color=f"C{i}", alpha=0.15, lw=0)
             axes[1].plot(step, [q["lam"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab)
             axes[2].plot(step, [q["dist2"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab)
-    for lam in lambdas:
-        axes[1].axhline(lam, ls="--", color="0.4", lw=0.8)
-        axes[1].annotate(f"L2-SP lambda={lam:g}", (0.01, lam), xycoords=("axes fraction", "data"), fontsize=7,
-                         va="bottom", color="0.3")  # fmt: skip
     r0 = records[0]
-    warm = int(r0.get("warmup", 0.1) * r0["steps"])
-    for ax in axes[:2]:
-        ax.axvline(warm, color="0.6", lw=0.8, ls=":")
-        ax.annotate("end of warm-up", (warm, 0.98), xycoords=("data", "axes fraction"), fontsize=7, color="0.4",
-                    ha="left", va="top", rotation=90)  # fmt: skip
-    axes[0].set_title("implied modulus m_t = 2 (E L(Phi) - L) / ((p/(1-p)) ||w_t - w_pre||^2)", fontsize=9)
-    axes[1].set_title("implied wdecay(w_pre, lambda): lambda_t = m_t p / (1-p)", fontsize=9)
-    axes[2].set_title("||w_t - w_pre||^2 over the mixed weights (fc2, fc3)", fontsize=9)
+    warm = warmup * r0["steps"]
+    for ax in axes:
+        ax.axvline(warm, color="0.5", lw=0.9, ls=":", label=f"end of warm-up (step {warm:.0f})")
+    for lam in lambdas:  # labelled in the right margin, outside the curves
+        axes[1].axhline(lam, ls="--", color="0.4", lw=0.8)
+        axes[1].annotate(f"{lam:g}", (1.01, lam), xycoords=("axes fraction", "data"), fontsize=7, va="center",
+                         color="0.3", annotation_clip=False)  # fmt: skip
+    axes[1].plot([], [], ls="--", color="0.4", lw=0.8, label="L2-SP lambdas of study 1 (right margin)")
+    axes[0].set_title("(a) implied modulus m_t = 2 (E L(Phi) - L) / ((p/(1-p)) ||w_t - w_pre||^2)", fontsize=9)
+    axes[0].set_ylabel("m_t  [nats per unit ||w_t - w_pre||^2]  (band: 95% CI)")
+    axes[1].set_title("(b) implied wdecay(w_pre, lambda): lambda_t = m_t p / (1-p)", fontsize=9)
+    axes[1].set_ylabel("lambda_t  [nats per unit ||w_t - w_pre||^2]  (log)")
+    axes[2].set_title("(c) squared distance over the mixed weights (fc2, fc3)", fontsize=9)
+    axes[2].set_ylabel("||w_t - w_pre||^2  (sum of squares, log)")
     axes[1].set_yscale("log", nonpositive="mask")
     axes[2].set_yscale("log", nonpositive="mask")
     for ax in axes:
         ax.set_xlabel("optimiser step")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Mixout as an adaptive L2 penalty along finetuning ({r0['size']} target images, "
-                 f"evaluation batch {r0['eval_size']}, {r0['mc_samples']} masks per checkpoint, 95% intervals)",
-                 fontsize=10)  # fmt: skip
+    axes[0].legend(fontsize=7, loc="upper right")  # the colours: p; (b) and (c) name their reference lines
+    for ax, loc in ((axes[1], "lower center"), (axes[2], "lower right")):
+        lines = [h for h in ax.get_lines() if not h.get_label().startswith(("p = ", "_"))]
+        ax.legend(handles=lines, fontsize=7, loc=loc)
+    fig.suptitle(f"Mixout as an adaptive L2 penalty along finetuning: {r0['size']} target images, one line per run "
+                 f"({restarts} restart{'s' if restarts > 1 else ''} per p), evaluation batch {r0['eval_size']}, "
+                 f"{r0['mc_samples']} masks per checkpoint\n{task_line(source_name)}", fontsize=10)  # fmt: skip
     return fig
 
 
@@ -335,8 +365,8 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     ctx = meta.get("context", {})
-    fig.suptitle(f"Theorem 1 on the MLP finetuned {ctx.get('source_name', '?')} -> MNIST ({meta['config']['profile']} "
-                 f"profile, restart {meta['config']['restart']})\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
+    fig.suptitle(f"Theorem 1 on the finetuned MLP ({meta['config']['profile']} profile, restart "
+                 f"{meta['config']['restart']}); {task_line(ctx.get('source_name', '?'))}\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
                  f"MNIST training images; mixout on fc2 and fc3; {meta['config']['mc_samples']} masks per Monte Carlo "
                  "point", fontsize=10)  # fmt: skip
     return fig
@@ -369,7 +399,7 @@ def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     ctx = meta.get("context", {})
-    fig.suptitle(f"Along finetuning, {ctx.get('source_name', '?')} -> MNIST\none mixout(w_pre, p) run per p on "
+    fig.suptitle(f"Along finetuning; {task_line(ctx.get('source_name', '?'))}\none mixout(w_pre, p) run per p on "
                  f"{ctx.get('trajectory_size', '?')} MNIST images (restart 0), L on the same images, "
                  f"{ctx.get('trajectory_samples', '?')} masks per checkpoint", fontsize=10)  # fmt: skip
     return fig
@@ -389,18 +419,24 @@ def export_theorem1(res, out_dir) -> dict:
 
 
 def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
-    """Write the ablations' tidy CSVs, summary CSVs, PNG figures, ``tables.md`` and ``meta.json`` into
-    ``out_dir`` (``meta.json``'s ``this_invocation_seconds`` is empty for results loaded from disk)."""
+    """Write the ablations' tidy CSVs, summary CSVs, figures (PNG, PDF), ``tables.md`` and ``meta.json``
+    (configuration, claims, the sha256 of every CSV) into ``out_dir``; returns ``{name: path}``
+    (``meta.json``'s ``this_invocation_seconds`` is empty for results loaded from disk).
+    :func:`ablations.load_export` reads the folder back."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
 
-    def write_csv(name, rows, cols=None):
+    def write_csv(name, rows, cols=None, exact=False):
         if not rows:
             return
         cols = cols or [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
-        rows = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols} for r in rows]
+        if not exact:
+            rows = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols} for r in rows]
         written[name] = atomic_write_csv(out_dir / name, rows, cols, lineterminator="\n")
+
+    def write_figure(stem, fig):
+        written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
 
     run_cols = ["size", "setting", "restart", "data_seed", "mask_seed", "epochs", "steps", "test_acc", "test_loss",
                 "train_loss", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3", "dist_all"]  # fmt: skip
@@ -413,9 +449,9 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
     if "small_data" in res.records:
         recs = res.records["small_data"]
         small = report.summarise_runs(recs, res.w_pre_acc)
-        write_csv("small_data_runs.csv", recs, run_cols)
+        write_csv("small_data_runs.csv", recs, run_cols, exact=True)
         write_csv("small_data_summary.csv", small)
-        _save(small_data_figure(recs, res.w_pre_acc, res.source_name), out_dir / "small_data.png", written)
+        write_figure("small_data", small_data_figure(recs, res.w_pre_acc, res.source_name))
         tables.append("## Small data, many restarts\n\n" + report.markdown_table(small, report.SUMMARY_COLUMNS))
         paired = report.paired_differences(recs)
         write_csv("small_data_paired.csv", paired)
@@ -426,21 +462,22 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
     if "new_head" in res.records:
         recs = res.records["new_head"]
         head = report.summarise_runs(recs, res.w_pre_acc)
-        write_csv("new_head_runs.csv", recs, run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"])
+        write_csv("new_head_runs.csv", recs, run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"], exact=True)
         write_csv("new_head_summary.csv", head)
-        _save(new_head_figure(recs, res.w_pre_acc, res.records.get("small_data"), res.source_name),
-              out_dir / "new_head.png", written)  # fmt: skip
+        write_figure("new_head", new_head_figure(recs, res.w_pre_acc, res.records.get("small_data"), res.source_name))
         tables.append("## A new output layer\n\n" + report.markdown_table(head, report.HEAD_COLUMNS))
     if "trajectory" in res.records:
         recs = res.records["trajectory"]
         traj = report.trajectory_summary(recs)
-        write_csv("trajectory.csv", report.trajectory_rows(recs))
+        write_csv("trajectory.csv", report.trajectory_rows(recs), exact=True)
+        write_csv("trajectory_runs.csv", recs, ablations.TRAJECTORY_RUN_COLUMNS, exact=True)
         write_csv("trajectory_summary.csv", traj)
-        _save(trajectory_figure(recs), out_dir / "trajectory.png", written)
+        write_figure("trajectory", trajectory_figure(recs, res.source_name, res.config.warmup))
         tables.append("## Effective L2 coefficient along the run\n\n" + report.markdown_table(traj, report.TRAJECTORY_COLUMNS))
     idx = res.subset_index.tolist()
     write_csv("subsets.csv", [{"rank": i, "target_train_index": j} for i, j in enumerate(idx)])
     meta["claims"] = jsonable(report.claims(small, head, traj, res.records.get("small_data")))
+    meta["sha256"] = {name: sha256_file(path) for name, path in written.items() if name.endswith(".csv")}
     atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
     atomic_write(out_dir / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
     written["tables.md"], written["meta.json"] = out_dir / "tables.md", out_dir / "meta.json"
@@ -453,10 +490,3 @@ def _training_cost(records: list[dict]) -> dict:
     include its Monte Carlo checkpoints)."""
     secs = sum(r.get("chunk_seconds", r.get("seconds", 0.0)) / r.get("chunk_members", len(records)) for r in records)
     return {"runs": len(records), "member_steps": int(sum(r["steps"] for r in records)), "seconds": float(secs)}
-
-
-def _save(fig, path: Path, written: dict) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    atomic_write(path, buf.getvalue())
-    written[path.name] = path

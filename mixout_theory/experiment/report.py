@@ -26,9 +26,36 @@ from mixout_theory.experiment.sweep import METHODS
 # --------------------------------------------------------------------------------------------
 # Figure 2
 
-def caption(meta: dict) -> str:
-    return (f"source task: {meta.get('source_name') or meta.get('source')} | profile: {meta.get('profile')} | "
-            f"{meta.get('restarts')} restarts per setting, mean +- 1 std | config {meta.get('config')}")  # fmt: skip
+#: the bands a figure can draw around a mean over restarts (``std``: the paper's Figure 2)
+BANDS = {"std": "mean +- 1 std", "ci95": "mean with its 95% CI (t, n - 1 dof)"}
+
+
+def band_halfwidth(std, n, band: str = "std"):
+    """Half-width of the band around a mean of ``n`` restarts with sample std ``std`` (ddof=1):
+    ``std`` for ``band="std"``; ``t_{0.975, n-1} std / sqrt(n)`` for ``band="ci95"`` (Student t, the
+    95% confidence interval of the mean; 0 where ``n < 2``)."""
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {tuple(BANDS)}, got {band!r}")
+    std, n = np.asarray(std, dtype=float), np.asarray(n, dtype=float)
+    if band == "std":
+        return std
+    from scipy import stats
+
+    safe = np.maximum(n, 2.0)
+    return np.where(n >= 2, stats.t.ppf(0.975, safe - 1) * std / np.sqrt(safe), 0.0)
+
+
+def task_line(source_name: str) -> str:
+    """The transfer every experiment figure names: the source task (EMNIST Digits, transposed to
+    MNIST's orientation, or the stand-in, said to be one) and the target, MNIST."""
+    if source_name.startswith("EMNIST"):
+        source_name += " (transposed to MNIST's orientation)"
+    return f"source task: {source_name} -> target: MNIST"
+
+
+def caption(meta: dict, band: str = "std") -> str:
+    return (f"{task_line(meta.get('source_name') or meta.get('source'))} | profile: {meta.get('profile')} | "
+            f"{meta.get('restarts')} restarts per setting, {BANDS[band]} | config {meta.get('config')}")  # fmt: skip
 
 
 def experiment_meta(records: list[dict]) -> dict:

@@ -134,8 +134,7 @@ def silent(_msg: str) -> None:
 
 def default_root() -> Path:
     """The data folder: ``$MIXOUT_DATA`` if set, else the checkout's ``data/``, else ``./data``."""
-    env = os.environ.get("MIXOUT_DATA", "").strip()
-    return Path(env).expanduser() if env else project_dir("data")
+    return project_dir("data")
 
 
 def mnist_raw(root: Path) -> Path:

@@ -35,8 +35,17 @@ from mixout_theory.experiment.engine import resolve_device
 TMP_MARK = ".tmp-"
 
 
+#: the folders a user (or the test suite) can move with an environment variable
+DIR_ENV = {"data": "MIXOUT_DATA", "results": "MIXOUT_RESULTS", "figures": "MIXOUT_FIGURES"}
+
+
 def project_dir(name: str) -> Path:
-    """``name`` inside this checkout when running from one (data/, results/, figures/), else ``./name``."""
+    """A project folder: ``$MIXOUT_DATA`` / ``$MIXOUT_RESULTS`` / ``$MIXOUT_FIGURES`` when set (for
+    ``data``, ``results``, ``figures``), else ``name`` inside this checkout when running from one, else
+    ``./name``."""
+    env = os.environ.get(DIR_ENV.get(name, ""), "").strip()
+    if env:
+        return Path(env).expanduser()
     repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").is_file() and (repo / "mixout_theory").is_dir():
         return repo / name
@@ -170,6 +179,42 @@ def atomic_write_csv(path: Path, rows, columns, lineterminator: str = "\r\n") ->
     w.writerows(rows)
     atomic_write(path, buf.getvalue())
     return path
+
+
+def parse_cell(value: str):
+    """One CSV cell back as a number: ``int`` for integral digits, else ``float``, else the text; empty: ``None``."""
+    if value == "":
+        return None
+    try:
+        return int(value) if value.lstrip("-").isdigit() else float(value)
+    except ValueError:
+        return value
+
+
+def read_csv(path, text=()) -> list[dict]:
+    """A table written by :func:`atomic_write_csv` back as dicts, cells parsed by :func:`parse_cell`
+    except those of the columns named in ``text`` (hashes, names), which stay strings."""
+    with open(path, newline="") as f:
+        return [{k: (v if k in text else parse_cell(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def checked_meta(folder, names, remedy: str) -> dict:
+    """``folder/meta.json``, after checking each file in ``names`` against the sha256 recorded in its
+    ``"sha256"`` map; a missing file or a mismatch is a one-line error that ends with ``remedy``."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: {remedy}")
+    meta = json.loads(meta_path.read_text())
+    for name in names:
+        want = meta.get("sha256", {}).get(name)
+        if want is None or not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} or its sha256 in {meta_path} is missing: {remedy}")
+        got = sha256_file(folder / name)
+        if got != want:
+            raise ValueError(f"{folder / name}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in "
+                             f"{meta_path}; the table was altered: {remedy}")  # fmt: skip
+    return meta
 
 
 # ---------------------------------------------------------------------------------- run stores

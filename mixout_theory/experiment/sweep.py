@@ -32,12 +32,15 @@ from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import (
     RunStore,
     atomic_write,
+    checked_meta,
     config_hash,
     export_csv,
     jsonable,
     project_dir,
+    read_csv,
     read_runs,
     run_env,
+    sha256_file,
 )
 from mixout_theory.profiles import PROFILES
 
@@ -143,7 +146,46 @@ class SweepStore(RunStore):
 
 def load_records(folder: str | Path) -> list[dict]:
     """Every run record stored under ``folder`` (a sweep store folder), sorted by method, p, seed."""
-    return sorted(read_runs(folder), key=lambda r: (r["method"], r["p"], r["seed"]))
+    return _sorted(read_runs(folder))
+
+
+def _sorted(records: list[dict]) -> list[dict]:
+    return sorted(records, key=lambda r: (r["method"], r["p"], r["seed"]))
+
+
+def store_context(folder: str | Path) -> dict:
+    """What an export records about the runs of a store: its ``config.json`` and, when cached next to
+    it, the pretraining's summary (``pretrain/<source>-<key>.json``: best epoch, accuracy, seconds)."""
+    folder = Path(folder)
+    config = json.loads((folder / "config.json").read_text())
+    sweep_config = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    pre = folder.parent / "pretrain" / f"{sweep_config.source}-{sweep_config.pretrain_key()}.json"
+    pretrain = {k: v for k, v in json.loads(pre.read_text()).items() if k != "config"} if pre.is_file() else None
+    return {"config": config, "pretrain": pretrain}
+
+
+#: the exported tables whose sha256 ``meta.json`` records (``table.csv``: the Figure 2 summary)
+EXPORT_TABLES = ("runs.csv", "table.csv")
+#: the columns of ``runs.csv`` that are names or hashes, never numbers
+RUN_TEXT = ("run_id", "method", "source", "profile", "config", "device", "mixout_theory", "python", "source_name",
+            "torch")  # fmt: skip
+
+
+def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> list[Path]:
+    """``runs.csv`` (one row per run, every scalar field, lossless) and ``meta.json`` (``context`` from
+    :func:`store_context`, the Figure 2 ``claims``, the sha256 of :data:`EXPORT_TABLES`) into ``out_dir``;
+    ``table.csv`` must already be there."""
+    out = Path(out_dir)
+    export_csv(records, out / "runs.csv")
+    meta = dict(context, claims=claims, sha256={n: sha256_file(out / n) for n in EXPORT_TABLES})
+    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
+    return [out / "runs.csv", out / "meta.json"]
+
+
+def load_export(folder: str | Path) -> tuple[list[dict], dict]:
+    """``(records, meta)`` of an exported Figure 2 folder, its tables checked against ``meta.json``."""
+    meta = checked_meta(folder, EXPORT_TABLES, "export it again from its store (python -m mixout_theory figures)")
+    return _sorted(read_csv(Path(folder) / "runs.csv", text=RUN_TEXT)), meta
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ Four parts, each a set of records in one resumable store (``results/theorem1/<pr
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
@@ -59,9 +58,11 @@ from mixout_theory.experiment.store import (
     RunStore,
     atomic_write,
     atomic_write_csv,
+    checked_meta,
     config_hash,
     jsonable,
     project_dir,
+    read_csv,
     run_env,
     sha256_file,
 )
@@ -378,6 +379,7 @@ POINT_COLUMNS = (
 TRAJECTORY_COLUMNS = ("p", "epoch", "step", "loss", "dist2", "mc", "mc_lo", "mc_hi", "second_order", "m_mc", "m_mc_lo",
                       "m_mc_hi", "m_eff", "seconds_second_order")  # fmt: skip
 TABLES = ("network_penalty.csv", "trajectory.csv")
+TEXT_COLUMNS = ("part", "point")
 #: the columns a reader looks at first, as ``(key, header)`` for :func:`report.markdown_table`
 SUMMARY_COLUMNS = (("part", "point"), ("p", "p"), ("dist2", "‖d‖² (fc2, fc3)"), ("mc", "Monte Carlo"),
                    ("mc_lo", "95% lo"), ("mc_hi", "95% hi"), ("second_order", "second order"),
@@ -396,15 +398,6 @@ def table_rows(res: Theorem1Results) -> tuple[list[dict], list[dict]]:
 
 def _cell(v):
     return "" if v is None else (f"{v:.10g}" if isinstance(v, float) else v)
-
-
-def _parse(v: str):
-    if v == "":
-        return None
-    try:
-        return int(v) if v.lstrip("-").isdigit() else float(v)
-    except ValueError:
-        return v
 
 
 def export_tables(res: Theorem1Results, out_dir) -> dict:
@@ -431,26 +424,13 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
 
 def load_tables_from(paths: dict) -> tuple[list[dict], list[dict]]:
     """The two tables read back from their CSV files (numbers parsed)."""
-    rows = []
-    for name in TABLES:
-        with open(paths[name], newline="") as f:
-            rows.append([{k: _parse(v) for k, v in r.items()} for r in csv.DictReader(f)])
-    return rows[0], rows[1]
+    return read_csv(paths[TABLES[0]], text=TEXT_COLUMNS), read_csv(paths[TABLES[1]], text=TEXT_COLUMNS)
 
 
 def load_tables(folder) -> tuple[list[dict], list[dict], dict]:
     """``(points, trajectory, meta)`` from an exported folder, every table checked against its sha256."""
-    folder = Path(folder)
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path} not found: export the study first (python -m mixout_theory theorem1)")
-    meta = json.loads(meta_path.read_text())
-    for name in TABLES:
-        got, want = sha256_file(folder / name), meta["sha256"][name]
-        if got != want:
-            raise ValueError(f"{folder / name}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in "
-                             f"{meta_path}; the table was altered: re-export it from the results store")  # fmt: skip
-    points, traj = load_tables_from({n: folder / n for n in TABLES})
+    meta = checked_meta(folder, TABLES, "export the study again (python -m mixout_theory theorem1)")
+    points, traj = load_tables_from({n: Path(folder) / n for n in TABLES})
     return points, traj, meta
 
 
