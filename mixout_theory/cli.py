@@ -9,8 +9,9 @@ the library stay light.
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -28,8 +29,10 @@ commands:
   ablations   the GLUE-study questions on this setting: small data, a new output layer, the effective L2
   theorem1    Theorem 1 on the finetuned MLP: exact second-order penalty, curvature, Corollary 1.1
 """
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 SOURCES = ("auto", "emnist", "stand-in")  # = experiment.data.SOURCE_CHOICES (tests/test_cli.py)
 STUDIES = ("small_data", "new_head", "trajectory")  # = experiment.ablations.STUDIES (tests/test_cli.py)
+BANDS = ("std", "ci95")  # = experiment.report.BANDS (tests/test_cli.py)
 
 
 def _store_dir(value, name: str) -> Path:
@@ -38,42 +41,90 @@ def _store_dir(value, name: str) -> Path:
     return project_dir(name) if value is None else Path(value)
 
 
+def _add_data_root(p) -> None:
+    p.add_argument("--data-root", default=None, metavar="DIR",
+                   help="data folder (default: $MIXOUT_DATA, else the checkout's data/)")  # fmt: skip
+
+
+def _add_results(p) -> None:
+    p.add_argument("--results", default=None, metavar="DIR",
+                   help="results store (default: $MIXOUT_RESULTS, else the checkout's results/)")  # fmt: skip
+
+
+def _add_figure_options(p) -> None:
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="figure folder (default: $MIXOUT_FIGURES, else the checkout's figures/)")  # fmt: skip
+    p.add_argument("--band", default="std", choices=BANDS,
+                   help="band around the means over restarts: +-1 std as in the paper, or the t-based 95%% "
+                   "confidence interval of the mean (default: std)")  # fmt: skip
+
+
 def _add_run_options(p) -> None:
     """The options every training command shares: what to run, where the files are, how to run."""
     p.add_argument("--profile", default="paper", choices=PROFILES, help="how big (default: paper)")
     p.add_argument("--source", default="auto", choices=SOURCES,
                    help="source task: EMNIST Digits (the paper), the stand-in, or EMNIST when it can be had (default: auto)")  # fmt: skip
-    p.add_argument("--data-root", default=None, help="data folder (default: the checkout's data/)")
-    p.add_argument("--results", default=None, help="results store (default: the checkout's results/)")
+    _add_data_root(p)
+    _add_results(p)
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ... (default: auto)")
     p.add_argument("--workers", type=int, default=None,
                    help="CPU cores each ensemble uses side by side (default: 2 on a CPU with 2+ cores)")  # fmt: skip
     p.add_argument("--chunk", type=int, default=None,
                    help="runs trained at once per ensemble (default: 17 for the sweep, 16 for the ablations)")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: progress bars on)")
 
 
-def _add_study_output(p, study: str, files: str) -> None:
-    """``--no-progress`` and ``--export`` of a study command (the folder :func:`_export_dir` resolves)."""
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+def _add_export(p, study: str, files: str) -> None:
+    """``--export`` of a study command (the folder :func:`_export_dir` resolves)."""
     p.add_argument("--export", default=None, metavar="DIR",
                    help=f"folder for {files} "
-                   f"(default: the checkout's figures/{study}-<profile>-<source>/)")  # fmt: skip
+                   f"(default: the figure folder's {study}-<profile>-<source>/)")  # fmt: skip
 
 
 def _export_dir(args, study: str, config) -> Path:
-    """``--export``, else the checkout's ``figures/<study>-<profile>-<source>/``."""
+    """``--export``, else ``figures/<study>-<profile>-<source>/``."""
     if args.export is not None:
         return Path(args.export)
     return _store_dir(None, "figures") / f"{study}-{config.profile}-{config.source}"
 
 
-def _run_options(args, parser, progress: bool = True):
+def _run_options(args, parser):
     from mixout_theory.experiment.engine import RunOptions
 
     try:
-        return RunOptions(device=args.device, workers=args.workers, chunk=args.chunk, progress=progress)
+        return RunOptions(device=args.device, workers=args.workers, chunk=args.chunk, progress=not args.no_progress)
     except ValueError as e:
         parser.error(str(e))
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{seconds:.1f} s" if seconds < 60 else f"{m // 60}:{m % 60:02d}:{s:02d} (h:mm:ss)"
+
+
+def _runs_line(stores, total: int | None = None) -> str:
+    """``runs: N computed now, M already stored (K of T) in PATH`` over the stores of one command."""
+    stored = sum(len(s.done()) for s in stores)
+    new = sum(s.written for s in stores)
+    total = stored if total is None else total
+    where = ", ".join(str(s.dir) for s in stores)
+    if new == 0:
+        return f"runs: {stored} of {total} runs already stored, nothing to compute ({where})"
+    return f"runs: {new} computed now, {stored - new} already stored; {stored} of {total} in {where}"
+
+
+def _interrupted(args, t0: float) -> str:
+    """The one line Ctrl-C prints: what the interrupted command kept, and how to resume."""
+    if not hasattr(args, "results"):
+        return "interrupted: nothing half-written is kept; run the same command to resume"
+    from mixout_theory.experiment.store import runs_written_since
+
+    root = _store_dir(args.results, "results")
+    kept = runs_written_since(root, t0) if root.exists() else {}
+    if not kept:
+        return f"interrupted: no run finished in this command (stored runs under {root} are kept); run the same command to resume"
+    where = "; ".join(f"{stored} runs stored in {folder} ({new} by this command)" for folder, (new, stored) in kept.items())
+    return f"interrupted: {where}; run the same command to resume"
 
 
 # ------------------------------------------------------------------------------------- figures
@@ -86,16 +137,19 @@ def _add_figures(sub) -> None:
         description="Render the theory figures and, where stored results exist, Figure 2, the per-layer "
         "distance figure and the ablation figures and tables. Never trains anything.",
     )
-    p.add_argument("--out", default=None, help="output folder (default: the checkout's figures/)")
-    p.add_argument("--results", default=None, help="results store (default: the checkout's results/)")
-    p.set_defaults(func=_cmd_figures)
+    _add_figure_options(p)
+    _add_results(p)
+    p.set_defaults(func=_cmd_figures, command_parser=p)
 
 
 def _cmd_figures(args, parser) -> int:
     from mixout_theory.experiment import plots
 
-    for path in plots.render_all(_store_dir(args.out, "figures"), results=_store_dir(args.results, "results")):
+    out = _store_dir(args.out, "figures")
+    paths = plots.render_all(out, results=_store_dir(args.results, "results"), band=args.band)
+    for path in paths:
         print(path)
+    print(f"{len(paths)} files written under {out}")
     return 0
 
 
@@ -114,29 +168,21 @@ def _add_data(sub) -> None:
             "stand-in 'EMNIST-style MNIST' is used, and said to be used, when EMNIST cannot be had."
         ),
     )
-    p.add_argument("--root", default=None, help="data folder (default: data/ in the repository)")
+    _add_data_root(p)
     p.add_argument("--source", default="auto", choices=SOURCES, help="source task (default: auto)")
     p.add_argument("--emnist-from", default=None, metavar="PATH",
-                   help="NIST's gzip.zip, or a folder holding the emnist-digits-*-ubyte[.gz] files")  # fmt: skip
-    p.add_argument("--no-download", action="store_true", help="never use the network")
-    p.set_defaults(func=_cmd_data)
+                   help="NIST's gzip.zip, or a folder holding the emnist-digits-*-ubyte[.gz] files (default: none)")  # fmt: skip
+    p.add_argument("--no-download", action="store_true", help="never use the network (default: download what is missing)")
+    p.set_defaults(func=_cmd_data, command_parser=p)
 
 
 def _cmd_data(args, parser) -> int:
     from mixout_theory.experiment import data
-    from mixout_theory.experiment.formats import DataError, DataUnavailableError
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", data.StandInWarning)  # the report prints it
-            report = data.prepare(args.root, source=args.source, emnist_from=args.emnist_from,
-                                  download=not args.no_download)  # fmt: skip
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, DataUnavailableError) else 3
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", data.StandInWarning)  # the report prints it
+        report = data.prepare(args.data_root, source=args.source, emnist_from=args.emnist_from,
+                              download=not args.no_download)  # fmt: skip
     print()
     print(data.format_report(report))
     return 0
@@ -155,23 +201,32 @@ def _add_reproduce(sub) -> None:
     )
     _add_run_options(p)
     p.add_argument("--emnist-from", default=None, metavar="PATH",
-                   help="a local EMNIST gzip.zip or folder holding the digits files")  # fmt: skip
+                   help="a local EMNIST gzip.zip or folder holding the digits files (default: none)")  # fmt: skip
     p.add_argument("--pretrain-search", action="store_true",
-                   help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20 (slow)")  # fmt: skip
-    p.add_argument("--out", default=None, help="figure folder (default: the checkout's figures/)")
-    p.set_defaults(func=_cmd_reproduce)
+                   help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20, slow (default: one seed, 10 epochs)")  # fmt: skip
+    _add_figure_options(p)
+    p.set_defaults(func=_cmd_reproduce, command_parser=p)
 
 
 def _cmd_reproduce(args, parser) -> int:
     options = _run_options(args, parser)
-    from mixout_theory.experiment import plots, sweep
+    from mixout_theory.experiment import plots, report, sweep
 
+    t0 = time.perf_counter()
     overrides = {"pretrain_search": True} if args.pretrain_search else {}
     results, out = _store_dir(args.results, "results"), _store_dir(args.out, "figures")
     store = sweep.run_experiment(args.profile, options, data_root=args.data_root, results=results,
                                  source=args.source, emnist_from=args.emnist_from, **overrides)  # fmt: skip
-    plots.render_all(out, results=results)
-    print(f"results: {store.dir}\nfigures: {out}")
+    plots.render_all(out, results=results, band=args.band)
+    records = store.records()
+    folder = out / f"experiment-{store.config.profile}-{store.config.source}"
+    print(f"\nreproduce, {args.profile} profile, {records[0]['source_name']}: done in {_duration(time.perf_counter() - t0)}")
+    print(_runs_line([store], total=len(sweep.sweep_members(store.config))))
+    print("Figure 2 claims on these runs:")
+    for line in report.claims_in_words(report.figure2_claims(records)):
+        print("  " + line)
+    print(f"table:   {folder / 'table.md'} (also table.csv, runs.csv, meta.json)")
+    print(f"figures: {folder / 'figure2.png'}, {folder / 'layer_distances.png'} (and PDF); all figures under {out}")
     return 0
 
 
@@ -188,19 +243,23 @@ def _add_ablations(sub) -> None:
     _add_run_options(p)
     p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES,
                    help="which studies (default: all three)")  # fmt: skip
-    _add_study_output(p, "ablations", "the CSV tables, figures, tables.md and meta.json")
-    p.set_defaults(func=_cmd_ablations)
+    _add_export(p, "ablations", "the CSV tables, figures, tables.md and meta.json")
+    p.set_defaults(func=_cmd_ablations, command_parser=p)
 
 
 def _cmd_ablations(args, parser) -> int:
-    options = _run_options(args, parser, progress=not args.no_progress)
+    options = _run_options(args, parser)
     from mixout_theory.experiment import ablations, plots
 
-    res = ablations.run_ablations(args.profile, tuple(args.studies), options, results=args.results,
+    t0 = time.perf_counter()
+    res = ablations.run_ablations(args.profile, tuple(args.studies), options, results=_store_dir(args.results, "results"),
                                   data_root=args.data_root, source=args.source)  # fmt: skip
-    print(json.dumps({"seconds": res.seconds, "w_pre_acc": res.w_pre_acc}, indent=1))
-    for path in plots.export_ablations(res, _export_dir(args, "ablations", res.config)).values():
-        print("wrote", path)
+    folder = _export_dir(args, "ablations", res.config)
+    written = plots.export_ablations(res, folder)
+    print(f"\nablations ({', '.join(args.studies)}), {args.profile} profile, {res.source_name}: done in "
+          f"{_duration(time.perf_counter() - t0)}; w_pre target test accuracy {res.w_pre_acc:.4f}")  # fmt: skip
+    print(_runs_line(list(res.stores.values())))
+    print(f"wrote {len(written)} files to {folder} (tables.md, meta.json, the CSV tables and figures)")
     return 0
 
 
@@ -217,19 +276,22 @@ def _add_theorem1(sub) -> None:
         "tables and figures. Every finished measurement is stored and skipped on a rerun.",
     )
     _add_run_options(p)
-    _add_study_output(p, "theorem1", "the tables, figures and meta.json")
-    p.set_defaults(func=_cmd_theorem1)
+    _add_export(p, "theorem1", "the tables, figures and meta.json")
+    p.set_defaults(func=_cmd_theorem1, command_parser=p)
 
 
 def _cmd_theorem1(args, parser) -> int:
-    options = _run_options(args, parser, progress=not args.no_progress)
+    options = _run_options(args, parser)
     from mixout_theory.experiment import plots, theorem1
 
+    t0 = time.perf_counter()
     res = theorem1.run_theorem1(args.profile, options, results=_store_dir(args.results, "results"),
                                 data_root=args.data_root, source=args.source)  # fmt: skip
-    for path in plots.export_theorem1(res, _export_dir(args, "theorem1", res.config)).values():
-        print("wrote", path)
-    print(f"results: {res.store.dir}")
+    folder = _export_dir(args, "theorem1", res.config)
+    written = plots.export_theorem1(res, folder)
+    print(f"\ntheorem1, {args.profile} profile: done in {_duration(time.perf_counter() - t0)}")
+    print(_runs_line([res.store]).replace("runs", "measurements", 2))
+    print(f"wrote {len(written)} files to {folder} (network_penalty.csv, trajectory.csv, meta.json, figures)")
     return 0
 
 
@@ -252,13 +314,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one line of what happened, not the library line that warned."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _user_error(e: Exception) -> bool:
+    """What a user's input, files or machine can cause: bad values, missing or corrupt files and data,
+    an unusable device (a bug in the library is anything else, and keeps its traceback)."""
+    from mixout_theory.experiment.formats import DataError
+
+    return isinstance(e, (ValueError, OSError, RuntimeError, DataError))
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done, 1 an error (one line naming its cause; ``MIXOUT_DEBUG=1``
+    shows the traceback), 2 bad arguments (argparse, before any work), 130 interrupted (Ctrl-C)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return args.func(args, parser)
+    t0 = time.time()
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args, args.command_parser)
+    except KeyboardInterrupt:
+        print(f"\n{_interrupted(args, t0)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if os.environ.get("MIXOUT_DEBUG") == "1" or not _user_error(e):
+            raise
+        print(f"error: {' '.join(str(e).split())} (MIXOUT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

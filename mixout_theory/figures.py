@@ -74,7 +74,7 @@ def plot_penalty_vs_p(ax, curve: PenaltyCurve, logy: bool = True, title: str | N
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("mixout probability p")
-    ax.set_ylabel("penalty E L(Phi(w)) - L(w)")
+    ax.set_ylabel("penalty E L(Phi(w)) - L(w)  [units of L]")
     ax.set_title(title or f"{curve.label}\n{_p_range(ps)}, {curve.n_samples} masks per p", fontsize=9)
     if legend:
         ax.legend(fontsize=7, loc="upper left")

@@ -32,8 +32,8 @@ def test_figure_cells_produce_images(name, monkeypatch):
     monkeypatch.setenv("MIXOUT_PROFILE", "smoke")
     monkeypatch.setenv("MIXOUT_RECOMPUTE", "1")
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}},
-                   env=dict(os.environ)).execute()  # fmt: skip
+    # the kernel inherits this process's environment (profile, switch, temporary folders)
+    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
     drawing = [c for c in nb.cells if _draws(c)]
     assert len(drawing) == DRAWING[name]
     for cell in drawing:

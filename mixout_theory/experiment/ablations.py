@@ -57,15 +57,7 @@ import torch
 from mixout_theory.experiment import data, engine, mlp, sweep
 from mixout_theory.experiment.curvature import effective_l2
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import (
-    RunStore,
-    atomic_write,
-    checked_meta,
-    config_hash,
-    project_dir,
-    read_csv,
-    run_env,
-)
+from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, project_dir, run_env
 
 __all__ = [
     "STUDIES",
@@ -526,10 +518,10 @@ def run_ablations(profile: str = "paper", studies=STUDIES, options: RunOptions =
 
 
 def _config_from(folder: Path) -> AblationConfig:
-    return _config_from_dict(json.loads((folder / "config.json").read_text()))
+    return config_from_dict(json.loads((folder / "config.json").read_text()))
 
 
-def _config_from_dict(d: dict) -> AblationConfig:
+def config_from_dict(d: dict) -> AblationConfig:
     names = {f.name for f in dataclasses.fields(AblationConfig)}
     return AblationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
@@ -560,46 +552,3 @@ def load_ablations(results=None) -> list[AblationResults]:
                 res.stores[study], res.records[study] = store, store.records()
         out.append(res)
     return out
-
-
-#: the tables an export holds (:func:`mixout_theory.experiment.plots.export_ablations`), by study
-EXPORT_TABLES = {"small_data": "small_data_runs.csv", "new_head": "new_head_runs.csv", "trajectory": "trajectory.csv"}
-#: per-run facts of the trajectory runs (their checkpoints are ``trajectory.csv``)
-TRAJECTORY_RUN_COLUMNS = ("p", "restart", "size", "eval_size", "mc_samples", "epochs", "steps", "test_acc")
-
-
-def load_export(folder) -> AblationResults:
-    """The studies of an exported folder (``*_runs.csv``, ``trajectory.csv``, ``subsets.csv``,
-    ``meta.json``) as :class:`AblationResults`, without the stores: every table is checked against
-    the sha256 in ``meta.json``, setting labels and orders are restored from the settings, and each
-    trajectory run regains its checkpoints. Exports written before ``trajectory_runs.csv`` existed
-    keep only the per-p mean test accuracy of the trajectory runs (``trajectory_summary.csv``); each
-    run then carries that mean, so summaries over restarts are unchanged."""
-    folder = Path(folder)
-    names = [n for n in (*EXPORT_TABLES.values(), "trajectory_runs.csv", "trajectory_summary.csv", "subsets.csv")
-             if (folder / n).is_file()]  # fmt: skip
-    meta = checked_meta(folder, names, "export the studies again (python -m mixout_theory ablations)")
-    settings = {s.name: (i, s.label) for group in (SMALL_DATA_SETTINGS, HEAD_SETTINGS) for i, s in enumerate(group)}
-    res = AblationResults(_config_from_dict(meta["config"]), meta["w_pre_test_acc"], meta["source_name"],
-                          torch.tensor([r["target_train_index"] for r in read_csv(folder / "subsets.csv")]))  # fmt: skip
-    for study in ("small_data", "new_head"):
-        if (folder / EXPORT_TABLES[study]).is_file():
-            rows = read_csv(folder / EXPORT_TABLES[study], text=("setting",))
-            res.records[study] = [dict(r, study=study, order=settings[r["setting"]][0],
-                                       label=settings[r["setting"]][1]) for r in rows]  # fmt: skip
-    if (folder / "trajectory.csv").is_file():
-        if (folder / "trajectory_runs.csv").is_file():
-            runs = read_csv(folder / "trajectory_runs.csv")
-        else:
-            acc = {r["p"]: r["test_acc"] for r in read_csv(folder / "trajectory_summary.csv")}
-            runs = [{"p": p, "restart": k, "test_acc": acc[p]} for p in res.config.trajectory_ps
-                    for k in range(res.config.trajectory_restarts)]  # fmt: skip
-        points = read_csv(folder / "trajectory.csv")
-        per_run = {"p", "restart", "size", "eval_size", "mc_samples"}
-        res.records["trajectory"] = []
-        for run in runs:
-            c = [r for r in points if (r["p"], r["restart"]) == (run["p"], run["restart"])]
-            facts = {k: c[0][k] for k in per_run} | {"steps": c[-1]["step"], "epochs": c[-1]["epoch"]} | run
-            checkpoints = [{k: v for k, v in q.items() if k not in per_run} for q in c]
-            res.records["trajectory"].append(dict(facts, checkpoints=checkpoints))
-    return res

@@ -224,6 +224,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """:func:`resolve_device`, or a one-line ``ValueError`` for a device this machine does not have."""
+    try:
+        dev = resolve_device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
 def default_workers() -> int:
     """CPU cores an ensemble uses side by side by default: 2 on a machine with 2 or more, else 1."""
     return min(2, os.cpu_count() or 1)
@@ -250,6 +263,7 @@ class RunOptions:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {v!r}")
+        check_device(self.device)
 
     @property
     def n_workers(self) -> int:

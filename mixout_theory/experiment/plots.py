@@ -1,14 +1,18 @@
 """The experiment's figures and exported tables, rendered from stored run records (never trains).
 
 * the paper's Figure 2 (:func:`figure2`: (a) ``||w_ft - w_pre||^2``, (b) MNIST and (c) source
-  validation accuracy against p, dropout vs mixout) and the per-layer distances
-  (:func:`layer_distance_figure`); :func:`render_experiment` writes them with the table of one store;
+  validation accuracy against p, dropout vs mixout, with a +-1 std band or, ``band="ci95"``, the
+  t-based 95% confidence interval of the mean) and the per-layer distances
+  (:func:`layer_distance_figure`); :func:`export_experiment` writes them with the tables and
+  ``meta.json`` of a set of runs, :func:`render_experiment` those of one store;
 * the ablations' figures (:func:`small_data_figure`, :func:`new_head_figure`, :func:`trajectory_figure`)
   and :func:`export_ablations`, which writes them with every table and ``meta.json``;
+* the Theorem 1 figures (:func:`theorem1_figure`, :func:`theorem1_trajectory_figure`, :func:`export_theorem1`);
 * :func:`source_target_figure` -- what the two tasks look like;
 * :func:`render_all` -- everything, from what is stored (``python -m mixout_theory figures``).
 
-Figures are ``matplotlib.figure.Figure`` objects (no pyplot state); numbers come from
+Every experiment figure names its source task (:func:`report.task_line`). Figures are
+``matplotlib.figure.Figure`` objects (no pyplot state), written as PNG and PDF; numbers come from
 :mod:`~mixout_theory.experiment.report`.
 """
 
@@ -28,7 +32,7 @@ from mixout_theory.experiment.report import task_line
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv, find_stores, jsonable, run_env, sha256_file
 from mixout_theory.figures import render_theory_figures, save_figure
 
-__all__ = ["figure2", "layer_distance_figure", "plot_metric_vs_p", "render_experiment", "small_data_figure",
+__all__ = ["figure2", "layer_distance_figure", "plot_metric_vs_p", "render_experiment", "export_experiment", "small_data_figure",
            "new_head_figure", "trajectory_figure", "export_ablations", "theorem1_figure", "theorem1_trajectory_figure", "export_theorem1", "source_target_figure", "render_all"]  # fmt: skip
 
 
@@ -422,7 +426,7 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
     """Write the ablations' tidy CSVs, summary CSVs, figures (PNG, PDF), ``tables.md`` and ``meta.json``
     (configuration, claims, the sha256 of every CSV) into ``out_dir``; returns ``{name: path}``
     (``meta.json``'s ``this_invocation_seconds`` is empty for results loaded from disk).
-    :func:`ablations.load_export` reads the folder back."""
+    :func:`exports.load_ablations` reads the folder back."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -470,7 +474,8 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
         recs = res.records["trajectory"]
         traj = report.trajectory_summary(recs)
         write_csv("trajectory.csv", report.trajectory_rows(recs), exact=True)
-        write_csv("trajectory_runs.csv", recs, ablations.TRAJECTORY_RUN_COLUMNS, exact=True)
+        write_csv("trajectory_runs.csv", recs, ["p", "restart", "size", "eval_size", "mc_samples", "epochs", "steps", "test_acc"],
+                  exact=True)  # fmt: skip
         write_csv("trajectory_summary.csv", traj)
         write_figure("trajectory", trajectory_figure(recs, res.source_name, res.config.warmup))
         tables.append("## Effective L2 coefficient along the run\n\n" + report.markdown_table(traj, report.TRAJECTORY_COLUMNS))

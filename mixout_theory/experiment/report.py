@@ -122,6 +122,20 @@ def figure2_claims(records: list[dict]) -> dict:
             "report": report}  # fmt: skip
 
 
+def claims_in_words(checks: dict) -> list[str]:
+    """The two claims of :func:`figure2_claims` as sentences, each starting ``held`` or ``did NOT hold``."""
+    def verdict(ok: bool) -> str:
+        return "held" if ok else "did NOT hold"
+
+    gaps = checks["source_acc_gaps"]
+    worst = min(gaps.items(), key=lambda kv: kv[1]) if gaps else (float("nan"), float("nan"))
+    return [f"{verdict(checks['mixed_distance_decreasing_every_restart'])}: mixout's squared distance to w_pre over the "
+            f"mixed weights (fc2, fc3) falls as p grows, in every restart (smallest drop of the mean "
+            f"{checks['mixed_distance_margin']:.1f} std)",
+            f"{verdict(checks['source_acc_mixout_ge_dropout'])}: mixout keeps at least dropout's source-task accuracy "
+            f"at every p > 0 (smallest mean advantage {worst[1]:+.4f}, at p = {worst[0]:g})"]  # fmt: skip
+
+
 TABLE_COLUMNS = ("dist_all", "dist_mixed", "dist_fc1", "target_val_acc", "target_test_acc", "source_val_acc")
 
 

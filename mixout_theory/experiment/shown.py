@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixout_theory.experiment import ablations, plots, report, sweep, theorem1
+from mixout_theory.experiment import ablations, exports, plots, report, sweep, theorem1
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import find_stores, project_dir
 
@@ -73,14 +73,14 @@ def figure2_results(profile: str, recompute: bool | None = None, options: RunOpt
             records, origin, where = sweep.load_records(mine[0]), STORED, mine[0]
         else:
             where = _committed("figure2")
-            records, origin = sweep.load_export(where)[0], SHIPPED
+            records, origin = exports.load_figure2(where)[0], SHIPPED
     r = records[0]
     return records, Shown(origin, where, r["profile"], r.get("source_name") or r["source"], r["config"])
 
 
 def ablation_results(profile: str, recompute: bool | None = None, options: RunOptions | None = None):
     """``(AblationResults, Shown)``: :func:`ablations.run_ablations` when recomputing, else the stored
-    studies of ``profile``, else the committed paper-profile export (:func:`ablations.load_export`)."""
+    studies of ``profile``, else the committed paper-profile export (:func:`exports.load_ablations`)."""
     if _recompute(recompute):
         res = ablations.run_ablations(profile, options=options or RunOptions(progress=False))
         origin, where = COMPUTED, project_dir("results") / "ablations"
@@ -90,7 +90,7 @@ def ablation_results(profile: str, recompute: bool | None = None, options: RunOp
             res, origin, where = mine[0], STORED, project_dir("results") / "ablations"
         else:
             where = _committed("ablations")
-            res, origin = ablations.load_export(where), SHIPPED
+            res, origin = exports.load_ablations(where), SHIPPED
     keys = ", ".join(f"{s} {res.config.key(s)}" for s in res.records)
     return res, Shown(origin, where, res.config.profile, res.source_name, keys)
 

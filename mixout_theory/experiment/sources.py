@@ -146,7 +146,7 @@ def emnist_raw(root: Path) -> Path:
 
 
 def cmd(root: Path, extra: str = "") -> str:
-    r = "" if root == default_root() else f" --root {root}"
+    r = "" if root == default_root() else f" --data-root {root}"
     return f"python -m mixout_theory data{r}{extra}"
 
 

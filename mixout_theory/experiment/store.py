@@ -10,8 +10,12 @@ One implementation of each of these, used by the data layer, the sweep and the a
   hash of a configuration that names a results folder; :func:`jsonable` -- what JSON can hold.
 * :class:`RunStore` -- a folder of runs: ``config.json`` and ``runs/<run id>.json``, one record per
   finished run, so a rerun skips what is :meth:`~RunStore.done`; :func:`export_csv` the tidy table,
-  :func:`find_stores` the folders holding runs, :func:`run_env` what a run was computed with.
-* :func:`project_dir` -- ``data/``, ``results/``, ``figures/`` inside this checkout (else ``./``).
+  :func:`find_stores` the folders holding runs, :func:`runs_written_since` what a command added,
+  :func:`run_env` what a run was computed with.
+* :func:`read_csv` -- an exported table back as dicts; :func:`checked_meta` -- an export's
+  ``meta.json``, after checking its tables against the sha256 it records.
+* :func:`project_dir` -- ``data/``, ``results/``, ``figures/`` (``$MIXOUT_DATA``, ``$MIXOUT_RESULTS``,
+  ``$MIXOUT_FIGURES`` when set, else inside this checkout, else ``./``).
 """
 
 from __future__ import annotations
@@ -181,7 +185,7 @@ def atomic_write_csv(path: Path, rows, columns, lineterminator: str = "\r\n") ->
     return path
 
 
-def parse_cell(value: str):
+def _parse_cell(value: str):
     """One CSV cell back as a number: ``int`` for integral digits, else ``float``, else the text; empty: ``None``."""
     if value == "":
         return None
@@ -192,10 +196,10 @@ def parse_cell(value: str):
 
 
 def read_csv(path, text=()) -> list[dict]:
-    """A table written by :func:`atomic_write_csv` back as dicts, cells parsed by :func:`parse_cell`
+    """A table written by :func:`atomic_write_csv` back as dicts, cells parsed by :func:`_parse_cell`
     except those of the columns named in ``text`` (hashes, names), which stay strings."""
     with open(path, newline="") as f:
-        return [{k: (v if k in text else parse_cell(v)) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [{k: (v if k in text else _parse_cell(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def checked_meta(folder, names, remedy: str) -> dict:
@@ -226,6 +230,7 @@ class RunStore:
 
     def __init__(self, folder: str | Path, config: dict):
         self.dir = Path(folder)
+        self.written = 0  # records this object wrote (the rest of done() was stored before)
         self.runs = self.dir / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
         if not (self.dir / "config.json").exists():
@@ -236,6 +241,7 @@ class RunStore:
 
     def write(self, record: dict) -> None:
         atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(jsonable(record), indent=1, sort_keys=True))
+        self.written += 1
 
     def read(self) -> list[dict]:
         """Every stored record, in file-name order."""
@@ -252,6 +258,18 @@ def export_csv(records: list[dict], path: Path) -> Path:
     cols = sorted({k for r in records for k, v in r.items() if not isinstance(v, (dict, list))})
     first = ["run_id", "method", "p", "seed", "source", "profile"]
     return atomic_write_csv(path, records, [c for c in first if c in cols] + [c for c in cols if c not in first])
+
+
+def runs_written_since(root: str | Path, t0: float) -> dict[Path, tuple[int, int]]:
+    """``{store folder: (records written since the epoch time t0, records stored)}`` for every store
+    under ``root`` (at any depth) that gained a record since ``t0`` (what an interrupted command kept)."""
+    out = {}
+    for folder in {p.parent.parent for p in Path(root).glob("**/runs/*.json")}:
+        times = [p.stat().st_mtime for p in (folder / "runs").glob("*.json")]
+        new = sum(t >= t0 for t in times)
+        if new:
+            out[folder] = (new, len(times))
+    return out
 
 
 def find_stores(root: str | Path) -> list[Path]:

@@ -32,12 +32,10 @@ from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import (
     RunStore,
     atomic_write,
-    checked_meta,
     config_hash,
     export_csv,
     jsonable,
     project_dir,
-    read_csv,
     read_runs,
     run_env,
     sha256_file,
@@ -146,10 +144,11 @@ class SweepStore(RunStore):
 
 def load_records(folder: str | Path) -> list[dict]:
     """Every run record stored under ``folder`` (a sweep store folder), sorted by method, p, seed."""
-    return _sorted(read_runs(folder))
+    return sorted_records(read_runs(folder))
 
 
-def _sorted(records: list[dict]) -> list[dict]:
+def sorted_records(records: list[dict]) -> list[dict]:
+    """Sweep records in the store's order: by method, p, seed."""
     return sorted(records, key=lambda r: (r["method"], r["p"], r["seed"]))
 
 
@@ -166,9 +165,6 @@ def store_context(folder: str | Path) -> dict:
 
 #: the exported tables whose sha256 ``meta.json`` records (``table.csv``: the Figure 2 summary)
 EXPORT_TABLES = ("runs.csv", "table.csv")
-#: the columns of ``runs.csv`` that are names or hashes, never numbers
-RUN_TEXT = ("run_id", "method", "source", "profile", "config", "device", "mixout_theory", "python", "source_name",
-            "torch")  # fmt: skip
 
 
 def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> list[Path]:
@@ -181,11 +177,6 @@ def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> li
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
     return [out / "runs.csv", out / "meta.json"]
 
-
-def load_export(folder: str | Path) -> tuple[list[dict], dict]:
-    """``(records, meta)`` of an exported Figure 2 folder, its tables checked against ``meta.json``."""
-    meta = checked_meta(folder, EXPORT_TABLES, "export it again from its store (python -m mixout_theory figures)")
-    return _sorted(read_csv(Path(folder) / "runs.csv", text=RUN_TEXT)), meta
 
 
 # --------------------------------------------------------------------------------------------

@@ -495,18 +495,19 @@ def test_cli_data_command(datatest_mnist_copy, datatest_real_root, capsys):
     from mixout_theory.cli import main
 
     root = datatest_mnist_copy
-    assert main(["data", "--root", str(root), "--source", "emnist", "--no-download"]) == 2
+    assert main(["data", "--data-root", str(root), "--source", "emnist", "--no-download"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: EMNIST Digits is not in") and "--emnist-from" in err
+    assert err.startswith("error: EMNIST Digits is not in") and "--emnist-from" in err and err.count("\n") == 1
     _copy_stand_in(datatest_real_root[0], root)
-    assert main(["data", "--root", str(root), "--no-download"]) == 0
+    assert main(["data", "--data-root", str(root), "--no-download"]) == 0
     out = capsys.readouterr().out
     assert "MNIST: found, sha256-verified" in out
     assert "needs internet or --emnist-from" in out and "source task: stand-in" in out and "not EMNIST" in out
     bad = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     bad.write_bytes(b"\0" * 10)
-    assert main(["data", "--root", str(root)]) == 3
-    assert str(bad) in capsys.readouterr().err
+    assert main(["data", "--data-root", str(root)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and err.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------ the modules' split

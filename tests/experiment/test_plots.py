@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mixout_theory.experiment import ablations, plots, report, store, sweep
+from mixout_theory.experiment import ablations, exports, plots, report, store, sweep
 
 SOURCE_NAME = "stand-in: EMNIST-style MNIST (not EMNIST)"
 PNG, PDF = b"\x89PNG\r\n\x1a\n", b"%PDF"
@@ -103,14 +103,14 @@ def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_p
     empty = store.RunStore(tmp_path / "results" / "smoke-stand-in-empty", {})
     assert plots.render_experiment(empty.dir, out) == []
     # the export reads back: the same records, the tables checked against meta.json
-    records, meta = sweep.load_export(folder)
+    records, meta = exports.load_figure2(folder)
     assert records == sweep.load_records(run_store.dir)
     assert meta["config"] == {"profile": "smoke"} and meta["pretrain"] is None
     assert meta["claims"]["mixed_distance_decreasing_every_restart"] is True
     with open(folder / "runs.csv", "a") as f:
         f.write("forged\n")
     with pytest.raises(ValueError, match="runs.csv: sha256 .* differs"):
-        sweep.load_export(folder)
+        exports.load_figure2(folder)
 
 
 def test_render_all_renders_the_theory_figures(tmp_path, monkeypatch):
@@ -271,7 +271,7 @@ def test_figures_leave_the_backend_alone():
 def test_an_ablation_export_reads_back_as_the_same_results(ablation_records, tmp_path):
     res = _results(ablation_records)
     plots.export_ablations(res, tmp_path / "a")
-    back = ablations.load_export(tmp_path / "a")
+    back = exports.load_ablations(tmp_path / "a")
     assert back.config == res.config and back.w_pre_acc == 0.80 and back.source_name == SOURCE_NAME
     assert torch.equal(back.subset_index, res.subset_index)
     for study, recs in res.records.items():  # every exported field of every run, lossless
@@ -289,7 +289,7 @@ def test_an_ablation_export_reads_back_as_the_same_results(ablation_records, tmp
     with open(tmp_path / "a" / "new_head_runs.csv", "a") as f:
         f.write("100,head-none,9,0,0,0,0,0,0,0,0,0,0,0,0,0,0\n")
     with pytest.raises(ValueError, match="new_head_runs.csv: sha256"):
-        ablations.load_export(tmp_path / "a")
+        exports.load_ablations(tmp_path / "a")
 
 
 def test_an_older_ablation_export_without_trajectory_runs(ablation_records, tmp_path):
@@ -300,7 +300,7 @@ def test_an_older_ablation_export_without_trajectory_runs(ablation_records, tmp_
     meta = json.loads((tmp_path / "meta.json").read_text())
     del meta["sha256"]["trajectory_runs.csv"]
     (tmp_path / "meta.json").write_text(json.dumps(meta))
-    back = ablations.load_export(tmp_path)
+    back = exports.load_ablations(tmp_path)
     want = {r["p"]: r["test_acc"] for r in report.trajectory_summary(res.records["trajectory"])}
     got = {r["p"]: r["test_acc"] for r in report.trajectory_summary(back.records["trajectory"])}
     assert got == pytest.approx(want, rel=1e-5)  # the summary keeps 6 significant digits
