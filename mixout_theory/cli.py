@@ -102,15 +102,15 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 60 else f"{m // 60}:{m % 60:02d}:{s:02d} (h:mm:ss)"
 
 
-def _runs_line(stores, total: int | None = None) -> str:
-    """``runs: N computed now, M already stored (K of T) in PATH`` over the stores of one command."""
+def _runs_line(stores, total: int | None = None, noun: str = "runs") -> str:
+    """``runs: N computed now, M already stored; K of T in PATH`` over the stores of one command."""
     stored = sum(len(s.done()) for s in stores)
     new = sum(s.written for s in stores)
     total = stored if total is None else total
     where = ", ".join(str(s.dir) for s in stores)
     if new == 0:
-        return f"runs: {stored} of {total} runs already stored, nothing to compute ({where})"
-    return f"runs: {new} computed now, {stored - new} already stored; {stored} of {total} in {where}"
+        return f"{noun}: {stored} of {total} {noun} already stored, nothing to compute ({where})"
+    return f"{noun}: {new} computed now, {stored - new} already stored; {stored} of {total} in {where}"
 
 
 def _interrupted(args, t0: float) -> str:
@@ -226,7 +226,7 @@ def _cmd_reproduce(args, parser) -> int:
     for line in report.claims_in_words(report.figure2_claims(records)):
         print("  " + line)
     print(f"table:   {folder / 'table.md'} (also table.csv, runs.csv, meta.json)")
-    print(f"figures: {folder / 'figure2.png'}, {folder / 'layer_distances.png'} (and PDF); all figures under {out}")
+    print(f"figures: {folder}/figure2.png and layer_distances.png (and PDF); every figure under {out}")
     return 0
 
 
@@ -290,7 +290,7 @@ def _cmd_theorem1(args, parser) -> int:
     folder = _export_dir(args, "theorem1", res.config)
     written = plots.export_theorem1(res, folder)
     print(f"\ntheorem1, {args.profile} profile: done in {_duration(time.perf_counter() - t0)}")
-    print(_runs_line([res.store]).replace("runs", "measurements", 2))
+    print(_runs_line([res.store], noun="measurements"))
     print(f"wrote {len(written)} files to {folder} (network_penalty.csv, trajectory.csv, meta.json, figures)")
     return 0
 

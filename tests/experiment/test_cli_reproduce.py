@@ -34,7 +34,7 @@ def test_reproduce_ends_with_a_summary(fake_pipeline, sweep_records, tmp_path, c
         assert "  " + line in out
     assert out.count("held: ") == 2 and "did NOT hold" not in out
     folder = tmp_path / "f" / "experiment-smoke-stand-in"
-    assert f"table:   {folder / 'table.md'}" in out and f"figures: {folder / 'figure2.png'}" in out
+    assert f"table:   {folder / 'table.md'}" in out and f"figures: {folder}/figure2.png and layer_distances.png" in out
     assert cli.main(fake_pipeline) == 0  # a rerun computes nothing and says so
     assert "runs: 15 of 15 runs already stored, nothing to compute" in capsys.readouterr().out
 
