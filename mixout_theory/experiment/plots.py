@@ -148,16 +148,17 @@ def render_all(out_dir, results=None, band: str = "std") -> list[Path]:
 
 def source_target_figure(exp, n: int = 10) -> Figure:
     """The first ``n`` validation images of the source task above those of the target task (MNIST)."""
-    fig = Figure(figsize=(1.1 * n, 2.6), layout="constrained")
+    fig = Figure(figsize=(max(1.1 * n, 8.0), 2.8), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
-    for row, (task, name) in enumerate((("source", exp.source_name), ("target", "MNIST"))):
+    for row, (task, name) in enumerate((("source", "source"), ("target", "target\n(MNIST)"))):
         imgs, labels = exp.images(task, "val", n), exp.task(task).val.y[:n]
         for ax, img, lab in zip(axes[row], imgs, labels):
             ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(str(int(lab)), fontsize=8)
-        axes[row][0].set_ylabel(name if len(name) < 20 else name.replace(": ", ":\n", 1), fontsize=8)
-    fig.suptitle(exp.label, fontsize=10)
+        axes[row][0].set_ylabel(name, fontsize=9)
+    fig.suptitle(f"{task_line(exp.source_name)}\nfirst {n} validation images of each task, digit label above each",
+                 fontsize=10)  # fmt: skip
     return fig
 
 

@@ -304,3 +304,17 @@ def test_an_older_ablation_export_without_trajectory_runs(ablation_records, tmp_
     want = {r["p"]: r["test_acc"] for r in report.trajectory_summary(res.records["trajectory"])}
     got = {r["p"]: r["test_acc"] for r in report.trajectory_summary(back.records["trajectory"])}
     assert got == pytest.approx(want, rel=1e-5)  # the summary keeps 6 significant digits
+
+
+def test_source_target_figure_names_both_tasks():
+    import types
+
+    y = torch.arange(10)
+    task = types.SimpleNamespace(val=types.SimpleNamespace(y=y))
+    exp = types.SimpleNamespace(source_name=SOURCE_NAME, task=lambda name: task,
+                                images=lambda name, split, n: torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    fig = plots.source_target_figure(exp, n=4)
+    axes = _visible_axes(fig)
+    assert len(axes) == 8 and [ax.get_title() for ax in axes[:4]] == ["0", "1", "2", "3"]
+    assert axes[0].get_ylabel() == "source" and axes[4].get_ylabel() == "target\n(MNIST)"
+    assert fig.get_suptitle().startswith(f"source task: {SOURCE_NAME} -> target: MNIST")
