@@ -50,3 +50,10 @@ def test_ablations_show_the_committed_export(nothing_stored):
 def test_theorem1_shows_the_committed_tables(nothing_stored):
     points, traj, meta, what = shown.theorem1_results("smoke")
     assert what.origin == shown.SHIPPED and what.profile == "paper" and points and traj
+
+
+def test_the_suite_never_writes_into_the_checkouts_results_or_figures():
+    """The root conftest.py moves both folders into one temporary folder for the whole session."""
+    checkout = store.project_dir("docs").parent
+    for name in ("results", "figures"):
+        assert checkout not in store.project_dir(name).parents and "mixout-tests-" in str(store.project_dir(name))
