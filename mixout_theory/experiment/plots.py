@@ -127,7 +127,7 @@ def render_all(out_dir, results=None, band: str = "std") -> list[Path]:
     ablation figures and tables of every profile and source stored under ``results/ablations/``
     (into ``out_dir/ablations-<profile>-<source>/``) and those of the Theorem 1 study stored under
     ``results/theorem1/`` (into ``out_dir/theorem1-<profile>-<source>/``)."""
-    report.band_halfwidth(0.0, 2, band)  # a bad band fails before anything is drawn
+    report.check_band(band)  # a bad band fails before anything is drawn
     paths = render_theory_figures(out_dir)
     if results is None or not Path(results).exists():
         return paths

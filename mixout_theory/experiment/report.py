@@ -30,14 +30,19 @@ from mixout_theory.experiment.sweep import METHODS
 BANDS = {"std": "mean +- 1 std", "ci95": "mean with its 95% CI (t, n - 1 dof)"}
 
 
+def check_band(band: str) -> str:
+    """``band`` if it is one of :data:`BANDS`, else a one-line ``ValueError``."""
+    if band not in BANDS:
+        raise ValueError(f"band must be one of {tuple(BANDS)}, got {band!r}")
+    return band
+
+
 def band_halfwidth(std, n, band: str = "std"):
     """Half-width of the band around a mean of ``n`` restarts with sample std ``std`` (ddof=1):
     ``std`` for ``band="std"``; ``t_{0.975, n-1} std / sqrt(n)`` for ``band="ci95"`` (Student t, the
     95% confidence interval of the mean; 0 where ``n < 2``)."""
-    if band not in BANDS:
-        raise ValueError(f"band must be one of {tuple(BANDS)}, got {band!r}")
     std, n = np.asarray(std, dtype=float), np.asarray(n, dtype=float)
-    if band == "std":
+    if check_band(band) == "std":
         return std
     from scipy import stats
 
