@@ -38,6 +38,7 @@ __all__ = [
     "corollary11_penalty",
     "restricted_corollary11_penalty",
     "paired_entries",
+    "as_float",
     "rebuild_entries",
     "resolve_mixed",
     "quadratic_modulus",
@@ -174,6 +175,11 @@ def paired_entries(w, u) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
     return out
 
 
+def as_float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself if floating point, else as float64: integer differences and squares would wrap around."""
+    return t if t.dtype.is_floating_point or t.dtype.is_complex else t.to(torch.float64)
+
+
 def rebuild_entries(w, values: list):
     """Put one value per entry of :func:`paired_entries` back into ``w``'s structure (its inverse)."""
     if isinstance(w, torch.Tensor):
@@ -265,6 +271,7 @@ def squared_distance(w, u=None, mixed=None) -> torch.Tensor:
     selections = resolve_mixed(entries, mixed)
     total = None
     for (_, wt, ut), sel in zip(entries, selections):
+        wt, ut = as_float(wt), as_float(ut)  # integer entries: no wrap-around
         if sel is False:
             term = (wt - ut).sum() * 0.0
         elif sel is True:
@@ -419,6 +426,7 @@ def quadratic_loss(w: torch.Tensor, A: torch.Tensor, w_star: torch.Tensor, c: fl
 
     ``w`` has shape ``(*batch, *w_star.shape)``; returns shape ``batch``. Modulus: :func:`quadratic_modulus`.
     """
+    w, A, w_star = as_float(torch.as_tensor(w)), as_float(torch.as_tensor(A)), as_float(torch.as_tensor(w_star))
     k = w_star.dim()
     batch = w.shape[: w.dim() - k]
     if tuple(w.shape[w.dim() - k:]) != tuple(w_star.shape):
@@ -432,6 +440,7 @@ def least_squares_loss(w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tor
 
     Modulus: :func:`least_squares_modulus` (``lambda_min(X^T X / n)``).
     """
+    w, X, y = (as_float(torch.as_tensor(t)) for t in (w, X, y))
     r = w @ X.T - y
     return 0.5 * r.pow(2).mean(-1)
 
@@ -442,6 +451,7 @@ def logistic_loss(w: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: float)
     Batched: ``w`` of shape ``(*batch, d)`` gives ``batch``. Every coordinate of ``w`` (an intercept
     column included) is regularised. Modulus: :func:`logistic_modulus` (``lam``).
     """
+    w, X, y = (as_float(torch.as_tensor(t)) for t in (w, X, y))
     z = w @ X.T
     data = (torch.nn.functional.softplus(z) - y * z).mean(-1)
     return data + 0.5 * lam * w.pow(2).sum(-1)
@@ -454,6 +464,7 @@ def softmax_loss(W: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: float) 
     neuron-level mixout the unit is an input feature, a column ``W[:, j]`` (as for ``nn.Linear``).
     Modulus: :func:`softmax_modulus` (``lam``).
     """
+    W, X = as_float(torch.as_tensor(W)), as_float(torch.as_tensor(X))  # y stays the class indices
     logits = X @ W.transpose(-1, -2)  # (*batch, n, k)
     picked = logits[..., torch.arange(y.shape[0], device=y.device), y]  # (*batch, n)
     data = (torch.logsumexp(logits, -1) - picked).mean(-1)

@@ -116,11 +116,15 @@ def mixture(w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, mu: float) -> 
 
     ``Phi(w; u, M) = mu^{-1} ((I - M) u + M w - (1 - mu) u) = u + M (w - u) / mu``
 
-    ``mask`` broadcasts against ``w``; ``E Phi = w`` whenever ``E M = mu``. Where ``M = 0`` the result
+    ``mask`` broadcasts against ``w``; ``u`` must have ``w``'s shape (it is never broadcast) and ``mu``
+    (a number or a tensor) must be > 0. ``E Phi = w`` whenever ``E M = mu``. Where ``M = 0`` the result
     is exactly ``u``. Computed by :func:`mixed_weight` with ``s = M / mu``.
     """
-    if isinstance(mu, numbers.Real) and not mu > 0:
+    positive = bool((mu > 0).all()) if isinstance(mu, torch.Tensor) else isinstance(mu, numbers.Real) and mu > 0
+    if not positive:
         raise ValueError(f"mu (the mask mean) must be > 0, got mu={mu!r}")
+    if u is not None and u.shape != w.shape:
+        raise ValueError(f"target shape {tuple(u.shape)} does not match weight shape {tuple(w.shape)}")
     return mixed_weight(w, u, mask / mu)
 
 

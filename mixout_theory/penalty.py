@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from mixout_theory import bounds
-from mixout_theory.bounds import check_mixing_p, paired_entries, rebuild_entries, resolve_mixed
+from mixout_theory.bounds import as_float, check_mixing_p, paired_entries, rebuild_entries, resolve_mixed
 from mixout_theory.mixing import mixture, parameter_mask
 
 __all__ = [
@@ -192,7 +192,7 @@ def empirical_penalty(
         raise ValueError(f"vectorize must be 'vmap' or 'loop', got vectorize={vectorize!r}")
     if not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    entries = paired_entries(w, u)
+    entries = [(k, as_float(wt), as_float(ut)) for k, wt, ut in paired_entries(w, u)]  # integers: as float64
     selections = resolve_mixed(entries, mixed)
     if p == 0.0:
         return PenaltyEstimate(0.0, 0.0, 0.0, 0.0, n_samples, 0.0)
@@ -316,7 +316,7 @@ def quadratic_penalty(A, w, u, p: float, groups=None) -> float:
     u = torch.zeros_like(w) if u is None else torch.as_tensor(u)
     if w.shape != u.shape:
         raise ValueError(f"shape mismatch: w has shape {tuple(w.shape)}, u has shape {tuple(u.shape)}")
-    d = (w - u).detach().reshape(-1).to(torch.float64)
+    d = (w.detach().to(torch.float64) - u.detach().to(torch.float64)).reshape(-1)  # no integer wrap-around
     A = _check_A(A, d.numel())
     return p / (2.0 * (1.0 - p)) * (d @ _grouped_hessian(A, groups, d.numel()) @ d).item()
 
@@ -369,6 +369,7 @@ def wdecay(w, u, lam: float, keys=None) -> torch.Tensor:
         raise TypeError(f"w must be a tensor or a mapping of tensors, got {type(w).__name__}")
     total = None
     for _, wt, ut in pairs:
+        wt, ut = as_float(wt), as_float(ut)  # integer entries: no wrap-around
         term = (wt - ut.detach().to(wt.dtype)).pow(2).sum()
         total = term if total is None else total + term
     return 0.5 * lam * total

@@ -57,7 +57,7 @@ import torch
 from mixout_theory.experiment import data, engine, mlp, sweep
 from mixout_theory.experiment.curvature import effective_l2
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, project_dir, run_env
+from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, pending_chunks, project_dir, run_env
 
 __all__ = [
     "STUDIES",
@@ -224,6 +224,8 @@ class AblationStore(RunStore):
     interrupted study resumes where it stopped and a changed configuration never mixes with old runs.
     """
 
+    REQUIRED = ("run_id", "study", "size", "setting", "restart", "test_acc")
+
     def __init__(self, root, study: str, config: AblationConfig):
         self.study, self.config = study, config
         super().__init__(self.folder(root, study, config), config.asdict())
@@ -295,9 +297,8 @@ def head_init(restart: int, std: float = mlp.INIT_STD, sizes=mlp.SIZES) -> dict:
 # training the studies
 
 
-def _chunks(items: list, size: int):
-    for start in range(0, len(items), max(1, size)):
-        yield items[start : start + size]
+def _run_id(item) -> str:
+    return item[0]["run_id"]
 
 
 def _fields(setting: Setting, order: int, size: int, restart: int, config: AblationConfig, study: str) -> dict:
@@ -307,7 +308,7 @@ def _fields(setting: Setting, order: int, size: int, restart: int, config: Ablat
             "config": config.key(study)}  # fmt: skip
 
 
-def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None) -> None:
+def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None, done=frozenset()) -> None:
     ev = engine.evaluate(result.params, *tensors["test"])
     dist = mlp.squared_distances(result.params, w_pre)
     env = run_env(device)
@@ -318,7 +319,8 @@ def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None) -> 
         rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
         if reference_fc3 is not None:
             rec["dist_fc3_w0"] = float((result.params["fc3.weight"][e] - reference_fc3[e]).double().pow(2).sum())
-        store.write(rec)
+        if rec["run_id"] not in done:  # a half-stored chunk is retrained whole; its stored records stay
+            store.write(rec)
 
 
 def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
@@ -339,8 +341,7 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
             todo = [(_fields(s, i, size, r, config, "small_data"), s.member(r))
                     for r in range(config.restarts) for i, s in enumerate(SMALL_DATA_SETTINGS)
                     if (s.group == group or (group == "w_pre" and s.group == "any"))]  # fmt: skip
-            todo = [t for t in todo if t[0]["run_id"] not in done]
-            plan += [(size, group, part) for part in _chunks(todo, options.chunk_or(CHUNK))]
+            plan += [(size, group, part) for part in pending_chunks(todo, options.chunk_or(CHUNK), done, _run_id)]
     steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, _, p in plan)
     bar = engine.member_step_bar(options.progress, steps, f"small data ({config.profile})", leave=False)
     for size, group, part in plan:
@@ -353,7 +354,7 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
         )  # fmt: skip
         for fields, _ in part:
             fields["epochs"] = epochs_for(size, config)
-        _finish(store, part, result, tensors, w_pre, options.device)
+        _finish(store, part, result, tensors, w_pre, options.device, done=done)
     if bar is not None:
         bar.close()
     return store
@@ -372,8 +373,7 @@ def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
     for size in config.head_sizes:
         todo = [(_fields(s, i, size, r, config, "new_head"), s.member(r))
                 for r in range(config.head_restarts) for i, s in enumerate(HEAD_SETTINGS)]  # fmt: skip
-        todo = [t for t in todo if t[0]["run_id"] not in done]
-        plan += [(size, part) for part in _chunks(todo, options.chunk_or(CHUNK))]
+        plan += [(size, part) for part in pending_chunks(todo, options.chunk_or(CHUNK), done, _run_id)]
     steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, p in plan)
     bar = engine.member_step_bar(options.progress, steps, f"new head ({config.profile})", leave=False)
     for size, part in plan:
@@ -391,7 +391,7 @@ def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
         )  # fmt: skip
         for fields, _ in part:
             fields.update(epochs=epochs_for(size, config), head_seed=HEAD_SEED0 + fields["restart"])
-        _finish(store, part, result, tensors, w_pre, options.device, reference_fc3=target["fc3.weight"])
+        _finish(store, part, result, tensors, w_pre, options.device, reference_fc3=target["fc3.weight"], done=done)
     if bar is not None:
         bar.close()
     return store
@@ -413,9 +413,8 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     settings = [Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p) for p in config.trajectory_ps]
     todo = [(_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
             for r in range(config.trajectory_restarts) for i, (s, p) in enumerate(zip(settings, config.trajectory_ps))]
-    todo = [t for t in todo if t[0]["run_id"] not in done]  # fmt: skip
-    if not todo:
-        return store
+    if all(t[0]["run_id"] in done for t in todo):  # fmt: skip
+        return store  # else all runs train again as one ensemble (bit for bit); only missing records are written
     x, y = _subset(tensors, size)
     n_eval = size if config.trajectory_eval is None else min(config.trajectory_eval, size)
     xe, ye = x[:n_eval], y[:n_eval]
@@ -451,7 +450,8 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
         rec = dict(fields, p=p, epochs=epochs, steps=result.steps, eval_size=n_eval,
                    mc_samples=config.trajectory_samples, test_acc=float(ev["acc"][e]),
                    seconds=seconds, checkpoints=checkpoints[e], **run_env(options.device))  # fmt: skip
-        store.write(rec)
+        if fields["run_id"] not in done:
+            store.write(rec)
     return store
 
 

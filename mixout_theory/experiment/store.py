@@ -29,6 +29,7 @@ import platform
 import secrets
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -144,8 +145,9 @@ class Staging:
 def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list[Path]:
     """Delete this module's temporaries (``.NAME.tmp-*``) left in ``folder`` by a killed process.
 
-    Only files/folders carrying the temporary mark and older than ``older_than_s`` are touched, so a
-    concurrent process's work in progress is never removed.
+    Only files/folders carrying the temporary mark are touched, and only those older than
+    ``older_than_s`` or written by a process of this machine that no longer runs (the pid in the
+    name, :func:`tmp_name`), so a concurrent process's work in progress is never removed.
     """
     removed = []
     if not folder.is_dir():
@@ -155,7 +157,7 @@ def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list
         if not (p.name.startswith(".") and TMP_MARK in p.name):
             continue
         try:
-            if now - p.stat().st_mtime < older_than_s:
+            if now - p.stat().st_mtime < older_than_s and _writer_alive(p.name):
                 continue
             if p.is_dir():
                 shutil.rmtree(p)
@@ -165,6 +167,20 @@ def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list
         except OSError:
             pass
     return removed
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process whose pid a temporary's name carries still runs (unknown: assume so)."""
+    pid = name.split(TMP_MARK, 1)[1].split("-", 1)[0]
+    if not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -226,31 +242,76 @@ def checked_meta(folder, names, remedy: str) -> dict:
 
 class RunStore:
     """A folder of runs: ``config.json`` (written once) and ``runs/<run id>.json``, one record per
-    finished run, each written atomically, so a rerun can skip what is ``done()``."""
+    finished run, each written atomically, so a rerun can skip what is ``done()``. A record counts
+    only if it parses and holds the fields :attr:`REQUIRED` (see :func:`read_runs`)."""
+
+    #: the fields every record of this store holds (subclasses name their own)
+    REQUIRED: tuple = ("run_id",)
 
     def __init__(self, folder: str | Path, config: dict):
         self.dir = Path(folder)
         self.written = 0  # records this object wrote (the rest of done() was stored before)
         self.runs = self.dir / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.runs)  # what a killed writer left
         if not (self.dir / "config.json").exists():
             atomic_write(self.dir / "config.json", json.dumps(jsonable(config), indent=1, sort_keys=True))
 
     def done(self) -> set[str]:
-        return {p.stem for p in self.runs.glob("*.json")}
+        return {r["run_id"] for r in self.read()}
 
     def write(self, record: dict) -> None:
         atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(jsonable(record), indent=1, sort_keys=True))
         self.written += 1
 
     def read(self) -> list[dict]:
-        """Every stored record, in file-name order."""
-        return read_runs(self.dir)
+        """Every valid stored record, in file-name order."""
+        return read_runs(self.dir, self.REQUIRED)
 
 
-def read_runs(folder) -> list[dict]:
-    """The records under ``folder/runs/``, in file-name order."""
-    return [json.loads(p.read_text()) for p in sorted(Path(folder, "runs").glob("*.json"))]
+REJECTED = "rejected"
+
+
+def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
+    """The valid records under ``folder/runs/``, in file-name order.
+
+    A ``*.json`` file that does not parse, is not an object, lacks a field of ``required`` or holds
+    another run's id is not a finished run: it is moved to ``runs/rejected/`` with a warning that
+    names it and why (so its run is computed again), never read as one. Other files are ignored."""
+    out = []
+    for path in sorted(Path(folder, "runs").glob("*.json")):
+        try:
+            rec = json.loads(path.read_text())
+            why = None if isinstance(rec, dict) else "it is not a JSON object"
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            rec, why = None, f"it does not parse ({type(e).__name__}: {e})"
+        if why is None:
+            missing = [k for k in required if k not in rec]
+            if missing:
+                why = f"it lacks the fields {missing}"
+            elif rec["run_id"] != path.stem:
+                why = f"it holds the run id {rec['run_id']!r}"
+        if why is None:
+            out.append(rec)
+        else:
+            _reject(path, why)
+    return out
+
+
+def _reject(path: Path, why: str) -> None:
+    dest = path.parent / REJECTED / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+    try:
+        dest.parent.mkdir(exist_ok=True)
+        os.replace(path, dest)
+        where = f"moved to {dest}"
+    except OSError:
+        where = "left in place (could not move it)"
+    warnings.warn(f"{path} is not a valid run record ({why}): {where}; its run will be computed again",
+                  RejectedRecordWarning, stacklevel=3)  # fmt: skip
+
+
+class RejectedRecordWarning(UserWarning):
+    """A ``runs/*.json`` file was not a valid run record and was set aside (:func:`read_runs`)."""
 
 
 def export_csv(records: list[dict], path: Path) -> Path:
@@ -258,6 +319,18 @@ def export_csv(records: list[dict], path: Path) -> Path:
     cols = sorted({k for r in records for k, v in r.items() if not isinstance(v, (dict, list))})
     first = ["run_id", "method", "p", "seed", "source", "profile"]
     return atomic_write_csv(path, records, [c for c in first if c in cols] + [c for c in cols if c not in first])
+
+
+def pending_chunks(items: list, size: int, done: set, run_id=lambda item: item[0]) -> list[list]:
+    """The chunks of ``items`` that still hold a run not in ``done``, each whole.
+
+    Chunks are fixed by the whole list (``size`` items each, in order), never by what is left, and a
+    chunk a kill left half-stored is trained again whole: a resumed command trains exactly the
+    ensembles an uninterrupted one trains, so every run's numbers are bit for bit the same whatever
+    the kill point (callers write only the records that are missing)."""
+    size = max(1, size)
+    chunks = [items[i : i + size] for i in range(0, len(items), size)]
+    return [c for c in chunks if any(run_id(item) not in done for item in c)]
 
 
 def runs_written_since(root: str | Path, t0: float) -> dict[Path, tuple[int, int]]:

@@ -35,6 +35,7 @@ from mixout_theory.experiment.store import (
     config_hash,
     export_csv,
     jsonable,
+    pending_chunks,
     project_dir,
     read_runs,
     run_env,
@@ -131,6 +132,9 @@ def profile_config(profile: str, **overrides) -> SweepConfig:
 class SweepStore(RunStore):
     """The sweep's store: ``root/<profile>-<source>-<config hash>/``, plus ``runs.csv``."""
 
+    REQUIRED = ("run_id", "method", "p", "seed", "source", "profile", "config", "dist_all", "dist_mixed", "dist_fc1",
+                "dist_fc2", "dist_fc3", "target_val_acc", "target_test_acc", "source_val_acc")  # fmt: skip
+
     def __init__(self, root: str | Path, config: SweepConfig):
         self.config = config
         super().__init__(Path(root) / f"{config.profile}-{config.source}-{config.key()}", dataclasses.asdict(config))
@@ -144,7 +148,7 @@ class SweepStore(RunStore):
 
 def load_records(folder: str | Path) -> list[dict]:
     """Every run record stored under ``folder`` (a sweep store folder), sorted by method, p, seed."""
-    return sorted_records(read_runs(folder))
+    return sorted_records(read_runs(folder, SweepStore.REQUIRED))
 
 
 def sorted_records(records: list[dict]) -> list[dict]:
@@ -278,24 +282,26 @@ def run_sweep(store_root, config: SweepConfig, tensors: dict, w_pre: dict, optio
     """Finetune ``w_pre`` for every run not yet in the store, ``options.chunk`` runs per batched ensemble.
 
     Each chunk's records are written as soon as it finishes, so an interrupted sweep keeps them.
+    Chunks are fixed by the whole list of runs (:func:`store.pending_chunks`), so a resumed sweep
+    trains the same ensembles and every run's numbers are bit for bit those of an uninterrupted one.
     Each run's numbers are the same for any ``chunk`` and ``workers`` to rounding (the matrix library
     may round differently for a different grouping of members), and bit for bit for the same ones.
     """
     store = SweepStore(store_root, config)
-    todo = [r for r in sweep_members(config) if r[0] not in store.done()]
+    done = store.done()
+    chunks = pending_chunks(sweep_members(config), options.chunk_or(CHUNK), done)
     xt, yt = tensors["target_train"]
     steps = config.finetune_epochs * -(-xt.shape[0] // config.batch_size)
-    chunk = options.chunk_or(CHUNK)
-    bar = engine.member_step_bar(options.progress, len(todo) * steps, f"sweep ({config.profile})")
-    for start in range(0, len(todo), chunk):
-        part = todo[start : start + chunk]
+    bar = engine.member_step_bar(options.progress, sum(map(len, chunks)) * steps, f"sweep ({config.profile})")
+    for part in chunks:
         result = engine.train_ensemble(
             w_pre, [m for _, _, m in part], xt, yt, epochs=config.finetune_epochs, lr=config.lr_finetune,
             batch_size=config.batch_size, warmup=config.warmup, target=w_pre, device=options.device,
             workers=options.n_workers, progress=bar if bar is not None else False,
         )  # fmt: skip
         for record in _records(part, result, w_pre, tensors, config, source_name, options.device):
-            store.write(record)
+            if record["run_id"] not in done:
+                store.write(record)
     if bar is not None:
         bar.close()
     store.export_csv()

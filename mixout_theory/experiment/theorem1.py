@@ -111,6 +111,8 @@ def theorem1_config(profile: str, **overrides) -> Theorem1Config:
 class Theorem1Store(RunStore):
     """``root/theorem1/<profile>-<source>-<key>/``: ``config.json``, ``runs/<part>-p<p>.json`` and ``weights/``."""
 
+    REQUIRED = ("run_id", "part", "p")
+
     def __init__(self, root, config: Theorem1Config):
         self.config = config
         super().__init__(Path(root) / "theorem1" / f"{config.profile}-{config.source}-{config.key()}",

@@ -206,14 +206,19 @@ def test_atomic_writes_and_stale_temporaries(tmp_path):
     assert path.read_bytes() == b"x,y\r\n1,2\r\n3,4\r\n"  # other keys ignored; csv's own line ends
     store.atomic_write_csv(path, [{"x": 1}], ["x"], lineterminator="\n")
     assert path.read_text() == "x\n1\n"
-    stale, fresh = tmp_path / f".a{store.TMP_MARK}1-ab", tmp_path / f".b{store.TMP_MARK}2-cd"
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale, fresh = tmp_path / f".a{store.TMP_MARK}{os.getpid()}-ab", tmp_path / f".b{store.TMP_MARK}{os.getpid()}-cd"
+    orphan = tmp_path / f".c{store.TMP_MARK}{int(gone.stdout)}-ef"  # its writer has exited: removed at once
     other = tmp_path / ".hidden"
-    for p in (stale, fresh, other):
+    for p in (stale, fresh, orphan, other):
         p.write_bytes(b"partial")
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     os.utime(other, (time.time() - 7200, time.time() - 7200))
-    assert store.remove_stale_temporaries(tmp_path) == [stale]
-    assert not stale.exists() and fresh.exists() and other.exists()
+    assert sorted(store.remove_stale_temporaries(tmp_path)) == sorted([stale, orphan])
+    assert not stale.exists() and not orphan.exists() and fresh.exists() and other.exists()
     assert store.remove_stale_temporaries(tmp_path / "missing") == []
 
 
