@@ -1,0 +1,128 @@
+"""What is stored is never used silently when damaged, and a resume is bit for bit (issue: integrity).
+
+A sweep on a small synthetic task is killed at several points -- between chunks, while a chunk's
+records are being written, during pretraining -- and resumed; every column of ``runs.csv`` but the
+timing must equal that of an uninterrupted sweep, bit for bit. Damaged or stray run records are
+named, set aside and recomputed."""
+
+import csv
+import json
+
+import pytest
+
+from mixout_theory.experiment import engine, sweep
+from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.store import REJECTED, RejectedRecordWarning
+
+OPTIONS = RunOptions(device="cpu", chunk=4, workers=1, progress=False)
+TIMING = {"chunk_seconds"}
+
+
+@pytest.fixture(scope="module")
+def exp(make_exp):
+    return make_exp(source=(300, 100, 100), target=(96, 100, 100))
+
+
+@pytest.fixture(scope="module")
+def config(exp):
+    return sweep.profile_config("smoke", source="stand-in", data=sweep.data_fingerprint(exp), source_train=None,
+                                target_train=None, eval_size=None, pretrain_epochs=2, ps=(0.0, 0.3, 0.6), restarts=2)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(exp, config, tmp_path_factory):
+    """The uninterrupted sweep: its runs.csv rows (timing dropped) and its w_pre."""
+    root = tmp_path_factory.mktemp("reference")
+    tensors = sweep.experiment_tensors(exp, config)
+    w_pre = sweep.pretrain(root, config, tensors, OPTIONS)
+    store = sweep.run_sweep(root, config, tensors, w_pre, OPTIONS)
+    assert len(store.records()) == 2 * (1 + 2 * 2) == 10  # 3 chunks of 4, 4, 2
+    return _rows(store), w_pre
+
+
+def _rows(store) -> list[dict]:
+    with open(store.dir / "runs.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k not in TIMING} for r in csv.DictReader(f)]
+
+
+def _interrupt_on(monkeypatch, target, attr, after: int):
+    """Make ``target.attr`` raise KeyboardInterrupt on its call number ``after + 1`` (a kill)."""
+    real, calls = getattr(target, attr), {"n": 0}
+
+    def killed(*a, **k):
+        calls["n"] += 1
+        if calls["n"] > after:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(target, attr, killed)
+
+
+@pytest.mark.parametrize("where, target, attr, after", [
+    ("between chunks", engine, "train_ensemble", 1),  # the second chunk never starts
+    ("while a chunk's records are written", sweep.SweepStore, "write", 6),  # 2 of the 2nd chunk's 4 stored
+    ("in the last chunk", sweep.SweepStore, "write", 9),
+])  # fmt: skip
+def test_a_killed_sweep_resumes_bit_for_bit(where, target, attr, after, exp, config, reference, tmp_path, monkeypatch):
+    want, w_pre = reference
+    tensors = sweep.experiment_tensors(exp, config)
+    with monkeypatch.context() as m:
+        _interrupt_on(m, target, attr, after)
+        with pytest.raises(KeyboardInterrupt):
+            sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)
+    partial = sweep.SweepStore(tmp_path, config)
+    assert 0 < len(partial.done()) < 10, where
+    before = {r["run_id"]: r for r in partial.records()}
+    store = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)
+    assert store.written == 10 - len(before)
+    assert all(before[r["run_id"]] == r for r in store.records() if r["run_id"] in before)  # untouched
+    assert _rows(store) == want, where  # every column but the timing, bit for bit
+
+
+def test_a_kill_during_pretraining_resumes_bit_for_bit(exp, config, reference, tmp_path, monkeypatch):
+    want, w_pre = reference
+    tensors = sweep.experiment_tensors(exp, config)
+    real = engine.evaluate
+
+    def killed(*a, **k):  # pretraining evaluates at every epoch end: kill at the second
+        killed.n += 1
+        if killed.n == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    killed.n = 0
+    with monkeypatch.context() as m:
+        m.setattr(engine, "evaluate", killed)
+        with pytest.raises(KeyboardInterrupt):
+            sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    assert not list((tmp_path / "pretrain").glob("*.pt"))  # nothing half-written is cached
+    again = sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    assert all(bool((again[k] == w_pre[k]).all()) for k in w_pre)
+    assert _rows(sweep.run_sweep(tmp_path, config, tensors, again, OPTIONS)) == want
+
+
+def test_damaged_and_stray_records_are_named_set_aside_and_recomputed(exp, config, reference, tmp_path):
+    want, w_pre = reference
+    tensors = sweep.experiment_tensors(exp, config)
+    store = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)
+    runs = store.runs
+    truncated = runs / "mixout-p0.30-seed1.json"
+    truncated.write_text(truncated.read_text()[:40])  # a record cut short
+    schema = runs / "dropout-p0.60-seed0.json"
+    rec = json.loads(schema.read_text())
+    del rec["dist_mixed"]
+    schema.write_text(json.dumps(rec))  # parses, but lacks a field of its schema
+    (runs / "notes.json").write_text('{"note": "my own file"}')  # stray
+    (runs / "README.txt").write_text("not a record")  # not *.json: ignored
+    with pytest.warns(RejectedRecordWarning) as caught:
+        records = sweep.load_records(store.dir)
+    messages = " ".join(str(w.message) for w in caught)
+    for path, why in ((truncated, "does not parse"), (schema, "lacks the fields ['dist_mixed']"),
+                      (runs / "notes.json", "lacks the fields")):  # fmt: skip
+        assert str(path) in messages and why in messages
+    assert len(records) == 8 and "its run will be computed again" in messages
+    assert sorted(p.name.split(".json")[0] for p in (runs / REJECTED).iterdir()) == [
+        "dropout-p0.60-seed0", "mixout-p0.30-seed1", "notes"]  # fmt: skip
+    assert (runs / "README.txt").exists()
+    again = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)  # recomputes the two runs, whole chunks
+    assert again.written == 2 and _rows(again) == want
