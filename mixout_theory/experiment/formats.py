@@ -14,7 +14,6 @@ from __future__ import annotations
 import gzip
 import io
 import pickle
-import shutil
 import struct
 import zipfile
 from pathlib import Path
@@ -144,14 +143,24 @@ def read_manifest(path: Path) -> dict[str, str]:
 # ------------------------------------------------------------------------- archives and folders
 
 
-def stream_copy(src: BinaryIO, dst_path: Path, gunzip: bool) -> None:
-    """Copy a (possibly gzip-compressed) stream to ``dst_path``; CRC errors surface as exceptions."""
-    with open(dst_path, "wb") as out:
-        if gunzip:
-            with gzip.GzipFile(fileobj=src) as gz:
-                shutil.copyfileobj(gz, out, 1 << 22)
-        else:
-            shutil.copyfileobj(src, out, 1 << 22)
+class SizeLimitExceeded(DataIntegrityError):
+    """A stream held more bytes than the file it should be (:func:`stream_copy`)."""
+
+
+def stream_copy(src: BinaryIO, dst_path: Path, gunzip: bool, limit: int | None = None) -> None:
+    """Copy a (possibly gzip-compressed) stream to ``dst_path``; CRC errors surface as exceptions.
+
+    ``limit``: the most bytes the (decompressed) copy may hold. Writing stops at the first chunk past
+    it and :class:`SizeLimitExceeded` is raised, so a small archive that inflates to gigabytes (a
+    zip bomb) never fills the disk."""
+    chunk = 1 << 22
+    with open(dst_path, "wb") as out, (gzip.GzipFile(fileobj=src) if gunzip else src) as stream:
+        written = 0
+        while block := stream.read(chunk if limit is None else min(chunk, limit + 1 - written)):
+            written += len(block)
+            if limit is not None and written > limit:
+                raise SizeLimitExceeded(f"holds more than the {limit:,} bytes expected")
+            out.write(block)
 
 
 def find_members(names: Iterable[str], wanted: Iterable[str]) -> dict[str, tuple[str, bool]]:

@@ -37,9 +37,11 @@ from mixout_theory.experiment.formats import (
     DataError,
     DataIntegrityError,
     DataUnavailableError,
+    SizeLimitExceeded,
     check_class_balance,
     check_idx,
     find_members,
+    idx_bytes,
     load_numpy_pickle,
     open_zip,
     read_idx_labels,
@@ -421,9 +423,15 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                 shown = f"{src}!{member}" if zf is not None else member
                 tmp = st.path_for(raw / name)
                 log(f"EMNIST: extracting {name} from {shown}")
+                kind, count, _ = emnist_counts(name)
                 try:
                     with opener(member) as fh:
-                        stream_copy(fh, tmp, gunzip=gz)
+                        stream_copy(fh, tmp, gunzip=gz, limit=idx_bytes(kind, count))
+                except SizeLimitExceeded as e:
+                    raise DataIntegrityError(
+                        f"{shown}: {e} for {name} ({'decompressed' if gz else 'as stored'}); writing stopped there "
+                        f"and nothing was written to {raw}. Not EMNIST's file: the source was left as it is."
+                    ) from None
                 except (zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
                     raise DataIntegrityError(
                         f"{shown}: corrupt or truncated ({type(e).__name__}: {e}); nothing was written to "

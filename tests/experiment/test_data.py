@@ -314,6 +314,26 @@ def test_emnist_from_zip_extracts_only_the_digits_files(tmp_path, datatest_mnist
     assert torch.equal(d.images("source", "test"), torch.from_numpy(sets["test"][0]).float() / 255)
 
 
+def test_a_zip_bomb_under_an_expected_name_is_refused_without_filling_the_disk(tmp_path, datatest_mnist_copy,
+                                                                              datatest_small_emnist):  # fmt: skip
+    root = datatest_mnist_copy
+    before = _files_under(root)
+    archive = tmp_path / "bomb.zip"
+    sets = {"train": _small_digits(SMALL.train, 1), "test": _small_digits(SMALL.test, 2)}
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:  # good files, one bomb among them
+        for split, (x, y) in sets.items():
+            img, lab = _emnist_raw_bytes(x, y)
+            if split == "train":
+                img = bytes(256 << 20)  # 256 MiB of zeros under the name of the training images
+            z.writestr(f"gzip/emnist-digits-{split}-images-idx3-ubyte.gz", gzip.compress(img))
+            z.writestr(f"gzip/emnist-digits-{split}-labels-idx1-ubyte.gz", gzip.compress(lab))
+    assert archive.stat().st_size < 1 << 20
+    expected = formats.idx_bytes("images", SMALL.train)
+    with pytest.raises(formats.DataIntegrityError, match=f"holds more than the {expected:,} bytes expected"):
+        D.prepare(root, source="emnist", emnist_from=archive, download=False, log=None)
+    assert _files_under(root) == before and archive.is_file()
+
+
 def test_emnist_from_folder_of_gz_files(tmp_path, datatest_mnist_copy, datatest_small_emnist):
     root = datatest_mnist_copy
     sets = _small_emnist_files(tmp_path / "download" / "gzip", gz=True)

@@ -141,6 +141,14 @@ def test_stream_copy_and_open_zip(tmp_path):
     assert out.read_bytes() == blob
     formats.stream_copy(io.BytesIO(blob), out, gunzip=False)
     assert out.read_bytes() == blob
+    formats.stream_copy(io.BytesIO(gzip.compress(blob)), out, gunzip=True, limit=len(blob))  # exactly at the limit
+    assert out.read_bytes() == blob
+    # a small stream that inflates far past the expected size: writing stops at the limit
+    bomb = gzip.compress(bytes(64 << 20))  # 64 MiB of zeros in about 64 KB
+    assert len(bomb) < 100_000
+    with pytest.raises(formats.SizeLimitExceeded, match="more than the 12,800 bytes expected"):
+        formats.stream_copy(io.BytesIO(bomb), out, gunzip=True, limit=len(blob))
+    assert out.stat().st_size <= len(blob)
     bad = tmp_path / "gzip.zip"
     bad.write_bytes(b"PK not really a zip")
     with pytest.raises(formats.DataIntegrityError) as e:
