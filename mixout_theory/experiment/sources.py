@@ -22,6 +22,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -53,7 +54,11 @@ from mixout_theory.experiment.formats import (
 )
 from mixout_theory.experiment.store import TMP_MARK, Staging, md5_file, project_dir, sha256_file
 
-__all__ = ["DataError", "DataIntegrityError", "DataUnavailableError"]  # and the routes below
+__all__ = ["DataError", "DataIntegrityError", "DataUnavailableError", "ChecksumWarning"]  # and the routes below
+
+
+class ChecksumWarning(UserWarning):
+    """An archive named like a known one whose checksum differs (its contents are still checked)."""
 
 
 def check_sha256(path: Path, expected: str, expected_size: int | None = None) -> str:
@@ -406,6 +411,10 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
             f"EMNIST: archive {src} md5 {md5} "
             + ("= NIST's gzip.zip" if md5 == EMNIST_MD5 else "(not NIST's gzip.zip: contents checked file by file)")
         )
+        if is_nist_name and md5 != EMNIST_MD5:
+            warnings.warn(f"{src} is named like NIST's gzip.zip but its md5 is {md5}, not NIST's {EMNIST_MD5}: "
+                          "an altered or other archive; its digits files are used only if each passes the "
+                          "structure checks, and their sha256 are recorded", ChecksumWarning, stacklevel=2)  # fmt: skip
         members = find_members(zf.namelist(), wanted)
         opener = zf.open
     else:
