@@ -166,6 +166,7 @@ class AblationConfig:
     source: str = "stand-in"
     data: str = ""
     pretrain: str = ""
+    w_pre: str = ""  # content hash of w_pre (SweepConfig.w_pre)
     sizes: tuple = (100, 300, 1000, 3000)
     restarts: int = 20
     reference_size: int = 3000
@@ -186,7 +187,7 @@ class AblationConfig:
     trajectory_eval: int | None = None  # None: the whole training subset is the evaluation batch
     trajectory_mc_seed: int = 7
 
-    COMMON = ("profile", "source", "data", "pretrain", "reference_size", "reference_epochs", "lr",
+    COMMON = ("profile", "source", "data", "pretrain", "w_pre", "reference_size", "reference_epochs", "lr",
               "batch_size", "warmup", "subset_seed", "test_size")  # fmt: skip
     FIELDS = {
         "small_data": ("sizes", "restarts"),
@@ -497,10 +498,9 @@ def run_ablations(profile: str = "paper", studies=STUDIES, options: RunOptions =
     results = project_dir("results") if results is None else Path(results)
     t0 = time.perf_counter()
     exp = data.load_experiment(root=data_root, source=source)
-    sweep_cfg = sweep.profile_config(profile, source=exp.source_key, data=sweep.data_fingerprint(exp))
-    w_pre = sweep.pretrain(results, sweep_cfg, sweep.experiment_tensors(exp, sweep_cfg), options)
+    sweep_cfg, _, w_pre = sweep.pretrained(results, profile, exp, options)
     config = ablation_config(profile, source=exp.source_key, data=sweep_cfg.data, pretrain=sweep_cfg.pretrain_key(),
-                             **overrides)  # fmt: skip
+                             w_pre=sweep_cfg.w_pre, **overrides)  # fmt: skip
     tensors = ablation_tensors(exp, config)
     w_pre_acc = float(engine.evaluate(w_pre, *tensors["test"])["acc"][0])
     out = AblationResults(config, w_pre_acc, exp.source_name, tensors["index"],

@@ -79,6 +79,7 @@ __all__ = [
 VAL_FRACTION = 0.1  # 216,000/24,000 (EMNIST), 54,000/6,000 (MNIST), 27,000/3,000 (stand-in halves)
 SEEDS = {"mnist_split": 1909, "emnist_split": 11299, "stand_in_halves": 2020}
 CACHE_VERSION = 1  # bump whenever what goes into a cache file changes (names it, so old ones are ignored)
+CACHE_SHA256 = "cache_sha256"  # the cache file's own sha256, recorded in the .json beside it
 SOURCE_NAMES = {
     "emnist": "EMNIST Digits",
     "stand-in": "stand-in: EMNIST-style MNIST (not EMNIST)",
@@ -260,8 +261,8 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
     with Staging() as st:
         tmp = st.path_for(path)
         torch.save(payload, tmp)
-        side = st.path_for(path.with_suffix(".json"))  # the same record, human-readable
-        side.write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
+        side = st.path_for(path.with_suffix(".json"))  # the same record, human-readable, and the file's sha256
+        side.write_text(json.dumps({**info, CACHE_SHA256: sha256_file(tmp)}, indent=1, sort_keys=True) + "\n")
         st.commit()
     log(f"cache: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
     return info
@@ -322,11 +323,13 @@ def prepare(root=None, source: str = "auto", emnist_from=None, download: bool = 
             log("WARNING: " + msg)
             warnings.warn(msg, StandInWarning, stacklevel=2)
     path = _cache_path(root, key)
-    if path.exists():
+    if path.exists() and _verified_cache(path) is not None:
         info = _read_cache_info(path)
-        log(f"cache: {path} already built")
+        log(f"cache: {path} already built, sha256 verified")
         built = False
     else:
+        if path.exists():
+            log(f"cache: {path} has no checksum recorded (an older cache): rebuilding it")
         info = _build_cache(root, key, path, log)
         built = True
     report.update(
@@ -447,6 +450,25 @@ class ExperimentData:
         return f"source: {self.source_name} -> target: MNIST"
 
 
+def _verified_cache(path: Path) -> str | None:
+    """The cache file's sha256 when it matches the one recorded beside it; ``None`` when none is
+    recorded (an older cache, rebuilt by :func:`prepare`). A mismatch is a :class:`DataIntegrityError`."""
+    side = path.with_suffix(".json")
+    try:
+        want = json.loads(side.read_text()).get(CACHE_SHA256)
+    except (OSError, ValueError):
+        want = None
+    if want is None:
+        return None
+    got = sha256_file(path)
+    if got != want:
+        raise DataIntegrityError(
+            f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in {side.name}: the cache was "
+            "altered or damaged. It is derived data: delete it and run `python -m mixout_theory data` to rebuild it."
+        )
+    return got
+
+
 def _read_cache_info(path: Path) -> dict:
     side = path.with_suffix(".json")
     if side.exists():
@@ -473,8 +495,12 @@ def _normalised(x_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 
 def _from_cache(path: Path) -> ExperimentData:
+    sha = _verified_cache(path)
+    if sha is None:
+        raise DataIntegrityError(f"{path}: no checksum recorded beside it (an older cache): run "
+                                 "`python -m mixout_theory data` to rebuild it")  # fmt: skip
     payload = _torch_load(path)
-    info = json.loads(payload["info_json"])
+    info = dict(json.loads(payload["info_json"]), **{CACHE_SHA256: sha})  # the content, in data_fingerprint
     tasks = {}
     for task in ("source", "target"):
         nrm = info["normalisation"][task]
@@ -507,7 +533,7 @@ def load_experiment(root=None, source: str = "auto", emnist_from=None, prepare_i
             warnings.warn(_stand_in_message(root, "not in the data folder"), StandInWarning, stacklevel=2)
     if key is not None:
         path = _cache_path(root, key)
-        if path is not None and path.exists():
+        if path is not None and path.exists() and _verified_cache(path) is not None:
             return _from_cache(path)
     if not prepare_if_missing:
         msg = f"the data for source={source!r} is not prepared under {root}: run `{cmd(root, f' --source {source}')}` first."

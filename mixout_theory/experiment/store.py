@@ -201,6 +201,21 @@ def atomic_write_csv(path: Path, rows, columns, lineterminator: str = "\r\n") ->
     return path
 
 
+class IntegrityError(ValueError):
+    """A stored file does not match the checksum recorded when it was written (or cannot be read)."""
+
+
+def tensors_sha256(tensors: dict) -> str:
+    """sha256 of a dict of tensors: names, dtypes, shapes and bytes in name order (what a store key
+    records about the weights a run started from; independent of how the file was serialised)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def _parse_cell(value: str):
     """One CSV cell back as a number: ``int`` for integral digits, else ``float``, else the text; empty: ``None``."""
     if value == "":
@@ -232,7 +247,7 @@ def checked_meta(folder, names, remedy: str) -> dict:
             raise FileNotFoundError(f"{folder / name} or its sha256 in {meta_path} is missing: {remedy}")
         got = sha256_file(folder / name)
         if got != want:
-            raise ValueError(f"{folder / name}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in "
+            raise IntegrityError(f"{folder / name}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in "
                              f"{meta_path}; the table was altered: {remedy}")  # fmt: skip
     return meta
 

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,9 @@ import torch
 from mixout_theory.experiment import data, engine, mlp
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import (
+    IntegrityError,
     RunStore,
+    Staging,
     atomic_write,
     config_hash,
     export_csv,
@@ -40,6 +43,7 @@ from mixout_theory.experiment.store import (
     read_runs,
     run_env,
     sha256_file,
+    tensors_sha256,
 )
 from mixout_theory.profiles import PROFILES
 
@@ -77,8 +81,9 @@ class SweepConfig:
     warmup: float = 0.1
     dropout_placement: str = "after LayerNorm"
     normalisation: str = "per-task mean/std of the training split"
-    data: str = ""  # fingerprint of the prepared data (see data_fingerprint)
+    data: str = ""  # fingerprint of the prepared data, its content included (see data_fingerprint)
     engine: str = engine.ENGINE_VERSION  # how masks and data orders are drawn from the seeds
+    w_pre: str = ""  # content hash of the w_pre the runs start from (set by pretrained())
 
     def key(self) -> str:
         """Short hash of every field that changes the numbers."""
@@ -93,7 +98,8 @@ class SweepConfig:
 
 
 def data_fingerprint(exp) -> str:
-    """Hash of what the prepared data says about itself (sizes, seeds, checksums, constants)."""
+    """Hash of what the prepared data says about itself (sizes, seeds, checksums, constants) and of its
+    content (the cache file's verified sha256, ``info["cache_sha256"]``)."""
     return config_hash({"source": exp.source_key, "info": exp.info})
 
 
@@ -215,10 +221,14 @@ def _xy(split):
 
 
 def pretrain(store_root, config: SweepConfig, tensors: dict, options: RunOptions = RunOptions()) -> dict:
-    """``w_pre``: best source-validation checkpoint, cached as ``pretrain/<source>-<hash>.pt`` and reused."""
+    """``w_pre``: best source-validation checkpoint, cached as ``pretrain/<source>-<hash>.pt`` with the
+    file's sha256 in the ``.json`` beside it, and reused only when the file still matches it
+    (:func:`load_pretrained`)."""
     path = Path(store_root) / "pretrain" / f"{config.source}-{config.pretrain_key()}.pt"
     if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)["params"]
+        cached = load_pretrained(path)
+        if cached is not None:
+            return cached
     xs, ys = tensors["source_train"]
     xv, yv = tensors["source_val"]
     budgets = SEARCH_BUDGETS if config.pretrain_search else [config.pretrain_epochs]
@@ -247,9 +257,33 @@ def pretrain(store_root, config: SweepConfig, tensors: dict, options: RunOptions
     meta.update(seconds=time.perf_counter() - t0, config=jsonable(dataclasses.asdict(config)))
     buf = io.BytesIO()
     torch.save({"params": best["params"], "meta": meta}, buf)
-    atomic_write(path, buf.getvalue())
-    atomic_write(path.with_suffix(".json"), json.dumps(meta, indent=1, sort_keys=True))
+    meta["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    with Staging() as st:  # the weights and their checksum appear together
+        st.path_for(path).write_bytes(buf.getvalue())
+        st.path_for(path.with_suffix(".json")).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        st.commit()
     return best["params"]
+
+
+def load_pretrained(path: Path) -> dict | None:
+    """The cached ``w_pre`` at ``path``, checked against the sha256 recorded beside it. An altered or
+    unreadable file raises :class:`IntegrityError` naming it; a cache from before checksums were
+    recorded is not trusted: ``None`` (it is pretrained again, deterministically) with a warning."""
+    side = path.with_suffix(".json")
+    want = json.loads(side.read_text()).get("sha256") if side.is_file() else None
+    remedy = f"delete {path} and {side.name} and rerun: w_pre is pretrained again"
+    if want is None:
+        warnings.warn(f"{path}: no checksum recorded beside it (an older cache): pretraining w_pre again",
+                      stacklevel=3)  # fmt: skip
+        return None
+    got = sha256_file(path)
+    if got != want:
+        raise IntegrityError(f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in {side}: the "
+                             f"weights were altered or damaged; {remedy}")  # fmt: skip
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["params"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise IntegrityError(f"{path}: unreadable ({type(e).__name__}: {e}); {remedy}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,7 +371,16 @@ def run_experiment(profile: str = "paper", options: RunOptions = RunOptions(), *
     :class:`SweepConfig` (e.g. ``pretrain_search=True``)."""
     results = project_dir("results") if results is None else Path(results)
     exp = data.load_experiment(root=data_root, source=source, emnist_from=emnist_from)
+    config, tensors, w_pre = pretrained(results, profile, exp, options, **overrides)
+    return run_sweep(results, config, tensors, w_pre, options, source_name=exp.source_name)
+
+
+def pretrained(results, profile: str, exp, options: RunOptions = RunOptions(), **overrides):
+    """``(config, tensors, w_pre)`` of ``profile`` on the prepared data ``exp``: the configuration
+    (:func:`profile_config`, with ``overrides``), the tensors, and ``w_pre`` (:func:`pretrain`). The
+    configuration records the content hashes of the data and of ``w_pre`` (``data``, ``w_pre``), so
+    runs computed from other inputs never share a store folder."""
     config = profile_config(profile, source=exp.source_key, data=data_fingerprint(exp), **overrides)
     tensors = experiment_tensors(exp, config)
     w_pre = pretrain(results, config, tensors, options)
-    return run_sweep(results, config, tensors, w_pre, options, source_name=exp.source_name)
+    return dataclasses.replace(config, w_pre=tensors_sha256(w_pre)[:16]), tensors, w_pre

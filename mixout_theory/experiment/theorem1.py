@@ -326,20 +326,19 @@ def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, 
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
+    sweep_ps = sweep.profile_config(profile).ps
+    overrides.setdefault("ps", tuple(p for p in sweep_ps if p > 0))
+    stray = [p for p in overrides["ps"] if p not in sweep_ps or p == 0]
+    if stray:  # refused before any work
+        raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: "
+                         f"{[p for p in sweep_ps if p > 0]})")  # fmt: skip
     results = project_dir("results") if results is None else Path(results)
     exp = data.load_experiment(root=data_root, source=source) if exp is None else exp
-    sweep_cfg = sweep.profile_config(profile, source=exp.source_key, data=sweep.data_fingerprint(exp))
+    sweep_cfg, tensors, w_pre = sweep.pretrained(results, profile, exp, options)
     acfg = ablations.ablation_config(profile, source=exp.source_key, data=sweep_cfg.data,
-                                     pretrain=sweep_cfg.pretrain_key())  # fmt: skip
-    overrides.setdefault("ps", tuple(p for p in sweep_cfg.ps if p > 0))
+                                     pretrain=sweep_cfg.pretrain_key(), w_pre=sweep_cfg.w_pre)  # fmt: skip
     config = theorem1_config(profile, source=exp.source_key, sweep_key=sweep_cfg.key(),
                              trajectory_key=acfg.key("trajectory"), **overrides)  # fmt: skip
-    stray = [p for p in config.ps if p not in sweep_cfg.ps or p == 0]
-    if stray:
-        raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: "
-                         f"{[p for p in sweep_cfg.ps if p > 0]})")  # fmt: skip
-    tensors = sweep.experiment_tensors(exp, sweep_cfg)
-    w_pre = sweep.pretrain(results, sweep_cfg, tensors, options)
     store = Theorem1Store(results, config)
     x, y, loss_sha = _loss_batch(exp, config)
     context = {"source_name": exp.source_name, "loss_size": int(x.shape[0]), "loss_subset_sha256": loss_sha,

@@ -335,6 +335,28 @@ def test_a_zip_bomb_under_an_expected_name_is_refused_without_filling_the_disk(t
     assert _files_under(root) == before and archive.is_file()
 
 
+def test_an_altered_or_truncated_cache_is_refused_naming_the_file(datatest_mnist_copy, datatest_real_root):
+    root = datatest_mnist_copy
+    _copy_stand_in(datatest_real_root[0], root)
+    path = next((root / "cache").glob("experiment-stand-in-*.pt"))
+    good = path.read_bytes()
+    with open(path, "r+b") as f:  # 2 MB of pixels overwritten inside the container: still a valid zip
+        f.seek(len(good) // 2)
+        f.write(bytes(range(256)) * 8192)
+    assert zipfile.is_zipfile(path)
+    for call in (lambda: D.prepare(root, source="stand-in", download=False, log=None),
+                 lambda: D.load_experiment(root, source="stand-in", log=None)):  # fmt: skip
+        with pytest.raises(formats.DataIntegrityError, match="the cache was altered or damaged") as e:
+            call()
+        assert str(path) in str(e.value) and "delete it and run `python -m mixout_theory data`" in str(e.value)
+    path.write_bytes(good[:100_000])  # truncated
+    with pytest.raises(formats.DataIntegrityError, match="differs from"):
+        D.prepare(root, source="stand-in", download=False, log=None)
+    path.write_bytes(good)
+    d = D.load_experiment(root, source="stand-in", log=None)
+    assert d.info["cache_sha256"] == hashlib.sha256(good).hexdigest()  # the content is in data_fingerprint
+
+
 def test_emnist_from_folder_of_gz_files(tmp_path, datatest_mnist_copy, datatest_small_emnist):
     root = datatest_mnist_copy
     sets = _small_emnist_files(tmp_path / "download" / "gzip", gz=True)
@@ -480,12 +502,12 @@ def test_interrupted_extraction_leaves_nothing(tmp_path, datatest_mnist_copy, da
     calls = []
     real_copy = sources.stream_copy
 
-    def flaky_copy(src, dst, gunzip):
+    def flaky_copy(src, dst, gunzip, limit=None):
         calls.append(dst)
         if len(calls) == 3:
             dst.write_bytes(b"half")
             raise KeyboardInterrupt
-        return real_copy(src, dst, gunzip)
+        return real_copy(src, dst, gunzip, limit)
 
     monkeypatch.setattr(sources, "stream_copy", flaky_copy)
     with pytest.raises(KeyboardInterrupt):

@@ -3,16 +3,20 @@
 A sweep on a small synthetic task is killed at several points -- between chunks, while a chunk's
 records are being written, during pretraining -- and resumed; every column of ``runs.csv`` but the
 timing must equal that of an uninterrupted sweep, bit for bit. Damaged or stray run records are
-named, set aside and recomputed."""
+named, set aside and recomputed; altered weights are refused by name, and the store key holds the
+content of the data and of ``w_pre``."""
 
 import csv
+import dataclasses
 import json
+import struct
+import types
 
 import pytest
 
 from mixout_theory.experiment import engine, sweep
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import REJECTED, RejectedRecordWarning
+from mixout_theory.experiment.store import REJECTED, IntegrityError, RejectedRecordWarning, tensors_sha256
 
 OPTIONS = RunOptions(device="cpu", chunk=4, workers=1, progress=False)
 TIMING = {"chunk_seconds"}
@@ -126,3 +130,40 @@ def test_damaged_and_stray_records_are_named_set_aside_and_recomputed(exp, confi
     assert (runs / "README.txt").exists()
     again = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)  # recomputes the two runs, whole chunks
     assert again.written == 2 and _rows(again) == want
+
+
+def test_altered_or_truncated_pretrained_weights_are_refused_naming_the_file(exp, config, reference, tmp_path):
+    _, w_pre = reference
+    tensors = sweep.experiment_tensors(exp, config)
+    sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    path = next((tmp_path / "pretrain").glob("*.pt"))
+    good = path.read_bytes()
+    with open(path, "r+b") as f:  # 64 floats of fc1.weight (most of the file) set to 3.4e38
+        f.seek(len(good) // 2)
+        f.write(struct.pack("<f", 3.4e38) * 64)
+    with pytest.raises(IntegrityError, match="weights were altered or damaged") as e:
+        sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    assert str(path) in str(e.value) and "delete" in str(e.value)
+    path.write_bytes(good[: len(good) // 3])  # truncated
+    with pytest.raises(IntegrityError, match="differs from"):
+        sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    # a cache from before checksums were recorded is not trusted: pretrained again, the same weights
+    path.write_bytes(good)
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    del meta["sha256"]
+    side.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match="no checksum recorded"):
+        again = sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    assert all(bool((again[k] == w_pre[k]).all()) for k in w_pre) and "sha256" in json.loads(side.read_text())
+
+
+def test_the_store_key_holds_the_content_of_w_pre_and_of_the_data(exp, config, reference):
+    _, w_pre = reference
+    a = dataclasses.replace(config, w_pre=tensors_sha256(w_pre)[:16])
+    nudged = {k: v.clone() for k, v in w_pre.items()}
+    nudged["fc1.weight"][0, 0] += 1e-6
+    b = dataclasses.replace(config, w_pre=tensors_sha256(nudged)[:16])
+    assert a.key() != b.key() and a.pretrain_key() == b.pretrain_key() == config.pretrain_key()
+    other = types.SimpleNamespace(source_key=exp.source_key, info=dict(exp.info, cache_sha256="0" * 64))
+    assert sweep.data_fingerprint(other) != sweep.data_fingerprint(exp)
