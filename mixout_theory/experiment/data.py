@@ -121,32 +121,32 @@ def _split_indices(root: Path, name: str, n: int, parts: list[tuple[str, int]], 
     """Seeded disjoint index sets, stored as ``root/splits/NAME-nN-seedS.npz`` and reused ever after.
 
     A permutation of ``range(n)`` from ``torch.Generator().manual_seed(seed)`` is cut into consecutive
-    parts of the given sizes (each then sorted). An existing file is checked (sizes, disjoint,
-    complete) and used as it is, so a split never changes once written.
+    parts of the given sizes (each then sorted). The split is a pure function of ``(n, parts, seed)``,
+    so an existing file is checked against it, exactly, and a file that differs (altered, or written
+    by other code) raises :class:`DataIntegrityError` naming it: a split never changes once written.
     """
     path = root / "splits" / f"{name}-n{n}-seed{seed}.npz"
     if sum(s for _, s in parts) != n:
         raise ValueError(f"split parts {parts} do not add up to n={n}")
-    if path.exists():
-        try:
-            with np.load(path) as z:
-                idx = {k: z[k].astype(np.int64) for k, _ in parts}
-        except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise DataIntegrityError(f"{path}: unreadable split index file ({e}); it was left as it is.") from None
-        allidx = np.concatenate([idx[k] for k, _ in parts])
-        ok = all(idx[k].size == s for k, s in parts) and np.array_equal(np.sort(allidx), np.arange(n))
-        if not ok:
-            raise DataIntegrityError(
-                f"{path}: split indices are not {len(parts)} disjoint parts of sizes {[s for _, s in parts]} "
-                f"covering 0..{n - 1}; altered file? It was left as it is (move it away to recreate it)."
-            )
-        return idx, path
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g).numpy()
     idx, start = {}, 0
     for k, s in parts:
         idx[k] = np.sort(perm[start : start + s]).astype(np.int64)
         start += s
+    if path.exists():
+        try:
+            with np.load(path) as z:
+                stored = {k: z[k].astype(np.int64) for k, _ in parts}
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise DataIntegrityError(f"{path}: unreadable split index file ({e}); it was left as it is.") from None
+        if not all(np.array_equal(stored[k], idx[k]) for k, _ in parts):
+            raise DataIntegrityError(
+                f"{path}: split indices differ from the seeded split they must hold ({len(parts)} parts of sizes "
+                f"{[s for _, s in parts]} of 0..{n - 1}, seed {seed}); altered file? It was left as it is "
+                "(move it away to recreate it)."
+            )
+        return idx, path
     with Staging() as st:
         tmp = st.path_for(path)
         with open(tmp, "wb") as f:

@@ -76,9 +76,17 @@ SUMMARY_METRICS = ("dist_all", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3",
                    "target_val_acc", "target_test_acc", "source_val_acc")  # fmt: skip
 
 
+def usable(records: list[dict]) -> list[dict]:
+    """The records of runs that did not fail (a failed run, e.g. one that diverged, carries ``failed``)."""
+    return [r for r in records if not r.get("failed")]
+
+
 def summarise(records: list[dict], metrics=SUMMARY_METRICS) -> list[dict]:
     """Mean and sample std (ddof=1) over restarts for every (method, p); the shared p = 0 run
-    ("none") is listed under both methods, as in the paper's figure."""
+    ("none") is listed under both methods, as in the paper's figure. Failed runs are left out of the
+    means; ``failed`` counts them."""
+    failed = [r for r in records if r.get("failed")]
+    records = usable(records)
     rows = []
     for method in METHODS:
         ps = sorted({r["p"] for r in records})
@@ -86,7 +94,8 @@ def summarise(records: list[dict], metrics=SUMMARY_METRICS) -> list[dict]:
             group = [r for r in records if r["p"] == p and r["method"] in ((method, "none") if p == 0 else (method,))]
             if not group:
                 continue
-            row = {"method": method, "p": p, "n": len(group)}
+            row = {"method": method, "p": p, "n": len(group),
+                   "failed": sum(r["p"] == p and r["method"] in (method, "none") for r in failed)}
             for m in metrics:
                 vals = torch.tensor([r[m] for r in group], dtype=torch.float64)
                 row[f"{m}_mean"] = float(vals.mean())
@@ -104,9 +113,11 @@ def figure2_claims(records: list[dict]) -> dict:
     2. mixout's source validation accuracy is at least dropout's at every p > 0 (restart means;
        ``source_acc_gaps`` maps p to mean(mixout - dropout), paired by restart).
     """
+    records = usable(records)  # a failed run is no evidence either way
     mix = [r for r in records if r["method"] in ("mixout", "none")]
     ps = sorted({r["p"] for r in mix})
-    seeds = sorted({r["seed"] for r in mix})
+    have = {(r["seed"], r["p"]) for r in mix}
+    seeds = sorted(s for s in {r["seed"] for r in mix} if all((s, p) in have for p in ps))  # complete restarts
     dist = {(r["seed"], r["p"]): r["dist_mixed"] for r in mix}
     every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in zip(ps, ps[1:]))
     rows = {r["p"]: r for r in summarise(records, metrics=("dist_mixed",)) if r["method"] == "mixout"}
@@ -195,17 +206,24 @@ def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
         for name in sorted({r["setting"] for r in at}, key=lambda s: min(r["order"] for r in at if r["setting"] == s)):
             g = [r for r in at if r["setting"] == name]
             acc = np.array([r["test_acc"] for r in g])
+            flagged = np.array([bool(r.get("failed")) for r in g])  # stored as failed (non-finite numbers)
             row = {"size": size, "setting": name, "label": g[0]["label"], "n": len(g),
                    "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
                    "min": float(acc.min()), "median": float(np.median(acc)), "max": float(acc.max()),
-                   "failed": int((acc < th["failed_below"]).sum()), "outliers": int((acc < th["outlier_below"]).sum()),
+                   "failed": int(((acc < th["failed_below"]) | flagged).sum()),
+                   "outliers": int((acc < th["outlier_below"]).sum()),
                    "failed_below": th["failed_below"], "outlier_below": th["outlier_below"],
-                   "dist_mixed": float(np.mean([r["dist_mixed"] for r in g])),
-                   "dist_all": float(np.mean([r["dist_all"] for r in g]))}  # fmt: skip
+                   "dist_mixed": _finite_mean(r["dist_mixed"] for r in g), "dist_all": _finite_mean(r["dist_all"] for r in g)}  # fmt: skip
             if "dist_fc3_w0" in g[0]:
-                row["dist_fc3_w0"] = float(np.mean([r["dist_fc3_w0"] for r in g]))
+                row["dist_fc3_w0"] = _finite_mean(r["dist_fc3_w0"] for r in g)
             rows.append(row)
     return rows
+
+
+def _finite_mean(values) -> float:
+    """Mean over the values a failed run did not leave empty (``None``)."""
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 #: (a, b) pairs of study 1 compared restart by restart (same data order and mask seed)

@@ -24,6 +24,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import platform
 import secrets
@@ -276,7 +277,16 @@ class RunStore:
         return {r["run_id"] for r in self.read()}
 
     def write(self, record: dict) -> None:
-        atomic_write(self.runs / f"{record['run_id']}.json", json.dumps(jsonable(record), indent=1, sort_keys=True))
+        """Store one finished run as strict JSON. A run with non-finite numbers (a diverged run) is
+        stored as failed: those values become ``null`` and ``failed`` names them (with a warning)."""
+        bad: list[str] = []
+        clean = _finite(jsonable(record), "", bad)
+        if bad:
+            bad.sort()
+            clean["failed"] = f"non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+            warnings.warn(f"run {record['run_id']}: {clean['failed']}; stored as failed", stacklevel=2)
+        text = json.dumps(clean, indent=1, sort_keys=True, allow_nan=False)
+        atomic_write(self.runs / f"{record['run_id']}.json", text)
         self.written += 1
 
     def read(self) -> list[dict]:
@@ -285,6 +295,18 @@ class RunStore:
 
 
 REJECTED = "rejected"
+
+
+def _finite(obj, where: str, bad: list):
+    """``obj`` with every non-finite float replaced by ``None`` (its path appended to ``bad``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(where)
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), bad) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v, f"{where}[{i}]", bad) for i, v in enumerate(obj)]
+    return obj
 
 
 def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:

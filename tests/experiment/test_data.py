@@ -222,6 +222,14 @@ def test_stand_in_halves_are_disjoint_complete_stored_and_deterministic(tmp_path
     again, path = D._split_indices(tmp_path, "stand-in-halves", 60000, sizes, D.SEEDS["stand_in_halves"])
     assert all(np.array_equal(again[k], parts[k]) for k in parts)
     assert _sha(path) == _sha(root / "splits" / path.name)
+    # a stored split that still partitions 0..n-1 but is not the seeded one (two indices swapped) is refused
+    swapped = dict(parts)
+    swapped["a_train"], swapped["b_train"] = parts["a_train"].copy(), parts["b_train"].copy()
+    swapped["a_train"][0], swapped["b_train"][0] = parts["b_train"][0], parts["a_train"][0]
+    np.savez(path, **swapped)
+    with pytest.raises(formats.DataIntegrityError, match="differ from the seeded split") as e:
+        D._split_indices(tmp_path, "stand-in-halves", 60000, sizes, D.SEEDS["stand_in_halves"])
+    assert str(path) in str(e.value)
     # and the labels are spread over all classes in both halves (a real, not degenerate, split)
     y = torchvision.datasets.MNIST(str(root), train=True, download=False).targets.numpy()
     assert np.bincount(y[half_a], minlength=10).min() > 2500

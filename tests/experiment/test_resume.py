@@ -167,3 +167,45 @@ def test_the_store_key_holds_the_content_of_w_pre_and_of_the_data(exp, config, r
     assert a.key() != b.key() and a.pretrain_key() == b.pretrain_key() == config.pretrain_key()
     other = types.SimpleNamespace(source_key=exp.source_key, info=dict(exp.info, cache_sha256="0" * 64))
     assert sweep.data_fingerprint(other) != sweep.data_fingerprint(exp)
+
+
+def test_a_run_with_non_finite_numbers_is_stored_as_failed_in_strict_json(tmp_path, sweep_records, make_ablation_record):
+    from mixout_theory.experiment import report, store
+
+    s = store.RunStore(tmp_path / "s", {})
+    bad = dict(sweep_records[-1], dist_mixed=float("nan"), dist_all=float("inf"))
+    with pytest.warns(UserWarning, match="non-finite values in dist_all, dist_mixed; stored as failed"):
+        s.write(bad)
+    text = (s.runs / f"{bad['run_id']}.json").read_text()
+
+    def no_constants(name):
+        raise AssertionError(f"{name} is not strict JSON")
+
+    rec = json.loads(text, parse_constant=no_constants)
+    assert rec["dist_mixed"] is None and rec["failed"] == "non-finite values in dist_all, dist_mixed"
+    # the failed run is left out of the means and counted; the claims use complete restarts only
+    records = sweep_records[:-1] + [rec]
+    rows = {(r["method"], r["p"]): r for r in report.summarise(records)}
+    failed_row = rows[rec["method"], rec["p"]]
+    assert failed_row["n"] == 2 and failed_row["failed"] == 1
+    assert report.figure2_claims(records)["mixed_distance_decreasing_every_restart"]
+    # under the ablations' summary a failed run counts as failed, whatever its accuracy
+    runs = [make_ablation_record(100, "mixout0.8", k, 0.9) for k in range(3)]
+    runs[2].update(dist_mixed=None, failed="non-finite values in dist_mixed")
+    (row,) = report.summarise_runs(runs, w_pre_acc=0.5)
+    assert row["failed"] == 1 and row["dist_mixed"] == pytest.approx(1.5)  # the mean of the two finite ones
+
+
+def test_stored_files_get_the_usual_permissions(exp, config, reference, tmp_path):
+    """Records, weights and their checksums are readable by others as any file the user writes (0644
+    under the usual umask 022), not private like a mkstemp file (0600)."""
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    _, w_pre = reference
+    store = sweep.run_sweep(tmp_path, config, sweep.experiment_tensors(exp, config), w_pre, OPTIONS)
+    sweep.pretrain(tmp_path, config, sweep.experiment_tensors(exp, config), OPTIONS)
+    files = [*store.runs.glob("*.json"), store.dir / "runs.csv", *(tmp_path / "pretrain").iterdir()]
+    assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}
