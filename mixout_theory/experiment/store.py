@@ -285,6 +285,7 @@ class RunStore:
             bad.sort()
             clean["failed"] = f"non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
             warnings.warn(f"run {record['run_id']}: {clean['failed']}; stored as failed", stacklevel=2)
+        clean[RECORD_SHA256] = _record_sha256(clean)
         text = json.dumps(clean, indent=1, sort_keys=True, allow_nan=False)
         atomic_write(self.runs / f"{record['run_id']}.json", text)
         self.written += 1
@@ -295,6 +296,13 @@ class RunStore:
 
 
 REJECTED = "rejected"
+RECORD_SHA256 = "record_sha256"  # each record's checksum of its own content, written into it
+
+
+def _record_sha256(record: dict) -> str:
+    """sha256 of a record's content as canonical JSON (sorted keys, no spaces), its own checksum left out."""
+    body = {k: v for k, v in record.items() if k != RECORD_SHA256}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
 
 
 def _finite(obj, where: str, bad: list):
@@ -312,9 +320,11 @@ def _finite(obj, where: str, bad: list):
 def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
     """The valid records under ``folder/runs/``, in file-name order.
 
-    A ``*.json`` file that does not parse, is not an object, lacks a field of ``required`` or holds
-    another run's id is not a finished run: it is moved to ``runs/rejected/`` with a warning that
-    names it and why (so its run is computed again), never read as one. Other files are ignored."""
+    A ``*.json`` file that does not parse, is not an object, lacks a field of ``required``, holds
+    another run's id or no longer matches the ``record_sha256`` :meth:`RunStore.write` put into it is
+    not a finished run: it is moved to ``runs/rejected/`` with a warning that names it and why (so its
+    run is computed again), never read as one. Records written before the checksum existed are read
+    as they are. Other files are ignored. The records come back without their checksum."""
     out = []
     for path in sorted(Path(folder, "runs").glob("*.json")):
         try:
@@ -328,6 +338,8 @@ def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
                 why = f"it lacks the fields {missing}"
             elif rec["run_id"] != path.stem:
                 why = f"it holds the run id {rec['run_id']!r}"
+            elif RECORD_SHA256 in rec and rec.pop(RECORD_SHA256) != _record_sha256(rec):
+                why = "its content differs from the sha256 written into it (altered)"
         if why is None:
             out.append(rec)
         else:

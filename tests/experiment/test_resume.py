@@ -117,19 +117,21 @@ def test_damaged_and_stray_records_are_named_set_aside_and_recomputed(exp, confi
     del rec["dist_mixed"]
     schema.write_text(json.dumps(rec))  # parses, but lacks a field of its schema
     (runs / "notes.json").write_text('{"note": "my own file"}')  # stray
+    edited = runs / "none-p0.00-seed0.json"
+    edited.write_text(edited.read_text().replace('"seed": 0', '"seed": 0, "dist_fc9": 1.0'))  # valid, but altered
     (runs / "README.txt").write_text("not a record")  # not *.json: ignored
     with pytest.warns(RejectedRecordWarning) as caught:
         records = sweep.load_records(store.dir)
     messages = " ".join(str(w.message) for w in caught)
     for path, why in ((truncated, "does not parse"), (schema, "lacks the fields ['dist_mixed']"),
-                      (runs / "notes.json", "lacks the fields")):  # fmt: skip
+                      (runs / "notes.json", "lacks the fields"), (edited, "differs from the sha256 written into it")):  # fmt: skip
         assert str(path) in messages and why in messages
-    assert len(records) == 8 and "its run will be computed again" in messages
+    assert len(records) == 7 and "its run will be computed again" in messages
     assert sorted(p.name.split(".json")[0] for p in (runs / REJECTED).iterdir()) == [
-        "dropout-p0.60-seed0", "mixout-p0.30-seed1", "notes"]  # fmt: skip
-    assert (runs / "README.txt").exists()
-    again = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)  # recomputes the two runs, whole chunks
-    assert again.written == 2 and _rows(again) == want
+        "dropout-p0.60-seed0", "mixout-p0.30-seed1", "none-p0.00-seed0", "notes"]  # fmt: skip
+    assert (runs / "README.txt").exists() and all("record_sha256" not in r for r in records)
+    again = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)  # recomputes the three runs, whole chunks
+    assert again.written == 3 and _rows(again) == want
 
 
 def test_altered_or_truncated_pretrained_weights_are_refused_naming_the_file(exp, config, reference, tmp_path):
