@@ -8,8 +8,12 @@ One implementation of each of these, used by the data layer, the sweep and the a
   :func:`remove_stale_temporaries` cleans what a killed process left.
 * :func:`file_digest` / :func:`sha256_file` -- checksums of files; :func:`config_hash` -- the short
   hash of a configuration that names a results folder; :func:`jsonable` -- what JSON can hold.
+* :func:`tensors_sha256` -- the content hash of a set of weights (store keys record ``w_pre``'s);
+  :class:`IntegrityError` -- a stored file that no longer matches its recorded checksum.
 * :class:`RunStore` -- a folder of runs: ``config.json`` and ``runs/<run id>.json``, one record per
-  finished run, so a rerun skips what is :meth:`~RunStore.done`; :func:`export_csv` the tidy table,
+  finished run (strict JSON, carrying its own sha256), so a rerun skips what is :meth:`~RunStore.done`;
+  :func:`read_runs` sets aside (``runs/rejected/``) what is not a valid record; :func:`pending_chunks`
+  fixes a study's ensembles by its whole run list (bit-for-bit resumes); :func:`export_csv` the tidy table,
   :func:`find_stores` the folders holding runs, :func:`runs_written_since` what a command added,
   :func:`run_env` what a run was computed with.
 * :func:`read_csv` -- an exported table back as dicts; :func:`checked_meta` -- an export's
