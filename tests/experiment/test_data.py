@@ -503,6 +503,7 @@ def test_corrupt_archives_write_nothing(tmp_path, datatest_mnist_copy, datatest_
     assert not raw.exists() or _files_under(raw) == []
 
 
+@pytest.mark.filterwarnings("ignore::mixout_theory.experiment.sources.ChecksumWarning")  # a test archive, not NIST's
 def test_interrupted_extraction_leaves_nothing(tmp_path, datatest_mnist_copy, datatest_small_emnist, monkeypatch):
     root = datatest_mnist_copy
     archive = tmp_path / "gzip.zip"
