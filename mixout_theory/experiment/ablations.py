@@ -414,7 +414,7 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     settings = [Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p) for p in config.trajectory_ps]
     todo = [(_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
             for r in range(config.trajectory_restarts) for i, (s, p) in enumerate(zip(settings, config.trajectory_ps))]
-    if all(t[0]["run_id"] in done for t in todo):  # fmt: skip
+    if all(t[0]["run_id"] in done for t in todo):
         return store  # else all runs train again as one ensemble (bit for bit); only missing records are written
     x, y = _subset(tensors, size)
     n_eval = size if config.trajectory_eval is None else min(config.trajectory_eval, size)

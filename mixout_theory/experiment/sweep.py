@@ -270,8 +270,11 @@ def load_pretrained(path: Path) -> dict | None:
     unreadable file raises :class:`IntegrityError` naming it; a cache from before checksums were
     recorded is not trusted: ``None`` (it is pretrained again, deterministically) with a warning."""
     side = path.with_suffix(".json")
-    want = json.loads(side.read_text()).get("sha256") if side.is_file() else None
     remedy = f"delete {path} and {side.name} and rerun: w_pre is pretrained again"
+    try:
+        want = json.loads(side.read_text()).get("sha256") if side.is_file() else None
+    except ValueError as e:
+        raise IntegrityError(f"{side}: unreadable ({e}); {remedy}") from None
     if want is None:
         warnings.warn(f"{path}: no checksum recorded beside it (an older cache): pretraining w_pre again",
                       stacklevel=3)  # fmt: skip
