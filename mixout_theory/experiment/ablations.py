@@ -548,7 +548,8 @@ def load_ablations(results=None) -> list[AblationResults]:
             if not AblationStore.folder(root.parent, study, config).is_dir():
                 continue
             store = AblationStore(root.parent, study, config)
-            if store.done():
-                res.stores[study], res.records[study] = store, store.records()
+            records = store.records()
+            if records:
+                res.stores[study], res.records[study] = store, records
         out.append(res)
     return out

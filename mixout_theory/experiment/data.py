@@ -60,7 +60,7 @@ from mixout_theory.experiment.sources import (
     silent,
 )
 from mixout_theory.experiment.standin import RENDER, render_emnist_style
-from mixout_theory.experiment.store import Staging, config_hash, remove_stale_temporaries, sha256_file
+from mixout_theory.experiment.store import Staging, config_hash, remove_stale_temporaries, sha256_file, verify_sha256
 
 __all__ = [
     "prepare",
@@ -446,8 +446,16 @@ class ExperimentData:
 
     @property
     def label(self) -> str:
-        """One line for figures: ``source: ... -> target: MNIST``."""
-        return f"source: {self.source_name} -> target: MNIST"
+        """One line for figures: :func:`task_line` of this source task."""
+        return task_line(self.source_name)
+
+
+def task_line(source_name: str) -> str:
+    """The transfer every experiment figure names: the source task (EMNIST Digits, transposed to
+    MNIST's orientation, or the stand-in, said to be one) and the target, MNIST."""
+    if source_name.startswith("EMNIST"):
+        source_name += " (transposed to MNIST's orientation)"
+    return f"source task: {source_name} -> target: MNIST"
 
 
 def _verified_cache(path: Path) -> str | None:
@@ -460,13 +468,8 @@ def _verified_cache(path: Path) -> str | None:
         want = None
     if want is None:
         return None
-    got = sha256_file(path)
-    if got != want:
-        raise DataIntegrityError(
-            f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in {side.name}: the cache was "
-            "altered or damaged. It is derived data: delete it and run `python -m mixout_theory data` to rebuild it."
-        )
-    return got
+    return verify_sha256(path, want, side.name, "the cache was altered or damaged. It is derived data: delete it and "
+                         "run `python -m mixout_theory data` to rebuild it.", error=DataIntegrityError)  # fmt: skip
 
 
 def _read_cache_info(path: Path) -> dict:
@@ -494,8 +497,9 @@ def _normalised(x_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     return x.mul_(1.0 / (255.0 * std)).add_(-mean / std)  # (x/255 - mean)/std, two passes
 
 
-def _from_cache(path: Path) -> ExperimentData:
-    sha = _verified_cache(path)
+def _from_cache(path: Path, sha: str | None = None) -> ExperimentData:
+    """The cache at ``path``; ``sha``: its sha256 when the caller has just verified it (else verified here)."""
+    sha = sha or _verified_cache(path)
     if sha is None:
         raise DataIntegrityError(f"{path}: no checksum recorded beside it (an older cache): run "
                                  "`python -m mixout_theory data` to rebuild it")  # fmt: skip
@@ -533,8 +537,9 @@ def load_experiment(root=None, source: str = "auto", emnist_from=None, prepare_i
             warnings.warn(_stand_in_message(root, "not in the data folder"), StandInWarning, stacklevel=2)
     if key is not None:
         path = _cache_path(root, key)
-        if path is not None and path.exists() and _verified_cache(path) is not None:
-            return _from_cache(path)
+        sha = _verified_cache(path) if path is not None and path.exists() else None
+        if sha is not None:
+            return _from_cache(path, sha)
     if not prepare_if_missing:
         msg = f"the data for source={source!r} is not prepared under {root}: run `{cmd(root, f' --source {source}')}` first."
         if source == "emnist":

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mixout_theory.experiment.data import task_line  # noqa: F401 - the line every figure names (report.task_line)
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv
 from mixout_theory.experiment.sweep import METHODS
 
@@ -48,14 +49,6 @@ def band_halfwidth(std, n, band: str = "std"):
 
     safe = np.maximum(n, 2.0)
     return np.where(n >= 2, stats.t.ppf(0.975, safe - 1) * std / np.sqrt(safe), 0.0)
-
-
-def task_line(source_name: str) -> str:
-    """The transfer every experiment figure names: the source task (EMNIST Digits, transposed to
-    MNIST's orientation, or the stand-in, said to be one) and the target, MNIST."""
-    if source_name.startswith("EMNIST"):
-        source_name += " (transposed to MNIST's orientation)"
-    return f"source task: {source_name} -> target: MNIST"
 
 
 def caption(meta: dict, band: str = "std") -> str:

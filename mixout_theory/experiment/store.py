@@ -238,6 +238,16 @@ def read_csv(path, text=()) -> list[dict]:
         return [{k: (v if k in text else _parse_cell(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
+def verify_sha256(path: Path, want: str, recorded_in, what: str, error=IntegrityError) -> str:
+    """The sha256 of ``path`` when it equals ``want``; else ``error`` (default :class:`IntegrityError`):
+    one line naming the file, both hashes, where the expected one is recorded (``recorded_in``) and
+    ``what`` it means and what to do."""
+    got = sha256_file(path)
+    if got != want:
+        raise error(f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in {recorded_in}: {what}")
+    return got
+
+
 def checked_meta(folder, names, remedy: str) -> dict:
     """``folder/meta.json``, after checking each file in ``names`` against the sha256 recorded in its
     ``"sha256"`` map; a missing file or a mismatch is a one-line error that ends with ``remedy``."""
@@ -250,10 +260,7 @@ def checked_meta(folder, names, remedy: str) -> dict:
         want = meta.get("sha256", {}).get(name)
         if want is None or not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} or its sha256 in {meta_path} is missing: {remedy}")
-        got = sha256_file(folder / name)
-        if got != want:
-            raise IntegrityError(f"{folder / name}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in "
-                             f"{meta_path}; the table was altered: {remedy}")  # fmt: skip
+        verify_sha256(folder / name, want, meta_path, f"the table was altered: {remedy}")
     return meta
 
 

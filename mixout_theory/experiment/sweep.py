@@ -44,6 +44,7 @@ from mixout_theory.experiment.store import (
     run_env,
     sha256_file,
     tensors_sha256,
+    verify_sha256,
 )
 from mixout_theory.profiles import PROFILES
 
@@ -279,10 +280,7 @@ def load_pretrained(path: Path) -> dict | None:
         warnings.warn(f"{path}: no checksum recorded beside it (an older cache): pretraining w_pre again",
                       stacklevel=3)  # fmt: skip
         return None
-    got = sha256_file(path)
-    if got != want:
-        raise IntegrityError(f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in {side}: the "
-                             f"weights were altered or damaged; {remedy}")  # fmt: skip
+    verify_sha256(path, want, side, f"the weights were altered or damaged; {remedy}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)["params"]
     except Exception as e:  # noqa: BLE001 - any unreadable file

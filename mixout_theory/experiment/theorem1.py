@@ -56,6 +56,7 @@ from mixout_theory.experiment.curvature import effective_l2
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import (
     RunStore,
+    Staging,
     atomic_write,
     atomic_write_csv,
     checked_meta,
@@ -65,6 +66,7 @@ from mixout_theory.experiment.store import (
     read_csv,
     run_env,
     sha256_file,
+    verify_sha256,
 )
 
 __all__ = ["PARTS", "Theorem1Config", "theorem1_config", "Theorem1Store", "Theorem1Results", "network_loss",
@@ -124,8 +126,10 @@ class Theorem1Store(RunStore):
         path = self.weights / f"{run_id}.pt"
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, buf)
-        atomic_write(path, buf.getvalue())
-        atomic_write(path.with_suffix(".sha256"), f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n")
+        with Staging() as st:  # the weights and their checksum appear together
+            st.path_for(path).write_bytes(buf.getvalue())
+            st.path_for(path.with_suffix(".sha256")).write_text(f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n")
+            st.commit()
         return path
 
     def load_weights(self, run_id: str) -> dict | None:
@@ -135,10 +139,7 @@ class Theorem1Store(RunStore):
             return None
         sums = path.with_suffix(".sha256")
         want = sums.read_text().split()[0] if sums.is_file() else "(no checksum recorded)"
-        got = sha256_file(path)
-        if got != want:
-            raise ValueError(f"{path}: sha256 {got[:12]}... differs from the recorded {want[:12]}...; "
-                             "the file was altered: delete it and rerun (it is recomputed)")  # fmt: skip
+        verify_sha256(path, want, sums.name, "the file was altered: delete it and rerun (it is recomputed)")
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def records(self) -> list[dict]:
@@ -346,14 +347,15 @@ def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, 
                "trajectory_samples": acfg.trajectory_samples, "finetune_epochs": sweep_cfg.finetune_epochs,
                "target_train": int(tensors["target_train"][0].shape[0])}  # fmt: skip
     atomic_write(store.dir / "context.json", json.dumps(context, indent=1, sort_keys=True))
-    if "w_pre" not in store.done() and ("finetuned" in parts or "displaced" in parts):
+    done = store.done()
+    if "w_pre" not in done and ("finetuned" in parts or "displaced" in parts):
         loss_fn, w = network_loss(w_pre, x, y)
         c = second_order.curvature(loss_fn, w, tol=config.lanczos_tol)
         store.write({"run_id": "w_pre", "part": "w_pre", "p": 0.0, "loss": float(loss_fn(w)), "m_min": c.m_min,
                      "m_max": c.m_max, "lanczos_hvp": c.n_hvp, "point": "w_pre"})  # fmt: skip
     points = [f"{part}-p{p:.2f}" for p in config.ps for part in ("finetuned", "displaced") if part in parts]
     points += [f"scan-{pt}-p{q:.2f}" for pt in ("w_p", "w_pre") for q in config.scan_ps if "scan" in parts]
-    if any(rid not in store.done() for rid in points):
+    if any(rid not in done for rid in points):  # "w_pre" is not among them
         weights = _finetuned(store, config, sweep_cfg, tensors, w_pre, options)
         sweep_runs = {r["run_id"]: r for r in sweep.SweepStore(results, sweep_cfg).records()}
         _points(store, config, parts, weights, w_pre, x, y, sweep_runs, options.progress)
