@@ -1,33 +1,52 @@
-"""Mixout as ``nn.Module``: :class:`MixLinear` and a one-call converter for whole models.
+"""Mixout in whole models: convert a model's layers to mixout layers, back, and from a checkpoint.
 
-Reference: C. Lee, K. Cho, W. Kang, "Mixout", ICLR 2020 (arXiv:1909.11299). A :class:`MixLinear`
-applies mixout(u, p) (eq. 8) to its weight at every training forward call,
-``W_eff = u + B (W - u) / (1 - p)`` with one ``B_j ~ Bernoulli(1 - p)`` per input neuron ``j``, drawn
-afresh per call (so shared by the whole mini-batch, as in the authors' code); the bias is never mixed
-and evaluation mode is a plain linear layer.
+Reference: C. Lee, K. Cho, W. Kang, "Mixout", ICLR 2020 (arXiv:1909.11299). The layers themselves
+(:class:`MixLinear`, :class:`MixConv1D`, :class:`MixConv2d`, :class:`MixEmbedding`,
+:class:`MixMultiheadAttention`, ...) live in :mod:`mixout_theory.layers`; this module puts them in:
 
-* :class:`MixLinear` -- a subclass of ``nn.Linear`` (``weight`` / ``bias`` names unchanged) with the
-  target ``u`` as a buffer named ``target`` (``None`` = the origin, i.e. dropout(p) on the inputs).
-* :func:`mixout_model` -- replace chosen ``nn.Linear`` layers of any module tree by
-  ``MixLinear.from_linear(layer, p)`` (target = ``w_pre``, the layer's current weight) and set the
-  model's dropout probabilities (mixout takes dropout's place).
-* :func:`unmix_model` -- the inverse: every ``MixLinear`` back to a plain ``nn.Linear`` holding the
-  trained weights. :func:`mixed_layer_names` lists the ``MixLinear`` layers of a model.
+* :func:`mixout_model` -- replace chosen layers of any module tree by mixout(w_pre, p) layers (eq. 8;
+  the target is each layer's current weight), set the dropouts that feed them, or rebuild a mixed
+  model from a checkpoint of one (``from_state_dict=``).
+* :func:`unmix_model` -- every mixout layer back to its plain layer, holding the trained weights.
+* :func:`mixed_layer_names`, :func:`mixable_layer_names` -- what is mixed, what could be.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from mixout_theory import mixing
+from mixout_theory.layers import (
+    LEVELS,
+    MixConv1D,
+    MixConv1d,
+    MixConv2d,
+    MixConv3d,
+    MixEmbedding,
+    MixLinear,
+    MixMultiheadAttention,
+    MixoutLayer,
+    check_level,
+    decode_state,
+)
 
-__all__ = ["MixLinear", "mixout_model", "unmix_model", "mixed_layer_names", "DROPOUT_TYPES"]
+__all__ = [
+    "MixLinear",
+    "mixout_model",
+    "unmix_model",
+    "mixed_layer_names",
+    "mixable_layer_names",
+    "DROPOUT_TYPES",
+    "UnmixedLayerWarning",
+    "LEVELS",
+]
 
-#: The dropout modules whose probability :func:`mixout_model` sets (all of torch's dropout family).
+#: The dropout modules :func:`mixout_model` may set (all of torch's dropout family).
 DROPOUT_TYPES = (
     nn.Dropout,
     nn.Dropout1d,
@@ -37,157 +56,70 @@ DROPOUT_TYPES = (
     nn.FeatureAlphaDropout,
 )
 
-
-class MixLinear(nn.Linear):
-    """``nn.Linear`` whose weight is mixout(u, p)-ed (eq. 8) in training mode; the bias never is.
-
-    ``y = x W_eff^T + b`` with ``W_eff = mixing.mixout(W, u, p, self.training, self.generator)``.
-    ``target`` (``u``) is a registered buffer, so ``state_dict()``, ``.to()``, ``.half()`` carry it; it
-    is never trained. ``target=None`` stores no tensor and means ``u = 0``: dropout(p) on the inputs,
-    with one mask per forward call. ``p`` is validated (``mixing.check_p``) at construction and on
-    assignment. ``generator`` (default ``None``: torch's global one) may be set to a
-    ``torch.Generator`` on the weight's device for reproducible masks. The forward pass is one call,
-    :func:`mixing.mixout_linear`.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        p: float = 0.0,
-        target: torch.Tensor | None = None,
-        device=None,
-        dtype=None,
-    ) -> None:
-        p = mixing.check_p(p)  # before the (random) initialisation, so bad input consumes nothing
-        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
-        self.p = p
-        self.generator: torch.Generator | None = None
-        self.register_buffer("target", None)
-        self.set_target(target)
-        self._target_is_w_pre = False
-
-    @property
-    def p(self) -> float:
-        """The mixing probability (the chance that an input neuron's column is replaced by ``u``)."""
-        return self._p
-
-    @p.setter
-    def p(self, value: float) -> None:
-        self._p = mixing.check_p(value)
-
-    def set_target(self, target: torch.Tensor | None) -> None:
-        """Store ``target`` (detached copy, cast to the weight's device / dtype) or ``None`` (zero)."""
-        if target is None:
-            self.target = None
-        else:
-            self.target = mixing.check_target(self.weight, target).clone()
-        self._target_is_w_pre = False
-
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return mixing.mixout_linear(input, self.weight, self.bias, self.target, self._p, self.training, self.generator)
-
-    def extra_repr(self) -> str:
-        if self.target is None:
-            target = "zero (dropout)"
-        elif self._target_is_w_pre:
-            target = "w_pre"
-        else:
-            target = "given"
-        return f"{super().extra_repr()}, p={self.p:g}, target={target}"
-
-    @classmethod
-    def from_linear(
-        cls,
-        linear: nn.Linear,
-        p: float,
-        target: torch.Tensor | None = None,
-        *,
-        share_parameters: bool = False,
-    ) -> "MixLinear":
-        """A :class:`MixLinear` with ``linear``'s weight, bias, device, dtype and ``requires_grad``.
-
-        ``target`` defaults to a detached copy of ``linear.weight`` as it is now (``w_pre``). The
-        weight and bias are copied unless ``share_parameters`` is True, in which case the new module
-        holds the very same ``nn.Parameter`` objects (tied weights stay tied, an optimizer built
-        earlier keeps working). The global random state is not touched; the training mode is kept.
-        """
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
-        p = mixing.check_p(p)
-        w = linear.weight
-        new = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, p=p,
-                  device="meta", dtype=w.dtype)  # meta: no random initialisation, no memory
-        if share_parameters:
-            new.weight = w
-            new.bias = linear.bias
-        else:
-            new.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
-            if linear.bias is not None:
-                b = linear.bias
-                new.bias = nn.Parameter(b.detach().clone(), requires_grad=b.requires_grad)
-        if target is None:
-            new.target = w.detach().clone()
-            new._target_is_w_pre = True
-        else:
-            new.set_target(target)
-        new.train(linear.training)
-        return new
-
-    def to_linear(self, *, share_parameters: bool = False) -> nn.Linear:
-        """A plain ``nn.Linear`` with this layer's current (trained) weight and bias; no target."""
-        new = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device="meta", dtype=self.weight.dtype)
-        if share_parameters:
-            new.weight = self.weight
-            new.bias = self.bias
-        else:
-            new.weight = nn.Parameter(self.weight.detach().clone(),
-                                      requires_grad=self.weight.requires_grad)
-            if self.bias is not None:
-                new.bias = nn.Parameter(self.bias.detach().clone(),
-                                        requires_grad=self.bias.requires_grad)
-        new.train(self.training)
-        return new
+#: The mixout layer for each kind of plain layer, in the order they are tried.
+LAYER_TYPES = (MixLinear, MixConv1D, MixMultiheadAttention, MixConv1d, MixConv2d, MixConv3d, MixEmbedding)
+#: Kinds that ``layers=None`` leaves out (name them, or pick them with a predicate, to mix them).
+OPT_IN = (MixEmbedding,)
 
 
-def _candidates(model: nn.Module) -> dict[str, nn.Linear]:
-    """Every name (aliases included) of a module of type exactly ``nn.Linear``.
-
-    Subclasses (``MixLinear``, ``MultiheadAttention``'s ``out_proj``, whose ``forward`` is never called,
-    quantised or LoRA layers, ...) are left out: replacing them would drop their own behaviour.
-    """
-    return {name: m for name, m in model.named_modules(remove_duplicate=False)
-            if type(m) is nn.Linear}
+class UnmixedLayerWarning(UserWarning):
+    """Layers with weights that ``mixout_model(..., layers=None)`` cannot convert and leaves as they are."""
 
 
-def _select(model: nn.Module, layers) -> dict[str, nn.Linear]:
-    cands = _candidates(model)
+def _kind(module: nn.Module):
+    return next((cls for cls in LAYER_TYPES if cls.supports(module)), None)
+
+
+def _inside_attention(model: nn.Module) -> dict[str, str]:
+    """Names of modules held by an ``nn.MultiheadAttention`` (its ``out_proj``) -> the attention's name."""
+    return {f"{name}.{child}" if name else child: name for name, m in model.named_modules(remove_duplicate=False)
+            if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_modules() if child}
+
+
+def mixable_layer_names(model: nn.Module) -> dict[str, str]:
+    """Every name (aliases included) of a layer :func:`mixout_model` can convert -> its mixout class."""
+    inner = _inside_attention(model)
+    return {n: k.__name__ for n, m in model.named_modules(remove_duplicate=False)
+            if n not in inner and (k := _kind(m)) is not None}
+
+
+def _unhandled(model: nn.Module) -> list[str]:
+    """Modules holding a weight of 2 or more dims that no mixout class converts (and are not mixed)."""
+    inner = _inside_attention(model)
+    return [f"{n!r} ({type(m).__name__})" for n, m in model.named_modules()
+            if n not in inner and _kind(m) is None and not isinstance(m, MixoutLayer)
+            and any(w.dim() >= 2 for w in m.parameters(recurse=False))]
+
+
+def _select(model: nn.Module, layers) -> list[str]:
+    mixable = mixable_layer_names(model)
+    cands = {n: m for n, m in model.named_modules(remove_duplicate=False) if n in mixable}
     available = ", ".join(repr(n) for n in cands) or "(none)"
     if layers is None:
-        chosen = dict(cands)
+        chosen = [n for n, m in cands.items() if _kind(m) not in OPT_IN]
+        skipped = _unhandled(model)
+        if skipped:
+            warnings.warn(f"mixout_model: {len(skipped)} layer(s) with weights cannot be mixed and stay as they "
+                          f"are: {', '.join(skipped)}", UnmixedLayerWarning, stacklevel=3)
     elif callable(layers):
-        chosen = {n: m for n, m in cands.items() if layers(n, m)}
+        chosen = [n for n, m in cands.items() if layers(n, m)]
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
         bad = [n for n in names if not isinstance(n, str)]
         if bad:
             raise TypeError(f"layer names must be strings, got {bad!r}")
-        everything = dict(model.named_modules(remove_duplicate=False))
+        everything, inner = dict(model.named_modules(remove_duplicate=False)), _inside_attention(model)
         missing = [n for n in names if n not in everything]
-        wrong = [f"{n!r} ({type(everything[n]).__name__})" for n in names
-                 if n in everything and n not in cands]
-        problems = []
-        if missing:
-            problems.append(f"not found: {missing!r}")
-        if wrong:
-            problems.append("not a plain nn.Linear: " + ", ".join(wrong))
+        wrong = [f"{n!r} ({type(everything[n]).__name__}, part of the MultiheadAttention {inner[n]!r})"
+                 if n in inner else f"{n!r} ({type(everything[n]).__name__})"
+                 for n in names if n in everything and n not in cands]
+        problems = ([f"not found: {missing!r}"] if missing else []) + (
+            ["not a layer mixout converts: " + ", ".join(wrong)] if wrong else [])
         if problems:
-            raise ValueError(f"bad layer names, {'; '.join(problems)}. Linear layers: {available}")
-        chosen = {n: cands[n] for n in names}
+            raise ValueError(f"bad layer names, {'; '.join(problems)}. Mixable layers: {available}")
+        chosen = names
     if not chosen:
-        raise ValueError(f"no nn.Linear layer selected to mix. Linear layers: {available}")
+        raise ValueError(f"no layer selected to mix. Mixable layers: {available}")
     return chosen
 
 
@@ -200,73 +132,184 @@ def _replace(model: nn.Module, mapping: dict[int, nn.Module]) -> nn.Module:
     return mapping.get(id(model), model)
 
 
-def _set_dropout(model: nn.Module, dropout_p) -> None:
+def _run(model: nn.Module, example_inputs) -> None:
+    if isinstance(example_inputs, dict):
+        model(**example_inputs)
+    elif isinstance(example_inputs, tuple):
+        model(*example_inputs)
+    else:
+        model(example_inputs)
+
+
+def feeding_dropouts(model: nn.Module, layers: Iterable[nn.Module], example_inputs) -> list[nn.Module]:
+    """The dropout modules of ``model`` whose output reaches the input of one of ``layers``.
+
+    Found from one training-mode forward pass on ``example_inputs`` (a tensor, a tuple of positional
+    arguments or a dict of keyword arguments): each dropout's output gets a zero that requires grad,
+    and a dropout feeds the layers when the sum of their inputs depends on its zero (autograd). A
+    dropout whose forward never runs (its ``p`` read and applied functionally, as ``transformers``'
+    attention-probability dropout) feeds nothing. Nothing is trained, no random state is consumed and
+    every module's training mode is restored.
+    """
+    layers = list(layers)
+    markers, inputs, hooks = {}, [], []
+
+    def mark(module, args, output):
+        zero = markers.setdefault(module, torch.zeros((), requires_grad=True))
+        return output + zero.to(output.device)
+
+    def record(module, args, kwargs):
+        inputs.extend(a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.requires_grad)
+
+    drops = [m for m in model.modules() if isinstance(m, DROPOUT_TYPES)]
+    modes = {m: m.training for m in model.modules()}
+    hooks += [d.register_forward_hook(mark) for d in drops]
+    hooks += [m.register_forward_pre_hook(record, with_kwargs=True) for m in layers]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    try:
+        with torch.random.fork_rng(devices=devices), torch.enable_grad():
+            model.train()
+            _run(model, example_inputs)
+            used = [d for d in drops if d in markers]
+            if not used or not inputs:
+                return []
+            total = sum(t.float().sum() for t in inputs)
+            grads = torch.autograd.grad(total, [markers[d] for d in used], allow_unused=True)
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, mode in modes.items():
+            m.training = mode
+    return [d for d, g in zip(used, grads) if g is not None]
+
+
+def _set_dropouts(model, layers, dropout_p, dropouts, example_inputs) -> None:
     if dropout_p is None:
         return
-    dropout_p = mixing.check_p(dropout_p)
-    for m in model.modules():
-        if isinstance(m, DROPOUT_TYPES):
-            m.p = dropout_p
+    named = [(n, m) for n, m in model.named_modules() if isinstance(m, DROPOUT_TYPES)]
+    if callable(dropouts):
+        chosen = [m for n, m in named if dropouts(n, m)]
+    elif dropouts == "all":
+        chosen = [m for _, m in named]
+    elif dropouts is not None:
+        raise ValueError(f"dropouts must be None, 'all' or a predicate f(name, module), got {dropouts!r}")
+    elif example_inputs is not None:
+        chosen = feeding_dropouts(model, layers, example_inputs)
+    else:
+        chosen = [m for _, m in named]
+        if named:
+            warnings.warn(f"mixout_model: which dropouts feed the mixed layers cannot be told without "
+                          f"example_inputs, so all {len(named)} dropout modules get p={dropout_p:g} (pass "
+                          f"example_inputs=..., or dropouts='all' or a predicate)", UserWarning, stacklevel=3)
+    for m in chosen:
+        m.p = dropout_p
+
+
+def _from_checkpoint(model: nn.Module, state_dict, p) -> dict[str, tuple[float, str, bool]]:
+    """Layers of ``model`` that ``state_dict`` holds as mixed: name -> (p, level, has targets)."""
+    found = {}
+    for name in mixable_layer_names(model):
+        prefix = f"{name}." if name else ""
+        state = state_dict.get(prefix + "_extra_state")
+        has_targets = any(k.startswith(prefix) and k.endswith("target") and "." not in k[len(prefix):]
+                          for k in state_dict)
+        if state is not None:
+            found[name] = (*decode_state(state), has_targets)
+        elif has_targets:  # a checkpoint from before p was stored
+            if p is None:
+                raise ValueError(f"the checkpoint holds mixed layer {name!r} without its p (saved by an older "
+                                 f"version): pass p=")
+            found[name] = (mixing.check_p(p), "neuron", True)
+    if not found:
+        raise ValueError("from_state_dict holds no mixed layer (no '<layer>._extra_state' or '<layer>.target' key)")
+    return found
 
 
 def mixout_model(
     model: nn.Module,
-    p: float,
+    p: float | None = None,
     layers: Iterable[str] | str | Callable[[str, nn.Module], bool] | None = None,
     *,
+    level: str = "neuron",
     dropout_p: float | None = 0.0,
+    dropouts: str | Callable[[str, nn.Module], bool] | None = None,
+    example_inputs=None,
+    from_state_dict: dict | None = None,
     inplace: bool = False,
 ) -> nn.Module:
-    """Turn chosen ``nn.Linear`` layers of ``model`` into mixout(w_pre, p) layers (eq. 8).
+    """Turn chosen layers of ``model`` into mixout(w_pre, p) layers (eq. 8; eq. 5 with ``level="parameter"``).
 
-    ``layers`` picks the layers among the modules of type exactly ``nn.Linear``: ``None`` = all of
-    them; a list of fully qualified names as in ``model.named_modules()`` (e.g.
-    ``"encoder.layer.0.attention.self.query"``, a single string is one name); or a predicate
-    ``f(name, module) -> bool`` called on every such layer. Each chosen layer becomes
-    ``MixLinear.from_linear(layer, p, share_parameters=True)``: target = its current weight, same
-    ``Parameter`` objects (a layer reachable under several names is replaced everywhere by one module).
-    Every dropout module (:data:`DROPOUT_TYPES`) anywhere in the model gets probability ``dropout_p``
-    (default 0: mixout replaces dropout; ``None`` leaves them as they are). Dropout applied
-    functionally inside a ``forward`` is out of reach.
+    Layers it converts (:data:`LAYER_TYPES`): ``nn.Linear`` and subclasses that keep its forward,
+    ``transformers``' ``Conv1D`` (recognised without importing ``transformers``),
+    ``nn.MultiheadAttention`` (its input projections and ``out_proj`` together), ``nn.Conv1d/2d/3d``
+    and ``nn.Embedding`` (see :mod:`mixout_theory.layers` for each one's input units).
 
-    With ``inplace=False`` (default) the model is deep-copied first and the original is untouched (it
-    stays as ``w_pre``); with ``inplace=True`` the model is changed in place. Either way the converted
-    model is returned (a new object when ``model`` itself is an ``nn.Linear``); use
-    :func:`mixed_layer_names` to list what was converted. Raises ``ValueError`` for unknown names,
-    names of non-``nn.Linear`` modules, or an empty selection, listing the available Linear names.
+    ``layers`` picks them: ``None`` = every one but the embeddings, with an
+    :class:`UnmixedLayerWarning` listing modules with weights that none of the classes converts; a
+    list of names as in ``model.named_modules()`` (a single string is one name); or a predicate
+    ``f(name, module) -> bool`` called once on every convertible layer. A chosen layer becomes
+    ``<MixClass>.from_module(layer, p, share_parameters=True)``: target = its current weight, the same
+    ``Parameter`` objects (a layer reachable under several names becomes one module).
+
+    Dropout: mixout takes dropout's place, so ``dropout_p`` (default 0; ``None`` leaves every dropout
+    as it is) goes to the dropout modules (:data:`DROPOUT_TYPES`) chosen by ``dropouts``: ``None`` =
+    those feeding a mixed layer, found by :func:`feeding_dropouts` when ``example_inputs`` is given
+    and otherwise all of them, with a warning; ``"all"``; or a predicate ``f(name, module)``.
+    Dropout applied functionally inside a ``forward`` (``F.dropout(x, 0.1)``) is out of reach.
+
+    ``from_state_dict``: rebuild a mixed model from a checkpoint of one: the layers whose
+    ``_extra_state`` (or, from older versions, ``target``) the state dict holds are converted with its
+    ``p`` and level (``p`` is then only the fallback for checkpoints without it, and ``layers`` must be
+    None), then the whole state dict is loaded strictly.
+
+    ``inplace=False`` (default) deep-copies ``model`` first; either way the converted model is returned
+    (a new object when the root itself is converted). Raises ``ValueError`` for unknown names, names of
+    layers it cannot convert, or an empty selection, listing the convertible layers.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    p = mixing.check_p(p)
+    level = check_level(level)
     if dropout_p is not None:
         mixing.check_p(dropout_p)
-    names = list(_select(model, layers))  # validate (and call a predicate) once, before copying
+    if from_state_dict is not None:
+        if layers is not None:
+            raise ValueError("layers must be None with from_state_dict (the checkpoint says which are mixed)")
+        plan = _from_checkpoint(model, from_state_dict, p)
+    else:
+        if p is None:
+            raise TypeError("mixout_model needs p (the mixing probability), or from_state_dict=")
+        p = mixing.check_p(p)
+        plan = {n: (p, level, True) for n in _select(model, layers)}  # validated before copying
     if not inplace:
         model = copy.deepcopy(model)
     modules = dict(model.named_modules(remove_duplicate=False))
-    chosen = {id(modules[n]): modules[n] for n in names}
-    mapping = {i: MixLinear.from_linear(m, p, share_parameters=True) for i, m in chosen.items()}
+    chosen = {id(modules[n]): (modules[n], *plan[n]) for n in plan}
+    if dropout_p is not None:
+        _set_dropouts(model, [m for m, *_ in chosen.values()], dropout_p, dropouts, example_inputs)
+    mapping = {i: _kind(m).from_module(m, lp, level=lv, share_parameters=True, target="w_pre" if t else "zero")
+               for i, (m, lp, lv, t) in chosen.items()}
     model = _replace(model, mapping)
-    _set_dropout(model, dropout_p)
+    if from_state_dict is not None:
+        model.load_state_dict(from_state_dict)
     return model
 
 
 def unmix_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Turn every :class:`MixLinear` of ``model`` back into a plain ``nn.Linear`` (trained weights).
+    """Turn every mixout layer of ``model`` back into its plain layer (trained weights, no targets).
 
     The new layers hold the same ``Parameter`` objects as the mixed ones (of the copy when
-    ``inplace=False``, the default); targets are dropped. Dropout probabilities are not restored.
-    Returns the model (a new object when ``model`` itself is a ``MixLinear``).
+    ``inplace=False``, the default), so ``state_dict()`` is that of the plain model: ready for
+    ``save_pretrained`` / ``from_pretrained``. Dropout probabilities are not restored. Returns the
+    model (a new object when the root itself is a mixout layer).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    mapping = {id(m): m.to_linear(share_parameters=True)
-               for m in model.modules() if isinstance(m, MixLinear)}
+    mapping = {id(m): m.to_plain(share_parameters=True) for m in model.modules() if isinstance(m, MixoutLayer)}
     return _replace(model, mapping)
 
 
 def mixed_layer_names(model: nn.Module) -> list[str]:
-    """Fully qualified names of the :class:`MixLinear` layers of ``model`` (first name of each)."""
-    return [name for name, m in model.named_modules() if isinstance(m, MixLinear)]
+    """Fully qualified names of the mixout layers of ``model`` (first name of each)."""
+    return [name for name, m in model.named_modules() if isinstance(m, MixoutLayer)]

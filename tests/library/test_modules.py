@@ -60,7 +60,7 @@ def test_mixlinear_target_buffer_state_dict_and_casts(gen):
     assert m.target.dtype == torch.float32 and torch.equal(m.target, u.float())
     assert "target" in dict(m.named_buffers())
     sd = m.state_dict()
-    assert set(sd) == {"weight", "bias", "target"} and torch.equal(sd["target"], u.float())
+    assert set(sd) == {"weight", "bias", "target", "_extra_state"} and torch.equal(sd["target"], u.float())
     assert "target=given" in repr(m)
     m2 = MixLinear(4, 3, p=0.5, target=torch.zeros(3, 4))
     m2.load_state_dict(sd)
@@ -219,6 +219,7 @@ class Nested(nn.Module):
 
 
 NESTED_LINEARS = ["inp", "blocks.0.proj", "blocks.1.proj", "heads.a.0", "heads.b"]
+NESTED_MIXED = NESTED_LINEARS + ["attn"]  # the attention's in_proj_weight and out_proj, as one layer
 
 
 class SelfAttention(nn.Module):
@@ -297,15 +298,17 @@ def test_convert_nested_model_all_linears():
     model = Nested().eval()
     x = torch.randn(3, 4)
     y0 = model(x)
-    mixed = mixout_model(model, 0.7)
+    with pytest.warns(UserWarning, match="all 3 dropout modules get p=0"):  # no example_inputs
+        mixed = mixout_model(model, 0.7)
     assert mixed is not model and linear_names(model) == NESTED_LINEARS
-    assert mixed_layer_names(mixed) == NESTED_LINEARS
+    assert mixed_layer_names(mixed) == NESTED_MIXED
     assert mixed_layer_names(model) == []  # original untouched (inplace=False)
     assert dropout_ps(mixed) == [0.0, 0.0, 0.0] and dropout_ps(model) == [0.3, 0.3, 0.1]
-    assert type(mixed.attn.out_proj) is not MixLinear  # MHA never calls out_proj.forward
+    assert type(mixed.attn.out_proj) is not MixLinear  # mixed by the attention, which never calls it
     for name in NESTED_LINEARS:
         layer = mixed.get_submodule(name)
         assert layer.p == 0.7 and torch.equal(layer.target, model.get_submodule(name).weight)
+    assert torch.equal(mixed.attn.out_proj_target, model.attn.out_proj.weight)
     assert torch.equal(mixed(x), y0)  # eval mode: the same function
     mixed.train()
     assert torch.allclose(mixed(x), y0, rtol=0, atol=1e-6)  # w = u = w_pre: Phi = w_pre, no noise yet
@@ -356,9 +359,10 @@ def test_convert_hf_like_model_by_names_and_predicate(gen):
     assert mixed_layer_names(m2) == expected
     calls = []
     m_gen = mixout_model(model, 0.5, (n for n in names), dropout_p=None)  # any iterable of names
-    mixout_model(model, 0.5, lambda n, m: calls.append(n) or True)
-    assert mixed_layer_names(m_gen) == names and calls == linear_names(model)  # one call per layer
-    m3 = mixout_model(model, 0.1)
+    mixout_model(model, 0.5, lambda n, m: calls.append(n) or True, dropouts="all")
+    assert mixed_layer_names(m_gen) == names
+    assert calls == ["embeddings"] + linear_names(model)  # one call per convertible layer
+    m3 = mixout_model(model, 0.1, dropouts="all")  # None: every layer but the (opt-in) embeddings
     assert len(mixed_layer_names(m3)) == len(linear_names(model)) == 2 * 6 + 2
     assert torch.equal(m3(ids), y0)
 
@@ -373,11 +377,11 @@ def test_wrong_names_and_empty_selection():
         mixout_model(model, 0.5, ["encoder.layer.0.attention"])
     with pytest.raises(ValueError, match="LayerNorm"):
         mixout_model(model, 0.5, "encoder.layer.1.output.LayerNorm")
-    with pytest.raises(ValueError, match="no nn.Linear layer selected.*'classifier'"):
+    with pytest.raises(ValueError, match="no layer selected.*'classifier'"):
         mixout_model(model, 0.5, [])
-    with pytest.raises(ValueError, match="no nn.Linear layer selected"):
+    with pytest.raises(ValueError, match="no layer selected"):
         mixout_model(model, 0.5, lambda n, m: False)
-    with pytest.raises(ValueError, match=r"selected to mix. Linear layers: \(none\)"):
+    with pytest.raises(ValueError, match=r"selected to mix. Mixable layers: \(none\)"):
         mixout_model(nn.Sequential(nn.ReLU()), 0.5)
     with pytest.raises(TypeError, match="strings"):
         mixout_model(model, 0.5, [3])
@@ -386,8 +390,11 @@ def test_wrong_names_and_empty_selection():
     mixed = mixout_model(model, 0.5, ["classifier"])
     with pytest.raises(ValueError, match=r"'classifier' \(MixLinear\)"):  # already mixed
         mixout_model(mixed, 0.5, ["classifier"])
-    with pytest.raises(ValueError, match=r"'attn.out_proj' \(NonDynamicallyQuantizableLinear\)"):
+    with pytest.raises(ValueError, match=r"'attn.out_proj' \(NonDynamicallyQuantizableLinear, part of the "
+                       r"MultiheadAttention 'attn'\)"):
         mixout_model(Nested(), 0.5, ["attn.out_proj"])
+    with pytest.raises(TypeError, match="needs p"):
+        mixout_model(model)
     assert mixed_layer_names(model) == []  # failed calls change nothing
 
 
