@@ -33,12 +33,15 @@ loads strictly and keeps the layer's ``p``. ``generator`` (default ``None``: tor
 ``transformers``' gradient checkpointing) the backward uses the very mask drawn in forward with any
 generator: torch restores its global random state for the recomputation itself, and a layer with its
 own generator keeps the masks of forward calls that may be recomputed (:func:`may_be_recomputed`),
-keyed by one number it then draws from torch's global CPU generator (so the recomputation, which
-replays that generator, finds them).
+keyed by the global random state, which it reads and never advances (checkpointing restores that
+state for the recomputation, which so finds them). One case stays out of reach: a layer called twice
+inside one checkpointed segment with nothing drawn from torch's global generator between the calls
+(the recomputation then gets the two calls' masks in reverse order).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -58,6 +61,7 @@ __all__ = [
     "MixEmbedding",
     "MixMultiheadAttention",
     "may_be_recomputed",
+    "recomputing",
 ]
 
 #: The mask levels: one value per input unit (mixout, eq. 8) or per weight (mixconnect, eq. 5).
@@ -72,6 +76,16 @@ def check_level(level) -> str:
     return level
 
 
+def _probe(name: str, default):
+    probe = getattr(torch._C, name, None) or getattr(torch._C._autograd, name, None)
+    return default if probe is None else probe
+
+
+def recomputing() -> bool:
+    """Whether this forward runs inside a backward pass: activation checkpointing recomputing it."""
+    return _probe("_current_graph_task_id", lambda: 0)() != -1
+
+
 def may_be_recomputed() -> bool:
     """Whether the forward running now may be run again by activation checkpointing.
 
@@ -79,13 +93,17 @@ def may_be_recomputed() -> bool:
     pass) or under saved-tensor hooks (non-reentrant checkpointing, also offloading); False in plain
     training. Where torch lacks the probes, True (the safe answer).
     """
-    if not torch.is_grad_enabled():
-        return True
-    task = getattr(torch._C, "_current_graph_task_id", None)
-    hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    if task is None or hooks is None:
-        return True
-    return task() != -1 or hooks(False) is not None
+    hooks = _probe("_top_saved_tensors_default_hooks", lambda _: True)
+    return not torch.is_grad_enabled() or recomputing() or hooks(False) is not None
+
+
+def _random_state_key(device: torch.device) -> int:
+    """A fingerprint of torch's global random state (CPU, and the device's): what checkpointing
+    restores before it recomputes, so the recomputation of a call sees the key its forward saw."""
+    state = torch.get_rng_state()
+    if device.type == "cuda":
+        state = torch.cat([state, torch.cuda.get_rng_state(device)])
+    return hash(state.numpy().tobytes())
 
 
 def _fresh(cls, config: dict) -> nn.Module:
@@ -202,15 +220,35 @@ class MixoutLayer:
         return out
 
     def _scales(self, specs) -> list[torch.Tensor]:
-        """:meth:`_draw`, such that a recomputed forward (activation checkpointing) sees the same masks."""
+        """:meth:`_draw`, such that a recomputed forward (activation checkpointing) gets the same masks.
+
+        With torch's global generator there is nothing to do: checkpointing restores it. With the
+        layer's own generator, a forward that may be recomputed keeps its masks under the key of the
+        global random state (:func:`_random_state_key`, read, never advanced), and its recomputation
+        takes them back (the newest under that key first, as backward recomputes the latest forward
+        first). Nothing is kept in plain training.
+        """
         if self.generator is None or not may_be_recomputed():
-            return self._draw(specs)  # the global generator: checkpointing restores it for the recomputation
-        key = int(torch.randint(0, 2**62, (1,)).item())  # torch's global CPU generator, replayed too
-        if key in self._replay:
-            return self._replay.pop(key)
-        masks = self._replay[key] = self._draw(specs)
-        while len(self._replay) > _REPLAY_LIMIT:
-            self._replay.popitem(last=False)
+            return self._draw(specs)
+        key = _random_state_key(self._weight(specs[0][0]).device)
+        if recomputing():
+            kept = self._replay.get(key)
+            if kept:
+                masks = kept.pop()
+                if not kept:
+                    del self._replay[key]
+                return masks
+            warnings.warn(f"{type(self).__name__}: recomputed forward without its masks (more than "
+                          f"{_REPLAY_LIMIT} calls in flight?): new masks are drawn", RuntimeWarning, stacklevel=2)
+            return self._draw(specs)
+        masks = self._draw(specs)
+        self._replay.setdefault(key, []).append(masks)
+        self._replay.move_to_end(key)
+        while sum(map(len, self._replay.values())) > _REPLAY_LIMIT:
+            oldest = next(iter(self._replay))
+            self._replay[oldest].pop(0)
+            if not self._replay[oldest]:
+                del self._replay[oldest]
         return masks
 
     def mixed_weights(self) -> list[torch.Tensor]:
