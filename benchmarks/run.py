@@ -24,6 +24,9 @@ Sections:
 3. ``mixout``: forward + backward of a mixout Linear layer (300 -> 100, batch 32) against
    ``nn.Linear``, ``nn.Dropout`` + ``nn.Linear`` and a re-implementation of the authors' approach.
 4. ``penalty``: Monte Carlo penalty samples per second, batched against a loop over samples.
+5. ``layers``: forward + backward of each mixout layer against its plain layer at transformer sizes
+   (512 tokens; Linear and GPT-2's Conv1D at 1024 -> 1024 and 1024 -> 4096, attention, a convolution,
+   an embedding), on all cores; the target is a median ratio of at most 1.15.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from mixout_theory import cases, penalty  # noqa: E402
 from mixout_theory.experiment import engine as training  # noqa: E402
 from mixout_theory.experiment import mlp as models  # noqa: E402
 from mixout_theory.experiment import sweep  # noqa: E402
+from mixout_theory.layers import MixConv1D, MixConv2d, MixEmbedding, MixMultiheadAttention  # noqa: E402
 from mixout_theory.modules import MixLinear, mixout_model  # noqa: E402
 
 PAPER_MEMBERS = 170
@@ -127,7 +131,7 @@ def plain_loop(kind: str, p: float, x, y, steps: int, device):
     torch.manual_seed(0)
     net = models.MLP(dropout=p if kind == "dropout" else 0.0).to(device)
     if kind == "mixout":
-        net = mixout_model(net, p, ["fc2", "fc3"])
+        net = mixout_model(net, p, ["fc2", "fc3"], dropouts="all")
     opt = torch.optim.Adam(net.parameters(), lr=5e-5)
     net.train()
 
@@ -374,6 +378,67 @@ def bench_penalty(args, device, rows):
 
 
 # --------------------------------------------------------------------------------------------
+# 5. mixout layers at transformer sizes
+
+LAYER_TARGET = 1.15  # a mixout layer's forward + backward over its plain layer's, at most (median)
+
+
+def transformer_layers(device):
+    """(name, plain layer, its mixout class, inputs) at transformer sizes, 512 tokens."""
+    t, g = 512, torch.Generator().manual_seed(0)
+    cases = []
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:
+        Conv1D = None
+    for i, o in ((1024, 1024), (1024, 4096)):
+        x = torch.randn(t, i, generator=g)
+        cases.append((f"Linear {i}->{o}", nn.Linear(i, o), MixLinear, (x,)))
+        if Conv1D is not None:
+            cases.append((f"Conv1D (GPT-2) {i}->{o}", Conv1D(o, i), MixConv1D, (x,)))
+    x = torch.randn(1, t, 1024, generator=g)
+    cases.append(("MultiheadAttention 1024, 16 heads", nn.MultiheadAttention(1024, 16, batch_first=True),
+                  MixMultiheadAttention, (x, x, x)))
+    cases.append(("Conv2d 64->64 3x3, 8x32x32", nn.Conv2d(64, 64, 3, padding=1), MixConv2d,
+                  (torch.randn(8, 64, 32, 32, generator=g),)))
+    cases.append(("Embedding 30522x1024", nn.Embedding(30522, 1024), MixEmbedding,
+                  (torch.randint(0, 30522, (1, t), generator=g),)))
+    return [(n, plain.to(device), cls, tuple(a.to(device) for a in args)) for n, plain, cls, args in cases]
+
+
+def bench_layers(args, device, rows):
+    """Each mixout layer (p = 0.1, target w_pre, weights moved off it) against its plain layer, forward
+    + backward with inputs that need a gradient (hidden layers), taking turns; the median over the
+    turns of mixed time / plain time."""
+    torch.set_num_threads(args.cores)
+    reps = max(21, 4 * args.repeats)
+    for name, plain, cls, inputs in transformer_layers(device):
+        torch.manual_seed(0)
+        mixed = cls.from_module(plain, 0.1)
+        with torch.no_grad():
+            for p in mixed.parameters():
+                p.add_(0.01)  # w != u
+        inputs = tuple(a.clone().requires_grad_() if a.is_floating_point() else a for a in inputs)
+        kwargs = {"need_weights": False} if isinstance(plain, nn.MultiheadAttention) else {}
+
+        def step(layer):
+            def f():
+                layer.zero_grad(set_to_none=True)
+                for a in inputs:
+                    a.grad = None
+                y = layer(*inputs, **kwargs)
+                (y[0] if isinstance(y, tuple) else y).sum().backward()
+
+            return f
+
+        t = interleaved({"plain": step(plain), "mixed": step(mixed)}, reps, warmup=2, device=device, stat=list)
+        ratio = statistics.median(m / p for m, p in zip(t["mixed"], t["plain"]))  # turn by turn: drift cancels
+        verdict = "within" if ratio <= LAYER_TARGET else "ABOVE"
+        rows.append(("layers", f"{cls.__name__} / plain, {name}", ratio, "x", ratio,
+                     f"fwd+bwd, 512 tokens, {torch.get_num_threads()} thread(s); {verdict} {LAYER_TARGET}x"))
+
+
+# --------------------------------------------------------------------------------------------
 
 
 def main(argv=None):
@@ -386,7 +451,7 @@ def main(argv=None):
     ap.add_argument("--cores", type=int, default=os.cpu_count(), help="cores to use (threads / workers); default all")
     ap.add_argument("--threads", type=int, default=1,
                     help="threads for the mixout and penalty sections (default 1; batch-32 layers gain nothing)")
-    ap.add_argument("--sections", default="sweep,bound,mixout,penalty")
+    ap.add_argument("--sections", default="sweep,bound,mixout,penalty,layers")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     args.steps = args.steps or (32 if args.quick else 48)
@@ -411,6 +476,8 @@ def main(argv=None):
         bench_mixout(args, device, rows)
     if "penalty" in sections:
         bench_penalty(args, device, rows)
+    if "layers" in sections:
+        bench_layers(args, device, rows)
     load1 = os.getloadavg()
     env = (f"device={device} ({card}), torch {torch.__version__}, cores={args.cores}, "
            f"threads (mixout, penalty)={args.threads}, "

@@ -1,7 +1,8 @@
 """mixout-theory: exact, tested mixout (Lee, Cho, Kang, ICLR 2020, arXiv:1909.11299).
 
-The library: the operator as pure functions (:mod:`~mixout_theory.mixing`), modules that put it
-into any model (:mod:`~mixout_theory.modules`), Theorem 1 / Corollary 1.1
+The library: the operator as pure functions (:mod:`~mixout_theory.mixing`), layers that apply it
+(:mod:`~mixout_theory.layers`) and a converter that puts them into any model
+(:mod:`~mixout_theory.modules`), Theorem 1 / Corollary 1.1
 (:mod:`~mixout_theory.bounds`), estimators of the mixout penalty ``E L(Phi(w)) - L(w)``
 (:mod:`~mixout_theory.penalty`), the same penalty to second order from exact Hessian-vector products
 (:mod:`~mixout_theory.second_order`), the theory's worked cases (:mod:`~mixout_theory.cases`) and their
@@ -28,6 +29,16 @@ from mixout_theory.bounds import (
     theorem1_penalty,
 )
 from mixout_theory.cases import TheoryCase, line_fit_experiment, penalty_curve, theory_cases
+from mixout_theory.layers import (
+    MixConv1D,
+    MixConv1d,
+    MixConv2d,
+    MixConv3d,
+    MixEmbedding,
+    MixLinear,
+    MixMultiheadAttention,
+    MixoutLayer,
+)
 from mixout_theory.mixing import (
     check_p,
     check_target,
@@ -43,7 +54,14 @@ from mixout_theory.mixing import (
     parameter_mask,
     sample_mixtures,
 )
-from mixout_theory.modules import MixLinear, mixed_layer_names, mixout_model, unmix_model
+from mixout_theory.modules import (
+    UnmixedLayerWarning,
+    feeding_dropouts,
+    mixable_layer_names,
+    mixed_layer_names,
+    mixout_model,
+    unmix_model,
+)
 from mixout_theory.penalty import (
     PenaltyEstimate,
     empirical_penalty,
@@ -67,8 +85,12 @@ __all__ = [
     # mixing: the operator (eq. 4, 5, 8)
     "mixed_weight", "mixture", "mixout", "mixconnect", "mixout_authors", "mixout_linear", "neuron_mask",
     "parameter_mask", "check_p", "check_target", "mixture_variance", "sample_mixtures", "mixout_sgd",
-    # modules
-    "MixLinear", "mixout_model", "unmix_model", "mixed_layer_names",
+    # layers: mixout in torch.nn layers (eq. 8 per input unit, or eq. 5 per weight)
+    "MixoutLayer", "MixLinear", "MixConv1D", "MixConv1d", "MixConv2d", "MixConv3d", "MixEmbedding",
+    "MixMultiheadAttention",
+    # modules: mixout in whole models
+    "mixout_model", "unmix_model", "mixed_layer_names", "mixable_layer_names", "feeding_dropouts",
+    "UnmixedLayerWarning",
     # bounds: Theorem 1 (eq. 7), Corollary 1.1 (eq. 9), moduli and losses
     "theorem1_penalty", "corollary11_penalty", "restricted_corollary11_penalty", "squared_distance",
     "bernoulli_moments", "quadratic_modulus", "least_squares_modulus", "logistic_modulus", "softmax_modulus",

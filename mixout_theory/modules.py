@@ -22,7 +22,6 @@ from torch import nn
 
 from mixout_theory import mixing
 from mixout_theory.layers import (
-    LEVELS,
     MixConv1D,
     MixConv1d,
     MixConv2d,
@@ -36,14 +35,14 @@ from mixout_theory.layers import (
 )
 
 __all__ = [
-    "MixLinear",
     "mixout_model",
     "unmix_model",
     "mixed_layer_names",
     "mixable_layer_names",
+    "feeding_dropouts",
     "DROPOUT_TYPES",
+    "LAYER_TYPES",
     "UnmixedLayerWarning",
-    "LEVELS",
 ]
 
 #: The dropout modules :func:`mixout_model` may set (all of torch's dropout family).

@@ -68,14 +68,19 @@ class Model:
     def loss(self, model):
         return self.out(model).double().pow(2).mean()
 
-    def checkpointed_loss(self, model):
+    def checkpointed_loss(self, model, reentrant):
+        kwargs = {"use_reentrant": reentrant}
         if self.hf:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             try:
                 return self.loss(model)
             finally:
-                model.gradient_checkpointing_disable()
-        return checkpoint(lambda *x: self.out(model, x), *self.inputs, use_reentrant=False).double().pow(2).mean()
+                getattr(model, "activation_checkpointing_disable", model.gradient_checkpointing_disable)()
+        x = tuple(t.clone().requires_grad_(reentrant) for t in self.inputs)  # reentrant: an input with grad
+        return checkpoint(lambda *x: self.out(model, x), *x, **kwargs).double().pow(2).mean()
 
     def save_load(self, plain, folder):
         if self.hf:
@@ -197,11 +202,12 @@ def test_state_dict_rebuilds_the_mixed_model_with_its_p(model, tmp_path):
         assert (tmp_path / "mixed" / "model.safetensors").exists()
 
 
-def test_checkpointed_gradients_equal_plain_ones_with_own_generators(model):
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_checkpointed_gradients_equal_plain_ones_with_own_generators(model, reentrant):
     m, name = model
     mixed = mix(m, p=0.5).train()
     grads = []
-    for run in (m.checkpointed_loss, m.loss):
+    for run in (lambda x: m.checkpointed_loss(x, reentrant), m.loss):
         mixed.zero_grad()
         seed_layers(mixed, 11)
         run(mixed).backward()
@@ -280,3 +286,19 @@ def test_embeddings_are_mixed_when_chosen():
     mixed = mixout_model(model, 0.5, lambda n, x: True, dropouts="all")
     assert isinstance(mixed[0], MixEmbedding) and isinstance(mixed[1].self_attn, MixMultiheadAttention)
     assert isinstance(MixConv1D(3, 2), MixoutLayer) and issubclass(MixLinear, nn.Linear)
+
+
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("<!-- readme-example:", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)  # it writes mixed.pt and finetuned/
+    torch.manual_seed(0)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    transformers = pytest.importorskip("transformers")
+    loaded = transformers.BertForSequenceClassification.from_pretrained(tmp_path / "finetuned").eval()
+    ids = scope["ids"]
+    assert torch.equal(loaded(input_ids=ids).logits, scope["model"].eval()(input_ids=ids).logits)
