@@ -67,7 +67,7 @@ __all__ = [
 #: The mask levels: one value per input unit (mixout, eq. 8) or per weight (mixconnect, eq. 5).
 LEVELS = ("neuron", "parameter")
 _STATE_VERSION = 1.0
-_REPLAY_LIMIT = 64  # masks a layer keeps for recomputations that never came (bounded memory)
+_REPLAY_LIMIT = 16  # forward calls whose masks a layer keeps for recomputations that may never come
 
 
 def check_level(level) -> str:

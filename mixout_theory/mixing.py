@@ -223,7 +223,7 @@ def mixout_linear(
     The same mask draw and the same mixed weight as :func:`mixout` (so the same numbers, bit for
     bit): ``Phi = lerp(u, w, B / (1 - p))`` per input column (:func:`mixed_weight`). The gradient is
     autograd's, the exact ``dL/dPhi * B / (1 - p)``, and higher derivatives work.
-    (:class:`~mixout_theory.modules.MixLinear` runs this.)
+    (:class:`~mixout_theory.layers.MixLinear` gives these numbers bit for bit.)
     """
     return torch.nn.functional.linear(x, mixout(weight, target, p, training, generator), bias)
 

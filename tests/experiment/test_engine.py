@@ -79,7 +79,7 @@ def test_mlp_module_runs_its_submodules():
     from mixout_theory.modules import mixout_model
 
     torch.manual_seed(0)
-    net = mixout_model(mlp.MLP().double(), p=0.9)  # every Linear mixed towards its weights at conversion
+    net = mixout_model(mlp.MLP().double(), p=0.9, dropouts="all")  # every Linear mixed towards its weights at conversion
     with torch.no_grad():
         for fc in (net.fc1, net.fc2, net.fc3):
             fc.weight.add_(0.1 * torch.randn_like(fc.weight))  # now w != w_pre: training mode must mix

@@ -329,7 +329,7 @@ def test_convert_inplace_keeps_optimizer_and_dropout_options():
     opt.step()  # the optimizer built before the conversion still owns the weights
     assert not torch.equal(model.blocks[1].proj.weight, w_pre)
     assert torch.equal(model.blocks[1].proj.target, w_pre)  # the target never trains
-    again = mixout_model(model, 0.2, "heads.b", dropout_p=0.05)
+    again = mixout_model(model, 0.2, "heads.b", dropout_p=0.05, dropouts="all")
     assert dropout_ps(again) == [0.05, 0.05, 0.05]
     assert mixed_layer_names(again) == ["blocks.1.proj", "heads.b"]
     with pytest.raises(ValueError, match="p must lie"):
@@ -344,7 +344,7 @@ def test_convert_hf_like_model_by_names_and_predicate(gen):
     ids = torch.randint(0, 20, (4, 5), generator=gen(0))
     y0 = model(ids)
     names = ["encoder.layer.0.attention.self.query", "encoder.layer.1.output.dense", "classifier"]
-    m1 = mixout_model(model, 0.8, names)
+    m1 = mixout_model(model, 0.8, names, dropouts="all")
     assert mixed_layer_names(m1) == names
     assert isinstance(m1.encoder.layer[0].attention.get_submodule("self").query, MixLinear)
     assert torch.equal(m1(ids), y0)
@@ -353,7 +353,7 @@ def test_convert_hf_like_model_by_names_and_predicate(gen):
     def pred(name, module):
         return ".attention.self." in name and module.out_features == 8
 
-    m2 = mixout_model(model, 0.9, pred)
+    m2 = mixout_model(model, 0.9, pred, dropouts="all")
     expected = [f"encoder.layer.{i}.attention.self.{k}" for i in range(2)
                 for k in ("query", "key", "value")]
     assert mixed_layer_names(m2) == expected
@@ -387,7 +387,7 @@ def test_wrong_names_and_empty_selection():
         mixout_model(model, 0.5, [3])
     with pytest.raises(TypeError, match="nn.Module"):
         mixout_model("model", 0.5)
-    mixed = mixout_model(model, 0.5, ["classifier"])
+    mixed = mixout_model(model, 0.5, ["classifier"], dropouts="all")
     with pytest.raises(ValueError, match=r"'classifier' \(MixLinear\)"):  # already mixed
         mixout_model(mixed, 0.5, ["classifier"])
     with pytest.raises(ValueError, match=r"'attn.out_proj' \(NonDynamicallyQuantizableLinear, part of the "
@@ -423,7 +423,7 @@ def test_root_linear_and_unmix_root():
 def test_unmix_round_trip_keeps_trained_weights(gen):
     torch.manual_seed(0)
     model = TinyBert()
-    mixed = mixout_model(model, 0.6)
+    mixed = mixout_model(model, 0.6, dropouts="all")
     opt = torch.optim.SGD(mixed.parameters(), lr=0.5)
     ids = torch.randint(0, 20, (4, 5), generator=gen(1))
     for _ in range(3):
