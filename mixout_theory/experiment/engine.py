@@ -68,18 +68,32 @@ class Member:
     ``L(w) + (lambda/2) ||w - u||^2`` on the Linear weights (coupled: ``lambda (w - u)`` is added to
     the gradient before Adam), ``u`` being the engine's ``wdecay_target`` (the origin by default).
     ``data_seed`` fixes the data order (restarts differ only in it, so settings with the same seed
-    are paired); ``mask_seed`` fixes the masks.
+    are paired); ``mask_seed`` fixes the masks. ``input_dropout`` / ``input_mixout``: the same on the
+    784 input pixels (dropout per example and pixel; mixout(target, p) on ``fc1.weight``, one value per
+    pixel per mini-batch); 0 (the paper's reading) leaves ``fc1`` alone.
     """
+
+    @property
+    def uses_mixout(self) -> bool:
+        return max(self.mixout) > 0 or self.input_mixout > 0
+
+    @property
+    def uses_dropout(self) -> bool:
+        return max(self.dropout) > 0 or self.input_dropout > 0
 
     dropout: float | tuple = 0.0
     mixout: float | tuple = 0.0
     wdecay: float = 0.0
     data_seed: int = 0
     mask_seed: int = 0
+    input_dropout: float = 0.0
+    input_mixout: float = 0.0
 
     def __post_init__(self):
         object.__setattr__(self, "dropout", _pair(self.dropout, "dropout"))
         object.__setattr__(self, "mixout", _pair(self.mixout, "mixout"))
+        for name in ("input_dropout", "input_mixout"):
+            object.__setattr__(self, name, _pair(getattr(self, name), name)[0])
         if not (isinstance(self.wdecay, (int, float)) and self.wdecay >= 0):
             raise ValueError(f"wdecay must be a number >= 0, got {self.wdecay!r}")
 
@@ -107,16 +121,21 @@ class _MaskStreams:
     the ones written once.
     """
 
-    def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100)):
-        self.members, self.b, self.total, self.widths = members, batch_size, total_steps, widths
+    def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100), inputs: int = 784):
+        self.members, self.b, self.total, self.widths, self.inputs = members, batch_size, total_steps, widths, inputs
         self.gens = [np.random.PCG64(m.mask_seed) for m in members]
-        self.drop_p = self._per_unit([m.dropout for m in members])  # (E, 400) float64
-        self.mix_p = self._per_unit([m.mixout for m in members])
-        self.any_drop, self.any_mix = bool(self.drop_p.any()), bool(self.mix_p.any())
+        # per unit, (E, 400) then (E, 784): hidden dropout, hidden mixout, input dropout, input mixout
+        self.p = [self._per_unit([m.dropout for m in members], widths),
+                  self._per_unit([m.mixout for m in members], widths),
+                  self._per_unit([(m.input_dropout,) for m in members], (inputs,)),
+                  self._per_unit([(m.input_mixout,) for m in members], (inputs,))]  # fmt: skip
+        self.used = [bool(p.any()) for p in self.p]
+        self.any_drop, self.any_mix, self.any_input = self.used[0], self.used[1], any(self.used[2:])
         self._start, self._key = None, None
 
-    def _per_unit(self, pairs):
-        return torch.tensor(pairs, dtype=torch.float64).repeat_interleave(torch.tensor(self.widths), dim=1)
+    @staticmethod
+    def _per_unit(ps, widths):
+        return torch.tensor(ps, dtype=torch.float64).repeat_interleave(torch.tensor(widths), dim=1)
 
     @staticmethod
     def _draw(gen, shape, p: torch.Tensor, out: torch.Tensor) -> None:
@@ -131,23 +150,26 @@ class _MaskStreams:
             torch.mul(torch.from_numpy(keep), scale.to(out.dtype), out=out)
 
     def _fill(self, start: int, dtype, device) -> None:
-        k, width, E = min(MASK_BLOCK, self.total - start), sum(self.widths), len(self.members)
+        k, E = min(MASK_BLOCK, self.total - start), len(self.members)
+        shapes = [(self.b, sum(self.widths)), (1, sum(self.widths)), (self.b, self.inputs), (1, self.inputs)]
         if self._key != (dtype, device):  # (re)allocate, ones everywhere
-            self._bufs = [torch.ones(E, MASK_BLOCK, rows, width, dtype=dtype) if use else None
-                          for use, rows in ((self.any_drop, self.b), (self.any_mix, 1))]  # fmt: skip
-        for e, g in enumerate(self.gens):
-            for buf, p, rows in ((self._bufs[0], self.drop_p[e], self.b), (self._bufs[1], self.mix_p[e], 1)):
-                if buf is not None and p.any():
-                    self._draw(g, (k, rows, width), p, buf[e, :k])
-        self._drop, self._mix = (None if b is None else b.to(device) for b in self._bufs)
+            self._bufs = [torch.ones(E, MASK_BLOCK, *shape, dtype=dtype) if use else None
+                          for use, shape in zip(self.used, shapes)]  # fmt: skip
+        for e, g in enumerate(self.gens):  # in this order, so hidden-only members draw what they always did
+            for buf, p, shape in zip(self._bufs, self.p, shapes):
+                if buf is not None and p[e].any():
+                    self._draw(g, (k, *shape), p[e], buf[e, :k])
+        self._on_device = [None if b is None else b.to(device) for b in self._bufs]
         self._start, self._key = start, (dtype, device)
 
     def views(self, step: int, rows: int, dtype=torch.float32, device="cpu"):
         """``(drop, mix)`` for this step as views into the current block (valid until the next block
         is drawn): ``drop`` two ``(E, rows, 300)`` / ``(E, rows, 100)`` masks (the first ``rows``
-        examples'), ``mix`` two ``(E, 1, 300)`` / ``(E, 1, 100)``; None where no member uses one.
+        examples'), ``mix`` two ``(E, 1, 300)`` / ``(E, 1, 100)``; None where no member uses one. When
+        a member masks the inputs, each is a triple led by the input's ``(E, rows, 784)`` /
+        ``(E, 1, 784)`` mask (None for the parts no member uses).
         Steps must be asked for in order (a block is drawn when ``step`` leaves the current one)."""
-        if not (self.any_drop or self.any_mix):
+        if not any(self.used):
             return None, None
         device = torch.device(device)
         if self._start is None or not self._start <= step < self._start + MASK_BLOCK:
@@ -155,15 +177,20 @@ class _MaskStreams:
         elif self._key != (dtype, device):
             raise ValueError(f"masks asked for as {dtype} on {device} within a block drawn as {self._key}")
         i = step - self._start
-        drop = tuple(self._drop[:, i, :rows].split(list(self.widths), dim=-1)) if self.any_drop else None
-        mix = tuple(self._mix[:, i].split(list(self.widths), dim=-1)) if self.any_mix else None
+        hid_drop, hid_mix, in_drop, in_mix = self._on_device
+        drop = tuple(hid_drop[:, i, :rows].split(list(self.widths), dim=-1)) if self.any_drop else None
+        mix = tuple(hid_mix[:, i].split(list(self.widths), dim=-1)) if self.any_mix else None
+        if self.any_input:  # (input, hidden 1, hidden 2)
+            drop = (None if in_drop is None else in_drop[:, i, :rows], *(drop or (None, None)))
+            mix = (None if in_mix is None else in_mix[:, i], *(mix or (None, None)))
         return drop, mix
 
     def masks(self, step: int, rows: int, dtype=torch.float32, device="cpu"):
         """:meth:`views` as fresh contiguous tensors (safe to keep): the scaled masks that
         :func:`mlp.forward` takes."""
         drop, mix = self.views(step, rows, dtype, device)
-        return tuple(None if m is None else tuple(t.contiguous() for t in m) for m in (drop, mix))
+        return tuple(None if m is None else tuple(None if t is None else t.contiguous() for t in m)
+                     for m in (drop, mix))
 
 
 class _Adam:
@@ -214,7 +241,7 @@ def _add_wdecay(params: dict, grads: dict, lam: torch.Tensor, target: dict | Non
 
 def _kind_rank(m: Member) -> int:
     """0 for dropout only, 1 for neither (or both), 2 for mixout only."""
-    return 1 + (max(m.mixout) > 0) - (max(m.dropout) > 0)
+    return 1 + m.uses_mixout - m.uses_dropout
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -322,7 +349,7 @@ def train_ensemble(
     E, n = len(members), x.shape[0]
     if y.shape[0] != n:
         raise ValueError(f"x has {n} rows but y has {y.shape[0]}")
-    if target is None and any(max(m.mixout) > 0 for m in members):
+    if target is None and any(m.uses_mixout for m in members):
         raise ValueError("a member uses mixout but no target (w_pre) was given")
     dev = resolve_device(device)
     stacked = _stacked(init)

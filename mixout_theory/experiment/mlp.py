@@ -5,7 +5,8 @@ LayerNorm gain 1 and shift 0. The paper does not say whether dropout comes befor
 LayerNorm; we put it *after*, so that dropping a hidden unit is exactly dropping an input column of
 the next Linear, and dropout(p) = mixout(0, p) on ``fc2`` / ``fc3`` up to when masks are drawn
 (per example for dropout, per mini-batch for mixout). Mixout mixes ``fc2.weight`` (300->100) and
-``fc3.weight`` (100->10), the weights leaving hidden neurons; ``fc1`` (784->300) is never mixed.
+``fc3.weight`` (100->10), the weights leaving hidden neurons; ``fc1`` (784->300) only under the other
+reading of the protocol, "every Linear" (:data:`MIXED_BY_LAYERS`), with dropout then on the inputs too.
 
 :func:`forward` works on a dict of parameters with an optional leading *member* dimension, so the
 same code runs one network or a stacked ensemble (:mod:`mixout_theory.experiment.engine`); it is
@@ -33,14 +34,19 @@ PARAM_NAMES = (
 )  # fmt: skip
 #: The weights that mixout mixes: those leaving the two hidden layers.
 MIXED = ("fc2.weight", "fc3.weight")
+#: Which weights each reading of "the layers mixout acts on" mixes: the hidden layers' outgoing
+#: weights (the paper's description), or every Linear layer (fc1 too: mixout on the input pixels).
+MIXED_BY_LAYERS = {"hidden": MIXED, "all": ("fc1.weight", *MIXED)}
 
 
 class MLP(nn.Module):
-    """The paper's MLP as an ordinary ``nn.Module`` (dropout on the two hidden layers only)."""
+    """The paper's MLP as an ordinary ``nn.Module`` (dropout on the two hidden layers; on the input
+    pixels too with ``input_dropout``)."""
 
-    def __init__(self, dropout: float = 0.0, sizes=SIZES):
+    def __init__(self, dropout: float = 0.0, sizes=SIZES, input_dropout: float = 0.0):
         super().__init__()
         d0, d1, d2, d3 = sizes
+        self.drop0 = nn.Dropout(input_dropout)
         self.fc1, self.ln1, self.drop1 = nn.Linear(d0, d1), nn.LayerNorm(d1, eps=LN_EPS), nn.Dropout(dropout)
         self.fc2, self.ln2, self.drop2 = nn.Linear(d1, d2), nn.LayerNorm(d2, eps=LN_EPS), nn.Dropout(dropout)
         self.fc3 = nn.Linear(d2, d3)
@@ -57,7 +63,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # through its own submodules, so that mixout_model can swap fc2 / fc3 for MixLinear layers
-        h = self.drop1(self.ln1(F.relu(self.fc1(x))))
+        h = self.drop1(self.ln1(F.relu(self.fc1(self.drop0(x)))))
         h = self.drop2(self.ln2(F.relu(self.fc2(h))))
         return self.fc3(h)
 
@@ -113,14 +119,16 @@ def _layer_norm(h, gain, shift):
     return F.layer_norm(h, h.shape[-1:], eps=LN_EPS) * gain.unsqueeze(-2) + shift.unsqueeze(-2)
 
 
-def hidden1(params: dict, x: torch.Tensor) -> torch.Tensor:
-    """The first hidden layer, ``LayerNorm(ReLU(fc1(x)))`` (before its dropout); ``fc1`` is never mixed.
+def hidden1(params: dict, x: torch.Tensor, w1: torch.Tensor | None = None) -> torch.Tensor:
+    """The first hidden layer, ``LayerNorm(ReLU(fc1(x)))`` (before its dropout); ``w1`` replaces
+    ``fc1.weight`` (a mixed one).
 
     ``x`` is ``(B, 784)`` or ``(E, B, 784)``; a 2-D ``x`` with stacked parameters is shared by every member.
     """
-    if x.dim() == 2 and params["fc1.weight"].dim() == 3:
-        x = x.unsqueeze(0).expand(params["fc1.weight"].shape[0], *x.shape)
-    a = F.relu(_linear(x, params["fc1.weight"], params["fc1.bias"]))
+    w1 = params["fc1.weight"] if w1 is None else w1
+    if x.dim() == 2 and w1.dim() == 3:
+        x = x.unsqueeze(0).expand(w1.shape[0], *x.shape)
+    a = F.relu(_linear(x, w1, params["fc1.bias"]))
     return _layer_norm(a, params["ln1.weight"], params["ln1.bias"])
 
 
@@ -155,16 +163,27 @@ def forward(
     ``fc2.weight`` / ``fc3.weight``, mixed towards ``target`` by eq. 4: ``W_eff = u + m (W - u)``.
     ``None`` means no dropout / no mixing (evaluation). Equal to ``tail(params, hidden1(params, x) * d1,
     Phi_2, Phi_3, dropout=lambda h: h * d2)``; :class:`MLP` is the same network as modules
-    (``tests/experiment/test_engine.py`` checks that they agree).
+    (``tests/experiment/test_engine.py`` checks that they agree). Triples ``(d0, d1, d2)`` /
+    ``(m1, m2, m3)`` also mask the input pixels (``(E, B, 784)``) / mix ``fc1.weight`` (``(E, 1, 784)``);
+    any entry may be None.
     """
-    w2 = w3 = None
-    if mix is not None:  # eq. 4, Phi = u + (M / mu) (w - u)
-        w2 = mixed_weight(params["fc2.weight"], target["fc2.weight"], mix[0])
-        w3 = mixed_weight(params["fc3.weight"], target["fc3.weight"], mix[1])
-    h = hidden1(params, x)
-    if drop is not None:
-        h = h * drop[0]
-    return tail(params, h, w2, w3, None if drop is None else (lambda h2: h2 * drop[1]))
+    (d0, d1, d2), (m1, m2, m3) = _masks(drop), _masks(mix)
+    # eq. 4, Phi = u + (M / mu) (w - u), for each mixed weight
+    w1, w2, w3 = (None if m is None else mixed_weight(params[n], target[n], m)
+                  for n, m in (("fc1.weight", m1), ("fc2.weight", m2), ("fc3.weight", m3)))  # fmt: skip
+    if d0 is not None:
+        x = x * d0
+    h = hidden1(params, x, w1)
+    if d1 is not None:
+        h = h * d1
+    return tail(params, h, w2, w3, None if d2 is None else (lambda h2: h2 * d2))
+
+
+def _masks(masks) -> tuple:
+    """``(input, hidden 1, hidden 2)`` masks from None, a pair (hidden layers) or a triple."""
+    if masks is None:
+        return None, None, None
+    return tuple(masks) if len(masks) == 3 else (None, *masks)
 
 
 def _groups_of(x: torch.Tensor, n_members: int, groups):
@@ -233,14 +252,20 @@ def loss_and_grad(
     g2, s2 = params["ln2.weight"].unsqueeze(1), params["ln2.bias"].unsqueeze(1)
     w2, w3 = params["fc2.weight"], params["fc3.weight"]
     d2, d3 = w2.shape[1], w3.shape[1]
-    m2 = m3 = None
-    if mix is not None:
-        m2, m3 = mix
-        # eq. 4, Phi = u + (M / mu) (w - u)
+    (k0, k1, k2), (m1, m2, m3) = _masks(drop), _masks(mix)
+    # eq. 4, Phi = u + (M / mu) (w - u)
+    if m1 is not None:
+        w1 = mixed_weight(w1, target["fc1.weight"], m1, out=buf("w1", E, d1, d_in))
+    if m2 is not None:
         w2 = mixed_weight(w2, target["fc2.weight"], m2, out=buf("w2", E, d2, d1))
+    if m3 is not None:
         w3 = mixed_weight(w3, target["fc3.weight"], m3, out=buf("w3", E, d3, d2))
-    k1, k2 = (None, None) if drop is None else drop
     split = _groups_of(x, E, groups)
+    if k0 is not None or m1 is not None:  # masked inputs: every member its own (E, B, 784) copy
+        xe = buf("xe", E, rows, d_in)
+        for a, b, xg in split or [(0, E, x)]:
+            xe[a:b] = xg
+        x, split = (xe if k0 is None else xe.mul_(k0)), None
 
     # forward: fc1 as (E, 300, B) = W x^T + b, then ReLU while transposing back to (E, B, 300)
     a1t = buf("a1t", E, d1, rows)
@@ -296,18 +321,18 @@ def loss_and_grad(
     da1 = hidden_backward(1, torch.bmm(da2, w2, out=buf("dh1", E, rows, d1)), k1, n1, g1, r1, mean1, rstd1)
     gw1 = out["fc1.weight"]
     if split is None:
-        torch.bmm(da1.transpose(1, 2), x, out=gw1)
+        torch.bmm(da1.transpose(1, 2), x if m1 is None else torch.mul(x, m1, out=buf("xm", E, rows, d_in)), out=gw1)
     else:
         for a, b, xg in split:
             torch.bmm(da1[a:b].transpose(1, 2), xg.expand(b - a, rows, d_in), out=gw1[a:b])
     return loss, out
 
 
-def squared_distances(params: dict, reference: dict) -> dict:
+def squared_distances(params: dict, reference: dict, mixed: tuple = MIXED) -> dict:
     """``||w - u||^2`` per parameter tensor (per member when stacked), plus per layer and totals.
 
     Keys: each parameter name, ``fc1`` / ``fc2`` / ``fc3`` / ``ln1`` / ``ln2`` (weight + bias),
-    ``mixed`` (the mixed weights only, the norm in the layer-restricted Corollary 1.1) and ``all``
+    ``mixed`` (the ``mixed`` weights only, the norm in the layer-restricted Corollary 1.1) and ``all``
     (the whole parameter vector). Values are tensors of shape ``(E,)`` (or scalars).
     """
     out = {}
@@ -316,6 +341,6 @@ def squared_distances(params: dict, reference: dict) -> dict:
         out[name] = d.sum(dim=(-2, -1) if name.startswith("fc") and name.endswith("weight") else -1)
     for layer in ("fc1", "ln1", "fc2", "ln2", "fc3"):
         out[layer] = out[f"{layer}.weight"] + out[f"{layer}.bias"]
-    out["mixed"] = sum(out[n] for n in MIXED)
+    out["mixed"] = sum(out[n] for n in mixed)
     out["all"] = sum(out[n] for n in PARAM_NAMES)
     return out
