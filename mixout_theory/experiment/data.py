@@ -452,10 +452,36 @@ class ExperimentData:
 
 def task_line(source_name: str) -> str:
     """The transfer every experiment figure names: the source task (EMNIST Digits, transposed to
-    MNIST's orientation, or the stand-in, said to be one) and the target, MNIST."""
-    if source_name.startswith("EMNIST"):
+    MNIST's orientation unless said otherwise, or the stand-in, said to be one) and the target, MNIST."""
+    if source_name.startswith("EMNIST") and "as stored" not in source_name:
         source_name += " (transposed to MNIST's orientation)"
     return f"source task: {source_name} -> target: MNIST"
+
+
+#: How the source task's images are oriented: as MNIST's (upright: EMNIST transposed back, the
+#: stand-in as rendered) or transposed relative to them (EMNIST as its files store it and as
+#: ``torchvision.datasets.EMNIST`` returns it; the stand-in transposed the same way).
+ORIENTATIONS = ("upright", "transposed")
+
+
+def check_orientation(orientation) -> str:
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {', '.join(map(repr, ORIENTATIONS))}, got {orientation!r}")
+    return orientation
+
+
+def oriented_name(source_name: str, orientation: str) -> str:
+    """The source task's name, saying when its images are transposed relative to MNIST's."""
+    if check_orientation(orientation) == "upright":
+        return source_name
+    if source_name.startswith("EMNIST"):
+        return f"{source_name} as stored (transposed relative to MNIST, as torchvision delivers it)"
+    return f"{source_name}, transposed (as torchvision delivers EMNIST)"
+
+
+def transposed_images(x: torch.Tensor, side: int = 28) -> torch.Tensor:
+    """Each flattened ``side x side`` image of ``x`` (N, side^2) transposed (H <-> W)."""
+    return x.view(-1, side, side).transpose(1, 2).reshape(x.shape)
 
 
 def _verified_cache(path: Path) -> str | None:

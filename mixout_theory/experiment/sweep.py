@@ -85,17 +85,43 @@ class SweepConfig:
     data: str = ""  # fingerprint of the prepared data, its content included (see data_fingerprint)
     engine: str = engine.ENGINE_VERSION  # how masks and data orders are drawn from the seeds
     w_pre: str = ""  # content hash of the w_pre the runs start from (set by pretrained())
+    orientation: str = "upright"  # the source images as MNIST's, or transposed (data.ORIENTATIONS)
+    mixed_layers: str = "hidden"  # what mixout and dropout act on (MIXED_LAYERS)
+
+    def __post_init__(self):
+        data.check_orientation(self.orientation)
+        if self.mixed_layers not in MIXED_LAYERS:
+            raise ValueError(f"mixed_layers must be one of {', '.join(map(repr, MIXED_LAYERS))}, "
+                             f"got {self.mixed_layers!r}")
+
+    def _fields(self, names=None) -> dict:
+        """The fields (all, or ``names``), without the later ones at their defaults: configurations
+        from before those fields existed keep their keys (and their stored runs)."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if names is None or k in names}
+        return {k: v for k, v in d.items() if not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
 
     def key(self) -> str:
         """Short hash of every field that changes the numbers."""
-        return config_hash(dataclasses.asdict(self))
+        return config_hash(self._fields())
 
     def pretrain_key(self) -> str:
         """Short hash of the fields that change ``w_pre``."""
         keep = ("source", "source_train", "eval_size", "pretrain_epochs", "pretrain_seed", "pretrain_search",
                 "batch_size", "lr_pretrain", "weight_decay_pretrain", "dropout_pretrain", "warmup",
-                "dropout_placement", "normalisation", "data", "engine")  # fmt: skip
-        return config_hash({k: getattr(self, k) for k in keep})
+                "dropout_placement", "normalisation", "data", "engine", "orientation")  # fmt: skip
+        return config_hash(self._fields(keep))
+
+    @property
+    def mixed(self) -> tuple:
+        """The weights mixout mixes (and whose inputs dropout drops) under ``mixed_layers``."""
+        return mlp.MIXED_BY_LAYERS[self.mixed_layers]
+
+
+#: What mixout and dropout act on: the hidden layers (fc2 / fc3 mixed, dropout on the hidden units:
+#: the paper's description) or every Linear layer (fc1 too: the input pixels).
+MIXED_LAYERS = tuple(mlp.MIXED_BY_LAYERS)
+#: Fields added after results were stored, with the defaults that leave those results' keys alone.
+LATER_FIELDS = {"orientation": "upright", "mixed_layers": "hidden"}
 
 
 def data_fingerprint(exp) -> str:
@@ -118,6 +144,10 @@ PROFILE_SIZES = {
               "ablations": dict(restarts=5, head_restarts=5, trajectory_restarts=1, trajectory_samples=128)},
     "paper": {"sweep": dict(), "ablations": dict()},
 }  # fmt: skip
+# the fidelity study (fidelity.py): the sweep's sizes with these overrides, for each of its five sweeps
+PROFILE_SIZES["smoke"]["fidelity"] = dict(restarts=2, ps=(0.0, 0.3, 0.8))
+PROFILE_SIZES["quick"]["fidelity"] = dict(restarts=2, ps=(0.0, 0.1, 0.2, 0.3, 0.5, 0.8))
+PROFILE_SIZES["paper"]["fidelity"] = dict()
 
 
 def profile_sizes(profile: str, part: str) -> dict:
@@ -203,10 +233,14 @@ def _subset(split, n: int | None, seed: int):
 
 
 def experiment_tensors(exp, config: SweepConfig) -> dict:
-    """The (x, y) pairs the sweep uses, sized by the profile (fixed, seeded subsets)."""
+    """The (x, y) pairs the sweep uses, sized by the profile (fixed, seeded subsets); the source
+    task's images transposed when ``config.orientation`` says so (normalisation is unchanged by it)."""
+    source = {"source_train": _subset(_xy(exp.source.train), config.source_train, 1),
+              "source_val": _subset(_xy(exp.source.val), config.eval_size, 2)}
+    if config.orientation == "transposed":
+        source = {k: (data.transposed_images(x), y) for k, (x, y) in source.items()}
     return {
-        "source_train": _subset(_xy(exp.source.train), config.source_train, 1),
-        "source_val": _subset(_xy(exp.source.val), config.eval_size, 2),
+        **source,
         "target_train": _subset(_xy(exp.target.train), config.target_train, 3),
         "target_val": _subset(_xy(exp.target.val), config.eval_size, 4),
         "target_test": _subset(_xy(exp.target.test), config.eval_size, 5),
@@ -298,11 +332,14 @@ def sweep_members(config: SweepConfig) -> list[tuple[str, dict, engine.Member]]:
         for p in config.ps:
             for method in ("none",) if p == 0 else METHODS:
                 mask_seed = int(hashlib.sha256(f"{method}/{p}/{seed}".encode()).hexdigest()[:8], 16)
+                inputs = config.mixed_layers == "all"  # fc1 too: the input pixels
                 member = engine.Member(
                     dropout=p if method == "dropout" else 0.0,
                     mixout=p if method == "mixout" else 0.0,
                     data_seed=seed,
                     mask_seed=mask_seed,
+                    input_dropout=p if method == "dropout" and inputs else 0.0,
+                    input_mixout=p if method == "mixout" and inputs else 0.0,
                 )
                 runs.append((f"{method}-p{p:.2f}-seed{seed}", {"method": method, "p": p, "seed": seed}, member))
     return runs
@@ -344,13 +381,14 @@ def run_sweep(store_root, config: SweepConfig, tensors: dict, w_pre: dict, optio
 
 
 def _records(part, result, w_pre, tensors, config, source_name, device) -> list[dict]:
-    dist = mlp.squared_distances(result.params, w_pre)
+    dist = mlp.squared_distances(result.params, w_pre, config.mixed)
     ev = {k: engine.evaluate(result.params, *tensors[k]) for k in ("target_val", "target_test", "source_val")}
     env = run_env(device)
     out = []
     for e, (run_id, fields, _) in enumerate(part):
         rec = {"run_id": run_id, **fields, "source": config.source, "source_name": source_name,
-               "profile": config.profile, "config": config.key()}  # fmt: skip
+               "profile": config.profile, "config": config.key(), "orientation": config.orientation,
+               "mixed_layers": config.mixed_layers, "finetune_epochs": config.finetune_epochs}  # fmt: skip
         rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
         rec.update({f"{k}_acc": float(v["acc"][e]) for k, v in ev.items()})
         rec.update({f"{k}_loss": float(v["loss"][e]) for k, v in ev.items()})
@@ -373,7 +411,8 @@ def run_experiment(profile: str = "paper", options: RunOptions = RunOptions(), *
     results = project_dir("results") if results is None else Path(results)
     exp = data.load_experiment(root=data_root, source=source, emnist_from=emnist_from)
     config, tensors, w_pre = pretrained(results, profile, exp, options, **overrides)
-    return run_sweep(results, config, tensors, w_pre, options, source_name=exp.source_name)
+    return run_sweep(results, config, tensors, w_pre, options,
+                     source_name=data.oriented_name(exp.source_name, config.orientation))
 
 
 def pretrained(results, profile: str, exp, options: RunOptions = RunOptions(), **overrides):
