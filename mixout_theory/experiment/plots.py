@@ -134,7 +134,7 @@ def render_all(out_dir, results=None, band: str = "std") -> list[Path]:
     seen = set()
     for store in find_stores(results):  # newest first
         kind = store.name.rsplit("-", 1)[0]  # profile-source
-        if kind not in seen:
+        if kind not in seen and sweep.is_figure2_store(store):  # the fidelity variants: `fidelity`'s export
             seen.add(kind)
             paths += render_experiment(store, out_dir, band)
     for res in ablations.load_ablations(results):

@@ -19,16 +19,17 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixout_theory.experiment import ablations, exports, plots, report, sweep, theorem1
+from mixout_theory.experiment import ablations, exports, fidelity, plots, report, sweep, theorem1
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import find_stores, project_dir
 
 __all__ = ["RECOMPUTE_ENV", "COMMITTED", "Shown", "recompute_requested", "figure2_results", "ablation_results",
-           "theorem1_results"]  # fmt: skip
+           "theorem1_results", "fidelity_results"]  # fmt: skip
 
 RECOMPUTE_ENV = "MIXOUT_RECOMPUTE"
 #: the committed paper-profile results of each study, under ``docs/results/``
-COMMITTED = {"figure2": "figure2-paper-stand-in", "ablations": "ablations", "theorem1": "theorem1-paper-stand-in"}
+COMMITTED = {"figure2": "figure2-paper-stand-in", "ablations": "ablations", "theorem1": "theorem1-paper-stand-in",
+             "fidelity": "fidelity-paper-stand-in"}
 COMPUTED, STORED, SHIPPED = "computed now", "your stored results", "committed with the repository"
 
 
@@ -68,7 +69,8 @@ def figure2_results(profile: str, recompute: bool | None = None, options: RunOpt
         store = sweep.run_experiment(profile, options or RunOptions(progress=False))
         records, origin, where = store.records(), COMPUTED, store.dir
     else:
-        mine = [s for s in find_stores(project_dir("results")) if s.name.startswith(f"{profile}-")]
+        mine = [s for s in find_stores(project_dir("results"))
+                if s.name.startswith(f"{profile}-") and sweep.is_figure2_store(s)]
         if mine:
             records, origin, where = sweep.load_records(mine[0]), STORED, mine[0]
         else:
@@ -109,3 +111,19 @@ def theorem1_results(profile: str, recompute: bool | None = None, options: RunOp
     points, traj, meta = theorem1.load_tables(where)
     shown = Shown(origin, where, meta["config"]["profile"], meta["context"]["source_name"], meta["store_key"])
     return points, traj, meta, shown
+
+
+def fidelity_results(profile: str, recompute: bool | None = None, options: RunOptions | None = None):
+    """``(FidelityResults, Shown)`` of the fidelity study: run and exported into
+    ``figures/fidelity-<profile>-<source>/`` when recomputing, else the user's export of ``profile``
+    there, else the committed paper-profile export (every table checked against its sha256)."""
+    if _recompute(recompute):
+        res = fidelity.run_fidelity(profile, options or RunOptions(progress=False))
+        where, origin = project_dir("figures") / f"fidelity-{profile}-{res.runs[0]['source']}", COMPUTED
+        fidelity.export_fidelity(res, where)
+    else:
+        mine = sorted(project_dir("figures").glob(f"fidelity-{profile}-*/meta.json"))
+        where, origin = (mine[0].parent, STORED) if mine else (_committed("fidelity"), SHIPPED)
+        res = fidelity.load_fidelity(where)
+    keys = ", ".join(v["config"] for v in res.variants.values())
+    return res, Shown(origin, where, res.profile, res.source_name, keys)

@@ -183,6 +183,14 @@ class SweepStore(RunStore):
         return export_csv(self.records(), self.dir / "runs.csv")
 
 
+def is_figure2_store(folder: str | Path) -> bool:
+    """Whether a sweep store holds Figure 2's reading of the protocol (the source upright, the hidden
+    layers mixed, the profile's finetuning epochs) rather than one of the fidelity study's variants."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return (all(config.get(k, v) == v for k, v in LATER_FIELDS.items())
+            and config.get("finetune_epochs") == profile_config(config["profile"]).finetune_epochs)
+
+
 def load_records(folder: str | Path) -> list[dict]:
     """Every run record stored under ``folder`` (a sweep store folder), sorted by method, p, seed."""
     return sorted_records(read_runs(folder, SweepStore.REQUIRED))
