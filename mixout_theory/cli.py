@@ -315,14 +315,14 @@ def _add_fidelity(sub) -> None:
 
 def _cmd_fidelity(args, parser) -> int:
     options = _run_options(args, parser)
-    from mixout_theory.experiment import fidelity
+    from mixout_theory.experiment import fidelity, fidelity_report
 
     t0 = time.perf_counter()
     res = fidelity.run_fidelity(args.profile, options, results=_store_dir(args.results, "results"),
                                 data_root=args.data_root, source=args.source)  # fmt: skip
     source = res.runs[0]["source"]
     folder = Path(args.export) if args.export else _store_dir(None, "figures") / f"fidelity-{args.profile}-{source}"
-    written = fidelity.export_fidelity(res, folder)
+    written = fidelity_report.export_fidelity(res, folder)
     print(f"\nfidelity, {args.profile} profile, {res.source_name}: done in {_duration(time.perf_counter() - t0)}")
     print(_runs_line(res.stores))
     for s in fidelity.scores(res.rows):

@@ -458,32 +458,6 @@ def task_line(source_name: str) -> str:
     return f"source task: {source_name} -> target: MNIST"
 
 
-#: How the source task's images are oriented: as MNIST's (upright: EMNIST transposed back, the
-#: stand-in as rendered) or transposed relative to them (EMNIST as its files store it and as
-#: ``torchvision.datasets.EMNIST`` returns it; the stand-in transposed the same way).
-ORIENTATIONS = ("upright", "transposed")
-
-
-def check_orientation(orientation) -> str:
-    if orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {', '.join(map(repr, ORIENTATIONS))}, got {orientation!r}")
-    return orientation
-
-
-def oriented_name(source_name: str, orientation: str) -> str:
-    """The source task's name, saying when its images are transposed relative to MNIST's."""
-    if check_orientation(orientation) == "upright":
-        return source_name
-    if source_name.startswith("EMNIST"):
-        return f"{source_name} as stored (transposed relative to MNIST, as torchvision delivers it)"
-    return f"{source_name}, transposed (as torchvision delivers EMNIST)"
-
-
-def transposed_images(x: torch.Tensor, side: int = 28) -> torch.Tensor:
-    """Each flattened ``side x side`` image of ``x`` (N, side^2) transposed (H <-> W)."""
-    return x.view(-1, side, side).transpose(1, 2).reshape(x.shape)
-
-
 def _verified_cache(path: Path) -> str | None:
     """The cache file's sha256 when it matches the one recorded beside it; ``None`` when none is
     recorded (an older cache, rebuilt by :func:`prepare`). A mismatch is a :class:`DataIntegrityError`."""

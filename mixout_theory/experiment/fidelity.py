@@ -25,7 +25,6 @@ layer). Everything is recomputable from ``runs.csv``: :func:`claim_rows`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -33,18 +32,15 @@ from pathlib import Path
 
 from mixout_theory.experiment import data, engine, sweep
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.orientation import ORIENTATIONS, oriented_name
 from mixout_theory.experiment.store import (
-    atomic_write,
-    atomic_write_csv,
     checked_meta,
-    jsonable,
     project_dir,
     read_csv,
-    sha256_file,
 )
 
 __all__ = ["Variant", "GRID", "CLAIMS", "DISTANCES", "PAPER_STEPS", "run_fidelity", "claim_rows", "scores",
-           "export_fidelity", "load_fidelity", "EXPORT_TABLES"]  # fmt: skip
+           "load_fidelity", "EXPORT_TABLES"]  # fmt: skip
 
 PAPER_TARGET_TRAIN = 54_000  # MNIST's training split less its 6,000 validation images (Supplement C.1)
 PAPER_STEPS = 5 * math.ceil(PAPER_TARGET_TRAIN / 32)  # 8,440 finetuning steps
@@ -75,7 +71,7 @@ class Variant:
         return {"orientation": self.orientation, "mixed_layers": self.mixed_layers, "finetune_epochs": epochs}
 
 
-GRID = tuple(Variant(o, m) for o in data.ORIENTATIONS for m in sweep.MIXED_LAYERS)
+GRID = tuple(Variant(o, m) for o in ORIENTATIONS for m in sweep.MIXED_LAYERS)
 #: the distance definitions, as the records' ``dist_<name>`` columns
 DISTANCES = {"all": "whole vector", "mixed": "mixed weights", "fc1": "fc1", "fc2": "fc2", "fc3": "fc3"}
 
@@ -210,7 +206,7 @@ def run_fidelity(profile: str = "paper", options: RunOptions = RunOptions(), *, 
         fields = variant.overrides(base.finetune_epochs, len(exp.target.train.y))
         config, tensors, w_pre = sweep.pretrained(results, profile, exp, options, **sizes, **fields)
         store = sweep.run_sweep(results, config, tensors, w_pre, options,
-                                source_name=data.oriented_name(exp.source_name, variant.orientation))  # fmt: skip
+                                source_name=oriented_name(exp.source_name, variant.orientation))  # fmt: skip
         acc = float(engine.evaluate(w_pre, *tensors["source_val"])["acc"][0])
         stores.append(store)
         runs.extend(dict(r, variant=variant.name) for r in store.records())
@@ -229,30 +225,11 @@ def run_fidelity(profile: str = "paper", options: RunOptions = RunOptions(), *, 
 
 
 # --------------------------------------------------------------------------------------------
-# the export: tables, report and figures, and reading it back
+# the exported tables (written by fidelity_report.export_fidelity), read back
 
 EXPORT_TABLES = ("runs.csv", "claims.csv", "scores.csv")
 RUN_TEXT = ("run_id", "method", "source", "profile", "config", "device", "mixout_theory", "python", "source_name",
             "torch", "variant", "orientation", "mixed_layers")  # fmt: skip
-
-
-def export_fidelity(res: FidelityResults, out_dir) -> dict:
-    """``runs.csv``, ``claims.csv``, ``scores.csv``, ``fidelity.md``, the figures (PNG + PDF) and
-    ``meta.json`` (variants, store keys, w_pre accuracies, the tables' sha256) into ``out_dir``."""
-    from mixout_theory.experiment import fidelity_figures
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ranked = scores(res.rows)
-    for name, rows in (("runs.csv", res.runs), ("claims.csv", res.rows), ("scores.csv", ranked)):
-        atomic_write_csv(out / name, rows, list(dict.fromkeys(k for r in rows for k in r)))
-    atomic_write(out / "fidelity.md", report_markdown(res, ranked))
-    paths = fidelity_figures.save_all(res, out)
-    meta = {"profile": res.profile, "source_name": res.source_name, "variants": res.variants,
-            "rules": {"level": f"within {LEVEL_TOLERANCE} of the paper's", "size": f"within a factor {SIZE_FACTOR}"},
-            "paper_steps": PAPER_STEPS, "sha256": {n: sha256_file(out / n) for n in EXPORT_TABLES}}  # fmt: skip
-    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
-    return {"runs": out / "runs.csv", "claims": out / "claims.csv", "report": out / "fidelity.md", "figures": paths}
 
 
 def load_fidelity(folder) -> FidelityResults:
@@ -262,29 +239,3 @@ def load_fidelity(folder) -> FidelityResults:
     runs = read_csv(folder / "runs.csv", text=RUN_TEXT)
     rows = claim_rows(runs, {k: v["w_pre_source_acc"] for k, v in meta["variants"].items()})
     return FidelityResults(meta["profile"], meta["source_name"], runs, meta["variants"], rows)
-
-
-def _cell(r: dict) -> str:
-    if not math.isfinite(r["ours"]):
-        return "not measured"
-    mark = {"yes": "**yes**", "no": "no"}[r["reproduced"]]
-    return f"{r['ours']:.3f} ({r['ratio']:.2f}x) {mark}"
-
-
-def report_markdown(res: FidelityResults, ranked: list[dict]) -> str:
-    """The report: the rules, the scores, and every claim beside the paper for every variant."""
-    names = list(res.variants)
-    lines = [f"# Figure 2 reconciled: {res.profile} profile, {data.task_line(res.source_name)}", "",
-             f"Each claim: ours (ours / paper) and whether it is reproduced: a level within {LEVEL_TOLERANCE}, a size "
-             f"within a factor {SIZE_FACTOR}. Paper values from its text or {FIGURE} (+-0.01).", "",
-             "| variant | reproduced / measured | median abs log ratio | store |", "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {s['variant']} | {s['reproduced']} / {s['measured']} | {s['median_abs_log_ratio']:.3f} | "
-              f"{res.variants[s['variant']]['store']} |" for s in ranked]  # fmt: skip
-    lines += ["", "| claim | paper | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
-    for c in CLAIMS:
-        cells = {r["variant"]: _cell(r) for r in res.rows if r["claim"] == c.key}
-        lines.append(f"| {c.what} | {c.paper:.3f} ({'text' if c.source == TEXT else 'figure'}) | "
-                     + " | ".join(cells.get(n, "") for n in names) + " |")  # fmt: skip
-    none = [c.what for c in CLAIMS if not any(r["claim"] == c.key and r["reproduced"] == "yes" for r in res.rows)]
-    lines += ["", "Reproduced by no variant: " + ("; ".join(none) if none else "none") + "."]
-    return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
-from mixout_theory.experiment import ablations, report, sweep, theorem1
+from mixout_theory.experiment import ablations, fidelity, fidelity_report, report, sweep, theorem1
 from mixout_theory.experiment.ablations import HEAD_SETTINGS, SMALL_DATA_SETTINGS
 from mixout_theory.experiment.report import task_line
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv, find_stores, jsonable, run_env, sha256_file
@@ -126,7 +126,8 @@ def render_all(out_dir, results=None, band: str = "std") -> list[Path]:
     figures of the newest sweep store per profile and source under ``results`` (with ``band``), the
     ablation figures and tables of every profile and source stored under ``results/ablations/``
     (into ``out_dir/ablations-<profile>-<source>/``) and those of the Theorem 1 study stored under
-    ``results/theorem1/`` (into ``out_dir/theorem1-<profile>-<source>/``)."""
+    ``results/theorem1/`` (into ``out_dir/theorem1-<profile>-<source>/``); the fidelity study's report and
+    figures are redrawn from its exported tables (``out_dir/fidelity-*/``)."""
     report.check_band(band)  # a bad band fails before anything is drawn
     paths = render_theory_figures(out_dir)
     if results is None or not Path(results).exists():
@@ -143,6 +144,9 @@ def render_all(out_dir, results=None, band: str = "std") -> list[Path]:
     for res in theorem1.load_stored(results):
         out = Path(out_dir) / f"theorem1-{res.config.profile}-{res.config.source}"
         paths += list(export_theorem1(res, out).values())
+    for meta in sorted(Path(out_dir).glob("fidelity-*/meta.json")):  # from the study's own tables
+        written = fidelity_report.export_fidelity(fidelity.load_fidelity(meta.parent), meta.parent)
+        paths += [written["report"], *written["figures"]]
     return paths
 
 

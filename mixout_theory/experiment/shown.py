@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixout_theory.experiment import ablations, exports, fidelity, plots, report, sweep, theorem1
+from mixout_theory.experiment import ablations, exports, fidelity, fidelity_report, plots, report, sweep, theorem1
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import find_stores, project_dir
 
@@ -120,7 +120,7 @@ def fidelity_results(profile: str, recompute: bool | None = None, options: RunOp
     if _recompute(recompute):
         res = fidelity.run_fidelity(profile, options or RunOptions(progress=False))
         where, origin = project_dir("figures") / f"fidelity-{profile}-{res.runs[0]['source']}", COMPUTED
-        fidelity.export_fidelity(res, where)
+        fidelity_report.export_fidelity(res, where)
     else:
         mine = sorted(project_dir("figures").glob(f"fidelity-{profile}-*/meta.json"))
         where, origin = (mine[0].parent, STORED) if mine else (_committed("fidelity"), SHIPPED)

@@ -30,6 +30,7 @@ import torch
 
 from mixout_theory.experiment import data, engine, mlp
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.orientation import check_orientation, oriented_name, transposed_images
 from mixout_theory.experiment.store import (
     IntegrityError,
     RunStore,
@@ -85,11 +86,11 @@ class SweepConfig:
     data: str = ""  # fingerprint of the prepared data, its content included (see data_fingerprint)
     engine: str = engine.ENGINE_VERSION  # how masks and data orders are drawn from the seeds
     w_pre: str = ""  # content hash of the w_pre the runs start from (set by pretrained())
-    orientation: str = "upright"  # the source images as MNIST's, or transposed (data.ORIENTATIONS)
+    orientation: str = "upright"  # the source images as MNIST's, or transposed (ORIENTATIONS)
     mixed_layers: str = "hidden"  # what mixout and dropout act on (MIXED_LAYERS)
 
     def __post_init__(self):
-        data.check_orientation(self.orientation)
+        check_orientation(self.orientation)
         if self.mixed_layers not in MIXED_LAYERS:
             raise ValueError(f"mixed_layers must be one of {', '.join(map(repr, MIXED_LAYERS))}, "
                              f"got {self.mixed_layers!r}")
@@ -187,8 +188,9 @@ def is_figure2_store(folder: str | Path) -> bool:
     """Whether a sweep store holds Figure 2's reading of the protocol (the source upright, the hidden
     layers mixed, the profile's finetuning epochs) rather than one of the fidelity study's variants."""
     config = json.loads((Path(folder) / "config.json").read_text())
-    return (all(config.get(k, v) == v for k, v in LATER_FIELDS.items())
-            and config.get("finetune_epochs") == profile_config(config["profile"]).finetune_epochs)
+    profile = config.get("profile")
+    epochs = profile_config(profile).finetune_epochs if profile in PROFILES else SweepConfig.finetune_epochs
+    return all(config.get(k, v) == v for k, v in {**LATER_FIELDS, "finetune_epochs": epochs}.items())
 
 
 def load_records(folder: str | Path) -> list[dict]:
@@ -246,7 +248,7 @@ def experiment_tensors(exp, config: SweepConfig) -> dict:
     source = {"source_train": _subset(_xy(exp.source.train), config.source_train, 1),
               "source_val": _subset(_xy(exp.source.val), config.eval_size, 2)}
     if config.orientation == "transposed":
-        source = {k: (data.transposed_images(x), y) for k, (x, y) in source.items()}
+        source = {k: (transposed_images(x), y) for k, (x, y) in source.items()}
     return {
         **source,
         "target_train": _subset(_xy(exp.target.train), config.target_train, 3),
@@ -420,7 +422,7 @@ def run_experiment(profile: str = "paper", options: RunOptions = RunOptions(), *
     exp = data.load_experiment(root=data_root, source=source, emnist_from=emnist_from)
     config, tensors, w_pre = pretrained(results, profile, exp, options, **overrides)
     return run_sweep(results, config, tensors, w_pre, options,
-                     source_name=data.oriented_name(exp.source_name, config.orientation))
+                     source_name=oriented_name(exp.source_name, config.orientation))
 
 
 def pretrained(results, profile: str, exp, options: RunOptions = RunOptions(), **overrides):

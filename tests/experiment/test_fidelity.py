@@ -12,8 +12,9 @@ import math
 import pytest
 import torch
 
-from mixout_theory.experiment import data, fidelity, fidelity_figures, shown, sweep
+from mixout_theory.experiment import data, fidelity, fidelity_report, shown, sweep
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.orientation import oriented_name, transposed_images
 from mixout_theory.experiment.store import IntegrityError, config_hash, project_dir
 
 
@@ -21,7 +22,7 @@ from mixout_theory.experiment.store import IntegrityError, config_hash, project_
 def study():
     res = fidelity.run_fidelity("smoke", RunOptions(progress=False))
     folder = project_dir("figures") / f"fidelity-smoke-{res.runs[0]['source']}"
-    return res, folder, fidelity.export_fidelity(res, folder)
+    return res, folder, fidelity_report.export_fidelity(res, folder)
 
 
 def test_each_variant_is_its_own_store_and_records_its_reading(study):
@@ -74,7 +75,7 @@ def test_claims_are_recomputed_from_runs_csv_and_read_back_checked(study):
     runs_csv.write_text(runs_csv.read_text().replace("mixout", "dropout", 1))
     with pytest.raises(IntegrityError, match="runs.csv"):
         fidelity.load_fidelity(folder)
-    fidelity.export_fidelity(res, folder)  # restore for the notebook
+    fidelity_report.export_fidelity(res, folder)  # restore for the notebook
 
 
 def test_reproduced_rules():
@@ -86,10 +87,10 @@ def test_reproduced_rules():
 
 def test_figures_have_every_variant_and_the_paper_points(study):
     res, folder, written = study
-    assert {p.name for p in written["figures"]} == {f"{stem}.{ext}" for stem, *_ in fidelity_figures.PANELS
+    assert {p.name for p in written["figures"]} == {f"{stem}.{ext}" for stem, *_ in fidelity_report.PANELS
                                                      for ext in ("png", "pdf")}  # fmt: skip
-    stem, panels, paper = fidelity_figures.PANELS[0]
-    fig = fidelity_figures.panel_figure(res, panels, paper)
+    stem, panels, paper = fidelity_report.PANELS[0]
+    fig = fidelity_report.panel_figure(res, panels, paper)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert len(labels) == 2 * len(res.variants) + 1 and "read off the paper's figure" in labels[-1]
     assert all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes)
@@ -110,10 +111,10 @@ def test_orientation_is_applied_to_the_source_only_and_named(make_exp):
     x = up["source_train"][0]
     assert torch.equal(tr["source_train"][0], x.view(-1, 28, 28).transpose(1, 2).reshape(x.shape))
     assert torch.equal(tr["target_train"][0], up["target_train"][0])  # MNIST stays as it is
-    assert torch.equal(data.transposed_images(data.transposed_images(x)), x)
-    assert data.oriented_name("EMNIST Digits", "transposed").startswith("EMNIST Digits as stored")
-    assert "(transposed to MNIST's orientation)" not in data.task_line(data.oriented_name("EMNIST Digits", "transposed"))
-    assert data.oriented_name("stand-in", "upright") == "stand-in"
+    assert torch.equal(transposed_images(transposed_images(x)), x)
+    assert oriented_name("EMNIST Digits", "transposed").startswith("EMNIST Digits as stored")
+    assert "(transposed to MNIST's orientation)" not in data.task_line(oriented_name("EMNIST Digits", "transposed"))
+    assert oriented_name("stand-in", "upright") == "stand-in"
 
 
 def test_new_options_keep_old_keys_and_reject_bad_values():
