@@ -188,7 +188,12 @@ class FidelityResults:
 
     @property
     def w_pre_accs(self) -> dict:
-        return {k: v["w_pre_source_acc"] for k, v in self.variants.items()}
+        return _accs(self.variants)
+
+
+def _accs(variants: dict) -> dict:
+    """Each variant's w_pre source accuracy, from the variants' summaries."""
+    return {k: v["w_pre_source_acc"] for k, v in variants.items()}
 
 
 def run_fidelity(profile: str = "paper", options: RunOptions = RunOptions(), *, data_root=None, results=None,
@@ -216,12 +221,11 @@ def run_fidelity(profile: str = "paper", options: RunOptions = RunOptions(), *, 
 
     for variant in GRID:
         run(variant)
-    best = scores(claim_rows(runs, {k: v["w_pre_source_acc"] for k, v in variants.items()}))[0]["variant"]
+    best = scores(claim_rows(runs, _accs(variants)))[0]["variant"]
     if len(exp.target.train.y) < PAPER_TARGET_TRAIN:
         chosen = next(v for v in GRID if v.name == best)
         run(dataclasses.replace(chosen, matched_steps=True))
-    return FidelityResults(profile, exp.source_name, runs, variants,
-                           claim_rows(runs, {k: v["w_pre_source_acc"] for k, v in variants.items()}), stores)
+    return FidelityResults(profile, exp.source_name, runs, variants, claim_rows(runs, _accs(variants)), stores)
 
 
 # --------------------------------------------------------------------------------------------
@@ -237,5 +241,5 @@ def load_fidelity(folder) -> FidelityResults:
     folder = Path(folder)
     meta = checked_meta(folder, EXPORT_TABLES, "export the study again (python -m mixout_theory fidelity)")
     runs = read_csv(folder / "runs.csv", text=RUN_TEXT)
-    rows = claim_rows(runs, {k: v["w_pre_source_acc"] for k, v in meta["variants"].items()})
-    return FidelityResults(meta["profile"], meta["source_name"], runs, meta["variants"], rows)
+    return FidelityResults(meta["profile"], meta["source_name"], runs, meta["variants"],
+                           claim_rows(runs, _accs(meta["variants"])))
