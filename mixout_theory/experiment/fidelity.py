@@ -241,5 +241,5 @@ def load_fidelity(folder) -> FidelityResults:
     folder = Path(folder)
     meta = checked_meta(folder, EXPORT_TABLES, "export the study again (python -m mixout_theory fidelity)")
     runs = read_csv(folder / "runs.csv", text=RUN_TEXT)
-    return FidelityResults(meta["profile"], meta["source_name"], runs, meta["variants"],
-                           claim_rows(runs, _accs(meta["variants"])))
+    variants = {n: meta["variants"][n] for n in dict.fromkeys(r["variant"] for r in runs)}  # the study's order
+    return FidelityResults(meta["profile"], meta["source_name"], runs, variants, claim_rows(runs, _accs(variants)))

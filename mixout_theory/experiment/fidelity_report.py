@@ -45,7 +45,7 @@ STYLE = {"mixout": dict(ls="-", marker="o"), "dropout": dict(ls="--", marker="s"
 def panel_figure(res: FidelityResults, panels, paper) -> Figure:
     names = list(res.variants)
     colors = [f"C{i}" for i in range(len(names))]
-    fig = Figure(figsize=(6.2 * len(panels), 5.6), layout="constrained")
+    fig = Figure(figsize=(max(11.0, 6.2 * len(panels)), 6.0), layout="constrained")  # room for the legend
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (metric, title, ylabel) in zip(axes, panels):
         for name, color in zip(names, colors):
@@ -61,7 +61,7 @@ def panel_figure(res: FidelityResults, panels, paper) -> Figure:
         ax.set(xlabel="p (dropout or mixout probability)", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=7)
+    fig.legend(handles, labels, loc="outside lower center", ncol=3 if len(panels) > 1 else 2, fontsize=7)
     fig.suptitle(f"Figure 2 under each reading of the protocol, {res.profile} profile; mean over restarts\n"
                  f"{data.task_line(res.source_name)} (each variant's source orientation in its name)", fontsize=9)
     return fig

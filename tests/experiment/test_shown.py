@@ -52,6 +52,18 @@ def test_theorem1_shows_the_committed_tables(nothing_stored):
     assert what.origin == shown.SHIPPED and what.profile == "paper" and points and traj
 
 
+def test_fidelity_shows_the_committed_study_and_its_claims_recompute(nothing_stored):
+    res, what = shown.fidelity_results("smoke")
+    assert what.origin == shown.SHIPPED and what.where.name == "fidelity-paper-stand-in" and res.profile == "paper"
+    assert len(res.variants) == 5 and len(res.runs) == 5 * 170
+    committed = store.read_csv(what.where / "claims.csv", text=("variant", "claim", "what", "paper_source", "kind",
+                                                                "reproduced"))  # fmt: skip
+    assert [(r["variant"], r["claim"], r["reproduced"]) for r in committed] == \
+        [(r["variant"], r["claim"], r["reproduced"]) for r in res.rows]  # recomputed from runs.csv
+    measured = [(a["ours"], b["ours"]) for a, b in zip(committed, res.rows) if b["reproduced"]]
+    assert measured and all(a == pytest.approx(b, rel=1e-9) for a, b in measured)
+
+
 def test_the_suite_never_writes_into_the_checkouts_results_or_figures():
     """The root conftest.py moves both folders into one temporary folder for the whole session."""
     checkout = store.project_dir("docs").parent
