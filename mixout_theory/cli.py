@@ -82,11 +82,13 @@ def _add_export(p, study: str, files: str) -> None:
                    f"(default: the figure folder's {study}-<profile>-<source>/)")  # fmt: skip
 
 
-def _export_dir(args, study: str, config) -> Path:
+def _export_dir(args, study: str, profile: str, source: str) -> Path:
     """``--export``, else ``figures/<study>-<profile>-<source>/``."""
     if args.export is not None:
         return Path(args.export)
-    return _store_dir(None, "figures") / f"{study}-{config.profile}-{config.source}"
+    from mixout_theory.experiment.store import export_dir
+
+    return export_dir(study, profile, source)
 
 
 def _run_options(args, parser):
@@ -255,7 +257,7 @@ def _cmd_ablations(args, parser) -> int:
     t0 = time.perf_counter()
     res = ablations.run_ablations(args.profile, tuple(args.studies), options, results=_store_dir(args.results, "results"),
                                   data_root=args.data_root, source=args.source)  # fmt: skip
-    folder = _export_dir(args, "ablations", res.config)
+    folder = _export_dir(args, "ablations", res.config.profile, res.config.source)
     written = plots.export_ablations(res, folder)
     print(f"\nablations ({', '.join(args.studies)}), {args.profile} profile, {res.source_name}: done in "
           f"{_duration(time.perf_counter() - t0)}; w_pre target test accuracy {res.w_pre_acc:.4f}")  # fmt: skip
@@ -288,7 +290,7 @@ def _cmd_theorem1(args, parser) -> int:
     t0 = time.perf_counter()
     res = theorem1.run_theorem1(args.profile, options, results=_store_dir(args.results, "results"),
                                 data_root=args.data_root, source=args.source)  # fmt: skip
-    folder = _export_dir(args, "theorem1", res.config)
+    folder = _export_dir(args, "theorem1", res.config.profile, res.config.source)
     written = plots.export_theorem1(res, folder)
     print(f"\ntheorem1, {args.profile} profile: done in {_duration(time.perf_counter() - t0)}")
     print(_runs_line([res.store], noun="measurements"))
@@ -320,8 +322,7 @@ def _cmd_fidelity(args, parser) -> int:
     t0 = time.perf_counter()
     res = fidelity.run_fidelity(args.profile, options, results=_store_dir(args.results, "results"),
                                 data_root=args.data_root, source=args.source)  # fmt: skip
-    source = res.runs[0]["source"]
-    folder = Path(args.export) if args.export else _store_dir(None, "figures") / f"fidelity-{args.profile}-{source}"
+    folder = _export_dir(args, "fidelity", args.profile, res.runs[0]["source"])
     written = fidelity_report.export_fidelity(res, folder)
     print(f"\nfidelity, {args.profile} profile, {res.source_name}: done in {_duration(time.perf_counter() - t0)}")
     print(_runs_line(res.stores))

@@ -109,7 +109,8 @@ CLAIMS = (
 )  # fmt: skip
 
 
-def _mean(records: list[dict], method: str, p: float, metric: str) -> float:
+def group_mean(records: list[dict], method: str, p: float, metric: str) -> float:
+    """Mean of ``metric`` over the usable runs of (method, p); p = 0 is the shared run ("none")."""
     vals = [r[metric] for r in records if r["p"] == p and r["method"] == ("none" if p == 0 else method)
             and not r.get("failed")]  # fmt: skip
     return statistics.fmean(vals) if vals else math.nan
@@ -119,20 +120,20 @@ def ours(records: list[dict], w_pre_acc: float) -> dict:
     """Our value of every claim from one variant's run records (NaN where its p grid lacks the p)."""
     ps = sorted({r["p"] for r in records if r["p"] > 0})
     src, tgt = "source_val_acc", "target_val_acc"
-    out = {"w_pre_source_acc": w_pre_acc, "source_acc_p0": _mean(records, "none", 0.0, src),
-           "source_acc_mixout": statistics.fmean(_mean(records, "mixout", p, src) for p in ps) if ps else math.nan,
-           "source_acc_dropout_p0.8": _mean(records, "dropout", 0.8, src),
-           "target_acc_p0": _mean(records, "none", 0.0, tgt),
-           "target_acc_dropout_p0.8": _mean(records, "dropout", 0.8, tgt),
-           "target_acc_mixout_p0.8": _mean(records, "mixout", 0.8, tgt)}  # fmt: skip
+    out = {"w_pre_source_acc": w_pre_acc, "source_acc_p0": group_mean(records, "none", 0.0, src),
+           "source_acc_mixout": statistics.fmean(group_mean(records, "mixout", p, src) for p in ps) if ps else math.nan,
+           "source_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, src),
+           "target_acc_p0": group_mean(records, "none", 0.0, tgt),
+           "target_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, tgt),
+           "target_acc_mixout_p0.8": group_mean(records, "mixout", 0.8, tgt)}  # fmt: skip
     for p in (0.1, 0.2, 0.3):
-        out[f"source_gap_p{p}"] = _mean(records, "mixout", p, src) - _mean(records, "dropout", p, src)
+        out[f"source_gap_p{p}"] = group_mean(records, "mixout", p, src) - group_mean(records, "dropout", p, src)
     out["target_fall_dropout"] = out["target_acc_p0"] - out["target_acc_dropout_p0.8"]
     for d in DISTANCES:
-        at0 = _mean(records, "none", 0.0, f"dist_{d}")
+        at0 = group_mean(records, "none", 0.0, f"dist_{d}")
         out[f"dist_{d}_p0"] = at0
         for method in sweep.METHODS:
-            end = _mean(records, method, 0.8, f"dist_{d}")
+            end = group_mean(records, method, 0.8, f"dist_{d}")
             out[f"dist_{d}_{method}_p0.8"], out[f"dist_{d}_{method}_ratio"] = end, end / at0 if at0 else math.nan
     return out
 

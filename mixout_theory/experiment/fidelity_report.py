@@ -21,7 +21,7 @@ from mixout_theory.experiment.fidelity import (
     SIZE_FACTOR,
     TEXT,
     FidelityResults,
-    _mean,
+    group_mean,
     scores,
 )
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv, jsonable, sha256_file
@@ -52,7 +52,7 @@ def panel_figure(res: FidelityResults, panels, paper) -> Figure:
             records = [r for r in res.runs if r["variant"] == name]
             ps = sorted({r["p"] for r in records})
             for method, style in STYLE.items():
-                ax.plot(ps, [_mean(records, method, p, metric) for p in ps], color=color, lw=1.4, ms=3.5,
+                ax.plot(ps, [group_mean(records, method, p, metric) for p in ps], color=color, lw=1.4, ms=3.5,
                         label=f"{name}: {method}", **style)
         for i, (p, value, method) in enumerate(paper):
             ax.errorbar([p], [value], yerr=0.01, color="black", marker="X", ms=8, ls="none", capsize=3,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mixout_theory.experiment import ablations, exports, fidelity, fidelity_report, plots, report, sweep, theorem1
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import find_stores, project_dir
+from mixout_theory.experiment.store import export_dir, find_stores, project_dir
 
 __all__ = ["RECOMPUTE_ENV", "COMMITTED", "Shown", "recompute_requested", "figure2_results", "ablation_results",
            "theorem1_results", "fidelity_results"]  # fmt: skip
@@ -56,6 +56,12 @@ class Shown:
 
 def _committed(study: str) -> Path:
     return project_dir("docs") / "results" / COMMITTED[study]
+
+
+def _exported(study: str, profile: str) -> tuple[Path, str]:
+    """The user's export of ``study`` at ``profile`` under ``figures/``, else the committed one."""
+    mine = sorted(project_dir("figures").glob(f"{study}-{profile}-*/meta.json"))
+    return (mine[0].parent, STORED) if mine else (_committed(study), SHIPPED)
 
 
 def _recompute(recompute: bool | None) -> bool:
@@ -103,11 +109,10 @@ def theorem1_results(profile: str, recompute: bool | None = None, options: RunOp
     there, else the committed paper-profile tables (each checked against its sha256)."""
     if _recompute(recompute):
         res = theorem1.run_theorem1(profile, options or RunOptions(progress=False))
-        where, origin = project_dir("figures") / f"theorem1-{profile}-{res.config.source}", COMPUTED
+        where, origin = export_dir("theorem1", profile, res.config.source), COMPUTED
         plots.export_theorem1(res, where)
     else:
-        mine = sorted(project_dir("figures").glob(f"theorem1-{profile}-*/meta.json"))
-        where, origin = (mine[0].parent, STORED) if mine else (_committed("theorem1"), SHIPPED)
+        where, origin = _exported("theorem1", profile)
     points, traj, meta = theorem1.load_tables(where)
     shown = Shown(origin, where, meta["config"]["profile"], meta["context"]["source_name"], meta["store_key"])
     return points, traj, meta, shown
@@ -119,11 +124,10 @@ def fidelity_results(profile: str, recompute: bool | None = None, options: RunOp
     there, else the committed paper-profile export (every table checked against its sha256)."""
     if _recompute(recompute):
         res = fidelity.run_fidelity(profile, options or RunOptions(progress=False))
-        where, origin = project_dir("figures") / f"fidelity-{profile}-{res.runs[0]['source']}", COMPUTED
+        where, origin = export_dir("fidelity", profile, res.runs[0]["source"]), COMPUTED
         fidelity_report.export_fidelity(res, where)
     else:
-        mine = sorted(project_dir("figures").glob(f"fidelity-{profile}-*/meta.json"))
-        where, origin = (mine[0].parent, STORED) if mine else (_committed("fidelity"), SHIPPED)
+        where, origin = _exported("fidelity", profile)
         res = fidelity.load_fidelity(where)
     keys = ", ".join(v["config"] for v in res.variants.values())
     return res, Shown(origin, where, res.profile, res.source_name, keys)
