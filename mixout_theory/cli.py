@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -29,6 +30,7 @@ commands:
   ablations   the GLUE-study questions on this setting: small data, a new output layer, the effective L2
   theorem1    Theorem 1 on the finetuned MLP: exact second-order penalty, curvature, Corollary 1.1
   fidelity    Figure 2 under each reading of the protocol (source orientation, layers mixed, steps), beside the paper
+  compare     do two results of one study agree within noise? (exit 0 yes, 1 a claim differs, 2 bad input)
 """
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 SOURCES = ("auto", "emnist", "stand-in")  # = experiment.data.SOURCE_CHOICES (tests/test_cli.py)
@@ -146,10 +148,11 @@ def _add_figures(sub) -> None:
 
 
 def _cmd_figures(args, parser) -> int:
-    from mixout_theory.experiment import plots
+    from mixout_theory.experiment import plots, w_pre_spread
 
-    out = _store_dir(args.out, "figures")
-    paths = plots.render_all(out, results=_store_dir(args.results, "results"), band=args.band)
+    out, results = _store_dir(args.out, "figures"), _store_dir(args.results, "results")
+    paths = plots.render_all(out, results=results, band=args.band)
+    paths += w_pre_spread.render_spreads(results, out) if results.exists() else []
     for path in paths:
         print(path)
     print(f"{len(paths)} files written under {out}")
@@ -207,20 +210,43 @@ def _add_reproduce(sub) -> None:
                    help="a local EMNIST gzip.zip or folder holding the digits files (default: none)")  # fmt: skip
     p.add_argument("--pretrain-search", action="store_true",
                    help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20, slow (default: one seed, 10 epochs)")  # fmt: skip
+    p.add_argument("--pretrain-seeds", type=_positive_int, default=1, metavar="N",
+                   help="run the sweep from N w_pre pretrained with seeds 0..N-1 (each cached) and report every "
+                   "number's spread across w_pre beside its spread across restarts (default: 1, seed 0)")  # fmt: skip
     _add_figure_options(p)
     p.set_defaults(func=_cmd_reproduce, command_parser=p)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def _cmd_reproduce(args, parser) -> int:
     options = _run_options(args, parser)
-    from mixout_theory.experiment import plots, report, sweep
+    from mixout_theory.experiment import plots, report, sweep, w_pre_spread
 
+    if args.pretrain_search and args.pretrain_seeds > 1:
+        parser.error("--pretrain-search picks one w_pre from its own 5 seeds; use it without --pretrain-seeds")
     t0 = time.perf_counter()
     overrides = {"pretrain_search": True} if args.pretrain_search else {}
     results, out = _store_dir(args.results, "results"), _store_dir(args.out, "figures")
-    store = sweep.run_experiment(args.profile, options, data_root=args.data_root, results=results,
-                                 source=args.source, emnist_from=args.emnist_from, **overrides)  # fmt: skip
+    stores = []
+    for seed in range(args.pretrain_seeds):  # seed 0 first: Figure 2's w_pre
+        if args.pretrain_seeds > 1:
+            print(f"w_pre {seed + 1} of {args.pretrain_seeds} (pretraining seed {seed})", flush=True)
+        seeded = {**overrides, "pretrain_seed": seed} if args.pretrain_seeds > 1 else overrides
+        stores.append(sweep.run_experiment(args.profile, options, data_root=args.data_root, results=results,
+                                           source=args.source, emnist_from=args.emnist_from, **seeded))  # fmt: skip
+    store = stores[0]
     plots.render_all(out, results=results, band=args.band)
+    if len(stores) > 1:
+        w_pre_spread.render_spreads(results, out)
     records = store.records()
     folder = out / f"experiment-{store.config.profile}-{store.config.source}"
     print(f"\nreproduce, {args.profile} profile, {records[0]['source_name']}: done in {_duration(time.perf_counter() - t0)}")
@@ -230,7 +256,27 @@ def _cmd_reproduce(args, parser) -> int:
         print("  " + line)
     print(f"table:   {folder / 'table.md'} (also table.csv, runs.csv, meta.json)")
     print(f"figures: {folder}/figure2.png and layer_distances.png (and PDF); every figure under {out}")
+    if len(stores) > 1:
+        _print_spread(out / f"{w_pre_spread.STUDY}-{store.config.profile}-{store.config.source}")
+    _print_comparison("figure2", folder, store.config.profile, store.config.source)
     return 0
+
+
+def _print_spread(folder: Path) -> None:
+    """What ``reproduce --pretrain-seeds`` adds: which claims hold for every w_pre, how wide each spread is."""
+    from mixout_theory.experiment import w_pre_spread
+
+    rows, claims, meta = w_pre_spread.load_spread(folder)
+    print(f"across {len(claims)} w_pre (pretraining seeds 0..{len(claims) - 1}):")
+    for name, c in meta["claims_for_every_w_pre"].items():
+        print(f"  {name}: held for {c['held']} of {c['of']} w_pre")
+    levels = [r for r in rows if r["quantity"] != "source_acc_gap" and r["p"] > 0]
+    if levels:
+        widest = max(levels, key=lambda r: r["ratio"])
+        print(f"  spread of a w_pre's mean across w_pre: median {statistics.median(r['ratio'] for r in levels):.1f}x the "
+              f"restarts' standard error (largest {widest['ratio']:.1f}x: {widest['method']} p={widest['p']:g} "
+              f"{widest['quantity']})")  # fmt: skip
+    print(f"  tables and figure: {folder} (w_pre_spread.csv, w_pre_claims.csv, figure2_w_pre.png)")
 
 
 # ----------------------------------------------------------------------------------- ablations
@@ -263,6 +309,7 @@ def _cmd_ablations(args, parser) -> int:
           f"{_duration(time.perf_counter() - t0)}; w_pre target test accuracy {res.w_pre_acc:.4f}")  # fmt: skip
     print(_runs_line(list(res.stores.values())))
     print(f"wrote {len(written)} files to {folder} (tables.md, meta.json, the CSV tables and figures)")
+    _print_comparison("ablations", folder, res.config.profile, res.config.source)
     return 0
 
 
@@ -295,6 +342,7 @@ def _cmd_theorem1(args, parser) -> int:
     print(f"\ntheorem1, {args.profile} profile: done in {_duration(time.perf_counter() - t0)}")
     print(_runs_line([res.store], noun="measurements"))
     print(f"wrote {len(written)} files to {folder} (network_penalty.csv, trajectory.csv, meta.json, figures)")
+    _print_comparison("theorem1", folder, res.config.profile, res.config.source)
     return 0
 
 
@@ -330,7 +378,57 @@ def _cmd_fidelity(args, parser) -> int:
         print(f"  {s['variant']}: {s['reproduced']} of {s['measured']} claims reproduced "
               f"(median |log(ours / paper)| {s['median_abs_log_ratio']:.2f})")
     print(f"report: {written['report']} (claims.csv, scores.csv, runs.csv, meta.json and figures beside it)")
+    _print_comparison("fidelity", folder, args.profile, res.runs[0]["source"])
     return 0
+
+
+# ------------------------------------------------------------------------------------- compare
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="do two results of one study agree within noise? (exit 0 yes, 1 a claim differs, 2 bad input)",
+        description="Compare two results of the same study, profile and source (exported folders such as "
+        "docs/results/figure2-paper-stand-in/, or results stores) number by number: the study's claims and the "
+        "levels they rest on. A difference is within noise when |a - b| <= 3 sqrt(se_a^2 + se_b^2 + 2 tau^2): "
+        "se from the jackknife over restarts, tau the spread across w_pre where a w_pre-spread export says it. "
+        "Prints one line per number outside noise, then a summary line.",
+    )
+    p.add_argument("a", metavar="A", help="a result folder (export or store), e.g. the committed one")
+    p.add_argument("b", metavar="B", help="the other result folder of the same study, profile and source")
+    p.add_argument("--spread", default=None, metavar="DIR",
+                   help="a w_pre-spread export (reproduce --pretrain-seeds) whose spread across w_pre counts as "
+                   "noise for Figure 2 (default: the committed one of the same profile and source, if any)")  # fmt: skip
+    p.set_defaults(func=_cmd_compare, command_parser=p)
+
+
+EXIT_DIFFERS, EXIT_BAD_INPUT = 1, 2
+
+
+def _cmd_compare(args, parser) -> int:
+    from mixout_theory.experiment.compare import CompareError, compare_folders
+    from mixout_theory.experiment.store import IntegrityError
+
+    try:
+        ok, lines = compare_folders(args.a, args.b, args.spread)
+    except (CompareError, IntegrityError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print("\n".join(lines))
+    return 0 if ok else EXIT_DIFFERS
+
+
+def _print_comparison(study: str, folder, profile: str, source: str) -> None:
+    """The end of a study command: its export compared with the committed results (one summary)."""
+    from mixout_theory.experiment.compare import CompareError, against_committed
+    from mixout_theory.experiment.store import IntegrityError
+
+    try:
+        lines = against_committed(study, folder, profile, source)
+    except (CompareError, IntegrityError, OSError) as e:
+        lines = [f"compare: could not compare with the committed results ({' '.join(str(e).split())})"]
+    print("\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -350,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ablations(sub)
     _add_theorem1(sub)
     _add_fidelity(sub)
+    _add_compare(sub)
     return parser
 
 

@@ -24,6 +24,7 @@ from mixout_theory.experiment.fidelity import (
     group_mean,
     scores,
 )
+from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv, jsonable, sha256_file
 from mixout_theory.figures import save_figure
 
@@ -87,7 +88,8 @@ def export_fidelity(res: FidelityResults, out_dir) -> dict:
     paths = save_all(res, out)
     meta = {"profile": res.profile, "source_name": res.source_name, "variants": res.variants,
             "rules": {"level": f"within {LEVEL_TOLERANCE} of the paper's", "size": f"within a factor {SIZE_FACTOR}"},
-            "paper_steps": PAPER_STEPS, "sha256": {n: sha256_file(out / n) for n in EXPORT_TABLES}}  # fmt: skip
+            "paper_steps": PAPER_STEPS, "sha256": {n: sha256_file(out / n) for n in EXPORT_TABLES},
+            "env": run_env(), "machines": machines_of(res.runs)}  # fmt: skip
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
     return {"runs": out / "runs.csv", "claims": out / "claims.csv", "report": out / "fidelity.md", "figures": paths}
 

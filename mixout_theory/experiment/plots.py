@@ -28,6 +28,7 @@ from matplotlib.ticker import ScalarFormatter
 
 from mixout_theory.experiment import ablations, fidelity, fidelity_report, report, sweep, theorem1
 from mixout_theory.experiment.ablations import HEAD_SETTINGS, SMALL_DATA_SETTINGS
+from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.report import task_line
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv, find_stores, jsonable, run_env, sha256_file
 from mixout_theory.figures import render_theory_figures, save_figure
@@ -451,6 +452,7 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
                 "train_loss", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3", "dist_all"]  # fmt: skip
     tables, meta = [], {"config": jsonable(res.config.asdict()), "w_pre_test_acc": res.w_pre_acc,
                         "source_name": res.source_name, "this_invocation_seconds": res.seconds, "env": run_env(),
+                        "machines": machines_of(r for recs in res.records.values() for r in recs),
                         "training": {s: _training_cost(r) for s, r in res.records.items()},
                         "subset_sha256": ablations.subset_sha256(res.subset_index),
                         "store_keys": {s: res.config.key(s) for s in res.records}}  # fmt: skip

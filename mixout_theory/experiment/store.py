@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import platform
 import secrets
 import shutil
 import time
@@ -39,8 +38,7 @@ from pathlib import Path
 
 import torch
 
-from mixout_theory._version import __version__
-from mixout_theory.experiment.engine import resolve_device
+from mixout_theory.experiment.machine import run_env  # noqa: F401 - every study's records carry it
 
 TMP_MARK = ".tmp-"
 
@@ -415,10 +413,3 @@ def find_stores(root: str | Path) -> list[Path]:
     root = Path(root)
     found = [d for d in root.glob("*-*") if d.is_dir() and any((d / "runs").glob("*.json"))]
     return sorted(found, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True)
-
-
-def run_env(device="auto") -> dict:
-    """What a stored run was computed with: library, torch and Python versions, and the device the
-    run used (``device`` resolved as :func:`engine.resolve_device` resolves it)."""
-    return {"mixout_theory": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(resolve_device(device))}  # fmt: skip

@@ -30,6 +30,7 @@ import torch
 
 from mixout_theory.experiment import data, engine, mlp
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.orientation import check_orientation, oriented_name, transposed_images
 from mixout_theory.experiment.store import (
     IntegrityError,
@@ -184,13 +185,20 @@ class SweepStore(RunStore):
         return export_csv(self.records(), self.dir / "runs.csv")
 
 
-def is_figure2_store(folder: str | Path) -> bool:
-    """Whether a sweep store holds Figure 2's reading of the protocol (the source upright, the hidden
-    layers mixed, the profile's finetuning epochs) rather than one of the fidelity study's variants."""
-    config = json.loads((Path(folder) / "config.json").read_text())
+def is_figure2_reading(config: dict) -> bool:
+    """Whether a sweep configuration (``config.json``) is Figure 2's reading of the protocol (the
+    source upright, the hidden layers mixed, the profile's finetuning epochs) rather than one of the
+    fidelity study's variants."""
     profile = config.get("profile")
     epochs = profile_config(profile).finetune_epochs if profile in PROFILES else SweepConfig.finetune_epochs
     return all(config.get(k, v) == v for k, v in {**LATER_FIELDS, "finetune_epochs": epochs}.items())
+
+
+def is_figure2_store(folder: str | Path) -> bool:
+    """Whether a sweep store holds Figure 2: its reading (:func:`is_figure2_reading`) from the ``w_pre``
+    of pretraining seed 0 (the other seeds of ``reproduce --pretrain-seeds`` are :mod:`w_pre_spread`'s)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return is_figure2_reading(config) and config.get("pretrain_seed", 0) == SweepConfig.pretrain_seed
 
 
 def load_records(folder: str | Path) -> list[dict]:
@@ -220,11 +228,13 @@ EXPORT_TABLES = ("runs.csv", "table.csv")
 
 def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> list[Path]:
     """``runs.csv`` (one row per run, every scalar field, lossless) and ``meta.json`` (``context`` from
-    :func:`store_context`, the Figure 2 ``claims``, the sha256 of :data:`EXPORT_TABLES`) into ``out_dir``;
+    :func:`store_context`, the Figure 2 ``claims``, the sha256 of :data:`EXPORT_TABLES`, the machine
+    that exported (``env``) and the machines the runs were computed on) into ``out_dir``;
     ``table.csv`` must already be there."""
     out = Path(out_dir)
     export_csv(records, out / "runs.csv")
-    meta = dict(context, claims=claims, sha256={n: sha256_file(out / n) for n in EXPORT_TABLES})
+    meta = dict(context, claims=claims, sha256={n: sha256_file(out / n) for n in EXPORT_TABLES}, env=run_env(),
+                machines=machines_of(records))
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
     return [out / "runs.csv", out / "meta.json"]
 

@@ -54,6 +54,7 @@ from mixout_theory import second_order
 from mixout_theory.experiment import ablations, data, engine, mlp, sweep
 from mixout_theory.experiment.curvature import effective_l2
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.store import (
     RunStore,
     Staging,
@@ -417,7 +418,8 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
         written[name] = atomic_write_csv(out / name, [{k: _cell(r.get(k)) for k in cols} for r in rows], cols,
                                          lineterminator="\n")  # fmt: skip
     meta = {"config": dataclasses.asdict(res.config), "store_key": res.config.key(), "context": res.context,
-            "sha256": {n: sha256_file(p) for n, p in written.items()}, "env": run_env()}  # fmt: skip
+            "sha256": {n: sha256_file(p) for n, p in written.items()}, "env": run_env(),
+            "machines": machines_of(r for recs in res.records.values() for r in recs)}  # fmt: skip
     tables = load_tables_from(written)
     meta["claims"] = claims(*tables)
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))

@@ -1,0 +1,447 @@
+"""Do two results of one study agree? Number by number, within noise (``python -m mixout_theory compare A B``).
+
+A result is an exported folder of a study (Figure 2, the ablations, Theorem 1, fidelity; e.g.
+``docs/results/figure2-paper-stand-in/``) or a results store (a sweep store, or a store of the
+ablations or of Theorem 1, exported on the fly). Each study's numbers are of two kinds:
+
+* **claims**, what the study reports as findings (gaps, ratios, which method wins, which claims held),
+* **levels**, the means they rest on (accuracy and distance per method and p, Monte Carlo penalties).
+
+The rule. For a number with values ``a`` and ``b``, standard errors ``se_a`` and ``se_b`` over the
+restarts (the jackknife over restarts: leave each restart out, recompute; for a mean it is
+``std / sqrt(n)``; Theorem 1's Monte Carlo values carry their own), and ``tau`` the spread a
+different ``w_pre`` brings (:mod:`~mixout_theory.experiment.w_pre_spread`, known for Figure 2's
+numbers when a w_pre-spread export of the same profile and source is given or committed):
+
+    |a - b| <= 3 sqrt(se_a^2 + se_b^2 + 2 tau^2)
+
+is within noise. Booleans, counts and names must be equal. A number with no noise estimate on
+either side (a deterministic function of trained weights, e.g. a Hessian eigenvalue) is listed as
+not judged, with its relative difference; it never decides the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mixout_theory.experiment import report, sweep
+from mixout_theory.experiment.store import project_dir
+from mixout_theory.experiment.w_pre_spread import SPREAD_METRICS, seed_stats
+
+#: how many standard errors of the difference count as noise
+SIGMAS = 3.0
+STUDIES = ("figure2", "ablations", "theorem1", "fidelity")
+
+
+class CompareError(ValueError):
+    """Two results that cannot be compared (bad folder, different studies, profiles or sources)."""
+
+
+@dataclass(frozen=True)
+class Number:
+    """One compared quantity: ``key`` names it (study-specific tuple), ``kind`` is ``claim`` or ``level``,
+    ``value`` a float, bool, int or str, ``se`` its standard error (``None``: no noise estimate)."""
+
+    key: tuple
+    kind: str
+    value: object
+    se: float | None = None
+
+
+@dataclass
+class Result:
+    """A study's result read for comparison: which study, profile, source, its numbers by key, and
+    the folder it was read from."""
+
+    study: str
+    profile: str
+    source: str
+    numbers: dict
+    where: Path
+
+
+# --------------------------------------------------------------------------------------------
+# the jackknife over restarts: one rule for every claim's noise
+
+
+def jackknife(records: list[dict], restart_key: str, fn) -> dict[tuple, tuple[object, float | None]]:
+    """``{key: (value, se)}`` of the numbers ``fn(records)`` returns, with the jackknife standard error
+    over restarts: ``se^2 = (n - 1) / n * sum_r (f_(-r) - mean_r f_(-r))^2`` where ``f_(-r)`` is ``fn``
+    on the records without restart ``r``. Non-numbers and numbers that no restart moves get ``None``."""
+    full = fn(records)
+    restarts = sorted({r[restart_key] for r in records if restart_key in r})
+    if len(restarts) < 2:
+        return {k: (v, None) for k, v in full.items()}
+    loo = [fn([r for r in records if r.get(restart_key) != k]) for k in restarts]
+    out = {}
+    for key, value in full.items():
+        if not _is_float(value):
+            out[key] = (value, None)
+            continue
+        vals = np.array([d.get(key, math.nan) for d in loo], dtype=float)
+        if not np.all(np.isfinite(vals)):
+            out[key] = (value, None)
+            continue
+        n = len(vals)
+        se = float(math.sqrt((n - 1) / n * np.sum((vals - vals.mean()) ** 2)))
+        out[key] = (value, se if np.ptp(vals) > 0 else None)  # no restart moves it: no noise estimate
+    return out
+
+
+def _is_float(v) -> bool:
+    return isinstance(v, (float, np.floating)) and not isinstance(v, bool)
+
+
+def _numbers(kind: str, values: dict) -> dict:
+    return {k: Number(k, kind, v, se) for k, (v, se) in values.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# each study's claims and levels
+
+
+def figure2_levels(records: list[dict]) -> dict:
+    """Mean of each of :data:`w_pre_spread.SPREAD_METRICS` per (method, p)."""
+    return {(m, p, q): v[0] for (m, p, q), v in seed_stats(records).items() if q in SPREAD_METRICS}
+
+
+def figure2_claims(records: list[dict]) -> dict:
+    """The paired source-accuracy gap mixout - dropout per p, mixout's mixed-distance ratio between the
+    largest p and p = 0 (how far the pull goes), and the two claims of :func:`report.figure2_claims`."""
+    stats = seed_stats(records)
+    out = {k: v[0] for k, v in stats.items() if k[0] == "gap"}
+    ps = sorted(p for (m, p, q) in stats if m == "mixout" and q == "dist_mixed")
+    if len(ps) > 1:
+        out["mixout", ps[-1], "dist_mixed_ratio_to_p0"] = stats["mixout", ps[-1], "dist_mixed"][0] / stats[
+            "mixout", 0.0, "dist_mixed"][0] if ("mixout", 0.0, "dist_mixed") in stats else math.nan
+    c = report.figure2_claims(records)
+    out["claim", "", "mixed_distance_decreasing_every_restart"] = bool(c["mixed_distance_decreasing_every_restart"])
+    out["claim", "", "source_acc_mixout_ge_dropout"] = bool(c["source_acc_mixout_ge_dropout"])
+    return out
+
+
+def _figure2_numbers(records: list[dict]) -> dict:
+    records = [r for r in records if not r.get("failed")]
+    return {**_numbers("level", jackknife(records, "seed", figure2_levels)),
+            **_numbers("claim", jackknife(records, "seed", figure2_claims))}  # fmt: skip
+
+
+def _fidelity_numbers(runs: list[dict], w_pre_accs: dict) -> dict:
+    from mixout_theory.experiment import fidelity
+
+    def levels(recs):
+        return {(v, *k): x for v in dict.fromkeys(r["variant"] for r in recs)
+                for k, x in figure2_levels([r for r in recs if r["variant"] == v]).items()}  # fmt: skip
+
+    def claims(recs):
+        out = {}
+        for v in dict.fromkeys(r["variant"] for r in recs):
+            for name, x in fidelity.ours([r for r in recs if r["variant"] == v], w_pre_accs[v]).items():
+                out[v, "", name] = float(x)
+        return out
+
+    runs = [r for r in runs if not r.get("failed")]
+    return {**_numbers("level", jackknife(runs, "seed", levels)), **_numbers("claim", jackknife(runs, "seed", claims))}
+
+
+def _ablation_numbers(res) -> dict:
+    recs = [dict(r, _study=s) for s in ("small_data", "new_head") for r in res.records.get(s, [])]
+    traj = report.trajectory_summary(res.records["trajectory"]) if res.records.get("trajectory") else []
+
+    def levels(rs):
+        out = {}
+        for s in ("small_data", "new_head"):
+            for row in report.summarise_runs([r for r in rs if r["_study"] == s], res.w_pre_acc):
+                out[s, row["size"], row["setting"], "test_acc"] = row["mean"]
+        return out
+
+    def claims(rs):
+        small = [r for r in rs if r["_study"] == "small_data"]
+        head = [r for r in rs if r["_study"] == "new_head"]
+        c = report.claims(report.summarise_runs(small, res.w_pre_acc), report.summarise_runs(head, res.w_pre_acc), traj,
+                          small)  # fmt: skip
+        return dict(_flatten(c))
+
+    return {**_numbers("level", jackknife(recs, "restart", levels)), **_numbers("claim", jackknife(recs, "restart", claims))}
+
+
+def _flatten(obj, prefix=()):
+    """Leaves of nested dicts / lists as ``(path tuple, value)``; ints, bools and strings kept as they are."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, (*prefix, k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _flatten(v, (*prefix, i))
+    else:
+        yield prefix, float(obj) if isinstance(obj, (float, np.floating)) else obj
+
+
+def _theorem1_numbers(points: list[dict]) -> dict:
+    """Levels: each point's Monte Carlo penalty (with its own standard error) and its deterministic
+    values (loss, second-order penalty, m_eff: no noise estimate). Claims: the ratio Monte Carlo /
+    second order per part and p (its 95% interval's half-width / 1.96 as the standard error), and
+    whether Corollary 1.1 is vacuous (no positive smallest eigenvalue)."""
+    out = {}
+    for r in points:
+        if r["part"] not in ("finetuned", "displaced"):
+            continue
+        key = (r["part"], r["p"])
+        out[(*key, "mc")] = Number((*key, "mc"), "level", r["mc"], r.get("mc_se"))
+        for q in ("loss", "second_order", "m_eff"):
+            if _finite(r.get(q)):
+                out[(*key, q)] = Number((*key, q), "level", float(r[q]), None)
+        if _finite(r.get("mc")) and _finite(r.get("second_order")) and r["second_order"]:
+            se = (r["mc_hi"] - r["mc_lo"]) / (2 * 1.959964) / r["second_order"] if _finite(r.get("mc_hi")) else None
+            out[(*key, "ratio")] = Number((*key, "ratio"), "claim", r["mc"] / r["second_order"], se)
+    mins = [r["m_min"] for r in points if r["part"] in ("w_pre", "finetuned") and _finite(r.get("m_min"))]
+    if mins:
+        out["all", "", "corollary_vacuous"] = Number(("all", "", "corollary_vacuous"), "claim", max(mins) <= 0.0)
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# --------------------------------------------------------------------------------------------
+# reading a folder
+
+
+def detect(folder) -> str:
+    """Which study a folder holds: an export (by its tables) or a store (by its ``config.json`` and runs)."""
+    f = Path(folder)
+    if not f.is_dir():
+        raise CompareError(f"{f}: not a folder")
+    if (f / "meta.json").is_file():
+        if (f / "w_pre_spread.csv").is_file():
+            return "w_pre-spread"
+        if (f / "network_penalty.csv").is_file():
+            return "theorem1"
+        if (f / "claims.csv").is_file() and (f / "scores.csv").is_file():
+            return "fidelity"
+        if (f / "subsets.csv").is_file():
+            return "ablations"
+        if (f / "runs.csv").is_file() and (f / "table.csv").is_file():
+            return "figure2"
+    if (f / "config.json").is_file() and (f / "runs").is_dir():
+        parent = f.parent.name
+        return {"ablations": "ablations-store", "theorem1": "theorem1-store"}.get(parent, "sweep-store")
+    raise CompareError(f"{f}: neither an exported study (meta.json and its tables) nor a results store "
+                       "(config.json and runs/)")  # fmt: skip
+
+
+def read(folder) -> Result:
+    """A folder as a :class:`Result` (:func:`detect` says how to read it)."""
+    f = Path(folder)
+    kind = detect(f)
+    try:
+        return _read(f, kind)
+    except CompareError:
+        raise
+    except (KeyError, TypeError, IndexError, AttributeError, json.JSONDecodeError) as e:
+        raise CompareError(f"{f}: not a readable {kind} result ({type(e).__name__}: {e})") from None
+
+
+def _read(f: Path, kind: str) -> Result:
+    from mixout_theory.experiment import exports, fidelity, theorem1
+
+    if kind == "figure2":
+        records, meta = exports.load_figure2(f)
+        return Result("figure2", meta["config"]["profile"], meta["config"]["source"], _figure2_numbers(records), f)
+    if kind == "sweep-store":
+        config = json.loads((f / "config.json").read_text())
+        if not isinstance(config, dict) or "ps" not in config:
+            raise CompareError(f"{f}: config.json is not a sweep's configuration")
+        if not sweep.is_figure2_reading(config):
+            raise CompareError(f"{f}: a fidelity variant's sweep, not Figure 2's: compare the fidelity exports")
+        return Result("figure2", config["profile"], config["source"], _figure2_numbers(sweep.load_records(f)), f)
+    if kind == "fidelity":
+        res = fidelity.load_fidelity(f)
+        return Result("fidelity", res.profile, res.runs[0]["source"], _fidelity_numbers(res.runs, res.w_pre_accs), f)
+    if kind == "ablations":
+        res = exports.load_ablations(f)
+        return Result("ablations", res.config.profile, res.config.source, _ablation_numbers(res), f)
+    if kind == "theorem1":
+        points, _, meta = theorem1.load_tables(f)
+        return Result("theorem1", meta["config"]["profile"], meta["config"]["source"], _theorem1_numbers(points), f)
+    if kind in ("ablations-store", "theorem1-store"):
+        return _read(_exported_store(f, kind), kind.split("-")[0])
+    raise CompareError(f"{f}: a w_pre-spread export; compare two Figure 2 results and pass it with --spread")
+
+
+def _exported_store(folder: Path, kind: str) -> Path:
+    """A store of the ablations or of Theorem 1, exported into a temporary folder (the export reads
+    the results root the store sits in, as ``figures`` does)."""
+    from mixout_theory.experiment import ablations, plots, theorem1
+
+    root = folder.parent.parent
+    out = Path(tempfile.mkdtemp(prefix=f"mixout-compare-{kind}-"))
+    if kind == "ablations-store":
+        found = [r for r in ablations.load_ablations(root) if any(s.dir == folder for s in r.stores.values())]
+        if found:
+            plots.export_ablations(found[0], out)
+            return out
+    else:
+        found = [r for r in theorem1.load_stored(root) if r.store.dir == folder]
+        if found:
+            theorem1.export_tables(found[0], out)
+            return out
+    raise CompareError(f"{folder}: not the newest complete store of its study under {root}; compare its export instead")
+
+
+# --------------------------------------------------------------------------------------------
+# comparing
+
+
+@dataclass(frozen=True)
+class Row:
+    """One compared number: both values, the difference, its noise and the verdict (``None``: not judged)."""
+
+    key: tuple
+    kind: str
+    a: object
+    b: object
+    diff: float | None
+    sigma: float | None
+    within: bool | None
+
+    @property
+    def sigmas(self) -> float | None:
+        if self.diff is None or not self.sigma:
+            return None
+        return abs(self.diff) / self.sigma
+
+
+def spread_taus(folder) -> dict[tuple, float]:
+    """``{(method, p, quantity): tau}`` from a w_pre-spread export (:func:`w_pre_spread.load_spread`)."""
+    from mixout_theory.experiment.w_pre_spread import load_spread
+
+    rows, _, _ = load_spread(folder)
+    return {(r["method"], r["p"], r["quantity"]): r["tau"] for r in rows if _finite(r.get("tau"))}
+
+
+def committed_spread(profile: str, source: str) -> Path | None:
+    """The committed w_pre-spread export of this profile and source, if there is one."""
+    from mixout_theory.experiment.w_pre_spread import STUDY
+
+    folder = project_dir("docs") / "results" / f"{STUDY}-{profile}-{source}"
+    return folder if (folder / "meta.json").is_file() else None
+
+
+def compare(a: Result, b: Result, taus: dict | None = None) -> list[Row]:
+    """Every number both results hold, compared by the rule of the module docstring (``taus``: the
+    w_pre spread of Figure 2's numbers, keyed as :func:`spread_taus`; applied to Figure 2 only)."""
+    if a.study != b.study:
+        raise CompareError(f"{a.where} holds the {a.study} study, {b.where} the {b.study} study: compare results of one study")
+    if (a.profile, a.source) != (b.profile, b.source):
+        raise CompareError(f"{a.where} is profile {a.profile!r}, source {a.source!r}; {b.where} is profile "
+                           f"{b.profile!r}, source {b.source!r}: compare results of the same profile and source")  # fmt: skip
+    taus = taus if a.study == "figure2" else {}
+    rows = []
+    for key in [k for k in a.numbers if k in b.numbers]:
+        x, y = a.numbers[key], b.numbers[key]
+        if not (_is_float(x.value) and _is_float(y.value)):
+            rows.append(Row(key, x.kind, x.value, y.value, None, None, x.value == y.value))
+            continue
+        diff = float(y.value) - float(x.value)
+        if x.se is None or y.se is None:
+            rows.append(Row(key, x.kind, x.value, y.value, diff, None, None))
+            continue
+        tau = (taus or {}).get(key, 0.0)
+        sigma = math.sqrt(x.se**2 + y.se**2 + 2 * tau**2)
+        within = abs(diff) <= SIGMAS * sigma if sigma > 0 else diff == 0
+        rows.append(Row(key, x.kind, x.value, y.value, diff, sigma, within))
+    return rows
+
+
+def name(study: str, key: tuple) -> str:
+    """A compared number in words: study, method / part / variant, p, quantity."""
+    parts = [str(k) for k in key if k != ""]
+    if study in ("figure2", "fidelity") and len(key) >= 3:
+        *head, p, q = key
+        parts = [str(h) for h in head if h not in ("", "claim")] + ([f"p={p:g}"] if isinstance(p, float) else []) + [q]
+    return f"{study}: " + " ".join(parts)
+
+
+def outside_lines(study: str, rows: list[Row]) -> list[str]:
+    """One line per number outside noise (claims first, then levels, the largest deviations first)."""
+    bad = [r for r in rows if r.within is False]
+    bad.sort(key=lambda r: (r.kind != "claim", -(r.sigmas or math.inf)))
+    lines = []
+    for r in bad:
+        if r.diff is None:
+            lines.append(f"{name(study, r.key)} ({r.kind}): {r.a} vs {r.b}")
+        else:
+            lines.append(f"{name(study, r.key)} ({r.kind}): {r.a:.6g} vs {r.b:.6g}, difference {r.diff:+.4g} = "
+                         f"{r.sigmas:.1f} sigma (sigma {r.sigma:.3g})")  # fmt: skip
+    return lines
+
+
+def summary(study: str, rows: list[Row], spread_known: bool) -> str:
+    """``claims: N of M within noise; levels: K of L within noise; largest deviation ...; not judged ...``."""
+
+    def count(kind):
+        judged = [r for r in rows if r.kind == kind and r.within is not None]
+        return f"{sum(r.within for r in judged)} of {len(judged)} within noise"
+
+    judged = [r for r in rows if r.sigmas is not None]
+    worst = max(judged, key=lambda r: r.sigmas, default=None)
+    loose = [r for r in rows if r.within is None]
+    text = f"claims: {count('claim')}; levels: {count('level')}"
+    if worst is not None:
+        text += f"; largest deviation {name(study, worst.key)}, {worst.sigmas:.1f} sigma"
+    if loose:
+        rel = max((abs(r.diff) / max(abs(r.a), 1e-300) for r in loose if r.diff is not None), default=0.0)
+        text += f"; not judged (no noise estimate): {len(loose)}, largest relative difference {rel:.2%}"
+    rule = f"|difference| <= {SIGMAS:g} sigma, sigma^2 = se_a^2 + se_b^2" + (" + 2 tau_w_pre^2" if spread_known else "")
+    return f"{text} (rule: {rule})"
+
+
+def agrees(rows: list[Row]) -> bool:
+    """Every judged claim within noise (levels inform, claims decide)."""
+    return all(r.within is not False for r in rows if r.kind == "claim")
+
+
+def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
+    """Compare two folders: ``(every claim within noise, the lines to print)``; ``spread``: a w_pre-spread
+    export (default: the committed one of the same profile and source, for Figure 2)."""
+    ra, rb = read(a), read(b)
+    if ra.study == "figure2" and spread is None:
+        spread = committed_spread(ra.profile, ra.source)
+    taus = spread_taus(spread) if ra.study == "figure2" and spread is not None else {}
+    rows = compare(ra, rb, taus)
+    lines = outside_lines(ra.study, rows)
+    lines.append(summary(ra.study, rows, bool(taus)))
+    return agrees(rows), lines
+
+
+def committed(study: str, profile: str, source: str) -> Path | None:
+    """The committed export of ``study`` (``docs/results/``) when it holds this profile and source."""
+    from mixout_theory.experiment.shown import COMMITTED
+
+    folder = project_dir("docs") / "results" / COMMITTED[study]
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        res = read(folder)
+    except (CompareError, ValueError, OSError):
+        return None
+    return folder if (res.profile, res.source) == (profile, source) else None
+
+
+def against_committed(study: str, folder, profile: str, source: str) -> list[str]:
+    """What a study command prints at its end: the comparison of its export with the committed one of
+    the same profile and source, or a line saying there is none."""
+    ref = committed(study, profile, source)
+    if ref is None:
+        return [f"compare: no committed {study} results of profile {profile!r}, source {source!r} to compare with"]
+    ok, lines = compare_folders(ref, folder)
+    head = f"compare with the committed results ({ref}): " + ("every claim within noise" if ok else "a claim differs")
+    return [head, *("  " + line for line in lines)]

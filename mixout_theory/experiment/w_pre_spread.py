@@ -1,0 +1,218 @@
+"""How much Figure 2 depends on ``w_pre``: the sweep from several pretraining seeds.
+
+The paper's restarts share one ``w_pre`` and differ only in data order, so the +-1 std band of
+Figure 2 measures data-order noise. A second machine pretrains a slightly different ``w_pre``
+(float32 rounds differently), and so does a second pretraining seed. ``reproduce --pretrain-seeds N``
+runs the whole sweep from ``w_pre`` of seeds 0..N-1; this module says how the numbers move.
+
+For each (method, p, quantity), with ``K`` pretraining seeds and ``n`` restarts each, ``m_k`` and
+``s_k`` the mean and std over the restarts of seed ``k``:
+
+* ``mean`` = mean_k m_k, ``sd_restarts`` = sqrt(mean_k s_k^2) (the band the paper draws),
+* ``sd_w_pre`` = std_k m_k (ddof 1): how far one ``w_pre``'s mean of ``n`` restarts moves with ``w_pre``,
+* ``tau`` = sqrt(max(0, sd_w_pre^2 - sd_restarts^2 / n)): the part of that due to ``w_pre`` alone
+  (the one-way random-effects estimate), so a mean of ``n`` restarts from a fresh ``w_pre`` has
+  variance ``tau^2 + sd_restarts^2 / n``, what :mod:`~mixout_theory.experiment.compare` uses,
+* ``ratio`` = sd_w_pre / (sd_restarts / sqrt(n)): the spread across ``w_pre`` in standard errors of
+  the restarts (about 1 when ``w_pre`` does not matter).
+
+Quantities: the levels of Figure 2 (:data:`SPREAD_METRICS`) and its claim's sizes, the paired source
+accuracy gap mixout - dropout per p (method ``gap``, quantity ``source_acc_gap``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from mixout_theory.experiment import report, sweep
+from mixout_theory.experiment.machine import machines_of, run_env
+from mixout_theory.experiment.plots import FIG2_PANELS, METHOD_LABEL, METHOD_STYLE
+from mixout_theory.experiment.store import (
+    atomic_write,
+    atomic_write_csv,
+    checked_meta,
+    find_stores,
+    jsonable,
+    read_csv,
+    sha256_file,
+)
+from mixout_theory.figures import save_figure
+
+#: Figure 2's levels whose spread is reported: the two distances, target and source accuracy
+SPREAD_METRICS = ("dist_mixed", "dist_all", "target_val_acc", "source_val_acc")
+GAP = ("gap", "source_acc_gap")  # (method, quantity) of the paired gap mixout - dropout
+SPREAD_COLUMNS = ("method", "p", "quantity", "w_pre_seeds", "restarts", "mean", "sd_restarts", "sd_w_pre", "tau",
+                  "ratio", "min_seed_mean", "max_seed_mean")  # fmt: skip
+CLAIM_COLUMNS = ("pretrain_seed", "w_pre", "w_pre_source_acc", "w_pre_epoch", "mixed_distance_decreasing_every_restart",
+                 "mixed_distance_margin", "source_acc_mixout_ge_dropout", "min_source_acc_gap")  # fmt: skip
+TABLES = ("w_pre_spread.csv", "w_pre_claims.csv")
+#: what the export folder is called (under the figure folder and ``docs/results/``)
+STUDY = "w_pre-spread"
+
+
+def seed_stats(records: list[dict]) -> dict[tuple, tuple[float, float, int]]:
+    """``{(method, p, quantity): (mean, std, n)}`` over the restarts of one ``w_pre``'s sweep: the
+    levels of :data:`SPREAD_METRICS` (:func:`report.summarise`) and the paired gap of source accuracy
+    mixout - dropout per p > 0 (restart by restart, as :func:`report.figure2_claims` pairs them)."""
+    out = {}
+    for row in report.summarise(records, SPREAD_METRICS):
+        for m in SPREAD_METRICS:
+            out[row["method"], row["p"], m] = (row[f"{m}_mean"], row[f"{m}_std"], row["n"])
+    acc = {(r["method"], r["seed"], r["p"]): r["source_val_acc"] for r in report.usable(records)}
+    for p in sorted({p for (_, _, p) in acc if p > 0}):
+        diffs = [acc["mixout", s, p] - acc["dropout", s, q] for (m, s, q) in acc if m == "dropout" and q == p
+                 and ("mixout", s, p) in acc]  # fmt: skip
+        if diffs:
+            out[(*GAP[:1], p, GAP[1])] = (float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+                                          len(diffs))  # fmt: skip
+    return out
+
+
+def spread_rows(records_by_seed: dict[int, list[dict]]) -> list[dict]:
+    """One row per (method, p, quantity): the spread across ``w_pre`` beside the spread across restarts
+    (the module docstring gives each column's formula)."""
+    stats = {seed: seed_stats(recs) for seed, recs in sorted(records_by_seed.items())}
+    keys = sorted(set.intersection(*(set(s) for s in stats.values())), key=lambda k: (k[0], k[2], k[1]))
+    rows = []
+    for key in keys:
+        means = np.array([stats[s][key][0] for s in stats])
+        sds = np.array([stats[s][key][1] for s in stats])
+        n = min(stats[s][key][2] for s in stats)
+        sd_r = float(math.sqrt(np.mean(sds**2)))
+        sd_w = float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
+        tau = math.sqrt(max(0.0, sd_w**2 - sd_r**2 / n)) if len(means) > 1 else float("nan")
+        se_r = sd_r / math.sqrt(n)
+        rows.append({"method": key[0], "p": key[1], "quantity": key[2], "w_pre_seeds": len(means), "restarts": n,
+                     "mean": float(means.mean()), "sd_restarts": sd_r, "sd_w_pre": sd_w, "tau": tau,
+                     "ratio": sd_w / se_r if se_r > 0 else float("nan"),
+                     "min_seed_mean": float(means.min()), "max_seed_mean": float(means.max())})  # fmt: skip
+    return rows
+
+
+def claim_rows(records_by_seed: dict[int, list[dict]], w_pre_info: dict[int, dict]) -> list[dict]:
+    """Figure 2's claims (:func:`report.figure2_claims`) for each ``w_pre``, one row per seed."""
+    rows = []
+    for seed, recs in sorted(records_by_seed.items()):
+        c = report.figure2_claims(recs)
+        info = w_pre_info.get(seed, {})
+        rows.append({"pretrain_seed": seed, "w_pre": recs[0]["config"] if recs else "",
+                     "w_pre_source_acc": info.get("acc"), "w_pre_epoch": info.get("epoch"),
+                     "mixed_distance_decreasing_every_restart": c["mixed_distance_decreasing_every_restart"],
+                     "mixed_distance_margin": c["mixed_distance_margin"],
+                     "source_acc_mixout_ge_dropout": c["source_acc_mixout_ge_dropout"],
+                     "min_source_acc_gap": min(c["source_acc_gaps"].values(), default=float("nan"))})  # fmt: skip
+    return rows
+
+
+def claims_for_every_w_pre(claims: list[dict]) -> dict:
+    """Which of Figure 2's claims hold for every ``w_pre`` (and for how many)."""
+    out = {}
+    for name in ("mixed_distance_decreasing_every_restart", "source_acc_mixout_ge_dropout"):
+        held = sum(bool(r[name]) for r in claims)
+        out[name] = {"held": held, "of": len(claims), "every_w_pre": held == len(claims)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the stores: which sweeps differ only in their w_pre
+
+
+def seed_stores(results) -> dict[tuple, dict[int, Path]]:
+    """``{(profile, source, config without seed): {pretraining seed: store folder}}`` for every group of
+    Figure 2 sweep stores under ``results`` that differ only in ``pretrain_seed`` (and so ``w_pre``);
+    only groups with two or more seeds."""
+    groups: dict[tuple, dict[int, Path]] = {}
+    for folder in find_stores(results):
+        config = json.loads((folder / "config.json").read_text())
+        if not isinstance(config, dict) or "pretrain_seed" not in config or not sweep.is_figure2_reading(config):
+            continue
+        seed = config["pretrain_seed"]
+        rest = {k: v for k, v in config.items() if k not in ("pretrain_seed", "w_pre")}
+        key = (config.get("profile"), config.get("source"), json.dumps(rest, sort_keys=True))
+        groups.setdefault(key, {}).setdefault(seed, folder)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _w_pre_info(folder: Path) -> dict:
+    return sweep.store_context(folder).get("pretrain") or {}
+
+
+def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
+    """``w_pre_spread.csv``, ``w_pre_claims.csv``, the figure (PNG, PDF) and ``meta.json`` (the
+    configuration of seed 0's sweep, each seed's store and ``w_pre``, the claims that hold for every
+    ``w_pre``, the tables' sha256, the machines) of one group of :func:`seed_stores` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    records = {seed: sweep.load_records(folder) for seed, folder in sorted(stores.items())}
+    spread = spread_rows(records)
+    claims = claim_rows(records, {seed: _w_pre_info(folder) for seed, folder in stores.items()})
+    atomic_write_csv(out / TABLES[0], spread, SPREAD_COLUMNS, lineterminator="\n")
+    atomic_write_csv(out / TABLES[1], claims, CLAIM_COLUMNS, lineterminator="\n")
+    first = records[min(records)]
+    meta = {"study": STUDY, "profile": first[0]["profile"], "source": first[0]["source"],
+            "source_name": first[0].get("source_name", ""), "config": sweep.store_context(stores[min(stores)])["config"],
+            "stores": {str(s): f.name for s, f in sorted(stores.items())},
+            "claims_for_every_w_pre": claims_for_every_w_pre(claims),
+            "sha256": {n: sha256_file(out / n) for n in TABLES}, "env": run_env(),
+            "machines": machines_of(r for recs in records.values() for r in recs)}  # fmt: skip
+    paths = save_figure(spread_figure(spread, meta), out, "figure2_w_pre")
+    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
+    return [out / t for t in TABLES] + paths + [out / "meta.json"]
+
+
+def load_spread(folder) -> tuple[list[dict], list[dict], dict]:
+    """``(spread rows, claim rows, meta)`` of an exported folder, its tables checked against ``meta.json``."""
+    meta = checked_meta(folder, TABLES, "export it again (python -m mixout_theory figures)")
+    return read_csv(Path(folder) / TABLES[0], text=("method", "quantity")), read_csv(Path(folder) / TABLES[1], text=("w_pre",)), meta
+
+
+# --------------------------------------------------------------------------------------------
+# the figure
+
+
+def spread_figure(rows: list[dict], meta: dict) -> Figure:
+    """Figure 2's three panels, mean over every ``w_pre`` and restart, with both bands: +-1 std over
+    the restarts of one ``w_pre`` (pooled: the paper's band) and +-1 std of a ``w_pre``'s mean across
+    ``w_pre``, and each ``w_pre``'s extreme means."""
+    fig = Figure(figsize=(14, 4.6), layout="constrained")
+    for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS):
+        for method, style in METHOD_STYLE.items():
+            sel = sorted((r for r in rows if r["method"] == method and r["quantity"] == metric), key=lambda r: r["p"])
+            if not sel:
+                continue
+            p, mean = np.array([r["p"] for r in sel]), np.array([r["mean"] for r in sel])
+            sd_r, sd_w = np.array([r["sd_restarts"] for r in sel]), np.array([r["sd_w_pre"] for r in sel])
+            ax.plot(p, mean, label=f"{METHOD_LABEL[method]}: mean", lw=1.6, ms=4, **style)
+            ax.fill_between(p, mean - sd_w, mean + sd_w, color=style["color"], alpha=0.35, lw=0,
+                            label=f"{METHOD_LABEL[method]}: +-1 std across w_pre (of a w_pre's mean)")  # fmt: skip
+            ax.plot(p, mean - sd_r, ls=":", color=style["color"], lw=1.0,
+                    label=f"{METHOD_LABEL[method]}: +-1 std across restarts (one w_pre)")  # fmt: skip
+            ax.plot(p, mean + sd_r, ls=":", color=style["color"], lw=1.0)
+        ax.set_xlabel("p (dropout or mixout probability)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
+    n = rows[0]["w_pre_seeds"] if rows else 0
+    restarts = rows[0]["restarts"] if rows else 0
+    fig.suptitle(f"Figure 2 from {n} pretrained w_pre (seeds 0..{n - 1}), {restarts} restarts each\n"
+                 f"{report.task_line(meta.get('source_name') or meta.get('source'))} | profile: {meta.get('profile')}",
+                 fontsize=10)  # fmt: skip
+    return fig
+
+
+def render_spreads(results, out_dir) -> list[Path]:
+    """The export of every group of :func:`seed_stores` under ``results`` into
+    ``out_dir/w_pre-spread-<profile>-<source>/`` (the newest group per profile and source)."""
+    paths, seen = [], set()
+    for (profile, source, _), stores in seed_stores(results).items():
+        if (profile, source) not in seen:
+            seen.add((profile, source))
+            paths += export_spread(stores, Path(out_dir) / f"{STUDY}-{profile}-{source}")
+    return paths
