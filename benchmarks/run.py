@@ -35,7 +35,6 @@ import argparse
 import csv
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -53,6 +52,7 @@ from mixout_theory import cases, penalty  # noqa: E402
 from mixout_theory.experiment import engine as training  # noqa: E402
 from mixout_theory.experiment import mlp as models  # noqa: E402
 from mixout_theory.experiment import sweep  # noqa: E402
+from mixout_theory.experiment.machine import describe, machine  # noqa: E402
 from mixout_theory.layers import MixConv1D, MixConv2d, MixEmbedding, MixMultiheadAttention  # noqa: E402
 from mixout_theory.modules import MixLinear, mixout_model  # noqa: E402
 
@@ -458,7 +458,6 @@ def main(argv=None):
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.chunks = [int(c) for c in (args.chunks or ("17,34,170" if args.quick else "9,17,34,85,170")).split(",")]
     device = torch.device(args.device)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     rows = []
@@ -479,7 +478,7 @@ def main(argv=None):
     if "layers" in sections:
         bench_layers(args, device, rows)
     load1 = os.getloadavg()
-    env = (f"device={device} ({card}), torch {torch.__version__}, cores={args.cores}, "
+    env = (f"machine: {describe(machine(device))}; cores used={args.cores}, "
            f"threads (mixout, penalty)={args.threads}, "
            f"cpus={os.cpu_count()}, load avg {load0[0]:.2f} -> {load1[0]:.2f}, "
            f"{time.perf_counter() - t0:.0f} s")  # fmt: skip

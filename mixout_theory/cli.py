@@ -140,7 +140,8 @@ def _add_figures(sub) -> None:
         "figures",
         help="re-render every figure from stored results (theory figures are recomputed, in seconds)",
         description="Render the theory figures and, where stored results exist, Figure 2, the per-layer "
-        "distance figure and the ablation figures and tables. Never trains anything.",
+        "distance figure, the spread across w_pre (reproduce --pretrain-seeds), the ablation and Theorem 1 "
+        "figures and tables. Never trains anything.",
     )
     _add_figure_options(p)
     _add_results(p)

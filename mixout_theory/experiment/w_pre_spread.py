@@ -57,12 +57,14 @@ STUDY = "w_pre-spread"
 
 def seed_stats(records: list[dict]) -> dict[tuple, tuple[float, float, int]]:
     """``{(method, p, quantity): (mean, std, n)}`` over the restarts of one ``w_pre``'s sweep: the
-    levels of :data:`SPREAD_METRICS` (:func:`report.summarise`) and the paired gap of source accuracy
-    mixout - dropout per p > 0 (restart by restart, as :func:`report.figure2_claims` pairs them)."""
+    levels of :data:`SPREAD_METRICS` (:func:`report.summarise`; p = 0, the run both methods share, once
+    as method ``none``) and the paired gap of source accuracy mixout - dropout per p > 0 (restart by
+    restart, as :func:`report.figure2_claims` pairs them)."""
     out = {}
     for row in report.summarise(records, SPREAD_METRICS):
+        method = "none" if row["p"] == 0 else row["method"]
         for m in SPREAD_METRICS:
-            out[row["method"], row["p"], m] = (row[f"{m}_mean"], row[f"{m}_std"], row["n"])
+            out[method, row["p"], m] = (row[f"{m}_mean"], row[f"{m}_std"], row["n"])
     acc = {(r["method"], r["seed"], r["p"]): r["source_val_acc"] for r in report.usable(records)}
     for p in sorted({p for (_, _, p) in acc if p > 0}):
         diffs = [acc["mixout", s, p] - acc["dropout", s, q] for (m, s, q) in acc if m == "dropout" and q == p
@@ -182,7 +184,8 @@ def spread_figure(rows: list[dict], meta: dict) -> Figure:
     fig = Figure(figsize=(14, 4.6), layout="constrained")
     for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS):
         for method, style in METHOD_STYLE.items():
-            sel = sorted((r for r in rows if r["method"] == method and r["quantity"] == metric), key=lambda r: r["p"])
+            sel = sorted((r for r in rows if r["method"] in (method, "none") and r["quantity"] == metric),
+                         key=lambda r: r["p"])  # fmt: skip
             if not sel:
                 continue
             p, mean = np.array([r["p"] for r in sel]), np.array([r["mean"] for r in sel])
