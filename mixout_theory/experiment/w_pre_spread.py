@@ -48,7 +48,7 @@ SPREAD_METRICS = ("dist_mixed", "dist_all", "target_val_acc", "source_val_acc")
 GAP = ("gap", "source_acc_gap")  # (method, quantity) of the paired gap mixout - dropout
 SPREAD_COLUMNS = ("method", "p", "quantity", "w_pre_seeds", "restarts", "mean", "sd_restarts", "sd_w_pre", "tau",
                   "ratio", "min_seed_mean", "max_seed_mean")  # fmt: skip
-CLAIM_COLUMNS = ("pretrain_seed", "w_pre", "w_pre_source_acc", "w_pre_epoch", "mixed_distance_decreasing_every_restart",
+CLAIM_COLUMNS = ("pretrain_seed", "config", "w_pre_source_acc", "w_pre_epoch", "mixed_distance_decreasing_every_restart",
                  "mixed_distance_margin", "source_acc_mixout_ge_dropout", "min_source_acc_gap")  # fmt: skip
 TABLES = ("w_pre_spread.csv", "w_pre_claims.csv")
 #: what the export folder is called (under the figure folder and ``docs/results/``)
@@ -102,7 +102,7 @@ def claim_rows(records_by_seed: dict[int, list[dict]], w_pre_info: dict[int, dic
     for seed, recs in sorted(records_by_seed.items()):
         c = report.figure2_claims(recs)
         info = w_pre_info.get(seed, {})
-        rows.append({"pretrain_seed": seed, "w_pre": recs[0]["config"] if recs else "",
+        rows.append({"pretrain_seed": seed, "config": recs[0]["config"] if recs else "",
                      "w_pre_source_acc": info.get("acc"), "w_pre_epoch": info.get("epoch"),
                      "mixed_distance_decreasing_every_restart": c["mixed_distance_decreasing_every_restart"],
                      "mixed_distance_margin": c["mixed_distance_margin"],
@@ -170,7 +170,7 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
 def load_spread(folder) -> tuple[list[dict], list[dict], dict]:
     """``(spread rows, claim rows, meta)`` of an exported folder, its tables checked against ``meta.json``."""
     meta = checked_meta(folder, TABLES, "export it again (python -m mixout_theory figures)")
-    return read_csv(Path(folder) / TABLES[0], text=("method", "quantity")), read_csv(Path(folder) / TABLES[1], text=("w_pre",)), meta
+    return read_csv(Path(folder) / TABLES[0], text=("method", "quantity")), read_csv(Path(folder) / TABLES[1], text=("config",)), meta
 
 
 # --------------------------------------------------------------------------------------------
