@@ -400,7 +400,8 @@ def _add_compare(sub) -> None:
     p.add_argument("b", metavar="B", help="the other result folder of the same study, profile and source")
     p.add_argument("--spread", default=None, metavar="DIR",
                    help="a w_pre-spread export (reproduce --pretrain-seeds) whose spread across w_pre counts as "
-                   "noise for Figure 2 (default: the committed one of the same profile and source, if any)")  # fmt: skip
+                   "noise for Figure 2, or 'none' for the restarts' noise only (default: the committed one of the "
+                   "same profile and source, if any)")  # fmt: skip
     p.set_defaults(func=_cmd_compare, command_parser=p)
 
 

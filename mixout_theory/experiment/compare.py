@@ -411,11 +411,12 @@ def agrees(rows: list[Row]) -> bool:
 
 def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
     """Compare two folders: ``(every claim within noise, the lines to print)``; ``spread``: a w_pre-spread
-    export (default: the committed one of the same profile and source, for Figure 2)."""
+    export (default: the committed one of the same profile and source, for Figure 2; ``"none"``: restarts only)."""
     ra, rb = read(a), read(b)
     if ra.study == "figure2" and spread is None:
         spread = committed_spread(ra.profile, ra.source)
-    taus = spread_taus(spread) if ra.study == "figure2" and spread is not None else {}
+    use = ra.study == "figure2" and spread is not None and str(spread) != "none"
+    taus = spread_taus(spread) if use else {}
     rows = compare(ra, rb, taus)
     lines = outside_lines(ra.study, rows)
     lines.append(summary(ra.study, rows, bool(taus)))
