@@ -26,6 +26,7 @@ def test_every_notebook_is_checked():
     assert sorted(DRAWING) == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.slow  # recomputes each notebook at the smoke size: ~15 s to several minutes each
 @pytest.mark.parametrize("name", sorted(DRAWING))
 def test_figure_cells_produce_images(name, monkeypatch):
     assert "mixout-tests-" in os.environ["MIXOUT_RESULTS"]  # never the checkout's results/

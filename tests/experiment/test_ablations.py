@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from mixout_theory import penalty
 from mixout_theory.experiment import ablations as A
-from mixout_theory.experiment import engine, mlp, report
+from mixout_theory.experiment import compare, engine, mlp, report
 from mixout_theory.experiment.engine import RunOptions
 
 CPU = RunOptions(device="cpu", progress=False)
@@ -251,6 +251,10 @@ def test_load_ablations_rebuilds_the_results_from_the_stores(toy, tmp_path):
         (store.dir / A.CONTEXT).write_text(json.dumps(context))
     (res,) = A.load_ablations(tmp_path)
     assert isinstance(res, A.AblationResults) and res.config == cfg
+    got = compare.read(stores["small_data"].dir)  # a store of the ablations, compared through its export
+    assert got.study == "ablations" and (got.profile, got.source) == (cfg.profile, cfg.source)
+    assert any(k[0] == "small_data" for k in got.numbers) and compare.compare_folders(stores["trajectory"].dir,
+                                                                                      stores["small_data"].dir)[0]
     assert (res.w_pre_acc, res.source_name, res.seconds) == (0.5, "synthetic source", {})
     assert torch.equal(res.subset_index, tensors["index"])
     assert set(res.records) == set(res.stores) == {"small_data", "trajectory"}

@@ -53,6 +53,7 @@ def test_effective_l2_control_variate_is_unbiased(blob_task):
     assert cv.m_lo < cv.m < cv.m_hi
 
 
+@pytest.mark.slow  # ~20-30 s
 def test_effective_l2_is_the_grouped_hessian_quotient_to_second_order(blob_task):
     """For a small step d = w - u on fc3 only, E L(Phi) - L(w) = (k/2) sum_g d_g^T H_gg d_g + O(|d|^3)
     (H the Hessian of L in fc3's weight, groups = its input columns): the Monte Carlo coefficient

@@ -116,6 +116,7 @@ MEMBERS = [
 ]
 
 
+@pytest.mark.slow  # ~15 s: six solo runs beside the ensemble
 def test_ensemble_equals_solo_runs():
     """Training E members at once is the same computation as training each alone (float64)."""
     x, y = _task()

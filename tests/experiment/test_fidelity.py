@@ -25,6 +25,7 @@ def study():
     return res, folder, fidelity_report.export_fidelity(res, folder)
 
 
+@pytest.mark.slow  # the study fixture runs the whole smoke study (~2 min, once per module)
 def test_each_variant_is_its_own_store_and_records_its_reading(study):
     res, _, _ = study
     names = [v.name for v in fidelity.GRID]
@@ -58,6 +59,7 @@ def test_the_mixed_distance_follows_the_layer_reading():
     assert float(every - hidden) == pytest.approx(784 * 300, rel=1e-5)
 
 
+@pytest.mark.slow  # the study fixture runs the whole smoke study (~2 min, once per module)
 def test_claims_are_recomputed_from_runs_csv_and_read_back_checked(study):
     res, folder, written = study
     back = fidelity.load_fidelity(folder)
@@ -85,6 +87,7 @@ def test_reproduced_rules():
     assert fidelity.reproduced(size, -size.paper) is False and fidelity.reproduced(size, math.nan) is None
 
 
+@pytest.mark.slow  # the study fixture runs the whole smoke study (~2 min, once per module)
 def test_figures_have_every_variant_and_the_paper_points(study):
     res, folder, written = study
     assert {p.name for p in written["figures"]} == {f"{stem}.{ext}" for stem, *_ in fidelity_report.PANELS
@@ -97,6 +100,7 @@ def test_figures_have_every_variant_and_the_paper_points(study):
     assert "stand-in" in fig._suptitle.get_text() or "EMNIST" in fig._suptitle.get_text()
 
 
+@pytest.mark.slow  # the study fixture runs the whole smoke study (~2 min, once per module)
 def test_notebook_loader_shows_the_stored_export(study):
     res, folder, _ = study
     got, seen = shown.fidelity_results("smoke", recompute=False)

@@ -256,7 +256,11 @@ def test_run_env_names_versions_and_the_resolved_device():
 
     import mixout_theory
 
+    import numpy as np
+
     env = store.run_env("cpu")
-    assert env == {"mixout_theory": mixout_theory.__version__, "torch": torch.__version__,
-                   "python": platform.python_version(), "device": "cpu"}  # fmt: skip
+    assert env == {"mixout_theory": mixout_theory.__version__, "torch": torch.__version__, "numpy": np.__version__,
+                   "python": platform.python_version(), "device": "cpu", "cores": os.cpu_count(),
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": env["cpu"], "blas": env["blas"]}  # fmt: skip
+    assert env["cpu"] and env["cpu"] != "unknown" and env["blas"] in torch.__config__.show()
     assert store.run_env()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixout_theory.experiment import mlp, plots, theorem1
+from mixout_theory.experiment import compare, mlp, plots, theorem1
 from mixout_theory.experiment.engine import RunOptions
 
 CPU = RunOptions(device="cpu", progress=False)
@@ -31,6 +31,7 @@ def test_network_loss_is_the_models_mean_cross_entropy(blob_task):
     assert loss_fn(w).item() == pytest.approx(want.item(), rel=1e-12)
 
 
+@pytest.mark.slow  # ~40 s
 def test_one_measurement_is_consistent(blob_task):
     """m_eff is a weighted mean of Rayleigh quotients of H, so m_min <= m_eff <= m_max; Corollary 1.1
     with m = m_eff is the second-order value; the per-layer terms add up."""
@@ -56,6 +57,7 @@ def exp(make_exp):
     return make_exp(source=(400, 100, 100), target=(400, 100, 100))
 
 
+@pytest.mark.slow  # ~110 s
 def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
     kw = dict(results=tmp_path / "results", exp=exp, ps=(0.6,), mc_samples=64, loss_size=200, checkpoints=2,
               scan_ps=(0.2, 0.6))  # fmt: skip
@@ -103,6 +105,11 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
     assert [r["part"] for r in points] == ["w_pre", "finetuned", "displaced"] + ["scan"] * 4 and len(traj) == 4
     assert points[1]["second_order"] == pytest.approx(fin["second_order"], rel=1e-9)
     assert meta["claims"]["finetuned"]["ps"] == [0.6] and meta["store_key"] == res.config.key()
+    # compare reads the store (exported on the fly) and its export as the same numbers
+    from_store, from_export = compare.read(res.store.dir), compare.read(out)
+    assert from_store.study == from_export.study == "theorem1" and from_store.numbers == from_export.numbers
+    ok, lines = compare.compare_folders(res.store.dir, out)
+    assert ok and lines[-1].startswith("claims: 3 of 3 within noise")  # ratio at both points, Cor. 1.1
     table = out / "trajectory.csv"
     table.write_text(table.read_text().replace("0.5,", "0.6,", 1))
     with pytest.raises(ValueError, match="trajectory.csv.*altered"):

@@ -156,6 +156,7 @@ def test_one_adam_step_moves_what_it_should(model):
     assert all(torch.equal(v, before[k]) for k, v in m.plain.state_dict().items())  # the original is untouched
 
 
+@pytest.mark.slow  # gradcheck through a whole model: ~8 s (cnn) to ~44 s (gpt2)
 def test_gradients_are_exact_on_one_mixed_weight(model):
     m, name = model
     mixed = mix(m, p=0.4).double().train()

@@ -225,6 +225,7 @@ def test_mixout_least_squares_zeroes_the_gradient_of_the_expected_loss(gen, grou
         assert est.within(exp_loss - base, 4.0)
 
 
+@pytest.mark.slow  # ~15 s per p
 @pytest.mark.parametrize("p", [0.3, 0.9])
 def test_mixout_least_squares_matches_sgd_with_exact_mixout_gradients(gen, p):
     # SGD on E L(Phi(w)) through mixing.mixconnect (for a 1-D parameter the same law as mixout),

@@ -104,6 +104,7 @@ def test_hvp_equals_central_differences_of_the_gradient():
     assert torch.allclose(op.matvec(V[0]), hv[0], rtol=1e-12, atol=1e-14)  # one vector = one row of a batch
 
 
+@pytest.mark.slow  # ~18 s (timed on a busy 2-core machine)
 def test_lanczos_extremes_equal_the_dense_eigenvalues():
     loss, w, _ = _small_mlp(1)
     op = second_order.MixedHessian(loss, w)
