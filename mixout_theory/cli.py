@@ -251,7 +251,7 @@ def _cmd_reproduce(args, parser) -> int:
     records = store.records()
     folder = out / f"experiment-{store.config.profile}-{store.config.source}"
     print(f"\nreproduce, {args.profile} profile, {records[0]['source_name']}: done in {_duration(time.perf_counter() - t0)}")
-    print(_runs_line([store], total=len(sweep.sweep_members(store.config))))
+    print(_runs_line(stores, total=len(sweep.sweep_members(store.config)) * len(stores)))
     print("Figure 2 claims on these runs:")
     for line in report.claims_in_words(report.figure2_claims(records)):
         print("  " + line)
