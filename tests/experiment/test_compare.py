@@ -49,10 +49,12 @@ def _moved_copy(tmp_path, metric, method, p, by) -> Path:
 
 
 def test_a_mean_moved_by_many_standard_errors_is_flagged_by_name(tmp_path, capsys):
-    # mixout's source accuracy at p = 0.3: restarts' std about 0.002, so +0.02 is ~30 standard errors
-    moved = _moved_copy(tmp_path, "source_val_acc", "mixout", 0.3, 0.02)
+    # mixout's source accuracy at p = 0.3: restarts' std about 0.002 (standard error 0.0007), the committed
+    # spread across w_pre tau about 0.0025 (the gap's about 0.0045): +0.05 is over 7 sigma of either
+    moved = _moved_copy(tmp_path, "source_val_acc", "mixout", 0.3, 0.05)
     assert main(["compare", str(COMMITTED["figure2"]), str(moved)]) == 1  # the gap at p = 0.3 (a claim) moved
     lines = capsys.readouterr().out.strip().splitlines()
+    assert "+ 2 tau_w_pre^2" in lines[-1]  # the committed w_pre spread is counted by default
     flagged = lines[:-1]
     assert any(line.startswith("figure2: mixout p=0.3 source_val_acc (level)") for line in flagged)
     assert any(line.startswith("figure2: gap p=0.3 source_acc_gap (claim)") for line in flagged)
