@@ -32,7 +32,7 @@ import numpy as np
 
 from mixout_theory.experiment import report, sweep
 from mixout_theory.experiment.store import project_dir
-from mixout_theory.experiment.w_pre_spread import SPREAD_METRICS, seed_stats
+from mixout_theory.experiment.w_pre_spread import seed_stats
 
 #: how many standard errors of the difference count as noise
 SIGMAS = 3.0
@@ -98,77 +98,67 @@ def _is_float(v) -> bool:
     return isinstance(v, (float, np.floating)) and not isinstance(v, bool)
 
 
-def _numbers(kind: str, values: dict) -> dict:
-    return {k: Number(k, kind, v, se) for k, (v, se) in values.items()}
+def _numbers(records: list[dict], restart_key: str, fn) -> dict:
+    """:class:`Number` objects from ``fn(records) -> {(kind, key): value}`` (kind ``level`` or ``claim``),
+    each with its :func:`jackknife` standard error: one pass over the restarts for both kinds."""
+    return {k: Number(k, kind, v, se) for (kind, k), (v, se) in jackknife(records, restart_key, fn).items()}
 
 
 # --------------------------------------------------------------------------------------------
 # each study's claims and levels
 
 
-def figure2_levels(records: list[dict]) -> dict:
-    """Mean of each of :data:`w_pre_spread.SPREAD_METRICS` per (method, p)."""
-    return {(m, p, q): v[0] for (m, p, q), v in seed_stats(records).items() if q in SPREAD_METRICS}
-
-
-def figure2_claims(records: list[dict]) -> dict:
-    """The paired source-accuracy gap mixout - dropout per p, mixout's mixed-distance ratio between the
-    largest p and p = 0 (how far the pull goes), and the two claims of :func:`report.figure2_claims`."""
+def figure2_values(records: list[dict]) -> dict:
+    """``{(kind, key): value}`` of one sweep. Levels: the mean of each of :data:`w_pre_spread.SPREAD_METRICS`
+    per (method, p). Claims: the paired source-accuracy gap mixout - dropout per p, mixout's
+    mixed-distance ratio between the largest p and p = 0 (how far the pull goes), and the two claims of
+    :func:`report.figure2_claims`."""
     stats = seed_stats(records)
-    out = {k: v[0] for k, v in stats.items() if k[0] == "gap"}
+    out = {("claim" if k[0] == "gap" else "level", k): v[0] for k, v in stats.items()}
     ps = sorted(p for (m, p, q) in stats if m == "mixout" and q == "dist_mixed")
     if ps and ("none", 0.0, "dist_mixed") in stats:
-        out["mixout", ps[-1], "dist_mixed_ratio_to_p0"] = stats["mixout", ps[-1], "dist_mixed"][0] / stats[
+        out["claim", ("mixout", ps[-1], "dist_mixed_ratio_to_p0")] = stats["mixout", ps[-1], "dist_mixed"][0] / stats[
             "none", 0.0, "dist_mixed"][0]
     c = report.figure2_claims(records)
-    out["claim", "", "mixed_distance_decreasing_every_restart"] = bool(c["mixed_distance_decreasing_every_restart"])
-    out["claim", "", "source_acc_mixout_ge_dropout"] = bool(c["source_acc_mixout_ge_dropout"])
+    for name in ("mixed_distance_decreasing_every_restart", "source_acc_mixout_ge_dropout"):
+        out["claim", ("claim", "", name)] = bool(c[name])
     return out
 
 
 def _figure2_numbers(records: list[dict]) -> dict:
-    records = [r for r in records if not r.get("failed")]
-    return {**_numbers("level", jackknife(records, "seed", figure2_levels)),
-            **_numbers("claim", jackknife(records, "seed", figure2_claims))}  # fmt: skip
+    return _numbers([r for r in records if not r.get("failed")], "seed", figure2_values)
 
 
 def _fidelity_numbers(runs: list[dict], w_pre_accs: dict) -> dict:
     from mixout_theory.experiment import fidelity
 
-    def levels(recs):
-        return {(v, *k): x for v in dict.fromkeys(r["variant"] for r in recs)
-                for k, x in figure2_levels([r for r in recs if r["variant"] == v]).items()}  # fmt: skip
-
-    def claims(recs):
+    def values(recs):
         out = {}
         for v in dict.fromkeys(r["variant"] for r in recs):
-            for name, x in fidelity.ours([r for r in recs if r["variant"] == v], w_pre_accs[v]).items():
-                out[v, "", name] = float(x)
+            mine = [r for r in recs if r["variant"] == v]
+            out.update({(kind, (v, *k)): x for (kind, k), x in figure2_values(mine).items() if kind == "level"})
+            out.update({("claim", (v, "", name)): float(x) for name, x in fidelity.ours(mine, w_pre_accs[v]).items()})
         return out
 
-    runs = [r for r in runs if not r.get("failed")]
-    return {**_numbers("level", jackknife(runs, "seed", levels)), **_numbers("claim", jackknife(runs, "seed", claims))}
+    return _numbers([r for r in runs if not r.get("failed")], "seed", values)
 
 
 def _ablation_numbers(res) -> dict:
     recs = [dict(r, _study=s) for s in ("small_data", "new_head") for r in res.records.get(s, [])]
     traj = report.trajectory_summary(res.records["trajectory"]) if res.records.get("trajectory") else []
 
-    def levels(rs):
-        out = {}
-        for s in ("small_data", "new_head"):
-            for row in report.summarise_runs([r for r in rs if r["_study"] == s], res.w_pre_acc):
-                out[s, row["size"], row["setting"], "test_acc"] = row["mean"]
-        return out
-
-    def claims(rs):
+    def values(rs):
         small = [r for r in rs if r["_study"] == "small_data"]
         head = [r for r in rs if r["_study"] == "new_head"]
-        c = report.claims(report.summarise_runs(small, res.w_pre_acc), report.summarise_runs(head, res.w_pre_acc), traj,
-                          small)  # fmt: skip
-        return dict(_flatten(c))
+        summaries = {"small_data": report.summarise_runs(small, res.w_pre_acc),
+                     "new_head": report.summarise_runs(head, res.w_pre_acc)}  # fmt: skip
+        out = {("level", (s, row["size"], row["setting"], "test_acc")): row["mean"]
+               for s, rows in summaries.items() for row in rows}  # fmt: skip
+        c = report.claims(summaries["small_data"], summaries["new_head"], traj, small)
+        out.update({("claim", k): v for k, v in _flatten(c)})
+        return out
 
-    return {**_numbers("level", jackknife(recs, "restart", levels)), **_numbers("claim", jackknife(recs, "restart", claims))}
+    return _numbers(recs, "restart", values)
 
 
 def _flatten(obj, prefix=()):
@@ -409,10 +399,10 @@ def agrees(rows: list[Row]) -> bool:
     return all(r.within is not False for r in rows if r.kind == "claim")
 
 
-def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
-    """Compare two folders: ``(every claim within noise, the lines to print)``; ``spread``: a w_pre-spread
-    export (default: the committed one of the same profile and source, for Figure 2; ``"none"``: restarts only)."""
-    ra, rb = read(a), read(b)
+def compare_results(ra: Result, rb: Result, spread=None) -> tuple[bool, list[str]]:
+    """Compare two results read by :func:`read`: ``(every claim within noise, the lines to print)``;
+    ``spread``: a w_pre-spread export (default: the committed one of the same profile and source, for
+    Figure 2; ``"none"``: restarts only)."""
     if ra.study == "figure2" and spread is None:
         spread = committed_spread(ra.profile, ra.source)
     use = ra.study == "figure2" and spread is not None and str(spread) != "none"
@@ -423,8 +413,13 @@ def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
     return agrees(rows), lines
 
 
-def committed(study: str, profile: str, source: str) -> Path | None:
-    """The committed export of ``study`` (``docs/results/``) when it holds this profile and source."""
+def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
+    """:func:`compare_results` of two folders (exports or stores)."""
+    return compare_results(read(a), read(b), spread)
+
+
+def committed(study: str, profile: str, source: str) -> Result | None:
+    """The committed export of ``study`` (``docs/results/``), read, when it holds this profile and source."""
     from mixout_theory.experiment.shown import COMMITTED
 
     folder = project_dir("docs") / "results" / COMMITTED[study]
@@ -434,7 +429,7 @@ def committed(study: str, profile: str, source: str) -> Path | None:
         res = read(folder)
     except (CompareError, ValueError, OSError):
         return None
-    return folder if (res.profile, res.source) == (profile, source) else None
+    return res if (res.profile, res.source) == (profile, source) else None
 
 
 def against_committed(study: str, folder, profile: str, source: str) -> list[str]:
@@ -443,6 +438,6 @@ def against_committed(study: str, folder, profile: str, source: str) -> list[str
     ref = committed(study, profile, source)
     if ref is None:
         return [f"compare: no committed {study} results of profile {profile!r}, source {source!r} to compare with"]
-    ok, lines = compare_folders(ref, folder)
-    head = f"compare with the committed results ({ref}): " + ("every claim within noise" if ok else "a claim differs")
+    ok, lines = compare_results(ref, read(folder))
+    head = f"compare with the committed results ({ref.where}): " + ("every claim within noise" if ok else "a claim differs")
     return [head, *("  " + line for line in lines)]

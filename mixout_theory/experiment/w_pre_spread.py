@@ -65,13 +65,9 @@ def seed_stats(records: list[dict]) -> dict[tuple, tuple[float, float, int]]:
         method = "none" if row["p"] == 0 else row["method"]
         for m in SPREAD_METRICS:
             out[method, row["p"], m] = (row[f"{m}_mean"], row[f"{m}_std"], row["n"])
-    acc = {(r["method"], r["seed"], r["p"]): r["source_val_acc"] for r in report.usable(records)}
-    for p in sorted({p for (_, _, p) in acc if p > 0}):
-        diffs = [acc["mixout", s, p] - acc["dropout", s, q] for (m, s, q) in acc if m == "dropout" and q == p
-                 and ("mixout", s, p) in acc]  # fmt: skip
-        if diffs:
-            out[(*GAP[:1], p, GAP[1])] = (float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
-                                          len(diffs))  # fmt: skip
+    for p, diffs in report.paired_source_diffs(report.usable(records)).items():
+        out[(*GAP[:1], p, GAP[1])] = (float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+                                      len(diffs))  # fmt: skip
     return out
 
 
