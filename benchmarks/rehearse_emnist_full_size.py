@@ -53,11 +53,11 @@ from __future__ import annotations
 import argparse
 import gzip
 import hashlib
+import io
 import json
 import os
 import platform
 import shutil
-import struct
 import subprocess
 import sys
 import time
@@ -88,22 +88,30 @@ PATCHED_CLI = ("import sys; from mixout_theory.experiment import sources; "
 # ------------------------------------------------------------------------------ the stand-in
 
 
-def read_idx(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
-    magic = struct.unpack(">I", raw[:4])[0]
-    if magic == 0x803:
-        n, h, w = struct.unpack(">III", raw[4:16])
-        return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
-    n = struct.unpack(">I", raw[4:8])[0]
-    return np.frombuffer(raw, np.uint8, offset=8).reshape(n)
+def read_mnist(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MNIST's train and test images (uint8, N x 28 x 28) and labels under ``root/MNIST/raw``, as the
+    project reads them (:func:`mixout_theory.experiment.sources.read_mnist`)."""
+    from mixout_theory.experiment import sources
+
+    return {split: (x.numpy(), y.numpy()) for split, (x, y) in sources.read_mnist(root).items()}
 
 
 def idx_images(x: np.ndarray) -> bytes:
-    return struct.pack(">IIII", 0x803, *x.shape) + np.ascontiguousarray(x).tobytes()
+    """An IDX3 file's bytes (the project's writer, :func:`formats.write_idx_images`)."""
+    from mixout_theory.experiment import formats
+
+    buf = io.BytesIO()
+    formats.write_idx_images(buf, x)
+    return buf.getvalue()
 
 
 def idx_labels(y: np.ndarray) -> bytes:
-    return struct.pack(">II", 0x801, y.shape[0]) + y.astype(np.uint8).tobytes()
+    """An IDX1 file's bytes (the project's writer, :func:`formats.write_idx_labels`)."""
+    from mixout_theory.experiment import formats
+
+    buf = io.BytesIO()
+    formats.write_idx_labels(buf, y)
+    return buf.getvalue()
 
 
 def standin_digits(images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -149,8 +157,7 @@ def _put(z: zipfile.ZipFile, name: str, blob: bytes) -> None:
 def write_archive(path: Path, mnist_raw: Path, train: int, test: int) -> dict:
     """NIST's gzip.zip layout holding the stand-in (see the module docstring); returns what it holds."""
     t0 = time.perf_counter()
-    mn = {"train": (read_idx(mnist_raw / MNIST_FILES[0]), read_idx(mnist_raw / MNIST_FILES[1])),
-          "test": (read_idx(mnist_raw / MNIST_FILES[2]), read_idx(mnist_raw / MNIST_FILES[3]))}  # fmt: skip
+    mn = read_mnist(mnist_raw.parent.parent)
     info: dict = {"note": NOTE, "archive": str(path), "members": {}, "digits": {}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -193,16 +200,12 @@ def _digest(path: Path, algo: str) -> str:
 
 
 def machine() -> dict:
+    """The project's record of the machine (:func:`mixout_theory.experiment.machine.run_env`), plus
+    memory, torch's threads and the platform."""
     import torch
 
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        cpu = platform.processor() or "unknown"
+    from mixout_theory.experiment.machine import run_env
+
     mem = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -210,10 +213,8 @@ def machine() -> dict:
                 mem = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-            "python": platform.python_version(),
-            "platform": platform.platform()}  # fmt: skip
+    return {**run_env("cpu"), "memory_gib": mem, "torch_threads": torch.get_num_threads(),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform()}  # fmt: skip
 
 
 def _load() -> list[float]:

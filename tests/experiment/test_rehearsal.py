@@ -71,8 +71,7 @@ def rehearsal(tmp_path_factory, mnist_root):
 
 def test_standin_digits_are_balanced_marked_and_not_mnist(mnist_root):
     s = _script()
-    x_mn = s.read_idx(mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte")
-    y_mn = s.read_idx(mnist_root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte")
+    x_mn, y_mn = s.read_mnist(mnist_root)["test"]
     x, y = s.standin_digits(x_mn, y_mn, 500, seed=7)
     assert x.shape == (500, 28, 28) and x.dtype == np.uint8
     assert np.bincount(y, minlength=10).tolist() == [50] * 10
