@@ -70,19 +70,28 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a file from a checkout
     sys.path.insert(0, str(REPO))
 
-NOTE = ("STAND-IN, NOT EMNIST: MNIST digits bent by seeded affine maps and marked with a bar at row 1, "
-        "columns 1-6, packed like NIST's gzip.zip to rehearse the EMNIST path. Nothing computed from it says "
-        "anything about EMNIST or the paper; never commit it as results.")  # fmt: skip
+NOTE = (
+    "STAND-IN, NOT EMNIST: MNIST digits bent by seeded affine maps and marked with a bar at row 1, "
+    "columns 1-6, packed like NIST's gzip.zip to rehearse the EMNIST path. Nothing computed from it says "
+    "anything about EMNIST or the paper; never commit it as results."
+)
 SIZES = {"full": (240_000, 40_000), "small": (3_000, 1_000)}
 NIST_SPLITS = ("byclass", "bymerge", "balanced", "letters", "digits", "mnist")
 MARKER_ROW, MARKER_COLS = 1, slice(1, 7)  # the stand-in's visible mark, in MNIST's orientation
 SEEDS = {"train": 20_250_001, "test": 20_250_002, "decoys": 20_250_003}
 ZIP_DATE = (2017, 2, 1, 0, 0, 0)  # fixed member dates: the same inputs give the same archive bytes
-MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 # The CLI with the expected EMNIST counts patched down (only for --size small; printed with the command).
-PATCHED_CLI = ("import sys; from mixout_theory.experiment import sources; "
-               "sources.EMNIST_SPEC = sources.DigitsSpec(train={train}, test={test}); "
-               "from mixout_theory.cli import main; sys.exit(main(sys.argv[1:]))")  # fmt: skip
+PATCHED_CLI = (
+    "import sys; from mixout_theory.experiment import sources; "
+    "sources.EMNIST_SPEC = sources.DigitsSpec(train={train}, test={test}); "
+    "from mixout_theory.cli import main; sys.exit(main(sys.argv[1:]))"
+)
 
 
 # ------------------------------------------------------------------------------ the stand-in
@@ -114,7 +123,9 @@ def idx_labels(y: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def standin_digits(images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def standin_digits(
+    images: np.ndarray, labels: np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` marked, bent copies of MNIST digits, ``n // 10`` per class, shuffled (MNIST's orientation).
 
     Each class's MNIST images are cycled (in a seeded order) until the class holds ``n // 10``; every copy
@@ -125,7 +136,9 @@ def standin_digits(images: np.ndarray, labels: np.ndarray, n: int, seed: int) ->
 
     rng = np.random.default_rng(seed)
     per_class = n // 10
-    pick = np.concatenate([np.resize(rng.permutation(np.flatnonzero(labels == k)), per_class) for k in range(10)])
+    pick = np.concatenate(
+        [np.resize(rng.permutation(np.flatnonzero(labels == k)), per_class) for k in range(10)]
+    )
     y = np.repeat(np.arange(10, dtype=np.uint8), per_class)
     order = rng.permutation(n)
     pick, y = pick[order], y[order]
@@ -139,7 +152,9 @@ def standin_digits(images: np.ndarray, labels: np.ndarray, n: int, seed: int) ->
     for lo in range(0, n, 8192):
         hi = min(n, lo + 8192)
         img = torch.from_numpy(images[pick[lo:hi]].astype(np.float32))[:, None]
-        grid = F.affine_grid(torch.from_numpy(theta[lo:hi]).float(), [hi - lo, 1, 28, 28], align_corners=False)
+        grid = F.affine_grid(
+            torch.from_numpy(theta[lo:hi]).float(), [hi - lo, 1, 28, 28], align_corners=False
+        )
         bent = F.grid_sample(img, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, 0]
         out[lo:hi] = bent.round().clamp(0, 255).to(torch.uint8).numpy()
     out[:, MARKER_ROW, MARKER_COLS] = 255
@@ -165,9 +180,12 @@ def write_archive(path: Path, mnist_raw: Path, train: int, test: int) -> dict:
         _put(z, "STAND-IN-NOT-EMNIST.txt", (NOTE + "\n").encode())
         for split, n in (("train", train), ("test", test)):
             x, y = standin_digits(*mn[split], n, SEEDS[split])
-            info["digits"][split] = {"count": n, "per_class": np.bincount(y, minlength=10).tolist(),
-                                     "sha256_mnist_orientation": hashlib.sha256(x.tobytes()).hexdigest(),
-                                     "sha256_labels": hashlib.sha256(y.tobytes()).hexdigest()}  # fmt: skip
+            info["digits"][split] = {
+                "count": n,
+                "per_class": np.bincount(y, minlength=10).tolist(),
+                "sha256_mnist_orientation": hashlib.sha256(x.tobytes()).hexdigest(),
+                "sha256_labels": hashlib.sha256(y.tobytes()).hexdigest(),
+            }
             stored = x.transpose(0, 2, 1)  # EMNIST stores images transposed relative to MNIST
             for kind, blob in (("images-idx3", idx_images(stored)), ("labels-idx1", idx_labels(y))):
                 name = f"gzip/emnist-digits-{split}-{kind}-ubyte.gz"
@@ -184,7 +202,9 @@ def write_archive(path: Path, mnist_raw: Path, train: int, test: int) -> dict:
                 _put(z, f"gzip/emnist-{other}-{split}-images-idx3-ubyte.gz", _gz(idx_images(decoy_x)))
                 _put(z, f"gzip/emnist-{other}-{split}-labels-idx1-ubyte.gz", _gz(idx_labels(decoy_y)))
     os.replace(tmp, path)
-    info.update(bytes=path.stat().st_size, md5=_digest(path, "md5"), seconds=round(time.perf_counter() - t0, 1))
+    info.update(
+        bytes=path.stat().st_size, md5=_digest(path, "md5"), seconds=round(time.perf_counter() - t0, 1)
+    )
     return info
 
 
@@ -213,8 +233,13 @@ def machine() -> dict:
                 mem = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    return {**run_env("cpu"), "memory_gib": mem, "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "platform": platform.platform()}  # fmt: skip
+    return {
+        **run_env("cpu"),
+        "memory_gib": mem,
+        "torch_threads": torch.get_num_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "platform": platform.platform(),
+    }
 
 
 def _load() -> list[float]:
@@ -239,9 +264,17 @@ def run_step(name: str, argv: list[str], log: Path, quiet: bool) -> dict:
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"step": name, "command": argv, "rc": proc.returncode, "wall_s": round(wall, 1),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 0), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
-            "load_before": load0, "load_after": _load(), "log": str(log)}  # fmt: skip
+    return {
+        "step": name,
+        "command": argv,
+        "rc": proc.returncode,
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 0),
+        "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+        "load_before": load0,
+        "load_after": _load(),
+        "log": str(log),
+    }
 
 
 def du(path: Path) -> int:
@@ -257,7 +290,9 @@ def _mib(n: float) -> str:
 # ------------------------------------------------------------------------------ checking
 
 
-def check_data(data: Path, archive_info: dict, log_text: str, train: int, test: int, extracted: bool = True) -> dict:
+def check_data(
+    data: Path, archive_info: dict, log_text: str, train: int, test: int, extracted: bool = True
+) -> dict:
     """What the data step must have done with the stand-in archive (each a bool, plus the facts). With
     ``extracted=False`` (the files were already there from an earlier run) the extraction checks are ``None``."""
     import torch
@@ -265,7 +300,9 @@ def check_data(data: Path, archive_info: dict, log_text: str, train: int, test: 
     from mixout_theory.experiment import sources
 
     raw = data / "EMNIST" / "raw"
-    listing = sorted(p.name for p in raw.iterdir() if p.name != "STAND-IN-NOT-EMNIST.txt")  # ours, from a past run
+    listing = sorted(
+        p.name for p in raw.iterdir() if p.name != "STAND-IN-NOT-EMNIST.txt"
+    )  # ours, from a past run
     caches = sorted((data / "cache").glob("experiment-emnist-*.json"))
     c: dict = {"raw_files": listing, "caches": [p.name for p in caches]}
     c["only_digits_files_extracted"] = listing == sorted([*sources.EMNIST_FILES, sources.EMNIST_MANIFEST])
@@ -273,7 +310,9 @@ def check_data(data: Path, archive_info: dict, log_text: str, train: int, test: 
     c["archive_md5_reported_not_nist"] = "not NIST's gzip.zip" in log_text
     if not extracted:
         c["extracted_nist_member_names"] = c["archive_md5_reported_not_nist"] = None
-        c["note"] = "EMNIST files were already in the data folder (an earlier run): nothing extracted; use --fresh"
+        c["note"] = (
+            "EMNIST files were already in the data folder (an earlier run): nothing extracted; use --fresh"
+        )
     if len(caches) != 1:
         return {**c, "one_emnist_cache": False}
     meta = json.loads(caches[0].read_text())
@@ -281,8 +320,10 @@ def check_data(data: Path, archive_info: dict, log_text: str, train: int, test: 
     c["source_name"] = meta["source_name"]
     c["sizes"] = meta["sizes"]
     c["accepted_as_emnist"] = meta["source_key"] == "emnist" and meta["source_name"] == "EMNIST Digits"
-    c["counts_as_expected"] = meta["sizes"] == {"source": {"train": train - val, "val": val, "test": test},
-                                                "target": {"train": 54_000, "val": 6_000, "test": 10_000}}  # fmt: skip
+    c["counts_as_expected"] = meta["sizes"] == {
+        "source": {"train": train - val, "val": val, "test": test},
+        "target": {"train": 54_000, "val": 6_000, "test": 10_000},
+    }
     payload = torch.load(caches[0].with_suffix(".pt"), map_location="cpu", weights_only=True)
     src = payload["source"]
     split = np.load(data / meta["index_files"]["emnist_split"]["path"])
@@ -291,9 +332,12 @@ def check_data(data: Path, archive_info: dict, log_text: str, train: int, test: 
     full[torch.from_numpy(split["val"])] = src["val"]["x"]
     want = archive_info["digits"]
     c["train_images_equal_archive_in_mnist_orientation"] = (
-        hashlib.sha256(full.numpy().tobytes()).hexdigest() == want["train"]["sha256_mnist_orientation"])
+        hashlib.sha256(full.numpy().tobytes()).hexdigest() == want["train"]["sha256_mnist_orientation"]
+    )
     c["test_images_equal_archive_in_mnist_orientation"] = (
-        hashlib.sha256(src["test"]["x"].numpy().tobytes()).hexdigest() == want["test"]["sha256_mnist_orientation"])
+        hashlib.sha256(src["test"]["x"].numpy().tobytes()).hexdigest()
+        == want["test"]["sha256_mnist_orientation"]
+    )
     x = src["test"]["x"]
     c["marker_row_horizontal"] = bool((x[:, MARKER_ROW, MARKER_COLS] == 255).all())
     c["marker_not_vertical"] = bool((x[:, 2:7, 1] == 255).float().mean() < 0.5)
@@ -320,8 +364,9 @@ def check_reproduce(results: Path, figures: Path, profile: str) -> dict:
     if pre:
         meta = json.loads(pre[0].read_text())
         c["pretrain"] = {k: meta.get(k) for k in ("seconds", "acc", "epoch")}
-    c["sweep_chunk_seconds"] = round(sum({(r["chunk_seconds"], r["chunk_members"]): r["chunk_seconds"]
-                                          for r in records}.values()), 1)  # fmt: skip
+    c["sweep_chunk_seconds"] = round(
+        sum({(r["chunk_seconds"], r["chunk_members"]): r["chunk_seconds"] for r in records}.values()), 1
+    )
     c["checks_passed"] = all(v for k, v in c.items() if isinstance(v, bool))
     return c
 
@@ -350,8 +395,10 @@ def _refuse_project_folders(work: Path) -> None:
     for name in ("data", "results", "figures", "docs"):
         inside = REPO / name
         if work == inside or inside in work.parents:
-            raise SystemExit(f"--work {work} is inside the checkout's {name}/: write the stand-in elsewhere "
-                             "(it must never be mistaken for real data or results)")  # fmt: skip
+            raise SystemExit(
+                f"--work {work} is inside the checkout's {name}/: write the stand-in elsewhere "
+                "(it must never be mistaken for real data or results)"
+            )
 
 
 def _mark(folder: Path) -> None:
@@ -362,30 +409,65 @@ def _mark(folder: Path) -> None:
 def table(steps: list[dict]) -> str:
     rows = [("step", "wall", "peak RSS", "CPU time", "load before -> after", "rc")]
     for s in steps:
-        rows.append((s["step"], f"{s['wall_s']:,.1f} s", f"{s['peak_rss_mib']:,.0f} MiB", f"{s['cpu_s']:,.1f} s",
-                     f"{s['load_before'][0]:.2f} -> {s['load_after'][0]:.2f}", str(s["rc"])))  # fmt: skip
+        rows.append(
+            (
+                s["step"],
+                f"{s['wall_s']:,.1f} s",
+                f"{s['peak_rss_mib']:,.0f} MiB",
+                f"{s['cpu_s']:,.1f} s",
+                f"{s['load_before'][0]:.2f} -> {s['load_after'][0]:.2f}",
+                str(s["rc"]),
+            )
+        )
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows)
+    return "\n".join(
+        "  ".join(c.ljust(w[i]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--size", choices=tuple(SIZES), default="full",
-                   help="full: 240,000 + 40,000 images as EMNIST Digits; small: 3,000 + 1,000 (default: full)")
-    p.add_argument("--work", required=True, type=Path, help="folder for everything written (e.g. /tmp/rehearsal)")
-    p.add_argument("--profile", choices=("smoke", "quick", "paper"), default="paper",
-                   help="reproduce's profile (default: paper)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--size",
+        choices=tuple(SIZES),
+        default="full",
+        help="full: 240,000 + 40,000 images as EMNIST Digits; small: 3,000 + 1,000 (default: full)",
+    )
+    p.add_argument(
+        "--work", required=True, type=Path, help="folder for everything written (e.g. /tmp/rehearsal)"
+    )
+    p.add_argument(
+        "--profile",
+        choices=("smoke", "quick", "paper"),
+        default="paper",
+        help="reproduce's profile (default: paper)",
+    )
     p.add_argument("--skip-reproduce", action="store_true", help="stop after the data step")
-    p.add_argument("--no-rerun", action="store_true", help="do not rerun data and reproduce (the resume path)")
-    p.add_argument("--mnist-root", default=None, help="a data folder holding MNIST/raw (default: $MIXOUT_DATA or "
-                   "the checkout's data/ when MNIST is there, else fetched into WORK/mnist-source)")
-    p.add_argument("--fetch-mnist", action="store_true",
-                   help="let the data step fetch MNIST itself, as on a fresh clone (default: copy it in first)")
-    p.add_argument("--progress", action="store_true", help="keep reproduce's progress bars (default: --no-progress)")
-    p.add_argument("--quiet", action="store_true", help="do not echo the subprocesses' output (it is logged anyway)")
-    p.add_argument("--fresh", action="store_true",
-                   help="delete WORK's data, results and figures first (not the archive)")
+    p.add_argument(
+        "--no-rerun", action="store_true", help="do not rerun data and reproduce (the resume path)"
+    )
+    p.add_argument(
+        "--mnist-root",
+        default=None,
+        help="a data folder holding MNIST/raw (default: $MIXOUT_DATA or "
+        "the checkout's data/ when MNIST is there, else fetched into WORK/mnist-source)",
+    )
+    p.add_argument(
+        "--fetch-mnist",
+        action="store_true",
+        help="let the data step fetch MNIST itself, as on a fresh clone (default: copy it in first)",
+    )
+    p.add_argument(
+        "--progress", action="store_true", help="keep reproduce's progress bars (default: --no-progress)"
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="do not echo the subprocesses' output (it is logged anyway)"
+    )
+    p.add_argument(
+        "--fresh", action="store_true", help="delete WORK's data, results and figures first (not the archive)"
+    )
     p.add_argument("--write-archive-only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mnist-raw", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -410,10 +492,18 @@ def main(argv=None) -> int:
     if args.fresh:
         for d in (data, results, figures, logs):
             shutil.rmtree(d, ignore_errors=True)
-    report: dict = {"note": NOTE, "size": args.size, "images": {"train": train, "test": test},
-                    "profile": args.profile, "machine": machine(), "work": str(work), "steps": [],
-                    "uptime_before": _uptime(), "peak_memory": "peak resident set size of each step's subprocess "
-                    "(ru_maxrss from os.wait4, which includes children it waited for)"}  # fmt: skip
+    report: dict = {
+        "note": NOTE,
+        "size": args.size,
+        "images": {"train": train, "test": test},
+        "profile": args.profile,
+        "machine": machine(),
+        "work": str(work),
+        "steps": [],
+        "uptime_before": _uptime(),
+        "peak_memory": "peak resident set size of each step's subprocess "
+        "(ru_maxrss from os.wait4, which includes children it waited for)",
+    }
     mnist_root, how = find_mnist(args.mnist_root, work)
     report["mnist"] = {"root": str(mnist_root), "how": how, "copied_into_data": not args.fetch_mnist}
     py = sys.executable
@@ -432,9 +522,20 @@ def main(argv=None) -> int:
         print(f"stand-in archive: reusing {archive}")
         report["archive_reused"] = True
     else:
-        step("write stand-in archive (not a user step)",
-             [py, str(Path(__file__).resolve()), "--write-archive-only", "--size", args.size, "--work", str(work),
-              "--mnist-raw", str(mnist_root / "MNIST" / "raw")])  # fmt: skip
+        step(
+            "write stand-in archive (not a user step)",
+            [
+                py,
+                str(Path(__file__).resolve()),
+                "--write-archive-only",
+                "--size",
+                args.size,
+                "--work",
+                str(work),
+                "--mnist-raw",
+                str(mnist_root / "MNIST" / "raw"),
+            ],
+        )
     archive_info = json.loads(info_path.read_text())
     report["archive"] = {k: archive_info[k] for k in ("archive", "bytes", "md5")}
 
@@ -450,23 +551,44 @@ def main(argv=None) -> int:
     data_cmd = [*cli, "data", "--source", "emnist", "--emnist-from", str(archive), "--data-root", str(data)]
     from mixout_theory.experiment.sources import EMNIST_FILES
 
-    extracted = not any((data / "EMNIST" / "raw" / n).exists() for n in EMNIST_FILES)  # else: an earlier run's
+    extracted = not any(
+        (data / "EMNIST" / "raw" / n).exists() for n in EMNIST_FILES
+    )  # else: an earlier run's
     s = step("data (extract, verify, cache)", data_cmd)
     report["data_checks"] = check_data(data, archive_info, Path(s["log"]).read_text(), train, test, extracted)
     if not args.no_rerun:
         step("data again (files present)", data_cmd)
     if not args.skip_reproduce:
-        rep_cmd = [*cli, "reproduce", "--profile", args.profile, "--source", "emnist", "--data-root", str(data),
-                   "--results", str(results), "--out", str(figures), *([] if args.progress else ["--no-progress"])]
+        rep_cmd = [
+            *cli,
+            "reproduce",
+            "--profile",
+            args.profile,
+            "--source",
+            "emnist",
+            "--data-root",
+            str(data),
+            "--results",
+            str(results),
+            "--out",
+            str(figures),
+            *([] if args.progress else ["--no-progress"]),
+        ]
         step(f"reproduce --profile {args.profile}", rep_cmd)
         report["reproduce_checks"] = check_reproduce(results, figures, args.profile)
         if not args.no_rerun:
             step("reproduce again (all stored)", rep_cmd)
     for d in (data, data / "EMNIST" / "raw", data / "cache", results, figures):
         _mark(d)
-    report["disk_bytes"] = {"archive": du(archive), "data/EMNIST": du(data / "EMNIST"),
-                            "data/MNIST": du(data / "MNIST"), "data/cache": du(data / "cache"),
-                            "data/splits": du(data / "splits"), "results": du(results), "figures": du(figures)}
+    report["disk_bytes"] = {
+        "archive": du(archive),
+        "data/EMNIST": du(data / "EMNIST"),
+        "data/MNIST": du(data / "MNIST"),
+        "data/cache": du(data / "cache"),
+        "data/splits": du(data / "splits"),
+        "results": du(results),
+        "figures": du(figures),
+    }
     report["uptime_after"] = _uptime()
     passed = [report["data_checks"].get("checks_passed", False)]
     if "reproduce_checks" in report:
@@ -476,21 +598,29 @@ def main(argv=None) -> int:
 
     m = report["machine"]
     print(f"\n*** {NOTE}")
-    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}; "
-          f"uptime before: {report['uptime_before']}; after: {report['uptime_after']}")  # fmt: skip
-    print(f"stand-in archive: {archive} ({_mib(report['disk_bytes']['archive'])}, md5 {archive_info['md5']})\n")
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, torch {m['torch']}; "
+        f"uptime before: {report['uptime_before']}; after: {report['uptime_after']}"
+    )
+    print(
+        f"stand-in archive: {archive} ({_mib(report['disk_bytes']['archive'])}, md5 {archive_info['md5']})\n"
+    )
     print(table(report["steps"]))
     print("\ndisk: " + ", ".join(f"{k} {_mib(v)}" for k, v in report["disk_bytes"].items()))
     for part in ("data_checks", "reproduce_checks"):
         if part in report:
             bad = [k for k, v in report[part].items() if v is False]
             print(f"{part}: {'all passed' if not bad else 'FAILED: ' + ', '.join(bad)}")
-    print("(the data step's warning that gzip.zip's md5 is not NIST's is expected here: the archive is a stand-in; "
-          "NIST's own gzip.zip is logged as '= NIST's gzip.zip' and warns nothing)")
+    print(
+        "(the data step's warning that gzip.zip's md5 is not NIST's is expected here: the archive is a stand-in; "
+        "NIST's own gzip.zip is logged as '= NIST's gzip.zip' and warns nothing)"
+    )
     if "pretrain" in report.get("reproduce_checks", {}):
         pre = report["reproduce_checks"]["pretrain"]
-        print(f"of reproduce: pretraining {pre['seconds']:.0f} s (stand-in source val acc {pre['acc']:.4f}), "
-              f"sweep ensembles {report['reproduce_checks']['sweep_chunk_seconds']:.0f} s")  # fmt: skip
+        print(
+            f"of reproduce: pretraining {pre['seconds']:.0f} s (stand-in source val acc {pre['acc']:.4f}), "
+            f"sweep ensembles {report['reproduce_checks']['sweep_chunk_seconds']:.0f} s"
+        )
     print(f"\nwritten: {out}")
     return 0 if report["checks_passed"] else 1
 

@@ -70,8 +70,14 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def interleaved(fns: dict, repeats: int, inner: int = 1, warmup: int = 1, device=torch.device("cpu"),
-                stat=statistics.median) -> dict:
+def interleaved(
+    fns: dict,
+    repeats: int,
+    inner: int = 1,
+    warmup: int = 1,
+    device=torch.device("cpu"),
+    stat=statistics.median,
+) -> dict:
     """Seconds per call of each function, median (``stat``) over ``repeats``; the functions take turns."""
     for f in fns.values():
         for _ in range(warmup):
@@ -160,8 +166,9 @@ def bench_sweep(args, device, rows, x, y):
         loop_seconds[name] = []
 
         def run():
-            r = training.train_ensemble(w0, ms, xs, ys, epochs=1, lr=5e-5, target=w0, device=device,
-                                        workers=workers)  # fmt: skip
+            r = training.train_ensemble(
+                w0, ms, xs, ys, epochs=1, lr=5e-5, target=w0, device=device, workers=workers
+            )
             loop_seconds[name].append(r.seconds)
 
         fns[name] = with_threads(threads, run)
@@ -173,42 +180,94 @@ def bench_sweep(args, device, rows, x, y):
         for threads, workers in dict.fromkeys(configs):
             if cpu and threads > 1 and chunk > 34:
                 continue  # the kernels' own threads: shown on small ensembles only (slow when cores are shared)
-            engine(f"engine chunk={chunk} threads={threads} workers={workers}", members[:chunk], threads, workers)
+            engine(
+                f"engine chunk={chunk} threads={threads} workers={workers}", members[:chunk], threads, workers
+            )
     # the price of each regulariser inside the engine: 17 members of one kind
     for kind in ("none", "dropout", "mixout"):
-        same = [training.Member(dropout=0.3 if kind == "dropout" else 0.0, mixout=0.3 if kind == "mixout" else 0.0,
-                                mask_seed=i) for i in range(17)]  # fmt: skip
+        same = [
+            training.Member(
+                dropout=0.3 if kind == "dropout" else 0.0,
+                mixout=0.3 if kind == "mixout" else 0.0,
+                mask_seed=i,
+            )
+            for i in range(17)
+        ]
         engine(f"engine, 17 {kind} members, threads={configs[0][0]}", same, configs[0][0], 1)
     plain_threads = sorted({1, ncpu}) if cpu else [torch.get_num_threads()]
     for threads in plain_threads:
         for kind, (p, _) in PLAIN_MIX.items():
-            fns[f"plain {kind} threads={threads}"] = with_threads(threads, plain_loop(kind, p, xs, ys, steps, device))
+            fns[f"plain {kind} threads={threads}"] = with_threads(
+                threads, plain_loop(kind, p, xs, ys, steps, device)
+            )
     times = interleaved(fns, args.repeats, device=device)
 
     plain = {}
     for threads in plain_threads:
         for kind in PLAIN_MIX:
             rate = steps / times[f"plain {kind} threads={threads}"]
-            rows.append(("sweep", f"plain loop, {kind} member, threads={threads}", rate, "member-steps/s", "",
-                         f"{steps} steps"))  # fmt: skip
+            rows.append(
+                (
+                    "sweep",
+                    f"plain loop, {kind} member, threads={threads}",
+                    rate,
+                    "member-steps/s",
+                    "",
+                    f"{steps} steps",
+                )
+            )
         per = sum(times[f"plain {k} threads={threads}"] / steps * w for k, (_, w) in PLAIN_MIX.items()) / 17
         plain[threads] = 1.0 / per
-        rows.append(("sweep", f"plain loop, paper mix 1:8:8, threads={threads}", plain[threads], "member-steps/s",
-                     "", "one member at a time"))  # fmt: skip
+        rows.append(
+            (
+                "sweep",
+                f"plain loop, paper mix 1:8:8, threads={threads}",
+                plain[threads],
+                "member-steps/s",
+                "",
+                "one member at a time",
+            )
+        )
     plain_best = max(plain.values())
-    rows.append(("sweep", "plain loop, best of the above", plain_best, "member-steps/s", 1.0, "the reference"))
+    rows.append(
+        ("sweep", "plain loop, best of the above", plain_best, "member-steps/s", 1.0, "the reference")
+    )
     best = None
     for name, n in work.items():
         loop = statistics.median(loop_seconds[name][1:])  # [0] is the warm-up call
         rate = n / loop
-        rows.append(("sweep", name, rate, "member-steps/s", rate / plain_best,
-                     f"{steps} steps; setup {times[name] - loop:.2f} s per ensemble"))  # fmt: skip
+        rows.append(
+            (
+                "sweep",
+                name,
+                rate,
+                "member-steps/s",
+                rate / plain_best,
+                f"{steps} steps; setup {times[name] - loop:.2f} s per ensemble",
+            )
+        )
         if name.startswith("engine chunk") and (best is None or rate > best[1]):
             best = (name, rate)
-    rows.append(("sweep", f"paper sweep estimate, {best[0]}", PAPER_MEMBER_STEPS / best[1] / 60, "minutes", "",
-                 f"{PAPER_MEMBER_STEPS:,} member-steps / best rate"))  # fmt: skip
-    rows.append(("sweep", "paper sweep estimate, plain loop", PAPER_MEMBER_STEPS / plain_best / 60, "minutes", "",
-                 "one member at a time"))  # fmt: skip
+    rows.append(
+        (
+            "sweep",
+            f"paper sweep estimate, {best[0]}",
+            PAPER_MEMBER_STEPS / best[1] / 60,
+            "minutes",
+            "",
+            f"{PAPER_MEMBER_STEPS:,} member-steps / best rate",
+        )
+    )
+    rows.append(
+        (
+            "sweep",
+            "paper sweep estimate, plain loop",
+            PAPER_MEMBER_STEPS / plain_best / 60,
+            "minutes",
+            "",
+            "one member at a time",
+        )
+    )
     return best
 
 
@@ -231,13 +290,29 @@ def bench_bound(args, device, rows, best):
 
         def adam():
             step[0] += 1
-            torch._fused_adam_([p], [g], [m], [v], [], step, lr=1e-4, beta1=0.9, beta2=0.999, weight_decay=0.0,
-                               eps=1e-8, amsgrad=False, maximize=False)  # fmt: skip
+            torch._fused_adam_(
+                [p],
+                [g],
+                [m],
+                [v],
+                [],
+                step,
+                lr=1e-4,
+                beta1=0.9,
+                beta2=0.999,
+                weight_decay=0.0,
+                eps=1e-8,
+                amsgrad=False,
+                maximize=False,
+            )
 
         return adam
 
-    fns = {"gemm": with_threads(threads, lambda: a @ b), "adam": with_threads(threads, adam_on(PAPER_MEMBERS)),
-           "adam17": with_threads(threads, adam_on(17))}  # fmt: skip
+    fns = {
+        "gemm": with_threads(threads, lambda: a @ b),
+        "adam": with_threads(threads, adam_on(PAPER_MEMBERS)),
+        "adam17": with_threads(threads, adam_on(17)),
+    }
     t = interleaved(fns, max(7, args.repeats), inner=3, device=device, stat=min)
     gflops = 2 * n**3 / t["gemm"] / 1e9
     gbs = ADAM_BYTES_PER_PARAM * params * PAPER_MEMBERS / t["adam"] / 1e9
@@ -246,21 +321,77 @@ def bench_bound(args, device, rows, best):
     bound = flops / (gflops * 1e9) + bytes_ / (gbs * 1e9)  # seconds per member-step
     bound17 = flops / (gflops * 1e9) + bytes_ / (gbs17 * 1e9)
     rows.append(("bound", f"sgemm {n}x{n}x{n}", gflops, "GFLOP/s", "", f"{threads} threads, best of repeats"))
-    rows.append(("bound", f"fused Adam on {params * PAPER_MEMBERS:,} params (170 members)", gbs, "GB/s", "",
-                 f"{ADAM_BYTES_PER_PARAM} B/param, {threads} threads"))  # fmt: skip
-    rows.append(("bound", f"fused Adam on {params * 17:,} params (17 members)", gbs17, "GB/s", "",
-                 "one chunk's state: cache-resident in part"))  # fmt: skip
-    rows.append(("bound", "FLOPs per member-step", flops / 1e6, "MFLOP", "",
-                 "fwd + weight grads + fc2/fc3 input grads"))  # fmt: skip
+    rows.append(
+        (
+            "bound",
+            f"fused Adam on {params * PAPER_MEMBERS:,} params (170 members)",
+            gbs,
+            "GB/s",
+            "",
+            f"{ADAM_BYTES_PER_PARAM} B/param, {threads} threads",
+        )
+    )
+    rows.append(
+        (
+            "bound",
+            f"fused Adam on {params * 17:,} params (17 members)",
+            gbs17,
+            "GB/s",
+            "",
+            "one chunk's state: cache-resident in part",
+        )
+    )
+    rows.append(
+        (
+            "bound",
+            "FLOPs per member-step",
+            flops / 1e6,
+            "MFLOP",
+            "",
+            "fwd + weight grads + fc2/fc3 input grads",
+        )
+    )
     rows.append(("bound", "Adam bytes per member-step", bytes_ / 1e6, "MB", "", f"{params:,} params"))
-    rows.append(("bound", "machine bound", 1.0 / bound, "member-steps/s", "",
-                 f"{bound * 1e3:.3f} ms per member-step: FLOPs/sgemm + bytes/Adam(170)"))  # fmt: skip
-    rows.append(("bound", f"engine / bound, {best[0]}", (1.0 / best[1]) / bound, "x bound time", "",
-                 "time per member-step over FLOPs/rate + bytes/bandwidth"))  # fmt: skip
-    rows.append(("bound", "machine bound, chunk-resident Adam", 1.0 / bound17, "member-steps/s", "",
-                 f"{bound17 * 1e3:.3f} ms: bytes/Adam(17) instead"))  # fmt: skip
-    rows.append(("bound", f"engine / chunk-resident bound, {best[0]}", (1.0 / best[1]) / bound17, "x bound time",
-                 "", ""))  # fmt: skip
+    rows.append(
+        (
+            "bound",
+            "machine bound",
+            1.0 / bound,
+            "member-steps/s",
+            "",
+            f"{bound * 1e3:.3f} ms per member-step: FLOPs/sgemm + bytes/Adam(170)",
+        )
+    )
+    rows.append(
+        (
+            "bound",
+            f"engine / bound, {best[0]}",
+            (1.0 / best[1]) / bound,
+            "x bound time",
+            "",
+            "time per member-step over FLOPs/rate + bytes/bandwidth",
+        )
+    )
+    rows.append(
+        (
+            "bound",
+            "machine bound, chunk-resident Adam",
+            1.0 / bound17,
+            "member-steps/s",
+            "",
+            f"{bound17 * 1e3:.3f} ms: bytes/Adam(17) instead",
+        )
+    )
+    rows.append(
+        (
+            "bound",
+            f"engine / chunk-resident bound, {best[0]}",
+            (1.0 / best[1]) / bound17,
+            "x bound time",
+            "",
+            "",
+        )
+    )
     rows.append(("bound", "paper sweep at the bound", PAPER_MEMBER_STEPS * bound / 60, "minutes", "", ""))
 
 
@@ -342,16 +473,42 @@ def bench_mixout(args, device, rows):
         t = interleaved(fns, reps, inner=inner, warmup=20, device=device)
         base = t["nn.Linear"]
         for k in layers:
-            rows.append(("mixout", f"{k}, fwd+bwd 32x300->100, {label}", t[k] * 1e6, "us", t[k] / base,
-                         f"ratio to nn.Linear, {torch.get_num_threads()} thread(s)"))  # fmt: skip
-        rows.append(("mixout", f"MixLinear / authors-style, {label}", t["MixLinear (mixout, this library)"] /
-                     t["authors-style mixout Linear"], "x", "", "like for like: same operator"))  # fmt: skip
+            rows.append(
+                (
+                    "mixout",
+                    f"{k}, fwd+bwd 32x300->100, {label}",
+                    t[k] * 1e6,
+                    "us",
+                    t[k] / base,
+                    f"ratio to nn.Linear, {torch.get_num_threads()} thread(s)",
+                )
+            )
+        rows.append(
+            (
+                "mixout",
+                f"MixLinear / authors-style, {label}",
+                t["MixLinear (mixout, this library)"] / t["authors-style mixout Linear"],
+                "x",
+                "",
+                "like for like: same operator",
+            )
+        )
         if not needs_grad:
             extra = sum(t[k] for k in floor)
             for k in floor:
-                rows.append(("mixout", f"floor: {k} alone", t[k] * 1e6, "us", t[k] / base, "ratio to nn.Linear"))
-            rows.append(("mixout", "floor: nn.Linear + the three kernels", (base + extra) * 1e6, "us",
-                         1 + extra / base, "the least a separate-kernel mixout layer can cost"))  # fmt: skip
+                rows.append(
+                    ("mixout", f"floor: {k} alone", t[k] * 1e6, "us", t[k] / base, "ratio to nn.Linear")
+                )
+            rows.append(
+                (
+                    "mixout",
+                    "floor: nn.Linear + the three kernels",
+                    (base + extra) * 1e6,
+                    "us",
+                    1 + extra / base,
+                    "the least a separate-kernel mixout layer can cost",
+                )
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,11 +526,15 @@ def bench_penalty(args, device, rows):
         penalty.empirical_penalty(case.loss, case.w, case.u, 0.3, n_batched, generator=0)
 
     def loop():
-        penalty.empirical_penalty(one, case.w, case.u, 0.3, n_loop, generator=0, batched=False, vectorize="loop")
+        penalty.empirical_penalty(
+            one, case.w, case.u, 0.3, n_loop, generator=0, batched=False, vectorize="loop"
+        )
 
     t = interleaved({"batched": batched, "loop": loop}, max(3, args.repeats))
     rb, rl = n_batched / t["batched"], n_loop / t["loop"]
-    rows.append(("penalty", "Monte Carlo samples, batched", rb, "samples/s", rb / rl, "softmax case, 20x5 weight"))
+    rows.append(
+        ("penalty", "Monte Carlo samples, batched", rb, "samples/s", rb / rl, "softmax case, 20x5 weight")
+    )
     rows.append(("penalty", "Monte Carlo samples, loop over samples", rl, "samples/s", 1.0, ""))
 
 
@@ -397,12 +558,30 @@ def transformer_layers(device):
         if Conv1D is not None:
             cases.append((f"Conv1D (GPT-2) {i}->{o}", Conv1D(o, i), MixConv1D, (x,)))
     x = torch.randn(1, t, 1024, generator=g)
-    cases.append(("MultiheadAttention 1024, 16 heads", nn.MultiheadAttention(1024, 16, batch_first=True),
-                  MixMultiheadAttention, (x, x, x)))
-    cases.append(("Conv2d 64->64 3x3, 8x32x32", nn.Conv2d(64, 64, 3, padding=1), MixConv2d,
-                  (torch.randn(8, 64, 32, 32, generator=g),)))
-    cases.append(("Embedding 30522x1024", nn.Embedding(30522, 1024), MixEmbedding,
-                  (torch.randint(0, 30522, (1, t), generator=g),)))
+    cases.append(
+        (
+            "MultiheadAttention 1024, 16 heads",
+            nn.MultiheadAttention(1024, 16, batch_first=True),
+            MixMultiheadAttention,
+            (x, x, x),
+        )
+    )
+    cases.append(
+        (
+            "Conv2d 64->64 3x3, 8x32x32",
+            nn.Conv2d(64, 64, 3, padding=1),
+            MixConv2d,
+            (torch.randn(8, 64, 32, 32, generator=g),),
+        )
+    )
+    cases.append(
+        (
+            "Embedding 30522x1024",
+            nn.Embedding(30522, 1024),
+            MixEmbedding,
+            (torch.randint(0, 30522, (1, t), generator=g),),
+        )
+    )
     return [(n, plain.to(device), cls, tuple(a.to(device) for a in args)) for n, plain, cls, args in cases]
 
 
@@ -431,11 +610,23 @@ def bench_layers(args, device, rows):
 
             return f
 
-        t = interleaved({"plain": step(plain), "mixed": step(mixed)}, reps, warmup=2, device=device, stat=list)
-        ratio = statistics.median(m / p for m, p in zip(t["mixed"], t["plain"]))  # turn by turn: drift cancels
+        t = interleaved(
+            {"plain": step(plain), "mixed": step(mixed)}, reps, warmup=2, device=device, stat=list
+        )
+        ratio = statistics.median(
+            m / p for m, p in zip(t["mixed"], t["plain"])
+        )  # turn by turn: drift cancels
         verdict = "within" if ratio <= LAYER_TARGET else "ABOVE"
-        rows.append(("layers", f"{cls.__name__} / plain, {name}", ratio, "x", ratio,
-                     f"fwd+bwd, 512 tokens, {torch.get_num_threads()} thread(s); {verdict} {LAYER_TARGET}x"))
+        rows.append(
+            (
+                "layers",
+                f"{cls.__name__} / plain, {name}",
+                ratio,
+                "x",
+                ratio,
+                f"fwd+bwd, 512 tokens, {torch.get_num_threads()} thread(s); {verdict} {LAYER_TARGET}x",
+            )
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -445,25 +636,37 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps and repeats (about 1.5 minutes)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    ap.add_argument("--steps", type=int, default=None, help="steps per ensemble / plain member (default 48, quick 32)")
+    ap.add_argument(
+        "--steps", type=int, default=None, help="steps per ensemble / plain member (default 48, quick 32)"
+    )
     ap.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, quick 3)")
     ap.add_argument("--chunks", default=None, help="ensemble sizes, comma-separated (default 17,34,85,170)")
-    ap.add_argument("--cores", type=int, default=os.cpu_count(), help="cores to use (threads / workers); default all")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="threads for the mixout and penalty sections (default 1; batch-32 layers gain nothing)")
+    ap.add_argument(
+        "--cores", type=int, default=os.cpu_count(), help="cores to use (threads / workers); default all"
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for the mixout and penalty sections (default 1; batch-32 layers gain nothing)",
+    )
     ap.add_argument("--sections", default="sweep,bound,mixout,penalty,layers")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = ap.parse_args(argv)
     args.steps = args.steps or (32 if args.quick else 48)
     args.repeats = args.repeats or (3 if args.quick else 5)
-    args.chunks = [int(c) for c in (args.chunks or ("17,34,170" if args.quick else "9,17,34,85,170")).split(",")]
+    args.chunks = [
+        int(c) for c in (args.chunks or ("17,34,170" if args.quick else "9,17,34,85,170")).split(",")
+    ]
     device = torch.device(args.device)
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     rows = []
     sections = args.sections.split(",")
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(args.steps * B, 784, generator=g)  # MNIST-shaped stand-in data: speed does not depend on it
+    x = torch.randn(
+        args.steps * B, 784, generator=g
+    )  # MNIST-shaped stand-in data: speed does not depend on it
     y = torch.randint(0, 10, (args.steps * B,), generator=g)
     best = ("engine chunk=17 workers=1", float("nan"))
     if "sweep" in sections:
@@ -478,10 +681,12 @@ def main(argv=None):
     if "layers" in sections:
         bench_layers(args, device, rows)
     load1 = os.getloadavg()
-    env = (f"machine: {describe(machine(device))}; cores used={args.cores}, "
-           f"threads (mixout, penalty)={args.threads}, "
-           f"cpus={os.cpu_count()}, load avg {load0[0]:.2f} -> {load1[0]:.2f}, "
-           f"{time.perf_counter() - t0:.0f} s")  # fmt: skip
+    env = (
+        f"machine: {describe(machine(device))}; cores used={args.cores}, "
+        f"threads (mixout, penalty)={args.threads}, "
+        f"cpus={os.cpu_count()}, load avg {load0[0]:.2f} -> {load1[0]:.2f}, "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
     print(f"\n{env}\n")
     w = max(len(r[1]) for r in rows)
     print(f"{'section':8s}  {'measure':{w}s}  {'value':>12s}  {'unit':16s}  {'ratio':>7s}  note")

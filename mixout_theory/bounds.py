@@ -149,7 +149,9 @@ def paired_entries(w, u) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
         if u is None:
             u = [None] * len(w)
         if not isinstance(u, Sequence) or isinstance(u, (str, bytes)):
-            raise TypeError(f"w is a {type(w).__name__} but u is {_describe(u)}; they must have the same structure")
+            raise TypeError(
+                f"w is a {type(w).__name__} but u is {_describe(u)}; they must have the same structure"
+            )
         if len(w) != len(u):
             raise ValueError(f"length mismatch: w has {len(w)} entries, u has {len(u)}")
         pairs = [(i, w[i], u[i]) for i in range(len(w))]
@@ -195,7 +197,9 @@ def _entry_selection(name, value, wt: torch.Tensor):
         return value
     if isinstance(value, torch.Tensor):
         if value.dtype != torch.bool:
-            raise TypeError(f"the mixed mask for entry {name!r} must be a bool tensor, got dtype {value.dtype}")
+            raise TypeError(
+                f"the mixed mask for entry {name!r} must be a bool tensor, got dtype {value.dtype}"
+            )
         try:
             torch.broadcast_shapes(value.shape, wt.shape)
         except RuntimeError:
@@ -209,7 +213,9 @@ def _entry_selection(name, value, wt: torch.Tensor):
                 f"the entry's shape {tuple(wt.shape)}"
             )
         return value.to(wt.device)
-    raise TypeError(f"the mixed selection for entry {name!r} must be a bool or a bool tensor, got {_describe(value)}")
+    raise TypeError(
+        f"the mixed selection for entry {name!r} must be a bool or a bool tensor, got {_describe(value)}"
+    )
 
 
 def resolve_mixed(entries, mixed) -> list:
@@ -233,7 +239,9 @@ def resolve_mixed(entries, mixed) -> list:
     single = len(entries) == 1 and names[0] is None
     if isinstance(mixed, torch.Tensor):
         if not single:
-            raise TypeError("a mixed mask given as one tensor needs a single-tensor w; use a mapping or list of masks")
+            raise TypeError(
+                "a mixed mask given as one tensor needs a single-tensor w; use a mapping or list of masks"
+            )
         return [_entry_selection("w", mixed, entries[0][1])]
     if single:
         raise TypeError(f"for a single-tensor w, mixed must be None or a bool tensor, got {_describe(mixed)}")
@@ -245,11 +253,15 @@ def resolve_mixed(entries, mixed) -> list:
             raise ValueError(f"mixed names entries that w does not have: {sorted(map(str, unknown))}")
         return [_entry_selection(name, mixed.get(name, False), wt) for name, wt, _ in entries]
     if isinstance(mixed, (str, bytes)):
-        raise TypeError(f"mixed must be a collection of names, not the single string {mixed!r}; wrap it in a list")
+        raise TypeError(
+            f"mixed must be a collection of names, not the single string {mixed!r}; wrap it in a list"
+        )
     try:
         items = list(mixed)
     except TypeError:
-        raise TypeError(f"mixed must be None, a callable, a mapping or a collection, got {_describe(mixed)}") from None
+        raise TypeError(
+            f"mixed must be None, a callable, a mapping or a collection, got {_describe(mixed)}"
+        ) from None
     positional = isinstance(names[0], int)
     if positional and items and all(isinstance(x, (bool, torch.Tensor)) for x in items):
         if len(items) != len(entries):
@@ -322,8 +334,10 @@ def restricted_corollary11_penalty(w, u, m, p, mixed) -> torch.Tensor:
     to bool tensors picks single coordinates (see :func:`resolve_mixed`). ``mixed`` is required here.
     """
     if mixed is None:
-        raise ValueError("restricted_corollary11_penalty needs mixed (which coordinates are mixed); "
-                         "use corollary11_penalty to mix everything")
+        raise ValueError(
+            "restricted_corollary11_penalty needs mixed (which coordinates are mixed); "
+            "use corollary11_penalty to mix everything"
+        )
     return corollary11_penalty(w, u, m, p, mixed=mixed)
 
 
@@ -426,11 +440,17 @@ def quadratic_loss(w: torch.Tensor, A: torch.Tensor, w_star: torch.Tensor, c: fl
 
     ``w`` has shape ``(*batch, *w_star.shape)``; returns shape ``batch``. Modulus: :func:`quadratic_modulus`.
     """
-    w, A, w_star = as_float(torch.as_tensor(w)), as_float(torch.as_tensor(A)), as_float(torch.as_tensor(w_star))
+    w, A, w_star = (
+        as_float(torch.as_tensor(w)),
+        as_float(torch.as_tensor(A)),
+        as_float(torch.as_tensor(w_star)),
+    )
     k = w_star.dim()
     batch = w.shape[: w.dim() - k]
-    if tuple(w.shape[w.dim() - k:]) != tuple(w_star.shape):
-        raise ValueError(f"w has shape {tuple(w.shape)}, which does not end with w_star's shape {tuple(w_star.shape)}")
+    if tuple(w.shape[w.dim() - k :]) != tuple(w_star.shape):
+        raise ValueError(
+            f"w has shape {tuple(w.shape)}, which does not end with w_star's shape {tuple(w_star.shape)}"
+        )
     d = (w - w_star).reshape(*batch, -1)
     return 0.5 * ((d @ A) * d).sum(-1) + c
 

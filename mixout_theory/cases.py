@@ -46,6 +46,7 @@ __all__ = [
     "line_fit_experiment",
 ]
 
+
 @dataclass(frozen=True)
 class TheoryCase:
     """A strongly convex loss with a point ``w``, a target ``u`` and its modulus ``m``.
@@ -75,8 +76,14 @@ def _gen(seed: int) -> torch.Generator:
     return g
 
 
-def quadratic_case(shape=(6,), seed: int = 0, isotropic: bool = False, m: float = 1.0,
-                   condition: float = 8.0, scheme: str = "parameter") -> TheoryCase:
+def quadratic_case(
+    shape=(6,),
+    seed: int = 0,
+    isotropic: bool = False,
+    m: float = 1.0,
+    condition: float = 8.0,
+    scheme: str = "parameter",
+) -> TheoryCase:
     """Random quadratic ``1/2 (w - w*)^T A (w - w*)`` on a weight of ``shape`` (float64).
 
     ``isotropic=True``: ``A = m I`` (Theorem 1 holds with equality). Otherwise ``A = Q diag(e) Q^T``
@@ -104,7 +111,10 @@ def quadratic_case(shape=(6,), seed: int = 0, isotropic: bool = False, m: float 
         name="quadratic_isotropic" if isotropic else "quadratic",
         label=f"quadratic, {kind}, w {tuple(shape)}, {scheme} masks",
         loss=lambda W: bounds.quadratic_loss(W, A, w_star),
-        w=w, u=u, m=mod, scheme=scheme,
+        w=w,
+        u=u,
+        m=mod,
+        scheme=scheme,
         exact=lambda p: quadratic_penalty(A, w, u, p, groups),
         data={"A": A, "w_star": w_star, "groups": groups},
     )
@@ -123,7 +133,10 @@ def least_squares_case(n: int = 40, dim: int = 3, seed: int = 0, noise: float = 
         name="least_squares",
         label=f"least squares, n={n}, d={dim}",
         loss=lambda W: bounds.least_squares_loss(W, X, y),
-        w=w, u=u, m=bounds.least_squares_modulus(X), scheme="neuron",
+        w=w,
+        u=u,
+        m=bounds.least_squares_modulus(X),
+        scheme="neuron",
         exact=lambda p: quadratic_penalty(H, w, u, p),
         data={"X": X, "y": y, "w_star": w_star},
     )
@@ -141,12 +154,17 @@ def logistic_case(n: int = 200, dim: int = 4, lam: float = 0.05, seed: int = 0) 
         name="logistic",
         label=f"L2 logistic, n={n}, d={dim}, lam={lam:g}",
         loss=lambda W: bounds.logistic_loss(W, X, y, lam),
-        w=w, u=u, m=bounds.logistic_modulus(lam), scheme="neuron",
+        w=w,
+        u=u,
+        m=bounds.logistic_modulus(lam),
+        scheme="neuron",
         data={"X": X, "y": y, "lam": lam},
     )
 
 
-def softmax_case(n: int = 200, dim: int = 4, classes: int = 3, lam: float = 0.05, seed: int = 0) -> TheoryCase:
+def softmax_case(
+    n: int = 200, dim: int = 4, classes: int = 3, lam: float = 0.05, seed: int = 0
+) -> TheoryCase:
     """L2-regularised softmax regression, ``W`` of shape ``(classes, dim)``, neuron-level masks
     (one per input feature, column ``W[:, j]``); modulus ``lam``."""
     g = _gen(seed)
@@ -159,15 +177,22 @@ def softmax_case(n: int = 200, dim: int = 4, classes: int = 3, lam: float = 0.05
         name="softmax",
         label=f"L2 softmax, n={n}, d={dim}, k={classes}, lam={lam:g}",
         loss=lambda W: bounds.softmax_loss(W, X, y, lam),
-        w=w, u=u, m=bounds.softmax_modulus(lam), scheme="neuron",
+        w=w,
+        u=u,
+        m=bounds.softmax_modulus(lam),
+        scheme="neuron",
         data={"X": X, "y": y, "lam": lam},
     )
 
 
 def theory_cases(seed: int = 0) -> list[TheoryCase]:
     """The four cases of the penalty-vs-p figure: SPD quadratic, least squares, logistic, softmax."""
-    return [quadratic_case(seed=seed), least_squares_case(seed=seed),
-            logistic_case(seed=seed), softmax_case(seed=seed)]
+    return [
+        quadratic_case(seed=seed),
+        least_squares_case(seed=seed),
+        logistic_case(seed=seed),
+        softmax_case(seed=seed),
+    ]
 
 
 @dataclass(frozen=True)
@@ -191,16 +216,28 @@ class PenaltyCurve:
     n_samples: int
 
 
-def penalty_curve(case: TheoryCase, ps, n_samples: int, seed: int = 0, batch_size: int = 4096) -> PenaltyCurve:
+def penalty_curve(
+    case: TheoryCase, ps, n_samples: int, seed: int = 0, batch_size: int = 4096
+) -> PenaltyCurve:
     """Estimate the penalty of ``case`` at every ``p`` in ``ps`` (one seeded generator for the grid)."""
     ps = np.asarray([check_mixing_p(float(p)) for p in ps], dtype=float)
     g = _gen(seed)
-    est = [empirical_penalty(case.loss, case.w, case.u, p, n_samples, scheme=case.scheme,
-                             generator=g, batch_size=batch_size) for p in ps]
+    est = [
+        empirical_penalty(
+            case.loss, case.w, case.u, p, n_samples, scheme=case.scheme, generator=g, batch_size=batch_size
+        )
+        for p in ps
+    ]
     col = lambda attr: np.array([getattr(e, attr) for e in est])  # noqa: E731
     return PenaltyCurve(
-        name=case.name, label=case.label, scheme=case.scheme, ps=ps,
-        mean=col("mean"), se=col("se"), lo=col("lo"), hi=col("hi"),
+        name=case.name,
+        label=case.label,
+        scheme=case.scheme,
+        ps=ps,
+        mean=col("mean"),
+        se=col("se"),
+        lo=col("lo"),
+        hi=col("hi"),
         bound=np.array([case.bound(p) for p in ps]),
         exact=None if case.exact is None else np.array([case.exact(p) for p in ps]),
         n_samples=n_samples,

@@ -45,43 +45,76 @@ def _store_dir(value, name: str) -> Path:
 
 
 def _add_data_root(p) -> None:
-    p.add_argument("--data-root", default=None, metavar="DIR",
-                   help="data folder (default: $MIXOUT_DATA, else the checkout's data/)")  # fmt: skip
+    p.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="data folder (default: $MIXOUT_DATA, else the checkout's data/)",
+    )
 
 
 def _add_results(p) -> None:
-    p.add_argument("--results", default=None, metavar="DIR",
-                   help="results store (default: $MIXOUT_RESULTS, else the checkout's results/)")  # fmt: skip
+    p.add_argument(
+        "--results",
+        default=None,
+        metavar="DIR",
+        help="results store (default: $MIXOUT_RESULTS, else the checkout's results/)",
+    )
 
 
 def _add_figure_options(p) -> None:
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="figure folder (default: $MIXOUT_FIGURES, else the checkout's figures/)")  # fmt: skip
-    p.add_argument("--band", default="std", choices=BANDS,
-                   help="band around the means over restarts: +-1 std as in the paper, or the t-based 95%% "
-                   "confidence interval of the mean (default: std)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="figure folder (default: $MIXOUT_FIGURES, else the checkout's figures/)",
+    )
+    p.add_argument(
+        "--band",
+        default="std",
+        choices=BANDS,
+        help="band around the means over restarts: +-1 std as in the paper, or the t-based 95%% "
+        "confidence interval of the mean (default: std)",
+    )
 
 
 def _add_run_options(p) -> None:
     """The options every training command shares: what to run, where the files are, how to run."""
     p.add_argument("--profile", default="paper", choices=PROFILES, help="how big (default: paper)")
-    p.add_argument("--source", default="auto", choices=SOURCES,
-                   help="source task: EMNIST Digits (the paper), the stand-in, or EMNIST when it can be had (default: auto)")  # fmt: skip
+    p.add_argument(
+        "--source",
+        default="auto",
+        choices=SOURCES,
+        help="source task: EMNIST Digits (the paper), the stand-in, or EMNIST when it can be had (default: auto)",
+    )
     _add_data_root(p)
     _add_results(p)
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ... (default: auto)")
-    p.add_argument("--workers", type=int, default=None,
-                   help="CPU cores each ensemble uses side by side (default: 2 on a CPU with 2+ cores)")  # fmt: skip
-    p.add_argument("--chunk", type=int, default=None,
-                   help="runs trained at once per ensemble (default: 17 for the sweep, 16 for the ablations)")  # fmt: skip
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ... (default: auto)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="CPU cores each ensemble uses side by side (default: 2 on a CPU with 2+ cores)",
+    )
+    p.add_argument(
+        "--chunk",
+        type=int,
+        default=None,
+        help="runs trained at once per ensemble (default: 17 for the sweep, 16 for the ablations)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: progress bars on)")
 
 
 def _add_export(p, study: str, files: str) -> None:
     """``--export`` of a study command (the folder :func:`_export_dir` resolves)."""
-    p.add_argument("--export", default=None, metavar="DIR",
-                   help=f"folder for {files} "
-                   f"(default: the figure folder's {study}-<profile>-<source>/)")  # fmt: skip
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="DIR",
+        help=f"folder for {files} (default: the figure folder's {study}-<profile>-<source>/)",
+    )
 
 
 def _export_dir(args, study: str, profile: str, source: str) -> Path:
@@ -97,7 +130,9 @@ def _run_options(args, parser):
     from mixout_theory.experiment.engine import RunOptions
 
     try:
-        return RunOptions(device=args.device, workers=args.workers, chunk=args.chunk, progress=not args.no_progress)
+        return RunOptions(
+            device=args.device, workers=args.workers, chunk=args.chunk, progress=not args.no_progress
+        )
     except ValueError as e:
         parser.error(str(e))
 
@@ -128,7 +163,9 @@ def _interrupted(args, t0: float) -> str:
     kept = runs_written_since(root, t0) if root.exists() else {}
     if not kept:
         return f"interrupted: no run finished in this command (stored runs under {root} are kept); run the same command to resume"
-    where = "; ".join(f"{stored} runs stored in {folder} ({new} by this command)" for folder, (new, stored) in kept.items())
+    where = "; ".join(
+        f"{stored} runs stored in {folder} ({new} by this command)" for folder, (new, stored) in kept.items()
+    )
     return f"interrupted: {where}; run the same command to resume"
 
 
@@ -177,9 +214,15 @@ def _add_data(sub) -> None:
     )
     _add_data_root(p)
     p.add_argument("--source", default="auto", choices=SOURCES, help="source task (default: auto)")
-    p.add_argument("--emnist-from", default=None, metavar="PATH",
-                   help="NIST's gzip.zip, or a folder holding the emnist-digits-*-ubyte[.gz] files (default: none)")  # fmt: skip
-    p.add_argument("--no-download", action="store_true", help="never use the network (default: download what is missing)")
+    p.add_argument(
+        "--emnist-from",
+        default=None,
+        metavar="PATH",
+        help="NIST's gzip.zip, or a folder holding the emnist-digits-*-ubyte[.gz] files (default: none)",
+    )
+    p.add_argument(
+        "--no-download", action="store_true", help="never use the network (default: download what is missing)"
+    )
     p.set_defaults(func=_cmd_data, command_parser=p)
 
 
@@ -188,8 +231,9 @@ def _cmd_data(args, parser) -> int:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", data.StandInWarning)  # the report prints it
-        report = data.prepare(args.data_root, source=args.source, emnist_from=args.emnist_from,
-                              download=not args.no_download)  # fmt: skip
+        report = data.prepare(
+            args.data_root, source=args.source, emnist_from=args.emnist_from, download=not args.no_download
+        )
     print()
     print(data.format_report(report))
     return 0
@@ -207,13 +251,25 @@ def _add_reproduce(sub) -> None:
         "as it ends and skipped on a rerun, so an interrupted reproduction continues where it stopped.",
     )
     _add_run_options(p)
-    p.add_argument("--emnist-from", default=None, metavar="PATH",
-                   help="a local EMNIST gzip.zip or folder holding the digits files (default: none)")  # fmt: skip
-    p.add_argument("--pretrain-search", action="store_true",
-                   help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20, slow (default: one seed, 10 epochs)")  # fmt: skip
-    p.add_argument("--pretrain-seeds", type=_positive_int, default=1, metavar="N",
-                   help="run the sweep from N w_pre pretrained with seeds 0..N-1 (each cached) and report every "
-                   "number's spread across w_pre beside its spread across restarts (default: 1, seed 0)")  # fmt: skip
+    p.add_argument(
+        "--emnist-from",
+        default=None,
+        metavar="PATH",
+        help="a local EMNIST gzip.zip or folder holding the digits files (default: none)",
+    )
+    p.add_argument(
+        "--pretrain-search",
+        action="store_true",
+        help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20, slow (default: one seed, 10 epochs)",
+    )
+    p.add_argument(
+        "--pretrain-seeds",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="run the sweep from N w_pre pretrained with seeds 0..N-1 (each cached) and report every "
+        "number's spread across w_pre beside its spread across restarts (default: 1, seed 0)",
+    )
     _add_figure_options(p)
     p.set_defaults(func=_cmd_reproduce, command_parser=p)
 
@@ -233,7 +289,9 @@ def _cmd_reproduce(args, parser) -> int:
     from mixout_theory.experiment import plots, report, sweep, w_pre_spread
 
     if args.pretrain_search and args.pretrain_seeds > 1:
-        parser.error("--pretrain-search picks one w_pre from its own 5 seeds; use it without --pretrain-seeds")
+        parser.error(
+            "--pretrain-search picks one w_pre from its own 5 seeds; use it without --pretrain-seeds"
+        )
     t0 = time.perf_counter()
     overrides = {"pretrain_search": True} if args.pretrain_search else {}
     results, out = _store_dir(args.results, "results"), _store_dir(args.out, "figures")
@@ -242,15 +300,26 @@ def _cmd_reproduce(args, parser) -> int:
         if args.pretrain_seeds > 1:
             print(f"w_pre {seed + 1} of {args.pretrain_seeds} (pretraining seed {seed})", flush=True)
         seeded = {**overrides, "pretrain_seed": seed} if args.pretrain_seeds > 1 else overrides
-        stores.append(sweep.run_experiment(args.profile, options, data_root=args.data_root, results=results,
-                                           source=args.source, emnist_from=args.emnist_from, **seeded))  # fmt: skip
+        stores.append(
+            sweep.run_experiment(
+                args.profile,
+                options,
+                data_root=args.data_root,
+                results=results,
+                source=args.source,
+                emnist_from=args.emnist_from,
+                **seeded,
+            )
+        )
     store = stores[0]
     plots.render_all(out, results=results, band=args.band)
     if len(stores) > 1:
         w_pre_spread.render_spreads(results, out)
     records = store.records()
     folder = out / f"experiment-{store.config.profile}-{store.config.source}"
-    print(f"\nreproduce, {args.profile} profile, {records[0]['source_name']}: done in {_duration(time.perf_counter() - t0)}")
+    print(
+        f"\nreproduce, {args.profile} profile, {records[0]['source_name']}: done in {_duration(time.perf_counter() - t0)}"
+    )
     print(_runs_line(stores, total=len(sweep.sweep_members(store.config)) * len(stores)))
     print("Figure 2 claims on these runs:")
     for line in report.claims_in_words(report.figure2_claims(records)):
@@ -274,9 +343,11 @@ def _print_spread(folder: Path) -> None:
     levels = [r for r in rows if r["quantity"] != "source_acc_gap" and r["p"] > 0]
     if levels:
         widest = max(levels, key=lambda r: r["ratio"])
-        print(f"  spread of a w_pre's mean across w_pre: median {statistics.median(r['ratio'] for r in levels):.1f}x the "
-              f"restarts' standard error (largest {widest['ratio']:.1f}x: {widest['method']} p={widest['p']:g} "
-              f"{widest['quantity']})")  # fmt: skip
+        print(
+            f"  spread of a w_pre's mean across w_pre: median {statistics.median(r['ratio'] for r in levels):.1f}x the "
+            f"restarts' standard error (largest {widest['ratio']:.1f}x: {widest['method']} p={widest['p']:g} "
+            f"{widest['quantity']})"
+        )
     print(f"  tables and figure: {folder} (w_pre_spread.csv, w_pre_claims.csv, figure2_w_pre.png)")
 
 
@@ -291,8 +362,13 @@ def _add_ablations(sub) -> None:
         "render their figures and tables; every finished run is stored and skipped on a rerun.",
     )
     _add_run_options(p)
-    p.add_argument("--studies", nargs="+", default=list(STUDIES), choices=STUDIES,
-                   help="which studies (default: all three)")  # fmt: skip
+    p.add_argument(
+        "--studies",
+        nargs="+",
+        default=list(STUDIES),
+        choices=STUDIES,
+        help="which studies (default: all three)",
+    )
     _add_export(p, "ablations", "the CSV tables, figures, tables.md and meta.json")
     p.set_defaults(func=_cmd_ablations, command_parser=p)
 
@@ -302,12 +378,20 @@ def _cmd_ablations(args, parser) -> int:
     from mixout_theory.experiment import ablations, plots
 
     t0 = time.perf_counter()
-    res = ablations.run_ablations(args.profile, tuple(args.studies), options, results=_store_dir(args.results, "results"),
-                                  data_root=args.data_root, source=args.source)  # fmt: skip
+    res = ablations.run_ablations(
+        args.profile,
+        tuple(args.studies),
+        options,
+        results=_store_dir(args.results, "results"),
+        data_root=args.data_root,
+        source=args.source,
+    )
     folder = _export_dir(args, "ablations", res.config.profile, res.config.source)
     written = plots.export_ablations(res, folder)
-    print(f"\nablations ({', '.join(args.studies)}), {args.profile} profile, {res.source_name}: done in "
-          f"{_duration(time.perf_counter() - t0)}; w_pre target test accuracy {res.w_pre_acc:.4f}")  # fmt: skip
+    print(
+        f"\nablations ({', '.join(args.studies)}), {args.profile} profile, {res.source_name}: done in "
+        f"{_duration(time.perf_counter() - t0)}; w_pre target test accuracy {res.w_pre_acc:.4f}"
+    )
     print(_runs_line(list(res.stores.values())))
     print(f"wrote {len(written)} files to {folder} (tables.md, meta.json, the CSV tables and figures)")
     _print_comparison("ablations", folder, res.config.profile, res.config.source)
@@ -336,8 +420,13 @@ def _cmd_theorem1(args, parser) -> int:
     from mixout_theory.experiment import plots, theorem1
 
     t0 = time.perf_counter()
-    res = theorem1.run_theorem1(args.profile, options, results=_store_dir(args.results, "results"),
-                                data_root=args.data_root, source=args.source)  # fmt: skip
+    res = theorem1.run_theorem1(
+        args.profile,
+        options,
+        results=_store_dir(args.results, "results"),
+        data_root=args.data_root,
+        source=args.source,
+    )
     folder = _export_dir(args, "theorem1", res.config.profile, res.config.source)
     written = plots.export_theorem1(res, folder)
     print(f"\ntheorem1, {args.profile} profile: done in {_duration(time.perf_counter() - t0)}")
@@ -369,15 +458,24 @@ def _cmd_fidelity(args, parser) -> int:
     from mixout_theory.experiment import fidelity, fidelity_report
 
     t0 = time.perf_counter()
-    res = fidelity.run_fidelity(args.profile, options, results=_store_dir(args.results, "results"),
-                                data_root=args.data_root, source=args.source)  # fmt: skip
+    res = fidelity.run_fidelity(
+        args.profile,
+        options,
+        results=_store_dir(args.results, "results"),
+        data_root=args.data_root,
+        source=args.source,
+    )
     folder = _export_dir(args, "fidelity", args.profile, res.runs[0]["source"])
     written = fidelity_report.export_fidelity(res, folder)
-    print(f"\nfidelity, {args.profile} profile, {res.source_name}: done in {_duration(time.perf_counter() - t0)}")
+    print(
+        f"\nfidelity, {args.profile} profile, {res.source_name}: done in {_duration(time.perf_counter() - t0)}"
+    )
     print(_runs_line(res.stores))
     for s in fidelity.scores(res.rows):
-        print(f"  {s['variant']}: {s['reproduced']} of {s['measured']} claims reproduced "
-              f"(median |log(ours / paper)| {s['median_abs_log_ratio']:.2f})")
+        print(
+            f"  {s['variant']}: {s['reproduced']} of {s['measured']} claims reproduced "
+            f"(median |log(ours / paper)| {s['median_abs_log_ratio']:.2f})"
+        )
     print(f"report: {written['report']} (claims.csv, scores.csv, runs.csv, meta.json and figures beside it)")
     _print_comparison("fidelity", folder, args.profile, res.runs[0]["source"])
     return 0
@@ -398,10 +496,14 @@ def _add_compare(sub) -> None:
     )
     p.add_argument("a", metavar="A", help="a result folder (export or store), e.g. the committed one")
     p.add_argument("b", metavar="B", help="the other result folder of the same study, profile and source")
-    p.add_argument("--spread", default=None, metavar="DIR",
-                   help="a w_pre-spread export (reproduce --pretrain-seeds) whose spread across w_pre counts as "
-                   "noise for Figure 2, or 'none' for the restarts' noise only (default: the committed one of the "
-                   "same profile and source, if any)")  # fmt: skip
+    p.add_argument(
+        "--spread",
+        default=None,
+        metavar="DIR",
+        help="a w_pre-spread export (reproduce --pretrain-seeds) whose spread across w_pre counts as "
+        "noise for Figure 2, or 'none' for the restarts' noise only (default: the committed one of the "
+        "same profile and source, if any)",
+    )
     p.set_defaults(func=_cmd_compare, command_parser=p)
 
 

@@ -54,7 +54,9 @@ def _p_range(ps) -> str:
     return f"p in [{ps.min():.2g}, {ps.max():.2g}] ({len(ps)} values)"
 
 
-def plot_penalty_vs_p(ax, curve: PenaltyCurve, logy: bool = True, title: str | None = None, legend: bool = True):
+def plot_penalty_vs_p(
+    ax, curve: PenaltyCurve, logy: bool = True, title: str | None = None, legend: bool = True
+):
     """Draw one :class:`~mixout_theory.cases.PenaltyCurve` on ``ax`` and return ``ax``.
 
     Monte Carlo mean with its 95% interval (band and error bars), the Corollary 1.1 bound (eq. 9,
@@ -65,9 +67,16 @@ def plot_penalty_vs_p(ax, curve: PenaltyCurve, logy: bool = True, title: str | N
     keep = ps > 0 if logy else np.ones_like(ps, dtype=bool)
     x = ps[keep]
     ax.fill_between(x, curve.lo[keep], curve.hi[keep], color="C0", alpha=0.25, linewidth=0)
-    ax.errorbar(x, curve.mean[keep], yerr=[curve.mean[keep] - curve.lo[keep], curve.hi[keep] - curve.mean[keep]],
-                fmt="o", ms=3, color="C0", capsize=2,
-                label=f"Monte Carlo E L(Phi) - L(w), 95% CI (n={curve.n_samples})")
+    ax.errorbar(
+        x,
+        curve.mean[keep],
+        yerr=[curve.mean[keep] - curve.lo[keep], curve.hi[keep] - curve.mean[keep]],
+        fmt="o",
+        ms=3,
+        color="C0",
+        capsize=2,
+        label=f"Monte Carlo E L(Phi) - L(w), 95% CI (n={curve.n_samples})",
+    )
     ax.plot(x, curve.bound[keep], "--", color="C3", label="Corollary 1.1 bound m p / (2(1-p)) ||w-u||^2")
     if curve.exact is not None:
         ax.plot(x, curve.exact[keep], ":", color="k", label="exact (quadratic, closed form)")
@@ -102,8 +111,12 @@ def plot_line_fit(ax, fit: LineFit, title: str | None = None, legend: bool = Tru
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ps_text = ", ".join(f"{p:g}" for p in fit.ps)
-    ax.set_title(title or f"Supplement D: least squares under mixout(u, p), p in {{{ps_text}}}\n"
-                 f"exact minimiser of E L(Phi(w)), m = lambda_min(X^T X / n) = {fit.m:.3f}", fontsize=9)
+    ax.set_title(
+        title
+        or f"Supplement D: least squares under mixout(u, p), p in {{{ps_text}}}\n"
+        f"exact minimiser of E L(Phi(w)), m = lambda_min(X^T X / n) = {fit.m:.3f}",
+        fontsize=9,
+    )
     if legend:
         ax.legend(fontsize=7, loc="best")
     ax.grid(True, alpha=0.3)
@@ -121,9 +134,11 @@ def theory_penalty_figure(curves: Sequence[PenaltyCurve], ncols: int = 2, logy: 
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, curve in zip(axes, curves):
         plot_penalty_vs_p(ax, curve, logy=logy)
-    for ax in axes[len(curves):]:
+    for ax in axes[len(curves) :]:
         ax.set_visible(False)
-    fig.suptitle("Theorem 1 / Corollary 1.1 (eq. 9): Monte Carlo mixout penalty vs the lower bound", fontsize=11)
+    fig.suptitle(
+        "Theorem 1 / Corollary 1.1 (eq. 9): Monte Carlo mixout penalty vs the lower bound", fontsize=11
+    )
     return fig
 
 
@@ -162,6 +177,8 @@ def render_theory_figures(out_dir, n_samples: int = 2000, ps=DEFAULT_PS, seed: i
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = save_figure(theory_penalty_figure(compute_theory_curves(ps, n_samples, seed)), out_dir, "theorem1_penalty_vs_p")
+    paths = save_figure(
+        theory_penalty_figure(compute_theory_curves(ps, n_samples, seed)), out_dir, "theorem1_penalty_vs_p"
+    )
     paths += save_figure(line_fit_figure(line_fit_experiment()), out_dir, "supplement_d_line_fit")
     return paths

@@ -216,7 +216,9 @@ class MixoutLayer:
             if self._p == 1.0:
                 out.append(mask.zero_())
             else:
-                out.append(mask.bernoulli_(1.0 - self._p, generator=self.generator).mul_(1.0 / (1.0 - self._p)))
+                out.append(
+                    mask.bernoulli_(1.0 - self._p, generator=self.generator).mul_(1.0 / (1.0 - self._p))
+                )
         return out
 
     def _scales(self, specs) -> list[torch.Tensor]:
@@ -238,8 +240,12 @@ class MixoutLayer:
                 if not kept:
                     del self._replay[key]
                 return masks
-            warnings.warn(f"{type(self).__name__}: recomputed forward without its masks (more than "
-                          f"{_REPLAY_LIMIT} calls in flight?): new masks are drawn", RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"{type(self).__name__}: recomputed forward without its masks (more than "
+                f"{_REPLAY_LIMIT} calls in flight?): new masks are drawn",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return self._draw(specs)
         masks = self._draw(specs)
         self._replay.setdefault(key, []).append(masks)
@@ -268,18 +274,30 @@ class MixoutLayer:
     @classmethod
     def supports(cls, module: nn.Module) -> bool:
         """Whether ``module`` is a plain layer of this kind (its own forward, not an override)."""
-        return isinstance(module, cls._PLAIN) and not isinstance(module, MixoutLayer) and \
-            type(module).forward is cls._PLAIN.forward
+        return (
+            isinstance(module, cls._PLAIN)
+            and not isinstance(module, MixoutLayer)
+            and type(module).forward is cls._PLAIN.forward
+        )
 
     @classmethod
-    def from_module(cls, module: nn.Module, p: float, *, level: str = "neuron",
-                    share_parameters: bool = False, target: str = "w_pre"):
+    def from_module(
+        cls,
+        module: nn.Module,
+        p: float,
+        *,
+        level: str = "neuron",
+        share_parameters: bool = False,
+        target: str = "w_pre",
+    ):
         """This mixout layer made from a plain one: same parameters (copies, or the very objects when
         ``share_parameters``), device, dtype, ``requires_grad`` and training mode; targets = its current
         weights (``target="w_pre"``) or none (``target="zero"``: dropout). The global random state is
         not touched."""
         if not cls.supports(module):
-            raise TypeError(f"{cls.__name__} converts a plain {cls._PLAIN.__name__}, got {type(module).__name__}")
+            raise TypeError(
+                f"{cls.__name__} converts a plain {cls._PLAIN.__name__}, got {type(module).__name__}"
+            )
         return cls._build(module, p, level, share_parameters, target, type(module))
 
     @classmethod
@@ -304,8 +322,9 @@ class MixoutLayer:
 def decode_state(state) -> tuple[float, str]:
     """``(p, level)`` from a mixout layer's ``_extra_state`` tensor ``[1, p, level index]``."""
     values = state.tolist() if isinstance(state, torch.Tensor) else None
-    if not (isinstance(values, list) and len(values) == 3 and values[0] == _STATE_VERSION
-            and values[2] in (0, 1)):
+    if not (
+        isinstance(values, list) and len(values) == 3 and values[0] == _STATE_VERSION and values[2] in (0, 1)
+    ):
         raise ValueError(f"not a mixout layer's state (expected a tensor [1, p, level]): {state!r}")
     return mixing.check_p(values[1]), LEVELS[int(values[2])]
 
@@ -320,8 +339,18 @@ class MixLinear(MixoutLayer, nn.Linear):
 
     _PLAIN = nn.Linear
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.0,
-                 target: torch.Tensor | None = None, device=None, dtype=None, *, level: str = "neuron") -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        p: float = 0.0,
+        target: torch.Tensor | None = None,
+        device=None,
+        dtype=None,
+        *,
+        level: str = "neuron",
+    ) -> None:
         p, level = mixing.check_p(p), check_level(level)  # before the random initialisation
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_mixout(p, level)
@@ -338,8 +367,15 @@ class MixLinear(MixoutLayer, nn.Linear):
         return F.linear(input, self.mixed_weights()[0], self.bias)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, p: float, target: torch.Tensor | None = None, *,
-                    share_parameters: bool = False, level: str = "neuron") -> "MixLinear":
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        p: float,
+        target: torch.Tensor | None = None,
+        *,
+        share_parameters: bool = False,
+        level: str = "neuron",
+    ) -> "MixLinear":
         """A :class:`MixLinear` with ``linear``'s weight and bias (any ``nn.Linear``, a mixed one too);
         ``target`` defaults to ``w_pre``, a detached copy of ``linear.weight`` as it is now."""
         if not isinstance(linear, nn.Linear):
@@ -412,9 +448,17 @@ class _MixConv(MixoutLayer):
 
     @staticmethod
     def _config(m):
-        return dict(in_channels=m.in_channels, out_channels=m.out_channels, kernel_size=m.kernel_size,
-                    stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups,
-                    bias=m.bias is not None, padding_mode=m.padding_mode)
+        return dict(
+            in_channels=m.in_channels,
+            out_channels=m.out_channels,
+            kernel_size=m.kernel_size,
+            stride=m.stride,
+            padding=m.padding,
+            dilation=m.dilation,
+            groups=m.groups,
+            bias=m.bias is not None,
+            padding_mode=m.padding_mode,
+        )
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(input, self.mixed_weights()[0], self.bias)
@@ -442,8 +486,16 @@ class MixEmbedding(MixoutLayer, nn.Embedding):
 
     _PLAIN = nn.Embedding
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx=None, p: float = 0.0, *,
-                 level: str = "neuron", **kwargs) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx=None,
+        p: float = 0.0,
+        *,
+        level: str = "neuron",
+        **kwargs,
+    ) -> None:
         p, level = mixing.check_p(p), check_level(level)
         if kwargs.get("max_norm") is not None:
             raise ValueError("MixEmbedding does not support max_norm (it renormalises the table in place)")
@@ -455,15 +507,22 @@ class MixEmbedding(MixoutLayer, nn.Embedding):
 
     @staticmethod
     def _config(m):
-        return dict(num_embeddings=m.num_embeddings, embedding_dim=m.embedding_dim, padding_idx=m.padding_idx,
-                    scale_grad_by_freq=m.scale_grad_by_freq, sparse=m.sparse)
+        return dict(
+            num_embeddings=m.num_embeddings,
+            embedding_dim=m.embedding_dim,
+            padding_idx=m.padding_idx,
+            scale_grad_by_freq=m.scale_grad_by_freq,
+            sparse=m.sparse,
+        )
 
     @classmethod
     def supports(cls, module):
         return super().supports(module) and module.max_norm is None
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(input, self.weight, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)
+        rows = F.embedding(
+            input, self.weight, self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse
+        )
         if not self._active():
             return rows
         (scale,) = self._scales(self._specs())
@@ -483,7 +542,9 @@ class MixMultiheadAttention(MixoutLayer, nn.MultiheadAttention):
 
     _PLAIN = nn.MultiheadAttention
 
-    def __init__(self, embed_dim: int, num_heads: int, *args, p: float = 0.0, level: str = "neuron", **kwargs):
+    def __init__(
+        self, embed_dim: int, num_heads: int, *args, p: float = 0.0, level: str = "neuron", **kwargs
+    ):
         p, level = mixing.check_p(p), check_level(level)
         super().__init__(embed_dim, num_heads, *args, **kwargs)
         self._init_mixout(p, level)
@@ -493,15 +554,25 @@ class MixMultiheadAttention(MixoutLayer, nn.MultiheadAttention):
         if self._qkv_same_embed_dim:
             inputs = (("in_proj_weight", "in_proj_target", (3, e, e), (3, 1, e)),)
         else:
-            inputs = tuple((f"{k}_proj_weight", f"{k}_proj_target", (e, d), (1, d))
-                           for k, d in (("q", e), ("k", self.kdim), ("v", self.vdim)))
+            inputs = tuple(
+                (f"{k}_proj_weight", f"{k}_proj_target", (e, d), (1, d))
+                for k, d in (("q", e), ("k", self.kdim), ("v", self.vdim))
+            )
         return inputs + (("out_proj.weight", "out_proj_target", (e, e), (1, e)),)
 
     @staticmethod
     def _config(m):
-        return dict(embed_dim=m.embed_dim, num_heads=m.num_heads, dropout=m.dropout, bias=m.in_proj_bias is not None,
-                    add_bias_kv=m.bias_k is not None, add_zero_attn=m.add_zero_attn, kdim=m.kdim, vdim=m.vdim,
-                    batch_first=m.batch_first)
+        return dict(
+            embed_dim=m.embed_dim,
+            num_heads=m.num_heads,
+            dropout=m.dropout,
+            bias=m.in_proj_bias is not None,
+            add_bias_kv=m.bias_k is not None,
+            add_zero_attn=m.add_zero_attn,
+            kdim=m.kdim,
+            vdim=m.vdim,
+            batch_first=m.batch_first,
+        )
 
     def forward(self, *args, **kwargs):
         if not self._active():

@@ -120,7 +120,9 @@ def mixture(w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, mu: float) -> 
     (a number or a tensor) must be > 0. ``E Phi = w`` whenever ``E M = mu``. Where ``M = 0`` the result
     is exactly ``u``. Computed by :func:`mixed_weight` with ``s = M / mu``.
     """
-    positive = bool((mu > 0).all()) if isinstance(mu, torch.Tensor) else isinstance(mu, numbers.Real) and mu > 0
+    positive = (
+        bool((mu > 0).all()) if isinstance(mu, torch.Tensor) else isinstance(mu, numbers.Real) and mu > 0
+    )
     if not positive:
         raise ValueError(f"mu (the mask mean) must be > 0, got mu={mu!r}")
     if u is not None and u.shape != w.shape:
@@ -134,9 +136,7 @@ def _mask_shape(weight: torch.Tensor) -> tuple[int, ...]:
     return (1, weight.shape[1]) + (1,) * (weight.dim() - 2)
 
 
-def neuron_mask(
-    weight: torch.Tensor, p: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def neuron_mask(weight: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli(1-p) mask with one value per input unit, shaped to broadcast against ``weight``.
 
     For a weight of shape ``(out, in, *rest)`` the mask has shape ``(1, in, 1, ...)``: column ``j``
@@ -149,9 +149,7 @@ def neuron_mask(
     )
 
 
-def parameter_mask(
-    weight: torch.Tensor, p: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def parameter_mask(weight: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bernoulli(1-p) mask with one independent value per parameter (same shape as ``weight``)."""
     p = check_p(p)
     return torch.empty_like(weight, requires_grad=False).bernoulli_(1.0 - p, generator=generator)
@@ -353,8 +351,11 @@ def mixout_sgd(
     for _ in range(int(steps)):
         w.requires_grad_(True)
         state = gen.get_state()
-        masks.append(neuron_mask(w, p, gen) if 0.0 < p < 1.0 else torch.full(
-            _mask_shape(w), 1.0 - p, dtype=w.dtype, device=w.device))
+        masks.append(
+            neuron_mask(w, p, gen)
+            if 0.0 < p < 1.0
+            else torch.full(_mask_shape(w), 1.0 - p, dtype=w.dtype, device=w.device)
+        )
         gen.set_state(state)  # the operator below draws the very same mask
         loss = loss_fn(op(w, u, p, True, gen))
         (grad,) = torch.autograd.grad(loss, w)

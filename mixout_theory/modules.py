@@ -71,23 +71,36 @@ def _kind(module: nn.Module):
 
 def _inside_attention(model: nn.Module) -> dict[str, str]:
     """Names of modules held by an ``nn.MultiheadAttention`` (its ``out_proj``) -> the attention's name."""
-    return {f"{name}.{child}" if name else child: name for name, m in model.named_modules(remove_duplicate=False)
-            if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_modules() if child}
+    return {
+        f"{name}.{child}" if name else child: name
+        for name, m in model.named_modules(remove_duplicate=False)
+        if isinstance(m, nn.MultiheadAttention)
+        for child, _ in m.named_modules()
+        if child
+    }
 
 
 def mixable_layer_names(model: nn.Module) -> dict[str, str]:
     """Every name (aliases included) of a layer :func:`mixout_model` can convert -> its mixout class."""
     inner = _inside_attention(model)
-    return {n: k.__name__ for n, m in model.named_modules(remove_duplicate=False)
-            if n not in inner and (k := _kind(m)) is not None}
+    return {
+        n: k.__name__
+        for n, m in model.named_modules(remove_duplicate=False)
+        if n not in inner and (k := _kind(m)) is not None
+    }
 
 
 def _unhandled(model: nn.Module) -> list[str]:
     """Modules holding a weight of 2 or more dims that no mixout class converts (and are not mixed)."""
     inner = _inside_attention(model)
-    return [f"{n!r} ({type(m).__name__})" for n, m in model.named_modules()
-            if n not in inner and _kind(m) is None and not isinstance(m, MixoutLayer)
-            and any(w.dim() >= 2 for w in m.parameters(recurse=False))]
+    return [
+        f"{n!r} ({type(m).__name__})"
+        for n, m in model.named_modules()
+        if n not in inner
+        and _kind(m) is None
+        and not isinstance(m, MixoutLayer)
+        and any(w.dim() >= 2 for w in m.parameters(recurse=False))
+    ]
 
 
 def _select(model: nn.Module, layers) -> list[str]:
@@ -98,8 +111,12 @@ def _select(model: nn.Module, layers) -> list[str]:
         chosen = [n for n, m in cands.items() if _kind(m) not in OPT_IN]
         skipped = _unhandled(model)
         if skipped:
-            warnings.warn(f"mixout_model: {len(skipped)} layer(s) with weights cannot be mixed and stay as they "
-                          f"are: {', '.join(skipped)}", UnmixedLayerWarning, stacklevel=3)
+            warnings.warn(
+                f"mixout_model: {len(skipped)} layer(s) with weights cannot be mixed and stay as they "
+                f"are: {', '.join(skipped)}",
+                UnmixedLayerWarning,
+                stacklevel=3,
+            )
     elif callable(layers):
         chosen = [n for n, m in cands.items() if layers(n, m)]
     else:
@@ -109,11 +126,16 @@ def _select(model: nn.Module, layers) -> list[str]:
             raise TypeError(f"layer names must be strings, got {bad!r}")
         everything, inner = dict(model.named_modules(remove_duplicate=False)), _inside_attention(model)
         missing = [n for n in names if n not in everything]
-        wrong = [f"{n!r} ({type(everything[n]).__name__}, part of the MultiheadAttention {inner[n]!r})"
-                 if n in inner else f"{n!r} ({type(everything[n]).__name__})"
-                 for n in names if n in everything and n not in cands]
+        wrong = [
+            f"{n!r} ({type(everything[n]).__name__}, part of the MultiheadAttention {inner[n]!r})"
+            if n in inner
+            else f"{n!r} ({type(everything[n]).__name__})"
+            for n in names
+            if n in everything and n not in cands
+        ]
         problems = ([f"not found: {missing!r}"] if missing else []) + (
-            ["not a layer mixout converts: " + ", ".join(wrong)] if wrong else [])
+            ["not a layer mixout converts: " + ", ".join(wrong)] if wrong else []
+        )
         if problems:
             raise ValueError(f"bad layer names, {'; '.join(problems)}. Mixable layers: {available}")
         chosen = names
@@ -197,9 +219,13 @@ def _set_dropouts(model, layers, dropout_p, dropouts, example_inputs) -> None:
     else:
         chosen = [m for _, m in named]
         if named:
-            warnings.warn(f"mixout_model: which dropouts feed the mixed layers cannot be told without "
-                          f"example_inputs, so all {len(named)} dropout modules get p={dropout_p:g} (pass "
-                          f"example_inputs=..., or dropouts='all' or a predicate)", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"mixout_model: which dropouts feed the mixed layers cannot be told without "
+                f"example_inputs, so all {len(named)} dropout modules get p={dropout_p:g} (pass "
+                f"example_inputs=..., or dropouts='all' or a predicate)",
+                UserWarning,
+                stacklevel=3,
+            )
     for m in chosen:
         m.p = dropout_p
 
@@ -210,17 +236,22 @@ def _from_checkpoint(model: nn.Module, state_dict, p) -> dict[str, tuple[float, 
     for name in mixable_layer_names(model):
         prefix = f"{name}." if name else ""
         state = state_dict.get(prefix + "_extra_state")
-        has_targets = any(k.startswith(prefix) and k.endswith("target") and "." not in k[len(prefix):]
-                          for k in state_dict)
+        has_targets = any(
+            k.startswith(prefix) and k.endswith("target") and "." not in k[len(prefix) :] for k in state_dict
+        )
         if state is not None:
             found[name] = (*decode_state(state), has_targets)
         elif has_targets:  # a checkpoint from before p was stored
             if p is None:
-                raise ValueError(f"the checkpoint holds mixed layer {name!r} without its p (saved by an older "
-                                 f"version): pass p=")
+                raise ValueError(
+                    f"the checkpoint holds mixed layer {name!r} without its p (saved by an older "
+                    f"version): pass p="
+                )
             found[name] = (mixing.check_p(p), "neuron", True)
     if not found:
-        raise ValueError("from_state_dict holds no mixed layer (no '<layer>._extra_state' or '<layer>.target' key)")
+        raise ValueError(
+            "from_state_dict holds no mixed layer (no '<layer>._extra_state' or '<layer>.target' key)"
+        )
     return found
 
 
@@ -285,8 +316,10 @@ def mixout_model(
     chosen = {id(modules[n]): (modules[n], *plan[n]) for n in plan}
     if dropout_p is not None:
         _set_dropouts(model, [m for m, *_ in chosen.values()], dropout_p, dropouts, example_inputs)
-    mapping = {i: _kind(m).from_module(m, lp, level=lv, share_parameters=True, target="w_pre" if t else "zero")
-               for i, (m, lp, lv, t) in chosen.items()}
+    mapping = {
+        i: _kind(m).from_module(m, lp, level=lv, share_parameters=True, target="w_pre" if t else "zero")
+        for i, (m, lp, lv, t) in chosen.items()
+    }
     model = _replace(model, mapping)
     if from_state_dict is not None:
         model.load_state_dict(from_state_dict)
@@ -305,7 +338,9 @@ def unmix_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    mapping = {id(m): m.to_plain(share_parameters=True) for m in model.modules() if isinstance(m, MixoutLayer)}
+    mapping = {
+        id(m): m.to_plain(share_parameters=True) for m in model.modules() if isinstance(m, MixoutLayer)
+    }
     return _replace(model, mapping)
 
 

@@ -119,7 +119,9 @@ def _index(batch, i):
 def _as_scalar(value, what: str) -> torch.Tensor:
     value = torch.as_tensor(value)
     if value.numel() != 1:
-        raise ValueError(f"the per-sample loss_fn must return a scalar, got shape {tuple(value.shape)} {what}")
+        raise ValueError(
+            f"the per-sample loss_fn must return a scalar, got shape {tuple(value.shape)} {what}"
+        )
     return value.reshape(())
 
 
@@ -253,7 +255,8 @@ def neuron_groups(shape) -> torch.Tensor:
 def _group_ids(groups, size: int) -> torch.Tensor:
     """Normalise ``groups`` (a group-id vector or a partition of ``range(size)``) to group ids."""
     if isinstance(groups, torch.Tensor) or (
-        isinstance(groups, (Sequence, np.ndarray)) and len(groups) > 0
+        isinstance(groups, (Sequence, np.ndarray))
+        and len(groups) > 0
         and all(isinstance(g, (numbers.Integral, np.integer)) and not isinstance(g, bool) for g in groups)
     ):
         ids = torch.as_tensor(groups)
@@ -274,7 +277,9 @@ def _group_ids(groups, size: int) -> torch.Tensor:
             if not 0 <= i < size:
                 raise ValueError(f"groups: index {i} (group {gi}) is outside range({size})")
             if ids[i] != -1:
-                raise ValueError(f"groups: index {i} appears in more than one group (groups {ids[i].item()} and {gi})")
+                raise ValueError(
+                    f"groups: index {i} appears in more than one group (groups {ids[i].item()} and {gi})"
+                )
             ids[i] = gi
     missing = (ids == -1).nonzero().flatten().tolist()
     if missing:
@@ -386,10 +391,14 @@ def _least_squares_inputs(X, y, u):
     if X.dim() != 2:
         raise ValueError(f"X must be a 2-D design matrix (n, d), got shape {tuple(X.shape)}")
     if y.shape != (X.shape[0],):
-        raise ValueError(f"y must have shape ({X.shape[0]},) to match X {tuple(X.shape)}, got {tuple(y.shape)}")
+        raise ValueError(
+            f"y must have shape ({X.shape[0]},) to match X {tuple(X.shape)}, got {tuple(y.shape)}"
+        )
     u = torch.zeros(X.shape[1], dtype=X.dtype) if u is None else torch.as_tensor(u)
     if u.shape != (X.shape[1],):
-        raise ValueError(f"u must have shape ({X.shape[1]},) to match X {tuple(X.shape)}, got {tuple(u.shape)}")
+        raise ValueError(
+            f"u must have shape ({X.shape[1]},) to match X {tuple(X.shape)}, got {tuple(u.shape)}"
+        )
     return X, y, u
 
 

@@ -104,8 +104,10 @@ class MixedHessian:
                 self.index.append(sel.expand(wt.shape).reshape(-1).nonzero().flatten())
         self.point = self.flatten([wt for _, wt, _ in self.entries]).detach()
         self.n = self.point.numel()
-        sizes = [0 if i is False else (wt.numel() if i is None else i.numel())
-                 for (_, wt, _), i in zip(self.entries, self.index)]  # fmt: skip
+        sizes = [
+            0 if i is False else (wt.numel() if i is None else i.numel())
+            for (_, wt, _), i in zip(self.entries, self.index)
+        ]
         #: which entry each mixed coordinate belongs to
         self.coordinate_entry = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
         if self.n == 0:
@@ -166,15 +168,21 @@ class MixedHessian:
         self.n_hvp += V.shape[0]
         if self._mode == "func":
             try:
-                with warnings.catch_warnings():  # torch.func's first call scripts a helper: torch's own notice
+                with (
+                    warnings.catch_warnings()
+                ):  # torch.func's first call scripts a helper: torch's own notice
                     warnings.filterwarnings(
                         "ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning
                     )
                     hv = torch.func.vmap(self._hvp_func, chunk_size=self.chunk_size)(V)
                 return hv[0] if single else hv
             except Exception as exc:  # noqa: BLE001 - e.g. a custom autograd.Function without vmap / jvp rules
-                warnings.warn(f"torch.func could not transform loss_fn ({type(exc).__name__}: {exc}); "
-                              "using double backward, one vector at a time", RuntimeWarning, stacklevel=2)  # fmt: skip
+                warnings.warn(
+                    f"torch.func could not transform loss_fn ({type(exc).__name__}: {exc}); "
+                    "using double backward, one vector at a time",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
                 self._mode = "autograd"
         hv = self._hvp_autograd(V)
         return hv[0] if single else hv
@@ -254,8 +262,9 @@ def _group_ids(op: MixedHessian, groups: str) -> torch.Tensor:
     return torch.cat(ids)
 
 
-def second_order_terms(loss_fn: Callable, params, target, mixed=None, groups: str = "neuron", *,
-                       chunk_size: int = CHUNK) -> SecondOrderTerms:  # fmt: skip
+def second_order_terms(
+    loss_fn: Callable, params, target, mixed=None, groups: str = "neuron", *, chunk_size: int = CHUNK
+) -> SecondOrderTerms:
     """``sum_g d_g^T H_gg d_g`` with ``d = params - target`` and ``H`` the Hessian of ``loss_fn`` at ``params``.
 
     ``groups="neuron"``: one group per input neuron of each mixed weight (column ``j`` of a weight
@@ -281,17 +290,35 @@ def second_order_terms(loss_fn: Callable, params, target, mixed=None, groups: st
         rows = live[start : start + op.chunk_size]
         cols = torch.isin(ids, rows).nonzero().flatten()
         V = torch.zeros(rows.numel(), op.n, dtype=op.point.dtype)
-        V[row_of[ids[cols]] - start, cols] = d[cols].to(op.point.dtype)  # row r: d restricted to group rows[r]
+        V[row_of[ids[cols]] - start, cols] = d[cols].to(
+            op.point.dtype
+        )  # row r: d restricted to group rows[r]
         quad[rows] = op.quadratic_forms(V.to(op.point.device)).cpu()  # d_g^T H d_g
     # each group lies in one entry: its entry is that of any of its coordinates
     group_entry = torch.zeros(norms.numel(), dtype=torch.long).scatter_(0, ids, op.coordinate_entry)
-    by_entry = {op.entries[e][0]: float(quad[group_entry == e].sum()) for e in op.coordinate_entry.unique().tolist()}
-    return SecondOrderTerms(quad=float(quad.sum()), dist2=float(norms.sum()), n_groups=int(live.numel()),
-                            groups=groups, loss=float(op.value), by_entry=by_entry)  # fmt: skip
+    by_entry = {
+        op.entries[e][0]: float(quad[group_entry == e].sum()) for e in op.coordinate_entry.unique().tolist()
+    }
+    return SecondOrderTerms(
+        quad=float(quad.sum()),
+        dist2=float(norms.sum()),
+        n_groups=int(live.numel()),
+        groups=groups,
+        loss=float(op.value),
+        by_entry=by_entry,
+    )
 
 
-def second_order_penalty(loss_fn: Callable, params, target, p: float, mixed=None, groups: str = "neuron", *,
-                         chunk_size: int = CHUNK) -> float:  # fmt: skip
+def second_order_penalty(
+    loss_fn: Callable,
+    params,
+    target,
+    p: float,
+    mixed=None,
+    groups: str = "neuron",
+    *,
+    chunk_size: int = CHUNK,
+) -> float:
     """The second-order mixout penalty ``(p / (2 (1 - p))) sum_g d_g^T H_gg d_g``, ``d = params - target``.
 
     Exact for a quadratic loss (then it equals :func:`mixout_theory.penalty.quadratic_penalty` with
@@ -324,8 +351,17 @@ class Curvature:
         return self.m_min > 0.0
 
 
-def curvature(loss_fn: Callable, params, mixed=None, *, method: str = "auto", tol: float = 1e-8,
-              maxiter: int | None = None, seed: int = 0, chunk_size: int = CHUNK) -> Curvature:  # fmt: skip
+def curvature(
+    loss_fn: Callable,
+    params,
+    mixed=None,
+    *,
+    method: str = "auto",
+    tol: float = 1e-8,
+    maxiter: int | None = None,
+    seed: int = 0,
+    chunk_size: int = CHUNK,
+) -> Curvature:
     """``m_min``, ``m_max``: the extreme eigenvalues of the Hessian of ``loss_fn`` at ``params`` (mixed coordinates).
 
     ``method="lanczos"``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) on a

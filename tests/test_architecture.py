@@ -107,7 +107,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 state[path.pop()] = 2
                 stack.pop()
             elif state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             elif not state.get(nxt):
                 state[nxt] = 1
                 path.append(nxt)
@@ -124,17 +124,29 @@ def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
     return seen
 
 
-LIBRARY = sorted(m for m in MODULES if not (m == EXPERIMENT or m.startswith(EXPERIMENT + ".")) and m not in ENTRY_POINTS)
+LIBRARY = sorted(
+    m for m in MODULES if not (m == EXPERIMENT or m.startswith(EXPERIMENT + ".")) and m not in ENTRY_POINTS
+)
 
 
 def test_the_graph_sees_the_packages_modules_and_imports():
     """A guard for the tests below: the graph is not empty and resolves names to modules."""
-    assert {"mixout_theory", "mixout_theory.mixing", "mixout_theory.cli", EXPERIMENT,
-            "mixout_theory.experiment.data", "mixout_theory.experiment.plots"} <= set(MODULES)  # fmt: skip
+    assert {
+        "mixout_theory",
+        "mixout_theory.mixing",
+        "mixout_theory.cli",
+        EXPERIMENT,
+        "mixout_theory.experiment.data",
+        "mixout_theory.experiment.plots",
+    } <= set(MODULES)
     top, full = _graph(True), _graph(False)
     assert "mixout_theory.mixing" in top["mixout_theory.modules"]  # from mixout_theory import mixing
-    assert "mixout_theory.experiment.mlp" in top["mixout_theory.experiment.engine"]  # from ...experiment import mlp
-    assert "mixout_theory.experiment.plots" in full["mixout_theory.cli"] - top["mixout_theory.cli"]  # in a function
+    assert (
+        "mixout_theory.experiment.mlp" in top["mixout_theory.experiment.engine"]
+    )  # from ...experiment import mlp
+    assert (
+        "mixout_theory.experiment.plots" in full["mixout_theory.cli"] - top["mixout_theory.cli"]
+    )  # in a function
     assert "mixout_theory.experiment.machine" in full["mixout_theory.experiment.store"]  # run_env's import
     assert "mixout_theory.experiment.engine" in full["mixout_theory.experiment.machine"]  # resolve_device's
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
@@ -158,14 +170,24 @@ def test_the_library_never_imports_the_experiment():
         assert not direct, f"{name} imports {direct}"
         reached = sorted(t for t in _reachable(full, name) if t.startswith(EXPERIMENT) or t in ENTRY_POINTS)
         assert not reached, f"{name} reaches {reached}"
-    assert {"mixout_theory", "mixout_theory.mixing", "mixout_theory.figures", "mixout_theory.cases"} <= set(LIBRARY)
+    assert {"mixout_theory", "mixout_theory.mixing", "mixout_theory.figures", "mixout_theory.cases"} <= set(
+        LIBRARY
+    )
 
 
-@pytest.mark.parametrize("statement", ["import mixout_theory", "import mixout_theory.cli",
-                                       "from mixout_theory import figures, modules, penalty, cases, bounds, profiles"])
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "import mixout_theory",
+        "import mixout_theory.cli",
+        "from mixout_theory import figures, modules, penalty, cases, bounds, profiles",
+    ],
+)
 def test_importing_the_library_loads_no_experiment_module(statement):
-    code = (f"{statement}; import sys; "
-            "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('mixout_theory'))))")  # fmt: skip
+    code = (
+        f"{statement}; import sys; "
+        "print('\\n'.join(sorted(m for m in sys.modules if m.startswith('mixout_theory'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     loaded = out.stdout.split()
     assert "mixout_theory" in loaded and "mixout_theory.mixing" in loaded
@@ -185,18 +207,30 @@ def test_public_names_exist():
     assert len(names) == len(set(names)), "duplicates in __all__"
     missing = [n for n in names if not hasattr(mixout_theory, n)]
     assert not missing, missing
-    for gone in ("load_experiment", "Member", "train_ensemble", "effective_l2", "run_ablations", "DataIntegrityError"):
+    for gone in (
+        "load_experiment",
+        "Member",
+        "train_ensemble",
+        "effective_l2",
+        "run_ablations",
+        "DataIntegrityError",
+    ):
         assert gone not in names and not hasattr(mixout_theory, gone), gone
 
 
 def test_no_file_points_outside_the_project():
     """The project's files stand on their own: no reference to notes kept outside the repository."""
     offenders = []
-    files = [p for folder in (PACKAGE, ROOT / "docs", ROOT / "notebooks", ROOT / "benchmarks") for p in folder.rglob("*")]
+    files = [
+        p
+        for folder in (PACKAGE, ROOT / "docs", ROOT / "notebooks", ROOT / "benchmarks")
+        for p in folder.rglob("*")
+    ]
     files += [ROOT / "README.md", ROOT / "data" / "README.md"]
     for path in sorted(files):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".png", ".pdf"):
             text = path.read_bytes()
-            offenders += [f"{path.relative_to(ROOT)}: {word}" for word in OUTSIDE_REFERENCES
-                          if word.encode() in text]  # fmt: skip
+            offenders += [
+                f"{path.relative_to(ROOT)}: {word}" for word in OUTSIDE_REFERENCES if word.encode() in text
+            ]
     assert not offenders, offenders

@@ -84,7 +84,11 @@ def test_a_device_this_machine_lacks_exits_2_before_any_work(device, tmp_path, c
     with pytest.raises(SystemExit) as e:
         cli.main(["reproduce", "--profile", "smoke", "--results", str(tmp_path), "--device", device])
     err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("usage: mixout-theory reproduce") and "device" in err.splitlines()[-1]
+    assert (
+        e.value.code == 2
+        and err.startswith("usage: mixout-theory reproduce")
+        and "device" in err.splitlines()[-1]
+    )
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
@@ -99,8 +103,10 @@ def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sweep, "run_experiment", interrupted)
     assert cli.main(["reproduce", "--profile", "smoke", "--results", str(tmp_path)]) == 130
     err = capsys.readouterr().err.strip()
-    assert err == (f"interrupted: 3 runs stored in {tmp_path / 'smoke-stand-in-0123456789ab'} (3 by this command); "
-                   "run the same command to resume")  # fmt: skip
+    assert err == (
+        f"interrupted: 3 runs stored in {tmp_path / 'smoke-stand-in-0123456789ab'} (3 by this command); "
+        "run the same command to resume"
+    )
     monkeypatch.setattr(sweep, "run_experiment", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main(["reproduce", "--profile", "smoke", "--results", str(tmp_path)]) == 130
     assert "no run finished in this command" in capsys.readouterr().err
@@ -112,9 +118,12 @@ def test_user_errors_are_one_line_and_exit_1_bugs_keep_their_traceback(tmp_path,
     def fails(exc):
         def run(*args, **kwargs):
             raise exc
+
         return run
 
-    monkeypatch.setattr(sweep, "run_experiment", fails(FileNotFoundError("no such file: x.csv\n  (second line)")))
+    monkeypatch.setattr(
+        sweep, "run_experiment", fails(FileNotFoundError("no such file: x.csv\n  (second line)"))
+    )
     assert cli.main(["reproduce", "--profile", "smoke", "--results", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no such file: x.csv (second line)") and err.count("\n") == 1

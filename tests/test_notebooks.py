@@ -13,13 +13,20 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 #: notebook -> how many of its cells draw a figure
-DRAWING = {"01_mixout_operator.ipynb": 3, "02_theorem1_bound.ipynb": 3, "03_emnist_to_mnist.ipynb": 4,
-           "04_ablations.ipynb": 3, "05_theorem1_on_the_network.ipynb": 2}  # fmt: skip
+DRAWING = {
+    "01_mixout_operator.ipynb": 3,
+    "02_theorem1_bound.ipynb": 3,
+    "03_emnist_to_mnist.ipynb": 4,
+    "04_ablations.ipynb": 3,
+    "05_theorem1_on_the_network.ipynb": 2,
+}
 EXPERIMENT = ("03_emnist_to_mnist.ipynb", "04_ablations.ipynb", "05_theorem1_on_the_network.ipynb")
 
 
 def _draws(cell) -> bool:
-    return cell.cell_type == "code" and any(s in cell.source for s in ("plt.show()", "display(plots.", "display(fidelity_report."))
+    return cell.cell_type == "code" and any(
+        s in cell.source for s in ("plt.show()", "display(plots.", "display(fidelity_report.")
+    )
 
 
 def test_every_notebook_is_checked():
@@ -34,14 +41,19 @@ def test_figure_cells_produce_images(name, monkeypatch):
     monkeypatch.setenv("MIXOUT_RECOMPUTE", "1")
     nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
     # the kernel inherits this process's environment (profile, switch, temporary folders)
-    NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(ROOT / "notebooks")}}
+    ).execute()
     drawing = [c for c in nb.cells if _draws(c)]
     assert len(drawing) == DRAWING[name]
     for cell in drawing:
         images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
         assert images, f"{name}: a figure cell showed no image:\n{cell.source[:200]}"
-        assert not any("<Figure size" in str(o.get("data", {}).get("text/plain", "")) and "image/png" not in
-                       o.get("data", {}) for o in cell.outputs)  # fmt: skip
+        assert not any(
+            "<Figure size" in str(o.get("data", {}).get("text/plain", ""))
+            and "image/png" not in o.get("data", {})
+            for o in cell.outputs
+        )
     if name in EXPERIMENT:
         first = next(c for c in nb.cells if c.cell_type == "code")
         text = "".join(o.get("text", "") for o in first.outputs if o.get("name") == "stdout")

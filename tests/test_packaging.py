@@ -31,7 +31,9 @@ def test_environment_yml_matches_pyproject():
             conda[name] = spec
     conda.pop("python"), conda.pop("pip")
     assert conda == wanted
-    assert re.search(r"pip:\s*\n\s*-\s+-e\s+\.", text), "environment.yml must install the package itself with pip"
+    assert re.search(r"pip:\s*\n\s*-\s+-e\s+\.", text), (
+        "environment.yml must install the package itself with pip"
+    )
 
 
 def test_ci_runs_the_readme_test_command():
@@ -43,7 +45,9 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_cli_help_names_every_command():
-    out = subprocess.run([sys.executable, "-m", "mixout_theory", "--help"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "mixout_theory", "--help"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0
     for cmd in ("figures", "data", "reproduce", "ablations", "theorem1"):
         assert re.search(rf"^\s+{cmd}\s+\S", out.stdout, re.M), cmd
@@ -55,7 +59,9 @@ def test_cli_version_and_no_command():
     import mixout_theory
     from mixout_theory import _version
 
-    out = subprocess.run([sys.executable, "-m", "mixout_theory", "--version"], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "mixout_theory", "--version"], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 0 and out.stdout.strip() == f"mixout-theory {mixout_theory.__version__}"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert mixout_theory.__version__ == _version.__version__ == project["version"]
@@ -69,4 +75,7 @@ def test_packaged_files_exist():
     for package, patterns in tool.get("package-data", {}).items():
         for pattern in patterns:
             assert list((ROOT / package.replace(".", "/")).glob(pattern)), (package, pattern)
-    assert not (ROOT / "mixout_theory" / "csrc").exists() and not (ROOT / "mixout_theory" / "kernels.py").exists()
+    assert (
+        not (ROOT / "mixout_theory" / "csrc").exists()
+        and not (ROOT / "mixout_theory" / "kernels.py").exists()
+    )

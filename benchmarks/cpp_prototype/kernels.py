@@ -39,12 +39,15 @@ def load(verbose: bool = False):
         try:
             from torch.utils.cpp_extension import load as build
 
-            _state["module"] = build("mixout_theory_kernels", [str(SOURCE)], extra_cflags=["-O3"],
-                                     verbose=verbose)  # fmt: skip
+            _state["module"] = build(
+                "mixout_theory_kernels", [str(SOURCE)], extra_cflags=["-O3"], verbose=verbose
+            )
         except Exception as err:  # noqa: BLE001 - any build failure means "not available"
             _state["error"] = err
     if "error" in _state:
-        raise RuntimeError(f"the C++ mixout kernel could not be built here: {_state['error']}") from _state["error"]
+        raise RuntimeError(f"the C++ mixout kernel could not be built here: {_state['error']}") from _state[
+            "error"
+        ]
     return _state["module"]
 
 
@@ -61,7 +64,9 @@ def available() -> bool:
 DTYPES = (torch.float32, torch.float64)
 
 
-def mixout_linear(x, weight, bias, target, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
+def mixout_linear(
+    x, weight, bias, target, p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """``F.linear(x, mixout(weight, target, p), bias)`` for a checked ``0 < p < 1`` and a target of
     the weight's shape, dtype and device (or None), in one C++ call (see the module docstring)."""
     module = _state.get("module") or load()
@@ -74,7 +79,12 @@ class CppMixLinear(MixLinear):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         w, u, p = self.weight, self.target, self.p
-        if (self.training and 0.0 < p < 1.0 and w.device.type == "cpu" and w.dtype in DTYPES
-                and (u is None or (u.dtype == w.dtype and u.device == w.device))):  # fmt: skip
+        if (
+            self.training
+            and 0.0 < p < 1.0
+            and w.device.type == "cpu"
+            and w.dtype in DTYPES
+            and (u is None or (u.dtype == w.dtype and u.device == w.device))
+        ):
             return mixout_linear(input, w, self.bias, u, p, self.generator)
         return super().forward(input)

@@ -57,7 +57,14 @@ import torch
 from mixout_theory.experiment import data, engine, mlp, sweep
 from mixout_theory.experiment.curvature import effective_l2
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import RunStore, atomic_write, config_hash, pending_chunks, project_dir, run_env
+from mixout_theory.experiment.store import (
+    RunStore,
+    atomic_write,
+    config_hash,
+    pending_chunks,
+    project_dir,
+    run_env,
+)
 
 __all__ = [
     "STUDIES",
@@ -118,8 +125,13 @@ class Setting:
 
     def member(self, restart: int) -> engine.Member:
         """The engine member of restart ``restart`` (seeds shared by every setting: paired runs)."""
-        return engine.Member(dropout=self.dropout, mixout=self.mixout, wdecay=self.wdecay,
-                               data_seed=restart, mask_seed=MASK_SEED0 + restart)  # fmt: skip
+        return engine.Member(
+            dropout=self.dropout,
+            mixout=self.mixout,
+            wdecay=self.wdecay,
+            data_seed=restart,
+            mask_seed=MASK_SEED0 + restart,
+        )
 
     @property
     def group(self) -> str:
@@ -136,16 +148,26 @@ SMALL_DATA_SETTINGS = (
     Setting("mixout0.7", "mixout(w_pre, 0.7)", mixout=0.7),
     Setting("mixout0.8", "mixout(w_pre, 0.8)", mixout=0.8),
     Setting("mixout0.9", "mixout(w_pre, 0.9)", mixout=0.9),
-    Setting("mixout0.8+l2sp0.01", "mixout(w_pre, 0.8) + wdecay(w_pre, 0.01)", mixout=0.8, wdecay=0.01,
-            wdecay_to="w_pre"),
-)  # fmt: skip
+    Setting(
+        "mixout0.8+l2sp0.01",
+        "mixout(w_pre, 0.8) + wdecay(w_pre, 0.01)",
+        mixout=0.8,
+        wdecay=0.01,
+        wdecay_to="w_pre",
+    ),
+)
 
 HEAD_SETTINGS = (
     Setting("head-none", "new head: no regularisation", mixout=(0.7, 0.0), head="new"),
-    Setting("head-dropout0.7", "new head: dropout(0.7) on its inputs", dropout=(0.0, 0.7), mixout=(0.7, 0.0),
-            head="new"),
+    Setting(
+        "head-dropout0.7",
+        "new head: dropout(0.7) on its inputs",
+        dropout=(0.0, 0.7),
+        mixout=(0.7, 0.0),
+        head="new",
+    ),
     Setting("head-mixout-w0-0.7", "new head: mixout(w_0, 0.7)", mixout=(0.7, 0.7), head="new"),
-)  # fmt: skip
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,21 +209,42 @@ class AblationConfig:
     trajectory_eval: int | None = None  # None: the whole training subset is the evaluation batch
     trajectory_mc_seed: int = 7
 
-    COMMON = ("profile", "source", "data", "pretrain", "w_pre", "reference_size", "reference_epochs", "lr",
-              "batch_size", "warmup", "subset_seed", "test_size")  # fmt: skip
+    COMMON = (
+        "profile",
+        "source",
+        "data",
+        "pretrain",
+        "w_pre",
+        "reference_size",
+        "reference_epochs",
+        "lr",
+        "batch_size",
+        "warmup",
+        "subset_seed",
+        "test_size",
+    )
     FIELDS = {
         "small_data": ("sizes", "restarts"),
         "new_head": ("head_sizes", "head_restarts", "head_std"),
-        "trajectory": ("trajectory_size", "trajectory_ps", "trajectory_restarts", "trajectory_every",
-                       "trajectory_samples", "trajectory_eval", "trajectory_mc_seed"),
-    }  # fmt: skip
+        "trajectory": (
+            "trajectory_size",
+            "trajectory_ps",
+            "trajectory_restarts",
+            "trajectory_every",
+            "trajectory_samples",
+            "trajectory_eval",
+            "trajectory_mc_seed",
+        ),
+    }
 
     def key(self, study: str) -> str:
         """Short hash of what changes ``study``'s numbers (its settings included)."""
         if study not in STUDIES:
             raise ValueError(f"study must be one of {STUDIES}, got {study!r}")
         d = {k: getattr(self, k) for k in self.COMMON + self.FIELDS[study]}
-        d["settings"] = [repr(s) for s in {"small_data": SMALL_DATA_SETTINGS, "new_head": HEAD_SETTINGS}.get(study, ())]
+        d["settings"] = [
+            repr(s) for s in {"small_data": SMALL_DATA_SETTINGS, "new_head": HEAD_SETTINGS}.get(study, ())
+        ]
         d["seeds"] = (MASK_SEED0, HEAD_SEED0)
         return config_hash(d)
 
@@ -275,7 +318,11 @@ def ablation_tensors(exp, config: AblationConfig) -> dict:
     idx = nested_subsets(exp.target.train.x.shape[0], config.pool_sizes(), config.subset_seed)
     xt, yt = exp.target.test.x, exp.target.test.y
     if config.test_size is not None and config.test_size < xt.shape[0]:
-        keep = torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(5))[: config.test_size].sort().values
+        keep = (
+            torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(5))[: config.test_size]
+            .sort()
+            .values
+        )
         xt, yt = xt[keep], yt[keep]
     return {"pool": (exp.target.train.x[idx], exp.target.train.y[idx]), "index": idx, "test": (xt, yt)}
 
@@ -302,11 +349,23 @@ def _run_id(item) -> str:
     return item[0]["run_id"]
 
 
-def _fields(setting: Setting, order: int, size: int, restart: int, config: AblationConfig, study: str) -> dict:
-    return {"run_id": f"n{size}-{setting.name}-r{restart}", "study": study, "size": size, "setting": setting.name,
-            "label": setting.label, "order": order, "restart": restart, "data_seed": restart,
-            "mask_seed": MASK_SEED0 + restart, "profile": config.profile, "source": config.source,
-            "config": config.key(study)}  # fmt: skip
+def _fields(
+    setting: Setting, order: int, size: int, restart: int, config: AblationConfig, study: str
+) -> dict:
+    return {
+        "run_id": f"n{size}-{setting.name}-r{restart}",
+        "study": study,
+        "size": size,
+        "setting": setting.name,
+        "label": setting.label,
+        "order": order,
+        "restart": restart,
+        "data_seed": restart,
+        "mask_seed": MASK_SEED0 + restart,
+        "profile": config.profile,
+        "source": config.source,
+        "config": config.key(study),
+    }
 
 
 def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None, done=frozenset()) -> None:
@@ -315,17 +374,27 @@ def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None, don
     env = run_env(device)
     for e, (fields, _) in enumerate(part):
         rec = dict(fields)
-        rec.update(test_acc=float(ev["acc"][e]), test_loss=float(ev["loss"][e]), train_loss=float(result.train_loss[e]),
-                   steps=result.steps, chunk_seconds=result.seconds, chunk_members=len(part), **env)  # fmt: skip
+        rec.update(
+            test_acc=float(ev["acc"][e]),
+            test_loss=float(ev["loss"][e]),
+            train_loss=float(result.train_loss[e]),
+            steps=result.steps,
+            chunk_seconds=result.seconds,
+            chunk_members=len(part),
+            **env,
+        )
         rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
         if reference_fc3 is not None:
-            rec["dist_fc3_w0"] = float((result.params["fc3.weight"][e] - reference_fc3[e]).double().pow(2).sum())
+            rec["dist_fc3_w0"] = float(
+                (result.params["fc3.weight"][e] - reference_fc3[e]).double().pow(2).sum()
+            )
         if rec["run_id"] not in done:  # a half-stored chunk is retrained whole; its stored records stay
             store.write(rec)
 
 
-def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
-                   options: RunOptions = RunOptions()) -> AblationStore:  # fmt: skip
+def run_small_data(
+    store_root, config: AblationConfig, tensors: dict, w_pre: dict, options: RunOptions = RunOptions()
+) -> AblationStore:
     """Study 1: every (size, setting, restart) of :data:`SMALL_DATA_SETTINGS` not yet stored.
 
     Settings that decay towards the origin and towards ``w_pre`` train in separate ensembles (the
@@ -339,20 +408,34 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     plan = []
     for size in config.sizes:
         for group in ("origin", "w_pre"):
-            todo = [(_fields(s, i, size, r, config, "small_data"), s.member(r))
-                    for r in range(config.restarts) for i, s in enumerate(SMALL_DATA_SETTINGS)
-                    if (s.group == group or (group == "w_pre" and s.group == "any"))]  # fmt: skip
-            plan += [(size, group, part) for part in pending_chunks(todo, options.chunk_or(CHUNK), done, _run_id)]
+            todo = [
+                (_fields(s, i, size, r, config, "small_data"), s.member(r))
+                for r in range(config.restarts)
+                for i, s in enumerate(SMALL_DATA_SETTINGS)
+                if (s.group == group or (group == "w_pre" and s.group == "any"))
+            ]
+            plan += [
+                (size, group, part) for part in pending_chunks(todo, options.chunk_or(CHUNK), done, _run_id)
+            ]
     steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, _, p in plan)
     bar = engine.member_step_bar(options.progress, steps, f"small data ({config.profile})", leave=False)
     for size, group, part in plan:
         x, y = _subset(tensors, size)
         result = engine.train_ensemble(
-            w_pre, [m for _, m in part], x, y, epochs=epochs_for(size, config), lr=config.lr,
-            batch_size=config.batch_size, warmup=config.warmup, target=w_pre,
-            wdecay_target=w_pre if group == "w_pre" else None, device=options.device, workers=options.n_workers,
+            w_pre,
+            [m for _, m in part],
+            x,
+            y,
+            epochs=epochs_for(size, config),
+            lr=config.lr,
+            batch_size=config.batch_size,
+            warmup=config.warmup,
+            target=w_pre,
+            wdecay_target=w_pre if group == "w_pre" else None,
+            device=options.device,
+            workers=options.n_workers,
             progress=bar if bar is not None else False,
-        )  # fmt: skip
+        )
         for fields, _ in part:
             fields["epochs"] = epochs_for(size, config)
         _finish(store, part, result, tensors, w_pre, options.device, done=done)
@@ -361,8 +444,9 @@ def run_small_data(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     return store
 
 
-def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
-                 options: RunOptions = RunOptions()) -> AblationStore:  # fmt: skip
+def run_new_head(
+    store_root, config: AblationConfig, tensors: dict, w_pre: dict, options: RunOptions = RunOptions()
+) -> AblationStore:
     """Study 2: the re-initialised output layer under :data:`HEAD_SETTINGS` at every head size.
 
     Restart ``r`` starts from ``w_pre`` with the new head :func:`head_init` ``(r)`` in every setting;
@@ -372,8 +456,11 @@ def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
     done = store.done()
     plan = []
     for size in config.head_sizes:
-        todo = [(_fields(s, i, size, r, config, "new_head"), s.member(r))
-                for r in range(config.head_restarts) for i, s in enumerate(HEAD_SETTINGS)]  # fmt: skip
+        todo = [
+            (_fields(s, i, size, r, config, "new_head"), s.member(r))
+            for r in range(config.head_restarts)
+            for i, s in enumerate(HEAD_SETTINGS)
+        ]
         plan += [(size, part) for part in pending_chunks(todo, options.chunk_or(CHUNK), done, _run_id)]
     steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, p in plan)
     bar = engine.member_step_bar(options.progress, steps, f"new head ({config.profile})", leave=False)
@@ -385,21 +472,32 @@ def run_new_head(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
         init["fc3.bias"] = torch.stack([h["fc3.bias"] for h in heads])
         target = {"fc2.weight": w_pre["fc2.weight"], "fc3.weight": init["fc3.weight"].clone()}
         result = engine.train_ensemble(
-            init, [m for _, m in part], x, y, epochs=epochs_for(size, config), lr=config.lr,
-            batch_size=config.batch_size, warmup=config.warmup, target=target, device=options.device,
+            init,
+            [m for _, m in part],
+            x,
+            y,
+            epochs=epochs_for(size, config),
+            lr=config.lr,
+            batch_size=config.batch_size,
+            warmup=config.warmup,
+            target=target,
+            device=options.device,
             workers=options.n_workers,
             progress=bar if bar is not None else False,
-        )  # fmt: skip
+        )
         for fields, _ in part:
             fields.update(epochs=epochs_for(size, config), head_seed=HEAD_SEED0 + fields["restart"])
-        _finish(store, part, result, tensors, w_pre, options.device, reference_fc3=target["fc3.weight"], done=done)
+        _finish(
+            store, part, result, tensors, w_pre, options.device, reference_fc3=target["fc3.weight"], done=done
+        )
     if bar is not None:
         bar.close()
     return store
 
 
-def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dict,
-                   options: RunOptions = RunOptions()) -> AblationStore:  # fmt: skip
+def run_trajectory(
+    store_root, config: AblationConfig, tensors: dict, w_pre: dict, options: RunOptions = RunOptions()
+) -> AblationStore:
     """Study 3: mixout(w_pre, p) runs on ``trajectory_size`` images, :func:`effective_l2` at epoch ends.
 
     Checkpoints: the first epoch, every ``trajectory_every``-th epoch and the last. The evaluation
@@ -412,10 +510,15 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     done = store.done()
     size = config.trajectory_size
     settings = [Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p) for p in config.trajectory_ps]
-    todo = [(_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
-            for r in range(config.trajectory_restarts) for i, (s, p) in enumerate(zip(settings, config.trajectory_ps))]
+    todo = [
+        (_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
+        for r in range(config.trajectory_restarts)
+        for i, (s, p) in enumerate(zip(settings, config.trajectory_ps))
+    ]
     if all(t[0]["run_id"] in done for t in todo):
-        return store  # else all runs train again as one ensemble (bit for bit); only missing records are written
+        return (
+            store  # else all runs train again as one ensemble (bit for bit); only missing records are written
+        )
     x, y = _subset(tensors, size)
     n_eval = size if config.trajectory_eval is None else min(config.trajectory_eval, size)
     xe, ye = x[:n_eval], y[:n_eval]
@@ -423,34 +526,72 @@ def run_trajectory(store_root, config: AblationConfig, tensors: dict, w_pre: dic
     spe = math.ceil(size / config.batch_size)
     marks = {0, epochs - 1} | {e for e in range(epochs) if (e + 1) % config.trajectory_every == 0}
     checkpoints = [[] for _ in todo]
-    bar = engine.member_step_bar(options.progress, len(todo) * epochs * spe, f"trajectory ({config.profile})", leave=False)
+    bar = engine.member_step_bar(
+        options.progress, len(todo) * epochs * spe, f"trajectory ({config.profile})", leave=False
+    )
 
     def on_epoch_end(epoch, params):
         if epoch not in marks:
             return
         for e, (_, _, p) in enumerate(todo):
             one = {k: v[e].detach().cpu() for k, v in params.items()}
-            est = effective_l2(one, w_pre, p, xe, ye, n_samples=config.trajectory_samples,
-                               generator=config.trajectory_mc_seed)  # fmt: skip
-            checkpoints[e].append({"epoch": epoch + 1, "step": (epoch + 1) * spe, "loss": est.loss,
-                                   "dist2": est.dist2, "penalty": est.penalty.mean, "penalty_se": est.penalty.se,
-                                   "m": est.m, "m_lo": est.m_lo, "m_hi": est.m_hi, "lam": est.lam})  # fmt: skip
+            est = effective_l2(
+                one,
+                w_pre,
+                p,
+                xe,
+                ye,
+                n_samples=config.trajectory_samples,
+                generator=config.trajectory_mc_seed,
+            )
+            checkpoints[e].append(
+                {
+                    "epoch": epoch + 1,
+                    "step": (epoch + 1) * spe,
+                    "loss": est.loss,
+                    "dist2": est.dist2,
+                    "penalty": est.penalty.mean,
+                    "penalty_se": est.penalty.se,
+                    "m": est.m,
+                    "m_lo": est.m_lo,
+                    "m_hi": est.m_hi,
+                    "lam": est.lam,
+                }
+            )
 
     t0 = time.perf_counter()
     result = engine.train_ensemble(
-        w_pre, [m for _, m, _ in todo], x, y, epochs=epochs, lr=config.lr, batch_size=config.batch_size,
-        warmup=config.warmup, target=w_pre, device=options.device, on_epoch_end=on_epoch_end,
+        w_pre,
+        [m for _, m, _ in todo],
+        x,
+        y,
+        epochs=epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        warmup=config.warmup,
+        target=w_pre,
+        device=options.device,
+        on_epoch_end=on_epoch_end,
         workers=options.n_workers,
         progress=bar if bar is not None else False,
-    )  # fmt: skip
+    )
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     ev = engine.evaluate(result.params, *tensors["test"])
     for e, (fields, _, p) in enumerate(todo):
-        rec = dict(fields, p=p, epochs=epochs, steps=result.steps, eval_size=n_eval,
-                   mc_samples=config.trajectory_samples, test_acc=float(ev["acc"][e]),
-                   seconds=seconds, checkpoints=checkpoints[e], **run_env(options.device))  # fmt: skip
+        rec = dict(
+            fields,
+            p=p,
+            epochs=epochs,
+            steps=result.steps,
+            eval_size=n_eval,
+            mc_samples=config.trajectory_samples,
+            test_acc=float(ev["acc"][e]),
+            seconds=seconds,
+            checkpoints=checkpoints[e],
+            **run_env(options.device),
+        )
         if fields["run_id"] not in done:
             store.write(rec)
     return store
@@ -485,8 +626,16 @@ def subset_sha256(index: torch.Tensor) -> str:
     return hashlib.sha256(index.numpy().astype("<i8").tobytes()).hexdigest()
 
 
-def run_ablations(profile: str = "paper", studies=STUDIES, options: RunOptions = RunOptions(), *, results=None,
-                  data_root=None, source: str = "auto", **overrides) -> AblationResults:  # fmt: skip
+def run_ablations(
+    profile: str = "paper",
+    studies=STUDIES,
+    options: RunOptions = RunOptions(),
+    *,
+    results=None,
+    data_root=None,
+    source: str = "auto",
+    **overrides,
+) -> AblationResults:
     """Data, ``w_pre`` (the sweep's cached pretraining for ``profile``) and the chosen studies.
 
     Every stage resumes from what is stored under ``results`` (default: the checkout's ``results/``);
@@ -499,14 +648,25 @@ def run_ablations(profile: str = "paper", studies=STUDIES, options: RunOptions =
     t0 = time.perf_counter()
     exp = data.load_experiment(root=data_root, source=source)
     sweep_cfg, _, w_pre = sweep.pretrained(results, profile, exp, options)
-    config = ablation_config(profile, source=exp.source_key, data=sweep_cfg.data, pretrain=sweep_cfg.pretrain_key(),
-                             w_pre=sweep_cfg.w_pre, **overrides)  # fmt: skip
+    config = ablation_config(
+        profile,
+        source=exp.source_key,
+        data=sweep_cfg.data,
+        pretrain=sweep_cfg.pretrain_key(),
+        w_pre=sweep_cfg.w_pre,
+        **overrides,
+    )
     tensors = ablation_tensors(exp, config)
     w_pre_acc = float(engine.evaluate(w_pre, *tensors["test"])["acc"][0])
-    out = AblationResults(config, w_pre_acc, exp.source_name, tensors["index"],
-                          seconds={"setup": time.perf_counter() - t0})
-    context = {"w_pre_test_acc": w_pre_acc, "source_name": exp.source_name,
-               "target_train_size": int(exp.target.train.x.shape[0]), "subset_sha256": subset_sha256(tensors["index"])}
+    out = AblationResults(
+        config, w_pre_acc, exp.source_name, tensors["index"], seconds={"setup": time.perf_counter() - t0}
+    )
+    context = {
+        "w_pre_test_acc": w_pre_acc,
+        "source_name": exp.source_name,
+        "target_train_size": int(exp.target.train.x.shape[0]),
+        "subset_sha256": subset_sha256(tensors["index"]),
+    }
     runners = {"small_data": run_small_data, "new_head": run_new_head, "trajectory": run_trajectory}
     for study in studies:
         t = time.perf_counter()
@@ -531,8 +691,11 @@ def load_ablations(results=None) -> list[AblationResults]:
     source task, the newest configuration with a stored ``context.json``, and every study stored for
     that same configuration."""
     root = (project_dir("results") if results is None else Path(results)) / "ablations"
-    folders = sorted((d for d in root.glob("*-*") if (d / CONTEXT).is_file() and any((d / "runs").glob("*.json"))),
-                     key=lambda d: (d / CONTEXT).stat().st_mtime, reverse=True)  # fmt: skip
+    folders = sorted(
+        (d for d in root.glob("*-*") if (d / CONTEXT).is_file() and any((d / "runs").glob("*.json"))),
+        key=lambda d: (d / CONTEXT).stat().st_mtime,
+        reverse=True,
+    )
     out, seen = [], set()
     for folder in folders:
         config = _config_from(folder)

@@ -117,8 +117,9 @@ def figure2_values(records: list[dict]) -> dict:
     out = {("claim" if k[0] == "gap" else "level", k): v[0] for k, v in stats.items()}
     ps = sorted(p for (m, p, q) in stats if m == "mixout" and q == "dist_mixed")
     if ps and ("none", 0.0, "dist_mixed") in stats:
-        out["claim", ("mixout", ps[-1], "dist_mixed_ratio_to_p0")] = stats["mixout", ps[-1], "dist_mixed"][0] / stats[
-            "none", 0.0, "dist_mixed"][0]
+        out["claim", ("mixout", ps[-1], "dist_mixed_ratio_to_p0")] = (
+            stats["mixout", ps[-1], "dist_mixed"][0] / stats["none", 0.0, "dist_mixed"][0]
+        )
     c = report.figure2_claims(records)
     for name in ("mixed_distance_decreasing_every_restart", "source_acc_mixout_ge_dropout"):
         out["claim", ("claim", "", name)] = bool(c[name])
@@ -136,8 +137,12 @@ def _fidelity_numbers(runs: list[dict], w_pre_accs: dict) -> dict:
         out = {}
         for v in dict.fromkeys(r["variant"] for r in recs):
             mine = [r for r in recs if r["variant"] == v]
-            out.update({(kind, (v, *k)): x for (kind, k), x in figure2_values(mine).items() if kind == "level"})
-            out.update({("claim", (v, "", name)): float(x) for name, x in fidelity.ours(mine, w_pre_accs[v]).items()})
+            out.update(
+                {(kind, (v, *k)): x for (kind, k), x in figure2_values(mine).items() if kind == "level"}
+            )
+            out.update(
+                {("claim", (v, "", name)): float(x) for name, x in fidelity.ours(mine, w_pre_accs[v]).items()}
+            )
         return out
 
     return _numbers([r for r in runs if not r.get("failed")], "seed", values)
@@ -150,10 +155,15 @@ def _ablation_numbers(res) -> dict:
     def values(rs):
         small = [r for r in rs if r["_study"] == "small_data"]
         head = [r for r in rs if r["_study"] == "new_head"]
-        summaries = {"small_data": report.summarise_runs(small, res.w_pre_acc),
-                     "new_head": report.summarise_runs(head, res.w_pre_acc)}  # fmt: skip
-        out = {("level", (s, row["size"], row["setting"], "test_acc")): row["mean"]
-               for s, rows in summaries.items() for row in rows}  # fmt: skip
+        summaries = {
+            "small_data": report.summarise_runs(small, res.w_pre_acc),
+            "new_head": report.summarise_runs(head, res.w_pre_acc),
+        }
+        out = {
+            ("level", (s, row["size"], row["setting"], "test_acc")): row["mean"]
+            for s, rows in summaries.items()
+            for row in rows
+        }
         c = report.claims(summaries["small_data"], summaries["new_head"], traj, small)
         out.update({("claim", k): v for k, v in _flatten(c)})
         return out
@@ -188,11 +198,17 @@ def _theorem1_numbers(points: list[dict]) -> dict:
             if _finite(r.get(q)):
                 out[(*key, q)] = Number((*key, q), "level", float(r[q]), None)
         if _finite(r.get("mc")) and _finite(r.get("second_order")) and r["second_order"]:
-            se = (r["mc_hi"] - r["mc_lo"]) / (2 * 1.959964) / r["second_order"] if _finite(r.get("mc_hi")) else None
+            se = (
+                (r["mc_hi"] - r["mc_lo"]) / (2 * 1.959964) / r["second_order"]
+                if _finite(r.get("mc_hi"))
+                else None
+            )
             out[(*key, "ratio")] = Number((*key, "ratio"), "claim", r["mc"] / r["second_order"], se)
     mins = [r["m_min"] for r in points if r["part"] in ("w_pre", "finetuned") and _finite(r.get("m_min"))]
     if mins:
-        out["all", "", "corollary_vacuous"] = Number(("all", "", "corollary_vacuous"), "claim", max(mins) <= 0.0)
+        out["all", "", "corollary_vacuous"] = Number(
+            ("all", "", "corollary_vacuous"), "claim", max(mins) <= 0.0
+        )
     return out
 
 
@@ -223,8 +239,10 @@ def detect(folder) -> str:
     if (f / "config.json").is_file() and (f / "runs").is_dir():
         parent = f.parent.name
         return {"ablations": "ablations-store", "theorem1": "theorem1-store"}.get(parent, "sweep-store")
-    raise CompareError(f"{f}: neither an exported study (meta.json and its tables) nor a results store "
-                       "(config.json and runs/)")  # fmt: skip
+    raise CompareError(
+        f"{f}: neither an exported study (meta.json and its tables) nor a results store "
+        "(config.json and runs/)"
+    )
 
 
 def read(folder) -> Result:
@@ -244,23 +262,33 @@ def _read(f: Path, kind: str) -> Result:
 
     if kind == "figure2":
         records, meta = exports.load_figure2(f)
-        return Result("figure2", meta["config"]["profile"], meta["config"]["source"], _figure2_numbers(records), f)
+        return Result(
+            "figure2", meta["config"]["profile"], meta["config"]["source"], _figure2_numbers(records), f
+        )
     if kind == "sweep-store":
         config = json.loads((f / "config.json").read_text())
         if not isinstance(config, dict) or "ps" not in config:
             raise CompareError(f"{f}: config.json is not a sweep's configuration")
         if not sweep.is_figure2_reading(config):
-            raise CompareError(f"{f}: a fidelity variant's sweep, not Figure 2's: compare the fidelity exports")
-        return Result("figure2", config["profile"], config["source"], _figure2_numbers(sweep.load_records(f)), f)
+            raise CompareError(
+                f"{f}: a fidelity variant's sweep, not Figure 2's: compare the fidelity exports"
+            )
+        return Result(
+            "figure2", config["profile"], config["source"], _figure2_numbers(sweep.load_records(f)), f
+        )
     if kind == "fidelity":
         res = fidelity.load_fidelity(f)
-        return Result("fidelity", res.profile, res.runs[0]["source"], _fidelity_numbers(res.runs, res.w_pre_accs), f)
+        return Result(
+            "fidelity", res.profile, res.runs[0]["source"], _fidelity_numbers(res.runs, res.w_pre_accs), f
+        )
     if kind == "ablations":
         res = exports.load_ablations(f)
         return Result("ablations", res.config.profile, res.config.source, _ablation_numbers(res), f)
     if kind == "theorem1":
         points, _, meta = theorem1.load_tables(f)
-        return Result("theorem1", meta["config"]["profile"], meta["config"]["source"], _theorem1_numbers(points), f)
+        return Result(
+            "theorem1", meta["config"]["profile"], meta["config"]["source"], _theorem1_numbers(points), f
+        )
     if kind in ("ablations-store", "theorem1-store"):
         return _read(_exported_store(f, kind), kind.split("-")[0])
     raise CompareError(f"{f}: a w_pre-spread export; compare two Figure 2 results and pass it with --spread")
@@ -283,7 +311,9 @@ def _exported_store(folder: Path, kind: str) -> Path:
         if found:
             theorem1.export_tables(found[0], out)
             return out
-    raise CompareError(f"{folder}: not the newest complete store of its study under {root}; compare its export instead")
+    raise CompareError(
+        f"{folder}: not the newest complete store of its study under {root}; compare its export instead"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,10 +359,14 @@ def compare(a: Result, b: Result, taus: dict | None = None) -> list[Row]:
     """Every number both results hold, compared by the rule of the module docstring (``taus``: the
     w_pre spread of Figure 2's numbers, keyed as :func:`spread_taus`; applied to Figure 2 only)."""
     if a.study != b.study:
-        raise CompareError(f"{a.where} holds the {a.study} study, {b.where} the {b.study} study: compare results of one study")
+        raise CompareError(
+            f"{a.where} holds the {a.study} study, {b.where} the {b.study} study: compare results of one study"
+        )
     if (a.profile, a.source) != (b.profile, b.source):
-        raise CompareError(f"{a.where} is profile {a.profile!r}, source {a.source!r}; {b.where} is profile "
-                           f"{b.profile!r}, source {b.source!r}: compare results of the same profile and source")  # fmt: skip
+        raise CompareError(
+            f"{a.where} is profile {a.profile!r}, source {a.source!r}; {b.where} is profile "
+            f"{b.profile!r}, source {b.source!r}: compare results of the same profile and source"
+        )
     taus = taus if a.study == "figure2" else {}
     rows = []
     for key in [k for k in a.numbers if k in b.numbers]:
@@ -356,7 +390,11 @@ def name(study: str, key: tuple) -> str:
     parts = [str(k) for k in key if k != ""]
     if study in ("figure2", "fidelity") and len(key) >= 3:
         *head, p, q = key
-        parts = [str(h) for h in head if h not in ("", "claim")] + ([f"p={p:g}"] if isinstance(p, float) else []) + [q]
+        parts = (
+            [str(h) for h in head if h not in ("", "claim")]
+            + ([f"p={p:g}"] if isinstance(p, float) else [])
+            + [q]
+        )
     return f"{study}: " + " ".join(parts)
 
 
@@ -369,8 +407,10 @@ def outside_lines(study: str, rows: list[Row]) -> list[str]:
         if r.diff is None:
             lines.append(f"{name(study, r.key)} ({r.kind}): {r.a} vs {r.b}")
         else:
-            lines.append(f"{name(study, r.key)} ({r.kind}): {r.a:.6g} vs {r.b:.6g}, difference {r.diff:+.4g} = "
-                         f"{r.sigmas:.1f} sigma (sigma {r.sigma:.3g})")  # fmt: skip
+            lines.append(
+                f"{name(study, r.key)} ({r.kind}): {r.a:.6g} vs {r.b:.6g}, difference {r.diff:+.4g} = "
+                f"{r.sigmas:.1f} sigma (sigma {r.sigma:.3g})"
+            )
     return lines
 
 
@@ -390,7 +430,9 @@ def summary(study: str, rows: list[Row], spread_known: bool) -> str:
     if loose:
         rel = max((abs(r.diff) / max(abs(r.a), 1e-300) for r in loose if r.diff is not None), default=0.0)
         text += f"; not judged (no noise estimate): {len(loose)}, largest relative difference {rel:.2%}"
-    rule = f"|difference| <= {SIGMAS:g} sigma, sigma^2 = se_a^2 + se_b^2" + (" + 2 tau_w_pre^2" if spread_known else "")
+    rule = f"|difference| <= {SIGMAS:g} sigma, sigma^2 = se_a^2 + se_b^2" + (
+        " + 2 tau_w_pre^2" if spread_known else ""
+    )
     return f"{text} (rule: {rule})"
 
 
@@ -437,7 +479,11 @@ def against_committed(study: str, folder, profile: str, source: str) -> list[str
     the same profile and source, or a line saying there is none."""
     ref = committed(study, profile, source)
     if ref is None:
-        return [f"compare: no committed {study} results of profile {profile!r}, source {source!r} to compare with"]
+        return [
+            f"compare: no committed {study} results of profile {profile!r}, source {source!r} to compare with"
+        ]
     ok, lines = compare_results(ref, read(folder))
-    head = f"compare with the committed results ({ref.where}): " + ("every claim within noise" if ok else "a claim differs")
+    head = f"compare with the committed results ({ref.where}): " + (
+        "every claim within noise" if ok else "a claim differs"
+    )
     return [head, *("  " + line for line in lines)]

@@ -44,16 +44,27 @@ class EffectiveL2:
     lam: float
 
 
-def _tail_losses(params: dict, h1: torch.Tensor, y: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor) -> torch.Tensor:
+def _tail_losses(
+    params: dict, h1: torch.Tensor, y: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor
+) -> torch.Tensor:
     """Mean cross-entropy for each of ``S`` samples of the mixed weights ``w2 (S, 100, 300)``,
     ``w3 (S, 10, 100)``, the rest of the network fixed (eval mode): :func:`mlp.tail` on a shared ``h1``."""
     z = mlp.tail(params, h1.expand(w2.shape[0], *h1.shape), w2, w3)  # (S, B, 10)
     return F.cross_entropy(z.transpose(1, 2), y.expand(z.shape[0], -1), reduction="none").mean(-1)
 
 
-def effective_l2(params: dict, reference: dict, p: float, x: torch.Tensor, y: torch.Tensor, *,
-                 n_samples: int = 256, generator=0, batch_size: int = 64,
-                 control_variate: bool = True) -> EffectiveL2:  # fmt: skip
+def effective_l2(
+    params: dict,
+    reference: dict,
+    p: float,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    n_samples: int = 256,
+    generator=0,
+    batch_size: int = 64,
+    control_variate: bool = True,
+) -> EffectiveL2:
     """The coefficient ``2 (E L(Phi(w)) - L(w)) / ((p / (1 - p)) ||w - u||^2)`` at one network.
 
     ``params``: one network (unstacked); ``reference``: ``u`` (``w_pre``, or any network holding
@@ -74,7 +85,9 @@ def effective_l2(params: dict, reference: dict, p: float, x: torch.Tensor, y: to
     u = {k: reference[k].detach().to(w[k].dtype) for k in mlp.MIXED}
     dist2 = float(sum((w[k] - u[k]).double().pow(2).sum() for k in mlp.MIXED))
     if dist2 == 0.0:
-        raise ValueError("w equals u on the mixed weights: the effective coefficient is 0/0 there (undefined)")
+        raise ValueError(
+            "w equals u on the mixed weights: the effective coefficient is 0/0 there (undefined)"
+        )
     with torch.no_grad():
         h1 = mlp.hidden1(params, x.to(w["fc2.weight"].dtype))  # fc1 is never mixed: computed once
     tail = lambda b: _tail_losses(params, h1, y, b["fc2.weight"], b["fc3.weight"])  # noqa: E731
@@ -92,10 +105,19 @@ def effective_l2(params: dict, reference: dict, p: float, x: torch.Tensor, y: to
         return out
 
     with torch.no_grad():
-        est = penalty.empirical_penalty(loss, w, u, p, n_samples, scheme="neuron", generator=generator,
-                                        batch_size=batch_size)  # fmt: skip
+        est = penalty.empirical_penalty(
+            loss, w, u, p, n_samples, scheme="neuron", generator=generator, batch_size=batch_size
+        )
         base = float(tail({k: v.unsqueeze(0) for k, v in w.items()})[0])
     k = p / (1.0 - p)
     scale = 2.0 / (k * dist2)
-    return EffectiveL2(p=float(p), loss=base, dist2=dist2, penalty=est, m=scale * est.mean, m_lo=scale * est.lo,
-                       m_hi=scale * est.hi, lam=2.0 * est.mean / dist2)  # fmt: skip
+    return EffectiveL2(
+        p=float(p),
+        loss=base,
+        dist2=dist2,
+        penalty=est,
+        m=scale * est.mean,
+        m_lo=scale * est.lo,
+        m_hi=scale * est.hi,
+        lam=2.0 * est.mean / dist2,
+    )

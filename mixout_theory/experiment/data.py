@@ -60,7 +60,13 @@ from mixout_theory.experiment.sources import (
     silent,
 )
 from mixout_theory.experiment.standin import RENDER, render_emnist_style
-from mixout_theory.experiment.store import Staging, config_hash, remove_stale_temporaries, sha256_file, verify_sha256
+from mixout_theory.experiment.store import (
+    Staging,
+    config_hash,
+    remove_stale_temporaries,
+    sha256_file,
+    verify_sha256,
+)
 
 __all__ = [
     "prepare",
@@ -117,7 +123,9 @@ def _split_sizes(n: int) -> tuple[int, int]:
     return n - val, val
 
 
-def _split_indices(root: Path, name: str, n: int, parts: list[tuple[str, int]], seed: int) -> tuple[dict, Path]:
+def _split_indices(
+    root: Path, name: str, n: int, parts: list[tuple[str, int]], seed: int
+) -> tuple[dict, Path]:
     """Seeded disjoint index sets, stored as ``root/splits/NAME-nN-seedS.npz`` and reused ever after.
 
     A permutation of ``range(n)`` from ``torch.Generator().manual_seed(seed)`` is cut into consecutive
@@ -139,7 +147,9 @@ def _split_indices(root: Path, name: str, n: int, parts: list[tuple[str, int]], 
             with np.load(path) as z:
                 stored = {k: z[k].astype(np.int64) for k, _ in parts}
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise DataIntegrityError(f"{path}: unreadable split index file ({e}); it was left as it is.") from None
+            raise DataIntegrityError(
+                f"{path}: unreadable split index file ({e}); it was left as it is."
+            ) from None
         if not all(np.array_equal(stored[k], idx[k]) for k, _ in parts):
             raise DataIntegrityError(
                 f"{path}: split indices differ from the seeded split they must hold ({len(parts)} parts of sizes "
@@ -208,13 +218,25 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
         em = read_emnist(root)
         x_em, y_em = em["train"]
         tr, va = _split_sizes(x_em.shape[0])
-        es, es_path = _split_indices(root, "emnist-digits", x_em.shape[0], [("train", tr), ("val", va)], SEEDS["emnist_split"])
+        es, es_path = _split_indices(
+            root, "emnist-digits", x_em.shape[0], [("train", tr), ("val", va)], SEEDS["emnist_split"]
+        )
         tr, va = _split_sizes(n_mn)
         ms, ms_path = _split_indices(root, "mnist", n_mn, [("train", tr), ("val", va)], SEEDS["mnist_split"])
-        source = {"train": (x_em[es["train"]], y_em[es["train"]]), "val": (x_em[es["val"]], y_em[es["val"]]), "test": em["test"]}
-        target = {"train": (x_mn[ms["train"]], y_mn[ms["train"]]), "val": (x_mn[ms["val"]], y_mn[ms["val"]]), "test": mn["test"]}
+        source = {
+            "train": (x_em[es["train"]], y_em[es["train"]]),
+            "val": (x_em[es["val"]], y_em[es["val"]]),
+            "test": em["test"],
+        }
+        target = {
+            "train": (x_mn[ms["train"]], y_mn[ms["train"]]),
+            "val": (x_mn[ms["val"]], y_mn[ms["val"]]),
+            "test": mn["test"],
+        }
         index_files = {"emnist_split": es_path, "mnist_split": ms_path}
-        checksums.update({f"EMNIST/raw/{n}": h for n, h in read_manifest(emnist_raw(root) / EMNIST_MANIFEST).items()})
+        checksums.update(
+            {f"EMNIST/raw/{n}": h for n, h in read_manifest(emnist_raw(root) / EMNIST_MANIFEST).items()}
+        )
         extra["orientation"] = "EMNIST images transposed (H <-> W) to MNIST's orientation"
     else:
         half = n_mn // 2
@@ -227,7 +249,11 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
             "val": (render_emnist_style(x_mn[sp["a_val"]]), y_mn[sp["a_val"]]),
             "test": (render_emnist_style(mn["test"][0]), mn["test"][1]),
         }
-        target = {"train": (x_mn[sp["b_train"]], y_mn[sp["b_train"]]), "val": (x_mn[sp["b_val"]], y_mn[sp["b_val"]]), "test": mn["test"]}
+        target = {
+            "train": (x_mn[sp["b_train"]], y_mn[sp["b_train"]]),
+            "val": (x_mn[sp["b_val"]], y_mn[sp["b_val"]]),
+            "test": mn["test"],
+        }
         index_files = {"stand_in_halves": sp_path}
         extra["render"] = dict(RENDER)
         extra["stand_in"] = (
@@ -237,7 +263,11 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
     norm = {}
     for task, d in (("source", source), ("target", target)):
         mean, std = _mean_std(d["train"][0])
-        norm[task] = {"mean": mean, "std": std, "computed_on": f"{task} train split ({d['train'][0].shape[0]:,} images), pixels/255"}
+        norm[task] = {
+            "mean": mean,
+            "std": std,
+            "computed_on": f"{task} train split ({d['train'][0].shape[0]:,} images), pixels/255",
+        }
     info = {
         "source_key": key,
         "source_name": SOURCE_NAMES[key],
@@ -245,7 +275,10 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
         "cache_version": CACHE_VERSION,
         "cache_file": _rel(root, path),
         "normalisation": norm,
-        "sizes": {t: {s: int(d[s][0].shape[0]) for s in ("train", "val", "test")} for t, d in (("source", source), ("target", target))},
+        "sizes": {
+            t: {s: int(d[s][0].shape[0]) for s in ("train", "val", "test")}
+            for t, d in (("source", source), ("target", target))
+        },
         "split_seeds": dict(SEEDS),
         "val_fraction": VAL_FRACTION,
         "index_files": {k: {"path": _rel(root, p), "sha256": sha256_file(p)} for k, p in index_files.items()},
@@ -255,13 +288,19 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
     payload = {
         "format": CACHE_VERSION,
         "info_json": json.dumps(info, sort_keys=True),
-        **{task: {s: {"x": d[s][0].contiguous(), "y": d[s][1].contiguous()} for s in ("train", "val", "test")}
-           for task, d in (("source", source), ("target", target))},
-    }  # fmt: skip
+        **{
+            task: {
+                s: {"x": d[s][0].contiguous(), "y": d[s][1].contiguous()} for s in ("train", "val", "test")
+            }
+            for task, d in (("source", source), ("target", target))
+        },
+    }
     with Staging() as st:
         tmp = st.path_for(path)
         torch.save(payload, tmp)
-        side = st.path_for(path.with_suffix(".json"))  # the same record, human-readable, and the file's sha256
+        side = st.path_for(
+            path.with_suffix(".json")
+        )  # the same record, human-readable, and the file's sha256
         side.write_text(json.dumps({**info, CACHE_SHA256: sha256_file(tmp)}, indent=1, sort_keys=True) + "\n")
         st.commit()
     log(f"cache: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
@@ -271,7 +310,9 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
 # -------------------------------------------------------------------------------------- prepare
 
 
-def prepare(root=None, source: str = "auto", emnist_from=None, download: bool = True, log: Log | None = print) -> dict:
+def prepare(
+    root=None, source: str = "auto", emnist_from=None, download: bool = True, log: Log | None = print
+) -> dict:
     """Make MNIST, EMNIST Digits (when it can be had) and the chosen source task ready under ``root``.
 
     Args:
@@ -301,7 +342,9 @@ def prepare(root=None, source: str = "auto", emnist_from=None, download: bool = 
             raise ValueError(f"emnist_from={str(emnist_from)!r} makes no sense with source='stand-in'")
         emnist_from = Path(emnist_from).expanduser()
         if not emnist_from.exists():
-            raise DataUnavailableError(f"--emnist-from {emnist_from}: no such file or folder.\n" + emnist_how_to(root))
+            raise DataUnavailableError(
+                f"--emnist-from {emnist_from}: no such file or folder.\n" + emnist_how_to(root)
+            )
     root.mkdir(parents=True, exist_ok=True)
     for d in (root, mnist_raw(root), emnist_raw(root), root / "splits", root / "cache"):
         remove_stale_temporaries(d)
@@ -364,10 +407,16 @@ def format_report(report: dict) -> str:
     else:
         lines.append(f"EMNIST Digits: {em['status']}")
     sz = report["sizes"]
-    lines.append(f"source task: {report['source_name']}  (train/val/test {sz['source']['train']:,}/{sz['source']['val']:,}/{sz['source']['test']:,})")
-    lines.append(f"target task: MNIST  (train/val/test {sz['target']['train']:,}/{sz['target']['val']:,}/{sz['target']['test']:,})")
+    lines.append(
+        f"source task: {report['source_name']}  (train/val/test {sz['source']['train']:,}/{sz['source']['val']:,}/{sz['source']['test']:,})"
+    )
+    lines.append(
+        f"target task: MNIST  (train/val/test {sz['target']['train']:,}/{sz['target']['val']:,}/{sz['target']['test']:,})"
+    )
     for task, nrm in report["normalisation"].items():
-        lines.append(f"normalisation ({task}): mean {nrm['mean']:.4f}, std {nrm['std']:.4f} ({nrm['computed_on']})")
+        lines.append(
+            f"normalisation ({task}): mean {nrm['mean']:.4f}, std {nrm['std']:.4f} ({nrm['computed_on']})"
+        )
     for k, v in report["index_files"].items():
         lines.append(f"split indices ({k}): {v['path']}  sha256 {v['sha256'][:16]}...")
     lines.append(f"cache: {report['cache']['path']} ({'built' if report['cache']['built'] else 'reused'})")
@@ -468,8 +517,14 @@ def _verified_cache(path: Path) -> str | None:
         want = None
     if want is None:
         return None
-    return verify_sha256(path, want, side.name, "the cache was altered or damaged. It is derived data: delete it and "
-                         "run `python -m mixout_theory data` to rebuild it.", error=DataIntegrityError)  # fmt: skip
+    return verify_sha256(
+        path,
+        want,
+        side.name,
+        "the cache was altered or damaged. It is derived data: delete it and "
+        "run `python -m mixout_theory data` to rebuild it.",
+        error=DataIntegrityError,
+    )
 
 
 def _read_cache_info(path: Path) -> dict:
@@ -501,21 +556,32 @@ def _from_cache(path: Path, sha: str | None = None) -> ExperimentData:
     """The cache at ``path``; ``sha``: its sha256 when the caller has just verified it (else verified here)."""
     sha = sha or _verified_cache(path)
     if sha is None:
-        raise DataIntegrityError(f"{path}: no checksum recorded beside it (an older cache): run "
-                                 "`python -m mixout_theory data` to rebuild it")  # fmt: skip
+        raise DataIntegrityError(
+            f"{path}: no checksum recorded beside it (an older cache): run "
+            "`python -m mixout_theory data` to rebuild it"
+        )
     payload = _torch_load(path)
     info = dict(json.loads(payload["info_json"]), **{CACHE_SHA256: sha})  # the content, in data_fingerprint
     tasks = {}
     for task in ("source", "target"):
         nrm = info["normalisation"][task]
-        splits = {s: Split(_normalised(payload[task][s]["x"], nrm["mean"], nrm["std"]), payload[task][s]["y"].long())
-                  for s in ("train", "val", "test")}  # fmt: skip
+        splits = {
+            s: Split(
+                _normalised(payload[task][s]["x"], nrm["mean"], nrm["std"]), payload[task][s]["y"].long()
+            )
+            for s in ("train", "val", "test")
+        }
         tasks[task] = Splits(**splits, mean=nrm["mean"], std=nrm["std"])
     return ExperimentData(info["source_name"], info["source_key"], tasks["source"], tasks["target"], info)
 
 
-def load_experiment(root=None, source: str = "auto", emnist_from=None, prepare_if_missing: bool = True,
-                    log: Log | None = print) -> ExperimentData:  # fmt: skip
+def load_experiment(
+    root=None,
+    source: str = "auto",
+    emnist_from=None,
+    prepare_if_missing: bool = True,
+    log: Log | None = print,
+) -> ExperimentData:
     """The experiment's data as in-memory tensors (about a second once :func:`prepare` has run).
 
     ``source="auto"`` uses EMNIST Digits when its files are under ``root`` (or ``emnist_from`` is

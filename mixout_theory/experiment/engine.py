@@ -122,13 +122,21 @@ class _MaskStreams:
     """
 
     def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100), inputs: int = 784):
-        self.members, self.b, self.total, self.widths, self.inputs = members, batch_size, total_steps, widths, inputs
+        self.members, self.b, self.total, self.widths, self.inputs = (
+            members,
+            batch_size,
+            total_steps,
+            widths,
+            inputs,
+        )
         self.gens = [np.random.PCG64(m.mask_seed) for m in members]
         # per unit, (E, 400) then (E, 784): hidden dropout, hidden mixout, input dropout, input mixout
-        self.p = [self._per_unit([m.dropout for m in members], widths),
-                  self._per_unit([m.mixout for m in members], widths),
-                  self._per_unit([(m.input_dropout,) for m in members], (inputs,)),
-                  self._per_unit([(m.input_mixout,) for m in members], (inputs,))]  # fmt: skip
+        self.p = [
+            self._per_unit([m.dropout for m in members], widths),
+            self._per_unit([m.mixout for m in members], widths),
+            self._per_unit([(m.input_dropout,) for m in members], (inputs,)),
+            self._per_unit([(m.input_mixout,) for m in members], (inputs,)),
+        ]
         self.used = [bool(p.any()) for p in self.p]
         self.any_drop, self.any_mix, self.any_input = self.used[0], self.used[1], any(self.used[2:])
         self._start, self._key = None, None
@@ -153,8 +161,10 @@ class _MaskStreams:
         k, E = min(MASK_BLOCK, self.total - start), len(self.members)
         shapes = [(self.b, sum(self.widths)), (1, sum(self.widths)), (self.b, self.inputs), (1, self.inputs)]
         if self._key != (dtype, device):  # (re)allocate, ones everywhere
-            self._bufs = [torch.ones(E, MASK_BLOCK, *shape, dtype=dtype) if use else None
-                          for use, shape in zip(self.used, shapes)]  # fmt: skip
+            self._bufs = [
+                torch.ones(E, MASK_BLOCK, *shape, dtype=dtype) if use else None
+                for use, shape in zip(self.used, shapes)
+            ]
         for e, g in enumerate(self.gens):  # in this order, so hidden-only members draw what they always did
             for buf, p, shape in zip(self._bufs, self.p, shapes):
                 if buf is not None and p[e].any():
@@ -189,8 +199,10 @@ class _MaskStreams:
         """:meth:`views` as fresh contiguous tensors (safe to keep): the scaled masks that
         :func:`mlp.forward` takes."""
         drop, mix = self.views(step, rows, dtype, device)
-        return tuple(None if m is None else tuple(None if t is None else t.contiguous() for t in m)
-                     for m in (drop, mix))
+        return tuple(
+            None if m is None else tuple(None if t is None else t.contiguous() for t in m)
+            for m in (drop, mix)
+        )
 
 
 class _Adam:
@@ -214,18 +226,43 @@ class _Adam:
         if self.fused:
             self.step_count += 1
             try:
-                torch._fused_adam_(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
-                                   lr=lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS,
-                                   amsgrad=False, maximize=False)  # fmt: skip
+                torch._fused_adam_(
+                    self.params,
+                    self.grads,
+                    self.exp_avgs,
+                    self.exp_avg_sqs,
+                    [],
+                    self.steps,
+                    lr=lr,
+                    beta1=BETAS[0],
+                    beta2=BETAS[1],
+                    weight_decay=0.0,
+                    eps=EPS,
+                    amsgrad=False,
+                    maximize=False,
+                )
                 return
             except (RuntimeError, NotImplementedError, TypeError):  # no fused kernel here
                 self.step_count -= 1
                 self.fused = False
                 # the functional adam counts the step itself, once per tensor: one counter each
                 self.steps = [self.step_count.clone() for _ in self.params]
-        _functional_adam(self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [], self.steps,
-                              foreach=True, amsgrad=False, beta1=BETAS[0], beta2=BETAS[1], lr=lr,
-                              weight_decay=0.0, eps=EPS, maximize=False)  # fmt: skip
+        _functional_adam(
+            self.params,
+            self.grads,
+            self.exp_avgs,
+            self.exp_avg_sqs,
+            [],
+            self.steps,
+            foreach=True,
+            amsgrad=False,
+            beta1=BETAS[0],
+            beta2=BETAS[1],
+            lr=lr,
+            weight_decay=0.0,
+            eps=EPS,
+            maximize=False,
+        )
 
 
 DECAYED = ("fc1.weight", "fc2.weight", "fc3.weight")  # wdecay acts on the Linear weights only
@@ -258,9 +295,13 @@ def check_device(device: str | torch.device) -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')")
+        raise ValueError(
+            f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')"
+        )
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        raise ValueError(
+            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
     return dev
 
 
@@ -377,12 +418,31 @@ def train_ensemble(
     bar = _Progress(total, E, progress)
     runs = []
     for index in parts:
-        init_p = {k: pick(v.detach(), index, k) if stacked else v.detach().unsqueeze(0).expand(len(index), *v.shape)
-                  for k, v in init.items()}  # fmt: skip
+        init_p = {
+            k: pick(v.detach(), index, k) if stacked else v.detach().unsqueeze(0).expand(len(index), *v.shape)
+            for k, v in init.items()
+        }
         tgt = None if target is None else {k: pick(v.detach(), index, k) for k, v in target.items()}
-        wdt = None if wdecay_target is None else {k: pick(wdecay_target[k].detach(), index, k) for k in DECAYED}
-        runs.append(_Part(init_p, [members[e] for e in index], x, y, tgt, wdt, dev=dev, lr=lr, total=total,
-                          warmup=warmup, batch_size=batch_size, bar=bar, lead=not runs))  # fmt: skip
+        wdt = (
+            None if wdecay_target is None else {k: pick(wdecay_target[k].detach(), index, k) for k in DECAYED}
+        )
+        runs.append(
+            _Part(
+                init_p,
+                [members[e] for e in index],
+                x,
+                y,
+                tgt,
+                wdt,
+                dev=dev,
+                lr=lr,
+                total=total,
+                warmup=warmup,
+                batch_size=batch_size,
+                bar=bar,
+                lead=not runs,
+            )
+        )
     flat = [e for index in parts for e in index]
     inv = None if flat == list(range(E)) else torch.tensor(flat).argsort()
 
@@ -431,10 +491,21 @@ class _Part:
     call over all parameters.
     """
 
-    def __init__(self, init, members, x, y, target, wd_target, *, dev, lr, total, warmup, batch_size, bar, lead=True):
-        self.params = {k: init[k].to(dev).clone(memory_format=torch.contiguous_format) for k in mlp.PARAM_NAMES}
+    def __init__(
+        self, init, members, x, y, target, wd_target, *, dev, lr, total, warmup, batch_size, bar, lead=True
+    ):
+        self.params = {
+            k: init[k].to(dev).clone(memory_format=torch.contiguous_format) for k in mlp.PARAM_NAMES
+        }
         self.dtype = self.params["fc1.weight"].dtype
-        self.members, self.x, self.y, self.target, self.wd_target, self.dev = members, x, y, target, wd_target, dev
+        self.members, self.x, self.y, self.target, self.wd_target, self.dev = (
+            members,
+            x,
+            y,
+            target,
+            wd_target,
+            dev,
+        )
         self.lr, self.total, self.warmup, self.batch_size, self.bar = lr, total, warmup, batch_size, bar
         self.lead = lead  # the part whose steps advance a bar of steps
         E = len(members)
@@ -460,7 +531,9 @@ class _Part:
 
     def epoch(self) -> None:
         x, y, n, B = self.x, self.y, self.x.shape[0], self.batch_size
-        order = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens]).to(self.dev)  # (groups, n)
+        order = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens]).to(
+            self.dev
+        )  # (groups, n)
         total_loss = torch.zeros(len(self.members), dtype=torch.float64, device=self.dev)
         groups = self.groups if self.shared else None
         for start in range(0, n, B):
@@ -474,8 +547,9 @@ class _Part:
             if self.shared:
                 yb = yb.index_select(0, self.member_group)
             drop, mix = self.streams.views(self.step, rows, self.dtype, self.dev)
-            losses, _ = mlp.loss_and_grad(self.params, xb, yb, drop, mix, self.target, groups=groups,
-                                             out=self.grads, work=self.work)  # fmt: skip
+            losses, _ = mlp.loss_and_grad(
+                self.params, xb, yb, drop, mix, self.target, groups=groups, out=self.grads, work=self.work
+            )
             if self.use_wdecay:
                 _add_wdecay(self.params, self.grads, self.lam, self.wd_target)
             self.adam.step(self.lr * lr_factor(self.step, self.total, self.warmup))

@@ -39,8 +39,18 @@ from mixout_theory.experiment.store import (
     read_csv,
 )
 
-__all__ = ["Variant", "GRID", "CLAIMS", "DISTANCES", "PAPER_STEPS", "run_fidelity", "claim_rows", "scores",
-           "load_fidelity", "EXPORT_TABLES"]  # fmt: skip
+__all__ = [
+    "Variant",
+    "GRID",
+    "CLAIMS",
+    "DISTANCES",
+    "PAPER_STEPS",
+    "run_fidelity",
+    "claim_rows",
+    "scores",
+    "load_fidelity",
+    "EXPORT_TABLES",
+]
 
 PAPER_TARGET_TRAIN = 54_000  # MNIST's training split less its 6,000 validation images (Supplement C.1)
 PAPER_STEPS = 5 * math.ceil(PAPER_TARGET_TRAIN / 32)  # 8,440 finetuning steps
@@ -90,29 +100,67 @@ class Claim:
 CLAIMS = (
     Claim("w_pre_source_acc", "source accuracy of w_pre", 0.992, TEXT, "level"),
     Claim("source_acc_p0", "source accuracy after finetuning, p = 0", 0.72, FIGURE, "level"),
-    Claim("source_acc_mixout", "source accuracy after finetuning, mixout, mean over p > 0", 0.723, TEXT, "level"),
-    Claim("source_acc_dropout_p0.8", "source accuracy after finetuning, dropout, p = 0.8", 0.522, FIGURE, "level"),
-    *(Claim(f"source_gap_p{p}", f"dropout's source accuracy below mixout's, p = {p}", g, TEXT, "size")
-      for p, g in ((0.1, 0.041), (0.2, 0.074), (0.3, 0.105))),
+    Claim(
+        "source_acc_mixout", "source accuracy after finetuning, mixout, mean over p > 0", 0.723, TEXT, "level"
+    ),
+    Claim(
+        "source_acc_dropout_p0.8",
+        "source accuracy after finetuning, dropout, p = 0.8",
+        0.522,
+        FIGURE,
+        "level",
+    ),
+    *(
+        Claim(f"source_gap_p{p}", f"dropout's source accuracy below mixout's, p = {p}", g, TEXT, "size")
+        for p, g in ((0.1, 0.041), (0.2, 0.074), (0.3, 0.105))
+    ),
     Claim("target_acc_p0", "MNIST validation accuracy, p = 0", 0.972, FIGURE, "level"),
     Claim("target_acc_dropout_p0.8", "MNIST validation accuracy, dropout, p = 0.8", 0.917, FIGURE, "level"),
     Claim("target_acc_mixout_p0.8", "MNIST validation accuracy, mixout, p = 0.8", 0.970, FIGURE, "level"),
-    Claim("target_fall_dropout", "MNIST validation accuracy, dropout, fall from p = 0 to 0.8", 0.055, FIGURE, "size"),
-    *(c for d in DISTANCES for c in (
-        Claim(f"dist_{d}_p0", f"distance at p = 0 [{DISTANCES[d]}]", 1.55, FIGURE, "size"),
-        Claim(f"dist_{d}_mixout_p0.8", f"distance, mixout, p = 0.8 [{DISTANCES[d]}]", 0.40, FIGURE, "size"),
-        Claim(f"dist_{d}_dropout_p0.8", f"distance, dropout, p = 0.8 [{DISTANCES[d]}]", 2.51, FIGURE, "size"),
-        Claim(f"dist_{d}_mixout_ratio", f"distance, mixout, p = 0.8 over p = 0 [{DISTANCES[d]}]", 0.40 / 1.55, FIGURE,
-              "size"),
-        Claim(f"dist_{d}_dropout_ratio", f"distance, dropout, p = 0.8 over p = 0 [{DISTANCES[d]}]", 2.51 / 1.55, FIGURE,
-              "size"))),
-)  # fmt: skip
+    Claim(
+        "target_fall_dropout",
+        "MNIST validation accuracy, dropout, fall from p = 0 to 0.8",
+        0.055,
+        FIGURE,
+        "size",
+    ),
+    *(
+        c
+        for d in DISTANCES
+        for c in (
+            Claim(f"dist_{d}_p0", f"distance at p = 0 [{DISTANCES[d]}]", 1.55, FIGURE, "size"),
+            Claim(
+                f"dist_{d}_mixout_p0.8", f"distance, mixout, p = 0.8 [{DISTANCES[d]}]", 0.40, FIGURE, "size"
+            ),
+            Claim(
+                f"dist_{d}_dropout_p0.8", f"distance, dropout, p = 0.8 [{DISTANCES[d]}]", 2.51, FIGURE, "size"
+            ),
+            Claim(
+                f"dist_{d}_mixout_ratio",
+                f"distance, mixout, p = 0.8 over p = 0 [{DISTANCES[d]}]",
+                0.40 / 1.55,
+                FIGURE,
+                "size",
+            ),
+            Claim(
+                f"dist_{d}_dropout_ratio",
+                f"distance, dropout, p = 0.8 over p = 0 [{DISTANCES[d]}]",
+                2.51 / 1.55,
+                FIGURE,
+                "size",
+            ),
+        )
+    ),
+)
 
 
 def group_mean(records: list[dict], method: str, p: float, metric: str) -> float:
     """Mean of ``metric`` over the usable runs of (method, p); p = 0 is the shared run ("none")."""
-    vals = [r[metric] for r in records if r["p"] == p and r["method"] == ("none" if p == 0 else method)
-            and not r.get("failed")]  # fmt: skip
+    vals = [
+        r[metric]
+        for r in records
+        if r["p"] == p and r["method"] == ("none" if p == 0 else method) and not r.get("failed")
+    ]
     return statistics.fmean(vals) if vals else math.nan
 
 
@@ -120,21 +168,31 @@ def ours(records: list[dict], w_pre_acc: float) -> dict:
     """Our value of every claim from one variant's run records (NaN where its p grid lacks the p)."""
     ps = sorted({r["p"] for r in records if r["p"] > 0})
     src, tgt = "source_val_acc", "target_val_acc"
-    out = {"w_pre_source_acc": w_pre_acc, "source_acc_p0": group_mean(records, "none", 0.0, src),
-           "source_acc_mixout": statistics.fmean(group_mean(records, "mixout", p, src) for p in ps) if ps else math.nan,
-           "source_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, src),
-           "target_acc_p0": group_mean(records, "none", 0.0, tgt),
-           "target_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, tgt),
-           "target_acc_mixout_p0.8": group_mean(records, "mixout", 0.8, tgt)}  # fmt: skip
+    out = {
+        "w_pre_source_acc": w_pre_acc,
+        "source_acc_p0": group_mean(records, "none", 0.0, src),
+        "source_acc_mixout": statistics.fmean(group_mean(records, "mixout", p, src) for p in ps)
+        if ps
+        else math.nan,
+        "source_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, src),
+        "target_acc_p0": group_mean(records, "none", 0.0, tgt),
+        "target_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, tgt),
+        "target_acc_mixout_p0.8": group_mean(records, "mixout", 0.8, tgt),
+    }
     for p in (0.1, 0.2, 0.3):
-        out[f"source_gap_p{p}"] = group_mean(records, "mixout", p, src) - group_mean(records, "dropout", p, src)
+        out[f"source_gap_p{p}"] = group_mean(records, "mixout", p, src) - group_mean(
+            records, "dropout", p, src
+        )
     out["target_fall_dropout"] = out["target_acc_p0"] - out["target_acc_dropout_p0.8"]
     for d in DISTANCES:
         at0 = group_mean(records, "none", 0.0, f"dist_{d}")
         out[f"dist_{d}_p0"] = at0
         for method in sweep.METHODS:
             end = group_mean(records, method, 0.8, f"dist_{d}")
-            out[f"dist_{d}_{method}_p0.8"], out[f"dist_{d}_{method}_ratio"] = end, end / at0 if at0 else math.nan
+            out[f"dist_{d}_{method}_p0.8"], out[f"dist_{d}_{method}_ratio"] = (
+                end,
+                end / at0 if at0 else math.nan,
+            )
     return out
 
 
@@ -157,9 +215,19 @@ def claim_rows(runs: list[dict], w_pre_accs: dict) -> list[dict]:
         for c in CLAIMS:
             v = values[c.key]
             ok = reproduced(c, v)
-            rows.append({"variant": name, "claim": c.key, "what": c.what, "paper": c.paper, "paper_source": c.source,
-                         "kind": c.kind, "ours": v, "ratio": v / c.paper if math.isfinite(v) else math.nan,
-                         "reproduced": "" if ok is None else ("yes" if ok else "no")})  # fmt: skip
+            rows.append(
+                {
+                    "variant": name,
+                    "claim": c.key,
+                    "what": c.what,
+                    "paper": c.paper,
+                    "paper_source": c.source,
+                    "kind": c.kind,
+                    "ours": v,
+                    "ratio": v / c.paper if math.isfinite(v) else math.nan,
+                    "reproduced": "" if ok is None else ("yes" if ok else "no"),
+                }
+            )
     return rows
 
 
@@ -169,8 +237,14 @@ def scores(rows: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == name and r["reproduced"]]
         logs = [abs(math.log(r["ratio"])) for r in mine if r["ratio"] > 0]
-        out.append({"variant": name, "reproduced": sum(r["reproduced"] == "yes" for r in mine),
-                    "measured": len(mine), "median_abs_log_ratio": statistics.median(logs) if logs else math.nan})
+        out.append(
+            {
+                "variant": name,
+                "reproduced": sum(r["reproduced"] == "yes" for r in mine),
+                "measured": len(mine),
+                "median_abs_log_ratio": statistics.median(logs) if logs else math.nan,
+            }
+        )
     return sorted(out, key=lambda s: (-s["reproduced"], s["median_abs_log_ratio"]))
 
 
@@ -197,8 +271,15 @@ def _accs(variants: dict) -> dict:
     return {k: v["w_pre_source_acc"] for k, v in variants.items()}
 
 
-def run_fidelity(profile: str = "paper", options: RunOptions = RunOptions(), *, data_root=None, results=None,
-                 source: str = "auto", emnist_from=None) -> FidelityResults:  # fmt: skip
+def run_fidelity(
+    profile: str = "paper",
+    options: RunOptions = RunOptions(),
+    *,
+    data_root=None,
+    results=None,
+    source: str = "auto",
+    emnist_from=None,
+) -> FidelityResults:
     """The study: :data:`GRID`, then matched steps on the best of it (stand-in only: with EMNIST the
     target is MNIST's 54,000 images and the steps match already). Every sweep resumes from its store."""
     results = project_dir("results") if results is None else Path(results)
@@ -211,14 +292,25 @@ def run_fidelity(profile: str = "paper", options: RunOptions = RunOptions(), *, 
     def run(variant: Variant) -> None:
         fields = variant.overrides(base.finetune_epochs, len(exp.target.train.y))
         config, tensors, w_pre = sweep.pretrained(results, profile, exp, options, **sizes, **fields)
-        store = sweep.run_sweep(results, config, tensors, w_pre, options,
-                                source_name=oriented_name(exp.source_name, variant.orientation))  # fmt: skip
+        store = sweep.run_sweep(
+            results,
+            config,
+            tensors,
+            w_pre,
+            options,
+            source_name=oriented_name(exp.source_name, variant.orientation),
+        )
         acc = float(engine.evaluate(w_pre, *tensors["source_val"])["acc"][0])
         stores.append(store)
         runs.extend(dict(r, variant=variant.name) for r in store.records())
-        variants[variant.name] = {"config": config.key(), "store": store.dir.name, "w_pre_source_acc": acc,
-                                  "fields": dataclasses.asdict(variant), "finetune_epochs": config.finetune_epochs,
-                                  "finetune_steps": config.finetune_epochs * math.ceil(n_target / config.batch_size)}
+        variants[variant.name] = {
+            "config": config.key(),
+            "store": store.dir.name,
+            "w_pre_source_acc": acc,
+            "fields": dataclasses.asdict(variant),
+            "finetune_epochs": config.finetune_epochs,
+            "finetune_steps": config.finetune_epochs * math.ceil(n_target / config.batch_size),
+        }
 
     for variant in GRID:
         run(variant)
@@ -226,15 +318,30 @@ def run_fidelity(profile: str = "paper", options: RunOptions = RunOptions(), *, 
     if len(exp.target.train.y) < PAPER_TARGET_TRAIN:
         chosen = next(v for v in GRID if v.name == best)
         run(dataclasses.replace(chosen, matched_steps=True))
-    return FidelityResults(profile, exp.source_name, runs, variants, claim_rows(runs, _accs(variants)), stores)
+    return FidelityResults(
+        profile, exp.source_name, runs, variants, claim_rows(runs, _accs(variants)), stores
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # the exported tables (written by fidelity_report.export_fidelity), read back
 
 EXPORT_TABLES = ("runs.csv", "claims.csv", "scores.csv")
-RUN_TEXT = ("run_id", "method", "source", "profile", "config", "device", "mixout_theory", "python", "source_name",
-            "torch", "variant", "orientation", "mixed_layers")  # fmt: skip
+RUN_TEXT = (
+    "run_id",
+    "method",
+    "source",
+    "profile",
+    "config",
+    "device",
+    "mixout_theory",
+    "python",
+    "source_name",
+    "torch",
+    "variant",
+    "orientation",
+    "mixed_layers",
+)
 
 
 def load_fidelity(folder) -> FidelityResults:
@@ -242,5 +349,9 @@ def load_fidelity(folder) -> FidelityResults:
     folder = Path(folder)
     meta = checked_meta(folder, EXPORT_TABLES, "export the study again (python -m mixout_theory fidelity)")
     runs = read_csv(folder / "runs.csv", text=RUN_TEXT)
-    variants = {n: meta["variants"][n] for n in dict.fromkeys(r["variant"] for r in runs)}  # the study's order
-    return FidelityResults(meta["profile"], meta["source_name"], runs, variants, claim_rows(runs, _accs(variants)))
+    variants = {
+        n: meta["variants"][n] for n in dict.fromkeys(r["variant"] for r in runs)
+    }  # the study's order
+    return FidelityResults(
+        meta["profile"], meta["source_name"], runs, variants, claim_rows(runs, _accs(variants))
+    )

@@ -32,14 +32,25 @@ __all__ = ["PANELS", "panel_figure", "save_all", "export_fidelity", "report_mark
 
 #: (stem, [(metric, panel title, y label)], the paper's endpoints [(p, value, method or None for both)])
 PANELS = (
-    ("fidelity_distance", [("dist_all", "(a) whole parameter vector", "||w_ft - w_pre||^2"),
-                           ("dist_mixed", "(a) mixed weights only", "||w_ft - w_pre||^2 over the mixed weights")],
-     [(0.0, 1.55, None), (0.8, 2.51, "dropout"), (0.8, 0.40, "mixout")]),
-    ("fidelity_target", [("target_val_acc", "(b) MNIST validation accuracy", "accuracy (fraction correct)")],
-     [(0.0, 0.972, None), (0.8, 0.917, "dropout"), (0.8, 0.970, "mixout")]),
-    ("fidelity_source", [("source_val_acc", "(c) source-task validation accuracy", "accuracy (fraction correct)")],
-     [(0.0, 0.72, None), (0.8, 0.522, "dropout")]),
-)  # fmt: skip
+    (
+        "fidelity_distance",
+        [
+            ("dist_all", "(a) whole parameter vector", "||w_ft - w_pre||^2"),
+            ("dist_mixed", "(a) mixed weights only", "||w_ft - w_pre||^2 over the mixed weights"),
+        ],
+        [(0.0, 1.55, None), (0.8, 2.51, "dropout"), (0.8, 0.40, "mixout")],
+    ),
+    (
+        "fidelity_target",
+        [("target_val_acc", "(b) MNIST validation accuracy", "accuracy (fraction correct)")],
+        [(0.0, 0.972, None), (0.8, 0.917, "dropout"), (0.8, 0.970, "mixout")],
+    ),
+    (
+        "fidelity_source",
+        [("source_val_acc", "(c) source-task validation accuracy", "accuracy (fraction correct)")],
+        [(0.0, 0.72, None), (0.8, 0.522, "dropout")],
+    ),
+)
 STYLE = {"mixout": dict(ls="-", marker="o"), "dropout": dict(ls="--", marker="s")}
 
 
@@ -53,18 +64,37 @@ def panel_figure(res: FidelityResults, panels, paper) -> Figure:
             records = [r for r in res.runs if r["variant"] == name]
             ps = sorted({r["p"] for r in records})
             for method, style in STYLE.items():
-                ax.plot(ps, [group_mean(records, method, p, metric) for p in ps], color=color, lw=1.4, ms=3.5,
-                        label=f"{name}: {method}", **style)
+                ax.plot(
+                    ps,
+                    [group_mean(records, method, p, metric) for p in ps],
+                    color=color,
+                    lw=1.4,
+                    ms=3.5,
+                    label=f"{name}: {method}",
+                    **style,
+                )
         for i, (p, value, method) in enumerate(paper):
-            ax.errorbar([p], [value], yerr=0.01, color="black", marker="X", ms=8, ls="none", capsize=3,
-                        label=f"paper, {FIGURE} (+-0.01)" if i == 0 else None)
+            ax.errorbar(
+                [p],
+                [value],
+                yerr=0.01,
+                color="black",
+                marker="X",
+                ms=8,
+                ls="none",
+                capsize=3,
+                label=f"paper, {FIGURE} (+-0.01)" if i == 0 else None,
+            )
             ax.annotate(method or "both", (p, value), textcoords="offset points", xytext=(6, 4), fontsize=7)
         ax.set(xlabel="p (dropout or mixout probability)", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3 if len(panels) > 1 else 2, fontsize=7)
-    fig.suptitle(f"Figure 2 under each reading of the protocol, {res.profile} profile; mean over restarts\n"
-                 f"{data.task_line(res.source_name)} (each variant's source orientation in its name)", fontsize=9)
+    fig.suptitle(
+        f"Figure 2 under each reading of the protocol, {res.profile} profile; mean over restarts\n"
+        f"{data.task_line(res.source_name)} (each variant's source orientation in its name)",
+        fontsize=9,
+    )
     return fig
 
 
@@ -86,12 +116,26 @@ def export_fidelity(res: FidelityResults, out_dir) -> dict:
         atomic_write_csv(out / name, rows, list(dict.fromkeys(k for r in rows for k in r)))
     atomic_write(out / "fidelity.md", report_markdown(res, ranked))
     paths = save_all(res, out)
-    meta = {"profile": res.profile, "source_name": res.source_name, "variants": res.variants,
-            "rules": {"level": f"within {LEVEL_TOLERANCE} of the paper's", "size": f"within a factor {SIZE_FACTOR}"},
-            "paper_steps": PAPER_STEPS, "sha256": {n: sha256_file(out / n) for n in EXPORT_TABLES},
-            "env": run_env(), "machines": machines_of(res.runs)}  # fmt: skip
+    meta = {
+        "profile": res.profile,
+        "source_name": res.source_name,
+        "variants": res.variants,
+        "rules": {
+            "level": f"within {LEVEL_TOLERANCE} of the paper's",
+            "size": f"within a factor {SIZE_FACTOR}",
+        },
+        "paper_steps": PAPER_STEPS,
+        "sha256": {n: sha256_file(out / n) for n in EXPORT_TABLES},
+        "env": run_env(),
+        "machines": machines_of(res.runs),
+    }
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
-    return {"runs": out / "runs.csv", "claims": out / "claims.csv", "report": out / "fidelity.md", "figures": paths}
+    return {
+        "runs": out / "runs.csv",
+        "claims": out / "claims.csv",
+        "report": out / "fidelity.md",
+        "figures": paths,
+    }
 
 
 def _cell(r: dict) -> str:
@@ -104,17 +148,30 @@ def _cell(r: dict) -> str:
 def report_markdown(res: FidelityResults, ranked: list[dict]) -> str:
     """The report: the rules, the scores, and every claim beside the paper for every variant."""
     names = list(res.variants)
-    lines = [f"# Figure 2 reconciled: {res.profile} profile, {data.task_line(res.source_name)}", "",
-             f"Each claim: ours (ours / paper) and whether it is reproduced: a level within {LEVEL_TOLERANCE}, a size "
-             f"within a factor {SIZE_FACTOR}. Paper values from its text or {FIGURE} (+-0.01).", "",
-             "| variant | reproduced / measured | median abs log ratio | store |", "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {s['variant']} | {s['reproduced']} / {s['measured']} | {s['median_abs_log_ratio']:.3f} | "
-              f"{res.variants[s['variant']]['store']} |" for s in ranked]  # fmt: skip
+    lines = [
+        f"# Figure 2 reconciled: {res.profile} profile, {data.task_line(res.source_name)}",
+        "",
+        f"Each claim: ours (ours / paper) and whether it is reproduced: a level within {LEVEL_TOLERANCE}, a size "
+        f"within a factor {SIZE_FACTOR}. Paper values from its text or {FIGURE} (+-0.01).",
+        "",
+        "| variant | reproduced / measured | median abs log ratio | store |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s['variant']} | {s['reproduced']} / {s['measured']} | {s['median_abs_log_ratio']:.3f} | "
+        f"{res.variants[s['variant']]['store']} |"
+        for s in ranked
+    ]
     lines += ["", "| claim | paper | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for c in CLAIMS:
         cells = {r["variant"]: _cell(r) for r in res.rows if r["claim"] == c.key}
-        lines.append(f"| {c.what} | {c.paper:.3f} ({'text' if c.source == TEXT else 'figure'}) | "
-                     + " | ".join(cells.get(n, "") for n in names) + " |")  # fmt: skip
-    none = [c.what for c in CLAIMS if not any(r["claim"] == c.key and r["reproduced"] == "yes" for r in res.rows)]
+        lines.append(
+            f"| {c.what} | {c.paper:.3f} ({'text' if c.source == TEXT else 'figure'}) | "
+            + " | ".join(cells.get(n, "") for n in names)
+            + " |"
+        )
+    none = [
+        c.what for c in CLAIMS if not any(r["claim"] == c.key and r["reproduced"] == "yes" for r in res.rows)
+    ]
     lines += ["", "Reproduced by no variant: " + ("; ".join(none) if none else "none") + "."]
     return "\n".join(lines) + "\n"

@@ -92,8 +92,11 @@ def check_idx(path: Path, kind: str, count: int, what: str, shown: str | None = 
         raise DataIntegrityError(
             f"{shown or path}: not a complete {what} file: expected {expected:,} bytes (magic "
             f"0x{want[0]:08x}, dims {list(want[1:])}), found {size:,} bytes ({found}). "
-            + ("Nothing was written; the source was left as it is." if shown else
-               "It was left as it is; replace it with a good copy (see data/README.md).")
+            + (
+                "Nothing was written; the source was left as it is."
+                if shown
+                else "It was left as it is; replace it with a good copy (see data/README.md)."
+            )
         )
 
 
@@ -154,7 +157,7 @@ def stream_copy(src: BinaryIO, dst_path: Path, gunzip: bool, limit: int | None =
     it and :class:`SizeLimitExceeded` is raised, so a small archive that inflates to gigabytes (a
     zip bomb) never fills the disk."""
     chunk = 1 << 22
-    with open(dst_path, "wb") as out, (gzip.GzipFile(fileobj=src) if gunzip else src) as stream:
+    with open(dst_path, "wb") as out, gzip.GzipFile(fileobj=src) if gunzip else src as stream:
         written = 0
         while block := stream.read(chunk if limit is None else min(chunk, limit + 1 - written)):
             written += len(block)

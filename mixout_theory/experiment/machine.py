@@ -44,7 +44,9 @@ def cpu_model() -> str:
         import subprocess
 
         try:
-            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
+            )
             if out.stdout.strip():
                 return out.stdout.strip()
         except (OSError, subprocess.SubprocessError):
@@ -65,8 +67,15 @@ def machine(device="auto") -> dict:
     torch and numpy versions, and the device (``device`` resolved as :func:`engine.resolve_device`
     does; on a CUDA device, ``gpu``: its name)."""
     dev = resolve_device(device)
-    out = {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-           "blas": torch_blas(), "torch": torch.__version__, "numpy": np.__version__, "device": str(dev)}  # fmt: skip
+    out = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": torch_blas(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "device": str(dev),
+    }
     if dev.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(dev)
     return out
@@ -89,7 +98,12 @@ def machines_of(records) -> list[dict]:
 
 def describe(m: dict) -> str:
     """One line naming a machine: ``AMD EPYC, 2 cores, AVX2 kernels, mkl, torch 2.14.1, cpu``."""
-    parts = [m.get("cpu"), f"{m['cores']} cores" if m.get("cores") else None,
-             f"{m['cpu_capability']} kernels" if m.get("cpu_capability") else None, m.get("blas"),
-             f"torch {m['torch']}" if m.get("torch") else None, m.get("gpu") or m.get("device")]  # fmt: skip
+    parts = [
+        m.get("cpu"),
+        f"{m['cores']} cores" if m.get("cores") else None,
+        f"{m['cpu_capability']} kernels" if m.get("cpu_capability") else None,
+        m.get("blas"),
+        f"torch {m['torch']}" if m.get("torch") else None,
+        m.get("gpu") or m.get("device"),
+    ]
     return ", ".join(str(p) for p in parts if p)

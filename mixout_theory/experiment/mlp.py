@@ -28,10 +28,17 @@ INIT_STD = 0.02
 LN_EPS = 1e-5
 #: Parameter names in forward order (the ``state_dict`` keys of :class:`MLP`).
 PARAM_NAMES = (
-    "fc1.weight", "fc1.bias", "ln1.weight", "ln1.bias",
-    "fc2.weight", "fc2.bias", "ln2.weight", "ln2.bias",
-    "fc3.weight", "fc3.bias",
-)  # fmt: skip
+    "fc1.weight",
+    "fc1.bias",
+    "ln1.weight",
+    "ln1.bias",
+    "fc2.weight",
+    "fc2.bias",
+    "ln2.weight",
+    "ln2.bias",
+    "fc3.weight",
+    "fc3.bias",
+)
 #: The weights that mixout mixes: those leaving the two hidden layers.
 MIXED = ("fc2.weight", "fc3.weight")
 #: Which weights each reading of "the layers mixout acts on" mixes: the hidden layers' outgoing
@@ -132,8 +139,13 @@ def hidden1(params: dict, x: torch.Tensor, w1: torch.Tensor | None = None) -> to
     return _layer_norm(a, params["ln1.weight"], params["ln1.bias"])
 
 
-def tail(params: dict, h1: torch.Tensor, w2: torch.Tensor | None = None, w3: torch.Tensor | None = None,
-         dropout=None) -> torch.Tensor:  # fmt: skip
+def tail(
+    params: dict,
+    h1: torch.Tensor,
+    w2: torch.Tensor | None = None,
+    w3: torch.Tensor | None = None,
+    dropout=None,
+) -> torch.Tensor:
     """Logits from the first hidden layer's output on: ``fc3(dropout(LayerNorm(ReLU(fc2(h1)))))``.
 
     ``w2`` / ``w3`` replace ``fc2.weight`` / ``fc3.weight`` (e.g. mixed weights); stacked ``(S, ...)``
@@ -169,8 +181,10 @@ def forward(
     """
     (d0, d1, d2), (m1, m2, m3) = _masks(drop), _masks(mix)
     # eq. 4, Phi = u + (M / mu) (w - u), for each mixed weight
-    w1, w2, w3 = (None if m is None else mixed_weight(params[n], target[n], m)
-                  for n, m in (("fc1.weight", m1), ("fc2.weight", m2), ("fc3.weight", m3)))  # fmt: skip
+    w1, w2, w3 = (
+        None if m is None else mixed_weight(params[n], target[n], m)
+        for n, m in (("fc1.weight", m1), ("fc2.weight", m2), ("fc3.weight", m3))
+    )
     if d0 is not None:
         x = x * d0
     h = hidden1(params, x, w1)
@@ -277,13 +291,17 @@ def loss_and_grad(
     r1 = torch.clamp_min(a1t.transpose(1, 2), 0, out=buf("r1", E, rows, d1))
     # normalise without affine (the gain and shift are per member, below); CPU's kernel is about
     # twice as fast given a weight, and n * 1 + 0 is n exactly
-    n1, mean1, rstd1 = torch.native_layer_norm(r1, [d1], buf("one1", d1).fill_(1), buf("zero1", d1).zero_(), LN_EPS)
+    n1, mean1, rstd1 = torch.native_layer_norm(
+        r1, [d1], buf("one1", d1).fill_(1), buf("zero1", d1).zero_(), LN_EPS
+    )
     h1 = torch.addcmul(s1, n1, g1, out=buf("h1", E, rows, d1))
     if k1 is not None:
         h1.mul_(k1)
     r2 = torch.baddbmm(params["fc2.bias"].unsqueeze(1), h1, w2.transpose(1, 2), out=buf("r2", E, rows, d2))
     r2.clamp_min_(0)
-    n2, mean2, rstd2 = torch.native_layer_norm(r2, [d2], buf("one2", d2).fill_(1), buf("zero2", d2).zero_(), LN_EPS)
+    n2, mean2, rstd2 = torch.native_layer_norm(
+        r2, [d2], buf("one2", d2).fill_(1), buf("zero2", d2).zero_(), LN_EPS
+    )
     h2 = torch.addcmul(s2, n2, g2, out=buf("h2", E, rows, d2))
     if k2 is not None:
         h2.mul_(k2)
@@ -299,8 +317,12 @@ def loss_and_grad(
 
     # backward, layer by layer, into out[...]
     torch.sum(dz, 1, out=out["fc3.bias"])
-    torch.bmm(dz.transpose(1, 2), h2 if m3 is None else torch.mul(h2, m3, out=buf("hm2", E, rows, d2)),
-              out=out["fc3.weight"])  # fmt: skip
+    torch.bmm(
+        dz.transpose(1, 2),
+        h2 if m3 is None else torch.mul(h2, m3, out=buf("hm2", E, rows, d2)),
+        out=out["fc3.weight"],
+    )
+
     def hidden_backward(i, dh, k, n, g, r, mean, rstd):
         """Hidden layer ``i`` (Linear -> ReLU -> LayerNorm -> dropout ``k``), from ``dL/dh`` (consumed
         in place): write the gradients of ``ln{i}`` and ``fc{i}.bias``, return ``dL/d(fc{i} output)``."""
@@ -316,12 +338,17 @@ def loss_and_grad(
         return da
 
     da2 = hidden_backward(2, torch.bmm(dz, w3, out=buf("dh2", E, rows, d2)), k2, n2, g2, r2, mean2, rstd2)
-    torch.bmm(da2.transpose(1, 2), h1 if m2 is None else torch.mul(h1, m2, out=buf("hm1", E, rows, d1)),
-              out=out["fc2.weight"])  # fmt: skip
+    torch.bmm(
+        da2.transpose(1, 2),
+        h1 if m2 is None else torch.mul(h1, m2, out=buf("hm1", E, rows, d1)),
+        out=out["fc2.weight"],
+    )
     da1 = hidden_backward(1, torch.bmm(da2, w2, out=buf("dh1", E, rows, d1)), k1, n1, g1, r1, mean1, rstd1)
     gw1 = out["fc1.weight"]
     if split is None:
-        torch.bmm(da1.transpose(1, 2), x if m1 is None else torch.mul(x, m1, out=buf("xm", E, rows, d_in)), out=gw1)
+        torch.bmm(
+            da1.transpose(1, 2), x if m1 is None else torch.mul(x, m1, out=buf("xm", E, rows, d_in)), out=gw1
+        )
     else:
         for a, b, xg in split:
             torch.bmm(da1[a:b].transpose(1, 2), xg.expand(b - a, rows, d_in), out=gw1[a:b])

@@ -20,7 +20,9 @@ ORIENTATIONS = ("upright", "transposed")
 
 def check_orientation(orientation) -> str:
     if orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {', '.join(map(repr, ORIENTATIONS))}, got {orientation!r}")
+        raise ValueError(
+            f"orientation must be one of {', '.join(map(repr, ORIENTATIONS))}, got {orientation!r}"
+        )
     return orientation
 
 

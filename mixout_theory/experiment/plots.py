@@ -30,11 +30,32 @@ from mixout_theory.experiment import ablations, fidelity, fidelity_report, repor
 from mixout_theory.experiment.ablations import HEAD_SETTINGS, SMALL_DATA_SETTINGS
 from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.report import task_line
-from mixout_theory.experiment.store import atomic_write, atomic_write_csv, find_stores, jsonable, run_env, sha256_file
+from mixout_theory.experiment.store import (
+    atomic_write,
+    atomic_write_csv,
+    find_stores,
+    jsonable,
+    run_env,
+    sha256_file,
+)
 from mixout_theory.figures import render_theory_figures, save_figure
 
-__all__ = ["figure2", "layer_distance_figure", "plot_metric_vs_p", "render_experiment", "export_experiment", "small_data_figure",
-           "new_head_figure", "trajectory_figure", "export_ablations", "theorem1_figure", "theorem1_trajectory_figure", "export_theorem1", "source_target_figure", "render_all"]  # fmt: skip
+__all__ = [
+    "figure2",
+    "layer_distance_figure",
+    "plot_metric_vs_p",
+    "render_experiment",
+    "export_experiment",
+    "small_data_figure",
+    "new_head_figure",
+    "trajectory_figure",
+    "export_ablations",
+    "theorem1_figure",
+    "theorem1_trajectory_figure",
+    "export_theorem1",
+    "source_target_figure",
+    "render_all",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -47,7 +68,11 @@ DIST_LABEL = r"$\|w_{ft} - w_{pre}\|^2$  (sum of squares)"
 FIG2_PANELS = (
     ("dist_all", r"(a) squared distance to $w_{pre}$, all parameters", DIST_LABEL),
     ("target_val_acc", "(b) target task: MNIST validation accuracy", "MNIST validation accuracy (fraction)"),
-    ("source_val_acc", "(c) source task validation accuracy, after finetuning", "source validation accuracy (fraction)"),
+    (
+        "source_val_acc",
+        "(c) source task validation accuracy, after finetuning",
+        "source validation accuracy (fraction)",
+    ),
 )
 LAYER_PANELS = (
     ("dist_mixed", "mixed weights (fc2 + fc3)"),
@@ -58,8 +83,9 @@ LAYER_PANELS = (
 )
 
 
-def plot_metric_vs_p(ax, summary: list[dict], metric: str, title: str = "", ylabel: str = "",
-                     band: str = "std") -> None:  # fmt: skip
+def plot_metric_vs_p(
+    ax, summary: list[dict], metric: str, title: str = "", ylabel: str = "", band: str = "std"
+) -> None:
     """Mean over restarts against p, dropout vs mixout (p = 0 shared), with a band of
     :func:`report.band_halfwidth` (``"std"``: +-1 std, the paper's; ``"ci95"``: t-based 95% CI of the mean)."""
     for method, style in METHOD_STYLE.items():
@@ -84,8 +110,11 @@ def figure2(summary: list[dict], meta: dict, band: str = "std") -> Figure:
     fig = Figure(figsize=(14, 4.4), layout="constrained")
     for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS):
         plot_metric_vs_p(ax, summary, metric, title, ylabel, band)
-    fig.suptitle("Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)\n"
-                 + report.caption(meta, band), fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)\n"
+        + report.caption(meta, band),
+        fontsize=10,
+    )
     return fig
 
 
@@ -94,7 +123,9 @@ def layer_distance_figure(summary: list[dict], meta: dict, band: str = "std") ->
     fig = Figure(figsize=(18, 4.0), layout="constrained")
     for ax, (metric, title) in zip(fig.subplots(1, len(LAYER_PANELS)), LAYER_PANELS):
         plot_metric_vs_p(ax, summary, metric, title, DIST_LABEL, band)
-    fig.suptitle("Where the finetuned weights move, layer by layer\n" + report.caption(meta, band), fontsize=10)
+    fig.suptitle(
+        "Where the finetuned weights move, layer by layer\n" + report.caption(meta, band), fontsize=10
+    )
     return fig
 
 
@@ -162,14 +193,15 @@ def source_target_figure(exp, n: int = 10) -> Figure:
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(str(int(lab)), fontsize=8)
         axes[row][0].set_ylabel(name, fontsize=9)
-    fig.suptitle(f"{task_line(exp.source_name)}\nfirst {n} validation images of each task, digit label above each",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"{task_line(exp.source_name)}\nfirst {n} validation images of each task, digit label above each",
+        fontsize=10,
+    )
     return fig
 
 
 # --------------------------------------------------------------------------------------------
 # the ablations (the paper's GLUE questions; Table 3's new output layer)
-
 
 
 def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colors, seed: int = 0) -> None:
@@ -186,8 +218,10 @@ def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colors, seed: int = 0) 
 
 
 #: the two failure cut-offs of :func:`report.failure_thresholds`: key, line style, what it means
-THRESHOLD_STYLE = (("failed_below", "-", "w_pre's target test accuracy (a run below it failed)"),
-                   ("outlier_below", ":", "best setting's median - 3 sd (3-sd outliers below)"))  # fmt: skip
+THRESHOLD_STYLE = (
+    ("failed_below", "-", "w_pre's target test accuracy (a run below it failed)"),
+    ("outlier_below", ":", "best setting's median - 3 sd (3-sd outliers below)"),
+)
 
 
 def _threshold_lines(ax, th: dict) -> str:
@@ -201,7 +235,9 @@ def _threshold_lines(ax, th: dict) -> str:
 
 def _threshold_legend(fig) -> None:
     """One legend for the cut-off lines of every panel, below the panels (it never covers a run)."""
-    handles = [Line2D([], [], ls=style, color="0.3", lw=0.9, label=text) for _, style, text in THRESHOLD_STYLE]
+    handles = [
+        Line2D([], [], ls=style, color="0.3", lw=0.9, label=text) for _, style, text in THRESHOLD_STYLE
+    ]
     fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
 
 
@@ -225,16 +261,21 @@ def small_data_figure(records: list[dict], w_pre_acc: float, source_name: str = 
         cut = _threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))
         restarts = len({r["restart"] for r in at})
         steps, epochs = at[0]["steps"], at[0].get("epochs", "?")
-        ax.set_title(f"{size} target images, {restarts} restarts, {steps} steps ({epochs} epochs)\n{cut}", fontsize=8)
+        ax.set_title(
+            f"{size} target images, {restarts} restarts, {steps} steps ({epochs} epochs)\n{cut}", fontsize=8
+        )
     axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
     _threshold_legend(fig)
-    fig.suptitle("Small target sets, many restarts: one dot per run (box: quartiles)\n"
-                 + task_line(source_name), fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "Small target sets, many restarts: one dot per run (box: quartiles)\n" + task_line(source_name),
+        fontsize=10,
+    )
     return fig
 
 
-def new_head_figure(records: list[dict], w_pre_acc: float, reference: list[dict] | None = None,
-                    source_name: str = "") -> Figure:  # fmt: skip
+def new_head_figure(
+    records: list[dict], w_pre_acc: float, reference: list[dict] | None = None, source_name: str = ""
+) -> Figure:
     """Study 2: test accuracy with a re-initialised head, per head regulariser (mixout(w_pre, 0.7) on
     fc2 throughout); ``reference`` (study 1's mixout(w_pre, 0.7) runs, pretrained head) in grey."""
     sizes = sorted({r["size"] for r in records})
@@ -242,8 +283,11 @@ def new_head_figure(records: list[dict], w_pre_acc: float, reference: list[dict]
     axes = np.atleast_1d(fig.subplots(1, len(sizes)))
     for ax, size in zip(axes, sizes):
         at = [r for r in records if r["size"] == size]
-        groups = [(_short(s.label), np.array([r["test_acc"] for r in at if r["setting"] == s.name]))
-                  for s in HEAD_SETTINGS if any(r["setting"] == s.name for r in at)]  # fmt: skip
+        groups = [
+            (_short(s.label), np.array([r["test_acc"] for r in at if r["setting"] == s.name]))
+            for s in HEAD_SETTINGS
+            if any(r["setting"] == s.name for r in at)
+        ]
         colors = ["C1", "C3", "C0"][: len(groups)]
         ref = [r["test_acc"] for r in (reference or []) if r["size"] == size and r["setting"] == "mixout0.7"]
         if ref:
@@ -254,13 +298,17 @@ def new_head_figure(records: list[dict], w_pre_acc: float, reference: list[dict]
         ax.set_title(f"{size} target images, {len({r['restart'] for r in at})} restarts\n{cut}", fontsize=8)
     axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
     _threshold_legend(fig)
-    fig.suptitle("A new output layer (N(0, 0.02^2)), mixout(w_pre, 0.7) on fc2; the regulariser of the new head on "
-                 "the x axis; one dot per run\n" + task_line(source_name), fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "A new output layer (N(0, 0.02^2)), mixout(w_pre, 0.7) on fc2; the regulariser of the new head on "
+        "the x axis; one dot per run\n" + task_line(source_name),
+        fontsize=10,
+    )
     return fig
 
 
-def trajectory_figure(records: list[dict], source_name: str = "", warmup: float = 0.1,
-                      lambdas=(0.01, 0.1, 1.0)) -> Figure:  # fmt: skip
+def trajectory_figure(
+    records: list[dict], source_name: str = "", warmup: float = 0.1, lambdas=(0.01, 0.1, 1.0)
+) -> Figure:
     """Study 3: (a) the implied modulus ``m_t`` with its 95% interval, (b) the implied wdecay lambda
     ``m_t p / (1 - p)`` against the L2-SP lambdas of study 1, (c) ``||w_t - w_pre||^2`` (mixed), vs
     step; one line per run (restart), the end of the ``warmup`` fraction of the steps marked."""
@@ -274,7 +322,9 @@ def trajectory_figure(records: list[dict], source_name: str = "", warmup: float 
             step = np.array([q["step"] for q in c])
             lab = f"p = {p:g}" if j == 0 else None
             axes[0].plot(step, [q["m"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab, alpha=0.9)
-            axes[0].fill_between(step, [q["m_lo"] for q in c], [q["m_hi"] for q in c], color=f"C{i}", alpha=0.15, lw=0)
+            axes[0].fill_between(
+                step, [q["m_lo"] for q in c], [q["m_hi"] for q in c], color=f"C{i}", alpha=0.15, lw=0
+            )
             axes[1].plot(step, [q["lam"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab)
             axes[2].plot(step, [q["dist2"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab)
     r0 = records[0]
@@ -283,10 +333,19 @@ def trajectory_figure(records: list[dict], source_name: str = "", warmup: float 
         ax.axvline(warm, color="0.5", lw=0.9, ls=":", label=f"end of warm-up (step {warm:.0f})")
     for lam in lambdas:  # labelled in the right margin, outside the curves
         axes[1].axhline(lam, ls="--", color="0.4", lw=0.8)
-        axes[1].annotate(f"{lam:g}", (1.01, lam), xycoords=("axes fraction", "data"), fontsize=7, va="center",
-                         color="0.3", annotation_clip=False)  # fmt: skip
+        axes[1].annotate(
+            f"{lam:g}",
+            (1.01, lam),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            va="center",
+            color="0.3",
+            annotation_clip=False,
+        )
     axes[1].plot([], [], ls="--", color="0.4", lw=0.8, label="L2-SP lambdas of study 1 (right margin)")
-    axes[0].set_title("(a) implied modulus m_t = 2 (E L(Phi) - L) / ((p/(1-p)) ||w_t - w_pre||^2)", fontsize=9)
+    axes[0].set_title(
+        "(a) implied modulus m_t = 2 (E L(Phi) - L) / ((p/(1-p)) ||w_t - w_pre||^2)", fontsize=9
+    )
     axes[0].set_ylabel("m_t  [nats per unit ||w_t - w_pre||^2]  (band: 95% CI)")
     axes[1].set_title("(b) implied wdecay(w_pre, lambda): lambda_t = m_t p / (1-p)", fontsize=9)
     axes[1].set_ylabel("lambda_t  [nats per unit ||w_t - w_pre||^2]  (log)")
@@ -301,27 +360,39 @@ def trajectory_figure(records: list[dict], source_name: str = "", warmup: float 
     for ax, loc in ((axes[1], "lower center"), (axes[2], "lower right")):
         lines = [h for h in ax.get_lines() if not h.get_label().startswith(("p = ", "_"))]
         ax.legend(handles=lines, fontsize=7, loc=loc)
-    fig.suptitle(f"Mixout as an adaptive L2 penalty along finetuning: {r0['size']} target images, one line per run "
-                 f"({restarts} restart{'s' if restarts > 1 else ''} per p), evaluation batch {r0['eval_size']}, "
-                 f"{r0['mc_samples']} masks per checkpoint\n{task_line(source_name)}", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Mixout as an adaptive L2 penalty along finetuning: {r0['size']} target images, one line per run "
+        f"({restarts} restart{'s' if restarts > 1 else ''} per p), evaluation batch {r0['eval_size']}, "
+        f"{r0['mc_samples']} masks per checkpoint\n{task_line(source_name)}",
+        fontsize=10,
+    )
     return fig
-
 
 
 # --------------------------------------------------------------------------------------------
 # Theorem 1 on the network (mixout_theory.experiment.theorem1)
 
 
-POINT_STYLE = {"finetuned": dict(color="tab:blue", marker="o", label="w = w_p (finetuned), u = w_pre"),
-               "displaced": dict(color="tab:orange", marker="s", label="w = w_pre, u = w_pre - d_p")}  # fmt: skip
+POINT_STYLE = {
+    "finetuned": dict(color="tab:blue", marker="o", label="w = w_p (finetuned), u = w_pre"),
+    "displaced": dict(color="tab:orange", marker="s", label="w = w_pre, u = w_pre - d_p"),
+}
 SCAN_POINT = {"w_p": "finetuned", "w_pre": "displaced"}
 
 
 def _ratio_bars(ax, x, rows, style, label):
     so = np.array([r["second_order"] for r in rows])
     mc, lo, hi = (np.array([r[k] for r in rows]) for k in ("mc", "mc_lo", "mc_hi"))
-    ax.errorbar(x, mc / so, yerr=[(mc - lo) / so, (hi - mc) / so], fmt=style["marker"] + "-", color=style["color"],
-                ms=5, capsize=3, label=label)  # fmt: skip
+    ax.errorbar(
+        x,
+        mc / so,
+        yerr=[(mc - lo) / so, (hi - mc) / so],
+        fmt=style["marker"] + "-",
+        color=style["color"],
+        ms=5,
+        capsize=3,
+        label=label,
+    )
 
 
 def theorem1_figure(points: list[dict], meta: dict) -> Figure:
@@ -338,23 +409,54 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
             continue
         p = np.array([r["p"] for r in rows])
         mc, lo, hi = (np.array([r[k] for r in rows]) for k in ("mc", "mc_lo", "mc_hi"))
-        a.errorbar(p, mc, yerr=[mc - lo, hi - mc], fmt=style["marker"], color=style["color"], ms=5, capsize=3,
-                   label=f"Monte Carlo (95% CI), {style['label']}")  # fmt: skip
-        a.plot(p, [r["second_order"] for r in rows], "--", color=style["color"], lw=1.5,
-               label=f"second order, {style['label']}")  # fmt: skip
+        a.errorbar(
+            p,
+            mc,
+            yerr=[mc - lo, hi - mc],
+            fmt=style["marker"],
+            color=style["color"],
+            ms=5,
+            capsize=3,
+            label=f"Monte Carlo (95% CI), {style['label']}",
+        )
+        a.plot(
+            p,
+            [r["second_order"] for r in rows],
+            "--",
+            color=style["color"],
+            lw=1.5,
+            label=f"second order, {style['label']}",
+        )
         _ratio_bars(b, p, rows, style, style["label"])
-        c.plot(p, [r["m_eff"] for r in rows], style["marker"] + "-", color=style["color"], label=f"m_eff, {style['label']}")
+        c.plot(
+            p,
+            [r["m_eff"] for r in rows],
+            style["marker"] + "-",
+            color=style["color"],
+            label=f"m_eff, {style['label']}",
+        )
         if part == "finetuned" and rows[0].get("m_min") is not None:
             c.plot(p, [r["m_min"] for r in rows], "v:", color="tab:green", label="m_min at w_p (Lanczos)")
     pre = [r for r in points if r["part"] == "w_pre"]
     if pre:
-        c.axhline(pre[0]["m_min"], color="tab:green", ls="--", lw=0.8, label=f"m_min at w_pre ({pre[0]['m_min']:.3g})")
+        c.axhline(
+            pre[0]["m_min"],
+            color="tab:green",
+            ls="--",
+            lw=0.8,
+            label=f"m_min at w_pre ({pre[0]['m_min']:.3g})",
+        )
     scan = [r for r in points if r["part"] == "scan"]
     for point, part in SCAN_POINT.items():
         rows = sorted((r for r in scan if r["point"] == point), key=lambda r: r["p"])
         if rows:
-            _ratio_bars(d, [r["p"] for r in rows], rows, POINT_STYLE[part],
-                        f"{POINT_STYLE[part]['label']}, p = {rows[0]['at_p']:g}")  # fmt: skip
+            _ratio_bars(
+                d,
+                [r["p"] for r in rows],
+                rows,
+                POINT_STYLE[part],
+                f"{POINT_STYLE[part]['label']}, p = {rows[0]['at_p']:g}",
+            )
     a.set_yscale("log")
     a.set_ylabel("E L(Phi(w)) - L(w)  [nats]")
     a.set_title("(a) the mixout(u, p) penalty on the finetuning loss", fontsize=9)
@@ -362,10 +464,14 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     b.set_title("(b) what the second-order expansion misses", fontsize=9)
     c.set_yscale("symlog", linthresh=0.01)
     c.set_ylabel("curvature  [nats per unit ||d||^2]  (symlog)")
-    c.set_title("(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2, and m_min (< 0: Corollary 1.1 is vacuous)", fontsize=9)
+    c.set_title(
+        "(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2, and m_min (< 0: Corollary 1.1 is vacuous)", fontsize=9
+    )
     d.set_ylabel("Monte Carlo / second order")
-    d.set_title("(d) one fixed point, masks of probability q (a third-order remainder changes sign at q = 0.5)",
-                fontsize=9)  # fmt: skip
+    d.set_title(
+        "(d) one fixed point, masks of probability q (a third-order remainder changes sign at q = 0.5)",
+        fontsize=9,
+    )
     d.set_xlabel("mask probability q at fixed w and u")
     for ax in (a, b, c):
         ax.set_xlabel("mixout probability p (of the run and of the mask)")
@@ -375,10 +481,13 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     ctx = meta.get("context", {})
-    fig.suptitle(f"Theorem 1 on the finetuned MLP ({meta['config']['profile']} profile, restart "
-                 f"{meta['config']['restart']}); {task_line(ctx.get('source_name', '?'))}\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
-                 f"MNIST training images; mixout on fc2 and fc3; {meta['config']['mc_samples']} masks per Monte Carlo "
-                 "point", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Theorem 1 on the finetuned MLP ({meta['config']['profile']} profile, restart "
+        f"{meta['config']['restart']}); {task_line(ctx.get('source_name', '?'))}\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
+        f"MNIST training images; mixout on fc2 and fc3; {meta['config']['mc_samples']} masks per Monte Carlo "
+        "point",
+        fontsize=10,
+    )
     return fig
 
 
@@ -395,8 +504,16 @@ def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
         axes[0].plot(step, m, "-o", ms=3, color=f"C{i}", label=f"p = {p:g}: Monte Carlo m_t (95% band)")
         axes[0].fill_between(step, lo, hi, color=f"C{i}", alpha=0.2, lw=0)
         axes[0].plot(step, eff, "--x", ms=5, color=f"C{i}", label=f"p = {p:g}: m_eff(w_t), exact HVPs")
-        axes[1].errorbar(step, m / eff, yerr=[(m - lo) / eff, (hi - m) / eff], fmt="-o", ms=3, capsize=2,
-                         color=f"C{i}", label=f"p = {p:g}")  # fmt: skip
+        axes[1].errorbar(
+            step,
+            m / eff,
+            yerr=[(m - lo) / eff, (hi - m) / eff],
+            fmt="-o",
+            ms=3,
+            capsize=2,
+            color=f"C{i}",
+            label=f"p = {p:g}",
+        )
     axes[0].set_ylabel("coefficient  [nats per unit ||w_t - w_pre||^2]")
     axes[0].set_title("(a) implied coefficient vs curvature along w_t - w_pre", fontsize=9)
     axes[1].axhline(1.0, color="0.4", lw=0.8)
@@ -409,9 +526,12 @@ def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     ctx = meta.get("context", {})
-    fig.suptitle(f"Along finetuning; {task_line(ctx.get('source_name', '?'))}\none mixout(w_pre, p) run per p on "
-                 f"{ctx.get('trajectory_size', '?')} MNIST images (restart 0), L on the same images, "
-                 f"{ctx.get('trajectory_samples', '?')} masks per checkpoint", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Along finetuning; {task_line(ctx.get('source_name', '?'))}\none mixout(w_pre, p) run per p on "
+        f"{ctx.get('trajectory_size', '?')} MNIST images (restart 0), L on the same images, "
+        f"{ctx.get('trajectory_samples', '?')} masks per checkpoint",
+        fontsize=10,
+    )
     return fig
 
 
@@ -442,20 +562,46 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
             return
         cols = cols or [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
         if not exact:
-            rows = [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols} for r in rows]
+            rows = [
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols}
+                for r in rows
+            ]
         written[name] = atomic_write_csv(out_dir / name, rows, cols, lineterminator="\n")
 
     def write_figure(stem, fig):
         written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
 
-    run_cols = ["size", "setting", "restart", "data_seed", "mask_seed", "epochs", "steps", "test_acc", "test_loss",
-                "train_loss", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3", "dist_all"]  # fmt: skip
-    tables, meta = [], {"config": jsonable(res.config.asdict()), "w_pre_test_acc": res.w_pre_acc,
-                        "source_name": res.source_name, "this_invocation_seconds": res.seconds, "env": run_env(),
-                        "machines": machines_of(r for recs in res.records.values() for r in recs),
-                        "training": {s: _training_cost(r) for s, r in res.records.items()},
-                        "subset_sha256": ablations.subset_sha256(res.subset_index),
-                        "store_keys": {s: res.config.key(s) for s in res.records}}  # fmt: skip
+    run_cols = [
+        "size",
+        "setting",
+        "restart",
+        "data_seed",
+        "mask_seed",
+        "epochs",
+        "steps",
+        "test_acc",
+        "test_loss",
+        "train_loss",
+        "dist_mixed",
+        "dist_fc1",
+        "dist_fc2",
+        "dist_fc3",
+        "dist_all",
+    ]
+    tables, meta = (
+        [],
+        {
+            "config": jsonable(res.config.asdict()),
+            "w_pre_test_acc": res.w_pre_acc,
+            "source_name": res.source_name,
+            "this_invocation_seconds": res.seconds,
+            "env": run_env(),
+            "machines": machines_of(r for recs in res.records.values() for r in recs),
+            "training": {s: _training_cost(r) for s, r in res.records.items()},
+            "subset_sha256": ablations.subset_sha256(res.subset_index),
+            "store_keys": {s: res.config.key(s) for s in res.records},
+        },
+    )
     small = head = traj = []
     if "small_data" in res.records:
         recs = res.records["small_data"]
@@ -463,29 +609,58 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
         write_csv("small_data_runs.csv", recs, run_cols, exact=True)
         write_csv("small_data_summary.csv", small)
         write_figure("small_data", small_data_figure(recs, res.w_pre_acc, res.source_name))
-        tables.append("## Small data, many restarts\n\n" + report.markdown_table(small, report.SUMMARY_COLUMNS))
+        tables.append(
+            "## Small data, many restarts\n\n" + report.markdown_table(small, report.SUMMARY_COLUMNS)
+        )
         paired = report.paired_differences(recs)
         write_csv("small_data_paired.csv", paired)
-        tables.append("### Paired differences (restart by restart)\n\n" + report.markdown_table(
-            paired, [("size", "n train"), ("a", "a"), ("b", "b"), ("n", "restarts"),
-                     ("mean_diff", "mean acc(a) - acc(b)"), ("sd_diff", "sd"), ("a_wins", "a better"), ("ties", "ties"),
-                     ("b_wins", "b better")]))
+        tables.append(
+            "### Paired differences (restart by restart)\n\n"
+            + report.markdown_table(
+                paired,
+                [
+                    ("size", "n train"),
+                    ("a", "a"),
+                    ("b", "b"),
+                    ("n", "restarts"),
+                    ("mean_diff", "mean acc(a) - acc(b)"),
+                    ("sd_diff", "sd"),
+                    ("a_wins", "a better"),
+                    ("ties", "ties"),
+                    ("b_wins", "b better"),
+                ],
+            )
+        )
     if "new_head" in res.records:
         recs = res.records["new_head"]
         head = report.summarise_runs(recs, res.w_pre_acc)
-        write_csv("new_head_runs.csv", recs, run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"], exact=True)
+        write_csv(
+            "new_head_runs.csv",
+            recs,
+            run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"],
+            exact=True,
+        )
         write_csv("new_head_summary.csv", head)
-        write_figure("new_head", new_head_figure(recs, res.w_pre_acc, res.records.get("small_data"), res.source_name))
+        write_figure(
+            "new_head", new_head_figure(recs, res.w_pre_acc, res.records.get("small_data"), res.source_name)
+        )
         tables.append("## A new output layer\n\n" + report.markdown_table(head, report.HEAD_COLUMNS))
     if "trajectory" in res.records:
         recs = res.records["trajectory"]
         traj = report.trajectory_summary(recs)
         write_csv("trajectory.csv", report.trajectory_rows(recs), exact=True)
-        write_csv("trajectory_runs.csv", recs, ["p", "restart", "size", "eval_size", "mc_samples", "epochs", "steps", "test_acc"],
-                  exact=True)  # fmt: skip
+        write_csv(
+            "trajectory_runs.csv",
+            recs,
+            ["p", "restart", "size", "eval_size", "mc_samples", "epochs", "steps", "test_acc"],
+            exact=True,
+        )
         write_csv("trajectory_summary.csv", traj)
         write_figure("trajectory", trajectory_figure(recs, res.source_name, res.config.warmup))
-        tables.append("## Effective L2 coefficient along the run\n\n" + report.markdown_table(traj, report.TRAJECTORY_COLUMNS))
+        tables.append(
+            "## Effective L2 coefficient along the run\n\n"
+            + report.markdown_table(traj, report.TRAJECTORY_COLUMNS)
+        )
     idx = res.subset_index.tolist()
     write_csv("subsets.csv", [{"rank": i, "target_train_index": j} for i, j in enumerate(idx)])
     meta["claims"] = jsonable(report.claims(small, head, traj, res.records.get("small_data")))
@@ -500,5 +675,11 @@ def _training_cost(records: list[dict]) -> dict:
     """Runs, member-steps and wall seconds of training (evaluation excluded) summed over the stored
     runs: each run carries its ensemble's seconds and size (``seconds`` of a trajectory ensemble
     include its Monte Carlo checkpoints)."""
-    secs = sum(r.get("chunk_seconds", r.get("seconds", 0.0)) / r.get("chunk_members", len(records)) for r in records)
-    return {"runs": len(records), "member_steps": int(sum(r["steps"] for r in records)), "seconds": float(secs)}
+    secs = sum(
+        r.get("chunk_seconds", r.get("seconds", 0.0)) / r.get("chunk_members", len(records)) for r in records
+    )
+    return {
+        "runs": len(records),
+        "member_steps": int(sum(r["steps"] for r in records)),
+        "seconds": float(secs),
+    }

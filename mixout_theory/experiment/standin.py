@@ -61,7 +61,9 @@ def render_emnist_style(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor
     Empty images stay empty. Vectorised: about a second for 40,000 images on two cores.
     """
     if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
-        raise TypeError(f"images must be uint8 of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}")
+        raise TypeError(
+            f"images must be uint8 of shape (N, 28, 28), got {images.dtype} {tuple(images.shape)}"
+        )
     canvas, box = RENDER["canvas"], RENDER["box"]
     half = canvas / 2
     blur = _blur_matrix(canvas, RENDER["blur_sigma"], RENDER["blur_radius"])
@@ -83,11 +85,15 @@ def render_emnist_style(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor
         theta[:, 1, 1] = 1 / s
         theta[:, 1, 2] = cy / half - 1
         grid = F.affine_grid(theta, [m, 1, canvas, canvas], align_corners=False)
-        x = F.grid_sample(img[:, None].float() / 255, grid, mode=RENDER["interpolation"], padding_mode="zeros", align_corners=False)[:, 0]
+        x = F.grid_sample(
+            img[:, None].float() / 255,
+            grid,
+            mode=RENDER["interpolation"],
+            padding_mode="zeros",
+            align_corners=False,
+        )[:, 0]
         x = blur @ x @ blur.T
         peak = x.amax(dim=(1, 2), keepdim=True)
         x = torch.where(peak > 0, x / peak.clamp(min=1e-12), x)
         out[lo : lo + m] = (x * RENDER["peak"]).round_().clamp_(0, 255).to(torch.uint8)
     return out
-
-

@@ -242,7 +242,9 @@ def verify_sha256(path: Path, want: str, recorded_in, what: str, error=Integrity
     ``what`` it means and what to do."""
     got = sha256_file(path)
     if got != want:
-        raise error(f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in {recorded_in}: {what}")
+        raise error(
+            f"{path}: sha256 {got[:12]}... differs from the {want[:12]}... recorded in {recorded_in}: {what}"
+        )
     return got
 
 
@@ -311,7 +313,9 @@ RECORD_SHA256 = "record_sha256"  # each record's checksum of its own content, wr
 def _record_sha256(record: dict) -> str:
     """sha256 of a record's content as canonical JSON (sorted keys, no spaces), its own checksum left out."""
     body = {k: v for k, v in record.items() if k != RECORD_SHA256}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    ).hexdigest()
 
 
 def _finite(obj, where: str, bad: list):
@@ -364,8 +368,11 @@ def _reject(path: Path, why: str) -> None:
         where = f"moved to {dest}"
     except OSError:
         where = "left in place (could not move it)"
-    warnings.warn(f"{path} is not a valid run record ({why}): {where}; its run will be computed again",
-                  RejectedRecordWarning, stacklevel=3)  # fmt: skip
+    warnings.warn(
+        f"{path} is not a valid run record ({why}): {where}; its run will be computed again",
+        RejectedRecordWarning,
+        stacklevel=3,
+    )
 
 
 class RejectedRecordWarning(UserWarning):
@@ -376,7 +383,9 @@ def export_csv(records: list[dict], path: Path) -> Path:
     """One row per run, one column per scalar field (a tidy table)."""
     cols = sorted({k for r in records for k, v in r.items() if not isinstance(v, (dict, list))})
     first = ["run_id", "method", "p", "seed", "source", "profile"]
-    return atomic_write_csv(path, records, [c for c in first if c in cols] + [c for c in cols if c not in first])
+    return atomic_write_csv(
+        path, records, [c for c in first if c in cols] + [c for c in cols if c not in first]
+    )
 
 
 def pending_chunks(items: list, size: int, done: set, run_id=lambda item: item[0]) -> list[list]:
@@ -412,4 +421,6 @@ def find_stores(root: str | Path) -> list[Path]:
     """Store folders under ``root`` that hold at least one run, newest first."""
     root = Path(root)
     found = [d for d in root.glob("*-*") if d.is_dir() and any((d / "runs").glob("*.json"))]
-    return sorted(found, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True)
+    return sorted(
+        found, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True
+    )

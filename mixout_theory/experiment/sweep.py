@@ -93,8 +93,9 @@ class SweepConfig:
     def __post_init__(self):
         check_orientation(self.orientation)
         if self.mixed_layers not in MIXED_LAYERS:
-            raise ValueError(f"mixed_layers must be one of {', '.join(map(repr, MIXED_LAYERS))}, "
-                             f"got {self.mixed_layers!r}")
+            raise ValueError(
+                f"mixed_layers must be one of {', '.join(map(repr, MIXED_LAYERS))}, got {self.mixed_layers!r}"
+            )
 
     def _fields(self, names=None) -> dict:
         """The fields (all, or ``names``), without the later ones at their defaults: configurations
@@ -108,9 +109,24 @@ class SweepConfig:
 
     def pretrain_key(self) -> str:
         """Short hash of the fields that change ``w_pre``."""
-        keep = ("source", "source_train", "eval_size", "pretrain_epochs", "pretrain_seed", "pretrain_search",
-                "batch_size", "lr_pretrain", "weight_decay_pretrain", "dropout_pretrain", "warmup",
-                "dropout_placement", "normalisation", "data", "engine", "orientation")  # fmt: skip
+        keep = (
+            "source",
+            "source_train",
+            "eval_size",
+            "pretrain_epochs",
+            "pretrain_seed",
+            "pretrain_search",
+            "batch_size",
+            "lr_pretrain",
+            "weight_decay_pretrain",
+            "dropout_pretrain",
+            "warmup",
+            "dropout_placement",
+            "normalisation",
+            "data",
+            "engine",
+            "orientation",
+        )
         return config_hash(self._fields(keep))
 
     @property
@@ -137,15 +153,35 @@ def data_fingerprint(exp) -> str:
 PROFILE_SIZES = {
     # smoke: 1,250 finetuning steps; with fewer (e.g. 470), dropout(0.8) barely leaves w_pre
     # and so forgets less than mixout: the paper's regime needs the model to actually train.
-    "smoke": {"sweep": dict(source_train=None, target_train=8000, eval_size=None, pretrain_epochs=3,
-                            ps=(0.0, 0.3, 0.6, 0.8), restarts=4),
-              "ablations": dict(sizes=(100, 300), restarts=3, reference_size=300, test_size=2000, head_sizes=(300,),
-                                head_restarts=3, trajectory_size=300, trajectory_ps=(0.5, 0.8),
-                                trajectory_restarts=1, trajectory_every=1, trajectory_samples=96)},
-    "quick": {"sweep": dict(pretrain_epochs=5, restarts=4),
-              "ablations": dict(restarts=5, head_restarts=5, trajectory_restarts=1, trajectory_samples=128)},
+    "smoke": {
+        "sweep": dict(
+            source_train=None,
+            target_train=8000,
+            eval_size=None,
+            pretrain_epochs=3,
+            ps=(0.0, 0.3, 0.6, 0.8),
+            restarts=4,
+        ),
+        "ablations": dict(
+            sizes=(100, 300),
+            restarts=3,
+            reference_size=300,
+            test_size=2000,
+            head_sizes=(300,),
+            head_restarts=3,
+            trajectory_size=300,
+            trajectory_ps=(0.5, 0.8),
+            trajectory_restarts=1,
+            trajectory_every=1,
+            trajectory_samples=96,
+        ),
+    },
+    "quick": {
+        "sweep": dict(pretrain_epochs=5, restarts=4),
+        "ablations": dict(restarts=5, head_restarts=5, trajectory_restarts=1, trajectory_samples=128),
+    },
     "paper": {"sweep": dict(), "ablations": dict()},
-}  # fmt: skip
+}
 # the fidelity study (fidelity.py): the sweep's sizes with these overrides, for each of its five sweeps
 PROFILE_SIZES["smoke"]["fidelity"] = dict(restarts=2, ps=(0.0, 0.3, 0.8))
 PROFILE_SIZES["quick"]["fidelity"] = dict(restarts=2, ps=(0.0, 0.1, 0.2, 0.3, 0.5, 0.8))
@@ -171,12 +207,29 @@ def profile_config(profile: str, **overrides) -> SweepConfig:
 class SweepStore(RunStore):
     """The sweep's store: ``root/<profile>-<source>-<config hash>/``, plus ``runs.csv``."""
 
-    REQUIRED = ("run_id", "method", "p", "seed", "source", "profile", "config", "dist_all", "dist_mixed", "dist_fc1",
-                "dist_fc2", "dist_fc3", "target_val_acc", "target_test_acc", "source_val_acc")  # fmt: skip
+    REQUIRED = (
+        "run_id",
+        "method",
+        "p",
+        "seed",
+        "source",
+        "profile",
+        "config",
+        "dist_all",
+        "dist_mixed",
+        "dist_fc1",
+        "dist_fc2",
+        "dist_fc3",
+        "target_val_acc",
+        "target_test_acc",
+        "source_val_acc",
+    )
 
     def __init__(self, root: str | Path, config: SweepConfig):
         self.config = config
-        super().__init__(Path(root) / f"{config.profile}-{config.source}-{config.key()}", dataclasses.asdict(config))
+        super().__init__(
+            Path(root) / f"{config.profile}-{config.source}-{config.key()}", dataclasses.asdict(config)
+        )
 
     def records(self) -> list[dict]:
         return load_records(self.dir)
@@ -218,7 +271,9 @@ def store_context(folder: str | Path) -> dict:
     config = json.loads((folder / "config.json").read_text())
     sweep_config = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     pre = folder.parent / "pretrain" / f"{sweep_config.source}-{sweep_config.pretrain_key()}.json"
-    pretrain = {k: v for k, v in json.loads(pre.read_text()).items() if k != "config"} if pre.is_file() else None
+    pretrain = (
+        {k: v for k, v in json.loads(pre.read_text()).items() if k != "config"} if pre.is_file() else None
+    )
     return {"config": config, "pretrain": pretrain}
 
 
@@ -233,11 +288,15 @@ def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> li
     ``table.csv`` must already be there."""
     out = Path(out_dir)
     export_csv(records, out / "runs.csv")
-    meta = dict(context, claims=claims, sha256={n: sha256_file(out / n) for n in EXPORT_TABLES}, env=run_env(),
-                machines=machines_of(records))
+    meta = dict(
+        context,
+        claims=claims,
+        sha256={n: sha256_file(out / n) for n in EXPORT_TABLES},
+        env=run_env(),
+        machines=machines_of(records),
+    )
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
     return [out / "runs.csv", out / "meta.json"]
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,8 +314,10 @@ def _subset(split, n: int | None, seed: int):
 def experiment_tensors(exp, config: SweepConfig) -> dict:
     """The (x, y) pairs the sweep uses, sized by the profile (fixed, seeded subsets); the source
     task's images transposed when ``config.orientation`` says so (normalisation is unchanged by it)."""
-    source = {"source_train": _subset(_xy(exp.source.train), config.source_train, 1),
-              "source_val": _subset(_xy(exp.source.val), config.eval_size, 2)}
+    source = {
+        "source_train": _subset(_xy(exp.source.train), config.source_train, 1),
+        "source_val": _subset(_xy(exp.source.val), config.eval_size, 2),
+    }
     if config.orientation == "transposed":
         source = {k: (transposed_images(x), y) for k, (x, y) in source.items()}
     return {
@@ -291,23 +352,42 @@ def pretrain(store_root, config: SweepConfig, tensors: dict, options: RunOptions
     best = {"acc": -1.0}
     t0 = time.perf_counter()
     for epochs in budgets:
-        members = [engine.Member(dropout=config.dropout_pretrain, wdecay=config.weight_decay_pretrain,
-                                 data_seed=s, mask_seed=10_000 + s) for s in seeds]  # fmt: skip
+        members = [
+            engine.Member(
+                dropout=config.dropout_pretrain,
+                wdecay=config.weight_decay_pretrain,
+                data_seed=s,
+                mask_seed=10_000 + s,
+            )
+            for s in seeds
+        ]
 
         def keep_best(epoch, params, epochs=epochs):
             acc = engine.evaluate(params, xv, yv)["acc"]
             k = int(acc.argmax())
             # with the search, only a run's final epoch counts (each budget is its own run)
             if (not config.pretrain_search or epoch == epochs - 1) and acc[k] > best["acc"]:
-                best.update(acc=float(acc[k]), epoch=epoch + 1, budget=epochs, seed=seeds[k],
-                            params={n: v[k].detach().cpu().clone() for n, v in params.items()})  # fmt: skip
+                best.update(
+                    acc=float(acc[k]),
+                    epoch=epoch + 1,
+                    budget=epochs,
+                    seed=seeds[k],
+                    params={n: v[k].detach().cpu().clone() for n, v in params.items()},
+                )
 
         engine.train_ensemble(
             mlp.init_params(len(members), seed=1000 * config.pretrain_seed),
-            members, xs, ys, epochs=epochs, lr=config.lr_pretrain, batch_size=config.batch_size,
-            warmup=config.warmup, device=options.device, on_epoch_end=keep_best,
+            members,
+            xs,
+            ys,
+            epochs=epochs,
+            lr=config.lr_pretrain,
+            batch_size=config.batch_size,
+            warmup=config.warmup,
+            device=options.device,
+            on_epoch_end=keep_best,
             progress=f"pretrain ({config.source}, {epochs} epochs)" if options.progress else False,
-        )  # fmt: skip
+        )
     meta = {k: v for k, v in best.items() if k != "params"}
     meta.update(seconds=time.perf_counter() - t0, config=jsonable(dataclasses.asdict(config)))
     buf = io.BytesIO()
@@ -331,8 +411,9 @@ def load_pretrained(path: Path) -> dict | None:
     except ValueError as e:
         raise IntegrityError(f"{side}: unreadable ({e}); {remedy}") from None
     if want is None:
-        warnings.warn(f"{path}: no checksum recorded beside it (an older cache): pretraining w_pre again",
-                      stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"{path}: no checksum recorded beside it (an older cache): pretraining w_pre again", stacklevel=3
+        )
         return None
     verify_sha256(path, want, side, f"the weights were altered or damaged; {remedy}")
     try:
@@ -361,7 +442,9 @@ def sweep_members(config: SweepConfig) -> list[tuple[str, dict, engine.Member]]:
                     input_dropout=p if method == "dropout" and inputs else 0.0,
                     input_mixout=p if method == "mixout" and inputs else 0.0,
                 )
-                runs.append((f"{method}-p{p:.2f}-seed{seed}", {"method": method, "p": p, "seed": seed}, member))
+                runs.append(
+                    (f"{method}-p{p:.2f}-seed{seed}", {"method": method, "p": p, "seed": seed}, member)
+                )
     return runs
 
 
@@ -369,8 +452,15 @@ def sweep_members(config: SweepConfig) -> list[tuple[str, dict, engine.Member]]:
 CHUNK = 17
 
 
-def run_sweep(store_root, config: SweepConfig, tensors: dict, w_pre: dict, options: RunOptions = RunOptions(), *,
-              source_name: str = "") -> SweepStore:  # fmt: skip
+def run_sweep(
+    store_root,
+    config: SweepConfig,
+    tensors: dict,
+    w_pre: dict,
+    options: RunOptions = RunOptions(),
+    *,
+    source_name: str = "",
+) -> SweepStore:
     """Finetune ``w_pre`` for every run not yet in the store, ``options.chunk`` runs per batched ensemble.
 
     Each chunk's records are written as soon as it finishes, so an interrupted sweep keeps them.
@@ -387,10 +477,19 @@ def run_sweep(store_root, config: SweepConfig, tensors: dict, w_pre: dict, optio
     bar = engine.member_step_bar(options.progress, sum(map(len, chunks)) * steps, f"sweep ({config.profile})")
     for part in chunks:
         result = engine.train_ensemble(
-            w_pre, [m for _, _, m in part], xt, yt, epochs=config.finetune_epochs, lr=config.lr_finetune,
-            batch_size=config.batch_size, warmup=config.warmup, target=w_pre, device=options.device,
-            workers=options.n_workers, progress=bar if bar is not None else False,
-        )  # fmt: skip
+            w_pre,
+            [m for _, _, m in part],
+            xt,
+            yt,
+            epochs=config.finetune_epochs,
+            lr=config.lr_finetune,
+            batch_size=config.batch_size,
+            warmup=config.warmup,
+            target=w_pre,
+            device=options.device,
+            workers=options.n_workers,
+            progress=bar if bar is not None else False,
+        )
         for record in _records(part, result, w_pre, tensors, config, source_name, options.device):
             if record["run_id"] not in done:
                 store.write(record)
@@ -406,14 +505,27 @@ def _records(part, result, w_pre, tensors, config, source_name, device) -> list[
     env = run_env(device)
     out = []
     for e, (run_id, fields, _) in enumerate(part):
-        rec = {"run_id": run_id, **fields, "source": config.source, "source_name": source_name,
-               "profile": config.profile, "config": config.key(), "orientation": config.orientation,
-               "mixed_layers": config.mixed_layers, "finetune_epochs": config.finetune_epochs}  # fmt: skip
+        rec = {
+            "run_id": run_id,
+            **fields,
+            "source": config.source,
+            "source_name": source_name,
+            "profile": config.profile,
+            "config": config.key(),
+            "orientation": config.orientation,
+            "mixed_layers": config.mixed_layers,
+            "finetune_epochs": config.finetune_epochs,
+        }
         rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
         rec.update({f"{k}_acc": float(v["acc"][e]) for k, v in ev.items()})
         rec.update({f"{k}_loss": float(v["loss"][e]) for k, v in ev.items()})
-        rec.update(train_loss=float(result.train_loss[e]), chunk_seconds=result.seconds,
-                   chunk_members=len(part), steps=result.steps, **env)  # fmt: skip
+        rec.update(
+            train_loss=float(result.train_loss[e]),
+            chunk_seconds=result.seconds,
+            chunk_members=len(part),
+            steps=result.steps,
+            **env,
+        )
         out.append(rec)
     return out
 
@@ -422,8 +534,16 @@ def _records(part, result, w_pre, tensors, config, source_name, device) -> list[
 # the whole experiment
 
 
-def run_experiment(profile: str = "paper", options: RunOptions = RunOptions(), *, data_root=None, results=None,
-                   source: str = "auto", emnist_from=None, **overrides) -> SweepStore:  # fmt: skip
+def run_experiment(
+    profile: str = "paper",
+    options: RunOptions = RunOptions(),
+    *,
+    data_root=None,
+    results=None,
+    source: str = "auto",
+    emnist_from=None,
+    **overrides,
+) -> SweepStore:
     """Data, pretraining and the sweep for one profile; every stage resumes from what is stored.
 
     ``results``: the results root (default: the checkout's ``results/``); ``overrides``: fields of
@@ -431,8 +551,14 @@ def run_experiment(profile: str = "paper", options: RunOptions = RunOptions(), *
     results = project_dir("results") if results is None else Path(results)
     exp = data.load_experiment(root=data_root, source=source, emnist_from=emnist_from)
     config, tensors, w_pre = pretrained(results, profile, exp, options, **overrides)
-    return run_sweep(results, config, tensors, w_pre, options,
-                     source_name=oriented_name(exp.source_name, config.orientation))
+    return run_sweep(
+        results,
+        config,
+        tensors,
+        w_pre,
+        options,
+        source_name=oriented_name(exp.source_name, config.orientation),
+    )
 
 
 def pretrained(results, profile: str, exp, options: RunOptions = RunOptions(), **overrides):

@@ -70,9 +70,23 @@ from mixout_theory.experiment.store import (
     verify_sha256,
 )
 
-__all__ = ["PARTS", "Theorem1Config", "theorem1_config", "Theorem1Store", "Theorem1Results", "network_loss",
-           "measure_point", "checkpoint_epochs", "run_theorem1", "load_stored", "table_rows", "export_tables",
-           "load_tables", "claims", "SUMMARY_COLUMNS"]  # fmt: skip
+__all__ = [
+    "PARTS",
+    "Theorem1Config",
+    "theorem1_config",
+    "Theorem1Store",
+    "Theorem1Results",
+    "network_loss",
+    "measure_point",
+    "checkpoint_epochs",
+    "run_theorem1",
+    "load_stored",
+    "table_rows",
+    "export_tables",
+    "load_tables",
+    "claims",
+    "SUMMARY_COLUMNS",
+]
 
 PARTS = ("finetuned", "displaced", "scan", "trajectory")
 
@@ -101,8 +115,11 @@ class Theorem1Config:
 
 
 #: overrides of the paper-size defaults, per profile (the sweep's and the ablations' are in sweep.PROFILE_SIZES)
-PROFILE_SIZES = {"smoke": dict(loss_size=500, mc_samples=256, checkpoints=4),
-                 "quick": dict(loss_size=2000, mc_samples=500), "paper": {}}  # fmt: skip
+PROFILE_SIZES = {
+    "smoke": dict(loss_size=500, mc_samples=256, checkpoints=4),
+    "quick": dict(loss_size=2000, mc_samples=500),
+    "paper": {},
+}
 
 
 def theorem1_config(profile: str, **overrides) -> Theorem1Config:
@@ -118,8 +135,10 @@ class Theorem1Store(RunStore):
 
     def __init__(self, root, config: Theorem1Config):
         self.config = config
-        super().__init__(Path(root) / "theorem1" / f"{config.profile}-{config.source}-{config.key()}",
-                         dataclasses.asdict(config))  # fmt: skip
+        super().__init__(
+            Path(root) / "theorem1" / f"{config.profile}-{config.source}-{config.key()}",
+            dataclasses.asdict(config),
+        )
         self.weights = self.dir / "weights"
 
     def save_weights(self, run_id: str, params: dict) -> Path:
@@ -129,7 +148,9 @@ class Theorem1Store(RunStore):
         torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, buf)
         with Staging() as st:  # the weights and their checksum appear together
             st.path_for(path).write_bytes(buf.getvalue())
-            st.path_for(path.with_suffix(".sha256")).write_text(f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n")
+            st.path_for(path.with_suffix(".sha256")).write_text(
+                f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n"
+            )
             st.commit()
         return path
 
@@ -167,29 +188,60 @@ def network_loss(params: dict, x: torch.Tensor, y: torch.Tensor):
     return loss_fn, {k: net[k] for k in mlp.MIXED}
 
 
-def measure_point(params: dict, reference: dict, p: float, x, y, *, mc_samples: int, mc_seed: int,
-                  lanczos_tol: float | None = None) -> dict:  # fmt: skip
+def measure_point(
+    params: dict,
+    reference: dict,
+    p: float,
+    x,
+    y,
+    *,
+    mc_samples: int,
+    mc_seed: int,
+    lanczos_tol: float | None = None,
+) -> dict:
     """Every quantity of the module docstring at ``w = params`` with ``u = reference`` (mixed weights), one dict."""
     t0 = time.perf_counter()
-    net, x = {k: v.detach().double() for k, v in params.items()}, x.double()  # float64 once, for both estimates
+    net, x = (
+        {k: v.detach().double() for k, v in params.items()},
+        x.double(),
+    )  # float64 once, for both estimates
     loss_fn, w = network_loss(net, x, y)
     u = {k: reference[k].detach().double() for k in mlp.MIXED}
     terms = second_order.second_order_terms(loss_fn, w, u)
     t_second = time.perf_counter() - t0
     mc = effective_l2(net, u, p, x, y, n_samples=mc_samples, generator=mc_seed)
     k = p / (1.0 - p)
-    row = {"p": p, "loss": terms.loss, "dist2": terms.dist2, "mc": mc.penalty.mean, "mc_se": mc.penalty.se,
-           "mc_lo": mc.penalty.lo, "mc_hi": mc.penalty.hi, "mc_samples": mc_samples, "m_mc": mc.m,
-           "m_mc_lo": mc.m_lo, "m_mc_hi": mc.m_hi, "second_order": terms.penalty(p), "m_eff": terms.m_eff,
-           "quad_fc2": terms.by_entry["fc2.weight"], "quad_fc3": terms.by_entry["fc3.weight"],
-           "dist2_fc2": float((w["fc2.weight"] - u["fc2.weight"]).pow(2).sum()),
-           "dist2_fc3": float((w["fc3.weight"] - u["fc3.weight"]).pow(2).sum()),
-           "corollary_m_eff": terms.m_eff * k / 2.0 * terms.dist2, "seconds_second_order": t_second}  # fmt: skip
+    row = {
+        "p": p,
+        "loss": terms.loss,
+        "dist2": terms.dist2,
+        "mc": mc.penalty.mean,
+        "mc_se": mc.penalty.se,
+        "mc_lo": mc.penalty.lo,
+        "mc_hi": mc.penalty.hi,
+        "mc_samples": mc_samples,
+        "m_mc": mc.m,
+        "m_mc_lo": mc.m_lo,
+        "m_mc_hi": mc.m_hi,
+        "second_order": terms.penalty(p),
+        "m_eff": terms.m_eff,
+        "quad_fc2": terms.by_entry["fc2.weight"],
+        "quad_fc3": terms.by_entry["fc3.weight"],
+        "dist2_fc2": float((w["fc2.weight"] - u["fc2.weight"]).pow(2).sum()),
+        "dist2_fc3": float((w["fc3.weight"] - u["fc3.weight"]).pow(2).sum()),
+        "corollary_m_eff": terms.m_eff * k / 2.0 * terms.dist2,
+        "seconds_second_order": t_second,
+    }
     if lanczos_tol is not None:
         t1 = time.perf_counter()
         c = second_order.curvature(loss_fn, w, tol=lanczos_tol)
-        row.update(m_min=c.m_min, m_max=c.m_max, lanczos_hvp=c.n_hvp, seconds_lanczos=time.perf_counter() - t1,
-                   corollary_m_min=c.m_min * k / 2.0 * terms.dist2 if c.m_min > 0 else None)  # fmt: skip
+        row.update(
+            m_min=c.m_min,
+            m_max=c.m_max,
+            lanczos_hvp=c.n_hvp,
+            seconds_lanczos=time.perf_counter() - t1,
+            corollary_m_min=c.m_min * k / 2.0 * terms.dist2 if c.m_min > 0 else None,
+        )
     row["seconds"] = time.perf_counter() - t0
     return row
 
@@ -208,23 +260,39 @@ def checkpoint_epochs(epochs: int, n: int) -> list[int]:
 def _loss_batch(exp, config: Theorem1Config):
     x, y = exp.target.train.x, exp.target.train.y
     n = min(config.loss_size, x.shape[0])
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.loss_seed))[:n].sort().values
+    idx = (
+        torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.loss_seed))[:n]
+        .sort()
+        .values
+    )
     return x[idx], y[idx], hashlib.sha256(idx.numpy().astype("<i8").tobytes()).hexdigest()
 
 
 def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
     """The final weights of the sweep's mixout runs of restart ``config.restart``: kept ones, or retrained."""
-    runs = {rid: m for rid, f, m in sweep.sweep_members(sweep_cfg)
-            if f["method"] == "mixout" and f["seed"] == config.restart and f["p"] in config.ps}  # fmt: skip
+    runs = {
+        rid: m
+        for rid, f, m in sweep.sweep_members(sweep_cfg)
+        if f["method"] == "mixout" and f["seed"] == config.restart and f["p"] in config.ps
+    }
     kept = {rid: store.load_weights(rid) for rid in runs}
     todo = [rid for rid, w in kept.items() if w is None]
     if todo:
         xt, yt = tensors["target_train"]
         result = engine.train_ensemble(
-            w_pre, [runs[r] for r in todo], xt, yt, epochs=sweep_cfg.finetune_epochs, lr=sweep_cfg.lr_finetune,
-            batch_size=sweep_cfg.batch_size, warmup=sweep_cfg.warmup, target=w_pre, device=options.device,
-            workers=options.n_workers, progress="finetune (mixout, one restart)" if options.progress else False,
-        )  # fmt: skip
+            w_pre,
+            [runs[r] for r in todo],
+            xt,
+            yt,
+            epochs=sweep_cfg.finetune_epochs,
+            lr=sweep_cfg.lr_finetune,
+            batch_size=sweep_cfg.batch_size,
+            warmup=sweep_cfg.warmup,
+            target=w_pre,
+            device=options.device,
+            workers=options.n_workers,
+            progress="finetune (mixout, one restart)" if options.progress else False,
+        )
         for e, rid in enumerate(todo):
             kept[rid] = {k: v[e] for k, v in result.params.items()}
             store.save_weights(rid, kept[rid])
@@ -249,8 +317,13 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
             if part not in parts or f"{part}-p{p:.2f}" in done:
                 continue
             row = measure_point(w, u, p, x, y, lanczos_tol=tol, **kw)
-            row.update(run_id=f"{part}-p{p:.2f}", part=part, point="w_p" if part == "finetuned" else "w_pre",
-                       sweep_run=rid, sweep_dist_mixed=sweep_runs.get(rid, {}).get("dist_mixed"))  # fmt: skip
+            row.update(
+                run_id=f"{part}-p{p:.2f}",
+                part=part,
+                point="w_p" if part == "finetuned" else "w_pre",
+                sweep_run=rid,
+                sweep_dist_mixed=sweep_runs.get(rid, {}).get("dist_mixed"),
+            )
             store.write(row)
             if progress:
                 print(
@@ -261,7 +334,9 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
     if "scan" not in parts:
         return
     at = config.ps[len(config.ps) // 2]
-    base = {r["point"]: r for r in store.read() if r["run_id"] in (f"finetuned-p{at:.2f}", f"displaced-p{at:.2f}")}
+    base = {
+        r["point"]: r for r in store.read() if r["run_id"] in (f"finetuned-p{at:.2f}", f"displaced-p{at:.2f}")
+    }
     pairs = {"w_p": (weights[at], w_pre), "w_pre": (w_pre, _displaced_target(w_pre, weights[at]))}
     for point, (w, u) in pairs.items():
         quad = base[point]["m_eff"] * base[point]["dist2"]  # sum_g d_g^T H_gg d_g does not depend on p
@@ -269,11 +344,26 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
         for q in config.scan_ps:
             if f"scan-{point}-p{q:.2f}" in done:
                 continue
-            mc = effective_l2(net, u, q, x.double(), y, n_samples=config.mc_samples, generator=config.mc_seed).penalty
-            store.write({"run_id": f"scan-{point}-p{q:.2f}", "part": "scan", "point": point, "at_p": at, "p": q,
-                         "dist2": base[point]["dist2"], "m_eff": base[point]["m_eff"], "mc": mc.mean, "mc_se": mc.se,
-                         "mc_lo": mc.lo, "mc_hi": mc.hi, "mc_samples": mc.n_samples,
-                         "second_order": q / (2.0 * (1.0 - q)) * quad})  # fmt: skip
+            mc = effective_l2(
+                net, u, q, x.double(), y, n_samples=config.mc_samples, generator=config.mc_seed
+            ).penalty
+            store.write(
+                {
+                    "run_id": f"scan-{point}-p{q:.2f}",
+                    "part": "scan",
+                    "point": point,
+                    "at_p": at,
+                    "p": q,
+                    "dist2": base[point]["dist2"],
+                    "m_eff": base[point]["m_eff"],
+                    "mc": mc.mean,
+                    "mc_se": mc.se,
+                    "mc_lo": mc.lo,
+                    "mc_hi": mc.hi,
+                    "mc_samples": mc.n_samples,
+                    "second_order": q / (2.0 * (1.0 - q)) * quad,
+                }
+            )
 
 
 def _trajectory(store, config, acfg, atensors, w_pre, options) -> None:
@@ -293,18 +383,45 @@ def _trajectory(store, config, acfg, atensors, w_pre, options) -> None:
             return
         for e, p in enumerate(todo):
             one = {k: v[e].detach().cpu() for k, v in params.items()}
-            row = measure_point(one, w_pre, p, x[:n_eval], y[:n_eval], mc_samples=acfg.trajectory_samples,
-                                mc_seed=acfg.trajectory_mc_seed)  # fmt: skip
+            row = measure_point(
+                one,
+                w_pre,
+                p,
+                x[:n_eval],
+                y[:n_eval],
+                mc_samples=acfg.trajectory_samples,
+                mc_seed=acfg.trajectory_mc_seed,
+            )
             points[p].append(dict(row, epoch=epoch + 1, step=(epoch + 1) * spe))
 
     members = [ablations.Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p).member(0) for p in todo]
-    engine.train_ensemble(w_pre, members, x, y, epochs=epochs, lr=acfg.lr, batch_size=acfg.batch_size,
-                          warmup=acfg.warmup, target=w_pre, device=options.device, on_epoch_end=on_epoch_end,
-                          workers=options.n_workers,
-                          progress="trajectory runs" if options.progress else False)  # fmt: skip
+    engine.train_ensemble(
+        w_pre,
+        members,
+        x,
+        y,
+        epochs=epochs,
+        lr=acfg.lr,
+        batch_size=acfg.batch_size,
+        warmup=acfg.warmup,
+        target=w_pre,
+        device=options.device,
+        on_epoch_end=on_epoch_end,
+        workers=options.n_workers,
+        progress="trajectory runs" if options.progress else False,
+    )
     for p in todo:
-        store.write({"run_id": f"trajectory-p{p:.2f}", "part": "trajectory", "p": p, "epochs": epochs,
-                     "eval_size": n_eval, "checkpoints": points[p], **run_env(options.device)})  # fmt: skip
+        store.write(
+            {
+                "run_id": f"trajectory-p{p:.2f}",
+                "part": "trajectory",
+                "p": p,
+                "epochs": epochs,
+                "eval_size": n_eval,
+                "checkpoints": points[p],
+                **run_env(options.device),
+            }
+        )
 
 
 @dataclass
@@ -317,8 +434,17 @@ class Theorem1Results:
     context: dict
 
 
-def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, results=None, data_root=None,
-                 source: str = "auto", exp=None, parts=PARTS, **overrides) -> Theorem1Results:  # fmt: skip
+def run_theorem1(
+    profile: str = "paper",
+    options: RunOptions = RunOptions(),
+    *,
+    results=None,
+    data_root=None,
+    source: str = "auto",
+    exp=None,
+    parts=PARTS,
+    **overrides,
+) -> Theorem1Results:
     """Data, ``w_pre`` (the sweep's cached pretraining), the finetuned weights and the parts asked for (:data:`PARTS`).
 
     Every record is written as it is measured, so an interrupted study resumes where it stopped;
@@ -332,28 +458,56 @@ def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, 
     overrides.setdefault("ps", tuple(p for p in sweep_ps if p > 0))
     stray = [p for p in overrides["ps"] if p not in sweep_ps or p == 0]
     if stray:  # refused before any work
-        raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: "
-                         f"{[p for p in sweep_ps if p > 0]})")  # fmt: skip
+        raise ValueError(
+            f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: "
+            f"{[p for p in sweep_ps if p > 0]})"
+        )
     results = project_dir("results") if results is None else Path(results)
     exp = data.load_experiment(root=data_root, source=source) if exp is None else exp
     sweep_cfg, tensors, w_pre = sweep.pretrained(results, profile, exp, options)
-    acfg = ablations.ablation_config(profile, source=exp.source_key, data=sweep_cfg.data,
-                                     pretrain=sweep_cfg.pretrain_key(), w_pre=sweep_cfg.w_pre)  # fmt: skip
-    config = theorem1_config(profile, source=exp.source_key, sweep_key=sweep_cfg.key(),
-                             trajectory_key=acfg.key("trajectory"), **overrides)  # fmt: skip
+    acfg = ablations.ablation_config(
+        profile,
+        source=exp.source_key,
+        data=sweep_cfg.data,
+        pretrain=sweep_cfg.pretrain_key(),
+        w_pre=sweep_cfg.w_pre,
+    )
+    config = theorem1_config(
+        profile,
+        source=exp.source_key,
+        sweep_key=sweep_cfg.key(),
+        trajectory_key=acfg.key("trajectory"),
+        **overrides,
+    )
     store = Theorem1Store(results, config)
     x, y, loss_sha = _loss_batch(exp, config)
-    context = {"source_name": exp.source_name, "loss_size": int(x.shape[0]), "loss_subset_sha256": loss_sha,
-               "trajectory_size": acfg.trajectory_size, "trajectory_ps": list(acfg.trajectory_ps),
-               "trajectory_samples": acfg.trajectory_samples, "finetune_epochs": sweep_cfg.finetune_epochs,
-               "target_train": int(tensors["target_train"][0].shape[0])}  # fmt: skip
+    context = {
+        "source_name": exp.source_name,
+        "loss_size": int(x.shape[0]),
+        "loss_subset_sha256": loss_sha,
+        "trajectory_size": acfg.trajectory_size,
+        "trajectory_ps": list(acfg.trajectory_ps),
+        "trajectory_samples": acfg.trajectory_samples,
+        "finetune_epochs": sweep_cfg.finetune_epochs,
+        "target_train": int(tensors["target_train"][0].shape[0]),
+    }
     atomic_write(store.dir / "context.json", json.dumps(context, indent=1, sort_keys=True))
     done = store.done()
     if "w_pre" not in done and ("finetuned" in parts or "displaced" in parts):
         loss_fn, w = network_loss(w_pre, x, y)
         c = second_order.curvature(loss_fn, w, tol=config.lanczos_tol)
-        store.write({"run_id": "w_pre", "part": "w_pre", "p": 0.0, "loss": float(loss_fn(w)), "m_min": c.m_min,
-                     "m_max": c.m_max, "lanczos_hvp": c.n_hvp, "point": "w_pre"})  # fmt: skip
+        store.write(
+            {
+                "run_id": "w_pre",
+                "part": "w_pre",
+                "p": 0.0,
+                "loss": float(loss_fn(w)),
+                "m_min": c.m_min,
+                "m_max": c.m_max,
+                "lanczos_hvp": c.n_hvp,
+                "point": "w_pre",
+            }
+        )
     points = [f"{part}-p{p:.2f}" for p in config.ps for part in ("finetuned", "displaced") if part in parts]
     points += [f"scan-{pt}-p{q:.2f}" for pt in ("w_p", "w_pre") for q in config.scan_ps if "scan" in parts]
     if any(rid not in done for rid in points):  # "w_pre" is not among them
@@ -367,35 +521,90 @@ def run_theorem1(profile: str = "paper", options: RunOptions = RunOptions(), *, 
 
 def _results(config: Theorem1Config, store: Theorem1Store, context: dict) -> Theorem1Results:
     recs = store.records()
-    return Theorem1Results(config, store, {part: [r for r in recs if r["part"] == part] for part in ("w_pre",) + PARTS},
-                           context)  # fmt: skip
+    return Theorem1Results(
+        config, store, {part: [r for r in recs if r["part"] == part] for part in ("w_pre",) + PARTS}, context
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # tables (what the figures and the notebook read) and the claims they support
 
 POINT_COLUMNS = (
-    "part", "point", "at_p", "p", "loss", "dist2", "dist2_fc2", "dist2_fc3", "mc", "mc_se", "mc_lo", "mc_hi",
-    "mc_samples", "second_order", "ratio", "m_eff", "m_mc", "m_mc_lo", "m_mc_hi", "quad_fc2", "quad_fc3", "m_min",
-    "m_max", "lanczos_hvp", "corollary_m_min", "corollary_m_eff", "sweep_run", "sweep_dist_mixed",
-    "seconds_second_order", "seconds_lanczos", "seconds",
-)  # fmt: skip
-TRAJECTORY_COLUMNS = ("p", "epoch", "step", "loss", "dist2", "mc", "mc_lo", "mc_hi", "second_order", "m_mc", "m_mc_lo",
-                      "m_mc_hi", "m_eff", "seconds_second_order")  # fmt: skip
+    "part",
+    "point",
+    "at_p",
+    "p",
+    "loss",
+    "dist2",
+    "dist2_fc2",
+    "dist2_fc3",
+    "mc",
+    "mc_se",
+    "mc_lo",
+    "mc_hi",
+    "mc_samples",
+    "second_order",
+    "ratio",
+    "m_eff",
+    "m_mc",
+    "m_mc_lo",
+    "m_mc_hi",
+    "quad_fc2",
+    "quad_fc3",
+    "m_min",
+    "m_max",
+    "lanczos_hvp",
+    "corollary_m_min",
+    "corollary_m_eff",
+    "sweep_run",
+    "sweep_dist_mixed",
+    "seconds_second_order",
+    "seconds_lanczos",
+    "seconds",
+)
+TRAJECTORY_COLUMNS = (
+    "p",
+    "epoch",
+    "step",
+    "loss",
+    "dist2",
+    "mc",
+    "mc_lo",
+    "mc_hi",
+    "second_order",
+    "m_mc",
+    "m_mc_lo",
+    "m_mc_hi",
+    "m_eff",
+    "seconds_second_order",
+)
 TABLES = ("network_penalty.csv", "trajectory.csv")
 TEXT_COLUMNS = ("part", "point")
 #: the columns a reader looks at first, as ``(key, header)`` for :func:`report.markdown_table`
-SUMMARY_COLUMNS = (("part", "point"), ("p", "p"), ("dist2", "‖d‖² (fc2, fc3)"), ("mc", "Monte Carlo"),
-                   ("mc_lo", "95% lo"), ("mc_hi", "95% hi"), ("second_order", "second order"),
-                   ("ratio", "MC / 2nd order"), ("m_eff", "m_eff"), ("m_min", "m_min"), ("m_max", "m_max"),
-                   ("corollary_m_min", "Cor. 1.1, m = m_min"))  # fmt: skip
+SUMMARY_COLUMNS = (
+    ("part", "point"),
+    ("p", "p"),
+    ("dist2", "‖d‖² (fc2, fc3)"),
+    ("mc", "Monte Carlo"),
+    ("mc_lo", "95% lo"),
+    ("mc_hi", "95% hi"),
+    ("second_order", "second order"),
+    ("ratio", "MC / 2nd order"),
+    ("m_eff", "m_eff"),
+    ("m_min", "m_min"),
+    ("m_max", "m_max"),
+    ("corollary_m_min", "Cor. 1.1, m = m_min"),
+)
 
 
 def table_rows(res: Theorem1Results) -> tuple[list[dict], list[dict]]:
     """The study's two tidy tables from its records: one row per point (``w_pre``; finetuned and
     displaced per p; the scan per point and q), and one row per trajectory checkpoint."""
-    points = [dict(r, ratio=r["mc"] / r["second_order"]) if "mc" in r else r
-              for part in ("w_pre", "finetuned", "displaced", "scan") for r in res.records.get(part, [])]  # fmt: skip
+    points = [
+        dict(r, ratio=r["mc"] / r["second_order"]) if "mc" in r else r
+        for part in ("w_pre", "finetuned", "displaced", "scan")
+        for r in res.records.get(part, [])
+    ]
     traj = [dict(c, p=r["p"]) for r in res.records.get("trajectory", []) for c in r["checkpoints"]]
     return points, traj
 
@@ -415,11 +624,17 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
         ("network_penalty.csv", points, POINT_COLUMNS),
         ("trajectory.csv", traj, TRAJECTORY_COLUMNS),
     ):
-        written[name] = atomic_write_csv(out / name, [{k: _cell(r.get(k)) for k in cols} for r in rows], cols,
-                                         lineterminator="\n")  # fmt: skip
-    meta = {"config": dataclasses.asdict(res.config), "store_key": res.config.key(), "context": res.context,
-            "sha256": {n: sha256_file(p) for n, p in written.items()}, "env": run_env(),
-            "machines": machines_of(r for recs in res.records.values() for r in recs)}  # fmt: skip
+        written[name] = atomic_write_csv(
+            out / name, [{k: _cell(r.get(k)) for k in cols} for r in rows], cols, lineterminator="\n"
+        )
+    meta = {
+        "config": dataclasses.asdict(res.config),
+        "store_key": res.config.key(),
+        "context": res.context,
+        "sha256": {n: sha256_file(p) for n, p in written.items()},
+        "env": run_env(),
+        "machines": machines_of(r for recs in res.records.values() for r in recs),
+    }
     tables = load_tables_from(written)
     meta["claims"] = claims(*tables)
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
@@ -464,8 +679,13 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
     pre = [r for r in points if r["part"] == "w_pre"]
     out["w_pre"] = {"m_min": pre[0]["m_min"], "m_max": pre[0]["m_max"]} if pre else {}
     fin = {r["p"]: r for r in points if r["part"] == "finetuned"}
-    out["curvature_change"] = {p: fin[p]["m_eff"] / r["m_eff"] for r in points if r["part"] == "displaced"
-                               for p in [r["p"]] if p in fin}  # fmt: skip
+    out["curvature_change"] = {
+        p: fin[p]["m_eff"] / r["m_eff"]
+        for r in points
+        if r["part"] == "displaced"
+        for p in [r["p"]]
+        if p in fin
+    }
     mins = [m for m in out["finetuned"]["m_min"] + [out["w_pre"].get("m_min")] if m is not None]
     out["corollary_vacuous"] = bool(mins) and max(mins) <= 0.0
     out["trajectory"] = {}
@@ -474,27 +694,39 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
         ratio = [r["m_mc"] / r["m_eff"] for r in rows]
         inside = [r["m_mc_lo"] <= r["m_eff"] <= r["m_mc_hi"] for r in rows]
         out["trajectory"][p] = {
-            "ratio_min": min(ratio), "ratio_max": max(ratio), "m_eff_in_ci": sum(inside) / len(rows),
-            "m_eff_first": rows[0]["m_eff"], "m_eff_last": rows[-1]["m_eff"], "n": len(rows),
-        }  # fmt: skip
+            "ratio_min": min(ratio),
+            "ratio_max": max(ratio),
+            "m_eff_in_ci": sum(inside) / len(rows),
+            "m_eff_first": rows[0]["m_eff"],
+            "m_eff_last": rows[-1]["m_eff"],
+            "n": len(rows),
+        }
     return out
 
 
 def load_stored(results=None) -> list[Theorem1Results]:
     """The studies stored under ``results/theorem1/`` (no data, no training): the newest per profile and source."""
     root = (project_dir("results") if results is None else Path(results)) / "theorem1"
-    stored = [d for d in root.glob("*-*") if (d / "context.json").is_file() and any((d / "runs").glob("*.json"))]
-    folders = sorted(stored, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True)
+    stored = [
+        d for d in root.glob("*-*") if (d / "context.json").is_file() and any((d / "runs").glob("*.json"))
+    ]
+    folders = sorted(
+        stored, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True
+    )
     out, seen = [], set()
     names = {f.name for f in dataclasses.fields(Theorem1Config)}
     for folder in folders:
         fields = json.loads((folder / "config.json").read_text())
-        config = Theorem1Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in names})
+        config = Theorem1Config(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in names}
+        )
         if (config.profile, config.source) in seen:
             continue
         seen.add((config.profile, config.source))
         store = Theorem1Store(root.parent, config)
         if store.dir != folder:
-            raise ValueError(f"{folder / 'config.json'} does not hash to its folder's name: the file was altered")
+            raise ValueError(
+                f"{folder / 'config.json'} does not hash to its folder's name: the file was altered"
+            )
         out.append(_results(config, store, json.loads((folder / "context.json").read_text())))
     return out

@@ -46,10 +46,30 @@ from mixout_theory.figures import save_figure
 #: Figure 2's levels whose spread is reported: the two distances, target and source accuracy
 SPREAD_METRICS = ("dist_mixed", "dist_all", "target_val_acc", "source_val_acc")
 GAP = ("gap", "source_acc_gap")  # (method, quantity) of the paired gap mixout - dropout
-SPREAD_COLUMNS = ("method", "p", "quantity", "w_pre_seeds", "restarts", "mean", "sd_restarts", "sd_w_pre", "tau",
-                  "ratio", "min_seed_mean", "max_seed_mean")  # fmt: skip
-CLAIM_COLUMNS = ("pretrain_seed", "config", "w_pre_source_acc", "w_pre_epoch", "mixed_distance_decreasing_every_restart",
-                 "mixed_distance_margin", "source_acc_mixout_ge_dropout", "min_source_acc_gap")  # fmt: skip
+SPREAD_COLUMNS = (
+    "method",
+    "p",
+    "quantity",
+    "w_pre_seeds",
+    "restarts",
+    "mean",
+    "sd_restarts",
+    "sd_w_pre",
+    "tau",
+    "ratio",
+    "min_seed_mean",
+    "max_seed_mean",
+)
+CLAIM_COLUMNS = (
+    "pretrain_seed",
+    "config",
+    "w_pre_source_acc",
+    "w_pre_epoch",
+    "mixed_distance_decreasing_every_restart",
+    "mixed_distance_margin",
+    "source_acc_mixout_ge_dropout",
+    "min_source_acc_gap",
+)
 TABLES = ("w_pre_spread.csv", "w_pre_claims.csv")
 #: what the export folder is called (under the figure folder and ``docs/results/``)
 STUDY = "w_pre-spread"
@@ -66,8 +86,11 @@ def seed_stats(records: list[dict]) -> dict[tuple, tuple[float, float, int]]:
         for m in SPREAD_METRICS:
             out[method, row["p"], m] = (row[f"{m}_mean"], row[f"{m}_std"], row["n"])
     for p, diffs in report.paired_source_diffs(report.usable(records)).items():
-        out[(*GAP[:1], p, GAP[1])] = (float(np.mean(diffs)), float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
-                                      len(diffs))  # fmt: skip
+        out[(*GAP[:1], p, GAP[1])] = (
+            float(np.mean(diffs)),
+            float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
+            len(diffs),
+        )
     return out
 
 
@@ -85,10 +108,22 @@ def spread_rows(records_by_seed: dict[int, list[dict]]) -> list[dict]:
         sd_w = float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
         tau = math.sqrt(max(0.0, sd_w**2 - sd_r**2 / n)) if len(means) > 1 else float("nan")
         se_r = sd_r / math.sqrt(n)
-        rows.append({"method": key[0], "p": key[1], "quantity": key[2], "w_pre_seeds": len(means), "restarts": n,
-                     "mean": float(means.mean()), "sd_restarts": sd_r, "sd_w_pre": sd_w, "tau": tau,
-                     "ratio": sd_w / se_r if se_r > 0 else float("nan"),
-                     "min_seed_mean": float(means.min()), "max_seed_mean": float(means.max())})  # fmt: skip
+        rows.append(
+            {
+                "method": key[0],
+                "p": key[1],
+                "quantity": key[2],
+                "w_pre_seeds": len(means),
+                "restarts": n,
+                "mean": float(means.mean()),
+                "sd_restarts": sd_r,
+                "sd_w_pre": sd_w,
+                "tau": tau,
+                "ratio": sd_w / se_r if se_r > 0 else float("nan"),
+                "min_seed_mean": float(means.min()),
+                "max_seed_mean": float(means.max()),
+            }
+        )
     return rows
 
 
@@ -98,12 +133,18 @@ def claim_rows(records_by_seed: dict[int, list[dict]], w_pre_info: dict[int, dic
     for seed, recs in sorted(records_by_seed.items()):
         c = report.figure2_claims(recs)
         info = w_pre_info.get(seed, {})
-        rows.append({"pretrain_seed": seed, "config": recs[0]["config"] if recs else "",
-                     "w_pre_source_acc": info.get("acc"), "w_pre_epoch": info.get("epoch"),
-                     "mixed_distance_decreasing_every_restart": c["mixed_distance_decreasing_every_restart"],
-                     "mixed_distance_margin": c["mixed_distance_margin"],
-                     "source_acc_mixout_ge_dropout": c["source_acc_mixout_ge_dropout"],
-                     "min_source_acc_gap": min(c["source_acc_gaps"].values(), default=float("nan"))})  # fmt: skip
+        rows.append(
+            {
+                "pretrain_seed": seed,
+                "config": recs[0]["config"] if recs else "",
+                "w_pre_source_acc": info.get("acc"),
+                "w_pre_epoch": info.get("epoch"),
+                "mixed_distance_decreasing_every_restart": c["mixed_distance_decreasing_every_restart"],
+                "mixed_distance_margin": c["mixed_distance_margin"],
+                "source_acc_mixout_ge_dropout": c["source_acc_mixout_ge_dropout"],
+                "min_source_acc_gap": min(c["source_acc_gaps"].values(), default=float("nan")),
+            }
+        )
     return rows
 
 
@@ -127,7 +168,11 @@ def seed_stores(results) -> dict[tuple, dict[int, Path]]:
     groups: dict[tuple, dict[int, Path]] = {}
     for folder in find_stores(results):
         config = json.loads((folder / "config.json").read_text())
-        if not isinstance(config, dict) or "pretrain_seed" not in config or not sweep.is_figure2_reading(config):
+        if (
+            not isinstance(config, dict)
+            or "pretrain_seed" not in config
+            or not sweep.is_figure2_reading(config)
+        ):
             continue
         seed = config["pretrain_seed"]
         rest = {k: v for k, v in config.items() if k not in ("pretrain_seed", "w_pre")}
@@ -152,12 +197,18 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
     atomic_write_csv(out / TABLES[0], spread, SPREAD_COLUMNS, lineterminator="\n")
     atomic_write_csv(out / TABLES[1], claims, CLAIM_COLUMNS, lineterminator="\n")
     first = records[min(records)]
-    meta = {"study": STUDY, "profile": first[0]["profile"], "source": first[0]["source"],
-            "source_name": first[0].get("source_name", ""), "config": sweep.store_context(stores[min(stores)])["config"],
-            "stores": {str(s): f.name for s, f in sorted(stores.items())},
-            "claims_for_every_w_pre": claims_for_every_w_pre(claims),
-            "sha256": {n: sha256_file(out / n) for n in TABLES}, "env": run_env(),
-            "machines": machines_of(r for recs in records.values() for r in recs)}  # fmt: skip
+    meta = {
+        "study": STUDY,
+        "profile": first[0]["profile"],
+        "source": first[0]["source"],
+        "source_name": first[0].get("source_name", ""),
+        "config": sweep.store_context(stores[min(stores)])["config"],
+        "stores": {str(s): f.name for s, f in sorted(stores.items())},
+        "claims_for_every_w_pre": claims_for_every_w_pre(claims),
+        "sha256": {n: sha256_file(out / n) for n in TABLES},
+        "env": run_env(),
+        "machines": machines_of(r for recs in records.values() for r in recs),
+    }
     paths = save_figure(spread_figure(spread, meta), out, "figure2_w_pre")
     atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
     return [out / t for t in TABLES] + paths + [out / "meta.json"]
@@ -166,7 +217,11 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
 def load_spread(folder) -> tuple[list[dict], list[dict], dict]:
     """``(spread rows, claim rows, meta)`` of an exported folder, its tables checked against ``meta.json``."""
     meta = checked_meta(folder, TABLES, "export it again (python -m mixout_theory figures)")
-    return read_csv(Path(folder) / TABLES[0], text=("method", "quantity")), read_csv(Path(folder) / TABLES[1], text=("config",)), meta
+    return (
+        read_csv(Path(folder) / TABLES[0], text=("method", "quantity")),
+        read_csv(Path(folder) / TABLES[1], text=("config",)),
+        meta,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,17 +235,32 @@ def spread_figure(rows: list[dict], meta: dict) -> Figure:
     fig = Figure(figsize=(14, 4.6), layout="constrained")
     for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS):
         for method, style in METHOD_STYLE.items():
-            sel = sorted((r for r in rows if r["method"] in (method, "none") and r["quantity"] == metric),
-                         key=lambda r: r["p"])  # fmt: skip
+            sel = sorted(
+                (r for r in rows if r["method"] in (method, "none") and r["quantity"] == metric),
+                key=lambda r: r["p"],
+            )
             if not sel:
                 continue
             p, mean = np.array([r["p"] for r in sel]), np.array([r["mean"] for r in sel])
             sd_r, sd_w = np.array([r["sd_restarts"] for r in sel]), np.array([r["sd_w_pre"] for r in sel])
             ax.plot(p, mean, label=f"{METHOD_LABEL[method]}: mean", lw=1.6, ms=4, **style)
-            ax.fill_between(p, mean - sd_w, mean + sd_w, color=style["color"], alpha=0.35, lw=0,
-                            label=f"{METHOD_LABEL[method]}: +-1 std across w_pre (of a w_pre's mean)")  # fmt: skip
-            ax.plot(p, mean - sd_r, ls=":", color=style["color"], lw=1.0,
-                    label=f"{METHOD_LABEL[method]}: +-1 std across restarts (one w_pre)")  # fmt: skip
+            ax.fill_between(
+                p,
+                mean - sd_w,
+                mean + sd_w,
+                color=style["color"],
+                alpha=0.35,
+                lw=0,
+                label=f"{METHOD_LABEL[method]}: +-1 std across w_pre (of a w_pre's mean)",
+            )
+            ax.plot(
+                p,
+                mean - sd_r,
+                ls=":",
+                color=style["color"],
+                lw=1.0,
+                label=f"{METHOD_LABEL[method]}: +-1 std across restarts (one w_pre)",
+            )
             ax.plot(p, mean + sd_r, ls=":", color=style["color"], lw=1.0)
         ax.set_xlabel("p (dropout or mixout probability)")
         ax.set_ylabel(ylabel)
@@ -200,9 +270,11 @@ def spread_figure(rows: list[dict], meta: dict) -> Figure:
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
     n = rows[0]["w_pre_seeds"] if rows else 0
     restarts = rows[0]["restarts"] if rows else 0
-    fig.suptitle(f"Figure 2 from {n} pretrained w_pre (seeds 0..{n - 1}), {restarts} restarts each\n"
-                 f"{report.task_line(meta.get('source_name') or meta.get('source'))} | profile: {meta.get('profile')}",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Figure 2 from {n} pretrained w_pre (seeds 0..{n - 1}), {restarts} restarts each\n"
+        f"{report.task_line(meta.get('source_name') or meta.get('source'))} | profile: {meta.get('profile')}",
+        fontsize=10,
+    )
     return fig
 
 

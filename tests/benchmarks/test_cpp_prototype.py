@@ -126,7 +126,9 @@ def test_cpp_operator_equals_the_torch_path(gen, dtype, target_kind, with_bias):
 def test_cpp_operator_first_and_second_derivatives(gen, target_kind):
     g = gen(1)
     u = None if target_kind == "origin" else torch.randn(4, 6, generator=g, dtype=torch.float64)
-    args = tuple(torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True) for s in ((3, 6), (4, 6), (4,)))
+    args = tuple(
+        torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_(True) for s in ((3, 6), (4, 6), (4,))
+    )
 
     def f(x, w, b):
         return kernels.mixout_linear(x, w, b, u, 0.4, gen(2)).tanh()

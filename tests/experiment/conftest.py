@@ -37,19 +37,52 @@ import pytest
 import torch
 
 SWEEP_TABLE = {  # (method, p) -> metric -> (base, step over seeds)
-    ("none", 0.0): {"dist_mixed": (10, 1), "dist_fc1": (1, 0.5), "target_val_acc": (0.90, 0.01), "source_val_acc": (0.99, -0.01)},
-    ("dropout", 0.4): {"dist_mixed": (8, 1), "dist_fc1": (2, 0.5), "target_val_acc": (0.91, 0.01), "source_val_acc": (0.95, 0.0)},
-    ("dropout", 0.8): {"dist_mixed": (12, 1), "dist_fc1": (3, 0.5), "target_val_acc": (0.92, 0.01), "source_val_acc": (0.90, 0.02)},
-    ("mixout", 0.4): {"dist_mixed": (6, 1), "dist_fc1": (4, 0.5), "target_val_acc": (0.93, 0.01), "source_val_acc": (0.97, -0.01)},
-    ("mixout", 0.8): {"dist_mixed": (2, 1), "dist_fc1": (5, 0.5), "target_val_acc": (0.94, 0.01), "source_val_acc": (0.96, -0.01)},
-}  # fmt: skip
+    ("none", 0.0): {
+        "dist_mixed": (10, 1),
+        "dist_fc1": (1, 0.5),
+        "target_val_acc": (0.90, 0.01),
+        "source_val_acc": (0.99, -0.01),
+    },
+    ("dropout", 0.4): {
+        "dist_mixed": (8, 1),
+        "dist_fc1": (2, 0.5),
+        "target_val_acc": (0.91, 0.01),
+        "source_val_acc": (0.95, 0.0),
+    },
+    ("dropout", 0.8): {
+        "dist_mixed": (12, 1),
+        "dist_fc1": (3, 0.5),
+        "target_val_acc": (0.92, 0.01),
+        "source_val_acc": (0.90, 0.02),
+    },
+    ("mixout", 0.4): {
+        "dist_mixed": (6, 1),
+        "dist_fc1": (4, 0.5),
+        "target_val_acc": (0.93, 0.01),
+        "source_val_acc": (0.97, -0.01),
+    },
+    ("mixout", 0.8): {
+        "dist_mixed": (2, 1),
+        "dist_fc1": (5, 0.5),
+        "target_val_acc": (0.94, 0.01),
+        "source_val_acc": (0.96, -0.01),
+    },
+}
 SWEEP_SOURCE_NAME = "stand-in: EMNIST-style MNIST (not EMNIST)"
 
 
 def sweep_record(method: str, p: float, seed: int, **metrics) -> dict:
     """One stored sweep record (the keys :func:`mixout_theory.experiment.sweep._records` writes)."""
-    rec = {"run_id": f"{method}-p{p:.2f}-seed{seed}", "method": method, "p": p, "seed": seed, "source": "stand-in",
-           "source_name": SWEEP_SOURCE_NAME, "profile": "smoke", "config": "0123456789ab"}  # fmt: skip
+    rec = {
+        "run_id": f"{method}-p{p:.2f}-seed{seed}",
+        "method": method,
+        "p": p,
+        "seed": seed,
+        "source": "stand-in",
+        "source_name": SWEEP_SOURCE_NAME,
+        "profile": "smoke",
+        "config": "0123456789ab",
+    }
     rec.update(metrics)
     rec["dist_fc2"], rec["dist_fc3"] = 0.75 * rec["dist_mixed"], 0.25 * rec["dist_mixed"]
     rec["dist_ln1"] = rec["dist_ln2"] = 0.0625
@@ -60,8 +93,11 @@ def sweep_record(method: str, p: float, seed: int, **metrics) -> dict:
 
 
 def _sweep_records() -> list[dict]:
-    return [sweep_record(method, p, s, **{m: base + step * s for m, (base, step) in table.items()})
-            for (method, p), table in SWEEP_TABLE.items() for s in range(3)]  # fmt: skip
+    return [
+        sweep_record(method, p, s, **{m: base + step * s for m, (base, step) in table.items()})
+        for (method, p), table in SWEEP_TABLE.items()
+        for s in range(3)
+    ]
 
 
 @pytest.fixture
@@ -72,12 +108,32 @@ def sweep_records():
 
 def ablation_record(size, setting, restart, test_acc, *, order=0, label=None, **extra) -> dict:
     """One stored small-data / new-head record (the keys ``ablations._fields`` and ``_finish`` write)."""
-    rec = {"run_id": f"n{size}-{setting}-r{restart}", "study": "small_data", "size": size, "setting": setting,
-           "label": label or setting, "order": order, "restart": restart, "data_seed": restart,
-           "mask_seed": 1000 + restart, "profile": "smoke", "source": "stand-in", "config": "abc",
-           "test_acc": test_acc, "test_loss": 0.3, "train_loss": 0.2, "steps": 40, "epochs": 4,
-           "chunk_seconds": 2.0, "chunk_members": 4, "dist_mixed": 1.0 + restart, "dist_all": 3.0 + restart,
-           "dist_fc1": 1.5, "dist_fc2": 0.75, "dist_fc3": 0.25}  # fmt: skip
+    rec = {
+        "run_id": f"n{size}-{setting}-r{restart}",
+        "study": "small_data",
+        "size": size,
+        "setting": setting,
+        "label": label or setting,
+        "order": order,
+        "restart": restart,
+        "data_seed": restart,
+        "mask_seed": 1000 + restart,
+        "profile": "smoke",
+        "source": "stand-in",
+        "config": "abc",
+        "test_acc": test_acc,
+        "test_loss": 0.3,
+        "train_loss": 0.2,
+        "steps": 40,
+        "epochs": 4,
+        "chunk_seconds": 2.0,
+        "chunk_members": 4,
+        "dist_mixed": 1.0 + restart,
+        "dist_all": 3.0 + restart,
+        "dist_fc1": 1.5,
+        "dist_fc2": 0.75,
+        "dist_fc3": 0.25,
+    }
     rec.update(extra)
     return rec
 
@@ -85,13 +141,40 @@ def ablation_record(size, setting, restart, test_acc, *, order=0, label=None, **
 def trajectory_record(p, restart, ms, *, size=300, eval_size=300, mc_samples=96, test_acc=0.9, width=0.01):
     """One trajectory record: checkpoints at epochs 1, 2, ... (step 10 per epoch), ``m_t`` from ``ms``,
     ``m_lo`` / ``m_hi`` = ``m -+ width``, ``L(w_t) = 1 / epoch``."""
-    cps = [{"epoch": i + 1, "step": 10 * (i + 1), "loss": 1.0 / (i + 1), "dist2": 0.1 * (i + 1), "penalty": m * 0.05,
-            "penalty_se": 0.001, "m": m, "m_lo": m - width, "m_hi": m + width, "lam": m * p / (1 - p)}
-           for i, m in enumerate(ms)]  # fmt: skip
-    return {"run_id": f"n{size}-mixout{p:g}-r{restart}", "study": "trajectory", "size": size, "setting": f"mixout{p:g}",
-            "label": f"mixout(w_pre, {p:g})", "order": 0, "restart": restart, "data_seed": restart,
-            "mask_seed": 1000 + restart, "p": p, "epochs": len(ms), "steps": 10 * len(ms), "eval_size": eval_size,
-            "mc_samples": mc_samples, "test_acc": test_acc, "seconds": 3.0, "checkpoints": cps}  # fmt: skip
+    cps = [
+        {
+            "epoch": i + 1,
+            "step": 10 * (i + 1),
+            "loss": 1.0 / (i + 1),
+            "dist2": 0.1 * (i + 1),
+            "penalty": m * 0.05,
+            "penalty_se": 0.001,
+            "m": m,
+            "m_lo": m - width,
+            "m_hi": m + width,
+            "lam": m * p / (1 - p),
+        }
+        for i, m in enumerate(ms)
+    ]
+    return {
+        "run_id": f"n{size}-mixout{p:g}-r{restart}",
+        "study": "trajectory",
+        "size": size,
+        "setting": f"mixout{p:g}",
+        "label": f"mixout(w_pre, {p:g})",
+        "order": 0,
+        "restart": restart,
+        "data_seed": restart,
+        "mask_seed": 1000 + restart,
+        "p": p,
+        "epochs": len(ms),
+        "steps": 10 * len(ms),
+        "eval_size": eval_size,
+        "mc_samples": mc_samples,
+        "test_acc": test_acc,
+        "seconds": 3.0,
+        "checkpoints": cps,
+    }
 
 
 SMALL_ACC = {  # setting -> test accuracy of restarts 0, 1, 2 at size 100 (w_pre_acc 0.80 in the tests)
@@ -113,13 +196,31 @@ def _ablation_records() -> dict:
 
     order = {s.name: i for i, s in enumerate(SMALL_DATA_SETTINGS)}
     labels = {s.name: s.label for s in SMALL_DATA_SETTINGS + HEAD_SETTINGS}
-    small = [ablation_record(100, name, r, acc, order=order[name], label=labels[name])
-             for name, accs in SMALL_ACC.items() for r, acc in enumerate(accs)]  # fmt: skip
+    small = [
+        ablation_record(100, name, r, acc, order=order[name], label=labels[name])
+        for name, accs in SMALL_ACC.items()
+        for r, acc in enumerate(accs)
+    ]
     horder = {s.name: i for i, s in enumerate(HEAD_SETTINGS)}
-    head = [ablation_record(100, name, r, acc, order=horder[name], label=labels[name], study="new_head",
-                            head_seed=5000 + r, dist_fc3_w0=d)
-            for name, (accs, dists) in HEAD_ACC.items() for r, (acc, d) in enumerate(zip(accs, dists))]  # fmt: skip
-    traj = [trajectory_record(0.5, 0, [0.1, 0.5, 0.2]), trajectory_record(0.8, 0, [0.3, 0.35, 0.2], width=0.1)]
+    head = [
+        ablation_record(
+            100,
+            name,
+            r,
+            acc,
+            order=horder[name],
+            label=labels[name],
+            study="new_head",
+            head_seed=5000 + r,
+            dist_fc3_w0=d,
+        )
+        for name, (accs, dists) in HEAD_ACC.items()
+        for r, (acc, d) in enumerate(zip(accs, dists))
+    ]
+    traj = [
+        trajectory_record(0.5, 0, [0.1, 0.5, 0.2]),
+        trajectory_record(0.8, 0, [0.3, 0.35, 0.2], width=0.1),
+    ]
     return {"small_data": small, "new_head": head, "trajectory": traj}
 
 
@@ -165,7 +266,12 @@ def make_exp():
         S = types.SimpleNamespace
         src = [_split(n, seed, 0) for n, seed in zip(source, (1, 2, 3))]
         tgt = [_split(n, seed, 1) for n, seed in zip(target, (4, 5, 6))]
-        return S(source=S(train=src[0], val=src[1], test=src[2]), target=S(train=tgt[0], val=tgt[1], test=tgt[2]),
-                 source_key="stand-in", source_name="synthetic test task", info={"n": source[0]})  # fmt: skip
+        return S(
+            source=S(train=src[0], val=src[1], test=src[2]),
+            target=S(train=tgt[0], val=tgt[1], test=tgt[2]),
+            source_key="stand-in",
+            source_name="synthetic test task",
+            info={"n": source[0]},
+        )
 
     return make

@@ -42,7 +42,9 @@ def test_wdecay_state_dicts_and_keys():
     full = penalty.wdecay(w, u, 0.5)
     some = penalty.wdecay(w, u, 0.5, keys=names)
     assert full.item() == pytest.approx(0.25 * sum(((w[k] - u[k]) ** 2).sum().item() for k in w), rel=1e-5)
-    assert some.item() == pytest.approx(0.25 * sum(((w[k] - u[k]) ** 2).sum().item() for k in names), rel=1e-5)
+    assert some.item() == pytest.approx(
+        0.25 * sum(((w[k] - u[k]) ** 2).sum().item() for k in names), rel=1e-5
+    )
     assert some.item() < full.item()
     # u may be a bigger dict than the selected keys
     sub = {k: w[k] for k in names}
@@ -72,11 +74,23 @@ def test_engine_wdecay_is_the_coupled_gradient_of_the_penalty(blob_task):
     x, y = blob_task()
     x = x.double()
     u = {k: v.double() for k, v in mlp.init_params(None, seed=3).items()}
-    w0 = {k: v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-          for k, v in u.items()}
+    w0 = {
+        k: v + 0.05 * torch.randn(v.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+        for k, v in u.items()
+    }
     lam, lr, epochs = 0.5, 3e-3, 4
-    res = engine.train_ensemble(w0, [engine.Member(wdecay=lam)], x, y, epochs=epochs, lr=lr,
-                                  batch_size=x.shape[0], warmup=0.0, wdecay_target=u, device="cpu")  # fmt: skip
+    res = engine.train_ensemble(
+        w0,
+        [engine.Member(wdecay=lam)],
+        x,
+        y,
+        epochs=epochs,
+        lr=lr,
+        batch_size=x.shape[0],
+        warmup=0.0,
+        wdecay_target=u,
+        device="cpu",
+    )
 
     def manual(decoupled):
         params = {k: v.clone().requires_grad_(True) for k, v in w0.items()}
@@ -179,10 +193,21 @@ def toy(blob_task):
     xt, yt = blob_task(200, 12)
     S = types.SimpleNamespace
     exp = S(target=S(train=S(x=x, y=y), test=S(x=xt, y=yt)))
-    cfg = A.ablation_config("smoke", sizes=(20, 40), restarts=2, reference_size=40, reference_epochs=1,
-                            test_size=None, head_sizes=(40,), head_restarts=2, trajectory_size=40,
-                            trajectory_ps=(0.5, 0.8), trajectory_restarts=1, trajectory_every=1,
-                            trajectory_samples=16)  # fmt: skip
+    cfg = A.ablation_config(
+        "smoke",
+        sizes=(20, 40),
+        restarts=2,
+        reference_size=40,
+        reference_epochs=1,
+        test_size=None,
+        head_sizes=(40,),
+        head_restarts=2,
+        trajectory_size=40,
+        trajectory_ps=(0.5, 0.8),
+        trajectory_restarts=1,
+        trajectory_every=1,
+        trajectory_samples=16,
+    )
     w_pre = mlp.init_params(None, seed=21)
     return exp, cfg, A.ablation_tensors(exp, cfg), w_pre
 
@@ -195,12 +220,25 @@ def test_small_data_study_is_paired_resumable_and_equals_solo_runs(toy, tmp_path
     assert {(r["data_seed"], r["mask_seed"]) for r in recs if r["restart"] == 1} == {(1, A.MASK_SEED0 + 1)}
     assert {r["steps"] for r in recs} == {A.epochs_for(20, cfg) * 1, A.epochs_for(40, cfg) * 2}
     # one stored run equals the same member trained alone (grouping into ensembles changes nothing)
-    rec = next(r for r in recs if r["size"] == 20 and r["setting"] == "mixout0.8+l2sp0.01" and r["restart"] == 1)
+    rec = next(
+        r for r in recs if r["size"] == 20 and r["setting"] == "mixout0.8+l2sp0.01" and r["restart"] == 1
+    )
     s = {x.name: x for x in A.SMALL_DATA_SETTINGS}["mixout0.8+l2sp0.01"]
     x, y = A._subset(tensors, 20)
-    solo = engine.train_ensemble(w_pre, [s.member(1)], x, y, epochs=A.epochs_for(20, cfg), lr=cfg.lr,
-                                   target=w_pre, wdecay_target=w_pre, device="cpu")  # fmt: skip
-    assert engine.evaluate(solo.params, *tensors["test"])["acc"][0].item() == pytest.approx(rec["test_acc"], abs=1e-9)
+    solo = engine.train_ensemble(
+        w_pre,
+        [s.member(1)],
+        x,
+        y,
+        epochs=A.epochs_for(20, cfg),
+        lr=cfg.lr,
+        target=w_pre,
+        wdecay_target=w_pre,
+        device="cpu",
+    )
+    assert engine.evaluate(solo.params, *tensors["test"])["acc"][0].item() == pytest.approx(
+        rec["test_acc"], abs=1e-9
+    )
     # resuming trains nothing once every run is stored
     monkeypatch.setattr(engine, "train_ensemble", lambda *a, **k: pytest.fail("retrained a stored run"))
     assert len(A.run_small_data(tmp_path, cfg, tensors, w_pre, CPU).records()) == len(recs)
@@ -213,9 +251,16 @@ def test_new_head_study_starts_from_the_restarts_own_head(toy, tmp_path):
     rec = next(r for r in recs if r["setting"] == "head-mixout-w0-0.7" and r["restart"] == 1)
     init = dict(w_pre, **A.head_init(1))
     x, y = A._subset(tensors, 40)
-    solo = engine.train_ensemble(init, [A.HEAD_SETTINGS[2].member(1)], x, y, epochs=A.epochs_for(40, cfg),
-                                   lr=cfg.lr, target={"fc2.weight": w_pre["fc2.weight"],
-                                                      "fc3.weight": init["fc3.weight"]}, device="cpu")  # fmt: skip
+    solo = engine.train_ensemble(
+        init,
+        [A.HEAD_SETTINGS[2].member(1)],
+        x,
+        y,
+        epochs=A.epochs_for(40, cfg),
+        lr=cfg.lr,
+        target={"fc2.weight": w_pre["fc2.weight"], "fc3.weight": init["fc3.weight"]},
+        device="cpu",
+    )
     d = (solo.params["fc3.weight"][0] - init["fc3.weight"]).double().pow(2).sum().item()
     assert d == pytest.approx(rec["dist_fc3_w0"], rel=1e-6)
 
@@ -233,8 +278,6 @@ def test_trajectory_study_records_every_checkpoint(toy, tmp_path):
     assert len(rows) == 2 * epochs and {"p", "step", "m", "lam", "dist2"} <= set(rows[0])
 
 
-
-
 def test_load_ablations_rebuilds_the_results_from_the_stores(toy, tmp_path):
     """What run_ablations stores (the studies' records and each store's context.json) is enough to
     rebuild AblationResults without data or training; a subset checksum that does not match is refused."""
@@ -242,19 +285,27 @@ def test_load_ablations_rebuilds_the_results_from_the_stores(toy, tmp_path):
 
     exp, cfg, tensors, w_pre = toy
     assert A.load_ablations(tmp_path) == []  # nothing stored
-    stores = {"small_data": A.run_small_data(tmp_path, cfg, tensors, w_pre, CPU),
-              "trajectory": A.run_trajectory(tmp_path, cfg, tensors, w_pre, CPU)}  # fmt: skip
+    stores = {
+        "small_data": A.run_small_data(tmp_path, cfg, tensors, w_pre, CPU),
+        "trajectory": A.run_trajectory(tmp_path, cfg, tensors, w_pre, CPU),
+    }
     assert A.load_ablations(tmp_path) == []  # no context.json yet: not a finished run_ablations
-    context = {"w_pre_test_acc": 0.5, "source_name": "synthetic source", "target_train_size": 120,
-               "subset_sha256": A.subset_sha256(tensors["index"])}  # fmt: skip
+    context = {
+        "w_pre_test_acc": 0.5,
+        "source_name": "synthetic source",
+        "target_train_size": 120,
+        "subset_sha256": A.subset_sha256(tensors["index"]),
+    }
     for store in stores.values():
         (store.dir / A.CONTEXT).write_text(json.dumps(context))
     (res,) = A.load_ablations(tmp_path)
     assert isinstance(res, A.AblationResults) and res.config == cfg
     got = compare.read(stores["small_data"].dir)  # a store of the ablations, compared through its export
     assert got.study == "ablations" and (got.profile, got.source) == (cfg.profile, cfg.source)
-    assert any(k[0] == "small_data" for k in got.numbers) and compare.compare_folders(stores["trajectory"].dir,
-                                                                                      stores["small_data"].dir)[0]
+    assert (
+        any(k[0] == "small_data" for k in got.numbers)
+        and compare.compare_folders(stores["trajectory"].dir, stores["small_data"].dir)[0]
+    )
     assert (res.w_pre_acc, res.source_name, res.seconds) == (0.5, "synthetic source", {})
     assert torch.equal(res.subset_index, tensors["index"])
     assert set(res.records) == set(res.stores) == {"small_data", "trajectory"}

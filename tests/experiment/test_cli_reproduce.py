@@ -34,13 +34,18 @@ def test_reproduce_ends_with_a_summary(fake_pipeline, sweep_records, tmp_path, c
         assert "  " + line in out
     assert out.count("held: ") == 2 and "did NOT hold" not in out
     folder = tmp_path / "f" / "experiment-smoke-stand-in"
-    assert f"table:   {folder / 'table.md'}" in out and f"figures: {folder}/figure2.png and layer_distances.png" in out
+    assert (
+        f"table:   {folder / 'table.md'}" in out
+        and f"figures: {folder}/figure2.png and layer_distances.png" in out
+    )
     assert cli.main(fake_pipeline) == 0  # a rerun computes nothing and says so
     assert "runs: 15 of 15 runs already stored, nothing to compute" in capsys.readouterr().out
 
 
 def test_claims_in_words_say_when_a_claim_fails(sweep_records):
-    checks = report.figure2_claims([dict(r, source_val_acc=0.0) if r["method"] == "mixout" else r for r in sweep_records])
+    checks = report.figure2_claims(
+        [dict(r, source_val_acc=0.0) if r["method"] == "mixout" else r for r in sweep_records]
+    )
     held, failed = report.claims_in_words(checks)
     assert held.startswith("held: mixout's squared distance") and "smallest drop of the mean 4.0 std" in held
     assert failed.startswith("did NOT hold: mixout keeps at least dropout's source-task accuracy")

@@ -14,8 +14,12 @@ from mixout_theory.experiment import compare
 from mixout_theory.experiment.store import sha256_file
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "results"
-COMMITTED = {"figure2": DOCS / "figure2-paper-stand-in", "ablations": DOCS / "ablations",
-             "theorem1": DOCS / "theorem1-paper-stand-in", "fidelity": DOCS / "fidelity-paper-stand-in"}  # fmt: skip
+COMMITTED = {
+    "figure2": DOCS / "figure2-paper-stand-in",
+    "ablations": DOCS / "ablations",
+    "theorem1": DOCS / "theorem1-paper-stand-in",
+    "fidelity": DOCS / "fidelity-paper-stand-in",
+}
 
 
 @pytest.mark.parametrize("study", list(COMMITTED))
@@ -104,14 +108,32 @@ def test_the_jackknife_of_a_mean_is_its_standard_error():
 
 
 def test_the_rule_counts_the_w_pre_spread_and_booleans_must_match():
-    a = compare.Result("figure2", "paper", "stand-in", {
-        ("mixout", 0.3, "source_val_acc"): compare.Number(("mixout", 0.3, "source_val_acc"), "level", 0.90, 0.001),
-        ("claim", "", "held"): compare.Number(("claim", "", "held"), "claim", True),
-        ("x", 0.1, "m_eff"): compare.Number(("x", 0.1, "m_eff"), "level", 2.0, None)}, Path("a"))  # fmt: skip
-    b = compare.Result("figure2", "paper", "stand-in", {
-        ("mixout", 0.3, "source_val_acc"): compare.Number(("mixout", 0.3, "source_val_acc"), "level", 0.905, 0.001),
-        ("claim", "", "held"): compare.Number(("claim", "", "held"), "claim", False),
-        ("x", 0.1, "m_eff"): compare.Number(("x", 0.1, "m_eff"), "level", 2.2, None)}, Path("b"))  # fmt: skip
+    a = compare.Result(
+        "figure2",
+        "paper",
+        "stand-in",
+        {
+            ("mixout", 0.3, "source_val_acc"): compare.Number(
+                ("mixout", 0.3, "source_val_acc"), "level", 0.90, 0.001
+            ),
+            ("claim", "", "held"): compare.Number(("claim", "", "held"), "claim", True),
+            ("x", 0.1, "m_eff"): compare.Number(("x", 0.1, "m_eff"), "level", 2.0, None),
+        },
+        Path("a"),
+    )
+    b = compare.Result(
+        "figure2",
+        "paper",
+        "stand-in",
+        {
+            ("mixout", 0.3, "source_val_acc"): compare.Number(
+                ("mixout", 0.3, "source_val_acc"), "level", 0.905, 0.001
+            ),
+            ("claim", "", "held"): compare.Number(("claim", "", "held"), "claim", False),
+            ("x", 0.1, "m_eff"): compare.Number(("x", 0.1, "m_eff"), "level", 2.2, None),
+        },
+        Path("b"),
+    )
     rows = {r.key: r for r in compare.compare(a, b)}
     level = rows["mixout", 0.3, "source_val_acc"]
     assert level.sigma == pytest.approx(math.sqrt(2) * 0.001) and level.within is False  # 3.5 sigma
@@ -121,12 +143,19 @@ def test_the_rule_counts_the_w_pre_spread_and_booleans_must_match():
     rows = {r.key: r for r in compare.compare(a, b, {("mixout", 0.3, "source_val_acc"): 0.002})}
     assert rows["mixout", 0.3, "source_val_acc"].within is True
     text = compare.summary("figure2", list(rows.values()), True)
-    assert "not judged (no noise estimate): 1, largest relative difference 10.00%" in text and "tau_w_pre" in text
+    assert (
+        "not judged (no noise estimate): 1, largest relative difference 10.00%" in text
+        and "tau_w_pre" in text
+    )
 
 
 def test_a_study_command_ends_with_the_comparison_against_the_committed_results():
     lines = compare.against_committed("figure2", COMMITTED["figure2"], "paper", "stand-in")
-    assert lines[0].startswith("compare with the committed results") and "every claim within noise" in lines[0]
+    assert (
+        lines[0].startswith("compare with the committed results") and "every claim within noise" in lines[0]
+    )
     assert "claims: 11 of 11 within noise" in lines[-1]
     none = compare.against_committed("theorem1", COMMITTED["theorem1"], "smoke", "stand-in")
-    assert none == ["compare: no committed theorem1 results of profile 'smoke', source 'stand-in' to compare with"]
+    assert none == [
+        "compare: no committed theorem1 results of profile 'smoke', source 'stand-in' to compare with"
+    ]

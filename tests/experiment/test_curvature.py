@@ -34,8 +34,10 @@ def test_tail_losses_match_the_model_forward(blob_task):
 
 def _moved(params, scale, seed, names=mlp.MIXED):
     g = torch.Generator().manual_seed(seed)
-    return {k: (v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype) if k in names else v.clone())
-            for k, v in params.items()}  # fmt: skip
+    return {
+        k: (v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype) if k in names else v.clone())
+        for k, v in params.items()
+    }
 
 
 def test_effective_l2_control_variate_is_unbiased(blob_task):

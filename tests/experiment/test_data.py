@@ -212,7 +212,12 @@ def test_stand_in_halves_are_disjoint_complete_stored_and_deterministic(tmp_path
     root, _ = datatest_real_root
     stored = np.load(root / "splits" / "stand-in-halves-n60000-seed2020.npz")
     parts = {k: stored[k] for k in ("a_train", "a_val", "b_train", "b_val")}
-    assert {k: len(v) for k, v in parts.items()} == {"a_train": 27000, "a_val": 3000, "b_train": 27000, "b_val": 3000}
+    assert {k: len(v) for k, v in parts.items()} == {
+        "a_train": 27000,
+        "a_val": 3000,
+        "b_train": 27000,
+        "b_val": 3000,
+    }
     everything = np.concatenate(list(parts.values()))
     assert np.array_equal(np.sort(everything), np.arange(60000))  # disjoint and complete
     half_a = np.union1d(parts["a_train"], parts["a_val"])
@@ -311,7 +316,10 @@ def test_emnist_from_zip_extracts_only_the_digits_files(tmp_path, datatest_mnist
     root = datatest_mnist_copy
     archive = tmp_path / "gzip.zip"
     sets = _small_gzip_zip(archive)
-    with pytest.warns(sources.ChecksumWarning, match=f"named like NIST's gzip.zip but its md5 is [0-9a-f]{{32}}, not NIST's {sources.EMNIST_MD5}"):
+    with pytest.warns(
+        sources.ChecksumWarning,
+        match=f"named like NIST's gzip.zip but its md5 is [0-9a-f]{{32}}, not NIST's {sources.EMNIST_MD5}",
+    ):
         report = D.prepare(root, source="emnist", emnist_from=archive, download=False, log=None)
     em = report["emnist"]
     assert em["route"] == "--emnist-from" and em["matches_nist_md5"] is False
@@ -323,13 +331,16 @@ def test_emnist_from_zip_extracts_only_the_digits_files(tmp_path, datatest_mnist
     assert torch.equal(d.images("source", "test"), torch.from_numpy(sets["test"][0]).float() / 255)
 
 
-def test_a_zip_bomb_under_an_expected_name_is_refused_without_filling_the_disk(tmp_path, datatest_mnist_copy,
-                                                                              datatest_small_emnist):  # fmt: skip
+def test_a_zip_bomb_under_an_expected_name_is_refused_without_filling_the_disk(
+    tmp_path, datatest_mnist_copy, datatest_small_emnist
+):
     root = datatest_mnist_copy
     before = _files_under(root)
     archive = tmp_path / "bomb.zip"
     sets = {"train": _small_digits(SMALL.train, 1), "test": _small_digits(SMALL.test, 2)}
-    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as z:  # good files, one bomb among them
+    with zipfile.ZipFile(
+        archive, "w", compression=zipfile.ZIP_STORED
+    ) as z:  # good files, one bomb among them
         for split, (x, y) in sets.items():
             img, lab = _emnist_raw_bytes(x, y)
             if split == "train":
@@ -352,11 +363,15 @@ def test_an_altered_or_truncated_cache_is_refused_naming_the_file(datatest_mnist
         f.seek(len(good) // 2)
         f.write(bytes(range(256)) * 8192)
     assert zipfile.is_zipfile(path)
-    for call in (lambda: D.prepare(root, source="stand-in", download=False, log=None),
-                 lambda: D.load_experiment(root, source="stand-in", log=None)):  # fmt: skip
+    for call in (
+        lambda: D.prepare(root, source="stand-in", download=False, log=None),
+        lambda: D.load_experiment(root, source="stand-in", log=None),
+    ):
         with pytest.raises(formats.DataIntegrityError, match="the cache was altered or damaged") as e:
             call()
-        assert str(path) in str(e.value) and "delete it and run `python -m mixout_theory data`" in str(e.value)
+        assert str(path) in str(e.value) and "delete it and run `python -m mixout_theory data`" in str(
+            e.value
+        )
     path.write_bytes(good[:100_000])  # truncated
     with pytest.raises(formats.DataIntegrityError, match="differs from"):
         D.prepare(root, source="stand-in", download=False, log=None)
@@ -461,7 +476,9 @@ def test_bad_emnist_files_are_named_and_never_replaced(datatest_mnist_copy, data
     images.write_bytes(bytes(altered))
     with pytest.raises(formats.DataIntegrityError) as e:
         D.prepare(root, source="emnist", download=False, log=None)
-    assert hashlib.sha256(full).hexdigest() in str(e.value) and hashlib.sha256(altered).hexdigest() in str(e.value)
+    assert hashlib.sha256(full).hexdigest() in str(e.value) and hashlib.sha256(altered).hexdigest() in str(
+        e.value
+    )
     assert images.read_bytes() == bytes(altered)
     # unbalanced labels in a fresh folder: class counts reported
     root2 = root.parent / "root2"
@@ -503,8 +520,12 @@ def test_corrupt_archives_write_nothing(tmp_path, datatest_mnist_copy, datatest_
     assert not raw.exists() or _files_under(raw) == []
 
 
-@pytest.mark.filterwarnings("ignore::mixout_theory.experiment.sources.ChecksumWarning")  # a test archive, not NIST's
-def test_interrupted_extraction_leaves_nothing(tmp_path, datatest_mnist_copy, datatest_small_emnist, monkeypatch):
+@pytest.mark.filterwarnings(
+    "ignore::mixout_theory.experiment.sources.ChecksumWarning"
+)  # a test archive, not NIST's
+def test_interrupted_extraction_leaves_nothing(
+    tmp_path, datatest_mnist_copy, datatest_small_emnist, monkeypatch
+):
     root = datatest_mnist_copy
     archive = tmp_path / "gzip.zip"
     _small_gzip_zip(archive)
@@ -549,7 +570,9 @@ def test_cli_data_command(datatest_mnist_copy, datatest_real_root, capsys):
     root = datatest_mnist_copy
     assert main(["data", "--data-root", str(root), "--source", "emnist", "--no-download"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: EMNIST Digits is not in") and "--emnist-from" in err and err.count("\n") == 1
+    assert (
+        err.startswith("error: EMNIST Digits is not in") and "--emnist-from" in err and err.count("\n") == 1
+    )
     _copy_stand_in(datatest_real_root[0], root)
     assert main(["data", "--data-root", str(root), "--no-download"]) == 0
     out = capsys.readouterr().out
@@ -568,10 +591,27 @@ def test_cli_data_command(datatest_mnist_copy, datatest_real_root, capsys):
 def test_data_exports_its_own_names_and_the_rest_lives_in_its_module():
     from mixout_theory import cli
 
-    assert D.__all__ == ["prepare", "load_experiment", "ExperimentData", "Splits", "Split", "format_report",
-                         "StandInWarning", "SOURCE_NAMES", "SOURCE_CHOICES"]  # fmt: skip
-    for gone in ("SOURCE_KEYS", "add_cli", "_cmd_data", "shift_statistics", "framing_statistics", "DigitsSpec",
-                 "_bounding_boxes", "_blur_matrix"):
+    assert D.__all__ == [
+        "prepare",
+        "load_experiment",
+        "ExperimentData",
+        "Splits",
+        "Split",
+        "format_report",
+        "StandInWarning",
+        "SOURCE_NAMES",
+        "SOURCE_CHOICES",
+    ]
+    for gone in (
+        "SOURCE_KEYS",
+        "add_cli",
+        "_cmd_data",
+        "shift_statistics",
+        "framing_statistics",
+        "DigitsSpec",
+        "_bounding_boxes",
+        "_blur_matrix",
+    ):
         assert not hasattr(D, gone), gone
     assert D.render_emnist_style is standin.render_emnist_style  # used by data, defined once in standin
     assert callable(cli._cmd_data) and cli.SOURCES == D.SOURCE_CHOICES

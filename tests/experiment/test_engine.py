@@ -26,7 +26,11 @@ def _params(seed=0, dtype=DT):
 
 def test_init_matches_paper():
     p = mlp.init_params(None, seed=0)
-    assert [tuple(p[k].shape) for k in ("fc1.weight", "fc2.weight", "fc3.weight")] == [(300, 784), (100, 300), (10, 100)]
+    assert [tuple(p[k].shape) for k in ("fc1.weight", "fc2.weight", "fc3.weight")] == [
+        (300, 784),
+        (100, 300),
+        (10, 100),
+    ]
     w = torch.cat([p[k].flatten() for k in ("fc1.weight", "fc2.weight", "fc3.weight")])
     # std of 266,200 N(0, 0.02^2) draws: relative standard error ~ 1/sqrt(2n) = 0.14%; allow 1%
     assert abs(w.std().item() / 0.02 - 1) < 0.01
@@ -79,7 +83,9 @@ def test_mlp_module_runs_its_submodules():
     from mixout_theory.modules import mixout_model
 
     torch.manual_seed(0)
-    net = mixout_model(mlp.MLP().double(), p=0.9, dropouts="all")  # every Linear mixed towards its weights at conversion
+    net = mixout_model(
+        mlp.MLP().double(), p=0.9, dropouts="all"
+    )  # every Linear mixed towards its weights at conversion
     with torch.no_grad():
         for fc in (net.fc1, net.fc2, net.fc3):
             fc.weight.add_(0.1 * torch.randn_like(fc.weight))  # now w != w_pre: training mode must mix
@@ -102,7 +108,13 @@ def test_ensemble_linear_gradcheck():
 def test_lr_schedule():
     total = 100
     f = [engine.lr_factor(s, total, 0.1) for s in range(total)]
-    assert f[0] == 0 and f[5] == 0.5 and f[10] == 1.0 and f[55] == pytest.approx(0.5) and f[-1] == pytest.approx(1 / 90)
+    assert (
+        f[0] == 0
+        and f[5] == 0.5
+        and f[10] == 1.0
+        and f[55] == pytest.approx(0.5)
+        and f[-1] == pytest.approx(1 / 90)
+    )
     assert all(a <= b for a, b in zip(f[:10], f[1:11])) and all(a >= b for a, b in zip(f[10:], f[11:]))
 
 
@@ -137,7 +149,10 @@ def test_ensemble_equals_solo_runs():
 def test_deterministic_same_seed_same_numbers():
     x, y = _task(dtype=torch.float32)
     w0 = mlp.init_params(None, 0)
-    runs = [engine.train_ensemble(w0, MEMBERS[:4], x, y, epochs=1, lr=1e-3, target=w0, device="cpu") for _ in range(2)]
+    runs = [
+        engine.train_ensemble(w0, MEMBERS[:4], x, y, epochs=1, lr=1e-3, target=w0, device="cpu")
+        for _ in range(2)
+    ]
     for k in mlp.PARAM_NAMES:
         assert torch.equal(runs[0].params[k], runs[1].params[k])
 
@@ -150,8 +165,18 @@ def test_engine_equals_plain_pytorch_loop(towards):
     w0 = _params(seed=3)
     u = None if towards == "origin" else {k: v + 0.01 for k, v in _params(seed=4).items()}
     lam = 0.05
-    eng = engine.train_ensemble(w0, [engine.Member(wdecay=lam, data_seed=7)], x, y, epochs=2, lr=2e-3,
-                                  batch_size=32, warmup=0.1, wdecay_target=u, device="cpu")  # fmt: skip
+    eng = engine.train_ensemble(
+        w0,
+        [engine.Member(wdecay=lam, data_seed=7)],
+        x,
+        y,
+        epochs=2,
+        lr=2e-3,
+        batch_size=32,
+        warmup=0.1,
+        wdecay_target=u,
+        device="cpu",
+    )
 
     net = mlp.MLP().double()
     net.load_state_dict(w0)
@@ -192,8 +217,13 @@ def test_mixout_gradient_is_exact():
     for name, cols in (("fc2", mix[0]), ("fc3", mix[1])):
         lin = MixLinear.from_linear(getattr(net, name), p=0.4, target=target[f"{name}.weight"])
         keep = cols.view(-1) > 0  # the engine's mask, fed to the module through a fixed generator
-        lin.forward = (lambda lin, keep: lambda h: F.linear(
-            h, mixing.mixture(lin.weight, lin.target, keep.to(DT).view(1, -1), 0.6), lin.bias))(lin, keep)  # fmt: skip
+        lin.forward = (
+            lambda lin, keep: (
+                lambda h: F.linear(
+                    h, mixing.mixture(lin.weight, lin.target, keep.to(DT).view(1, -1), 0.6), lin.bias
+                )
+            )
+        )(lin, keep)
         setattr(net, name, lin)
     F.cross_entropy(net(x), y).backward()
     for k, v in net.named_parameters():
@@ -251,7 +281,9 @@ def test_evaluate_and_distances():
     assert ev["acc"][0] == (logits.argmax(1) == y).double().mean()
     torch.testing.assert_close(ev["loss"][0], F.cross_entropy(logits, y).double(), rtol=0, atol=1e-12)
     d = mlp.squared_distances(stacked, w0)
-    assert d["all"][0] == 0 and d["fc2"][1] == pytest.approx(0.01 * 300 * 100) and d["mixed"][1] == d["all"][1]
+    assert (
+        d["all"][0] == 0 and d["fc2"][1] == pytest.approx(0.01 * 300 * 100) and d["mixed"][1] == d["all"][1]
+    )
 
 
 def test_loss_and_grad_equals_autograd():
@@ -259,8 +291,10 @@ def test_loss_and_grad_equals_autograd():
     dropout and mixout masks, a mixed target, and batches shared by groups of members."""
     E, B = 5, 7
     g = torch.Generator().manual_seed(0)
-    params = {k: v.to(DT) + 0.05 * torch.randn(v.shape, generator=g, dtype=DT)
-              for k, v in mlp.init_params(E, 0).items()}  # fmt: skip
+    params = {
+        k: v.to(DT) + 0.05 * torch.randn(v.shape, generator=g, dtype=DT)
+        for k, v in mlp.init_params(E, 0).items()
+    }
     target = {k: v[0] + 0.03 * torch.randn(v[0].shape, generator=g, dtype=DT) for k, v in params.items()}
     y = torch.randint(0, 10, (E, B), generator=g)
     drop = tuple(torch.bernoulli(torch.full((E, B, w), 0.7, dtype=DT), generator=g) / 0.7 for w in (300, 100))
@@ -268,7 +302,11 @@ def test_loss_and_grad_equals_autograd():
     x = torch.randn(E, B, 784, dtype=DT, generator=g)
     shared = x[:2]  # members [0, 3) see shared[0], [3, 5) see shared[1]
     per_member = torch.cat([shared[0].expand(3, B, 784), shared[1].expand(2, B, 784)])
-    cases = [(x, None, x, drop, mix), (x[0], None, x[0], None, None), (shared, [(0, 3), (3, 5)], per_member, drop, mix)]
+    cases = [
+        (x, None, x, drop, mix),
+        (x[0], None, x[0], None, None),
+        (shared, [(0, 3), (3, 5)], per_member, drop, mix),
+    ]
     for xin, groups, x_each, d, m in cases:
         leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
         logits = mlp.forward(leaf, x_each, drop=d, mix=m, target=target)
@@ -292,8 +330,15 @@ def test_workers_give_the_same_numbers():
     seen = {}
     one = engine.train_ensemble(w0, MEMBERS, x, y, **kw)
     threads = torch.get_num_threads()
-    two = engine.train_ensemble(w0, MEMBERS, x, y, workers=2, **kw,
-                                  on_epoch_end=lambda ep, p: seen.update({ep: {k: v.clone() for k, v in p.items()}}))
+    two = engine.train_ensemble(
+        w0,
+        MEMBERS,
+        x,
+        y,
+        workers=2,
+        **kw,
+        on_epoch_end=lambda ep, p: seen.update({ep: {k: v.clone() for k, v in p.items()}}),
+    )
     assert torch.get_num_threads() == threads  # restored
     for k in mlp.PARAM_NAMES:
         torch.testing.assert_close(two.params[k], one.params[k], rtol=0, atol=1e-11)
@@ -312,9 +357,13 @@ def test_mask_streams_do_not_depend_on_the_ensemble():
         drop, mix = ens.masks(t, rows, DT)
         for e, s in enumerate(alone):
             d1, m1 = s.masks(t, rows, DT)
-            for a, b in zip(drop, d1 if d1 is not None else [torch.ones(1, rows, w, dtype=DT) for w in (300, 100)]):
+            for a, b in zip(
+                drop, d1 if d1 is not None else [torch.ones(1, rows, w, dtype=DT) for w in (300, 100)]
+            ):
                 assert torch.equal(a[e], b[0])
-            for a, b in zip(mix, m1 if m1 is not None else [torch.ones(1, 1, w, dtype=DT) for w in (300, 100)]):
+            for a, b in zip(
+                mix, m1 if m1 is not None else [torch.ones(1, 1, w, dtype=DT) for w in (300, 100)]
+            ):
                 assert torch.equal(a[e], b[0])
 
 
@@ -323,20 +372,31 @@ def test_stacked_init_targets_and_workers_equal_solo_runs():
     interleave, two workers: each member still trains exactly as alone (float64)."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(160, 784, dtype=DT, generator=g), torch.randint(0, 10, (160,), generator=g)
-    members = [engine.Member(mixout=0.3, wdecay=0.1, data_seed=1, mask_seed=1),
-               engine.Member(dropout=0.2, data_seed=0, mask_seed=2),
-               engine.Member(mixout=0.5, data_seed=1, mask_seed=3),
-               engine.Member(wdecay=0.05, data_seed=2, mask_seed=4)]  # fmt: skip
+    members = [
+        engine.Member(mixout=0.3, wdecay=0.1, data_seed=1, mask_seed=1),
+        engine.Member(dropout=0.2, data_seed=0, mask_seed=2),
+        engine.Member(mixout=0.5, data_seed=1, mask_seed=3),
+        engine.Member(wdecay=0.05, data_seed=2, mask_seed=4),
+    ]
     init = {k: v.to(DT) for k, v in mlp.init_params(4, 0).items()}
     tgt = {k: v + 0.01 for k, v in init.items()}
     wdt = {k: v - 0.02 for k, v in init.items()}
-    ens = engine.train_ensemble(init, members, x, y, epochs=2, lr=1e-3, target=tgt, wdecay_target=wdt,
-                                  device="cpu", workers=2)  # fmt: skip
+    ens = engine.train_ensemble(
+        init, members, x, y, epochs=2, lr=1e-3, target=tgt, wdecay_target=wdt, device="cpu", workers=2
+    )
     for e, m in enumerate(members):
         one = {k: v[e : e + 1] for k, v in init.items()}
-        solo = engine.train_ensemble(one, [m], x, y, epochs=2, lr=1e-3, device="cpu",
-                                       target={k: v[e : e + 1] for k, v in tgt.items()},
-                                       wdecay_target={k: v[e : e + 1] for k, v in wdt.items()})  # fmt: skip
+        solo = engine.train_ensemble(
+            one,
+            [m],
+            x,
+            y,
+            epochs=2,
+            lr=1e-3,
+            device="cpu",
+            target={k: v[e : e + 1] for k, v in tgt.items()},
+            wdecay_target={k: v[e : e + 1] for k, v in wdt.items()},
+        )
         for k in mlp.PARAM_NAMES:
             torch.testing.assert_close(ens.params[k][e], solo.params[k][0], rtol=0, atol=1e-11)
 

@@ -42,10 +42,14 @@ def test_each_variant_is_its_own_store_and_records_its_reading(study):
     matched = list(res.variants.values())[4]
     best = fidelity.scores([r for r in res.rows if r["variant"] in names])[0]["variant"]
     assert matched["fields"] == dict(res.variants[best]["fields"], matched_steps=True)
-    assert matched["finetune_steps"] == 2 * res.variants[best]["finetune_steps"]  # 27,000 -> 54,000 images' worth
+    assert (
+        matched["finetune_steps"] == 2 * res.variants[best]["finetune_steps"]
+    )  # 27,000 -> 54,000 images' worth
     upright = res.variants[names[0]]
     assert sweep.is_figure2_store(project_dir("results") / upright["store"])  # = the Figure 2 sweep's store
-    assert not any(sweep.is_figure2_store(project_dir("results") / v["store"]) for v in list(res.variants.values())[1:])
+    assert not any(
+        sweep.is_figure2_store(project_dir("results") / v["store"]) for v in list(res.variants.values())[1:]
+    )
 
 
 def test_the_mixed_distance_follows_the_layer_reading():
@@ -66,7 +70,9 @@ def test_claims_are_recomputed_from_runs_csv_and_read_back_checked(study):
     assert json.dumps(back.rows) == json.dumps(fidelity.claim_rows(back.runs, back.w_pre_accs))  # NaN-safe
     for a, b in zip(back.rows, res.rows):
         assert a["claim"] == b["claim"] and a["reproduced"] == b["reproduced"]
-        assert (math.isnan(a["ours"]) and math.isnan(b["ours"])) or a["ours"] == pytest.approx(b["ours"], rel=1e-12)
+        assert (math.isnan(a["ours"]) and math.isnan(b["ours"])) or a["ours"] == pytest.approx(
+            b["ours"], rel=1e-12
+        )
     measured = [r for r in res.rows if r["reproduced"]]
     assert measured and all(r["ratio"] == pytest.approx(r["ours"] / r["paper"]) for r in measured)
     gaps = [r for r in res.rows if r["claim"] == "source_gap_p0.1"]
@@ -82,7 +88,9 @@ def test_claims_are_recomputed_from_runs_csv_and_read_back_checked(study):
 
 def test_reproduced_rules():
     level, size = fidelity.CLAIMS[0], next(c for c in fidelity.CLAIMS if c.kind == "size")
-    assert fidelity.reproduced(level, level.paper + 0.0099) and not fidelity.reproduced(level, level.paper - 0.011)
+    assert fidelity.reproduced(level, level.paper + 0.0099) and not fidelity.reproduced(
+        level, level.paper - 0.011
+    )
     assert fidelity.reproduced(size, size.paper * 1.24) and not fidelity.reproduced(size, size.paper / 1.26)
     assert fidelity.reproduced(size, -size.paper) is False and fidelity.reproduced(size, math.nan) is None
 
@@ -90,8 +98,9 @@ def test_reproduced_rules():
 @pytest.mark.slow  # the study fixture runs the whole smoke study (~2 min, once per module)
 def test_figures_have_every_variant_and_the_paper_points(study):
     res, folder, written = study
-    assert {p.name for p in written["figures"]} == {f"{stem}.{ext}" for stem, *_ in fidelity_report.PANELS
-                                                     for ext in ("png", "pdf")}  # fmt: skip
+    assert {p.name for p in written["figures"]} == {
+        f"{stem}.{ext}" for stem, *_ in fidelity_report.PANELS for ext in ("png", "pdf")
+    }
     stem, panels, paper = fidelity_report.PANELS[0]
     fig = fidelity_report.panel_figure(res, panels, paper)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
@@ -117,7 +126,9 @@ def test_orientation_is_applied_to_the_source_only_and_named(make_exp):
     assert torch.equal(tr["target_train"][0], up["target_train"][0])  # MNIST stays as it is
     assert torch.equal(transposed_images(transposed_images(x)), x)
     assert oriented_name("EMNIST Digits", "transposed").startswith("EMNIST Digits as stored")
-    assert "(transposed to MNIST's orientation)" not in data.task_line(oriented_name("EMNIST Digits", "transposed"))
+    assert "(transposed to MNIST's orientation)" not in data.task_line(
+        oriented_name("EMNIST Digits", "transposed")
+    )
     assert oriented_name("stand-in", "upright") == "stand-in"
 
 
@@ -128,7 +139,9 @@ def test_new_options_keep_old_keys_and_reject_bad_values():
     assert sweep.SweepConfig(orientation="transposed").key() != config.key()
     assert sweep.SweepConfig(orientation="transposed").pretrain_key() != config.pretrain_key()
     assert sweep.SweepConfig(mixed_layers="all").pretrain_key() == config.pretrain_key()  # same w_pre
-    with pytest.raises(ValueError, match="orientation must be one of 'upright', 'transposed', got 'sideways'"):
+    with pytest.raises(
+        ValueError, match="orientation must be one of 'upright', 'transposed', got 'sideways'"
+    ):
         sweep.SweepConfig(orientation="sideways")
     with pytest.raises(ValueError, match="mixed_layers must be one of 'hidden', 'all', got 'fc1'"):
         fidelity.Variant(mixed_layers="fc1")
@@ -136,4 +149,7 @@ def test_new_options_keep_old_keys_and_reject_bad_values():
     by_method = {fields["method"]: m for _, fields, m in members}
     assert by_method["dropout"].input_dropout == 0.5 and by_method["mixout"].input_mixout == 0.5
     assert by_method["none"].input_dropout == by_method["none"].input_mixout == 0.0
-    assert json.dumps(sweep.SweepConfig(mixed_layers="all").mixed) == '["fc1.weight", "fc2.weight", "fc3.weight"]'
+    assert (
+        json.dumps(sweep.SweepConfig(mixed_layers="all").mixed)
+        == '["fc1.weight", "fc2.weight", "fc3.weight"]'
+    )

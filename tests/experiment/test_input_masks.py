@@ -22,21 +22,30 @@ def _task(n=160, seed=0):
 
 
 def _masks(shape_rows, p, g, E):
-    return tuple(torch.bernoulli(torch.full((E, shape_rows, w), 1 - p, dtype=DT), generator=g) / (1 - p)
-                 for w in (784, 300, 100))
+    return tuple(
+        torch.bernoulli(torch.full((E, shape_rows, w), 1 - p, dtype=DT), generator=g) / (1 - p)
+        for w in (784, 300, 100)
+    )
 
 
 def test_loss_and_grad_with_input_masks_equals_autograd():
     E, B = 4, 6
     g = torch.Generator().manual_seed(0)
-    params = {k: v.to(DT) + 0.05 * torch.randn(v.shape, generator=g, dtype=DT) for k, v in mlp.init_params(E, 0).items()}
+    params = {
+        k: v.to(DT) + 0.05 * torch.randn(v.shape, generator=g, dtype=DT)
+        for k, v in mlp.init_params(E, 0).items()
+    }
     target = {k: v[0] + 0.03 * torch.randn(v[0].shape, generator=g, dtype=DT) for k, v in params.items()}
     y = torch.randint(0, 10, (E, B), generator=g)
     drop, mix = _masks(B, 0.3, g, E), _masks(1, 0.4, g, E)
     x = torch.randn(2, B, 784, dtype=DT, generator=g)
     per_member = torch.cat([x[0].expand(2, B, 784), x[1].expand(2, B, 784)])
-    cases = [(per_member, None, drop, mix), (x, [(0, 2), (2, 4)], drop, mix),  # shared batches
-             (x, [(0, 2), (2, 4)], (drop[0], None, None), None), (x[0], None, None, (mix[0], None, None))]
+    cases = [
+        (per_member, None, drop, mix),
+        (x, [(0, 2), (2, 4)], drop, mix),  # shared batches
+        (x, [(0, 2), (2, 4)], (drop[0], None, None), None),
+        (x[0], None, None, (mix[0], None, None)),
+    ]
     for xin, groups, d, m in cases:
         x_each = per_member if xin.dim() == 3 else xin
         leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}

@@ -23,7 +23,12 @@ def _visible_axes(fig):
 
 
 def _method_lines(ax):
-    return {m: line for line in ax.get_lines() for m, label in plots.METHOD_LABEL.items() if line.get_label() == label}
+    return {
+        m: line
+        for line in ax.get_lines()
+        for m, label in plots.METHOD_LABEL.items()
+        if line.get_label() == label
+    }
 
 
 def _is_file(path, head) -> bool:
@@ -43,7 +48,11 @@ def test_figure2_panels_plot_the_summary_and_name_the_source(sweep_records):
     assert [ax.get_title() for ax in axes] == [title for _, title, _ in plots.FIG2_PANELS]
     assert [ax.get_ylabel() for ax in axes] == [label for _, _, label in plots.FIG2_PANELS]
     assert all(ax.get_xlabel().startswith("p (") for ax in axes)
-    assert SOURCE_NAME in fig.get_suptitle() and "Fig. 2" in fig.get_suptitle() and "-> target: MNIST" in fig.get_suptitle()
+    assert (
+        SOURCE_NAME in fig.get_suptitle()
+        and "Fig. 2" in fig.get_suptitle()
+        and "-> target: MNIST" in fig.get_suptitle()
+    )
     assert report.caption(meta) in fig.get_suptitle() and "mean +- 1 std" in fig.get_suptitle()
     for ax in axes:  # a legend in every panel
         assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["dropout(p)", "mixout(w_pre, p)"]
@@ -75,6 +84,7 @@ def test_figure2_band_can_be_the_t_based_95ci(sweep_records):
     with pytest.raises(ValueError, match="band must be one of"):
         plots.figure2(summary, report.experiment_meta(sweep_records), band="sem")
 
+
 def test_layer_distance_figure(sweep_records):
     summary = report.summarise(sweep_records)
     fig = plots.layer_distance_figure(summary, report.experiment_meta(sweep_records))
@@ -94,8 +104,19 @@ def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_p
     out = tmp_path / "figures"
     paths = plots.render_experiment(run_store.dir, out)
     folder = out / "experiment-smoke-stand-in"
-    assert paths == [folder / n for n in ("figure2.png", "figure2.pdf", "layer_distances.png", "layer_distances.pdf",
-                                          "table.csv", "table.md", "runs.csv", "meta.json")]  # fmt: skip
+    assert paths == [
+        folder / n
+        for n in (
+            "figure2.png",
+            "figure2.pdf",
+            "layer_distances.png",
+            "layer_distances.pdf",
+            "table.csv",
+            "table.md",
+            "runs.csv",
+            "meta.json",
+        )
+    ]
     for p in paths[:4]:
         assert _is_file(p, PNG if p.suffix == ".png" else PDF), p
     assert (folder / "table.md").read_text().count("\n| mixout |") == 3
@@ -126,8 +147,9 @@ def test_render_all_renders_the_theory_figures(tmp_path, monkeypatch):
     assert calls == [tmp_path]
 
 
-def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(sweep_records, ablation_records, tmp_path,
-                                                                      monkeypatch):  # fmt: skip
+def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(
+    sweep_records, ablation_records, tmp_path, monkeypatch
+):
     monkeypatch.setattr(plots, "render_theory_figures", lambda out_dir, **kw: [])
     results = tmp_path / "results"
     old = store.RunStore(results / "smoke-stand-in-000000000000", {})
@@ -137,10 +159,16 @@ def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(sweep_reco
     new = store.RunStore(results / "smoke-stand-in-0123456789ab", {})
     for r in sweep_records:
         new.write(r)
-    cfg = ablations.ablation_config("smoke", source="stand-in", sizes=(100,), head_sizes=(100,), trajectory_size=300)
+    cfg = ablations.ablation_config(
+        "smoke", source="stand-in", sizes=(100,), head_sizes=(100,), trajectory_size=300
+    )
     index = ablations.nested_subsets(1000, (100, 300), cfg.subset_seed)
-    context = {"w_pre_test_acc": 0.8, "source_name": SOURCE_NAME, "target_train_size": 1000,
-               "subset_sha256": ablations.subset_sha256(index)}  # fmt: skip
+    context = {
+        "w_pre_test_acc": 0.8,
+        "source_name": SOURCE_NAME,
+        "target_train_size": 1000,
+        "subset_sha256": ablations.subset_sha256(index),
+    }
     for study in ablations.STUDIES:
         s = ablations.AblationStore(results, study, cfg)
         for r in ablation_records[study]:
@@ -149,9 +177,14 @@ def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(sweep_reco
     out = tmp_path / "figures"
     paths = plots.render_all(out, results=results)
     names = {p.relative_to(out).as_posix() for p in paths}
-    assert {"experiment-smoke-stand-in/figure2.png", "experiment-smoke-stand-in/table.md",
-            "ablations-smoke-stand-in/small_data.png", "ablations-smoke-stand-in/new_head.png",
-            "ablations-smoke-stand-in/trajectory.png", "ablations-smoke-stand-in/meta.json"} <= names  # fmt: skip
+    assert {
+        "experiment-smoke-stand-in/figure2.png",
+        "experiment-smoke-stand-in/table.md",
+        "ablations-smoke-stand-in/small_data.png",
+        "ablations-smoke-stand-in/new_head.png",
+        "ablations-smoke-stand-in/trajectory.png",
+        "ablations-smoke-stand-in/meta.json",
+    } <= names
     assert not (out / "experiment-old-stand-in").exists()  # only the newest store per profile and source
     assert all(p.is_file() for p in paths)
 
@@ -164,14 +197,22 @@ def test_small_data_figure(ablation_records):
     fig = plots.small_data_figure(recs, 0.80, SOURCE_NAME)
     (ax,) = _visible_axes(fig)  # one panel per size
     th = report.failure_thresholds(recs, 0.80)
-    assert ax.get_title() == ("100 target images, 3 restarts, 40 steps (4 epochs)\n"
-                              f"w_pre 0.800, median - 3 sd {th['outlier_below']:.3f}")  # fmt: skip
+    assert ax.get_title() == (
+        "100 target images, 3 restarts, 40 steps (4 epochs)\n"
+        f"w_pre 0.800, median - 3 sd {th['outlier_below']:.3f}"
+    )
     assert ax.get_ylabel() == "target (MNIST) test accuracy, fraction"
     assert ax.get_legend() is None  # the cut-offs' legend is the figure's, below the panels
-    assert [t.get_text() for t in fig.legends[0].get_texts()] == [text for _, _, text in plots.THRESHOLD_STYLE]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        text for _, _, text in plots.THRESHOLD_STYLE
+    ]
     assert [t.get_text() for t in ax.get_xticklabels()] == [
-        "dropout(0.1) + wd(0, 0.01)", "mix(w_pre, 0.7)", "mix(w_pre, 0.8)", "mix(w_pre, 0.9)",
-        "mix(w_pre, 0.8) + wd(w_pre, 0.01)"]  # fmt: skip
+        "dropout(0.1) + wd(0, 0.01)",
+        "mix(w_pre, 0.7)",
+        "mix(w_pre, 0.8)",
+        "mix(w_pre, 0.9)",
+        "mix(w_pre, 0.8) + wd(w_pre, 0.01)",
+    ]
     assert f"source task: {SOURCE_NAME} -> target: MNIST" in fig.get_suptitle()
     points = np.concatenate([c.get_offsets()[:, 1] for c in ax.collections if c.get_offsets().shape[0] == 3])
     np.testing.assert_allclose(np.sort(points), np.sort([r["test_acc"] for r in recs]))  # every run drawn
@@ -185,13 +226,18 @@ def test_new_head_figure(ablation_records):
     (ax,) = _visible_axes(fig)
     assert ax.get_title().startswith("100 target images, 2 restarts\nw_pre 0.800")
     assert ax.get_ylabel() == "target (MNIST) test accuracy, fraction" and fig.legends
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["no regularisation", "dropout(0.7) on its inputs",
-                                                            "mix(w_0, 0.7)"]  # fmt: skip
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "no regularisation",
+        "dropout(0.7) on its inputs",
+        "mix(w_0, 0.7)",
+    ]
     assert f"source task: {SOURCE_NAME}" in fig.get_suptitle() and "new output layer" in fig.get_suptitle()
     # study 1's mixout(w_pre, 0.7) runs as a grey reference group
     with_ref = plots.new_head_figure(head, 0.80, reference=ablation_records["small_data"])
     (ax,) = _visible_axes(with_ref)
-    assert len(ax.get_xticklabels()) == 4 and ax.get_xticklabels()[-1].get_text().startswith("pretrained head")
+    assert len(ax.get_xticklabels()) == 4 and ax.get_xticklabels()[-1].get_text().startswith(
+        "pretrained head"
+    )
 
 
 def test_trajectory_figure(ablation_records):
@@ -202,11 +248,18 @@ def test_trajectory_figure(ablation_records):
     assert all(ax.get_title() and ax.get_ylabel() and ax.get_xlabel() == "optimiser step" for ax in axes)
     assert axes[1].get_yscale() == axes[2].get_yscale() == "log"
     sup = fig.get_suptitle()
-    assert "300 target images" in sup and "96 masks per checkpoint" in sup and f"source task: {SOURCE_NAME}" in sup
+    assert (
+        "300 target images" in sup
+        and "96 masks per checkpoint" in sup
+        and f"source task: {SOURCE_NAME}" in sup
+    )
     assert "one line per run (1 restart per p)" in sup
     warm = "end of warm-up (step 3)"  # 10% of 30 steps, in the legend rather than written over the curves
     assert sorted(t.get_text() for t in axes[0].get_legend().get_texts()) == [warm, "p = 0.5", "p = 0.8"]
-    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == [warm, "L2-SP lambdas of study 1 (right margin)"]
+    assert [t.get_text() for t in axes[1].get_legend().get_texts()] == [
+        warm,
+        "L2-SP lambdas of study 1 (right margin)",
+    ]
     margin = [t for t in axes[1].texts if t.get_text() in ("0.01", "0.1", "1")]
     assert len(margin) == 3 and all(t.xy[0] > 1 for t in margin)  # outside the plotting area
     m_lines = [line for line in axes[0].get_lines() if line.get_label().startswith("p = ")]
@@ -223,23 +276,46 @@ def test_export_ablations_writes_every_table_figure_and_meta(ablation_records, t
     res = _results(ablation_records)
     out = tmp_path / "export"
     written = plots.export_ablations(res, out)
-    expected = {"small_data_runs.csv", "small_data_summary.csv", "small_data.png", "small_data.pdf",
-                "small_data_paired.csv", "new_head_runs.csv", "new_head_summary.csv", "new_head.png", "new_head.pdf",
-                "trajectory.csv", "trajectory_runs.csv", "trajectory_summary.csv", "trajectory.png", "trajectory.pdf",
-                "subsets.csv", "tables.md", "meta.json"}  # fmt: skip
+    expected = {
+        "small_data_runs.csv",
+        "small_data_summary.csv",
+        "small_data.png",
+        "small_data.pdf",
+        "small_data_paired.csv",
+        "new_head_runs.csv",
+        "new_head_summary.csv",
+        "new_head.png",
+        "new_head.pdf",
+        "trajectory.csv",
+        "trajectory_runs.csv",
+        "trajectory_summary.csv",
+        "trajectory.png",
+        "trajectory.pdf",
+        "subsets.csv",
+        "tables.md",
+        "meta.json",
+    }
     assert set(written) == expected and {p.name for p in out.iterdir()} == expected
     assert all(path == out / name for name, path in written.items())
     for name in ("small_data.png", "new_head.png", "trajectory.png"):
         assert _is_file(out / name, PNG)
     runs = (out / "small_data_runs.csv").read_text().splitlines()
-    assert runs[0] == ("size,setting,restart,data_seed,mask_seed,epochs,steps,test_acc,test_loss,train_loss,"
-                       "dist_mixed,dist_fc1,dist_fc2,dist_fc3,dist_all")  # fmt: skip
+    assert runs[0] == (
+        "size,setting,restart,data_seed,mask_seed,epochs,steps,test_acc,test_loss,train_loss,"
+        "dist_mixed,dist_fc1,dist_fc2,dist_fc3,dist_all"
+    )
     assert len(runs) == 1 + 15 and runs[1].startswith("100,dropout0.1+wd0.01,0,0,1000,4,40,0.85,")
-    assert (out / "subsets.csv").read_text().splitlines() == ["rank,target_train_index"] + [f"{i},{i}" for i in range(7)]
+    assert (out / "subsets.csv").read_text().splitlines() == ["rank,target_train_index"] + [
+        f"{i},{i}" for i in range(7)
+    ]
     assert len((out / "trajectory.csv").read_text().splitlines()) == 1 + 6
     tables = (out / "tables.md").read_text()
-    for heading in ("## Small data, many restarts", "### Paired differences", "## A new output layer",
-                    "## Effective L2 coefficient along the run"):  # fmt: skip
+    for heading in (
+        "## Small data, many restarts",
+        "### Paired differences",
+        "## A new output layer",
+        "## Effective L2 coefficient along the run",
+    ):
         assert heading in tables
     meta = json.loads((out / "meta.json").read_text())
     assert meta["w_pre_test_acc"] == 0.8 and meta["source_name"] == SOURCE_NAME
@@ -254,16 +330,34 @@ def test_export_ablations_writes_every_table_figure_and_meta(ablation_records, t
 def test_export_ablations_of_one_study(ablation_records, tmp_path):
     res = _results({"trajectory": ablation_records["trajectory"]})
     written = plots.export_ablations(res, tmp_path)
-    assert set(written) == {"trajectory.csv", "trajectory_runs.csv", "trajectory_summary.csv", "trajectory.png",
-                            "trajectory.pdf", "subsets.csv", "tables.md", "meta.json"}  # fmt: skip
-    assert json.loads((tmp_path / "meta.json").read_text())["claims"]["m_peak_over_last"] == {"0.5": pytest.approx(2.5),
-                                                                             "0.8": pytest.approx(1.75)}
+    assert set(written) == {
+        "trajectory.csv",
+        "trajectory_runs.csv",
+        "trajectory_summary.csv",
+        "trajectory.png",
+        "trajectory.pdf",
+        "subsets.csv",
+        "tables.md",
+        "meta.json",
+    }
+    assert json.loads((tmp_path / "meta.json").read_text())["claims"]["m_peak_over_last"] == {
+        "0.5": pytest.approx(2.5),
+        "0.8": pytest.approx(1.75),
+    }
 
 
 def test_figures_leave_the_backend_alone():
     assert matplotlib.get_backend().lower() == "agg"
-    assert set(plots.__all__) >= {"figure2", "layer_distance_figure", "render_experiment", "small_data_figure",
-                                  "new_head_figure", "trajectory_figure", "export_ablations", "render_all"}  # fmt: skip
+    assert set(plots.__all__) >= {
+        "figure2",
+        "layer_distance_figure",
+        "render_experiment",
+        "small_data_figure",
+        "new_head_figure",
+        "trajectory_figure",
+        "export_ablations",
+        "render_all",
+    }
     with pytest.raises(AttributeError):
         plots.export_results  # noqa: B018 - renamed export_ablations
 
@@ -279,7 +373,9 @@ def test_an_ablation_export_reads_back_as_the_same_results(ablation_records, tmp
         assert len(got) == len(recs)
         for a, b in zip(got, recs):
             assert {k: v for k, v in b.items() if k in a} == a
-    assert [r["checkpoints"] for r in back.records["trajectory"]] == [r["checkpoints"] for r in res.records["trajectory"]]
+    assert [r["checkpoints"] for r in back.records["trajectory"]] == [
+        r["checkpoints"] for r in res.records["trajectory"]
+    ]
     # so the tables and claims of the read-back results are those of the original
     plots.export_ablations(back, tmp_path / "b")
     assert (tmp_path / "b" / "tables.md").read_text() == (tmp_path / "a" / "tables.md").read_text()
@@ -311,8 +407,11 @@ def test_source_target_figure_names_both_tasks():
 
     y = torch.arange(10)
     task = types.SimpleNamespace(val=types.SimpleNamespace(y=y))
-    exp = types.SimpleNamespace(source_name=SOURCE_NAME, task=lambda name: task,
-                                images=lambda name, split, n: torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)))  # fmt: skip
+    exp = types.SimpleNamespace(
+        source_name=SOURCE_NAME,
+        task=lambda name: task,
+        images=lambda name, split, n: torch.rand(n, 28, 28, generator=torch.Generator().manual_seed(0)),
+    )
     fig = plots.source_target_figure(exp, n=4)
     axes = _visible_axes(fig)
     assert len(axes) == 8 and [ax.get_title() for ax in axes[:4]] == ["0", "1", "2", "3"]

@@ -61,10 +61,25 @@ def mnist_root():
 def rehearsal(tmp_path_factory, mnist_root):
     work = tmp_path_factory.mktemp("rehearsal")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--size", "small", "--profile", "smoke", "--no-rerun", "--quiet",
-         "--work", str(work), "--mnist-root", str(mnist_root)],
-        capture_output=True, text=True, timeout=900, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--size",
+            "small",
+            "--profile",
+            "smoke",
+            "--no-rerun",
+            "--quiet",
+            "--work",
+            str(work),
+            "--mnist-root",
+            str(mnist_root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return work, proc.stdout, json.loads((work / "rehearsal.json").read_text())
 
@@ -85,8 +100,12 @@ def test_standin_digits_are_balanced_marked_and_not_mnist(mnist_root):
 def test_refuses_to_write_into_the_project_folders(tmp_path):
     for name in ("data", "results", "figures"):
         work = REPO / name / "rehearsal"
-        proc = subprocess.run([sys.executable, str(SCRIPT), "--size", "small", "--work", str(work)],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), "--size", "small", "--work", str(work)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert proc.returncode != 0 and f"inside the checkout's {name}/" in proc.stderr
         assert not work.exists()
 
@@ -110,8 +129,10 @@ def test_data_step_takes_the_archive_as_emnist_with_nists_names(rehearsal):
     assert len(caches) == 1
     meta = json.loads(caches[0].read_text())
     assert meta["source_key"] == "emnist" and meta["source_name"] == "EMNIST Digits"
-    assert meta["sizes"] == {"source": {"train": 2_700, "val": 300, "test": 1_000},
-                             "target": {"train": 54_000, "val": 6_000, "test": 10_000}}  # fmt: skip
+    assert meta["sizes"] == {
+        "source": {"train": 2_700, "val": 300, "test": 1_000},
+        "target": {"train": 54_000, "val": 6_000, "test": 10_000},
+    }
     payload = torch.load(caches[0].with_suffix(".pt"), map_location="cpu", weights_only=True)
     stored = _raw_images(raw / "emnist-digits-test-images-idx3-ubyte")
     assert (stored[:, 1:7, 1] == 255).all()  # the archive keeps EMNIST's storage: the bar is vertical
@@ -139,7 +160,10 @@ def test_reproduce_stores_every_run_and_draws_figure2(rehearsal):
     for folder in (work, work / "data", work / "results", work / "figures"):
         assert (folder / "STAND-IN-NOT-EMNIST.txt").read_text().startswith("STAND-IN, NOT EMNIST")
     steps = [s["step"] for s in report["steps"]]
-    assert steps == ["write stand-in archive (not a user step)", "data (extract, verify, cache)",
-                     "reproduce --profile smoke"]
+    assert steps == [
+        "write stand-in archive (not a user step)",
+        "data (extract, verify, cache)",
+        "reproduce --profile smoke",
+    ]
     assert all(s["rc"] == 0 and s["wall_s"] > 0 and s["peak_rss_mib"] > 0 for s in report["steps"])
     assert report["checks_passed"] and report["machine"]["cores"] >= 1

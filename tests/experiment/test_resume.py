@@ -29,8 +29,17 @@ def exp(make_exp):
 
 @pytest.fixture(scope="module")
 def config(exp):
-    return sweep.profile_config("smoke", source="stand-in", data=sweep.data_fingerprint(exp), source_train=None,
-                                target_train=None, eval_size=None, pretrain_epochs=2, ps=(0.0, 0.3, 0.6), restarts=2)  # fmt: skip
+    return sweep.profile_config(
+        "smoke",
+        source="stand-in",
+        data=sweep.data_fingerprint(exp),
+        source_train=None,
+        target_train=None,
+        eval_size=None,
+        pretrain_epochs=2,
+        ps=(0.0, 0.3, 0.6),
+        restarts=2,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +71,22 @@ def _interrupt_on(monkeypatch, target, attr, after: int):
     monkeypatch.setattr(target, attr, killed)
 
 
-@pytest.mark.parametrize("where, target, attr, after", [
-    ("between chunks", engine, "train_ensemble", 1),  # the second chunk never starts
-    ("while a chunk's records are written", sweep.SweepStore, "write", 6),  # 2 of the 2nd chunk's 4 stored
-    ("in the last chunk", sweep.SweepStore, "write", 9),
-])  # fmt: skip
-def test_a_killed_sweep_resumes_bit_for_bit(where, target, attr, after, exp, config, reference, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "where, target, attr, after",
+    [
+        ("between chunks", engine, "train_ensemble", 1),  # the second chunk never starts
+        (
+            "while a chunk's records are written",
+            sweep.SweepStore,
+            "write",
+            6,
+        ),  # 2 of the 2nd chunk's 4 stored
+        ("in the last chunk", sweep.SweepStore, "write", 9),
+    ],
+)
+def test_a_killed_sweep_resumes_bit_for_bit(
+    where, target, attr, after, exp, config, reference, tmp_path, monkeypatch
+):
     want, w_pre = reference
     tensors = sweep.experiment_tensors(exp, config)
     with monkeypatch.context() as m:
@@ -118,23 +137,37 @@ def test_damaged_and_stray_records_are_named_set_aside_and_recomputed(exp, confi
     schema.write_text(json.dumps(rec))  # parses, but lacks a field of its schema
     (runs / "notes.json").write_text('{"note": "my own file"}')  # stray
     edited = runs / "none-p0.00-seed0.json"
-    edited.write_text(edited.read_text().replace('"seed": 0', '"seed": 0, "dist_fc9": 1.0'))  # valid, but altered
+    edited.write_text(
+        edited.read_text().replace('"seed": 0', '"seed": 0, "dist_fc9": 1.0')
+    )  # valid, but altered
     (runs / "README.txt").write_text("not a record")  # not *.json: ignored
     with pytest.warns(RejectedRecordWarning) as caught:
         records = sweep.load_records(store.dir)
     messages = " ".join(str(w.message) for w in caught)
-    for path, why in ((truncated, "does not parse"), (schema, "lacks the fields ['dist_mixed']"),
-                      (runs / "notes.json", "lacks the fields"), (edited, "differs from the sha256 written into it")):  # fmt: skip
+    for path, why in (
+        (truncated, "does not parse"),
+        (schema, "lacks the fields ['dist_mixed']"),
+        (runs / "notes.json", "lacks the fields"),
+        (edited, "differs from the sha256 written into it"),
+    ):
         assert str(path) in messages and why in messages
     assert len(records) == 7 and "its run will be computed again" in messages
     assert sorted(p.name.split(".json")[0] for p in (runs / REJECTED).iterdir()) == [
-        "dropout-p0.60-seed0", "mixout-p0.30-seed1", "none-p0.00-seed0", "notes"]  # fmt: skip
+        "dropout-p0.60-seed0",
+        "mixout-p0.30-seed1",
+        "none-p0.00-seed0",
+        "notes",
+    ]
     assert (runs / "README.txt").exists() and all("record_sha256" not in r for r in records)
-    again = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)  # recomputes the three runs, whole chunks
+    again = sweep.run_sweep(
+        tmp_path, config, tensors, w_pre, OPTIONS
+    )  # recomputes the three runs, whole chunks
     assert again.written == 3 and _rows(again) == want
 
 
-def test_altered_or_truncated_pretrained_weights_are_refused_naming_the_file(exp, config, reference, tmp_path):
+def test_altered_or_truncated_pretrained_weights_are_refused_naming_the_file(
+    exp, config, reference, tmp_path
+):
     _, w_pre = reference
     tensors = sweep.experiment_tensors(exp, config)
     sweep.pretrain(tmp_path, config, tensors, OPTIONS)
@@ -171,7 +204,9 @@ def test_the_store_key_holds_the_content_of_w_pre_and_of_the_data(exp, config, r
     assert sweep.data_fingerprint(other) != sweep.data_fingerprint(exp)
 
 
-def test_a_run_with_non_finite_numbers_is_stored_as_failed_in_strict_json(tmp_path, sweep_records, make_ablation_record):
+def test_a_run_with_non_finite_numbers_is_stored_as_failed_in_strict_json(
+    tmp_path, sweep_records, make_ablation_record
+):
     from mixout_theory.experiment import report, store
 
     s = store.RunStore(tmp_path / "s", {})

@@ -40,8 +40,16 @@ def test_figure2_shows_the_committed_runs(nothing_stored):
 
 def test_ablations_show_the_committed_export(nothing_stored):
     res, what = shown.ablation_results("smoke")
-    assert what.origin == shown.SHIPPED and res.config.profile == "paper" and res.w_pre_acc == pytest.approx(0.7673)
-    assert {s: len(r) for s, r in res.records.items()} == {"small_data": 720, "new_head": 240, "trajectory": 8}
+    assert (
+        what.origin == shown.SHIPPED
+        and res.config.profile == "paper"
+        and res.w_pre_acc == pytest.approx(0.7673)
+    )
+    assert {s: len(r) for s, r in res.records.items()} == {
+        "small_data": 720,
+        "new_head": 240,
+        "trajectory": 8,
+    }
     committed = store.read_csv(what.where / "small_data_summary.csv", text=("setting", "label"))
     again = report.summarise_runs(res.records["small_data"], res.w_pre_acc)
     assert [r["mean"] for r in again] == pytest.approx([r["mean"] for r in committed], rel=1e-5)
@@ -54,12 +62,18 @@ def test_theorem1_shows_the_committed_tables(nothing_stored):
 
 def test_fidelity_shows_the_committed_study_and_its_claims_recompute(nothing_stored):
     res, what = shown.fidelity_results("smoke")
-    assert what.origin == shown.SHIPPED and what.where.name == "fidelity-paper-stand-in" and res.profile == "paper"
+    assert (
+        what.origin == shown.SHIPPED
+        and what.where.name == "fidelity-paper-stand-in"
+        and res.profile == "paper"
+    )
     assert len(res.variants) == 5 and len(res.runs) == 5 * 170
-    committed = store.read_csv(what.where / "claims.csv", text=("variant", "claim", "what", "paper_source", "kind",
-                                                                "reproduced"))  # fmt: skip
-    assert [(r["variant"], r["claim"], r["reproduced"]) for r in committed] == \
-        [(r["variant"], r["claim"], r["reproduced"]) for r in res.rows]  # recomputed from runs.csv
+    committed = store.read_csv(
+        what.where / "claims.csv", text=("variant", "claim", "what", "paper_source", "kind", "reproduced")
+    )
+    assert [(r["variant"], r["claim"], r["reproduced"]) for r in committed] == [
+        (r["variant"], r["claim"], r["reproduced"]) for r in res.rows
+    ]  # recomputed from runs.csv
     measured = [(a["ours"], b["ours"]) for a, b in zip(committed, res.rows) if b["reproduced"]]
     assert measured and all(a == pytest.approx(b, rel=1e-9) for a, b in measured)
 
@@ -68,4 +82,6 @@ def test_the_suite_never_writes_into_the_checkouts_results_or_figures():
     """The root conftest.py moves both folders into one temporary folder for the whole session."""
     checkout = store.project_dir("docs").parent
     for name in ("results", "figures"):
-        assert checkout not in store.project_dir(name).parents and "mixout-tests-" in str(store.project_dir(name))
+        assert checkout not in store.project_dir(name).parents and "mixout-tests-" in str(
+            store.project_dir(name)
+        )

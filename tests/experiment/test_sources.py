@@ -52,8 +52,6 @@ def test_numpy_only_unpickler(tmp_path):
         formats.load_numpy_pickle(pickle.dumps(Path("x")))
 
 
-
-
 # ------------------------------------------------------------------------------------ IDX format
 
 
@@ -71,8 +69,8 @@ def test_idx_round_trip_headers_and_exact_sizes(tmp_path):
     img, lab = _idx_files(tmp_path, images, np.array([0, 9, 3, 3, 255]))
     assert img.stat().st_size == formats.idx_bytes("images", 5) == 16 + 5 * 784 == 3936
     assert lab.stat().st_size == formats.idx_bytes("labels", 5) == 8 + 5
-    assert img.read_bytes()[:16] == bytes.fromhex("00000803" "00000005" "0000001c" "0000001c")  # big-endian
-    assert lab.read_bytes()[:8] == bytes.fromhex("00000801" "00000005")
+    assert img.read_bytes()[:16] == bytes.fromhex("00000803000000050000001c0000001c")  # big-endian
+    assert lab.read_bytes()[:8] == bytes.fromhex("0000080100000005")
     assert np.array_equal(np.frombuffer(img.read_bytes()[16:], np.uint8).reshape(5, 28, 28), images)
     formats.check_idx(img, "images", 5, "test images")
     formats.check_idx(lab, "labels", 5, "test labels")
@@ -92,7 +90,9 @@ def test_check_idx_names_the_file_and_what_it_found(tmp_path):
         formats.check_idx(img, "images", 6, "test images")
     msg = str(e.value)
     assert msg.startswith(f"{img}: not a complete test images file: expected 4,720 bytes")
-    assert "(magic 0x00000803, dims [6, 28, 28]), found 3,936 bytes (magic 0x00000803, dims [5, 28, 28])" in msg
+    assert (
+        "(magic 0x00000803, dims [6, 28, 28]), found 3,936 bytes (magic 0x00000803, dims [5, 28, 28])" in msg
+    )
     assert "left as it is" in msg
     lab.write_bytes(lab.read_bytes()[:5])
     with pytest.raises(formats.DataIntegrityError, match=r"found 5 bytes \(unreadable header\)"):
@@ -105,7 +105,9 @@ def test_class_balance(tmp_path):
     path = tmp_path / "labels"
     formats.check_class_balance(path, np.repeat(np.arange(10), 3).astype(np.uint8), 10, 3)
     with pytest.raises(formats.DataIntegrityError, match=r"class counts \[4, 2, 3, 3, 3, 3, 3, 3, 3, 3\]"):
-        formats.check_class_balance(path, np.array([0] * 4 + [1] * 2 + list(range(2, 10)) * 3, np.uint8), 10, 3)
+        formats.check_class_balance(
+            path, np.array([0] * 4 + [1] * 2 + list(range(2, 10)) * 3, np.uint8), 10, 3
+        )
     with pytest.raises(formats.DataIntegrityError, match="label 10 found, but digits labels are 0..9"):
         formats.check_class_balance(path, np.array([10], np.uint8), 10, 3)
 
@@ -126,12 +128,24 @@ def test_manifest_round_trip_and_bad_lines(tmp_path):
 
 
 def test_find_members_prefers_plain_copies_and_ignores_folders():
-    names = ["gzip/emnist-digits-train-labels-idx1-ubyte.gz", "x/emnist-digits-train-labels-idx1-ubyte",
-             "gzip\\emnist-digits-test-labels-idx1-ubyte.gz", "gzip/emnist-letters-test-labels-idx1-ubyte.gz"]
-    found = formats.find_members(names, ["emnist-digits-train-labels-idx1-ubyte",
-                                         "emnist-digits-test-labels-idx1-ubyte", "emnist-digits-missing"])
-    assert found == {"emnist-digits-train-labels-idx1-ubyte": ("x/emnist-digits-train-labels-idx1-ubyte", False),
-                     "emnist-digits-test-labels-idx1-ubyte": ("gzip\\emnist-digits-test-labels-idx1-ubyte.gz", True)}
+    names = [
+        "gzip/emnist-digits-train-labels-idx1-ubyte.gz",
+        "x/emnist-digits-train-labels-idx1-ubyte",
+        "gzip\\emnist-digits-test-labels-idx1-ubyte.gz",
+        "gzip/emnist-letters-test-labels-idx1-ubyte.gz",
+    ]
+    found = formats.find_members(
+        names,
+        [
+            "emnist-digits-train-labels-idx1-ubyte",
+            "emnist-digits-test-labels-idx1-ubyte",
+            "emnist-digits-missing",
+        ],
+    )
+    assert found == {
+        "emnist-digits-train-labels-idx1-ubyte": ("x/emnist-digits-train-labels-idx1-ubyte", False),
+        "emnist-digits-test-labels-idx1-ubyte": ("gzip\\emnist-digits-test-labels-idx1-ubyte.gz", True),
+    }
 
 
 def test_stream_copy_and_open_zip(tmp_path):
@@ -141,7 +155,9 @@ def test_stream_copy_and_open_zip(tmp_path):
     assert out.read_bytes() == blob
     formats.stream_copy(io.BytesIO(blob), out, gunzip=False)
     assert out.read_bytes() == blob
-    formats.stream_copy(io.BytesIO(gzip.compress(blob)), out, gunzip=True, limit=len(blob))  # exactly at the limit
+    formats.stream_copy(
+        io.BytesIO(gzip.compress(blob)), out, gunzip=True, limit=len(blob)
+    )  # exactly at the limit
     assert out.read_bytes() == blob
     # a small stream that inflates far past the expected size: writing stops at the limit
     bomb = gzip.compress(bytes(64 << 20))  # 64 MiB of zeros in about 64 KB
@@ -174,7 +190,10 @@ def test_check_sha256_and_file_digests(tmp_path):
     with pytest.raises(formats.DataIntegrityError) as e:
         sources.check_sha256(path, "0" * 64)
     assert f"expected {'0' * 64}, actual {sha}" in str(e.value) and str(path) in str(e.value)
-    for cls, base in ((formats.DataIntegrityError, ValueError), (formats.DataUnavailableError, FileNotFoundError)):
+    for cls, base in (
+        (formats.DataIntegrityError, ValueError),
+        (formats.DataUnavailableError, FileNotFoundError),
+    ):
         assert issubclass(cls, formats.DataError) and issubclass(cls, base)
     assert sources.DataIntegrityError is formats.DataIntegrityError  # one class, re-exported
 
@@ -187,7 +206,9 @@ def test_jsonable_and_config_hash():
     assert store.jsonable(obj) == {"t": [1.5, 2.0], "a": [0, 1, 2], "p": "x/y", "n": [1, 2]}
     h = store.config_hash({"b": 1, "a": (0.1, 0.2)})
     assert h == store.config_hash({"a": [0.1, 0.2], "b": 1})  # key order and tuple / list: the same config
-    assert h == hashlib.sha256(json.dumps({"a": [0.1, 0.2], "b": 1}, sort_keys=True).encode()).hexdigest()[:12]
+    assert (
+        h == hashlib.sha256(json.dumps({"a": [0.1, 0.2], "b": 1}, sort_keys=True).encode()).hexdigest()[:12]
+    )
     assert h != store.config_hash({"a": [0.1, 0.2], "b": 2}) and len(h) == 12
 
 
@@ -210,15 +231,22 @@ def test_staging_commits_all_or_nothing(tmp_path):
 
 
 def test_atomic_writes_and_stale_temporaries(tmp_path):
-    path = store.atomic_write_csv(tmp_path / "t.csv", [{"x": 1, "y": 2, "z": 9}, {"x": 3, "y": 4}], ["x", "y"])
+    path = store.atomic_write_csv(
+        tmp_path / "t.csv", [{"x": 1, "y": 2, "z": 9}, {"x": 3, "y": 4}], ["x", "y"]
+    )
     assert path.read_bytes() == b"x,y\r\n1,2\r\n3,4\r\n"  # other keys ignored; csv's own line ends
     store.atomic_write_csv(path, [{"x": 1}], ["x"], lineterminator="\n")
     assert path.read_text() == "x\n1\n"
     import subprocess
     import sys
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale, fresh = tmp_path / f".a{store.TMP_MARK}{os.getpid()}-ab", tmp_path / f".b{store.TMP_MARK}{os.getpid()}-cd"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    stale, fresh = (
+        tmp_path / f".a{store.TMP_MARK}{os.getpid()}-ab",
+        tmp_path / f".b{store.TMP_MARK}{os.getpid()}-cd",
+    )
     orphan = tmp_path / f".c{store.TMP_MARK}{int(gone.stdout)}-ef"  # its writer has exited: removed at once
     other = tmp_path / ".hidden"
     for p in (stale, fresh, orphan, other):
@@ -236,7 +264,9 @@ def test_run_store_records_csv_and_newest_first(tmp_path):
     store.RunStore(a.dir, {"other": 1})  # config.json is written once, never replaced
     assert json.loads((a.dir / "config.json").read_text()) == {"ps": [0.0, 0.5], "t": 1.0}
     assert a.done() == set() and a.read() == []
-    a.write({"run_id": "r2", "method": "mixout", "p": 0.5, "seed": 0, "extra": [1, 2], "dist": torch.tensor(0.25)})
+    a.write(
+        {"run_id": "r2", "method": "mixout", "p": 0.5, "seed": 0, "extra": [1, 2], "dist": torch.tensor(0.25)}
+    )
     a.write({"run_id": "r1", "method": "none", "p": 0.0, "seed": 0, "dist": 0.0})
     assert a.done() == {"r1", "r2"}
     assert [r["run_id"] for r in a.read()] == ["r1", "r2"] == [r["run_id"] for r in store.read_runs(a.dir)]
@@ -259,8 +289,16 @@ def test_run_env_names_versions_and_the_resolved_device():
     import numpy as np
 
     env = store.run_env("cpu")
-    assert env == {"mixout_theory": mixout_theory.__version__, "torch": torch.__version__, "numpy": np.__version__,
-                   "python": platform.python_version(), "device": "cpu", "cores": os.cpu_count(),
-                   "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu": env["cpu"], "blas": env["blas"]}  # fmt: skip
+    assert env == {
+        "mixout_theory": mixout_theory.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": "cpu",
+        "cores": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": env["cpu"],
+        "blas": env["blas"],
+    }
     assert env["cpu"] and env["cpu"] != "unknown" and env["blas"] in torch.__config__.show()
     assert store.run_env()["device"] == ("cuda" if torch.cuda.is_available() else "cpu")

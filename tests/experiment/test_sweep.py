@@ -18,8 +18,12 @@ def exp(make_exp):
 
 
 def _config(exp, **kw):
-    base = dict(source_train=None, target_train=None, eval_size=None, pretrain_epochs=2, ps=(0.0, 0.5), restarts=2)
-    return sweep.profile_config("smoke", source="stand-in", data=sweep.data_fingerprint(exp), **{**base, **kw})
+    base = dict(
+        source_train=None, target_train=None, eval_size=None, pretrain_epochs=2, ps=(0.0, 0.5), restarts=2
+    )
+    return sweep.profile_config(
+        "smoke", source="stand-in", data=sweep.data_fingerprint(exp), **{**base, **kw}
+    )
 
 
 def test_members_cover_the_grid_with_shared_p0():
@@ -83,12 +87,30 @@ def test_sweep_records_resume_and_interrupt(exp, tmp_path, monkeypatch):
     assert len(recs) == 2 * 3
     assert all(first[r["run_id"]] == r for r in recs if r["run_id"] in first)  # untouched
     r = recs[0]
-    for field in ("method", "p", "seed", "source", "profile", "dist_all", "dist_mixed", "dist_fc1", "dist_fc2",
-                  "dist_fc3", "target_val_acc", "target_test_acc", "source_val_acc", "train_loss",
-                  "chunk_seconds", "torch", "mixout_theory"):  # fmt: skip
+    for field in (
+        "method",
+        "p",
+        "seed",
+        "source",
+        "profile",
+        "dist_all",
+        "dist_mixed",
+        "dist_fc1",
+        "dist_fc2",
+        "dist_fc3",
+        "target_val_acc",
+        "target_test_acc",
+        "source_val_acc",
+        "train_loss",
+        "chunk_seconds",
+        "torch",
+        "mixout_theory",
+    ):
         assert field in r, field
     # every record's distance is the distance of an actual finetuned network (sum of its layers)
-    assert r["dist_all"] == pytest.approx(r["dist_fc1"] + r["dist_fc2"] + r["dist_fc3"] + r["dist_ln1"] + r["dist_ln2"])
+    assert r["dist_all"] == pytest.approx(
+        r["dist_fc1"] + r["dist_fc2"] + r["dist_fc3"] + r["dist_ln1"] + r["dist_ln2"]
+    )
     csv_lines = (store.dir / "runs.csv").read_text().splitlines()
     assert len(csv_lines) == 7 and csv_lines[0].startswith("run_id,method,p,seed,source,profile")
     assert json.loads((store.dir / "config.json").read_text())["ps"] == [0.0, 0.5]
@@ -106,8 +128,9 @@ def test_sweep_record_matches_a_solo_run(exp, tmp_path):
     store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, CPU)
     rec = next(r for r in store.records() if r["method"] == "mixout")
     member = next(m for rid, _, m in sweep.sweep_members(cfg) if rid == rec["run_id"])
-    solo = engine.train_ensemble(w_pre, [member], *tensors["target_train"], epochs=5, lr=cfg.lr_finetune,
-                                   target=w_pre, device="cpu")  # fmt: skip
+    solo = engine.train_ensemble(
+        w_pre, [member], *tensors["target_train"], epochs=5, lr=cfg.lr_finetune, target=w_pre, device="cpu"
+    )
     d = mlp.squared_distances(solo.params, w_pre)
     assert rec["dist_mixed"] == pytest.approx(float(d["mixed"][0]), rel=1e-4)
     acc = engine.evaluate(solo.params, *tensors["source_val"])["acc"][0]
@@ -127,14 +150,20 @@ def test_workers_give_the_same_records(exp, tmp_path):
     cfg = _config(exp, ps=(0.0, 0.5), restarts=2)
     tensors = sweep.experiment_tensors(exp, cfg)
     w_pre = mlp.init_params(None, 2)
-    one = sweep.run_sweep(tmp_path / "a", cfg, tensors, w_pre, RunOptions(device="cpu", chunk=2, workers=1, progress=False))
-    two = sweep.run_sweep(tmp_path / "b", cfg, tensors, w_pre, RunOptions(device="cpu", chunk=2, workers=2, progress=False))
+    one = sweep.run_sweep(
+        tmp_path / "a", cfg, tensors, w_pre, RunOptions(device="cpu", chunk=2, workers=1, progress=False)
+    )
+    two = sweep.run_sweep(
+        tmp_path / "b", cfg, tensors, w_pre, RunOptions(device="cpu", chunk=2, workers=2, progress=False)
+    )
     drop = ("chunk_seconds",)
     a = [{k: v for k, v in r.items() if k not in drop} for r in one.records()]
     b = [{k: v for k, v in r.items() if k not in drop} for r in two.records()]
     assert len(a) == 6 and [r["run_id"] for r in a] == [r["run_id"] for r in b]
     for ra, rb in zip(a, b):  # equal up to float32 summation order (thread counts differ)
-        assert ra == {k: pytest.approx(v, rel=1e-4, abs=1e-6) if isinstance(v, float) else v for k, v in rb.items()}
+        assert ra == {
+            k: pytest.approx(v, rel=1e-4, abs=1e-6) if isinstance(v, float) else v for k, v in rb.items()
+        }
 
 
 def test_pretrain_search_keeps_the_best_final_validation_run(exp, tmp_path, monkeypatch):
@@ -150,11 +179,16 @@ def test_pretrain_search_keeps_the_best_final_validation_run(exp, tmp_path, monk
     accs = {}
     for budget in (1, 2):
         for seed in (0, 1):
-            m = engine.Member(dropout=cfg.dropout_pretrain, wdecay=cfg.weight_decay_pretrain,
-                                data_seed=seed, mask_seed=10_000 + seed)  # fmt: skip
+            m = engine.Member(
+                dropout=cfg.dropout_pretrain,
+                wdecay=cfg.weight_decay_pretrain,
+                data_seed=seed,
+                mask_seed=10_000 + seed,
+            )
             init = {k: v[seed] for k, v in mlp.init_params(2, seed=0).items()}
-            r = engine.train_ensemble(init, [m], *tensors["source_train"], epochs=budget, lr=cfg.lr_pretrain,
-                                        device="cpu")  # fmt: skip
+            r = engine.train_ensemble(
+                init, [m], *tensors["source_train"], epochs=budget, lr=cfg.lr_pretrain, device="cpu"
+            )
             accs[budget, seed] = float(engine.evaluate(r.params, *tensors["source_val"])["acc"][0])
     assert meta["acc"] == pytest.approx(max(accs.values()))
     assert accs[meta["budget"], meta["seed"]] == pytest.approx(meta["acc"])
@@ -192,8 +226,10 @@ def test_run_sweep_takes_its_ensemble_size_and_workers_from_run_options(tmp_path
 
     monkeypatch.setattr(engine, "train_ensemble", stop)
     tensors = {"target_train": (torch.zeros(64, 784), torch.zeros(64, dtype=torch.long))}
-    cases = ((CPU, (17, engine.default_workers(), "cpu")),
-             (RunOptions(device="cpu", chunk=5, workers=1, progress=False), (5, 1, "cpu")))  # fmt: skip
+    cases = (
+        (CPU, (17, engine.default_workers(), "cpu")),
+        (RunOptions(device="cpu", chunk=5, workers=1, progress=False), (5, 1, "cpu")),
+    )
     for options, want in cases:
         with pytest.raises(KeyboardInterrupt):
             sweep.run_sweep(tmp_path, cfg, tensors, {}, options)

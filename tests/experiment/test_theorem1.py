@@ -17,7 +17,8 @@ CPU = RunOptions(device="cpu", progress=False)
 def _moved(params, scale, seed):
     g = torch.Generator().manual_seed(seed)
     return {
-        k: v + scale * torch.randn(v.shape, generator=g) if k in mlp.MIXED else v.clone() for k, v in params.items()
+        k: v + scale * torch.randn(v.shape, generator=g) if k in mlp.MIXED else v.clone()
+        for k, v in params.items()
     }
 
 
@@ -59,10 +60,23 @@ def exp(make_exp):
 
 @pytest.mark.slow  # ~110 s
 def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
-    kw = dict(results=tmp_path / "results", exp=exp, ps=(0.6,), mc_samples=64, loss_size=200, checkpoints=2,
-              scan_ps=(0.2, 0.6))  # fmt: skip
+    kw = dict(
+        results=tmp_path / "results",
+        exp=exp,
+        ps=(0.6,),
+        mc_samples=64,
+        loss_size=200,
+        checkpoints=2,
+        scan_ps=(0.2, 0.6),
+    )
     res = theorem1.run_theorem1("smoke", CPU, **kw)
-    assert [len(res.records[k]) for k in ("w_pre", "finetuned", "displaced", "scan", "trajectory")] == [1, 1, 1, 4, 2]
+    assert [len(res.records[k]) for k in ("w_pre", "finetuned", "displaced", "scan", "trajectory")] == [
+        1,
+        1,
+        1,
+        4,
+        2,
+    ]
     assert res.context["loss_size"] == 200 and len(res.context["loss_subset_sha256"]) == 64
     fin, dis = res.records["finetuned"][0], res.records["displaced"][0]
     assert fin["dist2"] == pytest.approx(dis["dist2"], rel=1e-12)  # the same displacement d at two points
@@ -97,12 +111,20 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
     # tables, figures from the tables, and the loader that checks them
     out = tmp_path / "export"
     written = plots.export_theorem1(theorem1.load_stored(tmp_path / "results")[0], out)
-    for name in ("network_penalty.csv", "trajectory.csv", "meta.json", "theorem1_network.png",
-                 "theorem1_network.pdf", "theorem1_trajectory.png"):  # fmt: skip
+    for name in (
+        "network_penalty.csv",
+        "trajectory.csv",
+        "meta.json",
+        "theorem1_network.png",
+        "theorem1_network.pdf",
+        "theorem1_trajectory.png",
+    ):
         assert written[name].is_file() and written[name].stat().st_size > 0, name
     assert written["theorem1_network.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     points, traj, meta = theorem1.load_tables(out)
-    assert [r["part"] for r in points] == ["w_pre", "finetuned", "displaced"] + ["scan"] * 4 and len(traj) == 4
+    assert [r["part"] for r in points] == ["w_pre", "finetuned", "displaced"] + ["scan"] * 4 and len(
+        traj
+    ) == 4
     assert points[1]["second_order"] == pytest.approx(fin["second_order"], rel=1e-9)
     assert meta["claims"]["finetuned"]["ps"] == [0.6] and meta["store_key"] == res.config.key()
     # compare reads the store (exported on the fly) and its export as the same numbers

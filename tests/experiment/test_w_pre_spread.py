@@ -37,7 +37,10 @@ def test_spread_rows_follow_their_formulas(sweep_records):
 
 
 def test_claims_per_w_pre_and_for_every_w_pre(sweep_records):
-    bad = [dict(r, source_val_acc=r["source_val_acc"] - 0.5) if r["method"] == "mixout" else r for r in sweep_records]
+    bad = [
+        dict(r, source_val_acc=r["source_val_acc"] - 0.5) if r["method"] == "mixout" else r
+        for r in sweep_records
+    ]
     rows = w_pre_spread.claim_rows({0: sweep_records, 1: bad}, {0: {"acc": 0.97, "epoch": 9}})
     assert [r["source_acc_mixout_ge_dropout"] for r in rows] == [True, False]
     assert rows[0]["w_pre_source_acc"] == 0.97 and rows[1]["w_pre_source_acc"] is None
@@ -53,9 +56,18 @@ def two_seeds(make_exp, tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     stores = {}
     for seed in (0, 1):
-        cfg = sweep.profile_config("smoke", source="stand-in", data=sweep.data_fingerprint(exp), source_train=None,
-                                   target_train=None, eval_size=None, pretrain_epochs=2, ps=(0.0, 0.5), restarts=3,
-                                   pretrain_seed=seed)  # fmt: skip
+        cfg = sweep.profile_config(
+            "smoke",
+            source="stand-in",
+            data=sweep.data_fingerprint(exp),
+            source_train=None,
+            target_train=None,
+            eval_size=None,
+            pretrain_epochs=2,
+            ps=(0.0, 0.5),
+            restarts=3,
+            pretrain_seed=seed,
+        )
         tensors = sweep.experiment_tensors(exp, cfg)
         w_pre = sweep.pretrain(root, cfg, tensors, CPU)
         cfg = sweep.dataclasses.replace(cfg, w_pre=sweep.tensors_sha256(w_pre)[:16])
@@ -70,10 +82,17 @@ def test_pretrain_seeds_make_separate_w_pre_and_stores_and_one_spread(two_seeds)
     assert stores[0].dir != stores[1].dir and len(list((root / "pretrain").glob("*.pt"))) == 2
     # Figure 2 is seed 0's store; seed 1's is the spread's only
     assert sweep.is_figure2_store(stores[0].dir) and not sweep.is_figure2_store(stores[1].dir)
-    assert {p.name for p in paths} >= {"w_pre_spread.csv", "w_pre_claims.csv", "figure2_w_pre.png", "meta.json"}
+    assert {p.name for p in paths} >= {
+        "w_pre_spread.csv",
+        "w_pre_claims.csv",
+        "figure2_w_pre.png",
+        "meta.json",
+    }
     rows, claims, meta = w_pre_spread.load_spread(folder)
-    assert [c["pretrain_seed"] for c in claims] == [0, 1] and meta["stores"] == {"0": stores[0].dir.name,
-                                                                                  "1": stores[1].dir.name}
+    assert [c["pretrain_seed"] for c in claims] == [0, 1] and meta["stores"] == {
+        "0": stores[0].dir.name,
+        "1": stores[1].dir.name,
+    }
     # the tables are the formulas on the stored records (recomputed here from the stores)
     recs = {s: st.records() for s, st in stores.items()}
     m = [np.mean([r["target_val_acc"] for r in recs[s] if r["method"] == "mixout"]) for s in (0, 1)]
@@ -95,7 +114,8 @@ def test_every_record_and_export_names_the_machine(two_seeds):
     other = dict(rec, cpu_capability="AVX2" if rec["cpu_capability"] == "DEFAULT" else "DEFAULT")
     assert machine.machines_of([rec, rec, other]) == [
         {k: rec[k] for k in machine.MACHINE_FIELDS if k in rec},
-        {k: v for k, v in other.items() if k in machine.MACHINE_FIELDS}]
+        {k: v for k, v in other.items() if k in machine.MACHINE_FIELDS},
+    ]
     assert "kernels" in machine.describe(machine.machine("cpu"))
 
 
@@ -111,8 +131,10 @@ def test_compare_two_w_pre_with_and_without_their_spread(two_seeds, capsys):
     assert "tau_w_pre" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["--pretrain-seeds", "0"], ["--pretrain-seeds", "x"],
-                                  ["--pretrain-seeds", "2", "--pretrain-search"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "argv",
+    [["--pretrain-seeds", "0"], ["--pretrain-seeds", "x"], ["--pretrain-seeds", "2", "--pretrain-search"]],
+)
 def test_bad_pretrain_seeds_exit_2_before_any_work(argv, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "--profile", "smoke", "--results", str(tmp_path), *argv])

@@ -50,7 +50,10 @@ def test_non_number_p_raises_type_error():
 
 def test_corollary_is_theorem1_with_bernoulli_moments_and_matches_formula(gen):
     g = gen(1)
-    w, u = torch.randn(5, 7, generator=g, dtype=torch.float64), torch.randn(5, 7, generator=g, dtype=torch.float64)
+    w, u = (
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+        torch.randn(5, 7, generator=g, dtype=torch.float64),
+    )
     dist = ((w - u) ** 2).sum().item()
     for p in (0.0, 0.2, 0.5, 0.8, 0.95):
         mu, s2 = B.bernoulli_moments(p)
@@ -93,7 +96,9 @@ def test_collections_equal_the_concatenated_tensor(gen):
     flat_w = torch.cat([x.flatten() for x in ws])
     flat_u = torch.cat([x.flatten() for x in us])
     ref = B.corollary11_penalty(flat_w, flat_u, 1.3, 0.4).item()
-    as_dict = B.corollary11_penalty(dict(a=ws[0], b=ws[1], c=ws[2]), dict(c=us[2], a=us[0], b=us[1]), 1.3, 0.4)
+    as_dict = B.corollary11_penalty(
+        dict(a=ws[0], b=ws[1], c=ws[2]), dict(c=us[2], a=us[0], b=us[1]), 1.3, 0.4
+    )
     assert as_dict.item() == pytest.approx(ref, rel=1e-6)
     assert B.corollary11_penalty(ws, us, 1.3, 0.4).item() == pytest.approx(ref, rel=1e-6)
     assert B.corollary11_penalty(tuple(ws), tuple(us), 1.3, 0.4).item() == pytest.approx(ref, rel=1e-6)
@@ -151,7 +156,9 @@ def test_restricted_bound_uses_only_the_mixed_entries():
     pred = lambda name: name.endswith("weight")  # noqa: E731
     assert B.restricted_corollary11_penalty(w, u, 2.0, 0.7, pred).item() == pytest.approx(expected, rel=1e-6)
     as_masks = {"0.weight": True, "2.weight": torch.ones(2, 3, dtype=torch.bool)}
-    assert B.restricted_corollary11_penalty(w, u, 2.0, 0.7, as_masks).item() == pytest.approx(expected, rel=1e-6)
+    assert B.restricted_corollary11_penalty(w, u, 2.0, 0.7, as_masks).item() == pytest.approx(
+        expected, rel=1e-6
+    )
     # restricted <= unrestricted, strictly here (biases differ too)
     assert B.restricted_corollary11_penalty(w, u, 2.0, 0.7, mixed) < B.corollary11_penalty(w, u, 2.0, 0.7)
 
@@ -166,7 +173,8 @@ def test_restricted_bound_with_coordinate_masks(gen):
     got = B.restricted_corollary11_penalty(ws, us, 1.0, 0.5, [cols, False]).item()
     assert got == pytest.approx(expected, rel=1e-6)
     assert B.restricted_corollary11_penalty(ws, us, 1.0, 0.5, [1]).item() == pytest.approx(
-        B.corollary11_penalty(w, u, 1.0, 0.5).item(), rel=1e-6)
+        B.corollary11_penalty(w, u, 1.0, 0.5).item(), rel=1e-6
+    )
 
 
 def test_restricted_bad_selections_raise():
@@ -224,7 +232,9 @@ def test_least_squares_modulus_equals_hessian_min_eigenvalue(gen):
     X = torch.randn(30, 4, generator=g, dtype=torch.float64)
     y = torch.randn(30, generator=g, dtype=torch.float64)
     m = B.least_squares_modulus(X)
-    H = torch.autograd.functional.hessian(lambda v: B.least_squares_loss(v, X, y), torch.zeros(4, dtype=torch.float64))
+    H = torch.autograd.functional.hessian(
+        lambda v: B.least_squares_loss(v, X, y), torch.zeros(4, dtype=torch.float64)
+    )
     torch.testing.assert_close(H, X.T @ X / 30)
     assert _min_eig(H) == pytest.approx(m, rel=1e-10)
     # an intercept column is the caller's: add_intercept appends ones
@@ -302,7 +312,11 @@ def test_strong_convexity_inequality_eq1_at_random_pairs(gen):
             yv = 2 * torch.randn(shape, generator=g, dtype=torch.float64)
             fx = f(x)
             (grad,) = torch.autograd.grad(fx, x)
-            rhs = fx.item() + (grad * (yv - x.detach())).sum().item() + m / 2 * ((yv - x.detach()) ** 2).sum().item()
+            rhs = (
+                fx.item()
+                + (grad * (yv - x.detach())).sum().item()
+                + m / 2 * ((yv - x.detach()) ** 2).sum().item()
+            )
             assert f(yv).item() >= rhs - 1e-10
 
 
@@ -321,4 +335,6 @@ def test_losses_are_batched_and_match_torch_references(gen):
     ref_ls = torch.stack([((X @ v - yb) ** 2).sum() / 40 for v in w])
     torch.testing.assert_close(B.least_squares_loss(w, X, yb), ref_ls)
     A = torch.eye(3, dtype=torch.float64) * 2
-    torch.testing.assert_close(B.quadratic_loss(w, A, torch.zeros(3, dtype=torch.float64), 1.0), (w**2).sum(-1) + 1.0)
+    torch.testing.assert_close(
+        B.quadratic_loss(w, A, torch.zeros(3, dtype=torch.float64), 1.0), (w**2).sum(-1) + 1.0
+    )

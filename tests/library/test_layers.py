@@ -56,18 +56,46 @@ def _conv1d_layout(plain):
 CASES = {
     "linear": (lambda: nn.Linear(6, 4), MixLinear, lambda g: (torch.randn(5, 6, generator=g),), ["weight"]),
     "conv1D": (lambda: Conv1DLayout(4, 6), None, lambda g: (torch.randn(2, 3, 6, generator=g),), ["weight"]),
-    "conv1d": (lambda: nn.Conv1d(3, 4, 3), MixConv1d, lambda g: (torch.randn(2, 3, 8, generator=g),), ["weight"]),
-    "conv2d-groups": (lambda: nn.Conv2d(4, 6, 3, groups=2, padding=1), MixConv2d,
-                      lambda g: (torch.randn(2, 4, 5, 5, generator=g),), ["weight"]),
-    "conv3d": (lambda: nn.Conv3d(2, 3, 2), MixConv3d, lambda g: (torch.randn(1, 2, 3, 3, 3, generator=g),), ["weight"]),
-    "embedding": (lambda: nn.Embedding(7, 4, padding_idx=0), MixEmbedding,
-                  lambda g: (torch.randint(0, 7, (3, 5), generator=g),), ["weight"]),
-    "mha": (lambda: nn.MultiheadAttention(8, 2, batch_first=True), MixMultiheadAttention,
-            lambda g: (torch.randn(2, 5, 8, generator=g),) * 3, ["in_proj_weight", "out_proj.weight"]),
-    "mha-kdim": (lambda: nn.MultiheadAttention(8, 2, kdim=6, vdim=5), MixMultiheadAttention,
-                 lambda g: (torch.randn(5, 2, 8, generator=g), torch.randn(4, 2, 6, generator=g),
-                            torch.randn(4, 2, 5, generator=g)),
-                 ["q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"]),
+    "conv1d": (
+        lambda: nn.Conv1d(3, 4, 3),
+        MixConv1d,
+        lambda g: (torch.randn(2, 3, 8, generator=g),),
+        ["weight"],
+    ),
+    "conv2d-groups": (
+        lambda: nn.Conv2d(4, 6, 3, groups=2, padding=1),
+        MixConv2d,
+        lambda g: (torch.randn(2, 4, 5, 5, generator=g),),
+        ["weight"],
+    ),
+    "conv3d": (
+        lambda: nn.Conv3d(2, 3, 2),
+        MixConv3d,
+        lambda g: (torch.randn(1, 2, 3, 3, 3, generator=g),),
+        ["weight"],
+    ),
+    "embedding": (
+        lambda: nn.Embedding(7, 4, padding_idx=0),
+        MixEmbedding,
+        lambda g: (torch.randint(0, 7, (3, 5), generator=g),),
+        ["weight"],
+    ),
+    "mha": (
+        lambda: nn.MultiheadAttention(8, 2, batch_first=True),
+        MixMultiheadAttention,
+        lambda g: (torch.randn(2, 5, 8, generator=g),) * 3,
+        ["in_proj_weight", "out_proj.weight"],
+    ),
+    "mha-kdim": (
+        lambda: nn.MultiheadAttention(8, 2, kdim=6, vdim=5),
+        MixMultiheadAttention,
+        lambda g: (
+            torch.randn(5, 2, 8, generator=g),
+            torch.randn(4, 2, 6, generator=g),
+            torch.randn(4, 2, 5, generator=g),
+        ),
+        ["q_proj_weight", "k_proj_weight", "v_proj_weight", "out_proj.weight"],
+    ),
 }
 
 

@@ -214,7 +214,9 @@ def test_dropout_is_mixout_towards_zero(gen, wu, p):
     # dropconnect(p) = mixconnect(0, p)
     pmask = parameter_mask(w, p, gen(3))
     assert torch.equal(mixconnect(w, None, p, generator=gen(3)), w * (pmask / (1 - p)))
-    torch.testing.assert_close(mixconnect(w, None, p, generator=gen(3)), w * pmask / (1 - p), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        mixconnect(w, None, p, generator=gen(3)), w * pmask / (1 - p), rtol=1e-15, atol=0
+    )
 
 
 # ------------------------------------------------------------------------------------------ gradients
@@ -241,8 +243,7 @@ def test_authors_backward_is_not_the_derivative(gen, wu):
     def f(weight):
         return mixout_authors(weight, u, 0.5, generator=gen(5))
 
-    assert not torch.autograd.gradcheck(f, (w,), eps=1e-6, atol=1e-8, rtol=1e-6,
-                                        raise_exception=False)
+    assert not torch.autograd.gradcheck(f, (w,), eps=1e-6, atol=1e-8, rtol=1e-6, raise_exception=False)
 
 
 @pytest.mark.parametrize("op", [mixout, mixconnect], ids=["mixout", "mixconnect"])
@@ -398,7 +399,11 @@ def test_mixout_linear_equals_the_composition(gen, target_kind):
             assert torch.equal(phi_t[mask == 0], (torch.zeros_like(w) if u is None else u).t()[mask == 0])
             if p == 0.7:  # P(no column mixed) = 0.3^11: some column gets no gradient at all
                 assert (mask == 0).any()
-        args = (x.clone().requires_grad_(True), w.clone().requires_grad_(True), b.clone().requires_grad_(True))
+        args = (
+            x.clone().requires_grad_(True),
+            w.clone().requires_grad_(True),
+            b.clone().requires_grad_(True),
+        )
 
         def f(xv, wv, bv):
             return mixing.mixout_linear(xv, wv, bv, u, 0.4, generator=gen(1)).tanh()
@@ -441,7 +446,7 @@ def test_target_moved_to_weight_device(op):
     phi = op(w, u, 0.5, generator=g)
     assert phi.device == w.device and phi.dtype == w.dtype
     assert torch.equal(op(w, u, 1.0), u.to("cuda", torch.float64))
-    mixed = (phi == u.to("cuda", torch.float64))
+    mixed = phi == u.to("cuda", torch.float64)
     kept = torch.isclose(phi, u.to("cuda", torch.float64) + (w - u.to("cuda", torch.float64)) / 0.5)
     assert torch.all(mixed | kept)
 

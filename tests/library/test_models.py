@@ -26,8 +26,14 @@ from mixout_theory.modules import UnmixedLayerWarning, mixed_layer_names, mixout
 class CNN(nn.Module):
     def __init__(self):
         super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Dropout2d(0.2), nn.Conv2d(4, 6, 3, groups=2),
-                                      nn.ReLU(), nn.Flatten())
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 4, 3),
+            nn.ReLU(),
+            nn.Dropout2d(0.2),
+            nn.Conv2d(4, 6, 3, groups=2),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
         self.dropout = nn.Dropout(0.3)
         self.head = nn.Linear(6 * 4 * 4, 3)
 
@@ -51,12 +57,26 @@ class Model:
             transformers = pytest.importorskip("transformers")
             ids = torch.randint(1, 20, (2, 5), generator=g)
             if name == "bert":
-                config = transformers.BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-                                                 intermediate_size=16, max_position_embeddings=16, num_labels=3)
+                config = transformers.BertConfig(
+                    vocab_size=20,
+                    hidden_size=8,
+                    num_hidden_layers=2,
+                    num_attention_heads=2,
+                    intermediate_size=16,
+                    max_position_embeddings=16,
+                    num_labels=3,
+                )
                 self.plain = transformers.BertForSequenceClassification(config)
             else:
-                config = transformers.GPT2Config(vocab_size=20, n_embd=8, n_layer=2, n_head=2, n_positions=16,
-                                                 bos_token_id=0, eos_token_id=0)
+                config = transformers.GPT2Config(
+                    vocab_size=20,
+                    n_embd=8,
+                    n_layer=2,
+                    n_head=2,
+                    n_positions=16,
+                    bos_token_id=0,
+                    eos_token_id=0,
+                )
                 self.plain = transformers.GPT2LMHeadModel(config)
             self.inputs = {"input_ids": ids}
 
@@ -98,8 +118,11 @@ EXPECTED = {
     "cnn": {"features.0": "MixConv2d", "features.3": "MixConv2d", "head": "MixLinear"},
     "encoder-layer": {"self_attn": "MixMultiheadAttention", "linear1": "MixLinear", "linear2": "MixLinear"},
     "bert": {"bert.encoder.layer.0.attention.self.query": "MixLinear", "classifier": "MixLinear"},
-    "gpt2": {"transformer.h.0.attn.c_attn": "MixConv1D", "transformer.h.1.mlp.c_proj": "MixConv1D",
-             "lm_head": "MixLinear"},
+    "gpt2": {
+        "transformer.h.0.attn.c_attn": "MixConv1D",
+        "transformer.h.1.mlp.c_proj": "MixConv1D",
+        "lm_head": "MixLinear",
+    },
 }
 
 
@@ -153,7 +176,9 @@ def test_one_adam_step_moves_what_it_should(model):
         assert torch.equal(after[k] != before[k], g), k
     mixed_weights = [k for k in has_grad if any(k.startswith(n + ".") for n in EXPECTED[name])]
     assert mixed_weights and all(has_grad[k].any() for k in mixed_weights)
-    assert all(torch.equal(v, before[k]) for k, v in m.plain.state_dict().items())  # the original is untouched
+    assert all(
+        torch.equal(v, before[k]) for k, v in m.plain.state_dict().items()
+    )  # the original is untouched
 
 
 @pytest.mark.slow  # gradcheck through a whole model: ~8 s (cnn) to ~44 s (gpt2)
@@ -180,10 +205,13 @@ def test_state_dict_rebuilds_the_mixed_model_with_its_p(model, tmp_path):
     mixed = mix(m, p=0.3)
     mixed.get_submodule(next(iter(EXPECTED[name]))).p = 0.6  # one layer with its own p
     sd = mixed.state_dict()
-    rebuilt = mixout_model(copy.deepcopy(m.plain), from_state_dict=sd, example_inputs=m.inputs)  # same dropouts
+    rebuilt = mixout_model(
+        copy.deepcopy(m.plain), from_state_dict=sd, example_inputs=m.inputs
+    )  # same dropouts
     assert mixed_layer_names(rebuilt) == mixed_layer_names(mixed)
-    assert [x.p for x in rebuilt.modules() if isinstance(x, MixoutLayer)] == \
-        [x.p for x in mixed.modules() if isinstance(x, MixoutLayer)]
+    assert [x.p for x in rebuilt.modules() if isinstance(x, MixoutLayer)] == [
+        x.p for x in mixed.modules() if isinstance(x, MixoutLayer)
+    ]
     mixed.train(), rebuilt.train()
     seed_layers(mixed, 5)
     y1 = m.out(mixed)
@@ -196,8 +224,11 @@ def test_state_dict_rebuilds_the_mixed_model_with_its_p(model, tmp_path):
     legacy = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
     with pytest.raises(ValueError, match="without its p"):
         mixout_model(m.plain, from_state_dict=legacy, dropouts="all")
-    assert {x.p for x in mixout_model(m.plain, 0.2, from_state_dict=legacy, dropouts="all").modules()
-            if isinstance(x, MixoutLayer)} == {0.2}
+    assert {
+        x.p
+        for x in mixout_model(m.plain, 0.2, from_state_dict=legacy, dropouts="all").modules()
+        if isinstance(x, MixoutLayer)
+    } == {0.2}
     if m.hf:  # safetensors takes the mixed state dict as it is (tensors only)
         mixed.save_pretrained(tmp_path / "mixed")
         assert (tmp_path / "mixed" / "model.safetensors").exists()
@@ -240,7 +271,11 @@ def test_only_the_dropouts_feeding_mixed_layers_are_set():
     assert [first.features[2].p, first.dropout.p] == [0.2, 0.3]  # after the only mixed layer
     enc = Model("encoder-layer")
     mixed = mix(enc)
-    assert [mixed.dropout.p, mixed.dropout1.p, mixed.dropout2.p] == [0.0, 0.0, 0.1]  # dropout2 feeds the output
+    assert [mixed.dropout.p, mixed.dropout1.p, mixed.dropout2.p] == [
+        0.0,
+        0.0,
+        0.1,
+    ]  # dropout2 feeds the output
     assert mixed.self_attn.dropout == 0.1  # a float applied functionally: out of reach
     picked = mixout_model(enc.plain, 0.5, dropouts=lambda n, d: n == "dropout2")
     assert [picked.dropout.p, picked.dropout1.p, picked.dropout2.p] == [0.1, 0.1, 0.0]
@@ -271,7 +306,9 @@ def test_layers_that_cannot_be_mixed_are_listed():
             self.norm = nn.LayerNorm(4)  # 1-D weights: not a layer to list
             self.emb = nn.Embedding(5, 4, max_norm=1.0)
 
-    with pytest.warns(UnmixedLayerWarning, match=r"3 layer\(s\).*'rnn' \(LSTM\), 'bil' \(Bilinear\), 'emb' \(Embedding\)"):
+    with pytest.warns(
+        UnmixedLayerWarning, match=r"3 layer\(s\).*'rnn' \(LSTM\), 'bil' \(Bilinear\), 'emb' \(Embedding\)"
+    ):
         mixed = mixout_model(Odd(), 0.5, dropouts="all")
     assert mixed_layer_names(mixed) == ["lin"]
     with warnings.catch_warnings():

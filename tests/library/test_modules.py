@@ -206,8 +206,9 @@ class Nested(nn.Module):
         super().__init__()
         self.inp = nn.Linear(4, 6)
         self.blocks = nn.ModuleList([Block(), Block()])
-        self.heads = nn.ModuleDict({"a": nn.Sequential(nn.Linear(6, 3), nn.Dropout(0.1)),
-                                    "b": nn.Linear(6, 2)})
+        self.heads = nn.ModuleDict(
+            {"a": nn.Sequential(nn.Linear(6, 3), nn.Dropout(0.1)), "b": nn.Linear(6, 2)}
+        )
         self.attn = nn.MultiheadAttention(6, 2)  # its out_proj is never called as a module
 
     def forward(self, x):
@@ -354,8 +355,7 @@ def test_convert_hf_like_model_by_names_and_predicate(gen):
         return ".attention.self." in name and module.out_features == 8
 
     m2 = mixout_model(model, 0.9, pred, dropouts="all")
-    expected = [f"encoder.layer.{i}.attention.self.{k}" for i in range(2)
-                for k in ("query", "key", "value")]
+    expected = [f"encoder.layer.{i}.attention.self.{k}" for i in range(2) for k in ("query", "key", "value")]
     assert mixed_layer_names(m2) == expected
     calls = []
     m_gen = mixout_model(model, 0.5, (n for n in names), dropout_p=None)  # any iterable of names
@@ -390,8 +390,11 @@ def test_wrong_names_and_empty_selection():
     mixed = mixout_model(model, 0.5, ["classifier"], dropouts="all")
     with pytest.raises(ValueError, match=r"'classifier' \(MixLinear\)"):  # already mixed
         mixout_model(mixed, 0.5, ["classifier"])
-    with pytest.raises(ValueError, match=r"'attn.out_proj' \(NonDynamicallyQuantizableLinear, part of the "
-                       r"MultiheadAttention 'attn'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'attn.out_proj' \(NonDynamicallyQuantizableLinear, part of the "
+        r"MultiheadAttention 'attn'\)",
+    ):
         mixout_model(Nested(), 0.5, ["attn.out_proj"])
     with pytest.raises(TypeError, match="needs p"):
         mixout_model(model)

@@ -6,7 +6,6 @@ test also asserts that the standard error is small relative to the quantity, so 
 means something.
 """
 
-
 import pytest
 import torch
 
@@ -54,7 +53,10 @@ def test_quadratic_penalty_is_the_covariance_formula(gen):
     shape, p = (2, 3), 0.4
     Q = torch.randn(6, 6, generator=g, dtype=torch.float64)
     A = Q @ Q.T + 0.1 * torch.eye(6, dtype=torch.float64)
-    w, u = torch.randn(shape, generator=g, dtype=torch.float64), torch.randn(shape, generator=g, dtype=torch.float64)
+    w, u = (
+        torch.randn(shape, generator=g, dtype=torch.float64),
+        torch.randn(shape, generator=g, dtype=torch.float64),
+    )
     d = (w - u).reshape(-1)
     groups = P.neuron_groups(shape)
     same = (groups[:, None] == groups[None, :]).to(torch.float64)
@@ -116,8 +118,9 @@ def test_unvectorisable_loss_falls_back_to_a_loop_with_a_warning():
 
     ref = P.empirical_penalty(case.loss, case.w, case.u, 0.5, 200, scheme="parameter", generator=13)
     with pytest.warns(RuntimeWarning, match="vmap"):
-        got = P.empirical_penalty(python_loss, case.w, case.u, 0.5, 200, scheme="parameter",
-                                  generator=13, batched=False)
+        got = P.empirical_penalty(
+            python_loss, case.w, case.u, 0.5, 200, scheme="parameter", generator=13, batched=False
+        )
     assert got.mean == pytest.approx(ref.mean, rel=1e-12)
 
 
@@ -159,7 +162,9 @@ def test_p_zero_is_exactly_zero_and_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"batched loss_fn must map a batch of 1 .* shape \(1,\), got \(\)"):
         P.empirical_penalty(lambda v: v.sum(), case.w, case.u, 0.5, 10, batch_size=5)
     with pytest.raises(ValueError, match=r"batch of 5 .* got \(5, 6\)"):
-        P.empirical_penalty(lambda v: v if v.shape[0] == 5 else v.sum(1), case.w, case.u, 0.5, 10, batch_size=5)
+        P.empirical_penalty(
+            lambda v: v if v.shape[0] == 5 else v.sum(1), case.w, case.u, 0.5, 10, batch_size=5
+        )
     with pytest.raises(ValueError, match="shape mismatch"):
         P.empirical_penalty(case.loss, case.w, case.u[:3], 0.5, 10)
     with pytest.raises(ValueError, match="only in w"):
@@ -246,5 +251,3 @@ def test_mixout_least_squares_matches_sgd_with_exact_mixout_gradients(gen, p):
             avg += w.detach()
     avg /= steps - steps // 2
     assert (avg - exact).norm().item() < 0.01, (avg, exact)
-
-

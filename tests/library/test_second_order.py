@@ -57,12 +57,15 @@ def test_quadratic_over_a_dict_with_a_partly_mixed_entry():
     # the closed form with the unmixed coordinates' displacement set to zero (they are never mixed)
     u_b = torch.where(sel, u["b"], w["b"])
     ids = torch.cat([penalty.neuron_groups((3, 4)), 4 + torch.arange(5)])
-    want = penalty.quadratic_penalty(A, torch.cat([w["a"].reshape(-1), w["b"]]),
-                                     torch.cat([u["a"].reshape(-1), u_b]), 0.4, groups=ids)  # fmt: skip
+    want = penalty.quadratic_penalty(
+        A, torch.cat([w["a"].reshape(-1), w["b"]]), torch.cat([u["a"].reshape(-1), u_b]), 0.4, groups=ids
+    )
     assert terms.penalty(0.4) == pytest.approx(want, rel=1e-10)
     assert terms.n_groups == 4 + 3
     assert sum(terms.by_entry.values()) == pytest.approx(terms.quad, rel=1e-12)
-    assert terms.dist2 == pytest.approx(float((w["a"] - u["a"]).pow(2).sum() + (w["b"] - u["b"])[sel].pow(2).sum()))
+    assert terms.dist2 == pytest.approx(
+        float((w["a"] - u["a"]).pow(2).sum() + (w["b"] - u["b"])[sel].pow(2).sum())
+    )
     assert terms.m_eff == pytest.approx(terms.quad / terms.dist2)
 
 
@@ -75,9 +78,11 @@ def _small_mlp(seed=0, sizes=(20, 16, 12, 5), n=64, device="cpu"):
     """
     g = torch.Generator().manual_seed(seed)
     d0, d1, d2, d3 = sizes
-    net = {"w1": torch.randn(d1, d0, generator=g, dtype=D) / math.sqrt(d0),
-           "w2": torch.randn(d2, d1, generator=g, dtype=D) / math.sqrt(d1),
-           "w3": torch.randn(d3, d2, generator=g, dtype=D) / math.sqrt(d2)}  # fmt: skip
+    net = {
+        "w1": torch.randn(d1, d0, generator=g, dtype=D) / math.sqrt(d0),
+        "w2": torch.randn(d2, d1, generator=g, dtype=D) / math.sqrt(d1),
+        "w3": torch.randn(d3, d2, generator=g, dtype=D) / math.sqrt(d2),
+    }
     x = torch.randn(n, d0, generator=g, dtype=D)
     y = torch.randint(0, d3, (n,), generator=g)
     net, x, y = {k: v.to(device) for k, v in net.items()}, x.to(device), y.to(device)
@@ -113,7 +118,9 @@ def test_lanczos_extremes_equal_the_dense_eigenvalues():
     eig = torch.linalg.eigvalsh(H)
     c = second_order.curvature(loss, w, method="lanczos", tol=1e-10)
     assert c.method == "lanczos" and c.n == op.n
-    assert c.m_min == pytest.approx(eig[0].item(), abs=1e-6) and c.m_max == pytest.approx(eig[-1].item(), abs=1e-6)
+    assert c.m_min == pytest.approx(eig[0].item(), abs=1e-6) and c.m_max == pytest.approx(
+        eig[-1].item(), abs=1e-6
+    )
     assert not c.convex  # the cross-entropy of a network is not convex in its hidden weights here
     d = second_order.curvature(loss, w, method="dense")
     assert d.m_min == pytest.approx(eig[0].item(), rel=1e-12) and d.n_hvp == op.n
