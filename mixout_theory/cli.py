@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 import warnings
@@ -34,8 +33,6 @@ commands:
 """
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 SOURCES = ("auto", "emnist", "stand-in")  # = experiment.data.SOURCE_CHOICES (tests/test_cli.py)
-STUDIES = ("small_data", "new_head", "trajectory")  # = experiment.ablations.STUDIES (tests/test_cli.py)
-BANDS = ("std", "ci95")  # = experiment.report.BANDS (tests/test_cli.py)
 
 
 def _store_dir(value, name: str) -> Path:
@@ -62,24 +59,8 @@ def _add_results(p) -> None:
     )
 
 
-def _add_figure_options(p) -> None:
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="DIR",
-        help="figure folder (default: $MIXOUT_FIGURES, else the checkout's figures/)",
-    )
-    p.add_argument(
-        "--band",
-        default="std",
-        choices=BANDS,
-        help="band around the means over restarts: +-1 std as in the paper, or the t-based 95%% "
-        "confidence interval of the mean (default: std)",
-    )
-
-
-def _add_run_options(p) -> None:
-    """The options every training command shares: what to run, where the files are, how to run."""
+def _add_run_options(p, study) -> None:
+    """The options every study command shares: what to run, where the files are, how to run."""
     p.add_argument("--profile", default="paper", choices=PROFILES, help="how big (default: paper)")
     p.add_argument(
         "--source",
@@ -102,36 +83,30 @@ def _add_run_options(p) -> None:
         "--chunk",
         type=int,
         default=None,
-        help="runs trained at once per ensemble (default: 17 for the sweep, 16 for the ablations)",
+        help=f"runs trained at once per ensemble (default: {study.chunk or 'one ensemble per stage'})",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: progress bars on)")
-
-
-def _add_export(p, study: str, files: str) -> None:
-    """``--export`` of a study command (the folder :func:`_export_dir` resolves)."""
     p.add_argument(
-        "--export",
+        "--shard",
         default=None,
-        metavar="DIR",
-        help=f"folder for {files} (default: the figure folder's {study}-<profile>-<source>/)",
+        metavar="K/N",
+        help="compute only part K of N of the run list into the shared store (a job array's task); the "
+        "export waits until every part is stored (default: all of it)",
     )
-
-
-def _export_dir(args, study: str, profile: str, source: str) -> Path:
-    """``--export``, else ``figures/<study>-<profile>-<source>/``."""
-    if args.export is not None:
-        return Path(args.export)
-    from mixout_theory.experiment.store import export_dir
-
-    return export_dir(study, profile, source)
 
 
 def _run_options(args, parser):
     from mixout_theory.experiment.engine import RunOptions
+    from mixout_theory.experiment.shard import Shard
 
     try:
+        shard = None if args.shard is None else Shard.parse(args.shard)
         return RunOptions(
-            device=args.device, workers=args.workers, chunk=args.chunk, progress=not args.no_progress
+            device=args.device,
+            workers=args.workers,
+            chunk=args.chunk,
+            progress=not args.no_progress,
+            shard=shard,
         )
     except ValueError as e:
         parser.error(str(e))
@@ -180,17 +155,18 @@ def _add_figures(sub) -> None:
         "distance figure, the spread across w_pre (reproduce --pretrain-seeds), the ablation and Theorem 1 "
         "figures and tables. Never trains anything.",
     )
-    _add_figure_options(p)
+    from mixout_theory.experiment.studies import add_figure_options
+
+    add_figure_options(p)
     _add_results(p)
     p.set_defaults(func=_cmd_figures, command_parser=p)
 
 
 def _cmd_figures(args, parser) -> int:
-    from mixout_theory.experiment import plots, w_pre_spread
+    from mixout_theory.experiment.studies import render_stored
 
     out, results = _store_dir(args.out, "figures"), _store_dir(args.results, "results")
-    paths = plots.render_all(out, results=results, band=args.band)
-    paths += w_pre_spread.render_spreads(results, out) if results.exists() else []
+    paths = render_stored(out, results=results, band=args.band)
     for path in paths:
         print(path)
     print(f"{len(paths)} files written under {out}")
@@ -239,245 +215,52 @@ def _cmd_data(args, parser) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------- reproduce
+# ------------------------------------------------------------------------- the study commands
 
 
-def _add_reproduce(sub) -> None:
-    p = sub.add_parser(
-        "reproduce",
-        help="the EMNIST Digits -> MNIST experiment end to end: data, pretraining, sweep, figures",
-        description="Run the whole pipeline for a profile (smoke: CI-sized, about a minute; quick: "
-        "minutes; paper: the full protocol of the paper's Section 4). Every finished run is stored "
-        "as it ends and skipped on a rerun, so an interrupted reproduction continues where it stopped.",
+def _add_study(sub, study) -> None:
+    """One study's command: the shared options (:func:`_add_run_options`), then the study's own."""
+    p = sub.add_parser(study.command, help=study.help, description=study.description)
+    _add_run_options(p, study)
+    study.add_arguments(p)
+    p.set_defaults(func=_cmd_study, command_parser=p, study=study.name)
+
+
+def _cmd_study(args, parser) -> int:
+    """Compute the study's runs (this shard's share), export it once every run is stored, compare."""
+    from mixout_theory.experiment.studies import REGISTRY, complete_export
+    from mixout_theory.experiment.study import Context
+
+    study = REGISTRY[args.study]
+    ctx = Context(
+        args.profile,
+        results=args.results,
+        figures=getattr(args, "out", None),
+        data_root=args.data_root,
+        source=args.source,
+        emnist_from=getattr(args, "emnist_from", None),
+        options=_run_options(args, parser),
     )
-    _add_run_options(p)
-    p.add_argument(
-        "--emnist-from",
-        default=None,
-        metavar="PATH",
-        help="a local EMNIST gzip.zip or folder holding the digits files (default: none)",
-    )
-    p.add_argument(
-        "--pretrain-search",
-        action="store_true",
-        help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20, slow (default: one seed, 10 epochs)",
-    )
-    p.add_argument(
-        "--pretrain-seeds",
-        type=_positive_int,
-        default=1,
-        metavar="N",
-        help="run the sweep from N w_pre pretrained with seeds 0..N-1 (each cached) and report every "
-        "number's spread across w_pre beside its spread across restarts (default: 1, seed 0)",
-    )
-    _add_figure_options(p)
-    p.set_defaults(func=_cmd_reproduce, command_parser=p)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
-
-
-def _cmd_reproduce(args, parser) -> int:
-    options = _run_options(args, parser)
-    from mixout_theory.experiment import plots, report, sweep, w_pre_spread
-
-    if args.pretrain_search and args.pretrain_seeds > 1:
-        parser.error(
-            "--pretrain-search picks one w_pre from its own 5 seeds; use it without --pretrain-seeds"
-        )
+    kwargs = study.run_kwargs(args, parser)
     t0 = time.perf_counter()
-    overrides = {"pretrain_search": True} if args.pretrain_search else {}
-    results, out = _store_dir(args.results, "results"), _store_dir(args.out, "figures")
-    stores = []
-    for seed in range(args.pretrain_seeds):  # seed 0 first: Figure 2's w_pre
-        if args.pretrain_seeds > 1:
-            print(f"w_pre {seed + 1} of {args.pretrain_seeds} (pretraining seed {seed})", flush=True)
-        seeded = {**overrides, "pretrain_seed": seed} if args.pretrain_seeds > 1 else overrides
-        stores.append(
-            sweep.run_experiment(
-                args.profile,
-                options,
-                data_root=args.data_root,
-                results=results,
-                source=args.source,
-                emnist_from=args.emnist_from,
-                **seeded,
-            )
-        )
-    store = stores[0]
-    plots.render_all(out, results=results, band=args.band)
-    if len(stores) > 1:
-        w_pre_spread.render_spreads(results, out)
-    records = store.records()
-    folder = out / f"experiment-{store.config.profile}-{store.config.source}"
+    result = study.run(ctx, **kwargs)
+    stores = study.stores(result)
     print(
-        f"\nreproduce, {args.profile} profile, {records[0]['source_name']}: done in {_duration(time.perf_counter() - t0)}"
+        f"\n{study.command}, {ctx.profile} profile, {study.source_name(result)}: done in {_duration(time.perf_counter() - t0)}"
     )
-    print(_runs_line(stores, total=len(sweep.sweep_members(store.config)) * len(stores)))
-    print("Figure 2 claims on these runs:")
-    for line in report.claims_in_words(report.figure2_claims(records)):
-        print("  " + line)
-    print(f"table:   {folder / 'table.md'} (also table.csv, runs.csv, meta.json)")
-    print(f"figures: {folder}/figure2.png and layer_distances.png (and PDF); every figure under {out}")
-    if len(stores) > 1:
-        _print_spread(out / f"{w_pre_spread.STUDY}-{store.config.profile}-{store.config.source}")
-    _print_comparison("figure2", folder, store.config.profile, store.config.source)
-    return 0
-
-
-def _print_spread(folder: Path) -> None:
-    """What ``reproduce --pretrain-seeds`` adds: which claims hold for every w_pre, how wide each spread is."""
-    from mixout_theory.experiment import w_pre_spread
-
-    rows, claims, meta = w_pre_spread.load_spread(folder)
-    print(f"across {len(claims)} w_pre (pretraining seeds 0..{len(claims) - 1}):")
-    for name, c in meta["claims_for_every_w_pre"].items():
-        print(f"  {name}: held for {c['held']} of {c['of']} w_pre")
-    levels = [r for r in rows if r["quantity"] != "source_acc_gap" and r["p"] > 0]
-    if levels:
-        widest = max(levels, key=lambda r: r["ratio"])
+    print(_runs_line(stores, total=sum(len(s.planned or s.done()) for s in stores), noun=study.noun))
+    folder = study.export_folder(ctx, result, args)
+    export_kwargs = study.export_kwargs(args) if hasattr(study, "export_kwargs") else {}
+    written, missing = complete_export(study, result, ctx, folder, **export_kwargs)
+    if missing:
         print(
-            f"  spread of a w_pre's mean across w_pre: median {statistics.median(r['ratio'] for r in levels):.1f}x the "
-            f"restarts' standard error (largest {widest['ratio']:.1f}x: {widest['method']} p={widest['p']:g} "
-            f"{widest['quantity']})"
+            f"not exported yet: {len(missing)} {study.noun} of the study are not stored "
+            f"(e.g. {', '.join(missing[:3])}); run the other shards, then this command without --shard "
+            "(it computes nothing more and exports)"
         )
-    print(f"  tables and figure: {folder} (w_pre_spread.csv, w_pre_claims.csv, figure2_w_pre.png)")
-
-
-# ----------------------------------------------------------------------------------- ablations
-
-
-def _add_ablations(sub) -> None:
-    p = sub.add_parser(
-        "ablations",
-        help="the GLUE-study questions at laptop scale: small data, a new output layer, the effective L2",
-        description="Run the ablation studies from the sweep's cached w_pre (pretrained if missing) and "
-        "render their figures and tables; every finished run is stored and skipped on a rerun.",
-    )
-    _add_run_options(p)
-    p.add_argument(
-        "--studies",
-        nargs="+",
-        default=list(STUDIES),
-        choices=STUDIES,
-        help="which studies (default: all three)",
-    )
-    _add_export(p, "ablations", "the CSV tables, figures, tables.md and meta.json")
-    p.set_defaults(func=_cmd_ablations, command_parser=p)
-
-
-def _cmd_ablations(args, parser) -> int:
-    options = _run_options(args, parser)
-    from mixout_theory.experiment import ablations, plots
-
-    t0 = time.perf_counter()
-    res = ablations.run_ablations(
-        args.profile,
-        tuple(args.studies),
-        options,
-        results=_store_dir(args.results, "results"),
-        data_root=args.data_root,
-        source=args.source,
-    )
-    folder = _export_dir(args, "ablations", res.config.profile, res.config.source)
-    written = plots.export_ablations(res, folder)
-    print(
-        f"\nablations ({', '.join(args.studies)}), {args.profile} profile, {res.source_name}: done in "
-        f"{_duration(time.perf_counter() - t0)}; w_pre target test accuracy {res.w_pre_acc:.4f}"
-    )
-    print(_runs_line(list(res.stores.values())))
-    print(f"wrote {len(written)} files to {folder} (tables.md, meta.json, the CSV tables and figures)")
-    _print_comparison("ablations", folder, res.config.profile, res.config.source)
-    return 0
-
-
-# ------------------------------------------------------------------------------------ theorem1
-
-
-def _add_theorem1(sub) -> None:
-    p = sub.add_parser(
-        "theorem1",
-        help="Theorem 1 on the finetuned MLP: Monte Carlo vs exact second-order penalty, curvature, Corollary 1.1",
-        description="Measure the mixout penalty of the finetuned network (Monte Carlo), its exact second-order "
-        "value from Hessian-vector products, the curvature m_eff along w - w_pre and the extreme eigenvalues "
-        "of the Hessian (Lanczos), at the finetuned weights, at w_pre, and along finetuning runs; export the "
-        "tables and figures. Every finished measurement is stored and skipped on a rerun.",
-    )
-    _add_run_options(p)
-    _add_export(p, "theorem1", "the tables, figures and meta.json")
-    p.set_defaults(func=_cmd_theorem1, command_parser=p)
-
-
-def _cmd_theorem1(args, parser) -> int:
-    options = _run_options(args, parser)
-    from mixout_theory.experiment import plots, theorem1
-
-    t0 = time.perf_counter()
-    res = theorem1.run_theorem1(
-        args.profile,
-        options,
-        results=_store_dir(args.results, "results"),
-        data_root=args.data_root,
-        source=args.source,
-    )
-    folder = _export_dir(args, "theorem1", res.config.profile, res.config.source)
-    written = plots.export_theorem1(res, folder)
-    print(f"\ntheorem1, {args.profile} profile: done in {_duration(time.perf_counter() - t0)}")
-    print(_runs_line([res.store], noun="measurements"))
-    print(f"wrote {len(written)} files to {folder} (network_penalty.csv, trajectory.csv, meta.json, figures)")
-    _print_comparison("theorem1", folder, res.config.profile, res.config.source)
-    return 0
-
-
-# ------------------------------------------------------------------------------------ fidelity
-
-
-def _add_fidelity(sub) -> None:
-    p = sub.add_parser(
-        "fidelity",
-        help="Figure 2 under each reading of the protocol, claim by claim beside the paper",
-        description="Run the Figure 2 sweep for the source upright and transposed (as torchvision delivers "
-        "EMNIST) x mixout / dropout on the hidden layers or on every Linear layer, then with the paper's "
-        "8,440 finetuning steps on the variant that reproduces the most claims; export every claim beside "
-        "the paper's value (claims.csv, fidelity.md), the runs and the figures. Every sweep resumes from its store.",
-    )
-    _add_run_options(p)
-    _add_export(p, "fidelity", "runs.csv, claims.csv, scores.csv, fidelity.md, the figures and meta.json")
-    p.set_defaults(func=_cmd_fidelity, command_parser=p)
-
-
-def _cmd_fidelity(args, parser) -> int:
-    options = _run_options(args, parser)
-    from mixout_theory.experiment import fidelity, fidelity_report
-
-    t0 = time.perf_counter()
-    res = fidelity.run_fidelity(
-        args.profile,
-        options,
-        results=_store_dir(args.results, "results"),
-        data_root=args.data_root,
-        source=args.source,
-    )
-    folder = _export_dir(args, "fidelity", args.profile, res.runs[0]["source"])
-    written = fidelity_report.export_fidelity(res, folder)
-    print(
-        f"\nfidelity, {args.profile} profile, {res.source_name}: done in {_duration(time.perf_counter() - t0)}"
-    )
-    print(_runs_line(res.stores))
-    for s in fidelity.scores(res.rows):
-        print(
-            f"  {s['variant']}: {s['reproduced']} of {s['measured']} claims reproduced "
-            f"(median |log(ours / paper)| {s['median_abs_log_ratio']:.2f})"
-        )
-    print(f"report: {written['report']} (claims.csv, scores.csv, runs.csv, meta.json and figures beside it)")
-    _print_comparison("fidelity", folder, args.profile, res.runs[0]["source"])
+        return 0
+    print("\n".join(study.summary(result, folder, written)))
+    _print_comparison(study.name, folder, ctx.profile, study.source(result))
     return 0
 
 
@@ -548,10 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="command")
     _add_figures(sub)
     _add_data(sub)
-    _add_reproduce(sub)
-    _add_ablations(sub)
-    _add_theorem1(sub)
-    _add_fidelity(sub)
+    from mixout_theory.experiment.studies import REGISTRY
+
+    for study in REGISTRY.values():
+        _add_study(sub, study)
     _add_compare(sub)
     return parser
 

@@ -145,7 +145,7 @@ def test_the_graph_sees_the_packages_modules_and_imports():
         "mixout_theory.experiment.mlp" in top["mixout_theory.experiment.engine"]
     )  # from ...experiment import mlp
     assert (
-        "mixout_theory.experiment.plots" in full["mixout_theory.cli"] - top["mixout_theory.cli"]
+        "mixout_theory.experiment.studies" in full["mixout_theory.cli"] - top["mixout_theory.cli"]
     )  # in a function
     assert "mixout_theory.experiment.machine" in full["mixout_theory.experiment.store"]  # run_env's import
     assert "mixout_theory.experiment.engine" in full["mixout_theory.experiment.machine"]  # resolve_device's

@@ -8,24 +8,33 @@ import pytest
 import torch
 
 from mixout_theory import __version__, cli
-from mixout_theory.experiment import ablations, data, report
+from mixout_theory.experiment import ablations, data, fidelity, report
 from mixout_theory.profiles import PROFILES
 
 
 def test_cli_choices_are_the_experiments():
     assert cli.SOURCES == data.SOURCE_CHOICES
-    assert cli.STUDIES == ablations.STUDIES
-    assert cli.BANDS == tuple(report.BANDS)
-    for command in ("reproduce", "ablations", "theorem1"):
-        args = cli.build_parser().parse_args([command])
+    parser = cli.build_parser()
+    assert parser.parse_args(["figures", "--band", "ci95"]).band in report.BANDS
+    assert tuple(parser.parse_args(["ablations"]).studies) == ablations.STUDIES
+    for command in ("reproduce", "ablations", "theorem1", "fidelity"):  # one per study, shared options
+        args = parser.parse_args([command])
         assert args.profile == "paper" and args.source == "auto" and args.device == "auto"
-        assert args.workers is None and args.chunk is None
+        assert args.workers is None and args.chunk is None and args.shard is None
     assert set(PROFILES) == {"smoke", "quick", "paper"}
 
 
-@pytest.mark.parametrize("command", ["reproduce", "ablations", "theorem1"])
-@pytest.mark.parametrize("bad", [["--workers", "0"], ["--chunk", "-3"]])
-def test_bad_run_options_exit_2_before_any_work(command, bad, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("command", ["reproduce", "ablations", "theorem1", "fidelity"])
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        (["--workers", "0"], "must be a positive integer"),
+        (["--chunk", "-3"], "must be a positive integer"),
+        (["--shard", "3/2"], "shard must be K/N with 1 <= K <= N, got 3/2"),
+        (["--shard", "half"], "shard must be K/N (e.g. 2/8), got 'half'"),
+    ],
+)
+def test_bad_run_options_exit_2_before_any_work(command, bad, says, tmp_path, capsys, monkeypatch):
     from mixout_theory.experiment import sweep, theorem1
 
     def no_work(*args, **kwargs):  # pragma: no cover - must not be reached
@@ -34,10 +43,11 @@ def test_bad_run_options_exit_2_before_any_work(command, bad, tmp_path, capsys, 
     monkeypatch.setattr(sweep, "run_experiment", no_work)
     monkeypatch.setattr(ablations, "run_ablations", no_work)
     monkeypatch.setattr(theorem1, "run_theorem1", no_work)
+    monkeypatch.setattr(fidelity, "run_fidelity", no_work)
     with pytest.raises(SystemExit) as e:
         cli.main([command, "--profile", "smoke", "--results", str(tmp_path), *bad])
     assert e.value.code == 2
-    assert "must be a positive integer" in capsys.readouterr().err
+    assert says in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
 
 
@@ -94,8 +104,8 @@ def test_a_device_this_machine_lacks_exits_2_before_any_work(device, tmp_path, c
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path, capsys, monkeypatch):
     from mixout_theory.experiment import store, sweep
 
-    def interrupted(*args, results=None, **kwargs):
-        s = store.RunStore(results / "smoke-stand-in-0123456789ab", {})
+    def interrupted(ctx, **kwargs):
+        s = store.RunStore(ctx.results_dir / "smoke-stand-in-0123456789ab", {})
         for i in range(3):
             s.write({"run_id": f"r{i}"})
         raise KeyboardInterrupt

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixout_theory.experiment import data, engine, mlp, sweep
+from mixout_theory.experiment import engine, mlp, sweep
 from mixout_theory.experiment.curvature import effective_l2
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import (
@@ -65,6 +65,7 @@ from mixout_theory.experiment.store import (
     project_dir,
     run_env,
 )
+from mixout_theory.experiment.study import Context, profile_sizes
 
 __all__ = [
     "STUDIES",
@@ -84,7 +85,7 @@ __all__ = [
     "run_trajectory",
     "run_ablations",
     "AblationResults",
-    "load_ablations",
+    "load_stored",
     "subset_sha256",
 ]
 
@@ -256,9 +257,29 @@ class AblationConfig:
         return sorted(set(self.sizes) | set(self.head_sizes) | {self.trajectory_size})
 
 
+#: What each profile means for the ablations (overrides of :class:`AblationConfig`'s paper-size defaults).
+SIZES = {
+    "smoke": dict(
+        sizes=(100, 300),
+        restarts=3,
+        reference_size=300,
+        test_size=2000,
+        head_sizes=(300,),
+        head_restarts=3,
+        trajectory_size=300,
+        trajectory_ps=(0.5, 0.8),
+        trajectory_restarts=1,
+        trajectory_every=1,
+        trajectory_samples=96,
+    ),
+    "quick": dict(restarts=5, head_restarts=5, trajectory_restarts=1, trajectory_samples=128),
+    "paper": dict(),
+}
+
+
 def ablation_config(profile: str, **overrides) -> AblationConfig:
-    """The ablations' configuration for a profile (:data:`mixout_theory.experiment.sweep.PROFILE_SIZES`)."""
-    return AblationConfig(profile=profile, **{**sweep.profile_sizes(profile, "ablations"), **overrides})
+    """The ablations' configuration for a profile (:data:`SIZES`), with ``overrides``."""
+    return AblationConfig(profile=profile, **{**profile_sizes(SIZES, profile), **overrides})
 
 
 class AblationStore(RunStore):
@@ -346,7 +367,7 @@ def head_init(restart: int, std: float = mlp.INIT_STD, sizes=mlp.SIZES) -> dict:
 
 
 def _run_id(item) -> str:
-    return item[0]["run_id"]
+    return item[-2]["run_id"]
 
 
 def _fields(
@@ -405,18 +426,21 @@ def run_small_data(
     """
     store = AblationStore(store_root, "small_data", config)
     done = store.done()
-    plan = []
-    for size in config.sizes:
-        for group in ("origin", "w_pre"):
-            todo = [
-                (_fields(s, i, size, r, config, "small_data"), s.member(r))
-                for r in range(config.restarts)
-                for i, s in enumerate(SMALL_DATA_SETTINGS)
-                if (s.group == group or (group == "w_pre" and s.group == "any"))
-            ]
-            plan += [
-                (size, group, part) for part in pending_chunks(todo, options.chunk_or(CHUNK), done, _run_id)
-            ]
+    todo = [
+        ((size, group), _fields(s, i, size, r, config, "small_data"), s.member(r))
+        for size in config.sizes
+        for group in ("origin", "w_pre")
+        for r in range(config.restarts)
+        for i, s in enumerate(SMALL_DATA_SETTINGS)
+        if (s.group == group or (group == "w_pre" and s.group == "any"))
+    ]
+    store.planned = [f["run_id"] for _, f, _ in todo]
+    plan = [
+        (*part[0][0], [(f, m) for _, f, m in part])
+        for part in pending_chunks(
+            todo, options.chunk_or(CHUNK), done, _run_id, options.shard, group=lambda t: t[0]
+        )
+    ]
     steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, _, p in plan)
     bar = engine.member_step_bar(options.progress, steps, f"small data ({config.profile})", leave=False)
     for size, group, part in plan:
@@ -454,14 +478,19 @@ def run_new_head(
     """
     store = AblationStore(store_root, "new_head", config)
     done = store.done()
-    plan = []
-    for size in config.head_sizes:
-        todo = [
-            (_fields(s, i, size, r, config, "new_head"), s.member(r))
-            for r in range(config.head_restarts)
-            for i, s in enumerate(HEAD_SETTINGS)
-        ]
-        plan += [(size, part) for part in pending_chunks(todo, options.chunk_or(CHUNK), done, _run_id)]
+    todo = [
+        (size, _fields(s, i, size, r, config, "new_head"), s.member(r))
+        for size in config.head_sizes
+        for r in range(config.head_restarts)
+        for i, s in enumerate(HEAD_SETTINGS)
+    ]
+    store.planned = [f["run_id"] for _, f, _ in todo]
+    plan = [
+        (part[0][0], [(f, m) for _, f, m in part])
+        for part in pending_chunks(
+            todo, options.chunk_or(CHUNK), done, _run_id, options.shard, group=lambda t: t[0]
+        )
+    ]
     steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, p in plan)
     bar = engine.member_step_bar(options.progress, steps, f"new head ({config.profile})", leave=False)
     for size, part in plan:
@@ -515,7 +544,8 @@ def run_trajectory(
         for r in range(config.trajectory_restarts)
         for i, (s, p) in enumerate(zip(settings, config.trajectory_ps))
     ]
-    if all(t[0]["run_id"] in done for t in todo):
+    store.planned = [t[0]["run_id"] for t in todo]
+    if all(t[0]["run_id"] in done for t in todo) or not options.owns(0):
         return (
             store  # else all runs train again as one ensemble (bit for bit); only missing records are written
         )
@@ -605,7 +635,7 @@ def run_trajectory(
 class AblationResults:
     """The studies' configuration, ``w_pre``'s target test accuracy, the source task's name, the
     nested subsets' indices, the stores and their records by study, and wall seconds by stage (of
-    this invocation; empty when loaded from disk by :func:`load_ablations`)."""
+    this invocation; empty when loaded from disk by :func:`load_stored`)."""
 
     config: AblationConfig
     w_pre_acc: float
@@ -626,30 +656,20 @@ def subset_sha256(index: torch.Tensor) -> str:
     return hashlib.sha256(index.numpy().astype("<i8").tobytes()).hexdigest()
 
 
-def run_ablations(
-    profile: str = "paper",
-    studies=STUDIES,
-    options: RunOptions = RunOptions(),
-    *,
-    results=None,
-    data_root=None,
-    source: str = "auto",
-    **overrides,
-) -> AblationResults:
-    """Data, ``w_pre`` (the sweep's cached pretraining for ``profile``) and the chosen studies.
+def run_ablations(ctx: Context, studies=STUDIES, **overrides) -> AblationResults:
+    """Data, ``w_pre`` (the sweep's cached pretraining for ``ctx.profile``) and the chosen studies.
 
-    Every stage resumes from what is stored under ``results`` (default: the checkout's ``results/``);
-    ``overrides`` are fields of :class:`AblationConfig`.
+    Every stage resumes from what is stored under ``ctx.results_dir``; ``overrides`` are fields of
+    :class:`AblationConfig`.
     """
     unknown = [s for s in studies if s not in STUDIES]
     if unknown:
         raise ValueError(f"unknown studies {unknown}; choose from {STUDIES}")
-    results = project_dir("results") if results is None else Path(results)
-    t0 = time.perf_counter()
-    exp = data.load_experiment(root=data_root, source=source)
-    sweep_cfg, _, w_pre = sweep.pretrained(results, profile, exp, options)
+    results, options, t0 = ctx.results_dir, ctx.options, time.perf_counter()
+    exp = ctx.experiment()
+    sweep_cfg, _, w_pre = sweep.pretrained(results, ctx.profile, exp, options)
     config = ablation_config(
-        profile,
+        ctx.profile,
         source=exp.source_key,
         data=sweep_cfg.data,
         pretrain=sweep_cfg.pretrain_key(),
@@ -686,7 +706,7 @@ def config_from_dict(d: dict) -> AblationConfig:
     return AblationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
-def load_ablations(results=None) -> list[AblationResults]:
+def load_stored(results=None) -> list[AblationResults]:
     """The stored studies under ``results/ablations/`` (no training, no data): for each profile and
     source task, the newest configuration with a stored ``context.json``, and every study stored for
     that same configuration."""

@@ -302,7 +302,7 @@ def _exported_store(folder: Path, kind: str) -> Path:
     root = folder.parent.parent
     out = Path(tempfile.mkdtemp(prefix=f"mixout-compare-{kind}-"))
     if kind == "ablations-store":
-        found = [r for r in ablations.load_ablations(root) if any(s.dir == folder for s in r.stores.values())]
+        found = [r for r in ablations.load_stored(root) if any(s.dir == folder for s in r.stores.values())]
         if found:
             plots.export_ablations(found[0], out)
             return out

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch.optim.adam import adam as _functional_adam
 
 from mixout_theory.experiment import mlp
+from mixout_theory.experiment.shard import Shard
 from mixout_theory.mixing import check_p
 
 BETAS = (0.9, 0.999)
@@ -318,13 +319,15 @@ class RunOptions:
     ``device``: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda:1"``, ...; ``workers``: CPU cores
     each ensemble uses side by side (``None``: :func:`default_workers`); ``chunk``: runs trained at
     once per ensemble (``None``: the study's own default, 17 for the sweep (one restart's runs),
-    16 for the ablations); ``progress``: show progress bars.
+    16 for the ablations); ``progress``: show progress bars; ``shard``: compute only this part of
+    the run list (:class:`~mixout_theory.experiment.store.Shard`, ``None``: all of it).
     """
 
     device: str = "auto"
     workers: int | None = None
     chunk: int | None = None
     progress: bool = True
+    shard: Shard | None = None
 
     def __post_init__(self):
         for name in ("workers", "chunk"):
@@ -339,6 +342,10 @@ class RunOptions:
 
     def chunk_or(self, default: int) -> int:
         return default if self.chunk is None else self.chunk
+
+    def owns(self, index: int) -> bool:
+        """Whether chunk ``index`` of a run list is computed here (always, without a shard)."""
+        return self.shard is None or self.shard.owns(index)
 
 
 @dataclass

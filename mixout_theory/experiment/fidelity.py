@@ -30,14 +30,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixout_theory.experiment import data, engine, sweep
-from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment import engine, sweep
 from mixout_theory.experiment.orientation import ORIENTATIONS, oriented_name
 from mixout_theory.experiment.store import (
     checked_meta,
-    project_dir,
     read_csv,
 )
+from mixout_theory.experiment.study import Context, profile_sizes
 
 __all__ = [
     "Variant",
@@ -56,6 +55,13 @@ PAPER_TARGET_TRAIN = 54_000  # MNIST's training split less its 6,000 validation 
 PAPER_STEPS = 5 * math.ceil(PAPER_TARGET_TRAIN / 32)  # 8,440 finetuning steps
 FIGURE, TEXT = "read off the paper's figure", "the paper's text"
 LEVEL_TOLERANCE, SIZE_FACTOR = 0.01, 1.25
+#: What each profile means: the sweep's sizes (:data:`mixout_theory.experiment.sweep.SIZES`) with these
+#: overrides, for each of the study's five sweeps.
+SIZES = {
+    "smoke": dict(restarts=2, ps=(0.0, 0.3, 0.8)),
+    "quick": dict(restarts=2, ps=(0.0, 0.1, 0.2, 0.3, 0.5, 0.8)),
+    "paper": dict(),
+}
 
 
 @dataclass(frozen=True)
@@ -260,6 +266,7 @@ class FidelityResults:
     variants: dict  # name -> {"config": key, "store": folder, "w_pre_source_acc": ..., "fields": {...}}
     rows: list[dict]  # claim_rows
     stores: list = field(default_factory=list)  # the sweep stores (when computed, not when read back)
+    pending: list = field(default_factory=list)  # sweeps not started yet (another shard's runs missing)
 
     @property
     def w_pre_accs(self) -> dict:
@@ -271,23 +278,16 @@ def _accs(variants: dict) -> dict:
     return {k: v["w_pre_source_acc"] for k, v in variants.items()}
 
 
-def run_fidelity(
-    profile: str = "paper",
-    options: RunOptions = RunOptions(),
-    *,
-    data_root=None,
-    results=None,
-    source: str = "auto",
-    emnist_from=None,
-) -> FidelityResults:
+def run_fidelity(ctx: Context) -> FidelityResults:
     """The study: :data:`GRID`, then matched steps on the best of it (stand-in only: with EMNIST the
-    target is MNIST's 54,000 images and the steps match already). Every sweep resumes from its store."""
-    results = project_dir("results") if results is None else Path(results)
-    exp = data.load_experiment(root=data_root, source=source, emnist_from=emnist_from)
-    sizes = sweep.profile_sizes(profile, "fidelity")
+    target is MNIST's 54,000 images and the steps match already). Every sweep resumes from its store;
+    under a shard, the matched-steps sweep waits until every run of the grid is stored."""
+    profile, results, options = ctx.profile, ctx.results_dir, ctx.options
+    exp = ctx.experiment()
+    sizes = profile_sizes(SIZES, profile)
     base = sweep.profile_config(profile, **sizes)
     n_target = base.target_train or len(exp.target.train.y)
-    runs, variants, stores = [], {}, []
+    runs, variants, stores, pending = [], {}, [], []
 
     def run(variant: Variant) -> None:
         fields = variant.overrides(base.finetune_epochs, len(exp.target.train.y))
@@ -314,12 +314,14 @@ def run_fidelity(
 
     for variant in GRID:
         run(variant)
-    best = scores(claim_rows(runs, _accs(variants)))[0]["variant"]
     if len(exp.target.train.y) < PAPER_TARGET_TRAIN:
-        chosen = next(v for v in GRID if v.name == best)
-        run(dataclasses.replace(chosen, matched_steps=True))
+        if any(r not in s.done() for s in stores for r in s.planned):
+            pending.append("the matched-steps sweep (it follows the grid's best variant)")
+        else:
+            best = scores(claim_rows(runs, _accs(variants)))[0]["variant"]
+            run(dataclasses.replace(next(v for v in GRID if v.name == best), matched_steps=True))
     return FidelityResults(
-        profile, exp.source_name, runs, variants, claim_rows(runs, _accs(variants)), stores
+        profile, exp.source_name, runs, variants, claim_rows(runs, _accs(variants)), stores, pending
     )
 
 

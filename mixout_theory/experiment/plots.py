@@ -9,7 +9,6 @@
   and :func:`export_ablations`, which writes them with every table and ``meta.json``;
 * the Theorem 1 figures (:func:`theorem1_figure`, :func:`theorem1_trajectory_figure`, :func:`export_theorem1`);
 * :func:`source_target_figure` -- what the two tasks look like;
-* :func:`render_all` -- everything, from what is stored (``python -m mixout_theory figures``).
 
 Every experiment figure names its source task (:func:`report.task_line`). Figures are
 ``matplotlib.figure.Figure`` objects (no pyplot state), written as PNG and PDF; numbers come from
@@ -26,19 +25,18 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
-from mixout_theory.experiment import ablations, fidelity, fidelity_report, report, sweep, theorem1
+from mixout_theory.experiment import ablations, report, sweep, theorem1
 from mixout_theory.experiment.ablations import HEAD_SETTINGS, SMALL_DATA_SETTINGS
 from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.report import task_line
 from mixout_theory.experiment.store import (
     atomic_write,
     atomic_write_csv,
-    find_stores,
     jsonable,
     run_env,
     sha256_file,
 )
-from mixout_theory.figures import render_theory_figures, save_figure
+from mixout_theory.figures import save_figure
 
 __all__ = [
     "figure2",
@@ -54,7 +52,6 @@ __all__ = [
     "theorem1_trajectory_figure",
     "export_theorem1",
     "source_target_figure",
-    "render_all",
 ]
 
 
@@ -151,35 +148,6 @@ def export_experiment(records: list[dict], out_dir, context: dict, band: str = "
     paths += report.summary_table(summary, meta, out)
     claims = {k: v for k, v in report.figure2_claims(records).items() if k != "report"}
     return paths + sweep.export_runs(records, out, context, claims)
-
-
-def render_all(out_dir, results=None, band: str = "std") -> list[Path]:
-    """Every figure from stored results only (never trains): the theory figures, the experiment
-    figures of the newest sweep store per profile and source under ``results`` (with ``band``), the
-    ablation figures and tables of every profile and source stored under ``results/ablations/``
-    (into ``out_dir/ablations-<profile>-<source>/``) and those of the Theorem 1 study stored under
-    ``results/theorem1/`` (into ``out_dir/theorem1-<profile>-<source>/``); the fidelity study's report and
-    figures are redrawn from its exported tables (``out_dir/fidelity-*/``)."""
-    report.check_band(band)  # a bad band fails before anything is drawn
-    paths = render_theory_figures(out_dir)
-    if results is None or not Path(results).exists():
-        return paths
-    seen = set()
-    for store in find_stores(results):  # newest first
-        kind = store.name.rsplit("-", 1)[0]  # profile-source
-        if kind not in seen and sweep.is_figure2_store(store):  # the fidelity variants: `fidelity`'s export
-            seen.add(kind)
-            paths += render_experiment(store, out_dir, band)
-    for res in ablations.load_ablations(results):
-        out = Path(out_dir) / f"ablations-{res.config.profile}-{res.config.source}"
-        paths += list(export_ablations(res, out).values())
-    for res in theorem1.load_stored(results):
-        out = Path(out_dir) / f"theorem1-{res.config.profile}-{res.config.source}"
-        paths += list(export_theorem1(res, out).values())
-    for meta in sorted(Path(out_dir).glob("fidelity-*/meta.json")):  # from the study's own tables
-        written = fidelity_report.export_fidelity(fidelity.load_fidelity(meta.parent), meta.parent)
-        paths += [written["report"], *written["figures"]]
-    return paths
 
 
 def source_target_figure(exp, n: int = 10) -> Figure:

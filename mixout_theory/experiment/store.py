@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from mixout_theory.experiment.machine import run_env  # noqa: F401 - every study's records carry it
+from mixout_theory.experiment.shard import Shard
 
 TMP_MARK = ".tmp-"
 
@@ -278,6 +279,7 @@ class RunStore:
     def __init__(self, folder: str | Path, config: dict):
         self.dir = Path(folder)
         self.written = 0  # records this object wrote (the rest of done() was stored before)
+        self.planned: list[str] | None = None  # the run ids of the study's whole run list, when known
         self.runs = self.dir / "runs"
         self.runs.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(self.runs)  # what a killed writer left
@@ -388,16 +390,28 @@ def export_csv(records: list[dict], path: Path) -> Path:
     )
 
 
-def pending_chunks(items: list, size: int, done: set, run_id=lambda item: item[0]) -> list[list]:
-    """The chunks of ``items`` that still hold a run not in ``done``, each whole.
+def pending_chunks(
+    items: list, size: int, done: set, run_id=lambda item: item[0], shard: Shard | None = None, group=None
+) -> list[list]:
+    """The chunks of ``items`` that still hold a run not in ``done``, each whole (``shard``'s only).
 
-    Chunks are fixed by the whole list (``size`` items each, in order), never by what is left, and a
-    chunk a kill left half-stored is trained again whole: a resumed command trains exactly the
-    ensembles an uninterrupted one trains, so every run's numbers are bit for bit the same whatever
-    the kill point (callers write only the records that are missing)."""
-    size = max(1, size)
-    chunks = [items[i : i + size] for i in range(0, len(items), size)]
-    return [c for c in chunks if any(run_id(item) not in done for item in c)]
+    Chunks are fixed by the whole list (``size`` items each, in order; a new chunk also starts where
+    ``group(item)`` changes), never by what is left, and a chunk a kill left half-stored is trained
+    again whole: a resumed or sharded command trains exactly the ensembles an uninterrupted one
+    trains, so every run's numbers are bit for bit the same whatever the kill point or the shard
+    (callers write only the records that are missing). ``shard`` keeps the chunks it owns by their
+    index in the whole list."""
+    size, chunks = max(1, size), []
+    for item in items:
+        last = chunks[-1] if chunks else None
+        if last is None or len(last) == size or (group is not None and group(last[0]) != group(item)):
+            chunks.append([])
+        chunks[-1].append(item)
+    return [
+        c
+        for i, c in enumerate(chunks)
+        if (shard is None or shard.owns(i)) and any(run_id(item) not in done for item in c)
+    ]
 
 
 def runs_written_since(root: str | Path, t0: float) -> dict[Path, tuple[int, int]]:

@@ -11,8 +11,7 @@ Protocol: paper Section 4 / Supplement C.1 (Adam, lr 1e-4 pretraining / 5e-5 fin
 * :class:`SweepStore` keeps one folder per configuration hash; every finished run is one JSON record,
   written atomically as its ensemble chunk finishes, so an interrupted sweep resumes where it stopped
   and a changed configuration never mixes with old records.
-* :data:`PROFILE_SIZES` -- the one table of what ``smoke`` / ``quick`` / ``paper`` mean, for the
-  sweep and for the ablations (:mod:`mixout_theory.experiment.ablations`).
+* :data:`SIZES` -- what ``smoke`` / ``quick`` / ``paper`` mean for the sweep (each study has its own).
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from mixout_theory.experiment import data, engine, mlp
+from mixout_theory.experiment import engine, mlp
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.orientation import check_orientation, oriented_name, transposed_images
@@ -41,13 +40,13 @@ from mixout_theory.experiment.store import (
     export_csv,
     jsonable,
     pending_chunks,
-    project_dir,
     read_runs,
     run_env,
     sha256_file,
     tensors_sha256,
     verify_sha256,
 )
+from mixout_theory.experiment.study import Context, profile_sizes
 from mixout_theory.profiles import PROFILES
 
 METHODS = ("dropout", "mixout")
@@ -148,56 +147,27 @@ def data_fingerprint(exp) -> str:
     return config_hash({"source": exp.source_key, "info": exp.info})
 
 
-#: What each profile means, for the sweep and for the ablations (overrides of the dataclasses'
-#: paper-size defaults): ``smoke`` (CI, about a minute), ``quick`` (minutes), ``paper`` (full protocol).
-PROFILE_SIZES = {
-    # smoke: 1,250 finetuning steps; with fewer (e.g. 470), dropout(0.8) barely leaves w_pre
-    # and so forgets less than mixout: the paper's regime needs the model to actually train.
-    "smoke": {
-        "sweep": dict(
-            source_train=None,
-            target_train=8000,
-            eval_size=None,
-            pretrain_epochs=3,
-            ps=(0.0, 0.3, 0.6, 0.8),
-            restarts=4,
-        ),
-        "ablations": dict(
-            sizes=(100, 300),
-            restarts=3,
-            reference_size=300,
-            test_size=2000,
-            head_sizes=(300,),
-            head_restarts=3,
-            trajectory_size=300,
-            trajectory_ps=(0.5, 0.8),
-            trajectory_restarts=1,
-            trajectory_every=1,
-            trajectory_samples=96,
-        ),
-    },
-    "quick": {
-        "sweep": dict(pretrain_epochs=5, restarts=4),
-        "ablations": dict(restarts=5, head_restarts=5, trajectory_restarts=1, trajectory_samples=128),
-    },
-    "paper": {"sweep": dict(), "ablations": dict()},
+#: What each profile means for the sweep (overrides of :class:`SweepConfig`'s paper-size defaults):
+#: ``smoke`` (CI, about a minute), ``quick`` (minutes), ``paper`` (the full protocol). Smoke has 1,250
+#: finetuning steps; with fewer (e.g. 470), dropout(0.8) barely leaves w_pre and so forgets less than
+#: mixout: the paper's regime needs the model to actually train.
+SIZES = {
+    "smoke": dict(
+        source_train=None,
+        target_train=8000,
+        eval_size=None,
+        pretrain_epochs=3,
+        ps=(0.0, 0.3, 0.6, 0.8),
+        restarts=4,
+    ),
+    "quick": dict(pretrain_epochs=5, restarts=4),
+    "paper": dict(),
 }
-# the fidelity study (fidelity.py): the sweep's sizes with these overrides, for each of its five sweeps
-PROFILE_SIZES["smoke"]["fidelity"] = dict(restarts=2, ps=(0.0, 0.3, 0.8))
-PROFILE_SIZES["quick"]["fidelity"] = dict(restarts=2, ps=(0.0, 0.1, 0.2, 0.3, 0.5, 0.8))
-PROFILE_SIZES["paper"]["fidelity"] = dict()
-
-
-def profile_sizes(profile: str, part: str) -> dict:
-    """The sizes :data:`PROFILE_SIZES` gives ``part`` (``"sweep"`` or ``"ablations"``) for ``profile``."""
-    if profile not in PROFILES:
-        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
-    return dict(PROFILE_SIZES[profile][part])
 
 
 def profile_config(profile: str, **overrides) -> SweepConfig:
-    """The sweep's configuration for a profile (:data:`PROFILE_SIZES`), with ``overrides``."""
-    return SweepConfig(profile=profile, **{**profile_sizes(profile, "sweep"), **overrides})
+    """The sweep's configuration for a profile (:data:`SIZES`), with ``overrides``."""
+    return SweepConfig(profile=profile, **{**profile_sizes(SIZES, profile), **overrides})
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,6 +224,18 @@ def is_figure2_store(folder: str | Path) -> bool:
     return is_figure2_reading(config) and config.get("pretrain_seed", 0) == SweepConfig.pretrain_seed
 
 
+def is_complete(folder: str | Path) -> bool:
+    """Whether a sweep store holds every run of its configuration's run list (no shard still missing)."""
+    done = {r["run_id"] for r in load_records(folder)}
+    return all(run_id in done for run_id, _, _ in sweep_members(stored_config(folder)))
+
+
+def stored_config(folder: str | Path) -> SweepConfig:
+    """The configuration a sweep store's ``config.json`` records."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+
+
 def load_records(folder: str | Path) -> list[dict]:
     """Every run record stored under ``folder`` (a sweep store folder), sorted by method, p, seed."""
     return sorted_records(read_runs(folder, SweepStore.REQUIRED))
@@ -269,7 +251,7 @@ def store_context(folder: str | Path) -> dict:
     it, the pretraining's summary (``pretrain/<source>-<key>.json``: best epoch, accuracy, seconds)."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
-    sweep_config = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    sweep_config = stored_config(folder)
     pre = folder.parent / "pretrain" / f"{sweep_config.source}-{sweep_config.pretrain_key()}.json"
     pretrain = (
         {k: v for k, v in json.loads(pre.read_text()).items() if k != "config"} if pre.is_file() else None
@@ -470,8 +452,9 @@ def run_sweep(
     may round differently for a different grouping of members), and bit for bit for the same ones.
     """
     store = SweepStore(store_root, config)
-    done = store.done()
-    chunks = pending_chunks(sweep_members(config), options.chunk_or(CHUNK), done)
+    done, members = store.done(), sweep_members(config)
+    store.planned = [run_id for run_id, _, _ in members]
+    chunks = pending_chunks(members, options.chunk_or(CHUNK), done, shard=options.shard)
     xt, yt = tensors["target_train"]
     steps = config.finetune_epochs * -(-xt.shape[0] // config.batch_size)
     bar = engine.member_step_bar(options.progress, sum(map(len, chunks)) * steps, f"sweep ({config.profile})")
@@ -534,29 +517,18 @@ def _records(part, result, w_pre, tensors, config, source_name, device) -> list[
 # the whole experiment
 
 
-def run_experiment(
-    profile: str = "paper",
-    options: RunOptions = RunOptions(),
-    *,
-    data_root=None,
-    results=None,
-    source: str = "auto",
-    emnist_from=None,
-    **overrides,
-) -> SweepStore:
-    """Data, pretraining and the sweep for one profile; every stage resumes from what is stored.
+def run_experiment(ctx: Context, **overrides) -> SweepStore:
+    """Data, pretraining and the sweep for ``ctx.profile``; every stage resumes from what is stored.
 
-    ``results``: the results root (default: the checkout's ``results/``); ``overrides``: fields of
-    :class:`SweepConfig` (e.g. ``pretrain_search=True``)."""
-    results = project_dir("results") if results is None else Path(results)
-    exp = data.load_experiment(root=data_root, source=source, emnist_from=emnist_from)
-    config, tensors, w_pre = pretrained(results, profile, exp, options, **overrides)
+    ``overrides``: fields of :class:`SweepConfig` (e.g. ``pretrain_search=True``)."""
+    exp = ctx.experiment()
+    config, tensors, w_pre = pretrained(ctx.results_dir, ctx.profile, exp, ctx.options, **overrides)
     return run_sweep(
-        results,
+        ctx.results_dir,
         config,
         tensors,
         w_pre,
-        options,
+        ctx.options,
         source_name=oriented_name(exp.source_name, config.orientation),
     )
 

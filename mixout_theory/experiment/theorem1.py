@@ -46,14 +46,14 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from mixout_theory import second_order
-from mixout_theory.experiment import ablations, data, engine, mlp, sweep
+from mixout_theory.experiment import ablations, engine, mlp, sweep
 from mixout_theory.experiment.curvature import effective_l2
-from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.store import (
     RunStore,
@@ -69,6 +69,7 @@ from mixout_theory.experiment.store import (
     sha256_file,
     verify_sha256,
 )
+from mixout_theory.experiment.study import Context, profile_sizes
 
 __all__ = [
     "PARTS",
@@ -114,8 +115,8 @@ class Theorem1Config:
         return config_hash(dataclasses.asdict(self))
 
 
-#: overrides of the paper-size defaults, per profile (the sweep's and the ablations' are in sweep.PROFILE_SIZES)
-PROFILE_SIZES = {
+#: What each profile means for the study (overrides of :class:`Theorem1Config`'s paper-size defaults).
+SIZES = {
     "smoke": dict(loss_size=500, mc_samples=256, checkpoints=4),
     "quick": dict(loss_size=2000, mc_samples=500),
     "paper": {},
@@ -123,9 +124,8 @@ PROFILE_SIZES = {
 
 
 def theorem1_config(profile: str, **overrides) -> Theorem1Config:
-    """The study's configuration for a profile (:data:`PROFILE_SIZES`), with ``overrides``."""
-    sweep.profile_sizes(profile, "sweep")  # validates the profile's name
-    return Theorem1Config(profile=profile, **{**PROFILE_SIZES[profile], **overrides})
+    """The study's configuration for a profile (:data:`SIZES`), with ``overrides``."""
+    return Theorem1Config(profile=profile, **{**profile_sizes(SIZES, profile), **overrides})
 
 
 class Theorem1Store(RunStore):
@@ -434,23 +434,15 @@ class Theorem1Results:
     context: dict
 
 
-def run_theorem1(
-    profile: str = "paper",
-    options: RunOptions = RunOptions(),
-    *,
-    results=None,
-    data_root=None,
-    source: str = "auto",
-    exp=None,
-    parts=PARTS,
-    **overrides,
-) -> Theorem1Results:
+def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem1Results:
     """Data, ``w_pre`` (the sweep's cached pretraining), the finetuned weights and the parts asked for (:data:`PARTS`).
 
     Every record is written as it is measured, so an interrupted study resumes where it stopped;
-    ``exp``: prepared data (default :func:`mixout_theory.experiment.data.load_experiment`);
-    ``overrides``: fields of :class:`Theorem1Config`.
+    ``exp``: prepared data (default: ``ctx.experiment()``); ``overrides``: fields of
+    :class:`Theorem1Config`. Its run list is two chunks: the measurements at the finetuned weights
+    and at ``w_pre`` (chunk 0) and the trajectory runs (chunk 1), so two shards share it.
     """
+    profile, options = ctx.profile, ctx.options
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
@@ -462,8 +454,8 @@ def run_theorem1(
             f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: "
             f"{[p for p in sweep_ps if p > 0]})"
         )
-    results = project_dir("results") if results is None else Path(results)
-    exp = data.load_experiment(root=data_root, source=source) if exp is None else exp
+    results = ctx.results_dir
+    exp = ctx.experiment() if exp is None else exp
     sweep_cfg, tensors, w_pre = sweep.pretrained(results, profile, exp, options)
     acfg = ablations.ablation_config(
         profile,
@@ -492,8 +484,13 @@ def run_theorem1(
         "target_train": int(tensors["target_train"][0].shape[0]),
     }
     atomic_write(store.dir / "context.json", json.dumps(context, indent=1, sort_keys=True))
+    points = [f"{part}-p{p:.2f}" for p in config.ps for part in ("finetuned", "displaced") if part in parts]
+    points += [f"scan-{pt}-p{q:.2f}" for pt in ("w_p", "w_pre") for q in config.scan_ps if "scan" in parts]
+    measured = ["w_pre"] * ("finetuned" in parts or "displaced" in parts) + points
+    traj = [f"trajectory-p{p:.2f}" for p in acfg.trajectory_ps] if "trajectory" in parts else []
+    store.planned = measured + traj
     done = store.done()
-    if "w_pre" not in done and ("finetuned" in parts or "displaced" in parts):
+    if "w_pre" not in done and "w_pre" in measured and options.owns(0):
         loss_fn, w = network_loss(w_pre, x, y)
         c = second_order.curvature(loss_fn, w, tol=config.lanczos_tol)
         store.write(
@@ -508,13 +505,11 @@ def run_theorem1(
                 "point": "w_pre",
             }
         )
-    points = [f"{part}-p{p:.2f}" for p in config.ps for part in ("finetuned", "displaced") if part in parts]
-    points += [f"scan-{pt}-p{q:.2f}" for pt in ("w_p", "w_pre") for q in config.scan_ps if "scan" in parts]
-    if any(rid not in done for rid in points):  # "w_pre" is not among them
+    if options.owns(0) and any(rid not in done for rid in points):
         weights = _finetuned(store, config, sweep_cfg, tensors, w_pre, options)
         sweep_runs = {r["run_id"]: r for r in sweep.SweepStore(results, sweep_cfg).records()}
         _points(store, config, parts, weights, w_pre, x, y, sweep_runs, options.progress)
-    if "trajectory" in parts:
+    if traj and options.owns(1):
         _trajectory(store, config, acfg, ablations.ablation_tensors(exp, acfg), w_pre, options)
     return _results(config, store, context)
 
@@ -647,11 +642,19 @@ def load_tables_from(paths: dict) -> tuple[list[dict], list[dict]]:
     return read_csv(paths[TABLES[0]], text=TEXT_COLUMNS), read_csv(paths[TABLES[1]], text=TEXT_COLUMNS)
 
 
-def load_tables(folder) -> tuple[list[dict], list[dict], dict]:
+class Tables(NamedTuple):
+    """An exported study read back: the measured points, the trajectory checkpoints, ``meta.json``."""
+
+    points: list
+    trajectory: list
+    meta: dict
+
+
+def load_tables(folder) -> Tables:
     """``(points, trajectory, meta)`` from an exported folder, every table checked against its sha256."""
     meta = checked_meta(folder, TABLES, "export the study again (python -m mixout_theory theorem1)")
     points, traj = load_tables_from({n: Path(folder) / n for n in TABLES})
-    return points, traj, meta
+    return Tables(points, traj, meta)
 
 
 def claims(points: list[dict], trajectory: list[dict]) -> dict:

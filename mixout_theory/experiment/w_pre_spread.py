@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -287,3 +288,22 @@ def render_spreads(results, out_dir) -> list[Path]:
             seen.add((profile, source))
             paths += export_spread(stores, Path(out_dir) / f"{STUDY}-{profile}-{source}")
     return paths
+
+
+def summary_lines(folder) -> list[str]:
+    """What ``reproduce --pretrain-seeds`` prints: which claims held for every w_pre, how wide each spread is."""
+    rows, claims, meta = load_spread(folder)
+    lines = [f"across {len(claims)} w_pre (pretraining seeds 0..{len(claims) - 1}):"]
+    lines += [
+        f"  {name}: held for {c['held']} of {c['of']} w_pre"
+        for name, c in meta["claims_for_every_w_pre"].items()
+    ]
+    levels = [r for r in rows if r["quantity"] != "source_acc_gap" and r["p"] > 0]
+    if levels:
+        widest = max(levels, key=lambda r: r["ratio"])
+        lines.append(
+            f"  spread of a w_pre's mean across w_pre: median {statistics.median(r['ratio'] for r in levels):.1f}x "
+            f"the restarts' standard error (largest {widest['ratio']:.1f}x: {widest['method']} p={widest['p']:g} "
+            f"{widest['quantity']})"
+        )
+    return lines + [f"  tables and figure: {folder} (w_pre_spread.csv, w_pre_claims.csv, figure2_w_pre.png)"]

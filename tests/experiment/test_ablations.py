@@ -1,5 +1,5 @@
 """Ablations: wdecay as a penalty (coupled, exact gradient), the studies' pairing, subsets, step
-budget and resumable store, the stores reloaded by load_ablations. (The effective L2 estimator:
+budget and resumable store, the stores reloaded by load_stored. (The effective L2 estimator:
 tests/experiment/test_curvature.py; failure rule, summaries, tables: tests/experiment/test_report.py.)
 """
 
@@ -15,6 +15,7 @@ from mixout_theory import penalty
 from mixout_theory.experiment import ablations as A
 from mixout_theory.experiment import compare, engine, mlp, report
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.study import Context
 
 CPU = RunOptions(device="cpu", progress=False)
 
@@ -278,18 +279,18 @@ def test_trajectory_study_records_every_checkpoint(toy, tmp_path):
     assert len(rows) == 2 * epochs and {"p", "step", "m", "lam", "dist2"} <= set(rows[0])
 
 
-def test_load_ablations_rebuilds_the_results_from_the_stores(toy, tmp_path):
+def test_load_stored_rebuilds_the_results_from_the_stores(toy, tmp_path):
     """What run_ablations stores (the studies' records and each store's context.json) is enough to
     rebuild AblationResults without data or training; a subset checksum that does not match is refused."""
     import json
 
     exp, cfg, tensors, w_pre = toy
-    assert A.load_ablations(tmp_path) == []  # nothing stored
+    assert A.load_stored(tmp_path) == []  # nothing stored
     stores = {
         "small_data": A.run_small_data(tmp_path, cfg, tensors, w_pre, CPU),
         "trajectory": A.run_trajectory(tmp_path, cfg, tensors, w_pre, CPU),
     }
-    assert A.load_ablations(tmp_path) == []  # no context.json yet: not a finished run_ablations
+    assert A.load_stored(tmp_path) == []  # no context.json yet: not a finished run_ablations
     context = {
         "w_pre_test_acc": 0.5,
         "source_name": "synthetic source",
@@ -298,7 +299,7 @@ def test_load_ablations_rebuilds_the_results_from_the_stores(toy, tmp_path):
     }
     for store in stores.values():
         (store.dir / A.CONTEXT).write_text(json.dumps(context))
-    (res,) = A.load_ablations(tmp_path)
+    (res,) = A.load_stored(tmp_path)
     assert isinstance(res, A.AblationResults) and res.config == cfg
     got = compare.read(stores["small_data"].dir)  # a store of the ablations, compared through its export
     assert got.study == "ablations" and (got.profile, got.source) == (cfg.profile, cfg.source)
@@ -314,13 +315,13 @@ def test_load_ablations_rebuilds_the_results_from_the_stores(toy, tmp_path):
     context["subset_sha256"] = "0" * 64
     (stores["trajectory"].dir / A.CONTEXT).write_text(json.dumps(context))
     with pytest.raises(ValueError, match="nested subsets do not match"):
-        A.load_ablations(tmp_path)
+        A.load_stored(tmp_path)
 
 
 def test_run_ablations_checks_the_studies_and_chunks_by_run_options(toy, tmp_path, monkeypatch):
     exp, cfg, tensors, w_pre = toy
     with pytest.raises(ValueError, match="unknown studies"):
-        A.run_ablations("smoke", ("small_data", "big_data"), CPU, results=tmp_path)
+        A.run_ablations(Context("smoke", results=tmp_path, options=CPU), ("small_data", "big_data"))
     assert A.CHUNK == 16 and A.STUDIES == ("small_data", "new_head", "trajectory")
     sizes = []
 

@@ -5,7 +5,7 @@ is replaced by a store of synthetic records: tests/experiment/conftest.py)."""
 import pytest
 
 from mixout_theory import cli
-from mixout_theory.experiment import plots, report, sweep
+from mixout_theory.experiment import report, sweep
 
 
 @pytest.fixture
@@ -13,15 +13,14 @@ def fake_pipeline(sweep_records, tmp_path, monkeypatch):
     config = sweep.profile_config("smoke", ps=(0.0, 0.4, 0.8), restarts=3)
     assert len(sweep.sweep_members(config)) == len(sweep_records) == 15
 
-    def run_experiment(profile, options, *, results=None, **kwargs):
-        store = sweep.SweepStore(results, config)
+    def run_experiment(ctx, **kwargs):
+        store = sweep.SweepStore(ctx.results_dir, config)
         for r in sweep_records:
             if r["run_id"] not in store.done():
                 store.write(r)
         return store
 
     monkeypatch.setattr(sweep, "run_experiment", run_experiment)
-    monkeypatch.setattr(plots, "render_all", lambda *a, **k: [])
     return ["reproduce", "--profile", "smoke", "--results", str(tmp_path / "r"), "--out", str(tmp_path / "f")]
 
 

@@ -16,11 +16,12 @@ from mixout_theory.experiment import data, fidelity, fidelity_report, shown, swe
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.orientation import oriented_name, transposed_images
 from mixout_theory.experiment.store import IntegrityError, config_hash, project_dir
+from mixout_theory.experiment.study import Context
 
 
 @pytest.fixture(scope="module")
 def study():
-    res = fidelity.run_fidelity("smoke", RunOptions(progress=False))
+    res = fidelity.run_fidelity(Context("smoke", options=RunOptions(progress=False)))
     folder = project_dir("figures") / f"fidelity-smoke-{res.runs[0]['source']}"
     return res, folder, fidelity_report.export_fidelity(res, folder)
 
@@ -112,7 +113,7 @@ def test_figures_have_every_variant_and_the_paper_points(study):
 @pytest.mark.slow  # the study fixture runs the whole smoke study (~2 min, once per module)
 def test_notebook_loader_shows_the_stored_export(study):
     res, folder, _ = study
-    got, seen = shown.fidelity_results("smoke", recompute=False)
+    got, seen = shown.results("fidelity", "smoke", recompute=False)
     assert seen.origin == shown.STORED and seen.where == folder
     assert json.dumps(got.rows) == json.dumps(fidelity.load_fidelity(folder).rows)
 

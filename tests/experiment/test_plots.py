@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from mixout_theory.experiment import ablations, exports, plots, report, store, sweep
+from mixout_theory.experiment import ablations, exports, plots, report, store, studies, sweep
 
 SOURCE_NAME = "stand-in: EMNIST-style MNIST (not EMNIST)"
 PNG, PDF = b"\x89PNG\r\n\x1a\n", b"%PDF"
@@ -134,23 +134,24 @@ def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_p
         exports.load_figure2(folder)
 
 
-def test_render_all_renders_the_theory_figures(tmp_path, monkeypatch):
-    """(Moved from the theory figures' tests: render_all is now plots.render_all.)"""
+def test_render_stored_renders_the_theory_figures(tmp_path, monkeypatch):
+    """``figures`` (studies.render_stored) draws the theory figures even with nothing stored."""
     calls = []
 
     def fake(out_dir, **kw):
         calls.append(out_dir)
         return [tmp_path / "x.png"]
 
-    monkeypatch.setattr(plots, "render_theory_figures", fake)
-    assert plots.render_all(tmp_path, results=tmp_path / "results") == [tmp_path / "x.png"]
+    monkeypatch.setattr(studies, "render_theory_figures", fake)
+    assert studies.render_stored(tmp_path, results=tmp_path / "results") == [tmp_path / "x.png"]
     assert calls == [tmp_path]
 
 
-def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(
+def test_render_stored_renders_the_newest_sweep_and_the_stored_ablations(
     sweep_records, ablation_records, tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(plots, "render_theory_figures", lambda out_dir, **kw: [])
+    monkeypatch.setattr(studies, "render_theory_figures", lambda out_dir, **kw: [])
+    monkeypatch.setattr(sweep, "is_complete", lambda folder: True)  # synthetic records, not a run list
     results = tmp_path / "results"
     old = store.RunStore(results / "smoke-stand-in-000000000000", {})
     old.write(dict(sweep_records[0], profile="old"))
@@ -175,7 +176,7 @@ def test_render_all_renders_the_newest_sweep_and_the_stored_ablations(
             s.write(r)
         (s.dir / ablations.CONTEXT).write_text(json.dumps(context))
     out = tmp_path / "figures"
-    paths = plots.render_all(out, results=results)
+    paths = studies.render_stored(out, results=results)
     names = {p.relative_to(out).as_posix() for p in paths}
     assert {
         "experiment-smoke-stand-in/figure2.png",
@@ -356,7 +357,6 @@ def test_figures_leave_the_backend_alone():
         "new_head_figure",
         "trajectory_figure",
         "export_ablations",
-        "render_all",
     }
     with pytest.raises(AttributeError):
         plots.export_results  # noqa: B018 - renamed export_ablations

@@ -29,7 +29,7 @@ def test_recompute_switch(monkeypatch):
 
 
 def test_figure2_shows_the_committed_runs(nothing_stored):
-    records, what = shown.figure2_results("smoke")
+    records, what = shown.results("figure2", "smoke")
     assert what.origin == shown.SHIPPED and what.where.name == "figure2-paper-stand-in"
     assert (what.profile, what.config) == ("paper", "7df3f5017f3e") and len(records) == 170
     assert str(what).startswith("showing: committed with the repository, from ")
@@ -39,7 +39,7 @@ def test_figure2_shows_the_committed_runs(nothing_stored):
 
 
 def test_ablations_show_the_committed_export(nothing_stored):
-    res, what = shown.ablation_results("smoke")
+    res, what = shown.results("ablations", "smoke")
     assert (
         what.origin == shown.SHIPPED
         and res.config.profile == "paper"
@@ -56,12 +56,12 @@ def test_ablations_show_the_committed_export(nothing_stored):
 
 
 def test_theorem1_shows_the_committed_tables(nothing_stored):
-    points, traj, meta, what = shown.theorem1_results("smoke")
+    (points, traj, meta), what = shown.results("theorem1", "smoke")
     assert what.origin == shown.SHIPPED and what.profile == "paper" and points and traj
 
 
 def test_fidelity_shows_the_committed_study_and_its_claims_recompute(nothing_stored):
-    res, what = shown.fidelity_results("smoke")
+    res, what = shown.results("fidelity", "smoke")
     assert (
         what.origin == shown.SHIPPED
         and what.where.name == "fidelity-paper-stand-in"

@@ -284,9 +284,9 @@ def test_run_store_records_csv_and_newest_first(tmp_path):
 def test_run_env_names_versions_and_the_resolved_device():
     import platform
 
-    import mixout_theory
-
     import numpy as np
+
+    import mixout_theory
 
     env = store.run_env("cpu")
     assert env == {

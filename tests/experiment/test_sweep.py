@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
-from mixout_theory.experiment import engine, mlp, sweep
+from mixout_theory.experiment import ablations, engine, mlp, sweep
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import TMP_MARK, atomic_write
+from mixout_theory.experiment.studies import REGISTRY
+from mixout_theory.experiment.study import profile_sizes
 
 CPU = RunOptions(device="cpu", progress=False)
 
@@ -198,18 +200,18 @@ def test_pretrain_search_keeps_the_best_final_validation_run(exp, tmp_path, monk
 def test_profile_sizes_are_one_table():
     from mixout_theory.profiles import PROFILES
 
-    assert set(sweep.PROFILE_SIZES) == set(PROFILES)
-    for profile in PROFILES:
-        for part in ("sweep", "ablations"):
-            got = sweep.profile_sizes(profile, part)
-            assert got == sweep.PROFILE_SIZES[profile][part] and got is not sweep.PROFILE_SIZES[profile][part]
+    for study in REGISTRY.values():  # each study's sizes beside it, one entry per profile
+        assert set(study.sizes) == set(PROFILES) and study.sizes["paper"] == {}
+        for profile in PROFILES:
+            got = profile_sizes(study.sizes, profile)
+            assert got == study.sizes[profile] and got is not study.sizes[profile]
     got["restarts"] = 99  # a copy: the table itself never changes
-    assert sweep.PROFILE_SIZES["paper"]["ablations"] == {}
-    assert sweep.profile_config("smoke").restarts == sweep.PROFILE_SIZES["smoke"]["sweep"]["restarts"] == 4
+    assert REGISTRY["figure2"].sizes is sweep.SIZES and REGISTRY["ablations"].sizes is ablations.SIZES
+    assert sweep.profile_config("smoke").restarts == sweep.SIZES["smoke"]["restarts"] == 4
     assert sweep.profile_config("smoke").ps == (0.0, 0.3, 0.6, 0.8)
     assert sweep.profile_config("paper") == sweep.SweepConfig()  # paper: the dataclass defaults
     with pytest.raises(ValueError, match="profile must be one of"):
-        sweep.profile_sizes("huge", "sweep")
+        profile_sizes(sweep.SIZES, "huge")
 
 
 def test_run_sweep_takes_its_ensemble_size_and_workers_from_run_options(tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from mixout_theory.experiment import compare, mlp, plots, theorem1
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.study import Context
 
 CPU = RunOptions(device="cpu", progress=False)
 
@@ -60,8 +61,8 @@ def exp(make_exp):
 
 @pytest.mark.slow  # ~110 s
 def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
+    ctx = Context("smoke", results=tmp_path / "results", options=CPU)
     kw = dict(
-        results=tmp_path / "results",
         exp=exp,
         ps=(0.6,),
         mc_samples=64,
@@ -69,7 +70,7 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
         checkpoints=2,
         scan_ps=(0.2, 0.6),
     )
-    res = theorem1.run_theorem1("smoke", CPU, **kw)
+    res = theorem1.run_theorem1(ctx, **kw)
     assert [len(res.records[k]) for k in ("w_pre", "finetuned", "displaced", "scan", "trajectory")] == [
         1,
         1,
@@ -95,7 +96,7 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
         raise AssertionError("a stored measurement was recomputed")
 
     monkeypatch.setattr(theorem1, "measure_point", no_work)
-    again = theorem1.run_theorem1("smoke", CPU, **kw)
+    again = theorem1.run_theorem1(ctx, **kw)
     assert again.records == res.records
 
     # the kept weights are verified before use
@@ -141,11 +142,11 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
 
 def test_bad_parts_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown parts"):
-        theorem1.run_theorem1("smoke", CPU, results=tmp_path, parts=("finetuned", "everything"))
+        theorem1.run_theorem1(Context("smoke", results=tmp_path, options=CPU), parts=("finetuned", "everything"))
     assert not any(tmp_path.iterdir())
 
 
 def test_ps_outside_the_sweep_are_refused_before_any_work(exp, tmp_path):
     with pytest.raises(ValueError, match=r"ps \[0.5\] are not mixout runs of the smoke sweep"):
-        theorem1.run_theorem1("smoke", CPU, results=tmp_path, exp=exp, ps=(0.3, 0.5))
+        theorem1.run_theorem1(Context("smoke", results=tmp_path, options=CPU), exp=exp, ps=(0.3, 0.5))
     assert not any(tmp_path.iterdir())

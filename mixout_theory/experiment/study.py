@@ -1,0 +1,159 @@
+"""The one shape every study has: a :class:`Study`, run from a :class:`Context`, cut into shards.
+
+A study (Figure 2's sweep, the ablations, Theorem 1 on the network, the fidelity study) says what is
+its own: its name and command, its profile sizes, how it computes its runs from a :class:`Context`,
+how it exports its tables and figures and reads them back, and what its command prints.
+:mod:`~mixout_theory.experiment.studies` holds the registry and does, once for all studies, what is
+the same for each: the command line with its shared options, exporting only when every run is
+stored, and showing the user's results, else the committed ones, else computing them.
+
+A study's runs are stored as they finish (:class:`~mixout_theory.experiment.store.RunStore`), in
+ensembles fixed by its whole run list (:func:`~mixout_theory.experiment.store.pending_chunks`). A
+:class:`~mixout_theory.experiment.store.Shard` ``K/N`` computes the chunks whose index is ``K - 1`` modulo ``N``: the same ensembles
+as an unsharded run, so the same numbers bit for bit, and ``N`` shards together compute every chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.store import project_dir
+from mixout_theory.profiles import PROFILES
+
+__all__ = ["Context", "Study", "profile_sizes"]
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every study is run with: the profile, the folders, the source task, how to run.
+
+    ``results`` / ``figures`` / ``data_root``: ``None`` means ``$MIXOUT_RESULTS`` / ``$MIXOUT_FIGURES`` /
+    ``$MIXOUT_DATA``, else the checkout's ``results/``, ``figures/``, ``data/``. ``source``: ``"auto"``,
+    ``"emnist"`` or ``"stand-in"``; ``emnist_from``: a local EMNIST copy; ``options``: device, workers,
+    chunk, progress and shard (:class:`~mixout_theory.experiment.engine.RunOptions`).
+
+    Example:
+        >>> Context("smoke").results_dir.name
+        'results'
+    """
+
+    profile: str = "paper"
+    results: Path | None = None
+    figures: Path | None = None
+    data_root: Path | None = None
+    source: str = "auto"
+    emnist_from: Path | None = None
+    options: RunOptions = field(default_factory=RunOptions)
+
+    def __post_init__(self):
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+
+    @property
+    def results_dir(self) -> Path:
+        return project_dir("results") if self.results is None else Path(self.results)
+
+    @property
+    def figures_dir(self) -> Path:
+        return project_dir("figures") if self.figures is None else Path(self.figures)
+
+    def experiment(self):
+        """The prepared data (:func:`mixout_theory.experiment.data.load_experiment`)."""
+        from mixout_theory.experiment import data
+
+        return data.load_experiment(root=self.data_root, source=self.source, emnist_from=self.emnist_from)
+
+    def replace(self, **changes) -> Context:
+        return dataclasses.replace(self, **changes)
+
+
+def profile_sizes(sizes: dict, profile: str) -> dict:
+    """A study's overrides of its paper-size defaults for ``profile`` (a copy; a bad profile is an error)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {', '.join(PROFILES)}, got {profile!r}")
+    return dict(sizes[profile])
+
+
+class Study:
+    """The interface every study implements (one subclass per study module, one line in the registry).
+
+    Attributes: ``name`` (the registry key, also ``compare``'s), ``command`` (the CLI command),
+    ``help`` / ``description`` (its CLI texts), ``export_name`` (its export folder is
+    ``figures/<export_name>-<profile>-<source>/``), ``committed`` (its paper-profile export under
+    ``docs/results/``), ``chunk`` (runs per ensemble unless ``--chunk`` says otherwise), ``sizes``
+    (``{profile: overrides of the configuration's paper-size defaults}``) and ``noun`` (what a run is).
+    """
+
+    name: str = ""
+    command: str = ""
+    help: str = ""
+    description: str = ""
+    export_name: str = ""
+    committed: str = ""
+    chunk: int | None = None
+    sizes: dict = {}
+    noun: str = "runs"
+
+    # -- what each study writes
+    def run(self, ctx: Context, **overrides):
+        """Compute every run not yet stored (this shard's share under ``ctx.options.shard``); the results."""
+        raise NotImplementedError
+
+    def stores(self, result) -> list:
+        """The run stores ``result`` was computed into (each with ``planned``, its whole run list)."""
+        raise NotImplementedError
+
+    def export(self, result, folder: Path, ctx: Context) -> list[Path]:
+        """Tables (with ``meta.json`` and its sha256), figures and reports of ``result`` into ``folder``."""
+        raise NotImplementedError
+
+    def load(self, folder: Path):
+        """What a notebook shows, read back from an export (every table checked against its sha256)."""
+        raise NotImplementedError
+
+    def shown(self, loaded) -> tuple[str, str, str]:
+        """``(profile, source name, configuration key)`` of what :meth:`load` returned."""
+        raise NotImplementedError
+
+    def source(self, result) -> str:
+        """The source task's key (``emnist`` / ``stand-in``) of ``result`` (names its export folder)."""
+        raise NotImplementedError
+
+    def summary(self, result, folder: Path, written) -> list[str]:
+        """What the command prints after its export (the claims, where the files are)."""
+        return [f"wrote {len(written)} files to {folder}"]
+
+    # -- the command line: the study's own options beside the shared ones
+    def add_arguments(self, parser) -> None:
+        parser.add_argument(
+            "--export",
+            default=None,
+            metavar="DIR",
+            help=f"folder for the tables, figures and meta.json (default: the figure folder's "
+            f"{self.export_name}-<profile>-<source>/)",
+        )
+
+    def run_kwargs(self, args, parser) -> dict:
+        """The study's own options as keyword arguments of :meth:`run`."""
+        return {}
+
+    def export_folder(self, ctx: Context, result, args=None) -> Path:
+        """``--export``, else ``figures/<export_name>-<profile>-<source>/``."""
+        if args is not None and getattr(args, "export", None) is not None:
+            return Path(args.export)
+        return ctx.figures_dir / f"{self.export_name}-{ctx.profile}-{self.source(result)}"
+
+    # -- what is the same for every study
+    def missing(self, result) -> list[str]:
+        """The run ids of the whole run list not stored yet (other shards' share, or an interruption)."""
+        out = []
+        for s in self.stores(result):
+            done = s.done()
+            out += [f"{s.dir.name}/{r}" for r in (s.planned or ()) if r not in done]
+        return out
+
+    def committed_dir(self) -> Path:
+        return project_dir("docs") / "results" / self.committed
