@@ -4,7 +4,7 @@ Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetun
 Pretrained Language Models", ICLR 2020 (arXiv:1909.11299): the questions of its BERT-LARGE / GLUE
 experiments (20 restarts per setting, degenerate runs, Table 3's new output layer). Every run
 uses the batched engine (:func:`mixout_theory.experiment.engine.train_ensemble`) from the sweep's cached
-``w_pre`` (:func:`mixout_theory.experiment.sweep.pretrain`), with the finetuning protocol of Supplement C.1
+``w_pre`` (:func:`mixout_theory.experiment.pretraining.pretrain`), with the finetuning protocol of Supplement C.1
 (Adam, lr 5e-5, batch 32, 10% warm-up then linear decay to 0).
 
 Studies (each a resumable store under ``results/ablations/``, a table, a figure):
@@ -19,7 +19,7 @@ Studies (each a resumable store under ``results/ablations/``, a table, a figure)
   :data:`HEAD_SETTINGS`).
 * ``trajectory`` -- the L2 coefficient that mixout(w_pre, p) implies along a finetuning run (eq. 9
   read backwards): ``m_t = 2 (E L(Phi(w_t)) - L(w_t)) / ((p / (1 - p)) ||w_t - w_pre||^2)`` on the
-  mixed weights, at epoch-end checkpoints (:func:`mixout_theory.experiment.curvature.effective_l2`).
+  mixed weights, at epoch-end checkpoints (:func:`mixout_theory.experiment.effective_l2.effective_l2`).
 
 This module holds the settings and the runners; summaries and the paper's claims are in
 :mod:`~mixout_theory.experiment.report`, the figures and the exported tables in
@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from mixout_theory.experiment import engine, mlp, sweep
-from mixout_theory.experiment.curvature import effective_l2
+from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import (
     RunStore,

@@ -462,9 +462,9 @@ def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
 
 def committed(study: str, profile: str, source: str) -> Result | None:
     """The committed export of ``study`` (``docs/results/``), read, when it holds this profile and source."""
-    from mixout_theory.experiment.shown import COMMITTED
+    from mixout_theory.experiment.studies import REGISTRY
 
-    folder = project_dir("docs") / "results" / COMMITTED[study]
+    folder = REGISTRY[study].committed_dir()
     if not (folder / "meta.json").is_file():
         return None
     try:

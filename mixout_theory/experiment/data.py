@@ -78,6 +78,10 @@ __all__ = [
     "StandInWarning",
     "SOURCE_NAMES",
     "SOURCE_CHOICES",
+    "ORIENTATIONS",
+    "check_orientation",
+    "oriented_name",
+    "transposed_images",
 ]
 
 # ----------------------------------------------------------------------------------- constants
@@ -613,3 +617,37 @@ def load_experiment(
         raise DataUnavailableError(msg)
     report = prepare(root, source=source, emnist_from=emnist_from, download=True, log=log)
     return _from_cache(Path(report["cache"]["path"]))
+
+
+# --------------------------------------------------------------------------------------------
+# orientation: EMNIST's files store every image transposed relative to MNIST; sources.py transposes
+# them back, so the default source is *upright*. ``torchvision.datasets.EMNIST`` returns them as
+# stored, so a pipeline built on it pretrains on *transposed* digits; the stand-in can be transposed
+# the same way (the fidelity study's first option; pretraining.experiment_tensors applies it).
+
+#: How the source task's images are oriented: as MNIST's (upright: EMNIST transposed back, the
+#: stand-in as rendered) or transposed relative to them (EMNIST as its files store it and as
+#: ``torchvision.datasets.EMNIST`` returns it; the stand-in transposed the same way).
+ORIENTATIONS = ("upright", "transposed")
+
+
+def check_orientation(orientation) -> str:
+    if orientation not in ORIENTATIONS:
+        raise ValueError(
+            f"orientation must be one of {', '.join(map(repr, ORIENTATIONS))}, got {orientation!r}"
+        )
+    return orientation
+
+
+def oriented_name(source_name: str, orientation: str) -> str:
+    """The source task's name, saying when its images are transposed relative to MNIST's."""
+    if check_orientation(orientation) == "upright":
+        return source_name
+    if source_name.startswith("EMNIST"):
+        return f"{source_name} as stored (transposed relative to MNIST, as torchvision delivers it)"
+    return f"{source_name}, transposed (as torchvision delivers EMNIST)"
+
+
+def transposed_images(x: torch.Tensor, side: int = 28) -> torch.Tensor:
+    """Each flattened ``side x side`` image of ``x`` (N, side^2) transposed (H <-> W)."""
+    return x.view(-1, side, side).transpose(1, 2).reshape(x.shape)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mixout_theory.experiment import engine, sweep
-from mixout_theory.experiment.orientation import ORIENTATIONS, oriented_name
+from mixout_theory.experiment.data import ORIENTATIONS, oriented_name
 from mixout_theory.experiment.store import (
     checked_meta,
     read_csv,

@@ -8,7 +8,7 @@ seeded subset of the MNIST training split (``loss_size`` images, 5,000 at the pa
 ``u``, with ``d = w - u`` and ``k = p / (1 - p)``, each record holds
 
 * ``mc``: the Monte Carlo ``E L(Phi(w)) - L(w)`` of mixout(u, p) with its 95% interval
-  (:func:`mixout_theory.experiment.curvature.effective_l2`, control variate, float64);
+  (:func:`mixout_theory.experiment.effective_l2.effective_l2`, control variate, float64);
 * ``second_order = (k / 2) sum_g d_g^T H_gg d_g`` (:func:`mixout_theory.second_order.second_order_terms`,
   one exact Hessian-vector product per input neuron) and ``m_eff = sum_g d_g^T H_gg d_g / ||d||^2``;
 * ``m_min`` / ``m_max``: the extreme eigenvalues of ``H`` on the mixed coordinates (Lanczos,
@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from mixout_theory import second_order
 from mixout_theory.experiment import ablations, engine, mlp, sweep
-from mixout_theory.experiment.curvature import effective_l2
+from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.store import (
     RunStore,

@@ -1,6 +1,6 @@
 """Ablations: wdecay as a penalty (coupled, exact gradient), the studies' pairing, subsets, step
 budget and resumable store, the stores reloaded by load_stored. (The effective L2 estimator:
-tests/experiment/test_curvature.py; failure rule, summaries, tables: tests/experiment/test_report.py.)
+tests/experiment/test_effective_l2.py; failure rule, summaries, tables: tests/experiment/test_report.py.)
 """
 
 import dataclasses

@@ -601,6 +601,10 @@ def test_data_exports_its_own_names_and_the_rest_lives_in_its_module():
         "StandInWarning",
         "SOURCE_NAMES",
         "SOURCE_CHOICES",
+        "ORIENTATIONS",
+        "check_orientation",
+        "oriented_name",
+        "transposed_images",
     ]
     for gone in (
         "SOURCE_KEYS",

@@ -12,9 +12,9 @@ import math
 import pytest
 import torch
 
-from mixout_theory.experiment import data, fidelity, fidelity_report, shown, sweep
+from mixout_theory.experiment import data, fidelity, fidelity_report, pretraining, shown, sweep
+from mixout_theory.experiment.data import oriented_name, transposed_images
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.orientation import oriented_name, transposed_images
 from mixout_theory.experiment.store import IntegrityError, config_hash, project_dir
 from mixout_theory.experiment.study import Context
 
@@ -120,8 +120,8 @@ def test_notebook_loader_shows_the_stored_export(study):
 
 def test_orientation_is_applied_to_the_source_only_and_named(make_exp):
     exp = make_exp()
-    up = sweep.experiment_tensors(exp, sweep.SweepConfig())
-    tr = sweep.experiment_tensors(exp, sweep.SweepConfig(orientation="transposed"))
+    up = pretraining.experiment_tensors(exp, sweep.SweepConfig())
+    tr = pretraining.experiment_tensors(exp, sweep.SweepConfig(orientation="transposed"))
     x = up["source_train"][0]
     assert torch.equal(tr["source_train"][0], x.view(-1, 28, 28).transpose(1, 2).reshape(x.shape))
     assert torch.equal(tr["target_train"][0], up["target_train"][0])  # MNIST stays as it is

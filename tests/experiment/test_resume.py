@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from mixout_theory.experiment import engine, sweep
+from mixout_theory.experiment import engine, pretraining, sweep
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import REJECTED, IntegrityError, RejectedRecordWarning, tensors_sha256
 
@@ -46,8 +46,8 @@ def config(exp):
 def reference(exp, config, tmp_path_factory):
     """The uninterrupted sweep: its runs.csv rows (timing dropped) and its w_pre."""
     root = tmp_path_factory.mktemp("reference")
-    tensors = sweep.experiment_tensors(exp, config)
-    w_pre = sweep.pretrain(root, config, tensors, OPTIONS)
+    tensors = pretraining.experiment_tensors(exp, config)
+    w_pre = pretraining.pretrain(root, config, tensors, OPTIONS)
     store = sweep.run_sweep(root, config, tensors, w_pre, OPTIONS)
     assert len(store.records()) == 2 * (1 + 2 * 2) == 10  # 3 chunks of 4, 4, 2
     return _rows(store), w_pre
@@ -88,7 +88,7 @@ def test_a_killed_sweep_resumes_bit_for_bit(
     where, target, attr, after, exp, config, reference, tmp_path, monkeypatch
 ):
     want, w_pre = reference
-    tensors = sweep.experiment_tensors(exp, config)
+    tensors = pretraining.experiment_tensors(exp, config)
     with monkeypatch.context() as m:
         _interrupt_on(m, target, attr, after)
         with pytest.raises(KeyboardInterrupt):
@@ -104,7 +104,7 @@ def test_a_killed_sweep_resumes_bit_for_bit(
 
 def test_a_kill_during_pretraining_resumes_bit_for_bit(exp, config, reference, tmp_path, monkeypatch):
     want, w_pre = reference
-    tensors = sweep.experiment_tensors(exp, config)
+    tensors = pretraining.experiment_tensors(exp, config)
     real = engine.evaluate
 
     def killed(*a, **k):  # pretraining evaluates at every epoch end: kill at the second
@@ -117,16 +117,16 @@ def test_a_kill_during_pretraining_resumes_bit_for_bit(exp, config, reference, t
     with monkeypatch.context() as m:
         m.setattr(engine, "evaluate", killed)
         with pytest.raises(KeyboardInterrupt):
-            sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+            pretraining.pretrain(tmp_path, config, tensors, OPTIONS)
     assert not list((tmp_path / "pretrain").glob("*.pt"))  # nothing half-written is cached
-    again = sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    again = pretraining.pretrain(tmp_path, config, tensors, OPTIONS)
     assert all(bool((again[k] == w_pre[k]).all()) for k in w_pre)
     assert _rows(sweep.run_sweep(tmp_path, config, tensors, again, OPTIONS)) == want
 
 
 def test_damaged_and_stray_records_are_named_set_aside_and_recomputed(exp, config, reference, tmp_path):
     want, w_pre = reference
-    tensors = sweep.experiment_tensors(exp, config)
+    tensors = pretraining.experiment_tensors(exp, config)
     store = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)
     runs = store.runs
     truncated = runs / "mixout-p0.30-seed1.json"
@@ -169,19 +169,19 @@ def test_altered_or_truncated_pretrained_weights_are_refused_naming_the_file(
     exp, config, reference, tmp_path
 ):
     _, w_pre = reference
-    tensors = sweep.experiment_tensors(exp, config)
-    sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+    tensors = pretraining.experiment_tensors(exp, config)
+    pretraining.pretrain(tmp_path, config, tensors, OPTIONS)
     path = next((tmp_path / "pretrain").glob("*.pt"))
     good = path.read_bytes()
     with open(path, "r+b") as f:  # 64 floats of fc1.weight (most of the file) set to 3.4e38
         f.seek(len(good) // 2)
         f.write(struct.pack("<f", 3.4e38) * 64)
     with pytest.raises(IntegrityError, match="weights were altered or damaged") as e:
-        sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+        pretraining.pretrain(tmp_path, config, tensors, OPTIONS)
     assert str(path) in str(e.value) and "delete" in str(e.value)
     path.write_bytes(good[: len(good) // 3])  # truncated
     with pytest.raises(IntegrityError, match="differs from"):
-        sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+        pretraining.pretrain(tmp_path, config, tensors, OPTIONS)
     # a cache from before checksums were recorded is not trusted: pretrained again, the same weights
     path.write_bytes(good)
     side = path.with_suffix(".json")
@@ -189,7 +189,7 @@ def test_altered_or_truncated_pretrained_weights_are_refused_naming_the_file(
     del meta["sha256"]
     side.write_text(json.dumps(meta))
     with pytest.warns(UserWarning, match="no checksum recorded"):
-        again = sweep.pretrain(tmp_path, config, tensors, OPTIONS)
+        again = pretraining.pretrain(tmp_path, config, tensors, OPTIONS)
     assert all(bool((again[k] == w_pre[k]).all()) for k in w_pre) and "sha256" in json.loads(side.read_text())
 
 
@@ -242,7 +242,7 @@ def test_stored_files_get_the_usual_permissions(exp, config, reference, tmp_path
     umask = os.umask(0)
     os.umask(umask)
     _, w_pre = reference
-    store = sweep.run_sweep(tmp_path, config, sweep.experiment_tensors(exp, config), w_pre, OPTIONS)
-    sweep.pretrain(tmp_path, config, sweep.experiment_tensors(exp, config), OPTIONS)
+    store = sweep.run_sweep(tmp_path, config, pretraining.experiment_tensors(exp, config), w_pre, OPTIONS)
+    pretraining.pretrain(tmp_path, config, pretraining.experiment_tensors(exp, config), OPTIONS)
     files = [*store.runs.glob("*.json"), store.dir / "runs.csv", *(tmp_path / "pretrain").iterdir()]
     assert files and {stat.S_IMODE(p.stat().st_mode) for p in files} == {0o666 & ~umask}

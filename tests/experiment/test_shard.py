@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from mixout_theory.experiment import studies, sweep
+from mixout_theory.experiment import pretraining, studies, sweep
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.shard import Shard
 from mixout_theory.experiment.store import pending_chunks
@@ -63,8 +63,8 @@ def test_two_shards_at_the_same_time_equal_one_unsharded_run_bit_for_bit(make_ex
         ps=(0.0, 0.3, 0.6),
         restarts=2,
     )
-    tensors = sweep.experiment_tensors(exp, config)
-    w_pre = sweep.pretrain(tmp_path / "whole", config, tensors, OPTIONS)
+    tensors = pretraining.experiment_tensors(exp, config)
+    w_pre = pretraining.pretrain(tmp_path / "whole", config, tensors, OPTIONS)
     whole = sweep.run_sweep(tmp_path / "whole", config, tensors, w_pre, OPTIONS)
     assert len(whole.records()) == 10  # 4 chunks of 3, 3, 3, 1
 

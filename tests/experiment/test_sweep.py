@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from mixout_theory.experiment import ablations, engine, mlp, sweep
+from mixout_theory.experiment import ablations, engine, mlp, pretraining, sweep
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import TMP_MARK, atomic_write
 from mixout_theory.experiment.studies import REGISTRY
@@ -55,12 +55,12 @@ def test_config_key_changes_with_what_changes_numbers():
 
 def test_sweep_records_resume_and_interrupt(exp, tmp_path, monkeypatch):
     cfg = _config(exp)
-    tensors = sweep.experiment_tensors(exp, cfg)
-    w_pre = sweep.pretrain(tmp_path, cfg, tensors, CPU)
+    tensors = pretraining.experiment_tensors(exp, cfg)
+    w_pre = pretraining.pretrain(tmp_path, cfg, tensors, CPU)
     # cached: a second call loads the same tensors without training
     calls = []
     monkeypatch.setattr(engine, "train_ensemble", lambda *a, **k: calls.append(1))
-    again = sweep.pretrain(tmp_path, cfg, tensors, CPU)
+    again = pretraining.pretrain(tmp_path, cfg, tensors, CPU)
     assert not calls and all(torch.equal(w_pre[k], again[k]) for k in w_pre)
     monkeypatch.undo()
 
@@ -125,7 +125,7 @@ def test_sweep_records_resume_and_interrupt(exp, tmp_path, monkeypatch):
 def test_sweep_record_matches_a_solo_run(exp, tmp_path):
     """The numbers in a record are those of the member trained alone with the same seeds."""
     cfg = _config(exp, ps=(0.0, 0.6), restarts=1)
-    tensors = sweep.experiment_tensors(exp, cfg)
+    tensors = pretraining.experiment_tensors(exp, cfg)
     w_pre = mlp.init_params(None, 4)
     store = sweep.run_sweep(tmp_path, cfg, tensors, w_pre, CPU)
     rec = next(r for r in store.records() if r["method"] == "mixout")
@@ -150,7 +150,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_workers_give_the_same_records(exp, tmp_path):
     """Two worker processes write exactly the records one process writes (timings aside)."""
     cfg = _config(exp, ps=(0.0, 0.5), restarts=2)
-    tensors = sweep.experiment_tensors(exp, cfg)
+    tensors = pretraining.experiment_tensors(exp, cfg)
     w_pre = mlp.init_params(None, 2)
     one = sweep.run_sweep(
         tmp_path / "a", cfg, tensors, w_pre, RunOptions(device="cpu", chunk=2, workers=1, progress=False)
@@ -170,11 +170,11 @@ def test_workers_give_the_same_records(exp, tmp_path):
 
 def test_pretrain_search_keeps_the_best_final_validation_run(exp, tmp_path, monkeypatch):
     """The paper's search: each (seed, budget) is its own run and only its final epoch competes."""
-    monkeypatch.setattr(sweep, "SEARCH_BUDGETS", range(1, 3))
-    monkeypatch.setattr(sweep, "SEARCH_SEEDS", range(2))
+    monkeypatch.setattr(pretraining, "SEARCH_BUDGETS", range(1, 3))
+    monkeypatch.setattr(pretraining, "SEARCH_SEEDS", range(2))
     cfg = _config(exp, pretrain_search=True)
-    tensors = sweep.experiment_tensors(exp, cfg)
-    w_pre = sweep.pretrain(tmp_path, cfg, tensors, CPU)
+    tensors = pretraining.experiment_tensors(exp, cfg)
+    w_pre = pretraining.pretrain(tmp_path, cfg, tensors, CPU)
     meta = json.loads(next((tmp_path / "pretrain").glob("*.json")).read_text())
     assert meta["budget"] in (1, 2) and meta["seed"] in (0, 1) and meta["epoch"] == meta["budget"]
     # reproduce every candidate alone: the kept one has the best final validation accuracy

@@ -142,7 +142,9 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
 
 def test_bad_parts_are_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown parts"):
-        theorem1.run_theorem1(Context("smoke", results=tmp_path, options=CPU), parts=("finetuned", "everything"))
+        theorem1.run_theorem1(
+            Context("smoke", results=tmp_path, options=CPU), parts=("finetuned", "everything")
+        )
     assert not any(tmp_path.iterdir())
 
 

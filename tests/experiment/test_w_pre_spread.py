@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mixout_theory.cli import main
-from mixout_theory.experiment import machine, sweep, w_pre_spread
+from mixout_theory.experiment import machine, pretraining, sweep, w_pre_spread
 from mixout_theory.experiment.engine import RunOptions
 
 CPU = RunOptions(device="cpu", progress=False)
@@ -68,8 +68,8 @@ def two_seeds(make_exp, tmp_path_factory):
             restarts=3,
             pretrain_seed=seed,
         )
-        tensors = sweep.experiment_tensors(exp, cfg)
-        w_pre = sweep.pretrain(root, cfg, tensors, CPU)
+        tensors = pretraining.experiment_tensors(exp, cfg)
+        w_pre = pretraining.pretrain(root, cfg, tensors, CPU)
         cfg = sweep.dataclasses.replace(cfg, w_pre=sweep.tensors_sha256(w_pre)[:16])
         stores[seed] = sweep.run_sweep(root, cfg, tensors, w_pre, CPU)
     out = tmp_path_factory.mktemp("figures")

@@ -1,0 +1,146 @@
+"""``w_pre``: pretraining on the source task, cached with its checksum, and the tensors it is trained on.
+
+* :func:`experiment_tensors` -- the fixed, seeded subsets of the prepared data a sweep uses (the
+  source images transposed when its configuration says so);
+* :func:`pretrain` -- the best source-validation checkpoint (one seed for ``pretrain_epochs``, or the
+  paper's search over seeds and epoch budgets), cached as ``pretrain/<source>-<key>.pt`` with its
+  sha256 beside it and reused only while it still matches (:func:`load_pretrained`).
+
+The configuration is the sweep's (:class:`~mixout_theory.experiment.sweep.SweepConfig`); its
+``pretrain_key()`` names the cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from mixout_theory.experiment import engine, mlp
+from mixout_theory.experiment.data import transposed_images
+from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.store import IntegrityError, Staging, jsonable, verify_sha256
+
+#: The paper's selection of w_pre: every seed for every epoch budget, best final validation accuracy.
+SEARCH_BUDGETS, SEARCH_SEEDS = range(1, 21), range(5)
+
+
+def _subset(split, n: int | None, seed: int):
+    x, y = split
+    if n is None or n >= x.shape[0]:
+        return x, y
+    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    return x[idx], y[idx]
+
+
+def experiment_tensors(exp, config) -> dict:
+    """The (x, y) pairs the sweep uses, sized by the profile (fixed, seeded subsets); the source
+    task's images transposed when ``config.orientation`` says so (normalisation is unchanged by it)."""
+    source = {
+        "source_train": _subset(_xy(exp.source.train), config.source_train, 1),
+        "source_val": _subset(_xy(exp.source.val), config.eval_size, 2),
+    }
+    if config.orientation == "transposed":
+        source = {k: (transposed_images(x), y) for k, (x, y) in source.items()}
+    return {
+        **source,
+        "target_train": _subset(_xy(exp.target.train), config.target_train, 3),
+        "target_val": _subset(_xy(exp.target.val), config.eval_size, 4),
+        "target_test": _subset(_xy(exp.target.test), config.eval_size, 5),
+    }
+
+
+def _xy(split):
+    return (split.x, split.y) if hasattr(split, "x") else tuple(split)
+
+
+def pretrain(store_root, config, tensors: dict, options: RunOptions = RunOptions()) -> dict:
+    """``w_pre``: best source-validation checkpoint, cached as ``pretrain/<source>-<hash>.pt`` with the
+    file's sha256 in the ``.json`` beside it, and reused only when the file still matches it
+    (:func:`load_pretrained`)."""
+    path = Path(store_root) / "pretrain" / f"{config.source}-{config.pretrain_key()}.pt"
+    if path.exists():
+        cached = load_pretrained(path)
+        if cached is not None:
+            return cached
+    xs, ys = tensors["source_train"]
+    xv, yv = tensors["source_val"]
+    budgets = SEARCH_BUDGETS if config.pretrain_search else [config.pretrain_epochs]
+    seeds = SEARCH_SEEDS if config.pretrain_search else [config.pretrain_seed]
+    best = {"acc": -1.0}
+    t0 = time.perf_counter()
+    for epochs in budgets:
+        members = [
+            engine.Member(
+                dropout=config.dropout_pretrain,
+                wdecay=config.weight_decay_pretrain,
+                data_seed=s,
+                mask_seed=10_000 + s,
+            )
+            for s in seeds
+        ]
+
+        def keep_best(epoch, params, epochs=epochs):
+            acc = engine.evaluate(params, xv, yv)["acc"]
+            k = int(acc.argmax())
+            # with the search, only a run's final epoch counts (each budget is its own run)
+            if (not config.pretrain_search or epoch == epochs - 1) and acc[k] > best["acc"]:
+                best.update(
+                    acc=float(acc[k]),
+                    epoch=epoch + 1,
+                    budget=epochs,
+                    seed=seeds[k],
+                    params={n: v[k].detach().cpu().clone() for n, v in params.items()},
+                )
+
+        engine.train_ensemble(
+            mlp.init_params(len(members), seed=1000 * config.pretrain_seed),
+            members,
+            xs,
+            ys,
+            epochs=epochs,
+            lr=config.lr_pretrain,
+            batch_size=config.batch_size,
+            warmup=config.warmup,
+            device=options.device,
+            on_epoch_end=keep_best,
+            progress=f"pretrain ({config.source}, {epochs} epochs)" if options.progress else False,
+        )
+    meta = {k: v for k, v in best.items() if k != "params"}
+    meta.update(seconds=time.perf_counter() - t0, config=jsonable(dataclasses.asdict(config)))
+    buf = io.BytesIO()
+    torch.save({"params": best["params"], "meta": meta}, buf)
+    meta["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+    with Staging() as st:  # the weights and their checksum appear together
+        st.path_for(path).write_bytes(buf.getvalue())
+        st.path_for(path.with_suffix(".json")).write_text(json.dumps(meta, indent=1, sort_keys=True))
+        st.commit()
+    return best["params"]
+
+
+def load_pretrained(path: Path) -> dict | None:
+    """The cached ``w_pre`` at ``path``, checked against the sha256 recorded beside it. An altered or
+    unreadable file raises :class:`IntegrityError` naming it; a cache from before checksums were
+    recorded is not trusted: ``None`` (it is pretrained again, deterministically) with a warning."""
+    side = path.with_suffix(".json")
+    remedy = f"delete {path} and {side.name} and rerun: w_pre is pretrained again"
+    try:
+        want = json.loads(side.read_text()).get("sha256") if side.is_file() else None
+    except ValueError as e:
+        raise IntegrityError(f"{side}: unreadable ({e}); {remedy}") from None
+    if want is None:
+        warnings.warn(
+            f"{path}: no checksum recorded beside it (an older cache): pretraining w_pre again", stacklevel=3
+        )
+        return None
+    verify_sha256(path, want, side, f"the weights were altered or damaged; {remedy}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)["params"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file
+        raise IntegrityError(f"{path}: unreadable ({type(e).__name__}: {e}); {remedy}") from None
