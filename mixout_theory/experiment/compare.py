@@ -297,14 +297,14 @@ def _read(f: Path, kind: str) -> Result:
 def _exported_store(folder: Path, kind: str) -> Path:
     """A store of the ablations or of Theorem 1, exported into a temporary folder (the export reads
     the results root the store sits in, as ``figures`` does)."""
-    from mixout_theory.experiment import ablations, plots, theorem1
+    from mixout_theory.experiment import ablations, exports, theorem1
 
     root = folder.parent.parent
     out = Path(tempfile.mkdtemp(prefix=f"mixout-compare-{kind}-"))
     if kind == "ablations-store":
         found = [r for r in ablations.load_stored(root) if any(s.dir == folder for s in r.stores.values())]
         if found:
-            plots.export_ablations(found[0], out)
+            exports.export_ablations(found[0], out)
             return out
     else:
         found = [r for r in theorem1.load_stored(root) if r.store.dir == folder]

@@ -1,25 +1,53 @@
-"""Exported result folders, read back without their stores (what the committed ``docs/results/`` hold).
+"""What each study exports (tables with their checksums, figures, reports) and how an export is read back.
 
-* :func:`load_figure2` -- the Figure 2 export (:func:`mixout_theory.experiment.plots.export_experiment`):
-  the run records from ``runs.csv`` and ``meta.json``.
-* :func:`load_ablations` -- the ablations' export (:func:`mixout_theory.experiment.plots.export_ablations`)
-  as :class:`~mixout_theory.experiment.ablations.AblationResults`.
+Writers (a study's tables and ``meta.json`` with the sha256 of every table, its figures drawn by
+:mod:`~mixout_theory.experiment.plots` from those tables' numbers):
 
-Every table is checked against the sha256 its ``meta.json`` records before it is read
-(:func:`~mixout_theory.experiment.store.checked_meta`). The Theorem 1 study reads its own tables
-(:func:`mixout_theory.experiment.theorem1.load_tables`).
+* :func:`export_experiment` / :func:`render_experiment` -- Figure 2's runs (of a set of records, of one store);
+* :func:`export_ablations` -- the ablations' tidy and summary CSVs, figures, ``tables.md``;
+* :func:`export_theorem1` -- the Theorem 1 study's tables and figures.
+
+Readers, without the stores (what the committed ``docs/results/`` hold); every table is checked
+against the sha256 its ``meta.json`` records before it is read
+(:func:`~mixout_theory.experiment.store.checked_meta`):
+
+* :func:`load_figure2` -- the run records from ``runs.csv`` and ``meta.json``;
+* :func:`load_ablations` -- the ablations as :class:`~mixout_theory.experiment.ablations.AblationResults`.
+
+The Theorem 1 study reads its own tables (:func:`mixout_theory.experiment.theorem1.load_tables`), the
+fidelity study its own (:func:`mixout_theory.experiment.fidelity.load_fidelity`).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
-from mixout_theory.experiment import ablations, sweep
-from mixout_theory.experiment.store import checked_meta, read_csv
+from mixout_theory.experiment import ablations, plots, report, sweep, theorem1
+from mixout_theory.experiment.machine import machines_of
+from mixout_theory.experiment.store import (
+    atomic_write,
+    atomic_write_csv,
+    checked_meta,
+    jsonable,
+    read_csv,
+    run_env,
+    sha256_file,
+)
+from mixout_theory.figures import save_figure
 
-__all__ = ["load_figure2", "load_ablations", "RUN_TEXT", "ABLATION_TABLES"]
+__all__ = [
+    "export_experiment",
+    "render_experiment",
+    "export_ablations",
+    "export_theorem1",
+    "load_figure2",
+    "load_ablations",
+    "RUN_TEXT",
+    "ABLATION_TABLES",
+]
 
 #: the columns of the sweep's ``runs.csv`` that are names or hashes, never numbers
 RUN_TEXT = (
@@ -103,3 +131,182 @@ def _trajectory_records(folder: Path, config: ablations.AblationConfig) -> list[
         facts = {k: c[0][k] for k in per_run} | {"steps": c[-1]["step"], "epochs": c[-1]["epoch"]} | run
         records.append(dict(facts, checkpoints=[{k: v for k, v in q.items() if k not in per_run} for q in c]))
     return records
+
+
+# --------------------------------------------------------------------------------------------
+# writers
+
+
+def render_experiment(store_dir, out_dir, band: str = "std") -> list[Path]:
+    """Figure 2, the per-layer distances, the tables and ``meta.json`` of one sweep store (no
+    training), into ``out_dir/experiment-<profile>-<source>/``."""
+    records = sweep.load_records(store_dir)
+    if not records:
+        return []
+    meta = report.experiment_meta(records)
+    out = Path(out_dir) / f"experiment-{meta['profile']}-{meta['source']}"
+    return export_experiment(records, out, sweep.store_context(store_dir), band)
+
+
+def export_experiment(records: list[dict], out_dir, context: dict, band: str = "std") -> list[Path]:
+    """``figure2`` and ``layer_distances`` (PNG, PDF), ``table.csv`` / ``table.md``, ``runs.csv`` and
+    ``meta.json`` (:func:`sweep.export_runs`) of these runs into ``out_dir``."""
+    meta = report.experiment_meta(records)
+    summary = report.summarise(records)
+    out = Path(out_dir)
+    paths = save_figure(plots.figure2(summary, meta, band), out, "figure2")
+    paths += save_figure(plots.layer_distance_figure(summary, meta, band), out, "layer_distances")
+    paths += report.summary_table(summary, meta, out)
+    claims = {k: v for k, v in report.figure2_claims(records).items() if k != "report"}
+    return paths + sweep.export_runs(records, out, context, claims)
+
+
+def export_theorem1(res, out_dir) -> dict:
+    """The Theorem 1 study's tables and ``meta.json`` (:func:`theorem1.export_tables`) and its two
+    figures, rendered from the tables just written, into ``out_dir``; returns ``{name: path}``."""
+    written = theorem1.export_tables(res, out_dir)
+    points, traj, meta = theorem1.load_tables(out_dir)
+    figs = {"theorem1_network": plots.theorem1_figure(points, meta)}
+    if traj:
+        figs["theorem1_trajectory"] = plots.theorem1_trajectory_figure(traj, meta)
+    for stem, fig in figs.items():
+        written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
+    return written
+
+
+def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
+    """Write the ablations' tidy CSVs, summary CSVs, figures (PNG, PDF), ``tables.md`` and ``meta.json``
+    (configuration, claims, the sha256 of every CSV) into ``out_dir``; returns ``{name: path}``
+    (``meta.json``'s ``this_invocation_seconds`` is empty for results loaded from disk).
+    :func:`exports.load_ablations` reads the folder back."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+
+    def write_csv(name, rows, cols=None, exact=False):
+        if not rows:
+            return
+        cols = cols or [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
+        if not exact:
+            rows = [
+                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols}
+                for r in rows
+            ]
+        written[name] = atomic_write_csv(out_dir / name, rows, cols, lineterminator="\n")
+
+    def write_figure(stem, fig):
+        written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
+
+    run_cols = [
+        "size",
+        "setting",
+        "restart",
+        "data_seed",
+        "mask_seed",
+        "epochs",
+        "steps",
+        "test_acc",
+        "test_loss",
+        "train_loss",
+        "dist_mixed",
+        "dist_fc1",
+        "dist_fc2",
+        "dist_fc3",
+        "dist_all",
+    ]
+    tables, meta = (
+        [],
+        {
+            "config": jsonable(res.config.asdict()),
+            "w_pre_test_acc": res.w_pre_acc,
+            "source_name": res.source_name,
+            "this_invocation_seconds": res.seconds,
+            "env": run_env(),
+            "machines": machines_of(r for recs in res.records.values() for r in recs),
+            "training": {s: _training_cost(r) for s, r in res.records.items()},
+            "subset_sha256": ablations.subset_sha256(res.subset_index),
+            "store_keys": {s: res.config.key(s) for s in res.records},
+        },
+    )
+    small = head = traj = []
+    if "small_data" in res.records:
+        recs = res.records["small_data"]
+        small = report.summarise_runs(recs, res.w_pre_acc)
+        write_csv("small_data_runs.csv", recs, run_cols, exact=True)
+        write_csv("small_data_summary.csv", small)
+        write_figure("small_data", plots.small_data_figure(recs, res.w_pre_acc, res.source_name))
+        tables.append(
+            "## Small data, many restarts\n\n" + report.markdown_table(small, report.SUMMARY_COLUMNS)
+        )
+        paired = report.paired_differences(recs)
+        write_csv("small_data_paired.csv", paired)
+        tables.append(
+            "### Paired differences (restart by restart)\n\n"
+            + report.markdown_table(
+                paired,
+                [
+                    ("size", "n train"),
+                    ("a", "a"),
+                    ("b", "b"),
+                    ("n", "restarts"),
+                    ("mean_diff", "mean acc(a) - acc(b)"),
+                    ("sd_diff", "sd"),
+                    ("a_wins", "a better"),
+                    ("ties", "ties"),
+                    ("b_wins", "b better"),
+                ],
+            )
+        )
+    if "new_head" in res.records:
+        recs = res.records["new_head"]
+        head = report.summarise_runs(recs, res.w_pre_acc)
+        write_csv(
+            "new_head_runs.csv",
+            recs,
+            run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"],
+            exact=True,
+        )
+        write_csv("new_head_summary.csv", head)
+        write_figure(
+            "new_head",
+            plots.new_head_figure(recs, res.w_pre_acc, res.records.get("small_data"), res.source_name),
+        )
+        tables.append("## A new output layer\n\n" + report.markdown_table(head, report.HEAD_COLUMNS))
+    if "trajectory" in res.records:
+        recs = res.records["trajectory"]
+        traj = report.trajectory_summary(recs)
+        write_csv("trajectory.csv", report.trajectory_rows(recs), exact=True)
+        write_csv(
+            "trajectory_runs.csv",
+            recs,
+            ["p", "restart", "size", "eval_size", "mc_samples", "epochs", "steps", "test_acc"],
+            exact=True,
+        )
+        write_csv("trajectory_summary.csv", traj)
+        write_figure("trajectory", plots.trajectory_figure(recs, res.source_name, res.config.warmup))
+        tables.append(
+            "## Effective L2 coefficient along the run\n\n"
+            + report.markdown_table(traj, report.TRAJECTORY_COLUMNS)
+        )
+    idx = res.subset_index.tolist()
+    write_csv("subsets.csv", [{"rank": i, "target_train_index": j} for i, j in enumerate(idx)])
+    meta["claims"] = jsonable(report.claims(small, head, traj, res.records.get("small_data")))
+    meta["sha256"] = {name: sha256_file(path) for name, path in written.items() if name.endswith(".csv")}
+    atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
+    atomic_write(out_dir / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
+    written["tables.md"], written["meta.json"] = out_dir / "tables.md", out_dir / "meta.json"
+    return written
+
+
+def _training_cost(records: list[dict]) -> dict:
+    """Runs, member-steps and wall seconds of training (evaluation excluded) summed over the stored
+    runs: each run carries its ensemble's seconds and size (``seconds`` of a trajectory ensemble
+    include its Monte Carlo checkpoints)."""
+    secs = sum(
+        r.get("chunk_seconds", r.get("seconds", 0.0)) / r.get("chunk_members", len(records)) for r in records
+    )
+    return {
+        "runs": len(records),
+        "member_steps": int(sum(r["steps"] for r in records)),
+        "seconds": float(secs),
+    }

@@ -30,7 +30,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mixout_theory.experiment import engine, sweep
+from mixout_theory.experiment import engine, exports, sweep
 from mixout_theory.experiment.data import ORIENTATIONS, oriented_name
 from mixout_theory.experiment.store import (
     checked_meta,
@@ -329,21 +329,7 @@ def run_fidelity(ctx: Context) -> FidelityResults:
 # the exported tables (written by fidelity_report.export_fidelity), read back
 
 EXPORT_TABLES = ("runs.csv", "claims.csv", "scores.csv")
-RUN_TEXT = (
-    "run_id",
-    "method",
-    "source",
-    "profile",
-    "config",
-    "device",
-    "mixout_theory",
-    "python",
-    "source_name",
-    "torch",
-    "variant",
-    "orientation",
-    "mixed_layers",
-)
+RUN_TEXT = (*exports.RUN_TEXT, "variant", "orientation", "mixed_layers")
 
 
 def load_fidelity(folder) -> FidelityResults:

@@ -15,15 +15,14 @@ from pathlib import Path
 
 from mixout_theory.experiment import (
     ablations,
+    exports,
     fidelity,
     fidelity_report,
-    plots,
     report,
     sweep,
     theorem1,
     w_pre_spread,
 )
-from mixout_theory.experiment.exports import load_ablations, load_figure2
 from mixout_theory.experiment.store import find_stores
 from mixout_theory.experiment.study import Context, Study
 from mixout_theory.figures import render_theory_figures
@@ -73,13 +72,13 @@ class Figure2(Study):
 
     def export(self, result, folder: Path, ctx: Context, band: str = "std") -> list[Path]:
         store = result[0]
-        paths = plots.export_experiment(store.records(), folder, sweep.store_context(store.dir), band)
+        paths = exports.export_experiment(store.records(), folder, sweep.store_context(store.dir), band)
         if len(result) > 1:
             paths += w_pre_spread.render_spreads(ctx.results_dir, folder.parent)
         return paths
 
     def load(self, folder: Path) -> list[dict]:
-        return load_figure2(folder)[0]
+        return exports.load_figure2(folder)[0]
 
     def shown(self, loaded) -> tuple[str, str, str]:
         r = loaded[0]
@@ -182,10 +181,10 @@ class Ablations(Study):
         return result.source_name
 
     def export(self, result, folder: Path, ctx: Context) -> list[Path]:
-        return list(plots.export_ablations(result, folder).values())
+        return list(exports.export_ablations(result, folder).values())
 
     def load(self, folder: Path):
-        return load_ablations(folder)
+        return exports.load_ablations(folder)
 
     def shown(self, loaded) -> tuple[str, str, str]:
         keys = ", ".join(f"{s} {loaded.config.key(s)}" for s in loaded.records)
@@ -239,7 +238,7 @@ class Theorem1(Study):
         return result.context["source_name"]
 
     def export(self, result, folder: Path, ctx: Context) -> list[Path]:
-        return list(plots.export_theorem1(result, folder).values())
+        return list(exports.export_theorem1(result, folder).values())
 
     def load(self, folder: Path) -> theorem1.Tables:
         return theorem1.load_tables(folder)
@@ -333,7 +332,7 @@ def render_stored(out_dir, results=None, band: str = "std") -> list[Path]:
         kind = store.name.rsplit("-", 1)[0]  # profile-source
         if kind not in seen and sweep.is_figure2_store(store) and sweep.is_complete(store):
             seen.add(kind)
-            paths += plots.render_experiment(store, out_dir, band)
+            paths += exports.render_experiment(store, out_dir, band)
     paths += w_pre_spread.render_spreads(results, out_dir)
     for res in ablations.load_stored(results):
         paths += REGISTRY["ablations"].export(

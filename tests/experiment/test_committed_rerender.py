@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mixout_theory.experiment import exports, fidelity, fidelity_report, plots
+from mixout_theory.experiment import exports, fidelity, fidelity_report
 from mixout_theory.experiment.store import project_dir
 
 COMMITTED = project_dir("docs") / "results"
@@ -34,7 +34,7 @@ def test_committed_exports_rerender_byte_identical(tmp_path):
     folder = COMMITTED / "figure2-paper-stand-in"
     records, meta = exports.load_figure2(folder)
     context = {"config": meta["config"], "pretrain": meta.get("pretrain")}
-    plots.export_experiment(records, tmp_path / "f2", context, "std")
+    exports.export_experiment(records, tmp_path / "f2", context, "std")
     assert len(_same_text_files(folder, tmp_path / "f2")) == 3
 
     folder = COMMITTED / "fidelity-paper-stand-in"
@@ -42,5 +42,5 @@ def test_committed_exports_rerender_byte_identical(tmp_path):
     assert len(_same_text_files(folder, tmp_path / "fi")) == 4
 
     folder = COMMITTED / "ablations"
-    plots.export_ablations(exports.load_ablations(folder), tmp_path / "ab")
+    exports.export_ablations(exports.load_ablations(folder), tmp_path / "ab")
     assert len(_same_text_files(folder, tmp_path / "ab", skip=FROM_FULL_PRECISION)) == 5

@@ -102,7 +102,7 @@ def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_p
     for r in sweep_records:
         run_store.write(r)
     out = tmp_path / "figures"
-    paths = plots.render_experiment(run_store.dir, out)
+    paths = exports.render_experiment(run_store.dir, out)
     folder = out / "experiment-smoke-stand-in"
     assert paths == [
         folder / n
@@ -122,7 +122,7 @@ def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_p
     assert (folder / "table.md").read_text().count("\n| mixout |") == 3
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths)
     empty = store.RunStore(tmp_path / "results" / "smoke-stand-in-empty", {})
-    assert plots.render_experiment(empty.dir, out) == []
+    assert exports.render_experiment(empty.dir, out) == []
     # the export reads back: the same records, the tables checked against meta.json
     records, meta = exports.load_figure2(folder)
     assert records == sweep.load_records(run_store.dir)
@@ -276,7 +276,7 @@ def _results(ablation_records) -> ablations.AblationResults:
 def test_export_ablations_writes_every_table_figure_and_meta(ablation_records, tmp_path):
     res = _results(ablation_records)
     out = tmp_path / "export"
-    written = plots.export_ablations(res, out)
+    written = exports.export_ablations(res, out)
     expected = {
         "small_data_runs.csv",
         "small_data_summary.csv",
@@ -330,7 +330,7 @@ def test_export_ablations_writes_every_table_figure_and_meta(ablation_records, t
 
 def test_export_ablations_of_one_study(ablation_records, tmp_path):
     res = _results({"trajectory": ablation_records["trajectory"]})
-    written = plots.export_ablations(res, tmp_path)
+    written = exports.export_ablations(res, tmp_path)
     assert set(written) == {
         "trajectory.csv",
         "trajectory_runs.csv",
@@ -352,19 +352,17 @@ def test_figures_leave_the_backend_alone():
     assert set(plots.__all__) >= {
         "figure2",
         "layer_distance_figure",
-        "render_experiment",
         "small_data_figure",
         "new_head_figure",
         "trajectory_figure",
-        "export_ablations",
     }
-    with pytest.raises(AttributeError):
-        plots.export_results  # noqa: B018 - renamed export_ablations
+    writers = {"render_experiment", "export_experiment", "export_ablations", "export_theorem1"}
+    assert writers <= set(exports.__all__) and not writers & set(plots.__all__)  # plots draws, exports write
 
 
 def test_an_ablation_export_reads_back_as_the_same_results(ablation_records, tmp_path):
     res = _results(ablation_records)
-    plots.export_ablations(res, tmp_path / "a")
+    exports.export_ablations(res, tmp_path / "a")
     back = exports.load_ablations(tmp_path / "a")
     assert back.config == res.config and back.w_pre_acc == 0.80 and back.source_name == SOURCE_NAME
     assert torch.equal(back.subset_index, res.subset_index)
@@ -377,7 +375,7 @@ def test_an_ablation_export_reads_back_as_the_same_results(ablation_records, tmp
         r["checkpoints"] for r in res.records["trajectory"]
     ]
     # so the tables and claims of the read-back results are those of the original
-    plots.export_ablations(back, tmp_path / "b")
+    exports.export_ablations(back, tmp_path / "b")
     assert (tmp_path / "b" / "tables.md").read_text() == (tmp_path / "a" / "tables.md").read_text()
     meta_a, meta_b = (json.loads((tmp_path / d / "meta.json").read_text()) for d in "ab")
     assert meta_a["claims"] == meta_b["claims"] and meta_a["sha256"] == meta_b["sha256"]
@@ -391,7 +389,7 @@ def test_an_ablation_export_reads_back_as_the_same_results(ablation_records, tmp
 def test_an_older_ablation_export_without_trajectory_runs(ablation_records, tmp_path):
     """Exports from before trajectory_runs.csv keep the trajectory runs' test accuracy per p only."""
     res = _results({"trajectory": ablation_records["trajectory"]})
-    plots.export_ablations(res, tmp_path)
+    exports.export_ablations(res, tmp_path)
     (tmp_path / "trajectory_runs.csv").unlink()
     meta = json.loads((tmp_path / "meta.json").read_text())
     del meta["sha256"]["trajectory_runs.csv"]

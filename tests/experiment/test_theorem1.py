@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixout_theory.experiment import compare, mlp, plots, theorem1
+from mixout_theory.experiment import compare, exports, mlp, theorem1
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.study import Context
 
@@ -111,7 +111,7 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
 
     # tables, figures from the tables, and the loader that checks them
     out = tmp_path / "export"
-    written = plots.export_theorem1(theorem1.load_stored(tmp_path / "results")[0], out)
+    written = exports.export_theorem1(theorem1.load_stored(tmp_path / "results")[0], out)
     for name in (
         "network_penalty.csv",
         "trajectory.csv",
