@@ -1,14 +1,22 @@
 """mixout-theory: exact, tested mixout (Lee, Cho, Kang, ICLR 2020, arXiv:1909.11299).
 
-The library: the operator as pure functions (:mod:`~mixout_theory.mixing`), layers that apply it
-(:mod:`~mixout_theory.layers`) and a converter that puts them into any model
+The library: the operator as pure functions (:mod:`~mixout_theory.mixing`) and its random masks
+(:mod:`~mixout_theory.masks`: the mask *level*, ``"neuron"``, eq. 8, or ``"parameter"``, eq. 5, and
+the one sampler), layers that apply it (:mod:`~mixout_theory.layers`, sharing
+:mod:`~mixout_theory.mixout_layer`) and a converter that puts them into any model
 (:mod:`~mixout_theory.modules`), Theorem 1 / Corollary 1.1
-(:mod:`~mixout_theory.bounds`), estimators of the mixout penalty ``E L(Phi(w)) - L(w)``
+(:mod:`~mixout_theory.bounds`, over the tensor collections of :mod:`~mixout_theory.entries`),
+estimators of the mixout penalty ``E L(Phi(w)) - L(w)``
 (:mod:`~mixout_theory.penalty`), the same penalty to second order from exact Hessian-vector products
 (:mod:`~mixout_theory.second_order`), the theory's worked cases (:mod:`~mixout_theory.cases`) and their
 figures (:mod:`~mixout_theory.figures`). Importing it never loads the EMNIST Digits -> MNIST
 experiment, which lives in :mod:`mixout_theory.experiment` and is driven by the command line
 (:mod:`mixout_theory.cli`).
+
+Every public name's docstring ends with an example that runs after ``import torch``,
+``from torch import nn`` and ``from mixout_theory import *`` (checked by the tests). Keywords renamed
+to ``level`` (``scheme=``, and ``groups=`` where it meant the level) still work for one release, with
+a ``DeprecationWarning`` (:mod:`~mixout_theory.deprecation`).
 """
 
 from mixout_theory._version import __version__

@@ -25,8 +25,9 @@ import torch
 
 from mixout_theory import bounds
 from mixout_theory.bounds import check_mixing_p
+from mixout_theory.deprecation import renamed_keywords
+from mixout_theory.masks import check_level
 from mixout_theory.penalty import (
-    _check_scheme,
     empirical_penalty,
     mixout_least_squares,
     neuron_groups,
@@ -47,12 +48,26 @@ __all__ = [
 ]
 
 
+@renamed_keywords(scheme="level")
 @dataclass(frozen=True)
 class TheoryCase:
-    """A strongly convex loss with a point ``w``, a target ``u`` and its modulus ``m``.
+    """A strongly convex loss, a point ``w``, a target ``u`` and the modulus ``m`` (Corollary 1.1, eq. 9).
 
-    ``loss`` is batched (shape ``(S, *w.shape)`` to ``(S,)``), ``scheme`` the mask scheme to use,
-    ``exact`` (when known) maps ``p`` to the exact penalty, ``data`` holds the problem's arrays.
+    Args:
+        name (str): a short identifier.
+        label (str): a legend label.
+        loss (callable): the batched loss, ``(S, *w.shape)`` to ``(S,)``.
+        w (Tensor): the point.
+        u (Tensor): the target.
+        m (float): the strong-convexity modulus of ``loss``.
+        level (str): the mask level, ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5). Formerly ``scheme``.
+        exact (callable, optional): ``p`` to the exact penalty, when known.
+        data (dict): the problem's arrays.
+
+    Example:
+        >>> case = theory_cases()[0]
+        >>> case.name, case.level, round(case.bound(0.5) / case.exact(0.5), 2)
+        ('quadratic', 'parameter', 0.28)
     """
 
     name: str
@@ -61,7 +76,7 @@ class TheoryCase:
     w: torch.Tensor
     u: torch.Tensor
     m: float
-    scheme: str = "neuron"
+    level: str = "neuron"
     exact: Callable[[float], float] | None = None
     data: dict = field(default_factory=dict)
 
@@ -76,21 +91,23 @@ def _gen(seed: int) -> torch.Generator:
     return g
 
 
+@renamed_keywords(scheme="level")
 def quadratic_case(
     shape=(6,),
     seed: int = 0,
     isotropic: bool = False,
     m: float = 1.0,
     condition: float = 8.0,
-    scheme: str = "parameter",
+    level: str = "parameter",
 ) -> TheoryCase:
     """Random quadratic ``1/2 (w - w*)^T A (w - w*)`` on a weight of ``shape`` (float64).
 
     ``isotropic=True``: ``A = m I`` (Theorem 1 holds with equality). Otherwise ``A = Q diag(e) Q^T``
     with eigenvalues ``e`` spread log-uniformly over ``[m, condition * m]`` (modulus ``m``).
-    ``exact`` uses :func:`quadratic_penalty`, with :func:`neuron_groups` for ``scheme="neuron"``.
+    ``exact`` uses :func:`quadratic_penalty`, with :func:`neuron_groups` for ``level="neuron"``
+    (``level``, the mask level, was called ``scheme``).
     """
-    scheme = _check_scheme(scheme)
+    level = check_level(level)
     g = _gen(seed)
     shape = tuple(shape)
     D = math.prod(shape)
@@ -104,17 +121,17 @@ def quadratic_case(
     w_star = torch.randn(shape, generator=g, dtype=torch.float64)
     w = torch.randn(shape, generator=g, dtype=torch.float64)
     u = torch.randn(shape, generator=g, dtype=torch.float64)
-    groups = neuron_groups(shape) if scheme == "neuron" else None
+    groups = neuron_groups(shape) if level == "neuron" else None
     mod = bounds.quadratic_modulus(A)
     kind = f"A = {m:g} I" if isotropic else f"SPD A, cond {condition:g}"
     return TheoryCase(
         name="quadratic_isotropic" if isotropic else "quadratic",
-        label=f"quadratic, {kind}, w {tuple(shape)}, {scheme} masks",
+        label=f"quadratic, {kind}, w {tuple(shape)}, {level} masks",
         loss=lambda W: bounds.quadratic_loss(W, A, w_star),
         w=w,
         u=u,
         m=mod,
-        scheme=scheme,
+        level=level,
         exact=lambda p: quadratic_penalty(A, w, u, p, groups),
         data={"A": A, "w_star": w_star, "groups": groups},
     )
@@ -136,7 +153,7 @@ def least_squares_case(n: int = 40, dim: int = 3, seed: int = 0, noise: float = 
         w=w,
         u=u,
         m=bounds.least_squares_modulus(X),
-        scheme="neuron",
+        level="neuron",
         exact=lambda p: quadratic_penalty(H, w, u, p),
         data={"X": X, "y": y, "w_star": w_star},
     )
@@ -157,7 +174,7 @@ def logistic_case(n: int = 200, dim: int = 4, lam: float = 0.05, seed: int = 0) 
         w=w,
         u=u,
         m=bounds.logistic_modulus(lam),
-        scheme="neuron",
+        level="neuron",
         data={"X": X, "y": y, "lam": lam},
     )
 
@@ -180,13 +197,25 @@ def softmax_case(
         w=w,
         u=u,
         m=bounds.softmax_modulus(lam),
-        scheme="neuron",
+        level="neuron",
         data={"X": X, "y": y, "lam": lam},
     )
 
 
 def theory_cases(seed: int = 0) -> list[TheoryCase]:
-    """The four cases of the penalty-vs-p figure: SPD quadratic, least squares, logistic, softmax."""
+    """The four cases of the penalty-vs-p figure (eq. 9): quadratic, least squares, logistic, softmax.
+
+    Args:
+        seed (int): seeds every case's data.
+
+    Returns:
+        list[TheoryCase]: the cases, built by ``quadratic_case``, ``least_squares_case``,
+        ``logistic_case`` and ``softmax_case`` of :mod:`mixout_theory.cases`.
+
+    Example:
+        >>> [case.name for case in theory_cases()]
+        ['quadratic', 'least_squares', 'logistic', 'softmax']
+    """
     return [
         quadratic_case(seed=seed),
         least_squares_case(seed=seed),
@@ -195,6 +224,7 @@ def theory_cases(seed: int = 0) -> list[TheoryCase]:
     ]
 
 
+@renamed_keywords(scheme="level")
 @dataclass(frozen=True)
 class PenaltyCurve:
     """Monte Carlo penalty against Corollary 1.1 over a grid of ``p`` for one :class:`TheoryCase`.
@@ -205,7 +235,7 @@ class PenaltyCurve:
 
     name: str
     label: str
-    scheme: str
+    level: str
     ps: np.ndarray
     mean: np.ndarray
     se: np.ndarray
@@ -219,12 +249,32 @@ class PenaltyCurve:
 def penalty_curve(
     case: TheoryCase, ps, n_samples: int, seed: int = 0, batch_size: int = 4096
 ) -> PenaltyCurve:
-    """Estimate the penalty of ``case`` at every ``p`` in ``ps`` (one seeded generator for the grid)."""
+    """The Monte Carlo penalty ``E L(Phi) - L(w)`` of ``case`` at every ``p``, beside Corollary 1.1 (eq. 9).
+
+    One seeded generator serves the whole grid; each ``p`` gets :func:`empirical_penalty` with the
+    case's mask level.
+
+    Args:
+        case (TheoryCase): the loss, point, target and modulus.
+        ps (sequence of float): the mixing probabilities, each in ``[0, 1)``.
+        n_samples (int): masks per ``p``.
+        seed (int): the generator's seed.
+        batch_size (int): masks per loss evaluation.
+
+    Returns:
+        PenaltyCurve: NumPy arrays over ``ps``: ``mean``, ``se``, ``lo``, ``hi`` (95% interval),
+        ``bound`` (eq. 9) and ``exact`` (``None`` without a closed form).
+
+    Example:
+        >>> curve = penalty_curve(theory_cases()[1], [0.2, 0.5], n_samples=2000)
+        >>> bool((curve.mean > curve.bound).all())
+        True
+    """
     ps = np.asarray([check_mixing_p(float(p)) for p in ps], dtype=float)
     g = _gen(seed)
     est = [
         empirical_penalty(
-            case.loss, case.w, case.u, p, n_samples, scheme=case.scheme, generator=g, batch_size=batch_size
+            case.loss, case.w, case.u, p, n_samples, level=case.level, generator=g, batch_size=batch_size
         )
         for p in ps
     ]
@@ -232,7 +282,7 @@ def penalty_curve(
     return PenaltyCurve(
         name=case.name,
         label=case.label,
-        scheme=case.scheme,
+        level=case.level,
         ps=ps,
         mean=col("mean"),
         se=col("se"),
@@ -262,10 +312,28 @@ class LineFit:
 
 
 def line_fit_experiment(ps=(0.0, 0.3, 0.6, 0.9), n: int = 40, noise: float = 0.3, seed: int = 1) -> LineFit:
-    """Fit the line ``y = w1 x + w2`` under mixout(u, p) for each ``p`` (Supplement D), exactly.
+    """Supplement D: the line ``y = w1 x + w2`` fitted exactly under mixout(u, p) for each ``p``.
 
-    ``x ~ U(-2, 2)``, ``w* ~ N(0, I)``, Gaussian noise of std ``noise``, and a random target
-    ``u ~ N(0, I)``; all seeded. ``m`` is the least-squares modulus ``lambda_min(X^T X / n)``.
+    ``x ~ U(-2, 2)``, ``w* ~ N(0, I)``, Gaussian noise of std ``noise`` and a random target line
+    ``u ~ N(0, I)``, all seeded; each fit is :func:`mixout_least_squares` (one mask per coordinate).
+
+    Args:
+        ps (sequence of float): the mixing probabilities, each in ``[0, 1)``.
+        n (int): the number of points.
+        noise (float): the noise's standard deviation.
+        seed (int): the data's seed.
+
+    Returns:
+        LineFit: the data ``x``, ``y``, ``w_star``, the target ``u``, ``ps``, ``fits`` (one ``(w1, w2)``
+        per ``p``) and ``m``, the least-squares modulus ``lambda_min(X^T X / n)``.
+
+    Shape:
+        ``fits`` is ``(len(ps), 2)``.
+
+    Example:
+        >>> fit = line_fit_experiment(ps=(0.0, 0.9))
+        >>> fit.fits.shape, bool((fit.fits[1] - fit.u).norm() < (fit.fits[0] - fit.u).norm())
+        (torch.Size([2, 2]), True)
     """
     g = _gen(seed)
     x = 4.0 * torch.rand(n, generator=g, dtype=torch.float64) - 2.0

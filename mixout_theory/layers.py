@@ -6,8 +6,9 @@ fresh Bernoulli(1 - p) mask ``M`` and the exact gradient ``dW_eff / dW = M / (1 
 (and ``p = 0``) is the plain layer, biases are never mixed. ``u`` (the *target*) is a buffer holding
 ``w_pre``, the weight when the layer was converted, or nothing (``u = 0``: dropout on the inputs).
 
-The mask *level*: ``"neuron"`` (mixout(u, p), eq. 8, the default) draws one value per **input unit**,
-shared by every weight leaving it; ``"parameter"`` (mixconnect(u, 1-p, p(1-p)), eq. 5) one per weight.
+The mask *level* (:data:`~mixout_theory.masks.LEVELS`): ``"neuron"`` (mixout(u, p), eq. 8, the default)
+draws one value per **input unit**, shared by every weight leaving it; ``"parameter"``
+(mixconnect(u, 1-p, p(1-p)), eq. 5) one per weight.
 What an input unit is, layer by layer (the weights that unit feeds are mixed or kept together):
 
 * :class:`MixLinear` (``nn.Linear``, weight ``(out, in)``): input feature ``j``, column ``W[:, j]``.
@@ -25,30 +26,27 @@ What an input unit is, layer by layer (the weights that unit feeds are mixed or 
   one value per input unit *per projection* (the packed ``in_proj_weight`` is mixed as the three
   query / key / value maps it holds, exactly as three separate mixed Linear layers would be).
 
-``p`` and the level travel with the layer: ``state_dict()`` holds ``<layer>._extra_state``, a float64
-tensor ``[1, p, level]`` (tensors only, so ``safetensors`` / ``save_pretrained`` can write it; casts such
-as ``.half()`` never touch it), restored by ``load_state_dict``; a checkpoint from before it was stored
-loads strictly and keeps the layer's ``p``. ``generator`` (default ``None``: torch's global one) may be a
-``torch.Generator`` on the weight's device. Under activation checkpointing (``torch.utils.checkpoint``,
-``transformers``' gradient checkpointing) the backward uses the very mask drawn in forward with any
-generator: torch restores its global random state for the recomputation itself, and a layer with its
-own generator keeps the masks of forward calls that may be recomputed (:func:`may_be_recomputed`),
-keyed by the global random state, which it reads and never advances (checkpointing restores that
-state for the recomputation, which so finds them). One case stays out of reach: a layer called twice
-inside one checkpointed segment with nothing drawn from torch's global generator between the calls
-(the recomputation then gets the two calls' masks in reverse order).
+What the layers share (``p`` and the level in ``state_dict()``, the targets, the masks under
+activation checkpointing) is :class:`~mixout_theory.mixout_layer.MixoutLayer`, in
+:mod:`mixout_theory.mixout_layer`; its names are importable from here too.
 """
 
 from __future__ import annotations
-
-import warnings
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mixout_theory import mixing
+from mixout_theory.masks import LEVELS, check_level
+from mixout_theory.mixout_layer import (
+    MixoutLayer,
+    _adopt,
+    _fresh,
+    decode_state,
+    may_be_recomputed,
+    recomputing,
+)
 
 __all__ = [
     "LEVELS",
@@ -60,281 +58,41 @@ __all__ = [
     "MixConv3d",
     "MixEmbedding",
     "MixMultiheadAttention",
+    "decode_state",
     "may_be_recomputed",
     "recomputing",
 ]
 
-#: The mask levels: one value per input unit (mixout, eq. 8) or per weight (mixconnect, eq. 5).
-LEVELS = ("neuron", "parameter")
-_STATE_VERSION = 1.0
-_REPLAY_LIMIT = 16  # forward calls whose masks a layer keeps for recomputations that may never come
-
-
-def check_level(level) -> str:
-    if level not in LEVELS:
-        raise ValueError(f"level must be one of {', '.join(map(repr, LEVELS))}, got level={level!r}")
-    return level
-
-
-def _probe(name: str, default):
-    probe = getattr(torch._C, name, None) or getattr(torch._C._autograd, name, None)
-    return default if probe is None else probe
-
-
-def recomputing() -> bool:
-    """Whether this forward runs inside a backward pass: activation checkpointing recomputing it."""
-    return _probe("_current_graph_task_id", lambda: 0)() != -1
-
-
-def may_be_recomputed() -> bool:
-    """Whether the forward running now may be run again by activation checkpointing.
-
-    True inside a backward pass (a recomputation), without grad mode (reentrant checkpointing's first
-    pass) or under saved-tensor hooks (non-reentrant checkpointing, also offloading); False in plain
-    training. Where torch lacks the probes, True (the safe answer).
-    """
-    hooks = _probe("_top_saved_tensors_default_hooks", lambda _: True)
-    return not torch.is_grad_enabled() or recomputing() or hooks(False) is not None
-
-
-def _random_state_key(device: torch.device) -> int:
-    """A fingerprint of torch's global random state (CPU, and the device's): what checkpointing
-    restores before it recomputes, so the recomputation of a call sees the key its forward saw."""
-    state = torch.get_rng_state()
-    if device.type == "cuda":
-        state = torch.cat([state, torch.cuda.get_rng_state(device)])
-    return hash(state.numpy().tobytes())
-
-
-def _fresh(cls, config: dict) -> nn.Module:
-    """``cls(**config)`` built on the meta device: no random initialisation, no memory."""
-    with torch.device("meta"):
-        return cls(**config)
-
-
-def _adopt(new: nn.Module, old: nn.Module, share: bool) -> nn.Module:
-    """Give ``new`` every parameter of ``old`` (the same objects, or copies), and its training mode."""
-    for name, param in old.named_parameters(remove_duplicate=False):
-        owner, _, leaf = name.rpartition(".")
-        if not share:
-            param = nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad)
-        setattr(new.get_submodule(owner), leaf, param)
-    return new.train(old.training)
-
-
-class MixoutLayer:
-    """What every mixout layer shares: ``p``, ``level``, ``generator``, the targets, the masks.
-
-    A subclass lists its mixed weights in :meth:`_specs` as ``(parameter path, target buffer name,
-    view shape, neuron mask shape)``: the weight is mixed in the view (eq. 4,
-    ``mixing.mixed_weight(W, u, M / (1 - p))``), with a mask of the neuron shape or of the view's.
-    """
-
-    _PLAIN: type = nn.Module  # the plain layer type it mixes (subclasses that keep its forward too)
-
-    def _init_mixout(self, p, level) -> None:
-        self.p = p
-        self.level = level
-        self.generator: torch.Generator | None = None
-        self._replay: OrderedDict[int, list[torch.Tensor]] = OrderedDict()
-        self._target_is_w_pre = False
-        self._plain_type = self._PLAIN
-        for _, target, *_ in self._specs():
-            self.register_buffer(target, None)
-
-    # -- state ---------------------------------------------------------------------------------
-    @property
-    def p(self) -> float:
-        """The mixing probability (the chance that an input unit's weights are replaced by ``u``)."""
-        return self._p
-
-    @p.setter
-    def p(self, value) -> None:
-        self._p = mixing.check_p(value)
-
-    @property
-    def level(self) -> str:
-        """``"neuron"`` (mixout, eq. 8) or ``"parameter"`` (mixconnect, eq. 5)."""
-        return self._level
-
-    @level.setter
-    def level(self, value) -> None:
-        self._level = check_level(value)
-
-    def get_extra_state(self) -> torch.Tensor:
-        return torch.tensor([_STATE_VERSION, self._p, LEVELS.index(self._level)], dtype=torch.float64)
-
-    def set_extra_state(self, state) -> None:
-        self.p, self.level = decode_state(state)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
-        if prefix + "_extra_state" in missing:  # saved before p was stored: keep this layer's p
-            missing.remove(prefix + "_extra_state")
-
-    def _weight(self, path: str) -> torch.Tensor:
-        owner, _, leaf = path.rpartition(".")
-        return getattr(self.get_submodule(owner), leaf)
-
-    def set_target(self, target: torch.Tensor | None, name: str | None = None) -> None:
-        """Store ``target`` (detached copy, on the weight's device / dtype) or ``None`` (``u = 0``).
-
-        ``name``: which target buffer (default: the layer's only one)."""
-        specs = {t: w for w, t, *_ in self._specs()}
-        if name is None:
-            if len(specs) != 1:
-                raise ValueError(f"{type(self).__name__} has several targets, name one of {sorted(specs)}")
-            (name,) = specs
-        value = None if target is None else mixing.check_target(self._weight(specs[name]), target).clone()
-        setattr(self, name, value)
-        self._target_is_w_pre = False
-
-    def _set_w_pre(self) -> None:
-        for weight, target, *_ in self._specs():
-            setattr(self, target, self._weight(weight).detach().clone())
-        self._target_is_w_pre = True
-
-    def extra_repr(self) -> str:
-        kind = "w_pre" if self._target_is_w_pre else "given"
-        if all(getattr(self, t) is None for _, t, *_ in self._specs()):
-            kind = "zero (dropout)"
-        level = "" if self._level == "neuron" else ", level=parameter"
-        base, mix = super().extra_repr(), f"p={self._p:g}{level}, target={kind}"
-        return f"{base}, {mix}" if base else mix
-
-    # -- the masks and the mixed weights -----------------------------------------------------------
-    def _active(self) -> bool:
-        return self.training and self._p > 0.0
-
-    def _draw(self, specs) -> list[torch.Tensor]:
-        """One scaled mask ``M / (1 - p)`` per mixed weight (all zero at ``p = 1``: exactly ``u``)."""
-        out = []
-        for weight, _, view, unit in specs:
-            w = self._weight(weight)
-            shape = unit if self._level == "neuron" else view
-            mask = torch.empty(shape, device=w.device, dtype=w.dtype)
-            if self._p == 1.0:
-                out.append(mask.zero_())
-            else:
-                out.append(
-                    mask.bernoulli_(1.0 - self._p, generator=self.generator).mul_(1.0 / (1.0 - self._p))
-                )
-        return out
-
-    def _scales(self, specs) -> list[torch.Tensor]:
-        """:meth:`_draw`, such that a recomputed forward (activation checkpointing) gets the same masks.
-
-        With torch's global generator there is nothing to do: checkpointing restores it. With the
-        layer's own generator, a forward that may be recomputed keeps its masks under the key of the
-        global random state (:func:`_random_state_key`, read, never advanced), and its recomputation
-        takes them back (the newest under that key first, as backward recomputes the latest forward
-        first). Nothing is kept in plain training.
-        """
-        if self.generator is None or not may_be_recomputed():
-            return self._draw(specs)
-        key = _random_state_key(self._weight(specs[0][0]).device)
-        if recomputing():
-            kept = self._replay.get(key)
-            if kept:
-                masks = kept.pop()
-                if not kept:
-                    del self._replay[key]
-                return masks
-            warnings.warn(
-                f"{type(self).__name__}: recomputed forward without its masks (more than "
-                f"{_REPLAY_LIMIT} calls in flight?): new masks are drawn",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return self._draw(specs)
-        masks = self._draw(specs)
-        self._replay.setdefault(key, []).append(masks)
-        self._replay.move_to_end(key)
-        while sum(map(len, self._replay.values())) > _REPLAY_LIMIT:
-            oldest = next(iter(self._replay))
-            self._replay[oldest].pop(0)
-            if not self._replay[oldest]:
-                del self._replay[oldest]
-        return masks
-
-    def mixed_weights(self) -> list[torch.Tensor]:
-        """The weights this forward call uses, in :meth:`_specs` order: eq. 4 in training mode."""
-        specs = self._specs()
-        weights = [self._weight(w) for w, *_ in specs]
-        if not self._active():
-            return weights
-        out = []
-        for w, (_, target, view, _), s in zip(weights, specs, self._scales(specs)):
-            u = getattr(self, target)
-            mixed = mixing.mixed_weight(w.reshape(view), None if u is None else u.reshape(view), s)
-            out.append(mixed.reshape(w.shape))
-        return out
-
-    # -- conversion ----------------------------------------------------------------------------------
-    @classmethod
-    def supports(cls, module: nn.Module) -> bool:
-        """Whether ``module`` is a plain layer of this kind (its own forward, not an override)."""
-        return (
-            isinstance(module, cls._PLAIN)
-            and not isinstance(module, MixoutLayer)
-            and type(module).forward is cls._PLAIN.forward
-        )
-
-    @classmethod
-    def from_module(
-        cls,
-        module: nn.Module,
-        p: float,
-        *,
-        level: str = "neuron",
-        share_parameters: bool = False,
-        target: str = "w_pre",
-    ):
-        """This mixout layer made from a plain one: same parameters (copies, or the very objects when
-        ``share_parameters``), device, dtype, ``requires_grad`` and training mode; targets = its current
-        weights (``target="w_pre"``) or none (``target="zero"``: dropout). The global random state is
-        not touched."""
-        if not cls.supports(module):
-            raise TypeError(
-                f"{cls.__name__} converts a plain {cls._PLAIN.__name__}, got {type(module).__name__}"
-            )
-        return cls._build(module, p, level, share_parameters, target, type(module))
-
-    @classmethod
-    def _build(cls, module, p, level, share_parameters, target, plain_type):
-        p, level = mixing.check_p(p), check_level(level)
-        if target not in ("w_pre", "zero"):
-            raise ValueError(f"target must be 'w_pre' or 'zero', got target={target!r}")
-        new = _adopt(_fresh(cls, {**cls._config(module), "p": p, "level": level}), module, share_parameters)
-        new._plain_type = plain_type
-        if target == "w_pre":
-            new._set_w_pre()
-        return new
-
-    def _plain_class(self) -> type:
-        return self._plain_type
-
-    def to_plain(self, *, share_parameters: bool = False) -> nn.Module:
-        """The plain layer (of the type it was made from) with this layer's current weights; no target."""
-        return _adopt(_fresh(self._plain_class(), self._config(self)), self, share_parameters)
-
-
-def decode_state(state) -> tuple[float, str]:
-    """``(p, level)`` from a mixout layer's ``_extra_state`` tensor ``[1, p, level index]``."""
-    values = state.tolist() if isinstance(state, torch.Tensor) else None
-    if not (
-        isinstance(values, list) and len(values) == 3 and values[0] == _STATE_VERSION and values[2] in (0, 1)
-    ):
-        raise ValueError(f"not a mixout layer's state (expected a tensor [1, p, level]): {state!r}")
-    return mixing.check_p(values[1]), LEVELS[int(values[2])]
-
 
 class MixLinear(MixoutLayer, nn.Linear):
-    """``nn.Linear`` with a mixed weight: ``y = x W_eff^T + b`` (eq. 8 at the neuron level).
+    """``nn.Linear`` with a mixed weight: ``y = x W_eff^T + b``, ``W_eff = u + M (W - u) / (1 - p)`` (eq. 8).
 
-    ``target`` (``u``) is a buffer (``state_dict()``, ``.to()``, ``.half()`` carry it), never trained;
-    ``None`` means ``u = 0``: dropout(p) on the inputs with one mask per call. At the neuron level the
-    forward pass gives :func:`mixing.mixout_linear`'s numbers bit for bit (the same mask draw and lerp).
+    ``M`` is one Bernoulli(1 - p) value per input feature (column ``W[:, j]``), or per weight with
+    ``level="parameter"`` (eq. 5), drawn afresh at each training forward call; evaluation mode is the
+    plain layer. At the neuron level the forward pass gives :func:`~mixout_theory.mixing.mixout_linear`'s
+    numbers bit for bit. ``target`` (``u``) is a buffer (``state_dict()``, ``.to()``, ``.half()`` carry
+    it), never trained. :meth:`from_linear` converts a plain layer with ``u = w_pre``.
+
+    Args:
+        in_features (int): size of each input sample.
+        out_features (int): size of each output sample.
+        bias (bool): whether the layer has a bias (never mixed).
+        p (float): the mixing probability.
+        target (Tensor, optional): ``u``, of the weight's shape; ``None``: ``u = 0``, dropout(p) on the
+            inputs.
+        device, dtype: as for ``nn.Linear``.
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5).
+
+    Shape:
+        input ``(*, in_features)``, output ``(*, out_features)``; weight ``(out_features, in_features)``.
+
+    Example:
+        >>> layer = MixLinear.from_linear(nn.Linear(3, 2), p=0.5)
+        >>> layer(torch.ones(4, 3)).shape, layer.p, layer.level
+        (torch.Size([4, 2]), 0.5, 'neuron')
+        >>> x = torch.ones(1, 3)
+        >>> torch.equal(layer.eval()(x), layer.to_linear()(x))
+        True
     """
 
     _PLAIN = nn.Linear
@@ -375,7 +133,7 @@ class MixLinear(MixoutLayer, nn.Linear):
         *,
         share_parameters: bool = False,
         level: str = "neuron",
-    ) -> "MixLinear":
+    ) -> MixLinear:
         """A :class:`MixLinear` with ``linear``'s weight and bias (any ``nn.Linear``, a mixed one too);
         ``target`` defaults to ``w_pre``, a detached copy of ``linear.weight`` as it is now."""
         if not isinstance(linear, nn.Linear):
@@ -392,8 +150,26 @@ class MixLinear(MixoutLayer, nn.Linear):
 
 
 class MixConv1D(MixoutLayer, nn.Module):
-    """``transformers``' ``Conv1D`` (GPT-2's linear layer, weight ``(nx, nf)`` = ``(in, out)``), mixed:
-    ``y = x W_eff + b`` with one mask value per input feature, i.e. per row of the weight."""
+    """``transformers``' ``Conv1D`` (GPT-2's linear layer), mixed: ``y = x W_eff + b`` (eq. 8).
+
+    The weight is stored transposed, ``(nx, nf)`` = ``(in, out)``, so the neuron-level mask has one
+    value per input feature, i.e. per *row* of the weight. :meth:`from_module` converts a
+    ``transformers`` ``Conv1D`` (target ``u = w_pre``); built directly it has no target (``u = 0``).
+
+    Args:
+        nf (int): output features.
+        nx (int): input features.
+        p (float): the mixing probability.
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5).
+        device, dtype: of the parameters.
+
+    Shape:
+        input ``(*, nx)``, output ``(*, nf)``; weight ``(nx, nf)``.
+
+    Example:
+        >>> MixConv1D(nf=4, nx=3, p=0.5)(torch.ones(2, 5, 3)).shape
+        torch.Size([2, 5, 4])
+    """
 
     _PLAIN = nn.Module  # recognised by name (see supports), so that transformers is never imported
 
@@ -434,7 +210,9 @@ class MixConv1D(MixoutLayer, nn.Module):
 
 
 class _MixConv(MixoutLayer):
-    """A mixed ``nn.ConvNd``: one mask value per input channel (shared over the kernel window)."""
+    """A mixed ``nn.ConvNd``: ``W_eff = u + M (W - u) / (1 - p)`` in training mode (eq. 4), with ``M`` one
+    Bernoulli(1 - p) value per input channel, shared over the kernel window (eq. 8), or one per weight
+    (``level="parameter"``, eq. 5)."""
 
     def __init__(self, *args, p: float = 0.0, level: str = "neuron", **kwargs) -> None:
         p, level = mixing.check_p(p), check_level(level)
@@ -465,23 +243,100 @@ class _MixConv(MixoutLayer):
 
 
 class MixConv1d(_MixConv, nn.Conv1d):
+    """``nn.Conv1d`` with a mixed weight (eq. 8): one mask value per input channel, over the whole kernel.
+
+    Made by :meth:`from_module` from a plain ``nn.Conv1d`` (``u = w_pre``) or directly (``u = 0``).
+
+    Args:
+        *args: ``nn.Conv1d``'s (``in_channels``, ``out_channels``, ``kernel_size``, ...).
+        p (float): the mixing probability.
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5).
+        **kwargs: ``nn.Conv1d``'s (``stride``, ``padding``, ``groups``, ...).
+
+    Shape:
+        as ``nn.Conv1d``: input ``(N, C_in, L)``, output ``(N, C_out, L_out)``; weight
+        ``(C_out, C_in / groups, *kernel_size)``.
+
+    Example:
+        >>> conv = MixConv1d.from_module(nn.Conv1d(3, 8, 3), p=0.2)
+        >>> conv(torch.ones(1, 3, 5)).shape
+        torch.Size([1, 8, 3])
+    """
+
     _PLAIN = nn.Conv1d
 
 
 class MixConv2d(_MixConv, nn.Conv2d):
+    """``nn.Conv2d`` with a mixed weight (eq. 8): one mask value per input channel, over the whole kernel.
+
+    Made by :meth:`from_module` from a plain ``nn.Conv2d`` (``u = w_pre``) or directly (``u = 0``).
+
+    Args:
+        *args: ``nn.Conv2d``'s (``in_channels``, ``out_channels``, ``kernel_size``, ...).
+        p (float): the mixing probability.
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5).
+        **kwargs: ``nn.Conv2d``'s (``stride``, ``padding``, ``groups``, ...).
+
+    Shape:
+        as ``nn.Conv2d``: input ``(N, C_in, H, W)``, output ``(N, C_out, H_out, W_out)``; weight
+        ``(C_out, C_in / groups, *kernel_size)``.
+
+    Example:
+        >>> conv = MixConv2d.from_module(nn.Conv2d(3, 8, 3), p=0.2)
+        >>> conv(torch.ones(1, 3, 5, 5)).shape
+        torch.Size([1, 8, 3, 3])
+    """
+
     _PLAIN = nn.Conv2d
 
 
 class MixConv3d(_MixConv, nn.Conv3d):
+    """``nn.Conv3d`` with a mixed weight (eq. 8): one mask value per input channel, over the whole kernel.
+
+    Made by :meth:`from_module` from a plain ``nn.Conv3d`` (``u = w_pre``) or directly (``u = 0``).
+
+    Args:
+        *args: ``nn.Conv3d``'s (``in_channels``, ``out_channels``, ``kernel_size``, ...).
+        p (float): the mixing probability.
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5).
+        **kwargs: ``nn.Conv3d``'s (``stride``, ``padding``, ``groups``, ...).
+
+    Shape:
+        as ``nn.Conv3d``: input ``(N, C_in, D, H, W)``, output ``(N, C_out, D_out, H_out, W_out)``; weight
+        ``(C_out, C_in / groups, *kernel_size)``.
+
+    Example:
+        >>> conv = MixConv3d.from_module(nn.Conv3d(3, 8, 3), p=0.2)
+        >>> conv(torch.ones(1, 3, 5, 5, 5)).shape
+        torch.Size([1, 8, 3, 3, 3])
+    """
+
     _PLAIN = nn.Conv3d
 
 
 class MixEmbedding(MixoutLayer, nn.Embedding):
-    """``nn.Embedding`` with mixed rows: ``y = u[i] + M_i (W[i] - u[i]) / (1 - p)`` for token ``i``.
+    """``nn.Embedding`` with mixed rows: ``y = u[i] + M_i (W[i] - u[i]) / (1 - p)`` for token ``i`` (eq. 8).
 
-    Equal to looking ``i`` up in the mixed table ``W_eff`` (eq. 4 with one mask value per vocabulary
-    entry), computed on the looked-up rows only, so a step costs ``O(tokens x dim)``, not the table.
-    ``max_norm`` (which renormalises the table in place) is not supported.
+    Equal to looking ``i`` up in the mixed table ``W_eff`` (one mask value per vocabulary entry, shared by
+    every occurrence of it in the call), computed on the looked-up rows only, so a step costs
+    ``O(tokens x dim)``, not the table. ``max_norm`` (which renormalises the table in place) is not
+    supported.
+
+    Args:
+        num_embeddings (int): the vocabulary size.
+        embedding_dim (int): the size of each embedding.
+        padding_idx (int, optional): as for ``nn.Embedding``.
+        p (float): the mixing probability.
+        level (str): ``"neuron"`` (one value per entry, eq. 8) or ``"parameter"`` (per weight, eq. 5).
+        **kwargs: ``nn.Embedding``'s (``scale_grad_by_freq``, ``sparse``, ``device``, ``dtype``).
+
+    Shape:
+        input ``(*)`` of indices, output ``(*, embedding_dim)``; weight ``(num_embeddings, embedding_dim)``.
+
+    Example:
+        >>> table = MixEmbedding.from_module(nn.Embedding(10, 4), p=0.5)
+        >>> table(torch.tensor([[1, 2, 2]])).shape
+        torch.Size([1, 3, 4])
     """
 
     _PLAIN = nn.Embedding
@@ -531,13 +386,32 @@ class MixEmbedding(MixoutLayer, nn.Embedding):
 
 
 class MixMultiheadAttention(MixoutLayer, nn.MultiheadAttention):
-    """``nn.MultiheadAttention`` with mixed input projections and ``out_proj`` (neuron level: one value
-    per input unit of each projection; the packed ``in_proj_weight`` as its query / key / value parts).
+    """``nn.MultiheadAttention`` with mixed input projections and ``out_proj`` (eq. 8 per projection).
 
-    Training forward: ``nn.MultiheadAttention.forward`` run with the mixed weights in place of the
-    parameters (swapped in for the call only); evaluation is the plain module (fast path included).
-    The targets are buffers ``in_proj_target`` (or ``q_proj_target``, ``k_proj_target``,
-    ``v_proj_target`` when key / value sizes differ) and ``out_proj_target``.
+    One mask value per input unit *of each projection*; the packed ``in_proj_weight`` is mixed as the
+    query / key / value maps it holds, exactly as three separate mixed Linear layers would be. Training
+    forward: ``nn.MultiheadAttention.forward`` run with the mixed weights in place of the parameters;
+    evaluation is the plain module (fast path included). The targets are buffers ``in_proj_target`` (or
+    ``q_proj_target``, ``k_proj_target``, ``v_proj_target`` when key / value sizes differ) and
+    ``out_proj_target``.
+
+    Args:
+        embed_dim (int): the model dimension.
+        num_heads (int): the number of heads.
+        *args: ``nn.MultiheadAttention``'s further positional arguments.
+        p (float): the mixing probability.
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5).
+        **kwargs: ``nn.MultiheadAttention``'s (``dropout``, ``kdim``, ``vdim``, ``batch_first``, ...).
+
+    Shape:
+        as ``nn.MultiheadAttention``: query ``(L, N, E)`` (``(N, L, E)`` with ``batch_first``), output
+        the same and the attention weights.
+
+    Example:
+        >>> attn = MixMultiheadAttention.from_module(nn.MultiheadAttention(8, 2, batch_first=True), p=0.1)
+        >>> q = torch.ones(1, 3, 8)
+        >>> attn(q, q, q)[0].shape
+        torch.Size([1, 3, 8])
     """
 
     _PLAIN = nn.MultiheadAttention
@@ -579,7 +453,7 @@ class MixMultiheadAttention(MixoutLayer, nn.MultiheadAttention):
             return super().forward(*args, **kwargs)
         saved = []
         try:
-            for (path, *_), mixed in zip(self._specs(), self.mixed_weights()):
+            for (path, *_), mixed in zip(self._specs(), self.mixed_weights(), strict=True):
                 owner, _, leaf = path.rpartition(".")
                 module = self.get_submodule(owner)
                 saved.append((module, leaf, module._parameters[leaf]))

@@ -14,7 +14,10 @@ Notation: ``w`` the trained parameter, ``u`` the target it is mixed with (``w_pr
 * :func:`mixconnect` -- mixconnect(u, 1-p, p(1-p)), eq. 5: one independent mask value per parameter.
 * :func:`mixout_authors` -- the same forward value as :func:`mixout` with the backward of the
   authors' public code (``grad * mask``), which omits the exact factor ``1/(1-p)``. For comparison only.
-* :func:`neuron_mask`, :func:`parameter_mask` -- the Bernoulli(1-p) masks of the two levels.
+* The masks and their *level* (``"neuron"``, eq. 8, or ``"parameter"``, eq. 5) live in
+  :mod:`~mixout_theory.masks` and are importable from here too: :func:`neuron_mask`,
+  :func:`parameter_mask`, :func:`bernoulli_mask` (the one sampler), :func:`mask_shape`,
+  :func:`check_level`, :func:`check_p`.
 * :func:`mixout_linear` -- ``F.linear`` with a mixout(u, p) weight (what ``MixLinear`` runs): the
   same mask, weight and exact gradient as the composition.
 * :func:`sample_mixtures`, :func:`mixture_variance` -- many draws at once, and the exact
@@ -33,11 +36,28 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
+from mixout_theory.masks import (
+    LEVELS,
+    bernoulli_mask,
+    check_level,
+    check_p,
+    mask_shape,
+    neuron_mask,
+    parameter_mask,
+)
+
 __all__ = [
+    # the masks (mixout_theory.masks), importable from here too
+    "LEVELS",
+    "check_level",
+    "mask_shape",
+    "bernoulli_mask",
+    # the operator
     "mixed_weight",
     "mixture",
     "mixout",
@@ -55,34 +75,28 @@ __all__ = [
 ]
 
 
-def check_p(p) -> float:
-    """Validate a mixing probability and return it as a float.
-
-    Raises ``TypeError`` for a non-number (bools and tensors of more than one element included) and
-    ``ValueError`` for NaN or a value outside ``[0, 1]``.
-    """
-    if isinstance(p, torch.Tensor):
-        if p.numel() != 1:
-            raise TypeError(f"p must be a single number, got a tensor of shape {tuple(p.shape)}")
-        p = p.item()
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"p must be a real number in [0, 1], got {p!r} of type {type(p).__name__}")
-    p = float(p)
-    if math.isnan(p) or not 0.0 <= p <= 1.0:
-        raise ValueError(f"p must lie in [0, 1], got p={p!r}")
-    return p
-
-
 def _check_weight(weight) -> None:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
 
 
 def check_target(weight: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    """Return the target as a detached tensor on ``weight``'s device and dtype.
+    """Return the target ``u`` as a detached tensor on ``weight``'s device and dtype.
 
-    ``None`` means the origin (dropout / dropconnect). A target whose shape differs from the
-    weight's raises ``ValueError`` naming both shapes; it is never broadcast.
+    Args:
+        weight (Tensor): the weight ``w`` the target is mixed with.
+        target (Tensor or None): ``u``; ``None`` means the origin (dropout / dropconnect).
+
+    Shape:
+        ``target`` must have ``weight``'s shape (it is never broadcast; else ``ValueError``).
+
+    Returns:
+        Tensor: ``u`` detached, with ``weight``'s shape, device and dtype.
+
+    Example:
+        >>> check_target(torch.ones(2, 3), None)
+        tensor([[0., 0., 0.],
+                [0., 0., 0.]])
     """
     _check_weight(weight)
     if target is None:
@@ -102,9 +116,24 @@ def mixed_weight(
     """Eq. 4 for a mask divided by its mean, ``s = M / mu``: ``Phi = u + s (w - u)``.
 
     Computed as ``torch.lerp(u, w, s)``, one pass over the weight: exactly ``u`` where ``s == 0`` and
-    exactly ``w`` where ``s == 1``; ``u=None`` means the origin (dropout / dropconnect): ``w * s``.
-    ``scale`` broadcasts against ``w``; the gradient to ``w`` is ``s`` (``u`` gets none from callers
-    that detach it). ``out``: write into this preallocated tensor (no autograd).
+    exactly ``w`` where ``s == 1``. The gradient to ``w`` is ``s`` (``u`` gets none from callers that
+    detach it).
+
+    Args:
+        w (Tensor): the weight.
+        u (Tensor or None): the target; ``None`` means the origin (dropout / dropconnect): ``w * s``.
+        scale (Tensor): the scaled mask ``s = M / mu``.
+        out (Tensor, optional): write into this preallocated tensor (no autograd).
+
+    Shape:
+        ``scale`` broadcasts against ``w``; ``u`` and the result have ``w``'s shape.
+
+    Returns:
+        Tensor: ``Phi``.
+
+    Example:
+        >>> mixed_weight(torch.tensor([1.0, 2.0]), torch.zeros(2), torch.tensor([0.0, 2.0]))
+        tensor([0., 4.])
     """
     if u is None:
         return torch.mul(w, scale) if out is None else torch.mul(w, scale, out=out)
@@ -112,13 +141,26 @@ def mixed_weight(
 
 
 def mixture(w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, mu: float) -> torch.Tensor:
-    """Eq. 4, the random mixture function for any mask (Bernoulli, Gaussian, ...).
+    """Eq. 4, the random mixture function ``Phi(w; u, M) = u + M (w - u) / mu`` for any mask.
 
-    ``Phi(w; u, M) = mu^{-1} ((I - M) u + M w - (1 - mu) u) = u + M (w - u) / mu``
+    ``E Phi = w`` whenever ``E M = mu`` (Bernoulli, Gaussian, ... masks); where ``M = 0`` the result is
+    exactly ``u``. Computed by :func:`mixed_weight` with ``s = M / mu``.
 
-    ``mask`` broadcasts against ``w``; ``u`` must have ``w``'s shape (it is never broadcast) and ``mu``
-    (a number or a tensor) must be > 0. ``E Phi = w`` whenever ``E M = mu``. Where ``M = 0`` the result
-    is exactly ``u``. Computed by :func:`mixed_weight` with ``s = M / mu``.
+    Args:
+        w (Tensor): the weight.
+        u (Tensor or None): the target (``None``: the origin).
+        mask (Tensor): the mask ``M``.
+        mu (float or Tensor): the mask mean, > 0.
+
+    Shape:
+        ``mask`` broadcasts against ``w``; ``u`` must have ``w``'s shape (never broadcast).
+
+    Returns:
+        Tensor: ``Phi``, of ``w``'s shape.
+
+    Example:
+        >>> mixture(torch.tensor([1.0, 3.0]), torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), 0.5)
+        tensor([1., 5.])
     """
     positive = (
         bool((mu > 0).all()) if isinstance(mu, torch.Tensor) else isinstance(mu, numbers.Real) and mu > 0
@@ -128,31 +170,6 @@ def mixture(w: torch.Tensor, u: torch.Tensor, mask: torch.Tensor, mu: float) -> 
     if u is not None and u.shape != w.shape:
         raise ValueError(f"target shape {tuple(u.shape)} does not match weight shape {tuple(w.shape)}")
     return mixed_weight(w, u, mask / mu)
-
-
-def _mask_shape(weight: torch.Tensor) -> tuple[int, ...]:
-    if weight.dim() <= 1:
-        return tuple(weight.shape)
-    return (1, weight.shape[1]) + (1,) * (weight.dim() - 2)
-
-
-def neuron_mask(weight: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bernoulli(1-p) mask with one value per input unit, shaped to broadcast against ``weight``.
-
-    For a weight of shape ``(out, in, *rest)`` the mask has shape ``(1, in, 1, ...)``: column ``j``
-    (``W[:, j]``, every weight leaving input neuron ``j``) is kept (1) or mixed (0) as a whole. A 1-D
-    (or 0-D) tensor gets one value per element.
-    """
-    p = check_p(p)
-    return torch.empty(_mask_shape(weight), device=weight.device, dtype=weight.dtype).bernoulli_(
-        1.0 - p, generator=generator
-    )
-
-
-def parameter_mask(weight: torch.Tensor, p: float, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Bernoulli(1-p) mask with one independent value per parameter (same shape as ``weight``)."""
-    p = check_p(p)
-    return torch.empty_like(weight, requires_grad=False).bernoulli_(1.0 - p, generator=generator)
 
 
 def _all_target(weight: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
@@ -184,11 +201,29 @@ def mixout(
     training: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Neuron-level mixout(u, p) of a weight (eq. 8); ``target=None`` gives dropout(p) on the inputs.
+    """Neuron-level mixout(u, p) of a weight (eq. 8): ``Phi = u + B (w - u) / (1 - p)``.
 
-    ``Phi = u + B (w - u) / (1 - p)`` with ``B_j ~ Bernoulli(1 - p)`` drawn once per input unit ``j``
-    (dim 1) and shared along every other dim: a mixed column becomes exactly ``u[:, j]``, a kept one
-    ``u[:, j] + (w[:, j] - u[:, j]) / (1 - p)``. Gradient: ``d Phi / d w = B / (1 - p)``.
+    ``B_j ~ Bernoulli(1 - p)`` is drawn once per input unit ``j`` (dim 1, :func:`neuron_mask`): a
+    mixed column becomes exactly ``u[:, j]``. Gradient: ``d Phi / d w = B / (1 - p)``.
+
+    Args:
+        weight (Tensor): ``w``.
+        target (Tensor, optional): ``u``; ``None`` gives dropout(p) on the inputs.
+        p (float): the mixing probability.
+        training (bool): ``False`` returns ``weight`` itself.
+        generator (torch.Generator, optional): the mask's random source.
+
+    Shape:
+        ``weight`` ``(out, in, *rest)`` (or 0-D / 1-D); ``target`` and the result have its shape.
+
+    Returns:
+        Tensor: ``Phi``.
+
+    Example:
+        >>> w, u = torch.ones(2, 3), torch.zeros(2, 3)
+        >>> mixout(w, u, 0.5, generator=torch.Generator().manual_seed(0))
+        tensor([[0., 0., 2.],
+                [0., 0., 2.]])
     """
     return _mix(weight, target, p, training, generator, neuron_mask)
 
@@ -200,9 +235,27 @@ def mixconnect(
     training: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Parameter-level mixconnect(u, 1-p, p(1-p)) (eq. 5): one Bernoulli(1-p) value per parameter.
+    """Parameter-level mixconnect(u, 1-p, p(1-p)) (eq. 5): ``Phi = u + M (w - u) / (1 - p)``.
 
-    ``Phi = u + M (w - u) / (1 - p)`` with independent ``M_i``; ``target=None`` gives dropconnect(p).
+    ``M_i ~ Bernoulli(1 - p)`` independently per parameter (:func:`parameter_mask`).
+
+    Args:
+        weight (Tensor): ``w``.
+        target (Tensor, optional): ``u``; ``None`` gives dropconnect(p).
+        p (float): the mixing probability.
+        training (bool): ``False`` returns ``weight`` itself.
+        generator (torch.Generator, optional): the mask's random source.
+
+    Shape:
+        ``target`` and the result have ``weight``'s shape.
+
+    Returns:
+        Tensor: ``Phi``.
+
+    Example:
+        >>> out = mixconnect(torch.ones(2, 3), None, 0.5, generator=torch.Generator().manual_seed(0))
+        >>> sorted(out.unique().tolist())
+        [0.0, 2.0]
     """
     return _mix(weight, target, p, training, generator, parameter_mask)
 
@@ -216,12 +269,30 @@ def mixout_linear(
     training: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``F.linear(x, mixout(weight, target, p, training, generator), bias)`` (eq. 8).
+    """A linear map with a mixout(u, p) weight (eq. 8): ``F.linear(x, mixout(weight, target, p), bias)``.
 
-    The same mask draw and the same mixed weight as :func:`mixout` (so the same numbers, bit for
-    bit): ``Phi = lerp(u, w, B / (1 - p))`` per input column (:func:`mixed_weight`). The gradient is
-    autograd's, the exact ``dL/dPhi * B / (1 - p)``, and higher derivatives work.
-    (:class:`~mixout_theory.layers.MixLinear` gives these numbers bit for bit.)
+    The same mask draw and mixed weight as :func:`mixout` (the same numbers, bit for bit, as
+    :class:`~mixout_theory.layers.MixLinear`); the gradient is autograd's, the exact
+    ``dL/dPhi * B / (1 - p)``, and higher derivatives work.
+
+    Args:
+        x (Tensor): the input.
+        weight (Tensor): ``w``.
+        bias (Tensor, optional): never mixed.
+        target (Tensor, optional): ``u``; ``None`` gives dropout(p) on the inputs.
+        p (float): the mixing probability.
+        training (bool): ``False`` is the plain ``F.linear``.
+        generator (torch.Generator, optional): the mask's random source.
+
+    Shape:
+        ``x`` ``(*, in)``, ``weight`` ``(out, in)``, ``bias`` ``(out,)``; output ``(*, out)``.
+
+    Returns:
+        Tensor: the output.
+
+    Example:
+        >>> mixout_linear(torch.ones(5, 3), torch.ones(2, 3), p=0.5).shape
+        torch.Size([5, 2])
     """
     return torch.nn.functional.linear(x, mixout(weight, target, p, training, generator), bias)
 
@@ -247,8 +318,29 @@ def mixout_authors(
     training: bool = True,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Mixout with the authors' backward: same forward as :func:`mixout`, gradient ``mask`` times
-    the incoming gradient instead of the exact ``mask / (1 - p)``. Kept for comparisons only.
+    """Mixout (eq. 8) with the authors' backward, ``grad * B`` instead of the exact ``grad * B / (1 - p)``.
+
+    The forward value is :func:`mixout`'s for the same ``generator``. Kept for comparisons only.
+
+    Args:
+        weight (Tensor): ``w``.
+        target (Tensor, optional): ``u`` (``None``: the origin).
+        p (float): the mixing probability.
+        training (bool): ``False`` returns ``weight`` itself.
+        generator (torch.Generator, optional): the mask's random source.
+
+    Shape:
+        ``target`` and the result have ``weight``'s shape.
+
+    Returns:
+        Tensor: ``Phi``.
+
+    Example:
+        >>> w = torch.ones(2, 3, requires_grad=True)
+        >>> mixout_authors(w, None, 0.5, generator=torch.Generator().manual_seed(0)).sum().backward()
+        >>> w.grad
+        tensor([[0., 0., 1.],
+                [0., 0., 1.]])
     """
     p = check_p(p)
     u = check_target(weight, target)
@@ -262,10 +354,24 @@ def mixout_authors(
 def mixture_variance(
     weight: torch.Tensor, target: torch.Tensor | None = None, p: float = 0.0
 ) -> torch.Tensor:
-    """Exact per-coordinate variance of mixout / mixconnect(u, 1-p, p(1-p)) draws (Theorem 1's proof).
+    """Exact per-coordinate variance of mixout / mixconnect draws (Theorem 1's proof): ``p/(1-p) (w-u)^2``.
 
-    ``Var Phi_i = (sigma^2 / mu^2) (w_i - u_i)^2 = p / (1 - p) (w_i - u_i)^2``; ``inf`` where ``p == 1``
-    and ``w_i != u_i`` (0 where they are equal). Computed without gradient.
+    ``inf`` where ``p == 1`` and ``w_i != u_i`` (0 where they are equal). Computed without gradient.
+
+    Args:
+        weight (Tensor): ``w``.
+        target (Tensor, optional): ``u`` (``None``: the origin).
+        p (float): the mixing probability.
+
+    Shape:
+        the result has ``weight``'s shape.
+
+    Returns:
+        Tensor: ``Var Phi_i = (sigma^2 / mu^2) (w_i - u_i)^2``.
+
+    Example:
+        >>> mixture_variance(torch.tensor([1.0, 3.0]), None, 0.5)
+        tensor([1., 9.])
     """
     p = check_p(p)
     with torch.no_grad():
@@ -284,16 +390,32 @@ def sample_mixtures(
     level: str = "neuron",
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """``n`` independent draws of eq. 4 at once, stacked along a new dim 0 (shape ``(n, *w.shape)``).
+    """``n`` independent draws of eq. 4 at once (for Monte Carlo checks of ``E Phi = w``), no gradient.
 
-    ``level="neuron"`` draws mixout masks (shared along every dim but dim 1), ``"parameter"`` draws
-    mixconnect masks. Computed without gradient (for Monte Carlo checks of ``E Phi = w``).
+    Args:
+        weight (Tensor): ``w``.
+        target (Tensor, optional): ``u`` (``None``: the origin).
+        p (float): the mixing probability.
+        n (int): the number of draws.
+        level (str): ``"neuron"`` (mixout masks, eq. 8) or ``"parameter"`` (mixconnect, eq. 5).
+        generator (torch.Generator, optional): the masks' random source.
+
+    Shape:
+        the result is ``(n, *weight.shape)``.
+
+    Returns:
+        Tensor: the draws, stacked along a new dim 0.
+
+    Example:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> draws = sample_mixtures(torch.ones(2, 3), None, 0.5, 4000, generator=g)
+        >>> draws.shape, round(draws.mean().item(), 1)
+        (torch.Size([4000, 2, 3]), 1.0)
     """
     p = check_p(p)
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
         raise ValueError(f"n must be a positive integer, got n={n!r}")
-    if level not in ("neuron", "parameter"):
-        raise ValueError(f"level must be 'neuron' or 'parameter', got level={level!r}")
+    level = check_level(level)
     with torch.no_grad():
         u = check_target(weight, target)
         w = weight.detach()
@@ -301,9 +423,7 @@ def sample_mixtures(
             return w.expand((int(n),) + tuple(w.shape)).clone()
         if p == 1.0:
             return u.expand((int(n),) + tuple(u.shape)).clone()
-        shape = _mask_shape(w) if level == "neuron" else tuple(w.shape)
-        mask = torch.empty((int(n),) + shape, device=w.device, dtype=w.dtype)
-        mask.bernoulli_(1.0 - p, generator=generator)
+        mask = bernoulli_mask(w, p, (int(n),) + mask_shape(w.shape, level), generator)
         return mixture(w, u, mask, 1.0 - p)
 
 
@@ -327,14 +447,33 @@ def mixout_sgd(
     backward: str = "exact",
     seed: int = 0,
 ) -> SGDPath:
-    """Plain SGD on ``L(Phi(w; u, B))`` with a fresh neuron-level mask ``B_k`` at every step.
+    """Plain SGD on ``L(Phi(w; u, B))`` (eq. 8) with a fresh neuron-level mask ``B_k`` at every step.
 
     ``w_{k+1} = w_k - lr * g_k`` with ``g_k = (B_k / (1 - p)) * grad L(Phi_k)`` (``backward="exact"``,
     the chain rule through eq. 4) or ``g_k = B_k * grad L(Phi_k)`` (``backward="authors"``, their
-    public code). The masks come from a ``torch.Generator`` seeded with ``seed``, so two runs with the
-    same seed see the same masks; since ``Phi_k`` depends on ``w_k`` and ``B_k`` only, the authors'
-    run with ``lr`` is the exact run with ``lr * (1 - p)`` (equal up to rounding).
-    ``loss_fn`` maps a weight of ``w0``'s shape to a scalar.
+    public code). Since ``Phi_k`` depends on ``w_k`` and ``B_k`` only, the authors' run with ``lr`` is
+    the exact run with ``lr * (1 - p)`` (equal up to rounding).
+
+    Args:
+        loss_fn (callable): maps a weight of ``w0``'s shape to a scalar tensor.
+        w0 (Tensor): the starting weight.
+        target (Tensor, optional): ``u`` (``None``: the origin).
+        p (float): the mixing probability.
+        lr (float): the learning rate, > 0.
+        steps (int): the number of steps, >= 0.
+        backward (str): ``"exact"`` or ``"authors"``.
+        seed (int): seeds the masks' ``torch.Generator`` (same seed, same masks).
+
+    Shape:
+        ``weights`` ``(steps + 1, *w0.shape)``, ``losses`` ``(steps,)``, ``masks`` ``(steps, 1, in, ...)``.
+
+    Returns:
+        SGDPath: ``(weights, losses, masks)``.
+
+    Example:
+        >>> path = mixout_sgd(lambda w: (w**2).sum(), torch.ones(2, 3), p=0.5, steps=5)
+        >>> path.weights.shape, path.masks.shape
+        (torch.Size([6, 2, 3]), torch.Size([5, 1, 3]))
     """
     p = check_p(p)
     if backward not in ("exact", "authors"):
@@ -354,7 +493,7 @@ def mixout_sgd(
         masks.append(
             neuron_mask(w, p, gen)
             if 0.0 < p < 1.0
-            else torch.full(_mask_shape(w), 1.0 - p, dtype=w.dtype, device=w.device)
+            else torch.full(mask_shape(w.shape), 1.0 - p, dtype=w.dtype, device=w.device)
         )
         gen.set_state(state)  # the operator below draws the very same mask
         loss = loss_fn(op(w, u, p, True, gen))
@@ -363,7 +502,7 @@ def mixout_sgd(
             w = w - lr * grad
         weights.append(w.clone())
         losses.append(loss.detach())
-    empty = torch.empty((0,) + _mask_shape(w0), dtype=w0.dtype, device=w0.device)
+    empty = torch.empty((0,) + mask_shape(w0.shape), dtype=w0.dtype, device=w0.device)
     return SGDPath(
         torch.stack(weights),
         torch.stack(losses) if losses else torch.empty(0, dtype=w0.dtype, device=w0.device),

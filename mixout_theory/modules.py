@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -29,10 +29,9 @@ from mixout_theory.layers import (
     MixEmbedding,
     MixLinear,
     MixMultiheadAttention,
-    MixoutLayer,
-    check_level,
-    decode_state,
 )
+from mixout_theory.masks import check_level
+from mixout_theory.mixout_layer import MixoutLayer, decode_state
 
 __all__ = [
     "mixout_model",
@@ -62,7 +61,17 @@ OPT_IN = (MixEmbedding,)
 
 
 class UnmixedLayerWarning(UserWarning):
-    """Layers with weights that ``mixout_model(..., layers=None)`` cannot convert and leaves as they are."""
+    """Warned by ``mixout_model(..., layers=None)`` for layers with weights it cannot convert (left plain).
+
+    Example:
+        >>> import warnings
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.LSTM(4, 4))
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     _ = mixout_model(net, 0.1)
+        >>> [w.category.__name__ for w in caught]
+        ['UnmixedLayerWarning']
+    """
 
 
 def _kind(module: nn.Module):
@@ -81,7 +90,18 @@ def _inside_attention(model: nn.Module) -> dict[str, str]:
 
 
 def mixable_layer_names(model: nn.Module) -> dict[str, str]:
-    """Every name (aliases included) of a layer :func:`mixout_model` can convert -> its mixout class."""
+    """Every name (aliases too) of a layer :func:`mixout_model` can convert (eq. 8), with its mixout class.
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        dict[str, str]: layer name -> the name of the mixout class that would replace it.
+
+    Example:
+        >>> mixable_layer_names(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Embedding(5, 2)))
+        {'0': 'MixLinear', '2': 'MixEmbedding'}
+    """
     inner = _inside_attention(model)
     return {
         n: k.__name__
@@ -163,14 +183,25 @@ def _run(model: nn.Module, example_inputs) -> None:
 
 
 def feeding_dropouts(model: nn.Module, layers: Iterable[nn.Module], example_inputs) -> list[nn.Module]:
-    """The dropout modules of ``model`` whose output reaches the input of one of ``layers``.
+    """The dropout modules of ``model`` whose output reaches the input of one of ``layers`` (mixed by eq. 8).
 
-    Found from one training-mode forward pass on ``example_inputs`` (a tensor, a tuple of positional
-    arguments or a dict of keyword arguments): each dropout's output gets a zero that requires grad,
-    and a dropout feeds the layers when the sum of their inputs depends on its zero (autograd). A
-    dropout whose forward never runs (its ``p`` read and applied functionally, as ``transformers``'
-    attention-probability dropout) feeds nothing. Nothing is trained, no random state is consumed and
-    every module's training mode is restored.
+    Found from one training-mode forward pass: each dropout's output gets a zero that requires grad,
+    and a dropout feeds the layers when the sum of their inputs depends on its zero (autograd). A dropout
+    whose forward never runs (its ``p`` applied functionally) feeds nothing. Nothing is trained, no
+    random state is consumed and every module's training mode is restored.
+
+    Args:
+        model (nn.Module): the model.
+        layers (iterable of nn.Module): modules of ``model``.
+        example_inputs: a tensor, a tuple of positional arguments or a dict of keyword arguments.
+
+    Returns:
+        list[nn.Module]: the dropouts that feed ``layers``.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.1), nn.Linear(4, 2), nn.Dropout(0.1))
+        >>> [d is net[1] for d in feeding_dropouts(net, [net[2]], torch.ones(1, 3))]
+        [True]
     """
     layers = list(layers)
     markers, inputs, hooks = {}, [], []
@@ -201,7 +232,7 @@ def feeding_dropouts(model: nn.Module, layers: Iterable[nn.Module], example_inpu
             h.remove()
         for m, mode in modes.items():
             m.training = mode
-    return [d for d, g in zip(used, grads) if g is not None]
+    return [d for d, g in zip(used, grads, strict=True) if g is not None]
 
 
 def _set_dropouts(model, layers, dropout_p, dropouts, example_inputs) -> None:
@@ -272,29 +303,42 @@ def mixout_model(
     Layers it converts (:data:`LAYER_TYPES`): ``nn.Linear`` and subclasses that keep its forward,
     ``transformers``' ``Conv1D`` (recognised without importing ``transformers``),
     ``nn.MultiheadAttention`` (its input projections and ``out_proj`` together), ``nn.Conv1d/2d/3d``
-    and ``nn.Embedding`` (see :mod:`mixout_theory.layers` for each one's input units).
+    and ``nn.Embedding`` (see :mod:`mixout_theory.layers` for each one's input units). A chosen layer
+    becomes ``<MixClass>.from_module(layer, p, share_parameters=True)``: target = its current weight,
+    the same ``Parameter`` objects (a layer reachable under several names becomes one module). Mixout
+    takes dropout's place, so ``dropout_p`` goes to the dropout modules (:data:`DROPOUT_TYPES`) chosen
+    by ``dropouts``; dropout applied functionally inside a ``forward`` is out of reach. Raises
+    ``ValueError`` for unknown names, names of layers it cannot convert, or an empty selection, listing
+    the convertible layers.
 
-    ``layers`` picks them: ``None`` = every one but the embeddings, with an
-    :class:`UnmixedLayerWarning` listing modules with weights that none of the classes converts; a
-    list of names as in ``model.named_modules()`` (a single string is one name); or a predicate
-    ``f(name, module) -> bool`` called once on every convertible layer. A chosen layer becomes
-    ``<MixClass>.from_module(layer, p, share_parameters=True)``: target = its current weight, the same
-    ``Parameter`` objects (a layer reachable under several names becomes one module).
+    Args:
+        model (nn.Module): the model.
+        p (float): the mixing probability (with ``from_state_dict``: only the fallback for checkpoints
+            without it).
+        layers: ``None`` = every convertible layer but the embeddings, with an
+            :class:`UnmixedLayerWarning` listing modules with weights that none of the classes converts;
+            a list of names as in ``model.named_modules()`` (a string is one name); or a predicate
+            ``f(name, module) -> bool``, called once on every convertible layer.
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5).
+        dropout_p (float, optional): the new ``p`` of the chosen dropouts (default 0; ``None`` leaves
+            every dropout as it is).
+        dropouts: ``None`` = those feeding a mixed layer (:func:`feeding_dropouts`) when
+            ``example_inputs`` is given, else all of them with a warning; ``"all"``; or a predicate
+            ``f(name, module)``.
+        example_inputs: one forward pass's inputs, to find the feeding dropouts.
+        from_state_dict (dict, optional): rebuild a mixed model from a checkpoint of one: the layers whose
+            ``_extra_state`` (or, from older versions, ``target``) it holds are converted with its ``p``
+            and level (``layers`` must be None), then the whole state dict is loaded strictly.
+        inplace (bool): convert ``model`` itself instead of a deep copy.
 
-    Dropout: mixout takes dropout's place, so ``dropout_p`` (default 0; ``None`` leaves every dropout
-    as it is) goes to the dropout modules (:data:`DROPOUT_TYPES`) chosen by ``dropouts``: ``None`` =
-    those feeding a mixed layer, found by :func:`feeding_dropouts` when ``example_inputs`` is given
-    and otherwise all of them, with a warning; ``"all"``; or a predicate ``f(name, module)``.
-    Dropout applied functionally inside a ``forward`` (``F.dropout(x, 0.1)``) is out of reach.
+    Returns:
+        nn.Module: the converted model (a new object when the root itself is converted).
 
-    ``from_state_dict``: rebuild a mixed model from a checkpoint of one: the layers whose
-    ``_extra_state`` (or, from older versions, ``target``) the state dict holds are converted with its
-    ``p`` and level (``p`` is then only the fallback for checkpoints without it, and ``layers`` must be
-    None), then the whole state dict is loaded strictly.
-
-    ``inplace=False`` (default) deep-copies ``model`` first; either way the converted model is returned
-    (a new object when the root itself is converted). Raises ``ValueError`` for unknown names, names of
-    layers it cannot convert, or an empty selection, listing the convertible layers.
+    Example:
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Dropout(0.1), nn.Linear(4, 2))
+        >>> mixed = mixout_model(net, 0.5, layers=["3"], example_inputs=torch.ones(1, 3))
+        >>> type(mixed[3]).__name__, mixed[2].p, torch.equal(mixed[3].target, net[3].weight)
+        ('MixLinear', 0.0, True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -327,12 +371,23 @@ def mixout_model(
 
 
 def unmix_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Turn every mixout layer of ``model`` back into its plain layer (trained weights, no targets).
+    """Turn every mixout layer (eq. 8 / eq. 5) of ``model`` back into its plain layer, trained weights kept.
 
     The new layers hold the same ``Parameter`` objects as the mixed ones (of the copy when
-    ``inplace=False``, the default), so ``state_dict()`` is that of the plain model: ready for
-    ``save_pretrained`` / ``from_pretrained``. Dropout probabilities are not restored. Returns the
-    model (a new object when the root itself is a mixout layer).
+    ``inplace=False``), so ``state_dict()`` is that of the plain model: ready for ``save_pretrained`` /
+    ``from_pretrained``. Targets are dropped; dropout probabilities are not restored.
+
+    Args:
+        model (nn.Module): the model.
+        inplace (bool): convert ``model`` itself instead of a deep copy.
+
+    Returns:
+        nn.Module: the model (a new object when the root itself is a mixout layer).
+
+    Example:
+        >>> plain = unmix_model(mixout_model(nn.Sequential(nn.Linear(3, 2)), 0.5))
+        >>> type(plain[0]).__name__, "0.target" in plain.state_dict()
+        ('Linear', False)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -345,5 +400,16 @@ def unmix_model(model: nn.Module, *, inplace: bool = False) -> nn.Module:
 
 
 def mixed_layer_names(model: nn.Module) -> list[str]:
-    """Fully qualified names of the mixout layers of ``model`` (first name of each)."""
+    """Fully qualified names of the mixout layers (eq. 8 / eq. 5) of ``model`` (the first name of each).
+
+    Args:
+        model (nn.Module): the model.
+
+    Returns:
+        list[str]: the names, as in ``model.named_modules()``.
+
+    Example:
+        >>> mixed_layer_names(mixout_model(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), 0.1))
+        ['0', '2']
+    """
     return [name for name, m in model.named_modules() if isinstance(m, MixoutLayer)]

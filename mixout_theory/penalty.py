@@ -4,8 +4,8 @@ Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetun
 Pretrained Language Models", ICLR 2020 (arXiv:1909.11299). Equation numbers are the paper's.
 
 * :func:`empirical_penalty` -- Monte Carlo estimate of ``E L(Phi) - L(w)`` with
-  ``Phi = u + M (w - u) / (1 - p)`` (eq. 4), masks drawn as in :mod:`mixout_theory.mixing`
-  (``scheme="neuron"``: mixout, eq. 8; ``scheme="parameter"``: mixconnect, eq. 5).
+  ``Phi = u + M (w - u) / (1 - p)`` (eq. 4), masks drawn by :func:`mixout_theory.masks.bernoulli_mask`
+  (``level="neuron"``: mixout, eq. 8; ``level="parameter"``: mixconnect, eq. 5).
 * :func:`quadratic_penalty` -- the exact penalty of a quadratic,
   ``(p / (2 (1 - p))) sum_g d_g^T A_gg d_g`` with ``d = w - u`` (groups share one mask value).
 * :func:`neuron_groups` -- the groups of a flattened ``(out, in)`` weight under mixout (column j).
@@ -31,11 +31,15 @@ import numpy as np
 import torch
 
 from mixout_theory import bounds
-from mixout_theory.bounds import as_float, check_mixing_p, paired_entries, rebuild_entries, resolve_mixed
-from mixout_theory.mixing import mixture, parameter_mask
+from mixout_theory.bounds import check_mixing_p
+from mixout_theory.deprecation import renamed_keywords, renamed_names
+from mixout_theory.entries import as_float, paired_entries, rebuild_entries, resolve_mixed
+from mixout_theory.masks import LEVELS, bernoulli_mask, check_level, mask_shape
+from mixout_theory.mixing import mixture
 
 __all__ = [
     "Z95",
+    "LEVELS",
     "PenaltyEstimate",
     "empirical_penalty",
     "quadratic_penalty",
@@ -48,7 +52,7 @@ __all__ = [
 #: two-sided 95% normal quantile used for the intervals
 Z95 = 1.959963984540054
 
-SCHEMES = ("neuron", "parameter")
+__getattr__ = renamed_names(__name__, globals(), SCHEMES="LEVELS")  # the old name of LEVELS
 
 
 # --------------------------------------------------------------------------------------------
@@ -58,11 +62,20 @@ SCHEMES = ("neuron", "parameter")
 
 @dataclass(frozen=True)
 class PenaltyEstimate:
-    """A Monte Carlo estimate of ``E L(Phi) - L(w)``.
+    """A Monte Carlo estimate of the mixout penalty ``E L(Phi) - L(w)`` (eq. 4) by :func:`empirical_penalty`.
 
-    ``mean`` is the sample mean of ``L(Phi_s) - L(w)`` over ``n_samples`` independent masks, ``std``
-    its sample standard deviation (``ddof=1``), ``se = std / sqrt(n_samples)`` and ``(lo, hi)`` the
-    normal 95% interval ``mean -+ 1.96 se``.
+    Args:
+        mean (float): the sample mean of ``L(Phi_s) - L(w)`` over ``n_samples`` independent masks.
+        se (float): its standard error, ``std / sqrt(n_samples)``.
+        lo (float): the lower end of the normal 95% interval, ``mean - 1.96 se``.
+        hi (float): the upper end, ``mean + 1.96 se``.
+        n_samples (int): the number of masks.
+        std (float): the sample standard deviation (``ddof=1``).
+
+    Example:
+        >>> est = PenaltyEstimate(mean=1.0, se=0.1, lo=0.8, hi=1.2, n_samples=100, std=1.0)
+        >>> est.within(1.3), est.within(1.5)
+        (True, False)
     """
 
     mean: float
@@ -83,19 +96,6 @@ def _check_count(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
     return int(value)
-
-
-def _check_scheme(scheme: str) -> str:
-    if scheme not in SCHEMES:
-        raise ValueError(f"scheme must be one of {SCHEMES}, got scheme={scheme!r}")
-    return scheme
-
-
-def _mask_shape(weight: torch.Tensor, scheme: str) -> tuple[int, ...]:
-    """Per-sample mask shape, as :func:`mixing.neuron_mask` / :func:`mixing.parameter_mask` draw it."""
-    if scheme == "parameter" or weight.dim() <= 1:
-        return tuple(weight.shape)
-    return (1, weight.shape[1]) + (1,) * (weight.dim() - 2)
 
 
 def _make_generator(generator, device) -> torch.Generator | None:
@@ -151,13 +151,14 @@ def _evaluate(loss_fn, batch, size: int, batched: bool, state: dict) -> torch.Te
     return torch.stack([_as_scalar(loss_fn(_index(batch, i)), f"(sample {i})") for i in range(size)])
 
 
+@renamed_keywords(scheme="level")
 def empirical_penalty(
     loss_fn: Callable,
     w,
     u,
     p: float,
     n_samples: int,
-    scheme: str = "neuron",
+    level: str = "neuron",
     generator: torch.Generator | int | None = None,
     batch_size: int = 1024,
     batched: bool = True,
@@ -166,30 +167,48 @@ def empirical_penalty(
 ) -> PenaltyEstimate:
     """Monte Carlo estimate of the mixout penalty ``E_M L(Phi(w; u, M)) - L(w)`` (eq. 4 / eq. 7).
 
-    ``Phi = u + M (w - u) / (1 - p)`` with Bernoulli(1 - p) masks: ``scheme="neuron"`` draws one value
-    per input unit (dim 1 of a weight of shape ``(out, in, ...)``, one per element of a 1-D tensor)
-    as :func:`mixout_theory.mixing.neuron_mask` does; ``scheme="parameter"`` one per parameter as
-    :func:`mixout_theory.mixing.parameter_mask`.
+    ``Phi = u + M (w - u) / (1 - p)`` with Bernoulli(1 - p) masks, drawn as
+    :func:`~mixout_theory.mixing.mixout` (``level="neuron"``) or :func:`~mixout_theory.mixing.mixconnect`
+    (``level="parameter"``) draws them.
+    Masks depend only on ``generator``, ``batch_size`` and ``n_samples``, never on how the loss is
+    evaluated, so the modes give the same estimate. Evaluated under ``torch.no_grad()``, statistics in
+    float64; ``p = 0`` returns an exact zero.
 
-    ``loss_fn`` convention:
+    Args:
+        loss_fn (callable): with ``batched=True``, maps a batch of parameter samples (``(S, *w.shape)``;
+            for a mapping / list ``w`` the same structure, every entry batched) to the ``S`` losses
+            (the losses of :mod:`mixout_theory.bounds` work as is); with ``batched=False``, maps one
+            sample to a scalar.
+        w (Tensor or collection): the point (a tensor, a mapping such as a ``state_dict``, a list).
+        u (same structure as ``w``, optional): the target (``None``: the origin).
+        p (float): the mixing probability, in ``[0, 1)``.
+        n_samples (int): the number of masks, >= 2.
+        level (str): ``"neuron"`` (one value per input unit, dim 1 of a weight ``(out, in, ...)``, one
+            per element of a 1-D tensor) or ``"parameter"`` (one per parameter). Formerly ``scheme``.
+        generator (torch.Generator or int, optional): the masks' random source, or a seed.
+        batch_size (int): masks drawn and evaluated per call of ``loss_fn``.
+        batched (bool): the ``loss_fn`` convention above.
+        vectorize (str): for ``batched=False``: ``"vmap"`` (:func:`torch.func.vmap`, falling back with a
+            warning) or ``"loop"``.
+        mixed (optional): leaves some entries / coordinates unmixed (Supplement B;
+            :func:`~mixout_theory.entries.resolve_mixed`).
 
-    * ``batched=True`` (default): ``loss_fn`` takes a batch of parameter samples, a tensor of shape
-      ``(S, *w.shape)`` (for a mapping / list ``w``: the same structure with every entry batched), and
-      returns the ``S`` losses, shape ``(S,)``. The losses of :mod:`mixout_theory.bounds` work as is.
-    * ``batched=False``: ``loss_fn`` takes one parameter sample (``w``'s structure) and returns a
-      scalar. It is vectorised with :func:`torch.func.vmap` (``vectorize="vmap"``); if vmap fails the
-      estimator warns and loops over samples, which ``vectorize="loop"`` asks for directly.
+    Shape:
+        a batched ``loss_fn`` maps ``(S, *w.shape)`` to ``(S,)``.
 
-    Masks depend only on ``generator`` (a ``torch.Generator`` or an int seed), ``batch_size`` and
-    ``n_samples``, never on how the loss is evaluated, so the modes give the same estimate.
-    ``w`` and ``u`` may be tensors or matching flat collections (``u=None`` is the origin); ``mixed``
-    leaves some entries / coordinates unmixed (Supplement B; see :func:`bounds.resolve_mixed`).
-    Evaluated under ``torch.no_grad()``, statistics in float64. ``p = 0`` returns an exact zero.
+    Returns:
+        PenaltyEstimate: the mean, its standard error and 95% interval.
+
+    Example:
+        >>> loss = lambda W: 0.5 * W.pow(2).sum(-1)  # m = 1: the exact penalty is eq. 9 with equality
+        >>> est = empirical_penalty(loss, torch.ones(3), None, 0.5, 20000, level="parameter", generator=0)
+        >>> est.within(corollary11_penalty(torch.ones(3), None, 1.0, 0.5))
+        True
     """
     p = check_mixing_p(p)
     n_samples = _check_count("n_samples", n_samples, 2)
     batch_size = _check_count("batch_size", batch_size, 1)
-    scheme = _check_scheme(scheme)
+    level = check_level(level)
     if vectorize not in ("vmap", "loop"):
         raise ValueError(f"vectorize must be 'vmap' or 'loop', got vectorize={vectorize!r}")
     if not callable(loss_fn):
@@ -212,12 +231,11 @@ def empirical_penalty(
         for start in range(0, n_samples, batch_size):
             size = min(batch_size, n_samples - start)
             samples = []
-            for (_, wt, ut), wd, sel in zip(entries, ws, selections):
+            for (_, _, ut), wd, sel in zip(entries, ws, selections, strict=True):
                 if sel is False:
                     samples.append(wd.expand(size, *wd.shape))
                     continue
-                holder = torch.empty((size,) + _mask_shape(wd, scheme), dtype=wd.dtype, device=wd.device)
-                mask = parameter_mask(holder, p, gen)  # independent Bernoulli(1-p) per mask slot
+                mask = bernoulli_mask(wd, p, (size,) + mask_shape(wd.shape, level), gen)  # one per sample
                 phi = mixture(wd, ut.detach(), mask, mu)
                 if sel is not True:
                     phi = torch.where(sel, phi, wd)
@@ -237,19 +255,29 @@ def empirical_penalty(
 
 
 def neuron_groups(shape) -> torch.Tensor:
-    """Group id of every element of a row-major flattened weight under neuron-level mixout.
+    """Group id of every element of a row-major flattened weight under neuron-level mixout (eq. 8).
 
-    For ``shape = (out, in, *rest)`` element ``W[i, j, ...]`` belongs to group ``j`` (input unit j,
-    column ``W[:, j]``); a 1-D shape puts every element in its own group. Returns a long tensor of
-    length ``prod(shape)``, usable as ``groups`` in :func:`quadratic_penalty`.
+    Element ``W[i, j, ...]`` belongs to group ``j`` (input unit ``j``, column ``W[:, j]``); a 1-D shape
+    puts every element in its own group.
+
+    Args:
+        shape (tuple or Tensor): the weight's shape (or the weight).
+
+    Shape:
+        the result has ``prod(shape)`` entries.
+
+    Returns:
+        Tensor: the group-id vector (long), usable as ``groups`` in :func:`quadratic_penalty`.
+
+    Example:
+        >>> neuron_groups((2, 3))
+        tensor([0, 1, 2, 0, 1, 2])
     """
     shape = tuple(int(s) for s in (shape.shape if isinstance(shape, torch.Tensor) else shape))
     if any(s < 0 for s in shape):
         raise ValueError(f"shape must have non-negative sizes, got {shape}")
-    if len(shape) <= 1:
-        return torch.arange(math.prod(shape))
-    view = (1, shape[1]) + (1,) * (len(shape) - 2)
-    return torch.arange(shape[1]).reshape(view).expand(shape).reshape(-1).clone()
+    view = mask_shape(shape, "neuron")  # the elements sharing a mask value share an id
+    return torch.arange(math.prod(view)).reshape(view).expand(shape).reshape(-1).clone()
 
 
 def _group_ids(groups, size: int) -> torch.Tensor:
@@ -262,7 +290,8 @@ def _group_ids(groups, size: int) -> torch.Tensor:
         ids = torch.as_tensor(groups)
         if ids.dim() != 1 or ids.numel() != size:
             raise ValueError(
-                f"a group-id vector must be 1-D with one id per coordinate ({size}), got shape {tuple(ids.shape)}"
+                f"a group-id vector must be 1-D with one id per coordinate ({size}), "
+                f"got shape {tuple(ids.shape)}"
             )
         if ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise TypeError(f"group ids must be integers, got dtype {ids.dtype}")
@@ -308,13 +337,32 @@ def _check_A(A, size: int) -> torch.Tensor:
 
 
 def quadratic_penalty(A, w, u, p: float, groups=None) -> float:
-    """Exact mixout penalty of ``L(w) = 1/2 (w - w*)^T A (w - w*) + c`` (any ``w*``, ``c``).
+    """Exact mixout penalty of a quadratic ``L(w) = 1/2 (w - w*)^T A (w - w*) + c`` (Theorem 1's proof).
 
-    ``E L(Phi) - L(w) = 1/2 sum_ij A_ij Cov(Phi_i, Phi_j)`` (from the proof of Theorem 1):
-    independent masks (``groups=None``) give ``(sigma^2 / (2 mu^2)) sum_i A_ii d_i^2``; masks shared
-    within groups give ``(sigma^2 / (2 mu^2)) sum_g d_g^T A_gg d_g``, with ``d = w - u`` flattened
-    row-major, ``sigma^2 / mu^2 = p / (1 - p)``. ``groups`` is a group-id vector (see
-    :func:`neuron_groups`) or a partition of the coordinate indices. Returns a float (float64 maths).
+    ``E L(Phi) - L(w) = (p / (2 (1 - p))) sum_g d_g^T A_gg d_g`` with ``d = w - u`` flattened row-major:
+    masks shared within groups; independent masks (``groups=None``) give ``sum_i A_ii d_i^2``.
+
+    Args:
+        A (Tensor): the symmetric Hessian.
+        w (Tensor): the point.
+        u (Tensor, optional): the target (``None``: the origin).
+        p (float): the mixing probability, in ``[0, 1)``.
+        groups (optional): a group-id vector, one integer per coordinate of ``d`` (coordinates with the
+            same id share one mask value, e.g. :func:`neuron_groups`), or a partition of
+            ``range(d.numel())`` as lists of indices; ``None``: one mask value per coordinate.
+
+    Shape:
+        ``A`` is ``(d, d)`` with ``d = w.numel()``; ``u`` has ``w``'s shape.
+
+    Returns:
+        float: the penalty (float64 maths).
+
+    Example:
+        >>> w = torch.ones(2, 2)
+        >>> quadratic_penalty(torch.eye(4), w, None, 0.5), quadratic_penalty(torch.ones(4, 4), w, None, 0.5)
+        (2.0, 2.0)
+        >>> quadratic_penalty(torch.ones(4, 4), w, None, 0.5, groups=neuron_groups(w.shape))
+        4.0
     """
     p = check_mixing_p(p)
     w = torch.as_tensor(w)
@@ -332,23 +380,27 @@ def quadratic_penalty(A, w, u, p: float, groups=None) -> float:
 
 
 def wdecay(w, u, lam: float, keys=None) -> torch.Tensor:
-    """The penalty of ``wdecay(u, lambda)``: ``(lambda / 2) ||w - u||^2`` (the paper's ``wdecay(u, lambda)``).
+    """The penalty of ``wdecay(u, lambda)``, ``(lambda / 2) ||w - u||^2``, that eq. 9 compares mixout with.
 
-    Training with ``wdecay(u, lambda)`` means minimising ``L(w) + wdecay(w, u, lambda)``; ``u = None``
-    (the origin) is ordinary weight decay, ``u = w_pre`` is L2-SP. Corollary 1.1 (eq. 9) says
-    mixout(u, p) costs at least ``wdecay(w, u, m p / (1 - p))`` for an ``m``-strongly convex loss.
+    Training with ``wdecay(u, lambda)`` minimises ``L(w) + wdecay(w, u, lambda)``; ``u = None`` (the
+    origin) is ordinary weight decay, ``u = w_pre`` is L2-SP. Corollary 1.1 says mixout(u, p) costs at
+    least ``wdecay(w, u, m p / (1 - p))`` for an ``m``-strongly convex loss. This is the *coupled* form,
+    whose gradient ``lambda (w - u)`` is added to the loss gradient before the optimiser sees it
+    (decoupled decay, AdamW's, is the gradient of no fixed penalty under Adam's rescaling).
 
-    ``w`` and ``u`` are tensors, or mappings such as state dicts; for mappings the penalty is
-    summed over ``keys`` (default: every key of ``w``; ``u`` must hold each of them, extra keys of
-    ``u`` are ignored, so ``u`` may be a whole network while ``keys`` names only its Linear weights).
-    The result is a 0-dim tensor that keeps ``w``'s autograd graph: its gradient is
-    ``lambda (w - u)`` and ``u`` is treated as a constant (detached).
+    Args:
+        w (Tensor or mapping): the weights, or a mapping such as a state dict.
+        u (same structure as ``w``, optional): the target (detached; ``None``: the origin). A mapping
+            must hold every key summed over; extra keys are ignored.
+        lam (float): ``lambda``, finite and >= 0.
+        keys (iterable of str, optional): for mappings, the keys summed over (default: every key of ``w``).
 
-    This is the *coupled* form: the gradient of the penalty is added to the loss gradient before the
-    optimiser sees it (what :func:`mixout_theory.experiment.engine.train_ensemble` does for
-    ``Member(wdecay=lambda)``). It is the definition the theory compares mixout with. Decoupled decay
-    (AdamW: ``w <- w - lr * lambda * (w - u)`` outside Adam's normalisation) is not the gradient of
-    any fixed penalty under Adam, whose per-coordinate step size rescales the penalty's gradient.
+    Returns:
+        Tensor: a 0-dim tensor that keeps ``w``'s autograd graph.
+
+    Example:
+        >>> wdecay({"a": torch.tensor([3.0, 4.0]), "b": torch.ones(3)}, None, 0.1, keys=["a"])
+        tensor(1.2500)
     """
     if isinstance(lam, bool) or not isinstance(lam, numbers.Real) or not math.isfinite(lam) or lam < 0:
         raise ValueError(f"lam must be a finite number >= 0, got lam={lam!r}")
@@ -403,13 +455,31 @@ def _least_squares_inputs(X, y, u):
 
 
 def mixout_least_squares(X, y, u, p: float, groups=None) -> torch.Tensor:
-    """Exact minimiser of ``E L(Phi(w; u, M))`` for ``L(w) = (1 / (2n)) ||X w - y||^2`` (Supplement D).
+    """Exact minimiser of ``E L(Phi(w; u, M))``, ``L(w) = ||X w - y||^2 / (2n)`` least squares (Supplement D).
 
-    ``E L(Phi) = L(w) + (k / 2) (w - u)^T (H o G) (w - u)`` with ``H = X^T X / n``, ``k = p / (1 - p)``
-    (see :func:`quadratic_penalty`), so the minimiser solves the ridge-like system
-    ``(H + k (H o G)) w = X^T y / n + k (H o G) u``. ``groups=None`` is one mask per coordinate
-    (mixconnect, or mixout of a 1-D parameter such as the line ``(w1, w2)``). ``p = 0`` gives ordinary
-    least squares; as ``p -> 1`` the solution tends to ``u``. Returns ``w`` in ``X``'s dtype.
+    ``E L(Phi) = L(w) + (k / 2) (w - u)^T (H o G) (w - u)`` with ``H = X^T X / n``, ``k = p / (1 - p)``,
+    so the minimiser solves ``(H + k (H o G)) w = X^T y / n + k (H o G) u``. ``p = 0`` gives ordinary
+    least squares; as ``p -> 1`` the solution tends to ``u``.
+
+    Args:
+        X (Tensor): the design matrix.
+        y (Tensor): the targets.
+        u (Tensor, optional): the target weights (``None``: the origin).
+        p (float): the mixing probability, in ``[0, 1)``.
+        groups (optional): a group-id vector or a partition of the coordinates, as in
+            :func:`quadratic_penalty`; ``None``: one mask value per coordinate (mixconnect, or mixout of
+            a 1-D parameter such as the line ``(w1, w2)``).
+
+    Shape:
+        ``X`` ``(n, d)``, ``y`` ``(n,)``, ``u`` and the result ``(d,)``.
+
+    Returns:
+        Tensor: the minimiser, in ``X``'s dtype.
+
+    Example:
+        >>> X, y = torch.eye(2, dtype=torch.float64), torch.tensor([1.0, 1.0], dtype=torch.float64)
+        >>> mixout_least_squares(X, y, torch.zeros(2, dtype=torch.float64), 0.5)
+        tensor([0.5000, 0.5000], dtype=torch.float64)
     """
     p = check_mixing_p(p)
     X, y, u = _least_squares_inputs(X, y, u)
@@ -428,7 +498,10 @@ def mixout_least_squares(X, y, u, p: float, groups=None) -> torch.Tensor:
 
 
 def expected_mixout_least_squares_loss(w, X, y, u, p: float, groups=None) -> float:
-    """``E L(Phi(w; u, M)) = L(w) + quadratic_penalty(X^T X / n, w, u, p, groups)`` for least squares."""
+    """``E L(Phi(w; u, M)) = L(w) + quadratic_penalty(X^T X / n, w, u, p, groups)`` for least squares.
+
+    ``groups``: a group-id vector or a partition of the coordinates, as in :func:`quadratic_penalty`.
+    """
     X, y, u = _least_squares_inputs(X, y, u)
     x64 = X.detach().to(torch.float64)
     w64 = torch.as_tensor(w).detach().to(torch.float64)

@@ -48,11 +48,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mixout_theory.bounds import check_mixing_p, paired_entries, rebuild_entries, resolve_mixed
+from mixout_theory.bounds import check_mixing_p
+from mixout_theory.deprecation import renamed_keywords, renamed_names
+from mixout_theory.entries import paired_entries, rebuild_entries, resolve_mixed
+from mixout_theory.masks import LEVELS, check_level
 from mixout_theory.penalty import neuron_groups
 
 __all__ = [
-    "GROUPS",
+    "LEVELS",
     "MixedHessian",
     "SecondOrderTerms",
     "second_order_terms",
@@ -61,8 +64,7 @@ __all__ = [
     "curvature",
 ]
 
-#: How mask values are shared: one per input neuron (mixout, eq. 8) or one per parameter (mixconnect, eq. 5).
-GROUPS = ("neuron", "parameter")
+__getattr__ = renamed_names(__name__, globals(), GROUPS="LEVELS")  # the old name of LEVELS
 #: Hessian-vector products per batched call unless told otherwise.
 CHUNK = 8
 
@@ -74,17 +76,28 @@ def _check_chunk(chunk_size) -> int:
 
 
 class MixedHessian:
-    """The Hessian of ``loss_fn`` at ``params``, restricted to the mixed coordinates, as an operator.
+    """The Hessian ``H`` of ``loss_fn`` at ``params`` on the mixed coordinates, as an operator (Theorem 1).
 
-    ``loss_fn`` takes ``params``' structure (a tensor, a mapping such as a ``state_dict``, or a
-    list / tuple of tensors) and returns a scalar tensor. ``mixed`` (see
-    :func:`mixout_theory.bounds.resolve_mixed`) picks the coordinates; the others stay fixed at
-    ``params``. The mixed coordinates are flattened entry by entry (row-major) into one vector of
-    length :attr:`n`; :meth:`flatten` maps any tensor collection of ``params``' structure to it.
+    The mixed coordinates are flattened entry by entry (row-major) into one vector of length :attr:`n`
+    (:meth:`flatten` maps any collection of ``params``' structure to it; :meth:`params_at` back).
+    :meth:`matvec` computes ``H v`` exactly (``jvp`` of ``grad``, vectorised with ``vmap`` in chunks;
+    a loss ``torch.func`` cannot transform falls back, with a warning, to double backward);
+    :attr:`n_hvp` counts the products. ``H`` is never formed (:meth:`dense` forms it, for small ``n``).
 
-    :meth:`matvec` computes ``H v`` exactly (``jvp`` of ``grad``; vectorised over a batch of ``v``
-    with ``vmap`` in chunks of ``chunk_size``; a loss that ``torch.func`` cannot transform falls back,
-    with a warning, to double backward one vector at a time). :attr:`n_hvp` counts the products.
+    Args:
+        loss_fn (callable): maps ``params``' structure to a scalar tensor.
+        params (Tensor or collection): the point (a tensor, a mapping such as a ``state_dict``, a list).
+        mixed (optional): the mixed coordinates (:func:`~mixout_theory.entries.resolve_mixed`); the
+            others stay fixed at ``params``.
+        chunk_size (int): Hessian-vector products per batched call.
+
+    Shape:
+        :meth:`matvec` takes ``(n,)`` or ``(B, n)`` and returns the same shape.
+
+    Example:
+        >>> H = MixedHessian(lambda w: (w**2).sum() + w.prod(), torch.zeros(2))
+        >>> H.n, H.matvec(torch.tensor([1.0, 0.0]))
+        (2, tensor([2., 1.]))
     """
 
     def __init__(self, loss_fn: Callable, params, mixed=None, chunk_size: int = CHUNK):
@@ -97,7 +110,7 @@ class MixedHessian:
                 raise TypeError(f"entry {name!r} of params must be floating point, got dtype {wt.dtype}")
         self.structure = params
         self.index = []  # per entry: None (whole entry mixed), False (not mixed) or the flat positions mixed
-        for (_, wt, _), sel in zip(self.entries, resolve_mixed(self.entries, mixed)):
+        for (_, wt, _), sel in zip(self.entries, resolve_mixed(self.entries, mixed), strict=True):
             if sel is True or sel is False:
                 self.index.append(None if sel else False)
             else:
@@ -106,7 +119,7 @@ class MixedHessian:
         self.n = self.point.numel()
         sizes = [
             0 if i is False else (wt.numel() if i is None else i.numel())
-            for (_, wt, _), i in zip(self.entries, self.index)
+            for (_, wt, _), i in zip(self.entries, self.index, strict=True)
         ]
         #: which entry each mixed coordinate belongs to
         self.coordinate_entry = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
@@ -121,11 +134,11 @@ class MixedHessian:
         self.n_hvp = 0
 
     def flatten(self, values) -> torch.Tensor:
-        """The mixed coordinates of ``values`` (``params``' structure, or one tensor per entry), as one vector."""
+        """The mixed coordinates of ``values`` (``params``' structure, or a tensor per entry), one vector."""
         if not isinstance(values, list):
             values = [v for _, _, v in paired_entries(self.structure, values)]
         parts = []
-        for (_, wt, _), v, idx in zip(self.entries, values, self.index):
+        for (_, wt, _), v, idx in zip(self.entries, values, self.index, strict=False):
             v = torch.as_tensor(v).to(wt.device, wt.dtype).reshape(-1)
             if idx is None:
                 parts.append(v)
@@ -136,7 +149,7 @@ class MixedHessian:
     def params_at(self, z: torch.Tensor):
         """``params`` with the mixed coordinates replaced by the vector ``z`` (differentiable in ``z``)."""
         out, start = [], 0
-        for (_, wt, _), idx in zip(self.entries, self.index):
+        for (_, wt, _), idx in zip(self.entries, self.index, strict=True):
             base = wt.detach()
             if idx is False:
                 out.append(base)
@@ -191,12 +204,14 @@ class MixedHessian:
         return torch.func.jvp(self._grad, (self.point,), (v,))[1]
 
     def _hvp_autograd(self, V: torch.Tensor) -> torch.Tensor:
-        """``H v`` for every row of ``V`` by double backward: one graph of the gradient, one backward per row."""
+        """``H v`` for every row of ``V`` by double backward: one graph of the gradient, one pass per row."""
         with torch.enable_grad():
             z = self.point.clone().requires_grad_(True)
             (g,) = torch.autograd.grad(self._loss(z), z, create_graph=True)
             rows = [torch.autograd.grad(g, z, v, retain_graph=True, allow_unused=True)[0] for v in V]
-        return torch.stack([torch.zeros_like(v) if hv is None else hv.detach() for v, hv in zip(V, rows)])
+        return torch.stack(
+            [torch.zeros_like(v) if hv is None else hv.detach() for v, hv in zip(V, rows, strict=True)]
+        )
 
     def gradient(self) -> torch.Tensor:
         """``grad L`` at ``params`` in the mixed coordinates."""
@@ -218,20 +233,32 @@ class MixedHessian:
 # the second-order penalty
 
 
+@renamed_keywords(groups="level")
 @dataclass(frozen=True)
 class SecondOrderTerms:
-    """``sum_g d_g^T H_gg d_g`` at ``w`` for ``d = w - u``, and what it gives.
+    """``sum_g d_g^T H_gg d_g`` at ``w``, ``d = w - u``: the 2nd-order penalty (Theorem 1's proof), ``m_eff``.
 
-    ``quad``: the sum over groups (float64); ``dist2 = ||d||^2`` over the mixed coordinates;
-    ``n_groups``: groups with ``d_g != 0`` (one Hessian-vector product each); ``by_entry``: each
-    entry's share of ``quad``; ``loss``: ``L(w)``. :meth:`penalty` is the second-order mixout penalty
-    and :attr:`m_eff` the curvature along ``d``.
+    :meth:`penalty` is ``(p / (2 (1 - p))) quad`` and :attr:`m_eff` ``= quad / dist2`` the curvature
+    along ``d``, the modulus that makes eq. 9 the second-order value. Built by :func:`second_order_terms`.
+
+    Args:
+        quad (float): the sum over groups (float64).
+        dist2 (float): ``||d||^2`` over the mixed coordinates.
+        n_groups (int): groups with ``d_g != 0`` (one Hessian-vector product each).
+        level (str): the mask level, ``"neuron"`` or ``"parameter"``. Formerly ``groups``.
+        loss (float): ``L(w)``.
+        by_entry (dict): each entry's share of ``quad``.
+
+    Example:
+        >>> terms = SecondOrderTerms(quad=3.0, dist2=2.0, n_groups=2, level="neuron", loss=0.0)
+        >>> terms.m_eff, terms.penalty(0.5)
+        (1.5, 1.5)
     """
 
     quad: float
     dist2: float
     n_groups: int
-    groups: str
+    level: str
     loss: float
     by_entry: dict = field(default_factory=dict)
 
@@ -243,17 +270,17 @@ class SecondOrderTerms:
         return self.quad / self.dist2
 
     def penalty(self, p: float) -> float:
-        """``(p / (2 (1 - p))) sum_g d_g^T H_gg d_g``: the second-order ``E L(Phi(w)) - L(w)`` of mixout(u, p)."""
+        """``(p / (2 (1 - p))) sum_g d_g^T H_gg d_g``: 2nd-order ``E L(Phi(w)) - L(w)`` of mixout(u, p)."""
         p = check_mixing_p(p)
         return p / (2.0 * (1.0 - p)) * self.quad
 
 
-def _group_ids(op: MixedHessian, groups: str) -> torch.Tensor:
+def _coordinate_groups(op: MixedHessian, level: str) -> torch.Tensor:
     """Group id of every mixed coordinate (flattened as :meth:`MixedHessian.flatten` does)."""
-    if groups == "parameter":
+    if level == "parameter":
         return torch.arange(op.n)
     ids, offset = [], 0
-    for (_, wt, _), idx in zip(op.entries, op.index):
+    for (_, wt, _), idx in zip(op.entries, op.index, strict=True):
         if idx is False:
             continue
         g = neuron_groups(wt.shape)  # column j of (out, in, ...); each element of a 1-D tensor
@@ -262,25 +289,39 @@ def _group_ids(op: MixedHessian, groups: str) -> torch.Tensor:
     return torch.cat(ids)
 
 
+@renamed_keywords(groups="level")
 def second_order_terms(
-    loss_fn: Callable, params, target, mixed=None, groups: str = "neuron", *, chunk_size: int = CHUNK
+    loss_fn: Callable, params, target, mixed=None, level: str = "neuron", *, chunk_size: int = CHUNK
 ) -> SecondOrderTerms:
-    """``sum_g d_g^T H_gg d_g`` with ``d = params - target`` and ``H`` the Hessian of ``loss_fn`` at ``params``.
+    """``sum_g d_g^T H_gg d_g``, ``d = params - target``, ``H`` the Hessian of ``loss_fn`` (Theorem 1 proof).
 
-    ``groups="neuron"``: one group per input neuron of each mixed weight (column ``j`` of a weight
-    ``(out, in, ...)``, every element of a 1-D tensor), as mixout(u, p) shares its mask (eq. 8);
-    ``groups="parameter"``: one group per coordinate (mixconnect, eq. 5), i.e. ``sum_i H_ii d_i^2``.
     Each group with ``d_g != 0`` costs one Hessian-vector product ``H d_g`` (``d_g^T H_gg d_g =
     d_g^T H d_g`` since ``d_g`` vanishes outside ``g``), ``chunk_size`` of them per vectorised call.
-    ``target`` has ``params``' structure (``None``: the origin); ``mixed`` follows
-    :func:`mixout_theory.bounds.resolve_mixed`.
+
+    Args:
+        loss_fn (callable): maps ``params``' structure to a scalar tensor.
+        params (Tensor or collection): the point ``w``.
+        target (same structure, optional): ``u`` (``None``: the origin).
+        mixed (optional): the mixed coordinates (:func:`~mixout_theory.entries.resolve_mixed`).
+        level (str): ``"neuron"``: one group per input neuron of each mixed weight (column ``j`` of
+            ``(out, in, ...)``, every element of a 1-D tensor; eq. 8); ``"parameter"``: one per
+            coordinate (eq. 5), i.e. ``sum_i H_ii d_i^2``. Formerly ``groups``.
+        chunk_size (int): Hessian-vector products per batched call.
+
+    Returns:
+        SecondOrderTerms: the sum, ``||d||^2``, the group count, each entry's share and ``L(w)``.
+
+    Example:
+        >>> loss = lambda W: 0.5 * (W.sum(0) ** 2).sum()  # couples the rows of each column
+        >>> w = torch.ones(2, 3)
+        >>> second_order_terms(loss, w, None).quad, second_order_terms(loss, w, None, level="parameter").quad
+        (12.0, 6.0)
     """
-    if groups not in GROUPS:
-        raise ValueError(f"groups must be one of {GROUPS}, got groups={groups!r}")
+    level = check_level(level)
     entries = paired_entries(params, target)  # names mismatched keys / shapes
     op = MixedHessian(loss_fn, params, mixed, chunk_size)
     d = (op.point - op.flatten([ut for _, _, ut in entries])).double().cpu()  # group bookkeeping on the CPU
-    ids = torch.unique(_group_ids(op, groups), return_inverse=True)[1]  # groups numbered 0..G-1
+    ids = torch.unique(_coordinate_groups(op, level), return_inverse=True)[1]  # groups numbered 0..G-1
     norms = torch.zeros(int(ids.max()) + 1, dtype=torch.float64).index_add_(0, ids, d * d)  # ||d_g||^2
     live = (norms > 0).nonzero().flatten()  # a group with d_g = 0 adds nothing: no product for it
     row_of = torch.full_like(norms, -1, dtype=torch.long)
@@ -303,30 +344,48 @@ def second_order_terms(
         quad=float(quad.sum()),
         dist2=float(norms.sum()),
         n_groups=int(live.numel()),
-        groups=groups,
+        level=level,
         loss=float(op.value),
         by_entry=by_entry,
     )
 
 
+@renamed_keywords(groups="level")
 def second_order_penalty(
     loss_fn: Callable,
     params,
     target,
     p: float,
     mixed=None,
-    groups: str = "neuron",
+    level: str = "neuron",
     *,
     chunk_size: int = CHUNK,
 ) -> float:
-    """The second-order mixout penalty ``(p / (2 (1 - p))) sum_g d_g^T H_gg d_g``, ``d = params - target``.
+    """The second-order mixout penalty ``(p / (2 (1 - p))) sum_g d_g^T H_gg d_g`` (Theorem 1's proof).
 
-    Exact for a quadratic loss (then it equals :func:`mixout_theory.penalty.quadratic_penalty` with
-    the same groups); on any smooth loss it is ``E L(Phi(w)) - L(w)`` up to third-order terms in ``d``.
-    See :func:`second_order_terms` for ``groups``, ``mixed`` and the cost.
+    Exact for a quadratic loss (then it equals :func:`quadratic_penalty` with the same groups); on any
+    smooth loss it is ``E L(Phi(w)) - L(w)`` up to third-order terms in ``d``.
+
+    Args:
+        loss_fn (callable): maps ``params``' structure to a scalar tensor.
+        params (Tensor or collection): the point ``w``.
+        target (same structure, optional): ``u`` (``None``: the origin).
+        p (float): the mixing probability, in ``[0, 1)``.
+        mixed (optional): the mixed coordinates (:func:`~mixout_theory.entries.resolve_mixed`).
+        level (str): ``"neuron"`` (eq. 8) or ``"parameter"`` (eq. 5), as in :func:`second_order_terms`.
+            Formerly ``groups``.
+        chunk_size (int): Hessian-vector products per batched call.
+
+    Returns:
+        float: the penalty.
+
+    Example:
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 2.0]])
+        >>> second_order_penalty(lambda w: 0.5 * w @ A @ w, torch.ones(2), None, 0.5)
+        2.0
     """
     p = check_mixing_p(p)
-    return second_order_terms(loss_fn, params, target, mixed, groups, chunk_size=chunk_size).penalty(p)
+    return second_order_terms(loss_fn, params, target, mixed, level, chunk_size=chunk_size).penalty(p)
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,9 +394,21 @@ def second_order_penalty(
 
 @dataclass(frozen=True)
 class Curvature:
-    """Extreme eigenvalues of ``H`` restricted to the mixed coordinates: ``m_min`` (Corollary 1.1's
-    modulus where it is > 0) and ``m_max``; ``n`` coordinates, ``method`` (``"lanczos"`` or
-    ``"dense"``), ``n_hvp`` Hessian-vector products spent."""
+    """Extreme eigenvalues of ``H`` on the mixed coordinates: ``m_min`` (eq. 9's ``m`` if > 0) and ``m_max``.
+
+    Built by :func:`curvature`; :attr:`convex` says whether ``m_min > 0``.
+
+    Args:
+        m_min (float): the smallest eigenvalue.
+        m_max (float): the largest eigenvalue.
+        n (int): the number of mixed coordinates.
+        method (str): ``"lanczos"`` or ``"dense"``.
+        n_hvp (int): Hessian-vector products spent.
+
+    Example:
+        >>> Curvature(m_min=0.5, m_max=3.0, n=4, method="dense", n_hvp=4).convex
+        True
+    """
 
     m_min: float
     m_max: float
@@ -362,13 +433,32 @@ def curvature(
     seed: int = 0,
     chunk_size: int = CHUNK,
 ) -> Curvature:
-    """``m_min``, ``m_max``: the extreme eigenvalues of the Hessian of ``loss_fn`` at ``params`` (mixed coordinates).
+    """``m_min``, ``m_max``: extreme eigenvalues of the Hessian on the mixed coordinates (eq. 9's ``m``).
 
     ``method="lanczos"``: implicitly restarted Lanczos (``scipy.sparse.linalg.eigsh``) on a
-    ``LinearOperator`` whose products are :meth:`MixedHessian.matvec`, run once for the largest and
-    once for the smallest algebraic eigenvalue (relative tolerance ``tol``, starting vector drawn from
-    ``seed``), so ``H`` is never formed. ``method="dense"``: ``torch.linalg.eigvalsh`` of the formed
-    matrix (``n`` products; small problems and checks). ``"auto"``: dense up to 64 coordinates.
+    ``LinearOperator`` whose products are :meth:`MixedHessian.matvec`, once for the largest and once
+    for the smallest algebraic eigenvalue, so ``H`` is never formed. ``method="dense"``:
+    ``torch.linalg.eigvalsh`` of the formed matrix (``n`` products). ``"auto"``: dense up to 64
+    coordinates.
+
+    Args:
+        loss_fn (callable): maps ``params``' structure to a scalar tensor.
+        params (Tensor or collection): the point.
+        mixed (optional): the mixed coordinates (:func:`~mixout_theory.entries.resolve_mixed`).
+        method (str): ``"auto"``, ``"lanczos"`` or ``"dense"``.
+        tol (float): Lanczos' relative tolerance.
+        maxiter (int, optional): Lanczos' iteration limit.
+        seed (int): seeds Lanczos' starting vector.
+        chunk_size (int): Hessian-vector products per batched call.
+
+    Returns:
+        Curvature: ``m_min``, ``m_max``, ``n``, the method and the products spent.
+
+    Example:
+        >>> A = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> c = curvature(lambda w: 0.5 * w @ A @ w, torch.zeros(2, dtype=torch.float64))
+        >>> round(c.m_min, 6), round(c.m_max, 6), c.method
+        (1.0, 3.0, 'dense')
     """
     if method not in ("auto", "lanczos", "dense"):
         raise ValueError(f"method must be 'auto', 'lanczos' or 'dense', got method={method!r}")

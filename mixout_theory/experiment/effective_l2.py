@@ -106,7 +106,7 @@ def effective_l2(
 
     with torch.no_grad():
         est = penalty.empirical_penalty(
-            loss, w, u, p, n_samples, scheme="neuron", generator=generator, batch_size=batch_size
+            loss, w, u, p, n_samples, level="neuron", generator=generator, batch_size=batch_size
         )
         base = float(tail({k: v.unsqueeze(0) for k, v in w.items()})[0])
     k = p / (1.0 - p)

@@ -17,22 +17,22 @@ from mixout_theory import penalty as P
 
 
 def test_theorem1_equality_for_isotropic_quadratic():
-    for scheme, shape in (("parameter", (7,)), ("neuron", (3, 4))):
-        case = C.quadratic_case(shape=shape, seed=7, isotropic=True, m=1.5, scheme=scheme)
+    for level, shape in (("parameter", (7,)), ("neuron", (3, 4))):
+        case = C.quadratic_case(shape=shape, seed=7, isotropic=True, m=1.5, level=level)
         for p in (0.1, 0.5, 0.9):
             assert case.exact(p) == pytest.approx(case.bound(p), rel=1e-12)
-        est = P.empirical_penalty(case.loss, case.w, case.u, 0.5, 40_000, scheme=scheme, generator=8)
+        est = P.empirical_penalty(case.loss, case.w, case.u, 0.5, 40_000, level=level, generator=8)
         assert est.se < 0.03 * case.bound(0.5)
         assert est.within(case.bound(0.5), 4.0), (est, case.bound(0.5))
 
 
 def test_bound_below_exact_for_general_spd_quadratics():
     for seed in range(5):
-        for scheme, shape in (("parameter", (6,)), ("neuron", (3, 4))):
-            case = C.quadratic_case(shape=shape, seed=seed, scheme=scheme, condition=5.0)
+        for level, shape in (("parameter", (6,)), ("neuron", (3, 4))):
+            case = C.quadratic_case(shape=shape, seed=seed, level=level, condition=5.0)
             for p in (0.05, 0.3, 0.6, 0.95):
                 exact, bound = case.exact(p), case.bound(p)
-                assert bound < exact * (1 - 1e-6), (seed, scheme, p, bound, exact)
+                assert bound < exact * (1 - 1e-6), (seed, level, p, bound, exact)
 
 
 @pytest.mark.parametrize("maker", [C.least_squares_case, C.logistic_case, C.softmax_case])
@@ -40,7 +40,7 @@ def test_monte_carlo_never_below_bound_on_strongly_convex_losses(gen, maker):
     case = maker(seed=3)
     g = gen(9)
     for p in (0.1, 0.3, 0.5, 0.7, 0.9):
-        est = P.empirical_penalty(case.loss, case.w, case.u, p, 4000, scheme=case.scheme, generator=g)
+        est = P.empirical_penalty(case.loss, case.w, case.u, p, 4000, level=case.level, generator=g)
         assert est.hi >= case.bound(p), (case.name, p, est, case.bound(p))
         if case.exact is not None:
             assert est.within(case.exact(p), 4.0)
@@ -50,7 +50,7 @@ def test_logistic_penalty_is_strictly_above_the_bound():
     # non-quadratic data term: the Jensen gap of the cross entropy is positive, and visible
     case = C.logistic_case(seed=0)
     for p in (0.3, 0.6):
-        est = P.empirical_penalty(case.loss, case.w, case.u, p, 4000, scheme=case.scheme, generator=10)
+        est = P.empirical_penalty(case.loss, case.w, case.u, p, 4000, level=case.level, generator=10)
         assert est.lo > case.bound(p)
 
 
@@ -61,8 +61,8 @@ def test_line_fit_moves_from_the_data_line_towards_u():
     # the penalty norm ||w_p - u||_D is non-increasing in p (minimisers of L + k g, k increasing)
     dist_D = [((w - fit.u) @ D @ (w - fit.u)).item() for w in fit.fits]
     dist = [(w - fit.u).norm().item() for w in fit.fits]
-    assert all(a > b for a, b in zip(dist_D, dist_D[1:]))
-    assert all(a > b for a, b in zip(dist, dist[1:]))
+    assert all(a > b for a, b in zip(dist_D, dist_D[1:], strict=False))
+    assert all(a > b for a, b in zip(dist, dist[1:], strict=False))
     # p = 0 is the data's own least-squares line, close to the true line (noise 0.3, n = 40)
     assert (fit.fits[0] - fit.w_star).norm().item() < 0.3
     assert dist[-1] < 0.2 * dist[0]
@@ -86,7 +86,7 @@ def test_theory_cases_are_the_four_of_the_figure_and_seeded():
     cases = C.theory_cases(seed=0)
     assert [c.name for c in cases] == ["quadratic", "least_squares", "logistic", "softmax"]
     again = C.theory_cases(seed=0)
-    for a, b in zip(cases, again):
+    for a, b in zip(cases, again, strict=True):
         assert torch.equal(a.w, b.w) and torch.equal(a.u, b.u) and a.m == b.m > 0
         assert a.bound(0.0) == 0.0  # no mixing, no penalty
         # Corollary 1.1 (eq. 9): m p / (2 (1 - p)) ||w - u||^2

@@ -94,10 +94,10 @@ def test_monte_carlo_penalty_of_integer_weights():
     loss = lambda w: 0.5 * (w.to(F) ** 2).sum(-1)  # noqa: E731
     w, u = torch.tensor([0, 3], dtype=U8), torch.tensor([16, 1], dtype=U8)
     a = penalty.empirical_penalty(
-        loss, w, u, 0.5, n_samples=2000, generator=0, batched=True, scheme="parameter"
+        loss, w, u, 0.5, n_samples=2000, generator=0, batched=True, level="parameter"
     )
     b = penalty.empirical_penalty(
-        loss, w.to(F), u.to(F), 0.5, n_samples=2000, generator=0, batched=True, scheme="parameter"
+        loss, w.to(F), u.to(F), 0.5, n_samples=2000, generator=0, batched=True, level="parameter"
     )
     assert a.mean == b.mean and a.mean == pytest.approx(
         penalty.quadratic_penalty(torch.eye(2), w, u, 0.5), rel=0.1

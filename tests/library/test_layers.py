@@ -121,7 +121,7 @@ def out(y):
 
 def run_plain_with(plain, paths, weights, x):
     """The plain layer with ``weights`` in place of its parameters at ``paths``."""
-    return out(functional_call(plain, dict(zip(paths, weights)), x))
+    return out(functional_call(plain, dict(zip(paths, weights, strict=True)), x))
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -152,7 +152,7 @@ def _per_unit(mixed, level):
     """For each mixed weight: (which entries equal the target, the neuron mask shape, the view)."""
     mixed.level = level
     mixed.generator = torch.Generator().manual_seed(5)
-    for (path, target, view, unit), eff in zip(mixed._specs(), mixed.mixed_weights()):
+    for (_, target, view, unit), eff in zip(mixed._specs(), mixed.mixed_weights(), strict=True):
         yield eff.reshape(view) == getattr(mixed, target).reshape(view), unit
 
 
@@ -174,8 +174,8 @@ def test_mixed_weights_are_unbiased_with_the_exact_variance(name):
     _, mixed, _, paths = make(name, p=p)
     mixed.generator = torch.Generator().manual_seed(11)
     with torch.no_grad():
-        draws = [torch.stack(ws) for ws in zip(*(mixed.mixed_weights() for _ in range(n)))]
-    for path, (_, target, *_), d in zip(paths, mixed._specs(), draws):
+        draws = [torch.stack(ws) for ws in zip(*(mixed.mixed_weights() for _ in range(n)), strict=True)]
+    for path, (_, target, *_), d in zip(paths, mixed._specs(), draws, strict=True):
         w, u = mixed.get_parameter(path), getattr(mixed, target)
         sd = (p / (1 - p) * (w - u) ** 2 / n).sqrt()
         assert ((d.mean(0) - w).abs() <= 5 * sd + 1e-6).all()  # 5 sigma per coordinate
@@ -189,7 +189,7 @@ def test_gradients_are_exact(name):
 
     def f(*weights):
         mixed.generator.manual_seed(2)  # the same masks at every evaluation
-        return out(functional_call(mixed, dict(zip(paths, weights)), x))
+        return out(functional_call(mixed, dict(zip(paths, weights, strict=True)), x))
 
     weights = tuple(mixed.get_parameter(q).detach().clone().requires_grad_() for q in paths)
     assert torch.autograd.gradcheck(f, weights, eps=1e-6, atol=1e-6)
@@ -229,7 +229,7 @@ def test_checkpointing_uses_the_forward_masks_with_any_generator(name, reentrant
         return [mixed.get_parameter(q).grad.clone() for q in paths]
 
     for seed in (7, None):  # the layer's own generator, and torch's global one
-        for a, b in zip(grads(True, seed), grads(False, seed)):
+        for a, b in zip(grads(True, seed), grads(False, seed), strict=True):
             # The same masks: equal up to rounding. Not the same operations, though: reentrant checkpointing
             # hands attention three detached copies of x, so it projects q, k, v separately instead of in one
             # packed in_proj (and the kernels may differ). A float32 gradient entry is a sum over the batch,
@@ -299,9 +299,9 @@ def test_bad_arguments_are_one_line_errors():
 def test_without_the_replay_checkpointing_would_use_other_masks(monkeypatch):
     """The control for the test above: with the replay switched off, a layer with its own generator
     draws a new mask in the recomputation and the checkpointed gradient is wrong."""
-    import mixout_theory.layers as layers
+    import mixout_theory.mixout_layer as mixout_layer
 
-    monkeypatch.setattr(layers, "may_be_recomputed", lambda: False)
+    monkeypatch.setattr(mixout_layer, "may_be_recomputed", lambda: False)
     _, mixed, x, _ = make("linear", p=0.5)
     runs = []
     for checkpointed in (True, False):

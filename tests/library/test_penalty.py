@@ -19,9 +19,9 @@ from mixout_theory import penalty as P
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
 def test_quadratic_independent_masks_closed_form_matches_monte_carlo(p):
-    case = C.quadratic_case(shape=(6,), seed=1, scheme="parameter")
+    case = C.quadratic_case(shape=(6,), seed=1, level="parameter")
     exact = case.exact(p)
-    est = P.empirical_penalty(case.loss, case.w, case.u, p, 40_000, scheme="parameter", generator=3)
+    est = P.empirical_penalty(case.loss, case.w, case.u, p, 40_000, level="parameter", generator=3)
     assert est.se < 0.03 * exact
     assert est.within(exact, 4.0), (est, exact)
     assert est.lo < est.mean < est.hi and est.hi - est.lo == pytest.approx(2 * P.Z95 * est.se)
@@ -31,19 +31,19 @@ def test_quadratic_independent_masks_closed_form_matches_monte_carlo(p):
 def test_quadratic_neuron_groups_closed_form_matches_monte_carlo(p):
     # an SPD A with strong coupling inside each column group (+ 2 G, G the same-group indicator,
     # which is PSD), so that neuron-shared masks change the penalty visibly
-    case = C.quadratic_case(shape=(3, 4), seed=2, scheme="neuron")
+    case = C.quadratic_case(shape=(3, 4), seed=2, level="neuron")
     groups = P.neuron_groups((3, 4))
     A = case.data["A"] + 2.0 * (groups[:, None] == groups[None, :]).to(torch.float64)
     loss = lambda v: B.quadratic_loss(v, A, case.data["w_star"])  # noqa: E731
     grouped = P.quadratic_penalty(A, case.w, case.u, p, groups)
     independent = P.quadratic_penalty(A, case.w, case.u, p)
-    est = P.empirical_penalty(loss, case.w, case.u, p, 40_000, scheme="neuron", generator=4)
+    est = P.empirical_penalty(loss, case.w, case.u, p, 40_000, level="neuron", generator=4)
     assert est.se < 0.03 * grouped
     assert est.within(grouped, 4.0), (est, grouped)
     # the test can tell the two formulas apart: the independent one is far outside 4 SE
     assert abs(independent - grouped) > 10 * est.se
     # and mixconnect (parameter masks) on the same weight matches the independent formula
-    est_par = P.empirical_penalty(loss, case.w, case.u, p, 40_000, scheme="parameter", generator=5)
+    est_par = P.empirical_penalty(loss, case.w, case.u, p, 40_000, level="parameter", generator=5)
     assert est_par.within(independent, 4.0), (est_par, independent)
 
 
@@ -85,7 +85,7 @@ def test_restricted_penalty_on_a_state_dict_equals_the_restricted_bound():
     def loss(theta):  # batched: every entry has a leading sample dim
         return sum(0.5 * m * (theta[k] - star[k]).pow(2).flatten(1).sum(1) for k in theta)
 
-    est = P.empirical_penalty(loss, w, u, p, 20_000, scheme="neuron", generator=11, mixed=mixed)
+    est = P.empirical_penalty(loss, w, u, p, 20_000, level="neuron", generator=11, mixed=mixed)
     restricted = B.restricted_corollary11_penalty(w, u, m, p, mixed).item()
     assert est.se < 0.03 * restricted
     assert est.within(restricted, 4.0), (est, restricted)
@@ -99,7 +99,7 @@ def test_batched_vmap_and_loop_give_identical_estimates():
     case = C.softmax_case(n=30, seed=4)
     X, y, lam = case.data["X"], case.data["y"], case.data["lam"]
     per_sample = lambda W: B.softmax_loss(W, X, y, lam)  # noqa: E731 - works for one W too
-    kw = dict(p=0.4, n_samples=300, scheme="neuron", batch_size=64)
+    kw = dict(p=0.4, n_samples=300, level="neuron", batch_size=64)
     a = P.empirical_penalty(case.loss, case.w, case.u, generator=12, **kw)
     b = P.empirical_penalty(per_sample, case.w, case.u, generator=12, batched=False, **kw)
     c = P.empirical_penalty(per_sample, case.w, case.u, generator=12, batched=False, vectorize="loop", **kw)
@@ -116,20 +116,20 @@ def test_unvectorisable_loss_falls_back_to_a_loop_with_a_warning():
     def python_loss(v):  # .item() cannot run under vmap
         return torch.tensor(B.quadratic_loss(v, A, w_star).item(), dtype=torch.float64)
 
-    ref = P.empirical_penalty(case.loss, case.w, case.u, 0.5, 200, scheme="parameter", generator=13)
+    ref = P.empirical_penalty(case.loss, case.w, case.u, 0.5, 200, level="parameter", generator=13)
     with pytest.warns(RuntimeWarning, match="vmap"):
         got = P.empirical_penalty(
-            python_loss, case.w, case.u, 0.5, 200, scheme="parameter", generator=13, batched=False
+            python_loss, case.w, case.u, 0.5, 200, level="parameter", generator=13, batched=False
         )
     assert got.mean == pytest.approx(ref.mean, rel=1e-12)
 
 
-def test_seeded_and_masks_follow_the_mixing_schemes(gen):
-    case = C.quadratic_case(shape=(3, 4), seed=6, scheme="neuron")
+def test_seeded_and_masks_follow_the_mask_levels(gen):
+    case = C.quadratic_case(shape=(3, 4), seed=6, level="neuron")
     run = lambda gen: P.empirical_penalty(case.loss, case.w, case.u, 0.5, 500, generator=gen)  # noqa: E731
     assert run(14) == run(14)
     assert run(14).mean != run(15).mean
-    # scheme="neuron" keeps or mixes whole columns: every sample of Phi has each column either
+    # level="neuron" keeps or mixes whole columns: every sample of Phi has each column either
     # exactly u[:, j] or u[:, j] + (w - u)[:, j] / (1 - p)
     seen = []
 
@@ -157,8 +157,8 @@ def test_p_zero_is_exactly_zero_and_bad_inputs_raise():
         P.empirical_penalty(case.loss, case.w, case.u, 0.5, 1)
     with pytest.raises(TypeError, match="n_samples"):
         P.empirical_penalty(case.loss, case.w, case.u, 0.5, 10.0)
-    with pytest.raises(ValueError, match="scheme"):
-        P.empirical_penalty(case.loss, case.w, case.u, 0.5, 10, scheme="layer")
+    with pytest.raises(ValueError, match="level must be one of 'neuron', 'parameter'"):
+        P.empirical_penalty(case.loss, case.w, case.u, 0.5, 10, level="layer")
     with pytest.raises(ValueError, match=r"batched loss_fn must map a batch of 1 .* shape \(1,\), got \(\)"):
         P.empirical_penalty(lambda v: v.sum(), case.w, case.u, 0.5, 10, batch_size=5)
     with pytest.raises(ValueError, match=r"batch of 5 .* got \(5, 6\)"):

@@ -33,10 +33,10 @@ def test_quadratic_equals_the_closed_form_for_both_group_levels():
     w, u = torch.randn(3, 4, generator=g, dtype=D), torch.randn(3, 4, generator=g, dtype=D)
     loss = lambda z: 0.5 * (z.reshape(-1) - w_star) @ A @ (z.reshape(-1) - w_star) + 3.0  # noqa: E731
     for p in (0.1, 0.5, 0.9):
-        got = second_order.second_order_penalty(loss, w, u, p, groups="neuron")
+        got = second_order.second_order_penalty(loss, w, u, p, level="neuron")
         want = penalty.quadratic_penalty(A, w, u, p, groups=penalty.neuron_groups((3, 4)))
         assert got == pytest.approx(want, rel=1e-10, abs=1e-12)
-        got = second_order.second_order_penalty(loss, w, u, p, groups="parameter")
+        got = second_order.second_order_penalty(loss, w, u, p, level="parameter")
         assert got == pytest.approx(penalty.quadratic_penalty(A, w, u, p), rel=1e-10, abs=1e-12)
     assert second_order.second_order_penalty(loss, w, u, 0.0) == 0.0
 
@@ -154,7 +154,7 @@ def test_second_order_is_inside_the_99pct_interval_of_monte_carlo_at_small_p():
     p = 0.02
     op = second_order.MixedHessian(loss, w)
     flat = torch.split(op.gradient(), [w[k].numel() for k in w])  # the operator flattens entry by entry
-    g = {k: v.reshape(w[k].shape) for k, v in zip(w, flat)}
+    g = {k: v.reshape(w[k].shape) for k, v in zip(w, flat, strict=True)}
 
     def centred(b):  # one parameter sample -> L(Phi) - g^T (Phi - w)
         return loss(b) - sum(((b[k] - w[k]) * g[k]).sum() for k in w)
@@ -201,8 +201,8 @@ def test_bad_input_is_named():
         second_order.second_order_penalty(loss, w, {"a": torch.zeros(3, 2, dtype=D)}, 0.5)
     with pytest.raises(TypeError, match="floating point"):
         second_order.second_order_penalty(loss, {"a": torch.ones(2, 3, dtype=torch.int64)}, None, 0.5)
-    with pytest.raises(ValueError, match="groups"):
-        second_order.second_order_penalty(loss, w, u, 0.5, groups="column")
+    with pytest.raises(ValueError, match="level must be one of 'neuron', 'parameter'"):
+        second_order.second_order_penalty(loss, w, u, 0.5, level="column")
     with pytest.raises(ValueError, match="not finite"):
         second_order.second_order_penalty(lambda t: t["a"].sum() * float("nan"), w, u, 0.5)
     with pytest.raises(ValueError, match="0/0"):
