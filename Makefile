@@ -2,6 +2,7 @@
 #   make reproduce   create .venv if missing, then run the main job
 #   make test        create .venv if missing, then run every test, notebooks included
 #   make test-portable   the fast library tests again on torch's baseline CPU kernels (CI runs both)
+#   make lint        ruff format --check and ruff check (configured in pyproject.toml; CI runs it first)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -10,7 +11,7 @@ PROFILE ?= paper
 # PyTorch's CPU wheels instead: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: reproduce test test-portable figures env clean-env
+.PHONY: reproduce test test-portable lint figures env clean-env
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +36,10 @@ test: env
 # bit for bit fails here. Tests marked slow are left out (make test runs them).
 test-portable: env
 	ATEN_CPU_CAPABILITY=default MIXOUT_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest tests/library -m "not slow" -q
+
+lint: env
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
 
 clean-env:
 	rm -rf $(VENV)

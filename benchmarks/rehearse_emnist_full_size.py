@@ -12,7 +12,8 @@ real sizes, without it:
    other five splits' names (the loader must pick only the digits files) and ``STAND-IN-NOT-EMNIST.txt``;
 2. it runs, as subprocesses, exactly what a user runs::
 
-       python -m mixout_theory data --source emnist --emnist-from WORK/standin-archive/gzip.zip --data-root WORK/data
+       python -m mixout_theory data --source emnist --emnist-from WORK/standin-archive/gzip.zip \\
+           --data-root WORK/data
        python -m mixout_theory reproduce --profile paper --source emnist --data-root WORK/data \\
            --results WORK/results --out WORK/figures --no-progress
 
@@ -45,7 +46,8 @@ files are copied into ``WORK/data`` before the data step, so the data step's tim
 ``--fetch-mnist`` lets the data step fetch MNIST itself, as on a fresh clone.
 
     .venv/bin/python benchmarks/rehearse_emnist_full_size.py --work /tmp/rehearsal/full
-    .venv/bin/python benchmarks/rehearse_emnist_full_size.py --size small --profile smoke --work /tmp/rehearsal/small
+    .venv/bin/python benchmarks/rehearse_emnist_full_size.py --size small --profile smoke \\
+        --work /tmp/rehearsal/small
 """
 
 from __future__ import annotations
@@ -248,7 +250,8 @@ def _load() -> list[float]:
 
 def run_step(name: str, argv: list[str], log: Path, quiet: bool) -> dict:
     """Run one subprocess, echo and log its output, and measure it: wall time, and the peak resident set
-    size of the process (``ru_maxrss`` of its ``os.wait4`` record, which also covers children it waited for)."""
+    size of the process (``ru_maxrss`` of its ``os.wait4`` record, which also covers children it waited
+    for)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     if not quiet:
         print(f"\n=== {name}: {' '.join(argv)}", flush=True)
@@ -294,7 +297,8 @@ def check_data(
     data: Path, archive_info: dict, log_text: str, train: int, test: int, extracted: bool = True
 ) -> dict:
     """What the data step must have done with the stand-in archive (each a bool, plus the facts). With
-    ``extracted=False`` (the files were already there from an earlier run) the extraction checks are ``None``."""
+    ``extracted=False`` (the files were already there from an earlier run) the extraction checks are
+    ``None``."""
     import torch
 
     from mixout_theory.experiment import sources
@@ -612,8 +616,8 @@ def main(argv=None) -> int:
             bad = [k for k, v in report[part].items() if v is False]
             print(f"{part}: {'all passed' if not bad else 'FAILED: ' + ', '.join(bad)}")
     print(
-        "(the data step's warning that gzip.zip's md5 is not NIST's is expected here: the archive is a stand-in; "
-        "NIST's own gzip.zip is logged as '= NIST's gzip.zip' and warns nothing)"
+        "(the data step's warning that gzip.zip's md5 is not NIST's is expected here: the archive is a "
+        "stand-in; NIST's own gzip.zip is logged as '= NIST's gzip.zip' and warns nothing)"
     )
     if "pretrain" in report.get("reproduce_checks", {}):
         pre = report["reproduce_checks"]["pretrain"]

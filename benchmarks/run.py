@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpp_prototype import kernels  # noqa: E402 - the measured C++ prototype of the mixout layer
+
 from mixout_theory import cases, penalty  # noqa: E402
 from mixout_theory.experiment import engine as training  # noqa: E402
 from mixout_theory.experiment import mlp as models  # noqa: E402
@@ -179,7 +180,8 @@ def bench_sweep(args, device, rows, x, y):
     for chunk in args.chunks:
         for threads, workers in dict.fromkeys(configs):
             if cpu and threads > 1 and chunk > 34:
-                continue  # the kernels' own threads: shown on small ensembles only (slow when cores are shared)
+                # the kernels' own threads: shown on small ensembles only (slow when cores are shared)
+                continue
             engine(
                 f"engine chunk={chunk} threads={threads} workers={workers}", members[:chunk], threads, workers
             )
@@ -600,7 +602,7 @@ def bench_layers(args, device, rows):
         inputs = tuple(a.clone().requires_grad_() if a.is_floating_point() else a for a in inputs)
         kwargs = {"need_weights": False} if isinstance(plain, nn.MultiheadAttention) else {}
 
-        def step(layer):
+        def step(layer, inputs=inputs, kwargs=kwargs):
             def f():
                 layer.zero_grad(set_to_none=True)
                 for a in inputs:
@@ -614,7 +616,7 @@ def bench_layers(args, device, rows):
             {"plain": step(plain), "mixed": step(mixed)}, reps, warmup=2, device=device, stat=list
         )
         ratio = statistics.median(
-            m / p for m, p in zip(t["mixed"], t["plain"])
+            m / p for m, p in zip(t["mixed"], t["plain"], strict=False)
         )  # turn by turn: drift cancels
         verdict = "within" if ratio <= LAYER_TARGET else "ABOVE"
         rows.append(

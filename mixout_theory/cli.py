@@ -28,7 +28,8 @@ commands:
   reproduce   the whole pipeline: data, pretraining, the p-sweep, figures
   ablations   the GLUE-study questions on this setting: small data, a new output layer, the effective L2
   theorem1    Theorem 1 on the finetuned MLP: exact second-order penalty, curvature, Corollary 1.1
-  fidelity    Figure 2 under each reading of the protocol (source orientation, layers mixed, steps), beside the paper
+  fidelity    Figure 2 under each reading of the protocol (source orientation, layers mixed, steps), \
+beside the paper
   compare     do two results of one study agree within noise? (exit 0 yes, 1 a claim differs, 2 bad input)
 """
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -66,7 +67,8 @@ def _add_run_options(p, study) -> None:
         "--source",
         default="auto",
         choices=SOURCES,
-        help="source task: EMNIST Digits (the paper), the stand-in, or EMNIST when it can be had (default: auto)",
+        help="source task: EMNIST Digits (the paper), the stand-in, or EMNIST when it can be had "
+        "(default: auto)",
     )
     _add_data_root(p)
     _add_results(p)
@@ -137,7 +139,10 @@ def _interrupted(args, t0: float) -> str:
     root = _store_dir(args.results, "results")
     kept = runs_written_since(root, t0) if root.exists() else {}
     if not kept:
-        return f"interrupted: no run finished in this command (stored runs under {root} are kept); run the same command to resume"
+        return (
+            f"interrupted: no run finished in this command (stored runs under {root} are kept); "
+            "run the same command to resume"
+        )
     where = "; ".join(
         f"{stored} runs stored in {folder} ({new} by this command)" for folder, (new, stored) in kept.items()
     )
@@ -246,7 +251,8 @@ def _cmd_study(args, parser) -> int:
     result = study.run(ctx, **kwargs)
     stores = study.stores(result)
     print(
-        f"\n{study.command}, {ctx.profile} profile, {study.source_name(result)}: done in {_duration(time.perf_counter() - t0)}"
+        f"\n{study.command}, {ctx.profile} profile, {study.source_name(result)}: "
+        f"done in {_duration(time.perf_counter() - t0)}"
     )
     print(_runs_line(stores, total=sum(len(s.planned or s.done()) for s in stores), noun=study.noun))
     folder = study.export_folder(ctx, result, args)
@@ -272,9 +278,10 @@ def _add_compare(sub) -> None:
         "compare",
         help="do two results of one study agree within noise? (exit 0 yes, 1 a claim differs, 2 bad input)",
         description="Compare two results of the same study, profile and source (exported folders such as "
-        "docs/results/figure2-paper-stand-in/, or results stores) number by number: the study's claims and the "
-        "levels they rest on. A difference is within noise when |a - b| <= 3 sqrt(se_a^2 + se_b^2 + 2 tau^2): "
-        "se from the jackknife over restarts, tau the spread across w_pre where a w_pre-spread export says it. "
+        "docs/results/figure2-paper-stand-in/, or results stores) number by number: the study's claims "
+        "and the levels they rest on. A difference is within noise when "
+        "|a - b| <= 3 sqrt(se_a^2 + se_b^2 + 2 tau^2): se from the jackknife over restarts, tau the spread "
+        "across w_pre where a w_pre-spread export says it. "
         "Prints one line per number outside noise, then a summary line.",
     )
     p.add_argument("a", metavar="A", help="a result folder (export or store), e.g. the committed one")

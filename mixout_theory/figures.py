@@ -106,7 +106,7 @@ def plot_line_fit(ax, fit: LineFit, title: str | None = None, legend: bool = Tru
     t1, t2 = fit.u.tolist()
     ax.plot(grid, t1 * grid + t2, "--", color="C3", lw=1.5, label=f"target u: {_line(t1, t2)}")
     colors = [(0.1, 0.3 + 0.6 * (1 - i / max(len(fit.ps) - 1, 1)), 0.9) for i in range(len(fit.ps))]
-    for p, (a, b), c in zip(fit.ps, fit.fits.tolist(), colors):
+    for p, (a, b), c in zip(fit.ps, fit.fits.tolist(), colors, strict=False):
         ax.plot(grid, a * grid + b, color=c, lw=1.2, label=f"mixout(u, p={p:g}) fit: {_line(a, b)}")
     ax.set_xlabel("x")
     ax.set_ylabel("y")
@@ -132,7 +132,7 @@ def theory_penalty_figure(curves: Sequence[PenaltyCurve], ncols: int = 2, logy: 
     nrows = -(-len(curves) // ncols)
     fig = Figure(figsize=(5.5 * ncols, 4.2 * nrows), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
-    for ax, curve in zip(axes, curves):
+    for ax, curve in zip(axes, curves, strict=False):
         plot_penalty_vs_p(ax, curve, logy=logy)
     for ax in axes[len(curves) :]:
         ax.set_visible(False)

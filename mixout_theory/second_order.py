@@ -66,7 +66,7 @@ __all__ = [
 
 __getattr__ = renamed_names(__name__, globals(), GROUPS="LEVELS")  # the old name of LEVELS
 #: Hessian-vector products per batched call unless told otherwise.
-CHUNK = 8
+HVP_CHUNK = 8
 
 
 def _check_chunk(chunk_size) -> int:
@@ -100,7 +100,7 @@ class MixedHessian:
         (2, tensor([2., 1.]))
     """
 
-    def __init__(self, loss_fn: Callable, params, mixed=None, chunk_size: int = CHUNK):
+    def __init__(self, loss_fn: Callable, params, mixed=None, chunk_size: int = HVP_CHUNK):
         if not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
         self.chunk_size = _check_chunk(chunk_size)
@@ -291,7 +291,7 @@ def _coordinate_groups(op: MixedHessian, level: str) -> torch.Tensor:
 
 @renamed_keywords(groups="level")
 def second_order_terms(
-    loss_fn: Callable, params, target, mixed=None, level: str = "neuron", *, chunk_size: int = CHUNK
+    loss_fn: Callable, params, target, mixed=None, level: str = "neuron", *, chunk_size: int = HVP_CHUNK
 ) -> SecondOrderTerms:
     """``sum_g d_g^T H_gg d_g``, ``d = params - target``, ``H`` the Hessian of ``loss_fn`` (Theorem 1 proof).
 
@@ -359,7 +359,7 @@ def second_order_penalty(
     mixed=None,
     level: str = "neuron",
     *,
-    chunk_size: int = CHUNK,
+    chunk_size: int = HVP_CHUNK,
 ) -> float:
     """The second-order mixout penalty ``(p / (2 (1 - p))) sum_g d_g^T H_gg d_g`` (Theorem 1's proof).
 
@@ -431,7 +431,7 @@ def curvature(
     tol: float = 1e-8,
     maxiter: int | None = None,
     seed: int = 0,
-    chunk_size: int = CHUNK,
+    chunk_size: int = HVP_CHUNK,
 ) -> Curvature:
     """``m_min``, ``m_max``: extreme eigenvalues of the Hessian on the mixed coordinates (eq. 9's ``m``).
 

@@ -4,8 +4,8 @@ Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetun
 Pretrained Language Models", ICLR 2020 (arXiv:1909.11299): the questions of its BERT-LARGE / GLUE
 experiments (20 restarts per setting, degenerate runs, Table 3's new output layer). Every run
 uses the batched engine (:func:`mixout_theory.experiment.engine.train_ensemble`) from the sweep's cached
-``w_pre`` (:func:`mixout_theory.experiment.pretraining.pretrain`), with the finetuning protocol of Supplement C.1
-(Adam, lr 5e-5, batch 32, 10% warm-up then linear decay to 0).
+``w_pre`` (:func:`mixout_theory.experiment.pretraining.pretrain`), with the finetuning protocol of
+Supplement C.1 (Adam, lr 5e-5, batch 32, 10% warm-up then linear decay to 0).
 
 Studies (each a resumable store under ``results/ablations/``, a table, a figure):
 
@@ -356,7 +356,8 @@ def _subset(tensors: dict, size: int):
 
 
 def head_init(restart: int, std: float = mlp.INIT_STD, sizes=mlp.SIZES) -> dict:
-    """A new 100->10 layer for restart ``restart``: ``N(0, std^2)`` weight (seed ``5000 + restart``), zero bias."""
+    """A new 100->10 layer for restart ``restart``: ``N(0, std^2)`` weight (seed ``5000 + restart``),
+    zero bias."""
     g = torch.Generator().manual_seed(HEAD_SEED0 + int(restart))
     w = torch.randn(sizes[3], sizes[2], generator=g) * std
     return {"fc3.weight": w, "fc3.bias": torch.zeros(sizes[3])}
@@ -420,9 +421,9 @@ def run_small_data(
 
     Settings that decay towards the origin and towards ``w_pre`` train in separate ensembles (the
     engine takes one ``wdecay_target``); each ensemble writes its records when it finishes. Ensembles
-    hold at most ``options.chunk`` members (:data:`CHUNK` by default): on the 2-core development machine a member-step cost about
-    0.85 ms up to 20 members and about twice that from 24 members on (the stacked state outgrows
-    the CPU cache), so small ensembles are faster.
+    hold at most ``options.chunk`` members (:data:`CHUNK` by default): on the 2-core development
+    machine a member-step cost about 0.85 ms up to 20 members and about twice that from 24 members on
+    (the stacked state outgrows the CPU cache), so small ensembles are faster.
     """
     store = AblationStore(store_root, "small_data", config)
     done = store.done()
@@ -542,7 +543,7 @@ def run_trajectory(
     todo = [
         (_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
         for r in range(config.trajectory_restarts)
-        for i, (s, p) in enumerate(zip(settings, config.trajectory_ps))
+        for i, (s, p) in enumerate(zip(settings, config.trajectory_ps, strict=False))
     ]
     store.planned = [t[0]["run_id"] for t in todo]
     if all(t[0]["run_id"] in done for t in todo) or not options.owns(0):

@@ -1,4 +1,5 @@
-"""Do two results of one study agree? Number by number, within noise (``python -m mixout_theory compare A B``).
+"""Do two results of one study agree? Number by number, within noise
+(``python -m mixout_theory compare A B``).
 
 A result is an exported folder of a study (Figure 2, the ablations, Theorem 1, fidelity; e.g.
 ``docs/results/figure2-paper-stand-in/``) or a results store (a sweep store, or a store of the
@@ -360,7 +361,8 @@ def compare(a: Result, b: Result, taus: dict | None = None) -> list[Row]:
     w_pre spread of Figure 2's numbers, keyed as :func:`spread_taus`; applied to Figure 2 only)."""
     if a.study != b.study:
         raise CompareError(
-            f"{a.where} holds the {a.study} study, {b.where} the {b.study} study: compare results of one study"
+            f"{a.where} holds the {a.study} study, {b.where} the {b.study} study: "
+            "compare results of one study"
         )
     if (a.profile, a.source) != (b.profile, b.source):
         raise CompareError(

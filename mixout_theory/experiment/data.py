@@ -14,8 +14,9 @@ ready on a laptop with internet *and* on a machine that reaches only PyPI:
 * ``source="emnist" | "stand-in" | "auto"`` -- the source task. When EMNIST cannot be had, "auto"
   falls back (with a :class:`StandInWarning` saying how to get EMNIST) to the **stand-in**,
   "EMNIST-style MNIST": MNIST's 60,000 training images split into two fixed disjoint halves; half A
-  re-rendered the way EMNIST frames digits (:mod:`~mixout_theory.experiment.standin`) is the source task, half B
-  stays plain MNIST for finetuning. The stand-in is labelled as such everywhere (never "EMNIST").
+  re-rendered the way EMNIST frames digits (:mod:`~mixout_theory.experiment.standin`) is the source
+  task, half B stays plain MNIST for finetuning. The stand-in is labelled as such everywhere (never
+  "EMNIST").
 * :func:`load_experiment` -- the prepared splits as in-memory tensors (``x`` float32 (N, 784),
   ``(pixel/255 - mean) / std`` with the constants of that task's training split; ``y`` int64), read
   from a cache under ``root/cache`` in about a second.
@@ -156,9 +157,9 @@ def _split_indices(
             ) from None
         if not all(np.array_equal(stored[k], idx[k]) for k, _ in parts):
             raise DataIntegrityError(
-                f"{path}: split indices differ from the seeded split they must hold ({len(parts)} parts of sizes "
-                f"{[s for _, s in parts]} of 0..{n - 1}, seed {seed}); altered file? It was left as it is "
-                "(move it away to recreate it)."
+                f"{path}: split indices differ from the seeded split they must hold ({len(parts)} parts "
+                f"of sizes {[s for _, s in parts]} of 0..{n - 1}, seed {seed}); altered file? It was left "
+                "as it is (move it away to recreate it)."
             )
         return idx, path
     with Staging() as st:
@@ -412,10 +413,12 @@ def format_report(report: dict) -> str:
         lines.append(f"EMNIST Digits: {em['status']}")
     sz = report["sizes"]
     lines.append(
-        f"source task: {report['source_name']}  (train/val/test {sz['source']['train']:,}/{sz['source']['val']:,}/{sz['source']['test']:,})"
+        f"source task: {report['source_name']}  (train/val/test {sz['source']['train']:,}/"
+        f"{sz['source']['val']:,}/{sz['source']['test']:,})"
     )
     lines.append(
-        f"target task: MNIST  (train/val/test {sz['target']['train']:,}/{sz['target']['val']:,}/{sz['target']['test']:,})"
+        f"target task: MNIST  (train/val/test {sz['target']['train']:,}/"
+        f"{sz['target']['val']:,}/{sz['target']['test']:,})"
     )
     for task, nrm in report["normalisation"].items():
         lines.append(
@@ -557,7 +560,8 @@ def _normalised(x_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
 
 
 def _from_cache(path: Path, sha: str | None = None) -> ExperimentData:
-    """The cache at ``path``; ``sha``: its sha256 when the caller has just verified it (else verified here)."""
+    """The cache at ``path``; ``sha``: its sha256 when the caller has just verified it (else verified
+    here)."""
     sha = sha or _verified_cache(path)
     if sha is None:
         raise DataIntegrityError(
@@ -611,7 +615,10 @@ def load_experiment(
         if sha is not None:
             return _from_cache(path, sha)
     if not prepare_if_missing:
-        msg = f"the data for source={source!r} is not prepared under {root}: run `{cmd(root, f' --source {source}')}` first."
+        msg = (
+            f"the data for source={source!r} is not prepared under {root}: "
+            f"run `{cmd(root, f' --source {source}')}` first."
+        )
         if source == "emnist":
             msg += "\n" + emnist_how_to(root)
         raise DataUnavailableError(msg)

@@ -95,7 +95,7 @@ def effective_l2(
     if control_variate:
         leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
         value = tail({k: v.unsqueeze(0) for k, v in leaves.items()})[0]
-        grad = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values()))))
+        grad = dict(zip(leaves, torch.autograd.grad(value, list(leaves.values())), strict=False))
 
     def loss(b):
         out = tail(b)

@@ -164,10 +164,10 @@ class _MaskStreams:
         if self._key != (dtype, device):  # (re)allocate, ones everywhere
             self._bufs = [
                 torch.ones(E, MASK_BLOCK, *shape, dtype=dtype) if use else None
-                for use, shape in zip(self.used, shapes)
+                for use, shape in zip(self.used, shapes, strict=False)
             ]
         for e, g in enumerate(self.gens):  # in this order, so hidden-only members draw what they always did
-            for buf, p, shape in zip(self._bufs, self.p, shapes):
+            for buf, p, shape in zip(self._bufs, self.p, shapes, strict=False):
                 if buf is not None and p[e].any():
                     self._draw(g, (k, *shape), p[e], buf[e, :k])
         self._on_device = [None if b is None else b.to(device) for b in self._bufs]
@@ -412,7 +412,7 @@ def train_ensemble(
     order = sorted(range(E), key=lambda e: (seeds.index(members[e].data_seed), _kind_rank(members[e])))
     workers = min(workers, E) if dev.type == "cpu" else 1
     cuts = [round(i * E / workers) for i in range(workers + 1)]
-    parts = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:])]
+    parts = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=False)]
 
     def pick(t, index, name):  # the rows of a stacked (E, ...) tensor for these members
         if t.dim() == _NDIM.get(name, t.dim()) + 1:
@@ -519,7 +519,7 @@ class _Part:
         seeds = list(dict.fromkeys(m.data_seed for m in members))
         sizes = [sum(m.data_seed == s for m in members) for s in seeds]
         bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
-        self.groups = list(zip(bounds[:-1], bounds[1:]))
+        self.groups = list(zip(bounds[:-1], bounds[1:], strict=False))
         self.shared = len(self.groups) < E  # else every member has its own batch: one (E, B, 784) input
         self.member_group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(dev)
         self.data_gens = [torch.Generator().manual_seed(s) for s in seeds]

@@ -3,7 +3,8 @@
 Writers (a study's tables and ``meta.json`` with the sha256 of every table, its figures drawn by
 :mod:`~mixout_theory.experiment.plots` from those tables' numbers):
 
-* :func:`export_experiment` / :func:`render_experiment` -- Figure 2's runs (of a set of records, of one store);
+* :func:`export_experiment` / :func:`render_experiment` -- Figure 2's runs (of a set of records, of one
+  store);
 * :func:`export_ablations` -- the ablations' tidy and summary CSVs, figures, ``tables.md``;
 * :func:`export_theorem1` -- the Theorem 1 study's tables and figures.
 

@@ -59,8 +59,8 @@ def panel_figure(res: FidelityResults, panels, paper) -> Figure:
     colors = [f"C{i}" for i in range(len(names))]
     fig = Figure(figsize=(max(11.0, 6.2 * len(panels)), 6.0), layout="constrained")  # room for the legend
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (metric, title, ylabel) in zip(axes, panels):
-        for name, color in zip(names, colors):
+    for ax, (metric, title, ylabel) in zip(axes, panels, strict=False):
+        for name, color in zip(names, colors, strict=False):
             records = [r for r in res.runs if r["variant"] == name]
             ps = sorted({r["p"] for r in records})
             for method, style in STYLE.items():
@@ -151,8 +151,8 @@ def report_markdown(res: FidelityResults, ranked: list[dict]) -> str:
     lines = [
         f"# Figure 2 reconciled: {res.profile} profile, {data.task_line(res.source_name)}",
         "",
-        f"Each claim: ours (ours / paper) and whether it is reproduced: a level within {LEVEL_TOLERANCE}, a size "
-        f"within a factor {SIZE_FACTOR}. Paper values from its text or {FIGURE} (+-0.01).",
+        f"Each claim: ours (ours / paper) and whether it is reproduced: a level within {LEVEL_TOLERANCE}, "
+        f"a size within a factor {SIZE_FACTOR}. Paper values from its text or {FIGURE} (+-0.01).",
         "",
         "| variant | reproduced / measured | median abs log ratio | store |",
         "|---|---|---|---|",

@@ -16,8 +16,9 @@ import io
 import pickle
 import struct
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO
 
 import numpy as np
 

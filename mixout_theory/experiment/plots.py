@@ -67,7 +67,8 @@ def plot_metric_vs_p(
     ax, summary: list[dict], metric: str, title: str = "", ylabel: str = "", band: str = "std"
 ) -> None:
     """Mean over restarts against p, dropout vs mixout (p = 0 shared), with a band of
-    :func:`report.band_halfwidth` (``"std"``: +-1 std, the paper's; ``"ci95"``: t-based 95% CI of the mean)."""
+    :func:`report.band_halfwidth` (``"std"``: +-1 std, the paper's; ``"ci95"``: t-based 95% CI of the
+    mean)."""
     for method, style in METHOD_STYLE.items():
         rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["p"])
         if not rows:
@@ -88,7 +89,7 @@ def plot_metric_vs_p(
 def figure2(summary: list[dict], meta: dict, band: str = "std") -> Figure:
     """The paper's Figure 2: (a) squared distance to w_pre, (b) target and (c) source accuracy vs p."""
     fig = Figure(figsize=(14, 4.4), layout="constrained")
-    for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS):
+    for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS, strict=False):
         plot_metric_vs_p(ax, summary, metric, title, ylabel, band)
     fig.suptitle(
         "Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)\n"
@@ -101,7 +102,7 @@ def figure2(summary: list[dict], meta: dict, band: str = "std") -> Figure:
 def layer_distance_figure(summary: list[dict], meta: dict, band: str = "std") -> Figure:
     """Squared distance to w_pre per layer vs p: mixout pulls only the layers it mixes (Supp. B)."""
     fig = Figure(figsize=(18, 4.0), layout="constrained")
-    for ax, (metric, title) in zip(fig.subplots(1, len(LAYER_PANELS)), LAYER_PANELS):
+    for ax, (metric, title) in zip(fig.subplots(1, len(LAYER_PANELS)), LAYER_PANELS, strict=False):
         plot_metric_vs_p(ax, summary, metric, title, DIST_LABEL, band)
     fig.suptitle(
         "Where the finetuned weights move, layer by layer\n" + report.caption(meta, band), fontsize=10
@@ -115,7 +116,7 @@ def source_target_figure(exp, n: int = 10) -> Figure:
     axes = fig.subplots(2, n, squeeze=False)
     for row, (task, name) in enumerate((("source", "source"), ("target", "target\n(MNIST)"))):
         imgs, labels = exp.images(task, "val", n), exp.task(task).val.y[:n]
-        for ax, img, lab in zip(axes[row], imgs, labels):
+        for ax, img, lab in zip(axes[row], imgs, labels, strict=False):
             ax.imshow(img.numpy(), cmap="gray_r", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(str(int(lab)), fontsize=8)
@@ -135,9 +136,9 @@ def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colors, seed: int = 0) 
     rng = np.random.default_rng(seed)
     data = [g for _, g in groups]
     bp = ax.boxplot(data, positions=range(len(data)), widths=0.55, showfliers=False, patch_artist=True)
-    for patch, c in zip(bp["boxes"], colors):
+    for patch, c in zip(bp["boxes"], colors, strict=False):
         patch.set(facecolor=c, alpha=0.25)
-    for i, (vals, c) in enumerate(zip(data, colors)):
+    for i, (vals, c) in enumerate(zip(data, colors, strict=False)):
         ax.scatter(i + rng.uniform(-0.18, 0.18, len(vals)), vals, s=9, color=c, zorder=3, linewidths=0)
     ax.set_xticks(range(len(data)))
     ax.set_xticklabels([n for n, _ in groups], rotation=60, ha="right", fontsize=7)
@@ -180,7 +181,7 @@ def small_data_figure(records: list[dict], w_pre_acc: float, source_name: str = 
     names = [s.name for s in SMALL_DATA_SETTINGS]
     labels = {s.name: _short(s.label) for s in SMALL_DATA_SETTINGS}
     colors = ["C3"] + ["C2"] * 3 + ["C0"] * 4 + ["C4"]
-    for ax, size in zip(axes, sizes):
+    for ax, size in zip(axes, sizes, strict=False):
         at = [r for r in records if r["size"] == size]
         present = [n for n in names if any(r["setting"] == n for r in at)]
         groups = [(labels[n], np.array([r["test_acc"] for r in at if r["setting"] == n])) for n in present]
@@ -208,7 +209,7 @@ def new_head_figure(
     sizes = sorted({r["size"] for r in records})
     fig = Figure(figsize=(3.4 * len(sizes), 5.0), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(sizes)))
-    for ax, size in zip(axes, sizes):
+    for ax, size in zip(axes, sizes, strict=False):
         at = [r for r in records if r["size"] == size]
         groups = [
             (_short(s.label), np.array([r["test_acc"] for r in at if r["setting"] == s.name]))
@@ -410,7 +411,8 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     ctx = meta.get("context", {})
     fig.suptitle(
         f"Theorem 1 on the finetuned MLP ({meta['config']['profile']} profile, restart "
-        f"{meta['config']['restart']}); {task_line(ctx.get('source_name', '?'))}\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
+        f"{meta['config']['restart']}); {task_line(ctx.get('source_name', '?'))}\n"
+        f"L = mean cross-entropy on {ctx.get('loss_size', '?')} "
         f"MNIST training images; mixout on fc2 and fc3; {meta['config']['mc_samples']} masks per Monte Carlo "
         "point",
         fontsize=10,

@@ -7,9 +7,9 @@ tested on synthetic records and the notebooks call it instead of computing in ce
 * Figure 2 (paper Section 4): :func:`summarise` (mean and std over restarts per method and p),
   :func:`figure2_claims` (the claims of the figure, as numbers), :func:`summary_table` (``table.csv``,
   ``table.md``), :func:`experiment_meta` / :func:`caption` (what every figure states about its runs).
-* The ablations (the paper's GLUE questions, Table 3's new output layer): :func:`failure_thresholds`, :func:`summarise_runs`,
-  :func:`paired_differences`, :func:`trajectory_summary`, :func:`trajectory_rows`, :func:`claims`,
-  and the checks notebook 04 asserts: :func:`pairing_check`, :func:`mixed_distance_ratios`,
+* The ablations (the paper's GLUE questions, Table 3's new output layer): :func:`failure_thresholds`,
+  :func:`summarise_runs`, :func:`paired_differences`, :func:`trajectory_summary`, :func:`trajectory_rows`,
+  :func:`claims`, and the checks notebook 04 asserts: :func:`pairing_check`, :func:`mixed_distance_ratios`,
   :func:`head_pull_ratios`, :func:`trajectory_checks`; :func:`markdown_table` renders any of them.
 """
 
@@ -136,12 +136,12 @@ def figure2_claims(records: list[dict]) -> dict:
         s for s in {r["seed"] for r in mix} if all((s, p) in have for p in ps)
     )  # complete restarts
     dist = {(r["seed"], r["p"]): r["dist_mixed"] for r in mix}
-    every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in zip(ps, ps[1:]))
+    every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in zip(ps, ps[1:], strict=False))
     rows = {r["p"]: r for r in summarise(records, metrics=("dist_mixed",)) if r["method"] == "mixout"}
     margin = min(
         (rows[a]["dist_mixed_mean"] - rows[b]["dist_mixed_mean"])
         / max(rows[a]["dist_mixed_std"], rows[b]["dist_mixed_std"], 1e-12)
-        for a, b in zip(ps, ps[1:])
+        for a, b in zip(ps, ps[1:], strict=False)
     )
     gaps = {p: round(sum(d) / len(d), 4) for p, d in paired_source_diffs(records, seeds).items()}
     report = [
@@ -181,11 +181,11 @@ def claims_in_words(checks: dict) -> list[str]:
     gaps = checks["source_acc_gaps"]
     worst = min(gaps.items(), key=lambda kv: kv[1]) if gaps else (float("nan"), float("nan"))
     return [
-        f"{verdict(checks['mixed_distance_decreasing_every_restart'])}: mixout's squared distance to w_pre over the "
-        f"mixed weights (fc2, fc3) falls as p grows, in every restart (smallest drop of the mean "
+        f"{verdict(checks['mixed_distance_decreasing_every_restart'])}: mixout's squared distance to w_pre "
+        f"over the mixed weights (fc2, fc3) falls as p grows, in every restart (smallest drop of the mean "
         f"{checks['mixed_distance_margin']:.1f} std)",
-        f"{verdict(checks['source_acc_mixout_ge_dropout'])}: mixout keeps at least dropout's source-task accuracy "
-        f"at every p > 0 (smallest mean advantage {worst[1]:+.4f}, at p = {worst[0]:g})",
+        f"{verdict(checks['source_acc_mixout_ge_dropout'])}: mixout keeps at least dropout's source-task "
+        f"accuracy at every p > 0 (smallest mean advantage {worst[1]:+.4f}, at p = {worst[0]:g})",
     ]
 
 
@@ -496,7 +496,7 @@ def mixed_distance_ratios(
     return [
         dist[n, b, k] / dist[n, a, k]
         for n, k in sorted(keys)
-        for a, b in zip(settings, settings[1:])
+        for a, b in zip(settings, settings[1:], strict=False)
         if (n, a, k) in dist and (n, b, k) in dist
     ]
 

@@ -82,11 +82,11 @@ def shift_statistics(data: ExperimentData, n: int = 2000, seed: int = 0) -> dict
     """Show the source/target shift with numbers (framing statistics and a linear probe).
 
     Framing statistics (:func:`framing_statistics`) on ``n`` random training images of each task;
-    an L2-regularised logistic regression (a linear classifier) on raw pixels, trained on ``n`` source-train vs ``n`` target-train images
-    and tested on up to ``n`` source-val vs target-val images (different digits than it was
-    trained on, so it can only succeed by the framing). Chance is 0.5. The control probe does the
-    same with two disjoint sets of *target* images on both sides (same framing), so it should stay
-    near 0.5: the probe finds the framing, not chance structure.
+    an L2-regularised logistic regression (a linear classifier) on raw pixels, trained on ``n``
+    source-train vs ``n`` target-train images and tested on up to ``n`` source-val vs target-val
+    images (different digits than it was trained on, so it can only succeed by the framing). Chance
+    is 0.5. The control probe does the same with two disjoint sets of *target* images on both sides
+    (same framing), so it should stay near 0.5: the probe finds the framing, not chance structure.
     """
     if not isinstance(n, int) or n < 10:
         raise ValueError(f"n must be an int >= 10, got {n!r}")

@@ -1,4 +1,5 @@
-"""What a notebook shows: results computed now, the user's stored ones, or those committed with the repository.
+"""What a notebook shows: results computed now, the user's stored ones, or those committed with the
+repository.
 
 The experiment notebooks open at once. Unless recomputing is asked for (``MIXOUT_RECOMPUTE=1``, or
 ``recompute=True``), each study shows, in this order:

@@ -26,9 +26,10 @@ import urllib.request
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -482,8 +483,9 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                         stream_copy(fh, tmp, gunzip=gz, limit=idx_bytes(kind, count))
                 except SizeLimitExceeded as e:
                     raise DataIntegrityError(
-                        f"{shown}: {e} for {name} ({'decompressed' if gz else 'as stored'}); writing stopped there "
-                        f"and nothing was written to {raw}. Not EMNIST's file: the source was left as it is."
+                        f"{shown}: {e} for {name} ({'decompressed' if gz else 'as stored'}); "
+                        f"writing stopped there and nothing was written to {raw}. Not EMNIST's file: "
+                        "the source was left as it is."
                     ) from None
                 except (zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error, OSError) as e:
                     raise DataIntegrityError(
@@ -532,7 +534,8 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
         if not (raw / EMNIST_MANIFEST).exists():
             write_manifest(raw / EMNIST_MANIFEST, digests)
         log(
-            f"EMNIST: found in {raw}, 4 files verified (sizes, headers, class balance, sha256 {EMNIST_MANIFEST})"
+            f"EMNIST: found in {raw}, 4 files verified "
+            f"(sizes, headers, class balance, sha256 {EMNIST_MANIFEST})"
         )
         if emnist_from is not None:
             log(f"EMNIST: --emnist-from {emnist_from} not needed (files already present)")

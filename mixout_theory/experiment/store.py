@@ -139,7 +139,7 @@ class Staging:
                 pass
         self._pending.clear()
 
-    def __enter__(self) -> "Staging":
+    def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -221,7 +221,8 @@ def tensors_sha256(tensors: dict) -> str:
 
 
 def _parse_cell(value: str):
-    """One CSV cell back as a number: ``int`` for integral digits, else ``float``, else the text; empty: ``None``."""
+    """One CSV cell back as a number: ``int`` for integral digits, else ``float``, else the text;
+    empty: ``None``."""
     if value == "":
         return None
     try:

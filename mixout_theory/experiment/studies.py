@@ -52,7 +52,8 @@ class Figure2(Study):
     chunk, sizes = sweep.CHUNK, sweep.SIZES
 
     def run(self, ctx: Context, pretrain_seeds: int = 1, **overrides) -> list:
-        """One sweep store per ``w_pre`` (pretraining seeds ``0 .. pretrain_seeds - 1``; seed 0 is Figure 2's)."""
+        """One sweep store per ``w_pre`` (pretraining seeds ``0 .. pretrain_seeds - 1``; seed 0 is
+        Figure 2's)."""
         stores = []
         for seed in range(pretrain_seeds):
             if pretrain_seeds > 1:
@@ -104,7 +105,8 @@ class Figure2(Study):
         parser.add_argument(
             "--pretrain-search",
             action="store_true",
-            help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20, slow (default: one seed, 10 epochs)",
+            help="the paper's w_pre selection: 5 seeds x epoch budgets 1..20, slow "
+            "(default: one seed, 10 epochs)",
         )
         parser.add_argument(
             "--pretrain-seeds",
@@ -129,7 +131,8 @@ class Figure2(Study):
 
 
 def add_figure_options(parser) -> None:
-    """``--out`` (the figure folder) and ``--band`` (what surrounds the means), for ``figures`` and ``reproduce``."""
+    """``--out`` (the figure folder) and ``--band`` (what surrounds the means), for ``figures`` and
+    ``reproduce``."""
     parser.add_argument(
         "--out",
         default=None,
@@ -218,10 +221,10 @@ class Theorem1(Study):
         "Theorem 1 on the finetuned MLP: Monte Carlo vs exact second-order penalty, curvature, Corollary 1.1"
     )
     description = (
-        "Measure the mixout penalty of the finetuned network (Monte Carlo), its exact second-order value from "
-        "Hessian-vector products, the curvature m_eff along w - w_pre and the extreme eigenvalues of the "
-        "Hessian (Lanczos), at the finetuned weights, at w_pre, and along finetuning runs; export the tables "
-        "and figures. Every finished measurement is stored and skipped on a rerun."
+        "Measure the mixout penalty of the finetuned network (Monte Carlo), its exact second-order value "
+        "from Hessian-vector products, the curvature m_eff along w - w_pre and the extreme eigenvalues of "
+        "the Hessian (Lanczos), at the finetuned weights, at w_pre, and along finetuning runs; export the "
+        "tables and figures. Every finished measurement is stored and skipped on a rerun."
     )
     sizes, noun = theorem1.SIZES, "measurements"
 
@@ -249,7 +252,8 @@ class Theorem1(Study):
 
     def summary(self, result, folder: Path, written) -> list[str]:
         return [
-            f"wrote {len(written)} files to {folder} (network_penalty.csv, trajectory.csv, meta.json, figures)"
+            f"wrote {len(written)} files to {folder} "
+            "(network_penalty.csv, trajectory.csv, meta.json, figures)"
         ]
 
 
@@ -262,7 +266,8 @@ class Fidelity(Study):
         "Run the Figure 2 sweep for the source upright and transposed (as torchvision delivers EMNIST) x "
         "mixout / dropout on the hidden layers or on every Linear layer, then with the paper's 8,440 "
         "finetuning steps on the variant that reproduces the most claims; export every claim beside the "
-        "paper's value (claims.csv, fidelity.md), the runs and the figures. Every sweep resumes from its store."
+        "paper's value (claims.csv, fidelity.md), the runs and the figures. Every sweep resumes from its "
+        "store."
     )
     chunk, sizes = sweep.CHUNK, fidelity.SIZES
 

@@ -9,8 +9,9 @@ stored, and showing the user's results, else the committed ones, else computing 
 
 A study's runs are stored as they finish (:class:`~mixout_theory.experiment.store.RunStore`), in
 ensembles fixed by its whole run list (:func:`~mixout_theory.experiment.store.pending_chunks`). A
-:class:`~mixout_theory.experiment.store.Shard` ``K/N`` computes the chunks whose index is ``K - 1`` modulo ``N``: the same ensembles
-as an unsharded run, so the same numbers bit for bit, and ``N`` shards together compute every chunk.
+:class:`~mixout_theory.experiment.store.Shard` ``K/N`` computes the chunks whose index is ``K - 1``
+modulo ``N``: the same ensembles as an unsharded run, so the same numbers bit for bit, and ``N``
+shards together compute every chunk.
 """
 
 from __future__ import annotations

@@ -129,7 +129,8 @@ def theorem1_config(profile: str, **overrides) -> Theorem1Config:
 
 
 class Theorem1Store(RunStore):
-    """``root/theorem1/<profile>-<source>-<key>/``: ``config.json``, ``runs/<part>-p<p>.json`` and ``weights/``."""
+    """``root/theorem1/<profile>-<source>-<key>/``: ``config.json``, ``runs/<part>-p<p>.json`` and
+    ``weights/``."""
 
     REQUIRED = ("run_id", "part", "p")
 
@@ -142,7 +143,8 @@ class Theorem1Store(RunStore):
         self.weights = self.dir / "weights"
 
     def save_weights(self, run_id: str, params: dict) -> Path:
-        """One network's parameters as ``weights/<run_id>.pt``, its sha256 beside it in ``<run_id>.sha256``."""
+        """One network's parameters as ``weights/<run_id>.pt``, its sha256 beside it in
+        ``<run_id>.sha256``."""
         path = self.weights / f"{run_id}.pt"
         buf = io.BytesIO()
         torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, buf)
@@ -199,7 +201,8 @@ def measure_point(
     mc_seed: int,
     lanczos_tol: float | None = None,
 ) -> dict:
-    """Every quantity of the module docstring at ``w = params`` with ``u = reference`` (mixed weights), one dict."""
+    """Every quantity of the module docstring at ``w = params`` with ``u = reference`` (mixed weights),
+    one dict."""
     t0 = time.perf_counter()
     net, x = (
         {k: v.detach().double() for k, v in params.items()},
@@ -300,12 +303,14 @@ def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
 
 
 def _displaced_target(w_pre: dict, w_p: dict) -> dict:
-    """``u = w_pre - d`` with ``d = w_p - w_pre`` on the mixed weights (float64, so ``w_pre - u = d`` exactly)."""
+    """``u = w_pre - d`` with ``d = w_p - w_pre`` on the mixed weights (float64, so ``w_pre - u = d``
+    exactly)."""
     return {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}
 
 
 def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) -> None:
-    """The ``finetuned`` and ``displaced`` records of every p, then the ``scan`` at ``p* = ps[len(ps) // 2]``."""
+    """The ``finetuned`` and ``displaced`` records of every p, then the ``scan`` at
+    ``p* = ps[len(ps) // 2]``."""
     kw = dict(mc_samples=config.mc_samples, mc_seed=config.mc_seed)
     done = store.done()  # the ids written below are new ones
     for p in config.ps:
@@ -327,8 +332,9 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
             store.write(row)
             if progress:
                 print(
-                    f"{part} p={p:g}: Monte Carlo {row['mc']:.4g} [{row['mc_lo']:.4g}, {row['mc_hi']:.4g}], second "
-                    f"order {row['second_order']:.4g}, m_eff {row['m_eff']:.4g} ({row['seconds']:.0f} s)",
+                    f"{part} p={p:g}: Monte Carlo {row['mc']:.4g} [{row['mc_lo']:.4g}, {row['mc_hi']:.4g}], "
+                    f"second order {row['second_order']:.4g}, m_eff {row['m_eff']:.4g} "
+                    f"({row['seconds']:.0f} s)",
                     flush=True,
                 )
     if "scan" not in parts:
@@ -435,7 +441,8 @@ class Theorem1Results:
 
 
 def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem1Results:
-    """Data, ``w_pre`` (the sweep's cached pretraining), the finetuned weights and the parts asked for (:data:`PARTS`).
+    """Data, ``w_pre`` (the sweep's cached pretraining), the finetuned weights and the parts asked for
+    (:data:`PARTS`).
 
     Every record is written as it is measured, so an interrupted study resumes where it stopped;
     ``exp``: prepared data (default: ``ctx.experiment()``); ``overrides``: fields of
@@ -708,7 +715,8 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
 
 
 def load_stored(results=None) -> list[Theorem1Results]:
-    """The studies stored under ``results/theorem1/`` (no data, no training): the newest per profile and source."""
+    """The studies stored under ``results/theorem1/`` (no data, no training): the newest per profile and
+    source."""
     root = (project_dir("results") if results is None else Path(results)) / "theorem1"
     stored = [
         d for d in root.glob("*-*") if (d / "context.json").is_file() and any((d / "runs").glob("*.json"))

@@ -234,7 +234,7 @@ def spread_figure(rows: list[dict], meta: dict) -> Figure:
     the restarts of one ``w_pre`` (pooled: the paper's band) and +-1 std of a ``w_pre``'s mean across
     ``w_pre``, and each ``w_pre``'s extreme means."""
     fig = Figure(figsize=(14, 4.6), layout="constrained")
-    for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS):
+    for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS, strict=False):
         for method, style in METHOD_STYLE.items():
             sel = sorted(
                 (r for r in rows if r["method"] in (method, "none") and r["quantity"] == metric),
@@ -291,7 +291,8 @@ def render_spreads(results, out_dir) -> list[Path]:
 
 
 def summary_lines(folder) -> list[str]:
-    """What ``reproduce --pretrain-seeds`` prints: which claims held for every w_pre, how wide each spread is."""
+    """What ``reproduce --pretrain-seeds`` prints: which claims held for every w_pre, how wide each
+    spread is."""
     rows, claims, meta = load_spread(folder)
     lines = [f"across {len(claims)} w_pre (pretraining seeds 0..{len(claims) - 1}):"]
     lines += [
@@ -302,8 +303,8 @@ def summary_lines(folder) -> list[str]:
     if levels:
         widest = max(levels, key=lambda r: r["ratio"])
         lines.append(
-            f"  spread of a w_pre's mean across w_pre: median {statistics.median(r['ratio'] for r in levels):.1f}x "
-            f"the restarts' standard error (largest {widest['ratio']:.1f}x: {widest['method']} p={widest['p']:g} "
-            f"{widest['quantity']})"
+            f"  spread of a w_pre's mean across w_pre: median "
+            f"{statistics.median(r['ratio'] for r in levels):.1f}x the restarts' standard error "
+            f"(largest {widest['ratio']:.1f}x: {widest['method']} p={widest['p']:g} {widest['quantity']})"
         )
     return lines + [f"  tables and figure: {folder} (w_pre_spread.csv, w_pre_claims.csv, figure2_w_pre.png)"]

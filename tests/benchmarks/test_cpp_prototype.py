@@ -52,7 +52,8 @@ def built():
 
 
 def needs_build(test):
-    """A test of the compiled operator: ``slow`` (it may have to build it) and skipped where it cannot be built."""
+    """A test of the compiled operator: ``slow`` (it may have to build it) and skipped where it cannot be
+    built."""
     return pytest.mark.slow(pytest.mark.usefixtures("built")(test))
 
 

@@ -215,7 +215,7 @@ def _ablation_records() -> dict:
             dist_fc3_w0=d,
         )
         for name, (accs, dists) in HEAD_ACC.items()
-        for r, (acc, d) in enumerate(zip(accs, dists))
+        for r, (acc, d) in enumerate(zip(accs, dists, strict=False))
     ]
     traj = [
         trajectory_record(0.5, 0, [0.1, 0.5, 0.2]),
@@ -234,7 +234,8 @@ def ablation_records():
 
 @pytest.fixture(scope="session")
 def make_sweep_record():
-    """``make_sweep_record(method, p, seed, dist_mixed=..., dist_fc1=..., target_val_acc=..., source_val_acc=...)``."""
+    """``make_sweep_record(method, p, seed, dist_mixed=..., dist_fc1=..., target_val_acc=...,
+    source_val_acc=...)``."""
     return sweep_record
 
 
@@ -246,7 +247,8 @@ def make_ablation_record():
 
 @pytest.fixture(scope="session")
 def make_trajectory_record():
-    """``make_trajectory_record(p, restart, ms, *, size=300, eval_size=300, mc_samples=96, test_acc=0.9, width=0.01)``."""
+    """``make_trajectory_record(p, restart, ms, *, size=300, eval_size=300, mc_samples=96, test_acc=0.9,
+    width=0.01)``."""
     return trajectory_record
 
 
@@ -264,8 +266,8 @@ def make_exp():
 
     def make(source=(400, 200, 200), target=(160, 200, 200)):
         S = types.SimpleNamespace
-        src = [_split(n, seed, 0) for n, seed in zip(source, (1, 2, 3))]
-        tgt = [_split(n, seed, 1) for n, seed in zip(target, (4, 5, 6))]
+        src = [_split(n, seed, 0) for n, seed in zip(source, (1, 2, 3), strict=False)]
+        tgt = [_split(n, seed, 1) for n, seed in zip(target, (4, 5, 6), strict=False)]
         return S(
             source=S(train=src[0], val=src[1], test=src[2]),
             target=S(train=tgt[0], val=tgt[1], test=tgt[2]),

@@ -115,7 +115,9 @@ def test_lr_schedule():
         and f[55] == pytest.approx(0.5)
         and f[-1] == pytest.approx(1 / 90)
     )
-    assert all(a <= b for a, b in zip(f[:10], f[1:11])) and all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert all(a <= b for a, b in zip(f[:10], f[1:11], strict=False)) and all(
+        a >= b for a, b in zip(f[10:], f[11:], strict=False)
+    )
 
 
 MEMBERS = [
@@ -217,13 +219,7 @@ def test_mixout_gradient_is_exact():
     for name, cols in (("fc2", mix[0]), ("fc3", mix[1])):
         lin = MixLinear.from_linear(getattr(net, name), p=0.4, target=target[f"{name}.weight"])
         keep = cols.view(-1) > 0  # the engine's mask, fed to the module through a fixed generator
-        lin.forward = (
-            lambda lin, keep: (
-                lambda h: F.linear(
-                    h, mixing.mixture(lin.weight, lin.target, keep.to(DT).view(1, -1), 0.6), lin.bias
-                )
-            )
-        )(lin, keep)
+        lin.forward = _forward_with_mask(lin, keep)
         setattr(net, name, lin)
     F.cross_entropy(net(x), y).backward()
     for k, v in net.named_parameters():
@@ -237,7 +233,7 @@ def test_mask_rates_and_scaling():
     """Dropout masks are per example, mixout masks per batch; keep rates match 1 - p (5 sigma)."""
     members = [engine.Member(dropout=0.3, mask_seed=1), engine.Member(mixout=0.6, mask_seed=2)]
     s = engine._MaskStreams(members, 32, 200)
-    drops, mixes = zip(*(s.masks(t, 32) for t in range(200)))
+    drops, mixes = zip(*(s.masks(t, 32) for t in range(200)), strict=False)
     d1 = torch.stack([d[0] for d in drops])  # (T, E, B, 300)
     m1 = torch.stack([m[0] for m in mixes])  # (T, E, 1, 300)
     keep_d = (d1[:, 0] > 0).double().mean().item()
@@ -358,11 +354,15 @@ def test_mask_streams_do_not_depend_on_the_ensemble():
         for e, s in enumerate(alone):
             d1, m1 = s.masks(t, rows, DT)
             for a, b in zip(
-                drop, d1 if d1 is not None else [torch.ones(1, rows, w, dtype=DT) for w in (300, 100)]
+                drop,
+                d1 if d1 is not None else [torch.ones(1, rows, w, dtype=DT) for w in (300, 100)],
+                strict=False,
             ):
                 assert torch.equal(a[e], b[0])
             for a, b in zip(
-                mix, m1 if m1 is not None else [torch.ones(1, 1, w, dtype=DT) for w in (300, 100)]
+                mix,
+                m1 if m1 is not None else [torch.ones(1, 1, w, dtype=DT) for w in (300, 100)],
+                strict=False,
             ):
                 assert torch.equal(a[e], b[0])
 
@@ -433,3 +433,10 @@ def test_run_options_validate_and_default():
                 engine.RunOptions(**{name: bad})
     with pytest.raises(dataclasses.FrozenInstanceError):
         o.chunk = 2
+
+
+def _forward_with_mask(lin, keep):
+    """``lin``'s forward with the mixed weight of a fixed mask ``keep`` (the engine's)."""
+    return lambda h: F.linear(
+        h, mixing.mixture(lin.weight, lin.target, keep.to(DT).view(1, -1), 0.6), lin.bias
+    )

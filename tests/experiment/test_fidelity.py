@@ -69,7 +69,7 @@ def test_claims_are_recomputed_from_runs_csv_and_read_back_checked(study):
     res, folder, written = study
     back = fidelity.load_fidelity(folder)
     assert json.dumps(back.rows) == json.dumps(fidelity.claim_rows(back.runs, back.w_pre_accs))  # NaN-safe
-    for a, b in zip(back.rows, res.rows):
+    for a, b in zip(back.rows, res.rows, strict=False):
         assert a["claim"] == b["claim"] and a["reproduced"] == b["reproduced"]
         assert (math.isnan(a["ours"]) and math.isnan(b["ours"])) or a["ours"] == pytest.approx(
             b["ours"], rel=1e-12

@@ -57,7 +57,7 @@ def test_figure2_panels_plot_the_summary_and_name_the_source(sweep_records):
     for ax in axes:  # a legend in every panel
         assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["dropout(p)", "mixout(w_pre, p)"]
     # each panel: one line per method through the means at p = 0, 0.4, 0.8 (p = 0 shared)
-    for ax, (metric, _, _) in zip(axes, plots.FIG2_PANELS):
+    for ax, (metric, _, _) in zip(axes, plots.FIG2_PANELS, strict=False):
         lines = _method_lines(ax)
         assert set(lines) == {"dropout", "mixout"}
         for method, line in lines.items():
@@ -369,7 +369,7 @@ def test_an_ablation_export_reads_back_as_the_same_results(ablation_records, tmp
     for study, recs in res.records.items():  # every exported field of every run, lossless
         got = back.records[study]
         assert len(got) == len(recs)
-        for a, b in zip(got, recs):
+        for a, b in zip(got, recs, strict=False):
             assert {k: v for k, v in b.items() if k in a} == a
     assert [r["checkpoints"] for r in back.records["trajectory"]] == [
         r["checkpoints"] for r in res.records["trajectory"]

@@ -74,7 +74,7 @@ def test_fidelity_shows_the_committed_study_and_its_claims_recompute(nothing_sto
     assert [(r["variant"], r["claim"], r["reproduced"]) for r in committed] == [
         (r["variant"], r["claim"], r["reproduced"]) for r in res.rows
     ]  # recomputed from runs.csv
-    measured = [(a["ours"], b["ours"]) for a, b in zip(committed, res.rows) if b["reproduced"]]
+    measured = [(a["ours"], b["ours"]) for a, b in zip(committed, res.rows, strict=False) if b["reproduced"]]
     assert measured and all(a == pytest.approx(b, rel=1e-9) for a, b in measured)
 
 

@@ -162,7 +162,7 @@ def test_workers_give_the_same_records(exp, tmp_path):
     a = [{k: v for k, v in r.items() if k not in drop} for r in one.records()]
     b = [{k: v for k, v in r.items() if k not in drop} for r in two.records()]
     assert len(a) == 6 and [r["run_id"] for r in a] == [r["run_id"] for r in b]
-    for ra, rb in zip(a, b):  # equal up to float32 summation order (thread counts differ)
+    for ra, rb in zip(a, b, strict=False):  # equal up to float32 summation order (thread counts differ)
         assert ra == {
             k: pytest.approx(v, rel=1e-4, abs=1e-6) if isinstance(v, float) else v for k, v in rb.items()
         }

@@ -261,7 +261,7 @@ def test_logistic_modulus_lower_bounds_hessian_and_is_tight_when_d_exceeds_n(gen
         y = torch.randint(0, 2, (n,), generator=g).to(torch.float64)
         for _ in range(3):
             x = 2 * torch.randn(d, generator=g, dtype=torch.float64)
-            H = torch.autograd.functional.hessian(lambda v: B.logistic_loss(v, X, y, lam), x)
+            H = torch.autograd.functional.hessian(lambda v, X=X, y=y: B.logistic_loss(v, X, y, lam), x)
             e = _min_eig(H)
             assert e >= lam - 1e-12
             if tight:

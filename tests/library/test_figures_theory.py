@@ -19,7 +19,7 @@ def test_penalty_panel_draws_bound_exact_and_states_case_p_range_and_samples(sma
     assert isinstance(fig, Figure)
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(axes) == 4
-    for ax, curve in zip(axes, small_curves):
+    for ax, curve in zip(axes, small_curves, strict=False):
         title = ax.get_title()
         assert curve.label in title and "p in [0, 0.9]" in title and "300 masks" in title
         labels = [t.get_text() for t in ax.get_legend().get_texts()]

@@ -25,8 +25,9 @@ from mixout_theory.mixing import (
 
 Z = 4.5  # standard errors allowed for a Monte Carlo mean
 # A kept coordinate, lerp(u, w, 1/q) (mixing.mixed_weight) against u + (w - u) / q: two float64 formulas,
-# each 2-3 roundings of intermediates up to |u| + |w - u| / q ~ 20 for these N(0, 1) draws (ulp(16) = 3.6e-15),
-# and 2w - u can cancel, so the error is absolute: a few ulp of the operands, not of the result.
+# each 2-3 roundings of intermediates up to |u| + |w - u| / q ~ 20 for these N(0, 1) draws
+# (ulp(16) = 3.6e-15), and 2w - u can cancel, so the error is absolute: a few ulp of the operands, not of
+# the result.
 KEPT_ATOL = 1e-14
 OPS = [mixout, mixconnect, mixout_authors]
 
@@ -204,7 +205,8 @@ def test_dropout_is_mixout_towards_zero(gen, wu, p):
     torch.testing.assert_close(phi, w * mask / (1 - p), rtol=1e-15, atol=0)
     # mixout towards an explicit zero target is lerp(0, w, s), another formula than w * s: float64, one
     # rounding (w * s, or lerp with an FMA) vs two (w + (s - 1) w without one: ATEN_CPU_CAPABILITY=default,
-    # a CPU without FMA); same signs, no cancellation, zeros stay exactly zero => <= 2 ulp: rtol 1e-15 (4.5 ulp)
+    # a CPU without FMA); same signs, no cancellation, zeros stay exactly zero => <= 2 ulp: rtol 1e-15
+    # (4.5 ulp)
     torch.testing.assert_close(phi, mixout(w, torch.zeros_like(w), p, generator=gen(3)), rtol=1e-15, atol=0)
     # on a batch: linear(x, Phi) == linear(inverted-dropout(x) with the same mask, w)
     x = torch.randn(5, 10, generator=gen(4), dtype=w.dtype)

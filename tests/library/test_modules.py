@@ -248,11 +248,11 @@ class DenseOut(nn.Module):
 class Attention(nn.Module):
     def __init__(self, h):
         super().__init__()
-        setattr(self, "self", SelfAttention(h))  # HuggingFace names this submodule "self"
+        self.self = SelfAttention(h)  # HuggingFace names this submodule "self"
         self.output = DenseOut(h, h)
 
     def forward(self, x):
-        return self.output(getattr(self, "self")(x), x)
+        return self.output(self.self(x), x)
 
 
 class Layer(nn.Module):
