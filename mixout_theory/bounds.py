@@ -28,7 +28,14 @@ import numbers
 
 import torch
 
-from mixout_theory.entries import as_float, paired_entries, rebuild_entries, resolve_mixed
+from mixout_theory.entries import (
+    as_float,
+    check_real_dtype,
+    only_mixed,
+    paired_entries,
+    rebuild_entries,
+    resolve_mixed,
+)
 from mixout_theory.masks import check_p
 
 __all__ = [
@@ -139,12 +146,7 @@ def squared_distance(w, u=None, mixed=None) -> torch.Tensor:
     total = None
     for (_, wt, ut), sel in zip(entries, selections, strict=True):
         wt, ut = as_float(wt), as_float(ut)  # integer entries: no wrap-around
-        if sel is False:
-            term = (wt - ut).sum() * 0.0
-        elif sel is True:
-            term = (wt - ut).pow(2).sum()
-        else:
-            term = ((wt - ut).pow(2) * sel.to(wt.dtype)).sum()
+        term = only_mixed(wt - ut, sel).pow(2).sum()  # unmixed coordinates (even inf / NaN) add nothing
         total = term if total is None else total + term
     return total
 
@@ -240,10 +242,10 @@ def restricted_corollary11_penalty(w, u, m, p, mixed) -> torch.Tensor:
 
 
 def _as_matrix(name: str, a) -> torch.Tensor:
-    a = torch.as_tensor(a)
+    a = check_real_dtype(name, torch.as_tensor(a))
     if a.dim() != 2:
         raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(a.shape)}")
-    if not (a.dtype.is_floating_point or a.dtype.is_complex):
+    if not a.dtype.is_floating_point:
         a = a.to(torch.get_default_dtype())
     return a
 
@@ -374,7 +376,7 @@ def add_intercept(x) -> torch.Tensor:
         tensor([[2., 1.],
                 [3., 1.]])
     """
-    x = torch.as_tensor(x)
+    x = check_real_dtype("x", torch.as_tensor(x))
     if not x.dtype.is_floating_point:
         x = x.to(torch.get_default_dtype())
     if x.dim() == 1:
@@ -406,9 +408,9 @@ def quadratic_loss(w: torch.Tensor, A: torch.Tensor, w_star: torch.Tensor, c: fl
         tensor([0.5000, 2.0000])
     """
     w, A, w_star = (
-        as_float(torch.as_tensor(w)),
-        as_float(torch.as_tensor(A)),
-        as_float(torch.as_tensor(w_star)),
+        as_float(torch.as_tensor(w), "w"),
+        as_float(torch.as_tensor(A), "A"),
+        as_float(torch.as_tensor(w_star), "w_star"),
     )
     k = w_star.dim()
     batch = w.shape[: w.dim() - k]
@@ -440,7 +442,7 @@ def least_squares_loss(w: torch.Tensor, X: torch.Tensor, y: torch.Tensor) -> tor
         >>> least_squares_loss(torch.tensor([1.0, 0.0]), torch.eye(2), torch.tensor([0.0, 1.0]))
         tensor(0.5000)
     """
-    w, X, y = (as_float(torch.as_tensor(t)) for t in (w, X, y))
+    w, X, y = (as_float(torch.as_tensor(t), name) for name, t in (("w", w), ("X", X), ("y", y)))
     r = w @ X.T - y
     return 0.5 * r.pow(2).mean(-1)
 
@@ -467,7 +469,7 @@ def logistic_loss(w: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: float)
         >>> logistic_loss(torch.zeros(2), torch.eye(2), torch.tensor([0.0, 1.0]), 0.1)
         tensor(0.6931)
     """
-    w, X, y = (as_float(torch.as_tensor(t)) for t in (w, X, y))
+    w, X, y = (as_float(torch.as_tensor(t), name) for name, t in (("w", w), ("X", X), ("y", y)))
     z = w @ X.T
     data = (torch.nn.functional.softplus(z) - y * z).mean(-1)
     return data + 0.5 * lam * w.pow(2).sum(-1)
@@ -495,7 +497,7 @@ def softmax_loss(W: torch.Tensor, X: torch.Tensor, y: torch.Tensor, lam: float) 
         >>> softmax_loss(torch.zeros(3, 2), torch.eye(2), torch.tensor([0, 2]), 0.1)
         tensor(1.0986)
     """
-    W, X = as_float(torch.as_tensor(W)), as_float(torch.as_tensor(X))  # y stays the class indices
+    W, X = as_float(torch.as_tensor(W), "W"), as_float(torch.as_tensor(X), "X")  # y: the class indices
     logits = X @ W.transpose(-1, -2)  # (*batch, n, k)
     picked = logits[..., torch.arange(y.shape[0], device=y.device), y]  # (*batch, n)
     data = (torch.logsumexp(logits, -1) - picked).mean(-1)

@@ -4,7 +4,9 @@
 ``state_dict`` (same keys) or lists / tuples (same length), entry by entry of the same shape.
 :func:`paired_entries` pairs them up, :func:`rebuild_entries` puts values back into ``w``'s
 structure, :func:`resolve_mixed` reads a selection of mixed coordinates (Supplement B of the paper,
-arXiv:1909.11299) and :func:`as_float` keeps integer entries from wrapping around.
+arXiv:1909.11299) and :func:`only_mixed` keeps the others out of a result, :func:`as_float` keeps
+integer entries from wrapping around and :func:`check_real_dtype` refuses complex ones: the library's weights
+are real, and ``||w - u||^2`` of ``w - u = 1j`` would be ``(1j)^2 = -1``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["paired_entries", "as_float", "rebuild_entries", "resolve_mixed"]
+__all__ = ["paired_entries", "as_float", "check_real_dtype", "rebuild_entries", "resolve_mixed", "only_mixed"]
 
 
 def _describe(obj) -> str:
@@ -22,13 +24,24 @@ def _describe(obj) -> str:
     return f"a {type(obj).__name__}"
 
 
+def check_real_dtype(name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, or a ``TypeError`` naming it (``name``) if its dtype is complex.
+
+    Every weight, target and matrix the library computes with is real: ``||w - u||^2`` of a complex
+    ``w - u = 1j`` would be ``(1j)^2 = -1``, and a cast to a real dtype would drop the imaginary part.
+    """
+    if t.dtype.is_complex:
+        raise TypeError(f"{name} must be real, got complex dtype {t.dtype}: mixout's weights are real")
+    return t
+
+
 def paired_entries(w, u) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
     """Pair up ``w`` and ``u`` entry by entry: a list of ``(name, w_entry, u_entry)``.
 
     ``name`` is ``None`` for a single tensor, the key for a mapping (``state_dict``), the index for
     a list / tuple. ``u`` may be ``None`` (the origin: dropout / dropconnect). Raises ``ValueError``
     naming the keys, lengths or shapes that do not match, and ``TypeError`` for anything that is not
-    a tensor or a flat collection of tensors.
+    a tensor or a flat collection of tensors, or a complex entry (:func:`check_real_dtype`).
     """
     if isinstance(w, torch.Tensor):
         if u is None:
@@ -37,7 +50,7 @@ def paired_entries(w, u) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
             raise TypeError(f"w is a tensor but u is {_describe(u)}; they must have the same structure")
         if u.shape != w.shape:
             raise ValueError(f"shape mismatch: w has shape {tuple(w.shape)}, u has shape {tuple(u.shape)}")
-        return [(None, w, u)]
+        return [(None, check_real_dtype("w", w), check_real_dtype("u", u))]
     if isinstance(w, Mapping):
         if u is None:
             u = {k: None for k in w}
@@ -79,13 +92,18 @@ def paired_entries(w, u) -> list[tuple[object, torch.Tensor, torch.Tensor]]:
                 f"shape mismatch at entry {name!r}: w has shape {tuple(wt.shape)}, "
                 f"u has shape {tuple(ut.shape)}"
             )
-        out.append((name, wt, ut))
+        out.append(
+            (name, check_real_dtype(f"entry {name!r} of w", wt), check_real_dtype(f"entry {name!r} of u", ut))
+        )
     return out
 
 
-def as_float(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself if floating point, else as float64: integer differences and squares would wrap around."""
-    return t if t.dtype.is_floating_point or t.dtype.is_complex else t.to(torch.float64)
+def as_float(t: torch.Tensor, name: str = "t") -> torch.Tensor:
+    """``t`` itself if floating point, else as float64: integer differences and squares would wrap around.
+
+    Complex ``t`` raises ``TypeError`` naming it (``name``; :func:`check_real_dtype`).
+    """
+    return t if check_real_dtype(name, t).dtype.is_floating_point else t.to(torch.float64)
 
 
 def rebuild_entries(w, values: list):
@@ -95,6 +113,17 @@ def rebuild_entries(w, values: list):
     if isinstance(w, Mapping):
         return dict(zip(list(w), values, strict=True))
     return type(w)(values) if isinstance(w, tuple) else list(values)
+
+
+def only_mixed(t: torch.Tensor, sel) -> torch.Tensor:
+    """``t`` on the mixed coordinates of one entry's :func:`resolve_mixed` selection, exact zeros elsewhere.
+
+    Selected (``torch.where``), never multiplied by the mask: a coordinate that is not mixed must not
+    enter a result at all, and ``inf * 0`` is NaN. The zeros take no gradient from the left-out values.
+    """
+    if sel is True:
+        return t
+    return torch.where(torch.as_tensor(sel, device=t.device), t, 0)
 
 
 def _entry_selection(name, value, wt: torch.Tensor):

@@ -23,6 +23,8 @@ import numbers
 
 import torch
 
+from mixout_theory.entries import check_real_dtype
+
 __all__ = [
     "LEVELS",
     "check_p",
@@ -89,9 +91,11 @@ def bernoulli_mask(
 
     On ``like``'s device and dtype: of ``like``'s shape and memory layout when ``shape`` is None,
     else a contiguous tensor of ``shape``. One ``bernoulli_`` call on ``generator`` (None: torch's
-    global generator), so a seeded generator gives the same mask wherever it is drawn.
+    global generator), so a seeded generator gives the same mask wherever it is drawn. A complex
+    ``like`` raises ``TypeError``: mixout's weights are real.
     """
     p = check_p(p)
+    check_real_dtype("the weight a mask is drawn for", like)
     if shape is None:
         mask = torch.empty_like(like, requires_grad=False)
     else:

@@ -41,6 +41,7 @@ from typing import NamedTuple
 
 import torch
 
+from mixout_theory.entries import check_real_dtype
 from mixout_theory.masks import (
     LEVELS,
     bernoulli_mask,
@@ -78,6 +79,7 @@ __all__ = [
 def _check_weight(weight) -> None:
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
+    check_real_dtype("weight", weight)
 
 
 def check_target(weight: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
@@ -103,6 +105,7 @@ def check_target(weight: torch.Tensor, target: torch.Tensor | None) -> torch.Ten
         return torch.zeros_like(weight, requires_grad=False).detach()
     if not isinstance(target, torch.Tensor):
         target = torch.as_tensor(target)
+    check_real_dtype("target", target)
     if target.shape != weight.shape:
         raise ValueError(
             f"target shape {tuple(target.shape)} does not match weight shape {tuple(weight.shape)}"
@@ -135,8 +138,10 @@ def mixed_weight(
         >>> mixed_weight(torch.tensor([1.0, 2.0]), torch.zeros(2), torch.tensor([0.0, 2.0]))
         tensor([0., 4.])
     """
+    check_real_dtype("w", w)
     if u is None:
         return torch.mul(w, scale) if out is None else torch.mul(w, scale, out=out)
+    check_real_dtype("u", u)
     return torch.lerp(u, w, scale) if out is None else torch.lerp(u, w, scale, out=out)
 
 
@@ -356,7 +361,8 @@ def mixture_variance(
 ) -> torch.Tensor:
     """Exact per-coordinate variance of mixout / mixconnect draws (Theorem 1's proof): ``p/(1-p) (w-u)^2``.
 
-    ``inf`` where ``p == 1`` and ``w_i != u_i`` (0 where they are equal). Computed without gradient.
+    ``inf`` where ``p == 1`` and ``w_i != u_i`` (0 where they are equal, NaN where either is NaN).
+    Computed without gradient.
 
     Args:
         weight (Tensor): ``w``.
@@ -377,7 +383,7 @@ def mixture_variance(
     with torch.no_grad():
         d2 = (weight - check_target(weight, target)) ** 2
         if p == 1.0:
-            return torch.where(d2 > 0, torch.full_like(d2, math.inf), torch.zeros_like(d2))
+            return torch.where(d2 > 0, torch.full_like(d2, math.inf), d2)  # 0 where equal, NaN stays NaN
         return d2 * (p / (1.0 - p))
 
 

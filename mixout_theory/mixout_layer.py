@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from mixout_theory import mixing
+from mixout_theory.entries import check_real_dtype
 from mixout_theory.masks import LEVELS, bernoulli_mask, check_level
 
 __all__ = ["MixoutLayer", "decode_state", "may_be_recomputed", "recomputing"]
@@ -183,7 +184,7 @@ class MixoutLayer:
         """One scaled mask ``M / (1 - p)`` per mixed weight (all zero at ``p = 1``: exactly ``u``)."""
         out = []
         for weight, _, view, unit in specs:
-            w = self._weight(weight)
+            w = check_real_dtype(f"{type(self).__name__}.{weight}", self._weight(weight))
             shape = unit if self._level == "neuron" else view
             if self._p == 1.0:
                 out.append(torch.zeros(shape, device=w.device, dtype=w.dtype))

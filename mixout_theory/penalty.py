@@ -33,7 +33,14 @@ import torch
 from mixout_theory import bounds
 from mixout_theory.bounds import check_mixing_p
 from mixout_theory.deprecation import renamed_keywords, renamed_names
-from mixout_theory.entries import as_float, paired_entries, rebuild_entries, resolve_mixed
+from mixout_theory.entries import (
+    as_float,
+    check_real_dtype,
+    only_mixed,
+    paired_entries,
+    rebuild_entries,
+    resolve_mixed,
+)
 from mixout_theory.masks import LEVELS, bernoulli_mask, check_level, mask_shape
 from mixout_theory.mixing import mixture
 
@@ -172,7 +179,8 @@ def empirical_penalty(
     (``level="parameter"``) draws them.
     Masks depend only on ``generator``, ``batch_size`` and ``n_samples``, never on how the loss is
     evaluated, so the modes give the same estimate. Evaluated under ``torch.no_grad()``, statistics in
-    float64; ``p = 0`` returns an exact zero.
+    float64; ``p = 0`` returns an exact zero (NaN, as eq. 9's ``0 * ||w - u||^2``, where ``w - u`` is
+    not finite on a mixed coordinate).
 
     Args:
         loss_fn (callable): with ``batched=True``, maps a batch of parameter samples (``(S, *w.shape)``;
@@ -215,8 +223,13 @@ def empirical_penalty(
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     entries = [(k, as_float(wt), as_float(ut)) for k, wt, ut in paired_entries(w, u)]  # integers: as float64
     selections = resolve_mixed(entries, mixed)
-    if p == 0.0:
-        return PenaltyEstimate(0.0, 0.0, 0.0, 0.0, n_samples, 0.0)
+    if p == 0.0:  # Phi = w: nothing is mixed, and no loss is evaluated
+        finite = all(
+            bool(only_mixed(wt - ut, sel).isfinite().all())
+            for (_, wt, ut), sel in zip(entries, selections, strict=True)
+        )
+        zero = 0.0 if finite else math.nan
+        return PenaltyEstimate(zero, zero, zero, zero, n_samples, zero)
     gen = _make_generator(generator, entries[0][1].device)
     state = {"vectorize": vectorize}
     mu = 1.0 - p
@@ -325,11 +338,13 @@ def _grouped_hessian(A: torch.Tensor, groups, size: int) -> torch.Tensor:
 
 
 def _check_A(A, size: int) -> torch.Tensor:
-    A = torch.as_tensor(A).detach().to(torch.float64)
+    A = check_real_dtype("A", torch.as_tensor(A)).detach().to(torch.float64)
     if A.dim() != 2 or A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be a square matrix, got shape {tuple(A.shape)}")
     if A.shape[0] != size:
         raise ValueError(f"A is {A.shape[0]}x{A.shape[1]} but w - u has {size} coordinates")
+    if not A.isfinite().all():  # entries off the groups' blocks do not enter the formula: check them here
+        raise ValueError("A must be finite, got NaN or inf entries (it is the Hessian of the quadratic)")
     asym = (A - A.T).abs().max().item()
     if asym > 1e-8 * max(A.abs().max().item(), 1.0):
         raise ValueError(f"A must be symmetric, max |A - A^T| = {asym:.3g}")
@@ -365,10 +380,7 @@ def quadratic_penalty(A, w, u, p: float, groups=None) -> float:
         4.0
     """
     p = check_mixing_p(p)
-    w = torch.as_tensor(w)
-    u = torch.zeros_like(w) if u is None else torch.as_tensor(u)
-    if w.shape != u.shape:
-        raise ValueError(f"shape mismatch: w has shape {tuple(w.shape)}, u has shape {tuple(u.shape)}")
+    ((_, w, u),) = paired_entries(torch.as_tensor(w), None if u is None else torch.as_tensor(u))
     d = (w.detach().to(torch.float64) - u.detach().to(torch.float64)).reshape(-1)  # no integer wrap-around
     A = _check_A(A, d.numel())
     return p / (2.0 * (1.0 - p)) * (d @ _grouped_hessian(A, groups, d.numel()) @ d).item()
@@ -438,15 +450,15 @@ def wdecay(w, u, lam: float, keys=None) -> torch.Tensor:
 
 
 def _least_squares_inputs(X, y, u):
-    X = torch.as_tensor(X)
-    y = torch.as_tensor(y)
+    X = check_real_dtype("X", torch.as_tensor(X))
+    y = check_real_dtype("y", torch.as_tensor(y))
     if X.dim() != 2:
         raise ValueError(f"X must be a 2-D design matrix (n, d), got shape {tuple(X.shape)}")
     if y.shape != (X.shape[0],):
         raise ValueError(
             f"y must have shape ({X.shape[0]},) to match X {tuple(X.shape)}, got {tuple(y.shape)}"
         )
-    u = torch.zeros(X.shape[1], dtype=X.dtype) if u is None else torch.as_tensor(u)
+    u = torch.zeros(X.shape[1], dtype=X.dtype) if u is None else check_real_dtype("u", torch.as_tensor(u))
     if u.shape != (X.shape[1],):
         raise ValueError(
             f"u must have shape ({X.shape[1]},) to match X {tuple(X.shape)}, got {tuple(u.shape)}"
@@ -504,6 +516,6 @@ def expected_mixout_least_squares_loss(w, X, y, u, p: float, groups=None) -> flo
     """
     X, y, u = _least_squares_inputs(X, y, u)
     x64 = X.detach().to(torch.float64)
-    w64 = torch.as_tensor(w).detach().to(torch.float64)
+    w64 = check_real_dtype("w", torch.as_tensor(w)).detach().to(torch.float64)
     base = bounds.least_squares_loss(w64, x64, y.detach().to(torch.float64)).item()
     return base + quadratic_penalty(x64.T @ x64 / x64.shape[0], w64, u, p, groups)

@@ -323,7 +323,7 @@ def second_order_terms(
     d = (op.point - op.flatten([ut for _, _, ut in entries])).double().cpu()  # group bookkeeping on the CPU
     ids = torch.unique(_coordinate_groups(op, level), return_inverse=True)[1]  # groups numbered 0..G-1
     norms = torch.zeros(int(ids.max()) + 1, dtype=torch.float64).index_add_(0, ids, d * d)  # ||d_g||^2
-    live = (norms > 0).nonzero().flatten()  # a group with d_g = 0 adds nothing: no product for it
+    live = (norms != 0).nonzero().flatten()  # d_g = 0 adds nothing: no product (a NaN d_g is kept: NaN)
     row_of = torch.full_like(norms, -1, dtype=torch.long)
     row_of[live] = torch.arange(live.numel())
     quad = torch.zeros_like(norms)
