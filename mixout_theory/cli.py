@@ -33,6 +33,7 @@ beside the paper
   compare     do two results of one study agree within noise? (exit 0 yes, 1 a claim differs, 2 bad input)
 """
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
+FOLDER_OPTIONS = ("data_root", "results", "out", "export")  # the options that name a folder
 SOURCES = ("auto", "emnist", "stand-in")  # = experiment.data.SOURCE_CHOICES (tests/test_cli.py)
 
 
@@ -171,6 +172,8 @@ def _cmd_figures(args, parser) -> int:
     from mixout_theory.experiment.studies import render_stored
 
     out, results = _store_dir(args.out, "figures"), _store_dir(args.results, "results")
+    if not results.is_dir():
+        print(f"warning: no results folder at {results}: only the theory figures are drawn", file=sys.stderr)
     paths = render_stored(out, results=results, band=args.band)
     for path in paths:
         print(path)
@@ -210,11 +213,22 @@ def _add_data(sub) -> None:
 def _cmd_data(args, parser) -> int:
     from mixout_theory.experiment import data
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", data.StandInWarning)  # the report prints it
-        report = data.prepare(
-            args.data_root, source=args.source, emnist_from=args.emnist_from, download=not args.no_download
-        )
+    root = _store_dir(args.data_root, "data")
+    new = [d for d in (root, *root.parents) if not d.exists()]  # the folders this command may create
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", data.StandInWarning)  # the report prints it
+            report = data.prepare(
+                args.data_root,
+                source=args.source,
+                emnist_from=args.emnist_from,
+                download=not args.no_download,
+            )
+    except BaseException:
+        for d in new:  # deepest first: leave no empty folder behind
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     print()
     print(data.format_report(report))
     return 0
@@ -367,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    for name in FOLDER_OPTIONS:  # a folder option naming a file fails here, before any work
+        value = getattr(args, name, None)
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            args.command_parser.error(f"--{name.replace('_', '-')} {value}: a file, not a folder")
     t0 = time.time()
     try:
         with warnings.catch_warnings():

@@ -63,6 +63,8 @@ from mixout_theory.experiment.store import (
     config_hash,
     pending_chunks,
     project_dir,
+    read_config,
+    read_json_object,
     run_env,
 )
 from mixout_theory.experiment.study import Context, profile_sizes
@@ -699,7 +701,7 @@ def run_ablations(ctx: Context, studies=STUDIES, **overrides) -> AblationResults
 
 
 def _config_from(folder: Path) -> AblationConfig:
-    return config_from_dict(json.loads((folder / "config.json").read_text()))
+    return config_from_dict(read_config(folder))
 
 
 def config_from_dict(d: dict) -> AblationConfig:
@@ -723,7 +725,7 @@ def load_stored(results=None) -> list[AblationResults]:
         if (config.profile, config.source) in seen:
             continue
         seen.add((config.profile, config.source))
-        context = json.loads((folder / CONTEXT).read_text())
+        context = read_json_object(folder / CONTEXT, "rerun the ablations command (nothing is retrained)")
         index = nested_subsets(context["target_train_size"], config.pool_sizes(), config.subset_seed)
         if subset_sha256(index) != context["subset_sha256"]:
             raise ValueError(f"{folder / CONTEXT}: the nested subsets do not match their recorded checksum")

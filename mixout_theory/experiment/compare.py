@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from mixout_theory.experiment import report, sweep
-from mixout_theory.experiment.store import project_dir
+from mixout_theory.experiment.store import project_dir, read_config
 from mixout_theory.experiment.w_pre_spread import seed_stats
 
 #: how many standard errors of the difference count as noise
@@ -267,7 +267,7 @@ def _read(f: Path, kind: str) -> Result:
             "figure2", meta["config"]["profile"], meta["config"]["source"], _figure2_numbers(records), f
         )
     if kind == "sweep-store":
-        config = json.loads((f / "config.json").read_text())
+        config = read_config(f)
         if not isinstance(config, dict) or "ps" not in config:
             raise CompareError(f"{f}: config.json is not a sweep's configuration")
         if not sweep.is_figure2_reading(config):

@@ -519,9 +519,10 @@ def _verified_cache(path: Path) -> str | None:
     recorded (an older cache, rebuilt by :func:`prepare`). A mismatch is a :class:`DataIntegrityError`."""
     side = path.with_suffix(".json")
     try:
-        want = json.loads(side.read_text()).get(CACHE_SHA256)
+        info = json.loads(side.read_text())
     except (OSError, ValueError):
-        want = None
+        info = None
+    want = info.get(CACHE_SHA256) if isinstance(info, dict) else None
     if want is None:
         return None
     return verify_sha256(
@@ -538,7 +539,9 @@ def _read_cache_info(path: Path) -> dict:
     side = path.with_suffix(".json")
     if side.exists():
         try:
-            return json.loads(side.read_text())
+            info = json.loads(side.read_text())
+            if isinstance(info, dict):
+                return info
         except ValueError:
             pass
     return json.loads(_torch_load(path)["info_json"])

@@ -295,6 +295,8 @@ def check_device(device: str | torch.device) -> torch.device:
         dev = resolve_device(device)
     except (RuntimeError, TypeError):
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
+    if dev.type not in ("cpu", "cuda"):  # meta, mps, xla, ...: the engine trains on the CPU or CUDA
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
             f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')"

@@ -21,7 +21,6 @@ fidelity study its own (:func:`mixout_theory.experiment.fidelity.load_fidelity`)
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -35,7 +34,7 @@ from mixout_theory.experiment.store import (
     jsonable,
     read_csv,
     run_env,
-    sha256_file,
+    write_meta,
 )
 from mixout_theory.figures import save_figure
 
@@ -292,10 +291,9 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
     idx = res.subset_index.tolist()
     write_csv("subsets.csv", [{"rank": i, "target_train_index": j} for i, j in enumerate(idx)])
     meta["claims"] = jsonable(report.claims(small, head, traj, res.records.get("small_data")))
-    meta["sha256"] = {name: sha256_file(path) for name, path in written.items() if name.endswith(".csv")}
     atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
-    atomic_write(out_dir / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
-    written["tables.md"], written["meta.json"] = out_dir / "tables.md", out_dir / "meta.json"
+    written["meta.json"] = write_meta(out_dir, meta, [n for n in written if n.endswith(".csv")])
+    written["tables.md"] = out_dir / "tables.md"
     return written
 
 

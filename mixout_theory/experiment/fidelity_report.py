@@ -5,7 +5,6 @@ values (the endpoints read off its figure, never points between them)."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from mixout_theory.experiment.fidelity import (
     scores,
 )
 from mixout_theory.experiment.machine import machines_of, run_env
-from mixout_theory.experiment.store import atomic_write, atomic_write_csv, jsonable, sha256_file
+from mixout_theory.experiment.store import atomic_write, atomic_write_csv, write_meta
 from mixout_theory.figures import save_figure
 
 __all__ = ["PANELS", "panel_figure", "save_all", "export_fidelity", "report_markdown"]
@@ -125,11 +124,10 @@ def export_fidelity(res: FidelityResults, out_dir) -> dict:
             "size": f"within a factor {SIZE_FACTOR}",
         },
         "paper_steps": PAPER_STEPS,
-        "sha256": {n: sha256_file(out / n) for n in EXPORT_TABLES},
         "env": run_env(),
         "machines": machines_of(res.runs),
     }
-    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
+    write_meta(out, meta, EXPORT_TABLES)
     return {
         "runs": out / "runs.csv",
         "claims": out / "claims.csv",

@@ -25,7 +25,14 @@ import torch
 from mixout_theory.experiment import engine, mlp
 from mixout_theory.experiment.data import transposed_images
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.store import IntegrityError, Staging, jsonable, verify_sha256
+from mixout_theory.experiment.store import (
+    IntegrityError,
+    Staging,
+    is_sha256,
+    jsonable,
+    read_json_object,
+    verify_sha256,
+)
 
 #: The paper's selection of w_pre: every seed for every epoch budget, best final validation accuracy.
 SEARCH_BUDGETS, SEARCH_SEEDS = range(1, 21), range(5)
@@ -130,10 +137,9 @@ def load_pretrained(path: Path) -> dict | None:
     recorded is not trusted: ``None`` (it is pretrained again, deterministically) with a warning."""
     side = path.with_suffix(".json")
     remedy = f"delete {path} and {side.name} and rerun: w_pre is pretrained again"
-    try:
-        want = json.loads(side.read_text()).get("sha256") if side.is_file() else None
-    except ValueError as e:
-        raise IntegrityError(f"{side}: unreadable ({e}); {remedy}") from None
+    want = read_json_object(side, remedy).get("sha256") if side.is_file() else None
+    if want is not None and not is_sha256(want):
+        raise IntegrityError(f"{side}: its sha256 {want!r} is not a sha256 (garbled); {remedy}")
     if want is None:
         warnings.warn(
             f"{path}: no checksum recorded beside it (an older cache): pretraining w_pre again", stacklevel=3

@@ -250,17 +250,74 @@ def verify_sha256(path: Path, want: str, recorded_in, what: str, error=Integrity
     return got
 
 
+def _no_nonfinite(constant: str):
+    raise ValueError(f"{constant} is not a number JSON can hold")
+
+
+def read_json_object(path, remedy: str, error=IntegrityError) -> dict:
+    """The JSON object in ``path`` (a side file: ``config.json``, ``meta.json``, a checksum's ``.json``).
+
+    A file that does not parse (invalid JSON, ``NaN``), or holds anything but an object, is ``error``:
+    one line naming the file, what is wrong and ``remedy``. A missing file is ``FileNotFoundError``."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text(), parse_constant=_no_nonfinite)
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise error(f"{path}: unreadable ({type(e).__name__}: {e}); {remedy}") from None
+    if not isinstance(obj, dict):
+        raise error(f"{path}: holds a JSON {type(obj).__name__}, not an object; {remedy}")
+    return obj
+
+
+def is_sha256(value) -> bool:
+    """Whether ``value`` is a sha256 as this project writes it: 64 lowercase hex digits."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+META_SHA256 = "meta_sha256"  # an export's meta.json carries the sha256 of its own content
+
+
+def _json_sha256(obj: dict, leave_out: str) -> str:
+    """sha256 of ``obj`` as canonical JSON (sorted keys, no spaces), its field ``leave_out`` left out."""
+    body = {k: v for k, v in obj.items() if k != leave_out}
+    return hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+    ).hexdigest()
+
+
+def write_meta(folder, meta: dict, tables) -> Path:
+    """``folder/meta.json``: ``meta`` with the sha256 of each file in ``tables`` (``"sha256"``) and of
+    its own content (``"meta_sha256"``), written atomically; :func:`checked_meta` reads it back."""
+    folder = Path(folder)
+    meta = jsonable(dict(meta, sha256={n: sha256_file(folder / n) for n in tables}))
+    meta[META_SHA256] = _json_sha256(meta, META_SHA256)
+    atomic_write(folder / "meta.json", json.dumps(meta, indent=1, sort_keys=True))
+    return folder / "meta.json"
+
+
 def checked_meta(folder, names, remedy: str) -> dict:
-    """``folder/meta.json``, after checking each file in ``names`` against the sha256 recorded in its
-    ``"sha256"`` map; a missing file or a mismatch is a one-line error that ends with ``remedy``."""
+    """``folder/meta.json``, after checking its own content against the ``meta_sha256`` it carries
+    (:func:`write_meta`) and each file in ``names`` against the sha256 recorded in its ``"sha256"``
+    map; a missing file or a mismatch is a one-line error that ends with ``remedy``."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: {remedy}")
-    meta = json.loads(meta_path.read_text())
+    meta = read_json_object(meta_path, remedy)
+    if not is_sha256(meta.get(META_SHA256)):
+        raise IntegrityError(
+            f"{meta_path}: no meta_sha256 recorded in it (an older or edited export): {remedy}"
+        )
+    if meta[META_SHA256] != _json_sha256(meta, META_SHA256):
+        raise IntegrityError(
+            f"{meta_path}: its content differs from the meta_sha256 it carries (altered): {remedy}"
+        )
+    sums = meta.get("sha256")
     for name in names:
-        want = meta.get("sha256", {}).get(name)
-        if want is None or not (folder / name).is_file():
+        want = sums.get(name) if isinstance(sums, dict) else None
+        if not is_sha256(want) or not (folder / name).is_file():
             raise FileNotFoundError(f"{folder / name} or its sha256 in {meta_path} is missing: {remedy}")
         verify_sha256(folder / name, want, meta_path, f"the table was altered: {remedy}")
     return meta
@@ -271,8 +328,9 @@ def checked_meta(folder, names, remedy: str) -> dict:
 
 class RunStore:
     """A folder of runs: ``config.json`` (written once) and ``runs/<run id>.json``, one record per
-    finished run, each written atomically, so a rerun can skip what is ``done()``. A record counts
-    only if it parses and holds the fields :attr:`REQUIRED` (see :func:`read_runs`)."""
+    finished run, each written atomically, so a rerun can skip what is ``done()``. Every record
+    carries the store's key (:func:`store_key`) and its own sha256; it counts only if both match and
+    it holds the fields :attr:`REQUIRED` (see :func:`read_runs`)."""
 
     #: the fields every record of this store holds (subclasses name their own)
     REQUIRED: tuple = ("run_id",)
@@ -286,6 +344,7 @@ class RunStore:
         remove_stale_temporaries(self.runs)  # what a killed writer left
         if not (self.dir / "config.json").exists():
             atomic_write(self.dir / "config.json", json.dumps(jsonable(config), indent=1, sort_keys=True))
+        self.key = store_key(self.dir)
 
     def done(self) -> set[str]:
         return {r["run_id"] for r in self.read()}
@@ -299,6 +358,7 @@ class RunStore:
             bad.sort()
             clean["failed"] = f"non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
             warnings.warn(f"run {record['run_id']}: {clean['failed']}; stored as failed", stacklevel=2)
+        clean[STORE_KEY] = self.key
         clean[RECORD_SHA256] = _record_sha256(clean)
         text = json.dumps(clean, indent=1, sort_keys=True, allow_nan=False)
         atomic_write(self.runs / f"{record['run_id']}.json", text)
@@ -311,6 +371,19 @@ class RunStore:
 
 REJECTED = "rejected"
 RECORD_SHA256 = "record_sha256"  # each record's checksum of its own content, written into it
+STORE_KEY = "store_key"  # the key of the store a record was written into (store_key), written into it
+
+
+def read_config(folder) -> dict:
+    """A store's ``config.json`` (:func:`read_json_object`: a damaged one is one line naming it)."""
+    remedy = "move the store folder away and rerun: its runs are computed again"
+    return read_json_object(Path(folder) / "config.json", remedy)
+
+
+def store_key(folder) -> str:
+    """The key a store stamps on its records: the hash of its folder's name and its ``config.json``
+    (configuration, data and ``w_pre`` fingerprints), so a record copied from another store is refused."""
+    return config_hash({"folder": Path(folder).name, "config": read_config(folder)})
 
 
 def _record_sha256(record: dict) -> str:
@@ -336,15 +409,17 @@ def _finite(obj, where: str, bad: list):
 def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
     """The valid records under ``folder/runs/``, in file-name order.
 
-    A ``*.json`` file that does not parse, is not an object, lacks a field of ``required``, holds
-    another run's id or no longer matches the ``record_sha256`` :meth:`RunStore.write` put into it is
-    not a finished run: it is moved to ``runs/rejected/`` with a warning that names it and why (so its
-    run is computed again), never read as one. Records written before the checksum existed are read
-    as they are. Other files are ignored. The records come back without their checksum."""
-    out = []
+    A ``*.json`` file that does not parse (a ``NaN`` included), is not an object, lacks a field of
+    ``required``, holds another run's id, carries no ``record_sha256`` or one its content no longer
+    matches, or carries another store's ``store_key`` (:meth:`RunStore.write` puts both into it) is
+    not a finished run of this store: it is moved to ``runs/rejected/`` with a warning that names it
+    and why (so its run is computed again), never read as one. Records written before the checksum
+    and the store key existed are set aside the same way (their runs are recomputed). Other files are
+    ignored. The records come back without their checksum and store key."""
+    out, key, legacy = [], store_key(folder), []
     for path in sorted(Path(folder, "runs").glob("*.json")):
         try:
-            rec = json.loads(path.read_text())
+            rec = json.loads(path.read_text(), parse_constant=_no_nonfinite)
             why = None if isinstance(rec, dict) else "it is not a JSON object"
         except (OSError, UnicodeDecodeError, ValueError) as e:
             rec, why = None, f"it does not parse ({type(e).__name__}: {e})"
@@ -354,23 +429,53 @@ def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
                 why = f"it lacks the fields {missing}"
             elif rec["run_id"] != path.stem:
                 why = f"it holds the run id {rec['run_id']!r}"
-            elif RECORD_SHA256 in rec and rec.pop(RECORD_SHA256) != _record_sha256(rec):
+            elif RECORD_SHA256 not in rec or STORE_KEY not in rec:
+                legacy.append(path)
+                continue
+            elif rec.pop(RECORD_SHA256) != _record_sha256(rec):
                 why = "its content differs from the sha256 written into it (altered)"
+            elif rec.pop(STORE_KEY) != key:
+                why = "it was written into another store (its store_key is not this store's)"
         if why is None:
             out.append(rec)
         else:
             _reject(path, why)
+    if legacy:
+        _reject_all(
+            legacy, "no record_sha256 or store_key written into it (edited, or from before both existed)"
+        )
     return out
 
 
-def _reject(path: Path, why: str) -> None:
+def _reject_all(paths: list[Path], why: str) -> None:
+    """:func:`_reject` for many files of one reason, with one warning."""
+    if len(paths) <= 3:
+        for path in paths:
+            _reject(path, why)
+        return
+    for path in paths:
+        _move_aside(path)
+    warnings.warn(
+        f"{len(paths)} files under {paths[0].parent} are not valid run records ({why}), "
+        f"e.g. {paths[0].name}: moved to {paths[0].parent / REJECTED}; their runs will be computed again",
+        RejectedRecordWarning,
+        stacklevel=3,
+    )
+
+
+def _move_aside(path: Path) -> str:
+    """Move ``path`` into ``rejected/`` beside it; where it went, in words."""
     dest = path.parent / REJECTED / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
     try:
         dest.parent.mkdir(exist_ok=True)
         os.replace(path, dest)
-        where = f"moved to {dest}"
+        return f"moved to {dest}"
     except OSError:
-        where = "left in place (could not move it)"
+        return "left in place (could not move it)"
+
+
+def _reject(path: Path, why: str) -> None:
+    where = _move_aside(path)
     warnings.warn(
         f"{path} is not a valid run record ({why}): {where}; its run will be computed again",
         RejectedRecordWarning,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,16 +26,17 @@ from mixout_theory.experiment.data import check_orientation, oriented_name
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.store import (
+    IntegrityError,
     RunStore,
-    atomic_write,
     config_hash,
     export_csv,
-    jsonable,
     pending_chunks,
+    read_config,
+    read_json_object,
     read_runs,
     run_env,
-    sha256_file,
     tensors_sha256,
+    write_meta,
 )
 from mixout_theory.experiment.study import Context, profile_sizes
 from mixout_theory.profiles import PROFILES
@@ -210,7 +210,7 @@ def is_figure2_reading(config: dict) -> bool:
 def is_figure2_store(folder: str | Path) -> bool:
     """Whether a sweep store holds Figure 2: its reading (:func:`is_figure2_reading`) from the ``w_pre``
     of pretraining seed 0 (the other seeds of ``reproduce --pretrain-seeds`` are :mod:`w_pre_spread`'s)."""
-    config = json.loads((Path(folder) / "config.json").read_text())
+    config = read_config(folder)
     return is_figure2_reading(config) and config.get("pretrain_seed", 0) == SweepConfig.pretrain_seed
 
 
@@ -222,8 +222,11 @@ def is_complete(folder: str | Path) -> bool:
 
 def stored_config(folder: str | Path) -> SweepConfig:
     """The configuration a sweep store's ``config.json`` records."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    return SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    config = read_config(folder)
+    try:
+        return SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    except (TypeError, ValueError) as e:
+        raise IntegrityError(f"{Path(folder) / 'config.json'}: not a sweep's configuration ({e})") from None
 
 
 def load_records(folder: str | Path) -> list[dict]:
@@ -240,11 +243,13 @@ def store_context(folder: str | Path) -> dict:
     """What an export records about the runs of a store: its ``config.json`` and, when cached next to
     it, the pretraining's summary (``pretrain/<source>-<key>.json``: best epoch, accuracy, seconds)."""
     folder = Path(folder)
-    config = json.loads((folder / "config.json").read_text())
+    config = read_config(folder)
     sweep_config = stored_config(folder)
     pre = folder.parent / "pretrain" / f"{sweep_config.source}-{sweep_config.pretrain_key()}.json"
     pretrain = (
-        {k: v for k, v in json.loads(pre.read_text()).items() if k != "config"} if pre.is_file() else None
+        {k: v for k, v in read_json_object(pre, "pretrain again").items() if k != "config"}
+        if pre.is_file()
+        else None
     )
     return {"config": config, "pretrain": pretrain}
 
@@ -260,15 +265,8 @@ def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> li
     ``table.csv`` must already be there."""
     out = Path(out_dir)
     export_csv(records, out / "runs.csv")
-    meta = dict(
-        context,
-        claims=claims,
-        sha256={n: sha256_file(out / n) for n in EXPORT_TABLES},
-        env=run_env(),
-        machines=machines_of(records),
-    )
-    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
-    return [out / "runs.csv", out / "meta.json"]
+    meta = dict(context, claims=claims, env=run_env(), machines=machines_of(records))
+    return [out / "runs.csv", write_meta(out, meta, EXPORT_TABLES)]
 
 
 # --------------------------------------------------------------------------------------------

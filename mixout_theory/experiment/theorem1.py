@@ -56,18 +56,21 @@ from mixout_theory.experiment import ablations, engine, mlp, sweep
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.machine import machines_of
 from mixout_theory.experiment.store import (
+    IntegrityError,
     RunStore,
     Staging,
     atomic_write,
     atomic_write_csv,
     checked_meta,
     config_hash,
-    jsonable,
+    is_sha256,
     project_dir,
+    read_config,
     read_csv,
+    read_json_object,
     run_env,
-    sha256_file,
     verify_sha256,
+    write_meta,
 )
 from mixout_theory.experiment.study import Context, profile_sizes
 
@@ -161,9 +164,13 @@ class Theorem1Store(RunStore):
         path = self.weights / f"{run_id}.pt"
         if not path.is_file():
             return None
-        sums = path.with_suffix(".sha256")
-        want = sums.read_text().split()[0] if sums.is_file() else "(no checksum recorded)"
-        verify_sha256(path, want, sums.name, "the file was altered: delete it and rerun (it is recomputed)")
+        sums, remedy = path.with_suffix(".sha256"), "delete it and rerun (it is recomputed)"
+        want = (sums.read_text().split() or [""])[0] if sums.is_file() else ""
+        if not is_sha256(want):
+            raise IntegrityError(
+                f"{sums}: no valid sha256 recorded for {path.name} (missing or garbled); {remedy}"
+            )
+        verify_sha256(path, want, sums.name, f"the file was altered: {remedy}")
         return torch.load(path, map_location="cpu", weights_only=True)
 
     def records(self) -> list[dict]:
@@ -272,14 +279,19 @@ def _loss_batch(exp, config: Theorem1Config):
 
 
 def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
-    """The final weights of the sweep's mixout runs of restart ``config.restart``: kept ones, or retrained."""
+    """The final weights of the sweep's mixout runs of restart ``config.restart``: kept ones, or retrained.
+
+    One ensemble trains them all whenever one is missing (a kill between two weights files, or an
+    altered file deleted), and only the missing ones are written: the same ensemble as an
+    uninterrupted run, so the same weights bit for bit."""
     runs = {
         rid: m
         for rid, f, m in sweep.sweep_members(sweep_cfg)
         if f["method"] == "mixout" and f["seed"] == config.restart and f["p"] in config.ps
     }
     kept = {rid: store.load_weights(rid) for rid in runs}
-    todo = [rid for rid, w in kept.items() if w is None]
+    missing = [rid for rid, w in kept.items() if w is None]
+    todo = list(runs) if missing else []
     if todo:
         xt, yt = tensors["target_train"]
         result = engine.train_ensemble(
@@ -297,8 +309,9 @@ def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
             progress="finetune (mixout, one restart)" if options.progress else False,
         )
         for e, rid in enumerate(todo):
-            kept[rid] = {k: v[e] for k, v in result.params.items()}
-            store.save_weights(rid, kept[rid])
+            if rid in missing:
+                kept[rid] = {k: v[e] for k, v in result.params.items()}
+                store.save_weights(rid, kept[rid])
     return {p: kept[f"mixout-p{p:.2f}-seed{config.restart}"] for p in config.ps}
 
 
@@ -373,10 +386,12 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
 
 
 def _trajectory(store, config, acfg, atensors, w_pre, options) -> None:
-    """The ablations' trajectory runs of restart 0, measured at :func:`checkpoint_epochs`."""
-    todo = [p for p in acfg.trajectory_ps if f"trajectory-p{p:.2f}" not in store.done()]
-    if not todo:
+    """The ablations' trajectory runs of restart 0, measured at :func:`checkpoint_epochs`: all of them
+    as one ensemble whenever one is missing (bit for bit an uninterrupted run's), the missing written."""
+    done = store.done()
+    if all(f"trajectory-p{p:.2f}" in done for p in acfg.trajectory_ps):
         return
+    todo = list(acfg.trajectory_ps)
     x, y = atensors["pool"][0][: acfg.trajectory_size], atensors["pool"][1][: acfg.trajectory_size]
     n_eval = x.shape[0] if acfg.trajectory_eval is None else min(acfg.trajectory_eval, x.shape[0])
     epochs = ablations.epochs_for(acfg.trajectory_size, acfg)
@@ -416,7 +431,7 @@ def _trajectory(store, config, acfg, atensors, w_pre, options) -> None:
         workers=options.n_workers,
         progress="trajectory runs" if options.progress else False,
     )
-    for p in todo:
+    for p in (p for p in todo if f"trajectory-p{p:.2f}" not in done):
         store.write(
             {
                 "run_id": f"trajectory-p{p:.2f}",
@@ -633,14 +648,12 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
         "config": dataclasses.asdict(res.config),
         "store_key": res.config.key(),
         "context": res.context,
-        "sha256": {n: sha256_file(p) for n, p in written.items()},
         "env": run_env(),
         "machines": machines_of(r for recs in res.records.values() for r in recs),
     }
     tables = load_tables_from(written)
     meta["claims"] = claims(*tables)
-    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
-    written["meta.json"] = out / "meta.json"
+    written["meta.json"] = write_meta(out, meta, TABLES)
     return written
 
 
@@ -727,7 +740,7 @@ def load_stored(results=None) -> list[Theorem1Results]:
     out, seen = [], set()
     names = {f.name for f in dataclasses.fields(Theorem1Config)}
     for folder in folders:
-        fields = json.loads((folder / "config.json").read_text())
+        fields = read_config(folder)
         config = Theorem1Config(
             **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in names}
         )
@@ -739,5 +752,8 @@ def load_stored(results=None) -> list[Theorem1Results]:
             raise ValueError(
                 f"{folder / 'config.json'} does not hash to its folder's name: the file was altered"
             )
-        out.append(_results(config, store, json.loads((folder / "context.json").read_text())))
+        context = read_json_object(
+            folder / "context.json", "rerun the theorem1 command (nothing is recomputed)"
+        )
+        out.append(_results(config, store, context))
     return out

@@ -34,13 +34,12 @@ from mixout_theory.experiment import report, sweep
 from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.experiment.plots import FIG2_PANELS, METHOD_LABEL, METHOD_STYLE
 from mixout_theory.experiment.store import (
-    atomic_write,
     atomic_write_csv,
     checked_meta,
     find_stores,
-    jsonable,
+    read_config,
     read_csv,
-    sha256_file,
+    write_meta,
 )
 from mixout_theory.figures import save_figure
 
@@ -168,7 +167,7 @@ def seed_stores(results) -> dict[tuple, dict[int, Path]]:
     only groups with two or more seeds."""
     groups: dict[tuple, dict[int, Path]] = {}
     for folder in find_stores(results):
-        config = json.loads((folder / "config.json").read_text())
+        config = read_config(folder)
         if (
             not isinstance(config, dict)
             or "pretrain_seed" not in config
@@ -206,13 +205,11 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
         "config": sweep.store_context(stores[min(stores)])["config"],
         "stores": {str(s): f.name for s, f in sorted(stores.items())},
         "claims_for_every_w_pre": claims_for_every_w_pre(claims),
-        "sha256": {n: sha256_file(out / n) for n in TABLES},
         "env": run_env(),
         "machines": machines_of(r for recs in records.values() for r in recs),
     }
     paths = save_figure(spread_figure(spread, meta), out, "figure2_w_pre")
-    atomic_write(out / "meta.json", json.dumps(jsonable(meta), indent=1, sort_keys=True))
-    return [out / t for t in TABLES] + paths + [out / "meta.json"]
+    return [out / t for t in TABLES] + paths + [write_meta(out, meta, TABLES)]
 
 
 def load_spread(folder) -> tuple[list[dict], list[dict], dict]:

@@ -11,7 +11,7 @@ import pytest
 
 from mixout_theory.cli import main
 from mixout_theory.experiment import compare
-from mixout_theory.experiment.store import sha256_file
+from mixout_theory.experiment.store import write_meta
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "results"
 COMMITTED = {
@@ -47,8 +47,7 @@ def _moved_copy(tmp_path, metric, method, p, by) -> Path:
         w.writeheader()
         w.writerows(rows)
     meta = json.loads((out / "meta.json").read_text())
-    meta["sha256"]["runs.csv"] = sha256_file(out / "runs.csv")
-    (out / "meta.json").write_text(json.dumps(meta))
+    write_meta(out, meta, list(meta["sha256"]))  # the tables' and its own sha256 made to match
     return out
 
 
@@ -85,7 +84,7 @@ def test_different_studies_profiles_and_bad_folders_are_refused_in_one_line(tmp_
     shutil.copytree(COMMITTED["figure2"], other)
     meta = json.loads((other / "meta.json").read_text())
     meta["config"]["profile"] = "quick"
-    (other / "meta.json").write_text(json.dumps(meta))
+    write_meta(other, meta, list(meta["sha256"]))
     assert main(["compare", str(COMMITTED["figure2"]), str(other)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'paper'" in err[0] and "'quick'" in err[0]

@@ -393,7 +393,7 @@ def test_an_older_ablation_export_without_trajectory_runs(ablation_records, tmp_
     (tmp_path / "trajectory_runs.csv").unlink()
     meta = json.loads((tmp_path / "meta.json").read_text())
     del meta["sha256"]["trajectory_runs.csv"]
-    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    store.write_meta(tmp_path, meta, list(meta["sha256"]))
     back = exports.load_ablations(tmp_path)
     want = {r["p"]: r["test_acc"] for r in report.trajectory_summary(res.records["trajectory"])}
     got = {r["p"]: r["test_acc"] for r in report.trajectory_summary(back.records["trajectory"])}

@@ -1,13 +1,11 @@
 """A fifth study costs one Study subclass and one registry line: the command line (its shared options
 and --shard), the export that waits for every shard, and what a notebook shows come with it."""
 
-import json
-
 import pytest
 
 from mixout_theory import cli
 from mixout_theory.experiment import shown, studies
-from mixout_theory.experiment.store import RunStore, atomic_write, checked_meta, pending_chunks, sha256_file
+from mixout_theory.experiment.store import RunStore, atomic_write, checked_meta, pending_chunks, write_meta
 from mixout_theory.experiment.study import Context, Study
 
 
@@ -42,8 +40,7 @@ class Squares(Study):
         folder.mkdir(parents=True, exist_ok=True)
         table = folder / "squares.csv"
         atomic_write(table, "".join(f"{r['run_id']},{r['value']}\n" for r in result.read()))
-        atomic_write(folder / "meta.json", json.dumps({"sha256": {"squares.csv": sha256_file(table)}}))
-        return [table, folder / "meta.json"]
+        return [table, write_meta(folder, {"study": "squares"}, ["squares.csv"])]
 
     def load(self, folder):
         checked_meta(folder, ["squares.csv"], "export again")
