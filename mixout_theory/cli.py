@@ -270,8 +270,7 @@ def _cmd_study(args, parser) -> int:
     )
     print(_runs_line(stores, total=sum(len(s.planned or s.done()) for s in stores), noun=study.noun))
     folder = study.export_folder(ctx, result, args)
-    export_kwargs = study.export_kwargs(args) if hasattr(study, "export_kwargs") else {}
-    written, missing = complete_export(study, result, ctx, folder, **export_kwargs)
+    written, missing = complete_export(study, result, ctx, folder, **study.export_kwargs(args))
     if missing:
         print(
             f"not exported yet: {len(missing)} {study.noun} of the study are not stored "

@@ -532,11 +532,6 @@ def runs_written_since(root: str | Path, t0: float) -> dict[Path, tuple[int, int
     return out
 
 
-def export_dir(study: str, profile: str, source: str) -> Path:
-    """Where a study's export goes by default: ``figures/<study>-<profile>-<source>/``."""
-    return project_dir("figures") / f"{study}-{profile}-{source}"
-
-
 def find_stores(root: str | Path) -> list[Path]:
     """Store folders under ``root`` that hold at least one run, newest first."""
     root = Path(root)

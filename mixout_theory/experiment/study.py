@@ -123,6 +123,10 @@ class Study:
         """The source task's key (``emnist`` / ``stand-in``) of ``result`` (names its export folder)."""
         raise NotImplementedError
 
+    def source_name(self, result) -> str:
+        """The source task's name as figures and summaries state it (the stand-in said to be one)."""
+        raise NotImplementedError
+
     def summary(self, result, folder: Path, written) -> list[str]:
         """What the command prints after its export (the claims, where the files are)."""
         return [f"wrote {len(written)} files to {folder}"]
@@ -139,6 +143,10 @@ class Study:
 
     def run_kwargs(self, args, parser) -> dict:
         """The study's own options as keyword arguments of :meth:`run`."""
+        return {}
+
+    def export_kwargs(self, args) -> dict:
+        """The study's own options as keyword arguments of :meth:`export`."""
         return {}
 
     def export_folder(self, ctx: Context, result, args=None) -> Path:
