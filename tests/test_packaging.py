@@ -79,3 +79,20 @@ def test_packaged_files_exist():
         not (ROOT / "mixout_theory" / "csrc").exists()
         and not (ROOT / "mixout_theory" / "kernels.py").exists()
     )
+
+
+def test_citation_and_changelog_name_the_current_version():
+    """CITATION.cff (validated against its schema with cffconvert --validate when it changes) and
+    CHANGELOG.md (Keep a Changelog) both carry the package's version."""
+    import mixout_theory
+
+    citation = (ROOT / "CITATION.cff").read_text()
+    assert re.search(rf"^version: {re.escape(mixout_theory.__version__)}$", citation, re.M)
+    assert "preferred-citation:" in citation and "1909.11299" in citation
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    assert f"## [{mixout_theory.__version__}] - " in changelog
+
+
+def test_every_figure_the_readme_shows_is_committed():
+    images = re.findall(r"!\[[^\]]+\]\(([^)]+)\)", (ROOT / "README.md").read_text())
+    assert len(images) >= 4 and all((ROOT / path).is_file() for path in images), images

@@ -397,7 +397,7 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     )
     d.set_ylabel("Monte Carlo / second order")
     d.set_title(
-        "(d) one fixed point, masks of probability q (a third-order remainder changes sign at q = 0.5)",
+        "(d) one fixed point, mask probability q (the cubic term changes sign at q = 0.5)",
         fontsize=9,
     )
     d.set_xlabel("mask probability q at fixed w and u")
