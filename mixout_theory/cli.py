@@ -33,7 +33,13 @@ beside the paper
   compare     do two results of one study agree within noise? (exit 0 yes, 1 a claim differs, 2 bad input)
 """
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-FOLDER_OPTIONS = ("data_root", "results", "out", "export")  # the options that name a folder
+#: the options that name a folder, with the environment variable that stands in for them
+FOLDER_OPTIONS = {
+    "data_root": "MIXOUT_DATA",
+    "results": "MIXOUT_RESULTS",
+    "out": "MIXOUT_FIGURES",
+    "export": "MIXOUT_FIGURES",
+}
 SOURCES = ("auto", "emnist", "stand-in")  # = experiment.data.SOURCE_CHOICES (tests/test_cli.py)
 
 
@@ -272,10 +278,14 @@ def _cmd_study(args, parser) -> int:
     folder = study.export_folder(ctx, result, args)
     written, missing = complete_export(study, result, ctx, folder, **study.export_kwargs(args))
     if missing:
+        if ctx.options.shard is not None:
+            then = "run the other shards, then this command without --shard (it then exports)"
+        else:  # a record set aside or deleted while the command ran
+            then = "run the same command again: it computes them and exports"
+        example = ", ".join(missing[:3])
         print(
-            f"not exported yet: {len(missing)} {study.noun} of the study are not stored "
-            f"(e.g. {', '.join(missing[:3])}); run the other shards, then this command without --shard "
-            "(it computes nothing more and exports)"
+            f"not exported yet: {len(missing)} of the study's {study.noun} not stored "
+            f"(e.g. {example}); {then}"
         )
         return 0
     print("\n".join(study.summary(result, folder, written)))
@@ -380,10 +390,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    for name in FOLDER_OPTIONS:  # a folder option naming a file fails here, before any work
-        value = getattr(args, name, None)
-        if value is not None and Path(value).exists() and not Path(value).is_dir():
-            args.command_parser.error(f"--{name.replace('_', '-')} {value}: a file, not a folder")
+    for name, env in FOLDER_OPTIONS.items():  # a folder that cannot be one fails here, before any work
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        where = f"--{name.replace('_', '-')} {value}" if value is not None else f"${env}"
+        value = value if value is not None else os.environ.get(env, "").strip() or None
+        blocked = value is not None and next(
+            (p for p in (Path(value), *Path(value).parents) if p.exists() and not p.is_dir()), None
+        )
+        if blocked:
+            args.command_parser.error(f"{where}: {blocked} is a file, not a folder")
     t0 = time.time()
     try:
         with warnings.catch_warnings():

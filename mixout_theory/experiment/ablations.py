@@ -58,6 +58,7 @@ from mixout_theory.experiment import engine, mlp, sweep
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.store import (
+    IntegrityError,
     RunStore,
     atomic_write,
     config_hash,
@@ -438,6 +439,7 @@ def run_small_data(
         if (s.group == group or (group == "w_pre" and s.group == "any"))
     ]
     store.planned = [f["run_id"] for _, f, _ in todo]
+    store.fix_chunk(options.chunk_or(CHUNK))
     plan = [
         (*part[0][0], [(f, m) for _, f, m in part])
         for part in pending_chunks(
@@ -488,6 +490,7 @@ def run_new_head(
         for i, s in enumerate(HEAD_SETTINGS)
     ]
     store.planned = [f["run_id"] for _, f, _ in todo]
+    store.fix_chunk(options.chunk_or(CHUNK))
     plan = [
         (part[0][0], [(f, m) for _, f, m in part])
         for part in pending_chunks(
@@ -701,7 +704,14 @@ def run_ablations(ctx: Context, studies=STUDIES, **overrides) -> AblationResults
 
 
 def _config_from(folder: Path) -> AblationConfig:
-    return config_from_dict(read_config(folder))
+    """The configuration an ablation store's ``config.json`` records, checked against its folder's name."""
+    config = config_from_dict(read_config(folder))
+    study = folder.name.split("-", 1)[0]
+    if study not in STUDIES or not folder.name.endswith(f"-{config.key(study)}"):
+        raise IntegrityError(
+            f"{folder / 'config.json'}: does not hash to its folder's name (the file was altered)"
+        )
+    return config
 
 
 def config_from_dict(d: dict) -> AblationConfig:

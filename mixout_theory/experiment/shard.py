@@ -8,6 +8,7 @@ so the numbers are the same bit for bit, and ``N`` shards together compute every
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -30,9 +31,9 @@ class Shard:
     @classmethod
     def parse(cls, text: str) -> Shard:
         """``"K/N"`` as a shard (a one-line error for anything else)."""
-        k, sep, n = str(text).partition("/")
-        if not (sep and k.strip().isdigit() and n.strip().isdigit()):
+        if not re.fullmatch(r"[0-9]+/[0-9]+", str(text)):
             raise ValueError(f"shard must be K/N (e.g. 2/8), got {text!r}")
+        k, n = str(text).split("/")
         return cls(int(k), int(n))
 
     def owns(self, index: int) -> bool:

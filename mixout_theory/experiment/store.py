@@ -254,6 +254,21 @@ def _no_nonfinite(constant: str):
     raise ValueError(f"{constant} is not a number JSON can hold")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as inf
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def loads_strict(text: str):
+    """``json.loads`` refusing every non-finite number (``NaN``, ``Infinity``, ``1e400``): ``ValueError``."""
+    try:
+        return json.loads(text, parse_constant=_no_nonfinite, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def read_json_object(path, remedy: str, error=IntegrityError) -> dict:
     """The JSON object in ``path`` (a side file: ``config.json``, ``meta.json``, a checksum's ``.json``).
 
@@ -261,7 +276,7 @@ def read_json_object(path, remedy: str, error=IntegrityError) -> dict:
     one line naming the file, what is wrong and ``remedy``. A missing file is ``FileNotFoundError``."""
     path = Path(path)
     try:
-        obj = json.loads(path.read_text(), parse_constant=_no_nonfinite)
+        obj = loads_strict(path.read_text())
     except FileNotFoundError:
         raise
     except (OSError, UnicodeDecodeError, ValueError) as e:
@@ -344,7 +359,28 @@ class RunStore:
         remove_stale_temporaries(self.runs)  # what a killed writer left
         if not (self.dir / "config.json").exists():
             atomic_write(self.dir / "config.json", json.dumps(jsonable(config), indent=1, sort_keys=True))
+        stored, want = read_config(self.dir), jsonable(config)
+        changed = sorted(k for k in stored if k in want and stored[k] != want[k])
+        if changed:  # the folder's name says this configuration; its config.json says another
+            raise IntegrityError(
+                f"{self.dir / 'config.json'}: {', '.join(changed)} differ from the configuration the "
+                "folder is named for (the file was altered): move the folder away and rerun"
+            )
         self.key = store_key(self.dir)
+
+    def fix_chunk(self, size: int) -> None:
+        """Record the ensemble size this store's runs are trained in (``chunk.json``), or refuse another:
+        ensembles of another size round differently, so a resume or a shard must use the same one."""
+        path = self.dir / "chunk.json"
+        if not path.is_file():
+            atomic_write(path, json.dumps({"chunk": size}))
+        remedy = "delete it only if every run of this store is computed again"
+        got = read_json_object(path, remedy).get("chunk")
+        if got != size:
+            raise ValueError(
+                f"{self.dir}: its runs are trained in ensembles of {got}, this command asks for {size}: "
+                f"rerun with --chunk {got} (a shard or a resume cuts the run list as the stored runs were)"
+            )
 
     def done(self) -> set[str]:
         return {r["run_id"] for r in self.read()}
@@ -365,8 +401,8 @@ class RunStore:
         self.written += 1
 
     def read(self) -> list[dict]:
-        """Every valid stored record, in file-name order."""
-        return read_runs(self.dir, self.REQUIRED)
+        """Every valid stored record, in file-name order (of the run list, when it is known)."""
+        return read_runs(self.dir, self.REQUIRED, self.planned)
 
 
 REJECTED = "rejected"
@@ -406,7 +442,7 @@ def _finite(obj, where: str, bad: list):
     return obj
 
 
-def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
+def read_runs(folder, required=RunStore.REQUIRED, planned=None) -> list[dict]:
     """The valid records under ``folder/runs/``, in file-name order.
 
     A ``*.json`` file that does not parse (a ``NaN`` included), is not an object, lacks a field of
@@ -415,11 +451,12 @@ def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
     not a finished run of this store: it is moved to ``runs/rejected/`` with a warning that names it
     and why (so its run is computed again), never read as one. Records written before the checksum
     and the store key existed are set aside the same way (their runs are recomputed). Other files are
-    ignored. The records come back without their checksum and store key."""
+    ignored. With ``planned`` (the store's run list), a record of a run not in it is set aside too.
+    The records come back without their checksum and store key."""
     out, key, legacy = [], store_key(folder), []
     for path in sorted(Path(folder, "runs").glob("*.json")):
         try:
-            rec = json.loads(path.read_text(), parse_constant=_no_nonfinite)
+            rec = loads_strict(path.read_text())
             why = None if isinstance(rec, dict) else "it is not a JSON object"
         except (OSError, UnicodeDecodeError, ValueError) as e:
             rec, why = None, f"it does not parse ({type(e).__name__}: {e})"
@@ -429,6 +466,8 @@ def read_runs(folder, required=RunStore.REQUIRED) -> list[dict]:
                 why = f"it lacks the fields {missing}"
             elif rec["run_id"] != path.stem:
                 why = f"it holds the run id {rec['run_id']!r}"
+            elif planned is not None and rec["run_id"] not in planned:
+                why = "its run is not in this store's run list"
             elif RECORD_SHA256 not in rec or STORE_KEY not in rec:
                 legacy.append(path)
                 continue

@@ -221,17 +221,23 @@ def is_complete(folder: str | Path) -> bool:
 
 
 def stored_config(folder: str | Path) -> SweepConfig:
-    """The configuration a sweep store's ``config.json`` records."""
-    config = read_config(folder)
+    """The configuration a sweep store's ``config.json`` records, checked against the key its folder is
+    named for (an altered ``config.json`` is one line naming it)."""
+    config, path = read_config(folder), Path(folder) / "config.json"
     try:
-        return SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        config = SweepConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
     except (TypeError, ValueError) as e:
-        raise IntegrityError(f"{Path(folder) / 'config.json'}: not a sweep's configuration ({e})") from None
+        raise IntegrityError(f"{path}: not a sweep's configuration ({e})") from None
+    if not Path(folder).name.endswith(f"-{config.key()}"):
+        raise IntegrityError(f"{path}: does not hash to its folder's name (the file was altered)")
+    return config
 
 
 def load_records(folder: str | Path) -> list[dict]:
-    """Every run record stored under ``folder`` (a sweep store folder), sorted by method, p, seed."""
-    return sorted_records(read_runs(folder, SweepStore.REQUIRED))
+    """Every run record stored under ``folder`` (a sweep store folder) of its configuration's run list
+    (another run's record is set aside), sorted by method, p, seed."""
+    planned = [run_id for run_id, _, _ in sweep_members(stored_config(folder))]
+    return sorted_records(read_runs(folder, SweepStore.REQUIRED, planned))
 
 
 def sorted_records(records: list[dict]) -> list[dict]:
@@ -319,6 +325,7 @@ def run_sweep(
     store = SweepStore(store_root, config)
     done, members = store.done(), sweep_members(config)
     store.planned = [run_id for run_id, _, _ in members]
+    store.fix_chunk(options.chunk_or(CHUNK))
     chunks = pending_chunks(members, options.chunk_or(CHUNK), done, shard=options.shard)
     xt, yt = tensors["target_train"]
     steps = config.finetune_epochs * -(-xt.shape[0] // config.batch_size)

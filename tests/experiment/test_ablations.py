@@ -333,5 +333,5 @@ def test_run_ablations_checks_the_studies_and_chunks_by_run_options(toy, tmp_pat
     many = dataclasses.replace(cfg, restarts=20)  # 20 runs of the first ensemble's one setting (wdecay to 0)
     for options, want in ((CPU, 16), (RunOptions(device="cpu", chunk=5, progress=False), 5)):
         with pytest.raises(KeyboardInterrupt):
-            A.run_small_data(tmp_path, many, tensors, w_pre, options)
+            A.run_small_data(tmp_path / str(want), many, tensors, w_pre, options)  # a store per size
         assert sizes[-1] == want

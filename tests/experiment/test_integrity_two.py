@@ -287,7 +287,7 @@ def test_a_folder_option_naming_a_file_exits_2_before_any_work(argv, tmp_path, c
     monkeypatch.setattr(sweep, "run_experiment", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
-    assert e.value.code == 2 and "FILE: a file, not a folder" in capsys.readouterr().err
+    assert e.value.code == 2 and "FILE is a file, not a folder" in capsys.readouterr().err
 
 
 def test_figures_says_when_the_results_folder_is_missing(tmp_path, capsys, monkeypatch):
@@ -304,3 +304,84 @@ def test_data_leaves_no_empty_folders_behind_when_it_fails(tmp_path, capsys, mon
     monkeypatch.setattr(data, "prepare", fails)
     assert cli.main(["data", "--data-root", str(tmp_path / "nope" / "deeper")]) == 1
     assert not (tmp_path / "nope").exists() and "no route to the data" in capsys.readouterr().err
+
+
+# ------------------------------------------- what an adversarial tester found after the fixes above
+
+
+def test_a_resume_or_shard_with_another_chunk_size_is_refused(config, reference, tmp_path):
+    _, tensors, w_pre = reference
+    store = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)  # ensembles of 4
+    (store.runs / "mixout-p0.30-seed1.json").unlink()
+    other = RunOptions(device="cpu", chunk=5, workers=1, progress=False)
+    with pytest.raises(
+        ValueError, match="trained in ensembles of 4, this command asks for 5: rerun with --chunk 4"
+    ):
+        sweep.run_sweep(tmp_path, config, tensors, w_pre, other)
+    assert sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS).written == 1
+
+
+def test_an_edited_config_is_one_line_and_loses_no_run(config, reference, tmp_path):
+    want, tensors, w_pre = reference
+    store = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)
+    path = store.dir / "config.json"
+    good = path.read_text()
+    path.write_text(good.replace('"lr_finetune": 5e-05', '"lr_finetune": 0.5'))
+    with pytest.raises(IntegrityError, match="lr_finetune differ from the configuration the folder is named"):
+        sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)
+    with pytest.raises(IntegrityError, match="does not hash to its folder's name"):
+        sweep.load_records(store.dir)  # what figures and compare read
+    assert len(list(store.runs.glob("*.json"))) == 10 and not (store.runs / REJECTED).exists()  # none lost
+    path.write_text(good)
+    assert _rows(sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)) == want
+
+
+def test_a_number_too_large_for_a_float_is_refused_like_nan(tmp_path):
+    store = _stores(tmp_path)["sweep"]
+    path = store.runs / "n300-mixout0.5-r0.json"
+    path.write_text(path.read_text().replace('"source_val_acc": 0.5', '"source_val_acc": 1e400'))
+    with pytest.warns(RejectedRecordWarning, match="1e400 is not a finite number"):
+        assert store.done() == {"n300-mixout0.5-r1"}
+    folder = tmp_path / "export"
+    shutil.copytree(project_dir("docs") / "results" / "figure2-paper-stand-in", folder)
+    meta = folder / "meta.json"
+    meta.write_text(meta.read_text().replace('"batch_size": 32', '"batch_size": 1e400'))
+    with pytest.raises(IntegrityError, match="not a finite number"):
+        checked_meta(folder, ["runs.csv"], "export again")
+    meta.write_text("[" * 100_000)
+    with pytest.raises(IntegrityError, match="nested too deeply"):
+        checked_meta(folder, ["runs.csv"], "export again")
+
+
+def test_a_record_outside_the_run_list_is_set_aside(config, reference, tmp_path):
+    want, tensors, w_pre = reference
+    store = sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)
+    planted = json.loads((store.runs / "mixout-p0.30-seed0.json").read_text())
+    planted.update(run_id="mixout-p0.30-seed9", seed=9, target_test_acc=0.1)
+    store.write(planted)  # checksum and store key as the store writes them: only the run list tells
+    with pytest.warns(RejectedRecordWarning, match="not in this store's run list"):
+        assert len(sweep.load_records(store.dir)) == 10
+    assert _rows(sweep.run_sweep(tmp_path, config, tensors, w_pre, OPTIONS)) == want
+
+
+@pytest.mark.parametrize("how", ["--out", "MIXOUT_FIGURES", "--data-root"])
+def test_a_folder_below_a_file_exits_2_before_any_work(how, tmp_path, capsys, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    monkeypatch.setattr(sweep, "run_experiment", lambda *a, **k: pytest.fail("work started"))
+    argv = ["reproduce", "--profile", "smoke", "--results", str(tmp_path / "r")]
+    if how.startswith("--"):
+        argv += [how, str(tmp_path / "afile" / "sub")]
+    else:
+        monkeypatch.setenv(how, str(tmp_path / "afile"))
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and f"{tmp_path / 'afile'} is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_shard_is_ascii_digits():
+    from mixout_theory.experiment.shard import Shard
+
+    with pytest.raises(ValueError, match="K/N"):
+        Shard.parse("١/٢")
+    with pytest.raises(ValueError, match="K/N"):
+        Shard.parse(" 1/2")

@@ -2,6 +2,7 @@
 records (tests/experiment/conftest.py): the panels, their labels and data, the files written. Every
 file goes under tmp_path; figures are matplotlib ``Figure`` objects (Agg, no pyplot state)."""
 
+import dataclasses
 import json
 import os
 import time
@@ -97,8 +98,12 @@ def test_layer_distance_figure(sweep_records):
     np.testing.assert_allclose(_method_lines(axes[3])["dropout"].get_ydata(), [1.5, 2.5, 3.5])  # dist_fc1
 
 
+#: the sweep whose run list the synthetic records of conftest.sweep_records are
+SYNTHETIC_SWEEP = sweep.profile_config("smoke", ps=(0.0, 0.4, 0.8), restarts=3)
+
+
 def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_path):
-    run_store = store.RunStore(tmp_path / "results" / "smoke-stand-in-0123456789ab", {"profile": "smoke"})
+    run_store = sweep.SweepStore(tmp_path / "results", SYNTHETIC_SWEEP)
     for r in sweep_records:
         run_store.write(r)
     out = tmp_path / "figures"
@@ -121,12 +126,14 @@ def test_render_experiment_writes_the_figures_and_the_table(sweep_records, tmp_p
         assert _is_file(p, PNG if p.suffix == ".png" else PDF), p
     assert (folder / "table.md").read_text().count("\n| mixout |") == 3
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths)
-    empty = store.RunStore(tmp_path / "results" / "smoke-stand-in-empty", {})
+    empty = sweep.SweepStore(tmp_path / "results", dataclasses.replace(SYNTHETIC_SWEEP, restarts=2))
     assert exports.render_experiment(empty.dir, out) == []
     # the export reads back: the same records, the tables checked against meta.json
     records, meta = exports.load_figure2(folder)
     assert records == sweep.load_records(run_store.dir)
-    assert meta["config"] == {"profile": "smoke"} and meta["pretrain"] is None
+    assert (
+        meta["config"]["profile"] == "smoke" and meta["config"]["restarts"] == 3 and meta["pretrain"] is None
+    )
     assert meta["claims"]["mixed_distance_decreasing_every_restart"] is True
     with open(folder / "runs.csv", "a") as f:
         f.write("forged\n")
@@ -153,11 +160,11 @@ def test_render_stored_renders_the_newest_sweep_and_the_stored_ablations(
     monkeypatch.setattr(studies, "render_theory_figures", lambda out_dir, **kw: [])
     monkeypatch.setattr(sweep, "is_complete", lambda folder: True)  # synthetic records, not a run list
     results = tmp_path / "results"
-    old = store.RunStore(results / "smoke-stand-in-000000000000", {})
+    old = sweep.SweepStore(results, dataclasses.replace(SYNTHETIC_SWEEP, restarts=1))
     old.write(dict(sweep_records[0], profile="old"))
     past = time.time() - 3600
     os.utime(next(old.runs.glob("*.json")), (past, past))
-    new = store.RunStore(results / "smoke-stand-in-0123456789ab", {})
+    new = sweep.SweepStore(results, SYNTHETIC_SWEEP)
     for r in sweep_records:
         new.write(r)
     cfg = ablations.ablation_config(

@@ -69,7 +69,7 @@ def test_a_fifth_study_gets_the_command_line_shards_and_the_export(registered, t
     assert cli.main([*registered, "--shard", "2/2"]) == 0  # chunks 1 (r4..r7): 4 of 10
     out = capsys.readouterr().out
     assert "runs: 4 computed now, 0 already stored; 4 of 10 in " in out
-    assert "not exported yet: 6 runs of the study are not stored" in out and not (tmp_path / "e").exists()
+    assert "not exported yet: 6 of the study's runs not stored" in out and not (tmp_path / "e").exists()
     assert cli.main([*registered, "--shard", "1/2"]) == 0  # chunks 0 and 2: the other 6, then the export
     out = capsys.readouterr().out
     assert "runs: 6 computed now, 4 already stored; 10 of 10 in " in out and "wrote 2 files to " in out

@@ -234,5 +234,5 @@ def test_run_sweep_takes_its_ensemble_size_and_workers_from_run_options(tmp_path
     )
     for options, want in cases:
         with pytest.raises(KeyboardInterrupt):
-            sweep.run_sweep(tmp_path, cfg, tensors, {}, options)
+            sweep.run_sweep(tmp_path / str(want[0]), cfg, tensors, {}, options)  # a store per chunk size
         assert seen[-1] == want
