@@ -4,12 +4,14 @@ A study (Figure 2's sweep, the ablations, Theorem 1 on the network, the fidelity
 its own: its name and command, its profile sizes, how it computes its runs from a :class:`Context`,
 how it exports its tables and figures and reads them back, and what its command prints.
 :mod:`~mixout_theory.experiment.studies` holds the registry and does, once for all studies, what is
-the same for each: the command line with its shared options, exporting only when every run is
-stored, and showing the user's results, else the committed ones, else computing them.
+the same for each: exporting only when every run is stored, and re-rendering what is stored; the
+command line (:mod:`mixout_theory.cli`) builds each study's command with the shared options from the
+registry, and :mod:`~mixout_theory.experiment.shown` shows the user's results, else the committed
+ones, else computes them.
 
 A study's runs are stored as they finish (:class:`~mixout_theory.experiment.store.RunStore`), in
 ensembles fixed by its whole run list (:func:`~mixout_theory.experiment.store.pending_chunks`). A
-:class:`~mixout_theory.experiment.store.Shard` ``K/N`` computes the chunks whose index is ``K - 1``
+:class:`~mixout_theory.experiment.shard.Shard` ``K/N`` computes the chunks whose index is ``K - 1``
 modulo ``N``: the same ensembles as an unsharded run, so the same numbers bit for bit, and ``N``
 shards together compute every chunk.
 """
