@@ -366,7 +366,7 @@ class RunStore:
                 f"{self.dir / 'config.json'}: {', '.join(changed)} differ from the configuration the "
                 "folder is named for (the file was altered): move the folder away and rerun"
             )
-        self.key = store_key(self.dir)
+        self.key = store_key(self.dir, stored)
 
     def fix_chunk(self, size: int) -> None:
         """Record the ensemble size this store's runs are trained in (``chunk.json``), or refuse another:
@@ -416,10 +416,13 @@ def read_config(folder) -> dict:
     return read_json_object(Path(folder) / "config.json", remedy)
 
 
-def store_key(folder) -> str:
+def store_key(folder, config: dict | None = None) -> str:
     """The key a store stamps on its records: the hash of its folder's name and its ``config.json``
-    (configuration, data and ``w_pre`` fingerprints), so a record copied from another store is refused."""
-    return config_hash({"folder": Path(folder).name, "config": read_config(folder)})
+    (configuration, data and ``w_pre`` fingerprints; ``config``: its content when already read), so
+    a record copied from another store is refused."""
+    return config_hash(
+        {"folder": Path(folder).name, "config": read_config(folder) if config is None else config}
+    )
 
 
 def _record_sha256(record: dict) -> str:

@@ -216,8 +216,8 @@ def is_figure2_store(folder: str | Path) -> bool:
 
 def is_complete(folder: str | Path) -> bool:
     """Whether a sweep store holds every run of its configuration's run list (no shard still missing)."""
-    done = {r["run_id"] for r in load_records(folder)}
-    return all(run_id in done for run_id, _, _ in sweep_members(stored_config(folder)))
+    planned = _run_list(folder)
+    return len(read_runs(folder, SweepStore.REQUIRED, planned)) == len(planned)  # only planned runs count
 
 
 def stored_config(folder: str | Path) -> SweepConfig:
@@ -236,8 +236,12 @@ def stored_config(folder: str | Path) -> SweepConfig:
 def load_records(folder: str | Path) -> list[dict]:
     """Every run record stored under ``folder`` (a sweep store folder) of its configuration's run list
     (another run's record is set aside), sorted by method, p, seed."""
-    planned = [run_id for run_id, _, _ in sweep_members(stored_config(folder))]
-    return sorted_records(read_runs(folder, SweepStore.REQUIRED, planned))
+    return sorted_records(read_runs(folder, SweepStore.REQUIRED, _run_list(folder)))
+
+
+def _run_list(folder) -> list[str]:
+    """The run ids of a sweep store's whole run list, from its (checked) configuration."""
+    return [run_id for run_id, _, _ in sweep_members(stored_config(folder))]
 
 
 def sorted_records(records: list[dict]) -> list[dict]:
@@ -327,23 +331,11 @@ def run_sweep(
     store.planned = [run_id for run_id, _, _ in members]
     store.fix_chunk(options.chunk_or(CHUNK))
     chunks = pending_chunks(members, options.chunk_or(CHUNK), done, shard=options.shard)
-    xt, yt = tensors["target_train"]
-    steps = config.finetune_epochs * -(-xt.shape[0] // config.batch_size)
+    steps = config.finetune_epochs * -(-tensors["target_train"][0].shape[0] // config.batch_size)
     bar = engine.member_step_bar(options.progress, sum(map(len, chunks)) * steps, f"sweep ({config.profile})")
     for part in chunks:
-        result = engine.train_ensemble(
-            w_pre,
-            [m for _, _, m in part],
-            xt,
-            yt,
-            epochs=config.finetune_epochs,
-            lr=config.lr_finetune,
-            batch_size=config.batch_size,
-            warmup=config.warmup,
-            target=w_pre,
-            device=options.device,
-            workers=options.n_workers,
-            progress=bar if bar is not None else False,
+        result = finetune(
+            config, w_pre, [m for _, _, m in part], tensors, options, bar if bar is not None else False
         )
         for record in _records(part, result, w_pre, tensors, config, source_name, options.device):
             if record["run_id"] not in done:
@@ -352,6 +344,27 @@ def run_sweep(
         bar.close()
     store.export_csv()
     return store
+
+
+def finetune(config: SweepConfig, w_pre: dict, members: list, tensors: dict, options: RunOptions, progress):
+    """One ensemble of ``members`` finetuning ``w_pre`` on the target training split with the sweep's
+    protocol (Supplement C.1: Adam, ``lr_finetune``, batch 32, warm-up then linear decay); mixout
+    mixes towards ``w_pre``. The result of :func:`engine.train_ensemble`."""
+    xt, yt = tensors["target_train"]
+    return engine.train_ensemble(
+        w_pre,
+        members,
+        xt,
+        yt,
+        epochs=config.finetune_epochs,
+        lr=config.lr_finetune,
+        batch_size=config.batch_size,
+        warmup=config.warmup,
+        target=w_pre,
+        device=options.device,
+        workers=options.n_workers,
+        progress=progress,
+    )
 
 
 def _records(part, result, w_pre, tensors, config, source_name, device) -> list[dict]:

@@ -290,26 +290,11 @@ def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
         if f["method"] == "mixout" and f["seed"] == config.restart and f["p"] in config.ps
     }
     kept = {rid: store.load_weights(rid) for rid in runs}
-    missing = [rid for rid, w in kept.items() if w is None]
-    todo = list(runs) if missing else []
-    if todo:
-        xt, yt = tensors["target_train"]
-        result = engine.train_ensemble(
-            w_pre,
-            [runs[r] for r in todo],
-            xt,
-            yt,
-            epochs=sweep_cfg.finetune_epochs,
-            lr=sweep_cfg.lr_finetune,
-            batch_size=sweep_cfg.batch_size,
-            warmup=sweep_cfg.warmup,
-            target=w_pre,
-            device=options.device,
-            workers=options.n_workers,
-            progress="finetune (mixout, one restart)" if options.progress else False,
-        )
-        for e, rid in enumerate(todo):
-            if rid in missing:
+    if any(w is None for w in kept.values()):
+        progress = "finetune (mixout, one restart)" if options.progress else False
+        result = sweep.finetune(sweep_cfg, w_pre, list(runs.values()), tensors, options, progress)
+        for e, rid in enumerate(runs):
+            if kept[rid] is None:
                 kept[rid] = {k: v[e] for k, v in result.params.items()}
                 store.save_weights(rid, kept[rid])
     return {p: kept[f"mixout-p{p:.2f}-seed{config.restart}"] for p in config.ps}
