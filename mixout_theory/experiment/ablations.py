@@ -1,13 +1,12 @@
-"""Ablations: the paper's BERT / GLUE questions asked on the EMNIST Digits -> MNIST setting.
-
-Reference: C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetune Large-scale
-Pretrained Language Models", ICLR 2020 (arXiv:1909.11299): the questions of its BERT-LARGE / GLUE
-experiments (20 restarts per setting, degenerate runs, Table 3's new output layer). Every run
-uses the batched engine (:func:`mixout_theory.experiment.engine.train_ensemble`) from the sweep's cached
-``w_pre`` (:func:`mixout_theory.experiment.pretraining.pretrain`), with the finetuning protocol of
+"""Ablations: the paper's BERT / GLUE questions (20 restarts per setting, degenerate runs, Table 3's
+new output layer; C. Lee, K. Cho, W. Kang, "Mixout: Effective Regularization to Finetune Large-scale
+Pretrained Language Models", ICLR 2020, arXiv:1909.11299) asked on EMNIST Digits -> MNIST. Every run
+trains in the batched engine (:func:`mixout_theory.experiment.engine.train_ensemble`) from the sweep's
+cached ``w_pre`` (:func:`mixout_theory.experiment.pretraining.pretrain`), with the protocol of
 Supplement C.1 (Adam, lr 5e-5, batch 32, 10% warm-up then linear decay to 0).
 
-Studies (each a resumable store under ``results/ablations/``, a table, a figure):
+Studies (each a resumable store under ``results/ablations/`` with a ``context.json``: ``w_pre``'s
+target test accuracy, the source task, the subset checksum; so figures render without training):
 
 * ``small_data`` -- fixed nested target subsets (100, 300, 1,000, 3,000 images), 20 restarts, for the
   usual recipe dropout(0.1) + wdecay(0, 0.01), L2-SP wdecay(w_pre, lambda), mixout(w_pre, p) and
@@ -21,24 +20,21 @@ Studies (each a resumable store under ``results/ablations/``, a table, a figure)
   read backwards): ``m_t = 2 (E L(Phi(w_t)) - L(w_t)) / ((p / (1 - p)) ||w_t - w_pre||^2)`` on the
   mixed weights, at epoch-end checkpoints (:func:`mixout_theory.experiment.effective_l2.effective_l2`).
 
-This module holds the settings and the runners; summaries and the paper's claims are in
-:mod:`~mixout_theory.experiment.report`, the figures and the exported tables in
-:mod:`~mixout_theory.experiment.plots`. Each study's store also holds ``context.json`` (``w_pre``'s
-target test accuracy, the source task, the subset checksum), so figures render without training.
+Summaries and claims: :mod:`~mixout_theory.experiment.report`; figures and exported tables:
+:mod:`~mixout_theory.experiment.plots`.
 
-Step budget: every subset trains for the same number of optimiser steps, that of
-``reference_epochs`` (5) epochs of the ``reference_size`` (3,000) subset, i.e. about 470 steps; the
-3,000-image subset gets exactly the paper's 5 epochs, 100 images get 118 epochs. With lr 5e-5, the
-paper's 5 epochs of 100 images are 20 steps, and the weights can move at most about ``lr * steps``
-each: too little for any regulariser to matter. Fixing steps keeps the regularisers' room to act, and
-the learning-rate schedule, the same for every size.
+Step budget: every subset trains for the steps of ``reference_epochs`` (5) epochs of the
+``reference_size`` (3,000) subset, about 470: 3,000 images get the paper's 5 epochs, 100 images 118.
+The paper's 5 epochs of 100 images would be 20 steps at lr 5e-5, too few for any regulariser to
+matter (the weights move at most about ``lr * steps``); fixed steps keep the regularisers' room to
+act, and the learning-rate schedule, the same for every size.
 
 Pairing: restart ``r`` uses data order ``data_seed = r``, mask stream ``mask_seed = 1000 + r`` and
 (new head) head initialisation seed ``5000 + r`` in every setting and at every size.
 
 Weight decay is *coupled* (the engine adds ``lambda (w - u)`` to the gradient before Adam, on the
-three Linear weights only): it is the gradient of the penalty :func:`mixout_theory.penalty.wdecay`,
-the loss ``L(w) + (lambda / 2) ||w - u||^2`` that Corollary 1.1 compares mixout with.
+three Linear weights only): the gradient of :func:`mixout_theory.penalty.wdecay`, the loss
+``L(w) + (lambda / 2) ||w - u||^2`` that Corollary 1.1 compares mixout with.
 """
 
 from __future__ import annotations
@@ -57,6 +53,7 @@ import torch
 from mixout_theory.experiment import engine, mlp, sweep
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.engine import RunOptions
+from mixout_theory.experiment.pretraining import seeded_index
 from mixout_theory.experiment.store import (
     IntegrityError,
     RunStore,
@@ -213,31 +210,15 @@ class AblationConfig:
     trajectory_eval: int | None = None  # None: the whole training subset is the evaluation batch
     trajectory_mc_seed: int = 7
 
-    COMMON = (
-        "profile",
-        "source",
-        "data",
-        "pretrain",
-        "w_pre",
-        "reference_size",
-        "reference_epochs",
-        "lr",
-        "batch_size",
-        "warmup",
-        "subset_seed",
-        "test_size",
+    COMMON = tuple(
+        "profile source data pretrain w_pre reference_size reference_epochs lr batch_size warmup subset_seed "
+        "test_size".split()
     )
     FIELDS = {
         "small_data": ("sizes", "restarts"),
         "new_head": ("head_sizes", "head_restarts", "head_std"),
-        "trajectory": (
-            "trajectory_size",
-            "trajectory_ps",
-            "trajectory_restarts",
-            "trajectory_every",
-            "trajectory_samples",
-            "trajectory_eval",
-            "trajectory_mc_seed",
+        "trajectory": tuple(
+            f"trajectory_{k}" for k in ("size", "ps", "restarts", "every", "samples", "eval", "mc_seed")
         ),
     }
 
@@ -285,12 +266,16 @@ def ablation_config(profile: str, **overrides) -> AblationConfig:
     return AblationConfig(profile=profile, **{**profile_sizes(SIZES, profile), **overrides})
 
 
-class AblationStore(RunStore):
-    """``root/ablations/<study>-<profile>-<source>-<key>/``: ``config.json`` and one JSON per run.
+def sweep_ablation_config(profile: str, exp, sweep_cfg, **overrides) -> AblationConfig:
+    """:func:`ablation_config` from the sweep's data and ``w_pre`` (``sweep_cfg``) for ``exp``'s source."""
+    keys = dict(data=sweep_cfg.data, pretrain=sweep_cfg.pretrain_key(), w_pre=sweep_cfg.w_pre)
+    return ablation_config(profile, source=exp.source_key, **keys, **overrides)
 
-    Records are written atomically (temporary file + rename) as each ensemble chunk finishes, so an
-    interrupted study resumes where it stopped and a changed configuration never mixes with old runs.
-    """
+
+class AblationStore(RunStore):
+    """``root/ablations/<study>-<profile>-<source>-<key>/``: ``config.json`` and one JSON per run,
+    written atomically as each ensemble chunk finishes (an interrupted study resumes where it stopped;
+    a changed configuration never mixes with old runs)."""
 
     REQUIRED = ("run_id", "study", "size", "setting", "restart", "test_acc")
 
@@ -342,11 +327,7 @@ def ablation_tensors(exp, config: AblationConfig) -> dict:
     idx = nested_subsets(exp.target.train.x.shape[0], config.pool_sizes(), config.subset_seed)
     xt, yt = exp.target.test.x, exp.target.test.y
     if config.test_size is not None and config.test_size < xt.shape[0]:
-        keep = (
-            torch.randperm(xt.shape[0], generator=torch.Generator().manual_seed(5))[: config.test_size]
-            .sort()
-            .values
-        )
+        keep = seeded_index(xt.shape[0], config.test_size, 5)
         xt, yt = xt[keep], yt[keep]
     return {"pool": (exp.target.train.x[idx], exp.target.train.y[idx]), "index": idx, "test": (xt, yt)}
 
@@ -370,13 +351,7 @@ def head_init(restart: int, std: float = mlp.INIT_STD, sizes=mlp.SIZES) -> dict:
 # training the studies
 
 
-def _run_id(item) -> str:
-    return item[-2]["run_id"]
-
-
-def _fields(
-    setting: Setting, order: int, size: int, restart: int, config: AblationConfig, study: str
-) -> dict:
+def _fields(setting: Setting, order: int, size: int, restart: int, config, study: str) -> dict:
     return {
         "run_id": f"n{size}-{setting.name}-r{restart}",
         "study": study,
@@ -393,28 +368,63 @@ def _fields(
     }
 
 
-def _finish(store, part, result, tensors, w_pre, device, reference_fc3=None, done=frozenset()) -> None:
-    ev = engine.evaluate(result.params, *tensors["test"])
-    dist = mlp.squared_distances(result.params, w_pre)
-    env = run_env(device)
-    for e, (fields, _) in enumerate(part):
-        rec = dict(fields)
-        rec.update(
-            test_acc=float(ev["acc"][e]),
-            test_loss=float(ev["loss"][e]),
-            train_loss=float(result.train_loss[e]),
-            steps=result.steps,
-            chunk_seconds=result.seconds,
-            chunk_members=len(part),
-            **env,
-        )
-        rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
-        if reference_fc3 is not None:
-            rec["dist_fc3_w0"] = float(
-                (result.params["fc3.weight"][e] - reference_fc3[e]).double().pow(2).sum()
-            )
-        if rec["run_id"] not in done:  # a half-stored chunk is retrained whole; its stored records stay
-            store.write(rec)
+def _train(config: AblationConfig, init, members, x, y, epochs: int, options: RunOptions, progress, **kw):
+    """:func:`engine.train_ensemble` with the finetuning protocol of ``config`` (lr, batch, warm-up)."""
+    return engine.train_ensemble(
+        init,
+        members,
+        x,
+        y,
+        epochs=epochs,
+        lr=config.lr,
+        batch_size=config.batch_size,
+        warmup=config.warmup,
+        device=options.device,
+        workers=options.n_workers,
+        progress=progress,
+        **kw,
+    )
+
+
+def _run_chunks(study, store_root, config, todo, tensors, w_pre, options, start) -> AblationStore:
+    """Train every chunk of ``todo`` (``(key, fields, member)``, ``key[0]`` the subset size) that holds
+    a run not yet stored, one ensemble each, and write its missing records. ``start(key, fields)``
+    gives the ensemble's ``init``, its further :func:`engine.train_ensemble` arguments and the new
+    head's ``w_0`` (or ``None``)."""
+    store = AblationStore(store_root, study, config)
+    done = store.done()
+    store.planned = [f["run_id"] for _, f, _ in todo]
+    store.fix_chunk(options.chunk_or(CHUNK))
+    plan = pending_chunks(
+        todo, options.chunk_or(CHUNK), done, lambda t: t[1]["run_id"], options.shard, group=lambda t: t[0]
+    )
+    steps = sum(
+        len(c) * epochs_for(c[0][0][0], config) * math.ceil(c[0][0][0] / config.batch_size) for c in plan
+    )
+    label = f"{study.replace('_', ' ')} ({config.profile})"
+    bar = engine.member_step_bar(options.progress, steps, label, leave=False)
+    for chunk in plan:
+        key, part = chunk[0][0], [f for _, f, _ in chunk]
+        x, y = _subset(tensors, key[0])
+        epochs = epochs_for(key[0], config)
+        init, kw, w_0 = start(key, part)
+        members = [m for _, _, m in chunk]
+        result = _train(config, init, members, x, y, epochs, options, bar if bar is not None else False, **kw)
+        ev = engine.evaluate(result.params, *tensors["test"])
+        dist = mlp.squared_distances(result.params, w_pre)
+        run = dict(epochs=epochs, steps=result.steps, chunk_seconds=result.seconds, chunk_members=len(part))
+        run.update(run_env(options.device))
+        for e, fields in enumerate(part):
+            scores = dict(test_acc=float(ev["acc"][e]), test_loss=float(ev["loss"][e]))
+            rec = dict(fields, **scores, train_loss=float(result.train_loss[e]), **run)
+            rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
+            if w_0 is not None:
+                rec["dist_fc3_w0"] = float((result.params["fc3.weight"][e] - w_0[e]).double().pow(2).sum())
+            if rec["run_id"] not in done:  # a half-stored chunk is retrained whole; its stored records stay
+                store.write(rec)
+    if bar is not None:
+        bar.close()
+    return store
 
 
 def run_small_data(
@@ -423,13 +433,10 @@ def run_small_data(
     """Study 1: every (size, setting, restart) of :data:`SMALL_DATA_SETTINGS` not yet stored.
 
     Settings that decay towards the origin and towards ``w_pre`` train in separate ensembles (the
-    engine takes one ``wdecay_target``); each ensemble writes its records when it finishes. Ensembles
-    hold at most ``options.chunk`` members (:data:`CHUNK` by default): on the 2-core development
-    machine a member-step cost about 0.85 ms up to 20 members and about twice that from 24 members on
-    (the stacked state outgrows the CPU cache), so small ensembles are faster.
+    engine takes one ``wdecay_target``). Ensembles hold at most ``options.chunk`` members
+    (:data:`CHUNK` by default): on the 2-core development machine a member-step costs about 0.85 ms up
+    to 20 members and twice that from 24 on (the stacked state outgrows the CPU cache).
     """
-    store = AblationStore(store_root, "small_data", config)
-    done = store.done()
     todo = [
         ((size, group), _fields(s, i, size, r, config, "small_data"), s.member(r))
         for size in config.sizes
@@ -438,39 +445,11 @@ def run_small_data(
         for i, s in enumerate(SMALL_DATA_SETTINGS)
         if (s.group == group or (group == "w_pre" and s.group == "any"))
     ]
-    store.planned = [f["run_id"] for _, f, _ in todo]
-    store.fix_chunk(options.chunk_or(CHUNK))
-    plan = [
-        (*part[0][0], [(f, m) for _, f, m in part])
-        for part in pending_chunks(
-            todo, options.chunk_or(CHUNK), done, _run_id, options.shard, group=lambda t: t[0]
-        )
-    ]
-    steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, _, p in plan)
-    bar = engine.member_step_bar(options.progress, steps, f"small data ({config.profile})", leave=False)
-    for size, group, part in plan:
-        x, y = _subset(tensors, size)
-        result = engine.train_ensemble(
-            w_pre,
-            [m for _, m in part],
-            x,
-            y,
-            epochs=epochs_for(size, config),
-            lr=config.lr,
-            batch_size=config.batch_size,
-            warmup=config.warmup,
-            target=w_pre,
-            wdecay_target=w_pre if group == "w_pre" else None,
-            device=options.device,
-            workers=options.n_workers,
-            progress=bar if bar is not None else False,
-        )
-        for fields, _ in part:
-            fields["epochs"] = epochs_for(size, config)
-        _finish(store, part, result, tensors, w_pre, options.device, done=done)
-    if bar is not None:
-        bar.close()
-    return store
+
+    def start(key, part):
+        return w_pre, dict(target=w_pre, wdecay_target=w_pre if key[1] == "w_pre" else None), None
+
+    return _run_chunks("small_data", store_root, config, todo, tensors, w_pre, options, start)
 
 
 def run_new_head(
@@ -481,53 +460,41 @@ def run_new_head(
     Restart ``r`` starts from ``w_pre`` with the new head :func:`head_init` ``(r)`` in every setting;
     mixout of fc3 mixes towards that restart's own ``w_0`` (a stacked, per-member target).
     """
-    store = AblationStore(store_root, "new_head", config)
-    done = store.done()
     todo = [
-        (size, _fields(s, i, size, r, config, "new_head"), s.member(r))
+        ((size,), dict(_fields(s, i, size, r, config, "new_head"), head_seed=HEAD_SEED0 + r), s.member(r))
         for size in config.head_sizes
         for r in range(config.head_restarts)
         for i, s in enumerate(HEAD_SETTINGS)
     ]
-    store.planned = [f["run_id"] for _, f, _ in todo]
-    store.fix_chunk(options.chunk_or(CHUNK))
-    plan = [
-        (part[0][0], [(f, m) for _, f, m in part])
-        for part in pending_chunks(
-            todo, options.chunk_or(CHUNK), done, _run_id, options.shard, group=lambda t: t[0]
-        )
-    ]
-    steps = sum(len(p) * epochs_for(s, config) * math.ceil(s / config.batch_size) for s, p in plan)
-    bar = engine.member_step_bar(options.progress, steps, f"new head ({config.profile})", leave=False)
-    for size, part in plan:
-        x, y = _subset(tensors, size)
+
+    def start(key, part):
         init = mlp.stack(w_pre, len(part))
-        heads = [head_init(f["restart"], config.head_std) for f, _ in part]
+        heads = [head_init(f["restart"], config.head_std) for f in part]
         init["fc3.weight"] = torch.stack([h["fc3.weight"] for h in heads])
         init["fc3.bias"] = torch.stack([h["fc3.bias"] for h in heads])
         target = {"fc2.weight": w_pre["fc2.weight"], "fc3.weight": init["fc3.weight"].clone()}
-        result = engine.train_ensemble(
-            init,
-            [m for _, m in part],
-            x,
-            y,
-            epochs=epochs_for(size, config),
-            lr=config.lr,
-            batch_size=config.batch_size,
-            warmup=config.warmup,
-            target=target,
-            device=options.device,
-            workers=options.n_workers,
-            progress=bar if bar is not None else False,
-        )
-        for fields, _ in part:
-            fields.update(epochs=epochs_for(size, config), head_seed=HEAD_SEED0 + fields["restart"])
-        _finish(
-            store, part, result, tensors, w_pre, options.device, reference_fc3=target["fc3.weight"], done=done
-        )
-    if bar is not None:
-        bar.close()
-    return store
+        return init, dict(target=target), target["fc3.weight"]
+
+    return _run_chunks("new_head", store_root, config, todo, tensors, w_pre, options, start)
+
+
+def trajectory_runs(config: AblationConfig, tensors, w_pre, members, options, marks, measure, progress):
+    """``(result, n_eval)``: ``members`` trained from ``w_pre`` (mixout's target) on the first
+    ``trajectory_size`` pool images, with ``measure(e, params_e, x_eval, y_eval, epoch, step)`` for
+    each member after each epoch in ``marks`` (1-based), on the first ``trajectory_eval`` images."""
+    size = config.trajectory_size
+    x, y = _subset(tensors, size)
+    n_eval = size if config.trajectory_eval is None else min(config.trajectory_eval, size)
+    spe = math.ceil(size / config.batch_size)
+
+    def on_epoch_end(epoch, params):
+        if epoch + 1 in marks:
+            for e in range(len(members)):
+                one = {k: v[e].detach().cpu() for k, v in params.items()}
+                measure(e, one, x[:n_eval], y[:n_eval], epoch + 1, (epoch + 1) * spe)
+
+    kw = dict(target=w_pre, on_epoch_end=on_epoch_end)
+    return _train(config, w_pre, members, x, y, epochs_for(size, config), options, progress, **kw), n_eval
 
 
 def run_trajectory(
@@ -535,101 +502,51 @@ def run_trajectory(
 ) -> AblationStore:
     """Study 3: mixout(w_pre, p) runs on ``trajectory_size`` images, :func:`effective_l2` at epoch ends.
 
-    Checkpoints: the first epoch, every ``trajectory_every``-th epoch and the last. The evaluation
-    batch is the first ``trajectory_eval`` images of the training subset (all of it by default), so
-    ``L`` is the training loss being minimised; the Monte Carlo masks are the same at every checkpoint
-    (seed ``trajectory_mc_seed``), so the curve's wiggles are not mask noise. One record per run;
-    all runs train as one ensemble (``options.chunk`` does not apply).
+    Checkpoints: the first epoch, every ``trajectory_every``-th epoch and the last. ``L`` is the
+    training loss being minimised (:func:`trajectory_runs`); the Monte Carlo masks are the same at
+    every checkpoint (seed ``trajectory_mc_seed``), so the curve's wiggles are not mask noise. One
+    record per run; all runs train as one ensemble (``options.chunk`` does not apply).
     """
     store = AblationStore(store_root, "trajectory", config)
     done = store.done()
-    size = config.trajectory_size
-    settings = [Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p) for p in config.trajectory_ps]
+    size, ps = config.trajectory_size, config.trajectory_ps
+    settings = [Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p) for p in ps]
     todo = [
         (_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
         for r in range(config.trajectory_restarts)
-        for i, (s, p) in enumerate(zip(settings, config.trajectory_ps, strict=False))
+        for i, (s, p) in enumerate(zip(settings, ps, strict=False))
     ]
-    store.planned = [t[0]["run_id"] for t in todo]
-    if all(t[0]["run_id"] in done for t in todo) or not options.owns(0):
-        return (
-            store  # else all runs train again as one ensemble (bit for bit); only missing records are written
-        )
-    x, y = _subset(tensors, size)
-    n_eval = size if config.trajectory_eval is None else min(config.trajectory_eval, size)
-    xe, ye = x[:n_eval], y[:n_eval]
+    store.planned = [f["run_id"] for f, _, _ in todo]
+    if all(f["run_id"] in done for f, _, _ in todo) or not options.owns(0):
+        return store  # else all runs train again as one ensemble (bit for bit); only missing ones are written
     epochs = epochs_for(size, config)
-    spe = math.ceil(size / config.batch_size)
-    marks = {0, epochs - 1} | {e for e in range(epochs) if (e + 1) % config.trajectory_every == 0}
+    marks = {1, epochs} | {e for e in range(1, epochs + 1) if e % config.trajectory_every == 0}
     checkpoints = [[] for _ in todo]
-    bar = engine.member_step_bar(
-        options.progress, len(todo) * epochs * spe, f"trajectory ({config.profile})", leave=False
-    )
+    steps = len(todo) * epochs * math.ceil(size / config.batch_size)
+    bar = engine.member_step_bar(options.progress, steps, f"trajectory ({config.profile})", leave=False)
+    mc = dict(n_samples=config.trajectory_samples, generator=config.trajectory_mc_seed)
 
-    def on_epoch_end(epoch, params):
-        if epoch not in marks:
-            return
-        for e, (_, _, p) in enumerate(todo):
-            one = {k: v[e].detach().cpu() for k, v in params.items()}
-            est = effective_l2(
-                one,
-                w_pre,
-                p,
-                xe,
-                ye,
-                n_samples=config.trajectory_samples,
-                generator=config.trajectory_mc_seed,
-            )
-            checkpoints[e].append(
-                {
-                    "epoch": epoch + 1,
-                    "step": (epoch + 1) * spe,
-                    "loss": est.loss,
-                    "dist2": est.dist2,
-                    "penalty": est.penalty.mean,
-                    "penalty_se": est.penalty.se,
-                    "m": est.m,
-                    "m_lo": est.m_lo,
-                    "m_hi": est.m_hi,
-                    "lam": est.lam,
-                }
-            )
+    def measure(e, one, xe, ye, epoch, step):
+        est = effective_l2(one, w_pre, todo[e][2], xe, ye, **mc)
+        checkpoints[e].append(
+            {"epoch": epoch, "step": step, "penalty": est.penalty.mean, "penalty_se": est.penalty.se}
+            | {k: getattr(est, k) for k in ("loss", "dist2", "m", "m_lo", "m_hi", "lam")}
+        )
 
     t0 = time.perf_counter()
-    result = engine.train_ensemble(
-        w_pre,
-        [m for _, m, _ in todo],
-        x,
-        y,
-        epochs=epochs,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        warmup=config.warmup,
-        target=w_pre,
-        device=options.device,
-        on_epoch_end=on_epoch_end,
-        workers=options.n_workers,
-        progress=bar if bar is not None else False,
+    members = [m for _, m, _ in todo]
+    result, n_eval = trajectory_runs(
+        config, tensors, w_pre, members, options, marks, measure, bar if bar is not None else False
     )
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
     ev = engine.evaluate(result.params, *tensors["test"])
+    run = dict(epochs=epochs, steps=result.steps, eval_size=n_eval, mc_samples=config.trajectory_samples)
     for e, (fields, _, p) in enumerate(todo):
-        rec = dict(
-            fields,
-            p=p,
-            epochs=epochs,
-            steps=result.steps,
-            eval_size=n_eval,
-            mc_samples=config.trajectory_samples,
-            test_acc=float(ev["acc"][e]),
-            seconds=seconds,
-            checkpoints=checkpoints[e],
-            **run_env(options.device),
-        )
         if fields["run_id"] not in done:
-            store.write(rec)
+            rec = dict(fields, p=p, **run, test_acc=float(ev["acc"][e]), seconds=seconds)
+            store.write(dict(rec, checkpoints=checkpoints[e], **run_env(options.device)))
     return store
 
 
@@ -674,14 +591,7 @@ def run_ablations(ctx: Context, studies=STUDIES, **overrides) -> AblationResults
     results, options, t0 = ctx.results_dir, ctx.options, time.perf_counter()
     exp = ctx.experiment()
     sweep_cfg, _, w_pre = sweep.pretrained(results, ctx.profile, exp, options)
-    config = ablation_config(
-        ctx.profile,
-        source=exp.source_key,
-        data=sweep_cfg.data,
-        pretrain=sweep_cfg.pretrain_key(),
-        w_pre=sweep_cfg.w_pre,
-        **overrides,
-    )
+    config = sweep_ablation_config(ctx.profile, exp, sweep_cfg, **overrides)
     tensors = ablation_tensors(exp, config)
     w_pre_acc = float(engine.evaluate(w_pre, *tensors["test"])["acc"][0])
     out = AblationResults(
@@ -703,20 +613,10 @@ def run_ablations(ctx: Context, studies=STUDIES, **overrides) -> AblationResults
     return out
 
 
-def _config_from(folder: Path) -> AblationConfig:
-    """The configuration an ablation store's ``config.json`` records, checked against its folder's name."""
-    config = config_from_dict(read_config(folder))
-    study = folder.name.split("-", 1)[0]
-    if study not in STUDIES or not folder.name.endswith(f"-{config.key(study)}"):
-        raise IntegrityError(
-            f"{folder / 'config.json'}: does not hash to its folder's name (the file was altered)"
-        )
-    return config
-
-
-def config_from_dict(d: dict) -> AblationConfig:
-    names = {f.name for f in dataclasses.fields(AblationConfig)}
-    return AblationConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+def config_from_dict(d: dict, cls=AblationConfig):
+    """A ``cls`` (a frozen dataclass) from its fields in ``d`` (lists as tuples, other keys ignored)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
 
 
 def load_stored(results=None) -> list[AblationResults]:
@@ -731,7 +631,11 @@ def load_stored(results=None) -> list[AblationResults]:
     )
     out, seen = [], set()
     for folder in folders:
-        config = _config_from(folder)
+        config, study = config_from_dict(read_config(folder)), folder.name.split("-", 1)[0]
+        if study not in STUDIES or not folder.name.endswith(f"-{config.key(study)}"):
+            raise IntegrityError(
+                f"{folder / 'config.json'}: does not hash to its folder's name (the file was altered)"
+            )
         if (config.profile, config.source) in seen:
             continue
         seen.add((config.profile, config.source))
@@ -741,11 +645,9 @@ def load_stored(results=None) -> list[AblationResults]:
             raise ValueError(f"{folder / CONTEXT}: the nested subsets do not match their recorded checksum")
         res = AblationResults(config, context["w_pre_test_acc"], context["source_name"], index)
         for study in STUDIES:
-            if not AblationStore.folder(root.parent, study, config).is_dir():
-                continue
-            store = AblationStore(root.parent, study, config)
-            records = store.records()
-            if records:
-                res.stores[study], res.records[study] = store, records
+            if AblationStore.folder(root.parent, study, config).is_dir():
+                store = AblationStore(root.parent, study, config)
+                if records := store.records():
+                    res.stores[study], res.records[study] = store, records
         out.append(res)
     return out

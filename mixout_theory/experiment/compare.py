@@ -82,16 +82,13 @@ def jackknife(records: list[dict], restart_key: str, fn) -> dict[tuple, tuple[ob
     loo = [fn([r for r in records if r.get(restart_key) != k]) for k in restarts]
     out = {}
     for key, value in full.items():
-        if not _is_float(value):
-            out[key] = (value, None)
-            continue
-        vals = np.array([d.get(key, math.nan) for d in loo], dtype=float)
-        if not np.all(np.isfinite(vals)):
-            out[key] = (value, None)
-            continue
-        n = len(vals)
-        se = float(math.sqrt((n - 1) / n * np.sum((vals - vals.mean()) ** 2)))
-        out[key] = (value, se if np.ptp(vals) > 0 else None)  # no restart moves it: no noise estimate
+        se = None
+        if _is_float(value):
+            vals = np.array([d.get(key, math.nan) for d in loo], dtype=float)
+            if np.all(np.isfinite(vals)) and np.ptp(vals) > 0:  # else no restart moves it: no noise estimate
+                n = len(vals)
+                se = float(math.sqrt((n - 1) / n * np.sum((vals - vals.mean()) ** 2)))
+        out[key] = (value, se)
     return out
 
 
@@ -122,52 +119,43 @@ def figure2_values(records: list[dict]) -> dict:
             stats["mixout", ps[-1], "dist_mixed"][0] / stats["none", 0.0, "dist_mixed"][0]
         )
     c = report.figure2_claims(records)
-    for name in ("mixed_distance_decreasing_every_restart", "source_acc_mixout_ge_dropout"):
-        out["claim", ("claim", "", name)] = bool(c[name])
-    return out
+    return out | {("claim", ("claim", "", name)): bool(c[name]) for name in report.FIGURE2_CLAIMS}
 
 
 def _figure2_numbers(records: list[dict]) -> dict:
-    return _numbers([r for r in records if not r.get("failed")], "seed", figure2_values)
+    return _numbers(report.usable(records), "seed", figure2_values)
 
 
-def _fidelity_numbers(runs: list[dict], w_pre_accs: dict) -> dict:
+def _fidelity_numbers(res) -> dict:
     from mixout_theory.experiment import fidelity
 
     def values(recs):
         out = {}
         for v in dict.fromkeys(r["variant"] for r in recs):
             mine = [r for r in recs if r["variant"] == v]
-            out.update(
-                {(kind, (v, *k)): x for (kind, k), x in figure2_values(mine).items() if kind == "level"}
-            )
-            out.update(
-                {("claim", (v, "", name)): float(x) for name, x in fidelity.ours(mine, w_pre_accs[v]).items()}
-            )
+            out |= {(kind, (v, *k)): x for (kind, k), x in figure2_values(mine).items() if kind == "level"}
+            ours = fidelity.ours(mine, res.w_pre_accs[v])
+            out |= {("claim", (v, "", n)): float(x) for n, x in ours.items()}
         return out
 
-    return _numbers([r for r in runs if not r.get("failed")], "seed", values)
+    return _numbers(report.usable(res.runs), "seed", values)
 
 
 def _ablation_numbers(res) -> dict:
-    recs = [dict(r, _study=s) for s in ("small_data", "new_head") for r in res.records.get(s, [])]
+    studies = ("small_data", "new_head")
+    recs = [dict(r, _study=s) for s in studies for r in res.records.get(s, [])]
     traj = report.trajectory_summary(res.records["trajectory"]) if res.records.get("trajectory") else []
 
     def values(rs):
-        small = [r for r in rs if r["_study"] == "small_data"]
-        head = [r for r in rs if r["_study"] == "new_head"]
-        summaries = {
-            "small_data": report.summarise_runs(small, res.w_pre_acc),
-            "new_head": report.summarise_runs(head, res.w_pre_acc),
-        }
+        by = {s: [r for r in rs if r["_study"] == s] for s in studies}
+        summaries = {s: report.summarise_runs(by[s], res.w_pre_acc) for s in studies}
         out = {
             ("level", (s, row["size"], row["setting"], "test_acc")): row["mean"]
             for s, rows in summaries.items()
             for row in rows
         }
-        c = report.claims(summaries["small_data"], summaries["new_head"], traj, small)
-        out.update({("claim", k): v for k, v in _flatten(c)})
-        return out
+        c = report.claims(summaries["small_data"], summaries["new_head"], traj, by["small_data"])
+        return out | {("claim", k): v for k, v in _flatten(c)}
 
     return _numbers(recs, "restart", values)
 
@@ -189,28 +177,23 @@ def _theorem1_numbers(points: list[dict]) -> dict:
     values (loss, second-order penalty, m_eff: no noise estimate). Claims: the ratio Monte Carlo /
     second order per part and p (its 95% interval's half-width / 1.96 as the standard error), and
     whether Corollary 1.1 is vacuous (no positive smallest eigenvalue)."""
-    out = {}
+    out = []
     for r in points:
         if r["part"] not in ("finetuned", "displaced"):
             continue
         key = (r["part"], r["p"])
-        out[(*key, "mc")] = Number((*key, "mc"), "level", r["mc"], r.get("mc_se"))
+        out.append(Number((*key, "mc"), "level", r["mc"], r.get("mc_se")))
         for q in ("loss", "second_order", "m_eff"):
             if _finite(r.get(q)):
-                out[(*key, q)] = Number((*key, q), "level", float(r[q]), None)
+                out.append(Number((*key, q), "level", float(r[q])))
         if _finite(r.get("mc")) and _finite(r.get("second_order")) and r["second_order"]:
-            se = (
-                (r["mc_hi"] - r["mc_lo"]) / (2 * 1.959964) / r["second_order"]
-                if _finite(r.get("mc_hi"))
-                else None
-            )
-            out[(*key, "ratio")] = Number((*key, "ratio"), "claim", r["mc"] / r["second_order"], se)
+            so = r["second_order"]
+            se = (r["mc_hi"] - r["mc_lo"]) / (2 * 1.959964) / so if _finite(r.get("mc_hi")) else None
+            out.append(Number((*key, "ratio"), "claim", r["mc"] / so, se))
     mins = [r["m_min"] for r in points if r["part"] in ("w_pre", "finetuned") and _finite(r.get("m_min"))]
     if mins:
-        out["all", "", "corollary_vacuous"] = Number(
-            ("all", "", "corollary_vacuous"), "claim", max(mins) <= 0.0
-        )
-    return out
+        out.append(Number(("all", "", "corollary_vacuous"), "claim", max(mins) <= 0.0))
+    return {n.key: n for n in out}
 
 
 def _finite(v) -> bool:
@@ -261,38 +244,30 @@ def read(folder) -> Result:
 def _read(f: Path, kind: str) -> Result:
     from mixout_theory.experiment import exports, fidelity, theorem1
 
-    if kind == "figure2":
-        records, meta = exports.load_figure2(f)
-        return Result(
-            "figure2", meta["config"]["profile"], meta["config"]["source"], _figure2_numbers(records), f
-        )
-    if kind == "sweep-store":
-        config = read_config(f)
-        if not isinstance(config, dict) or "ps" not in config:
-            raise CompareError(f"{f}: config.json is not a sweep's configuration")
-        if not sweep.is_figure2_reading(config):
-            raise CompareError(
-                f"{f}: a fidelity variant's sweep, not Figure 2's: compare the fidelity exports"
-            )
-        return Result(
-            "figure2", config["profile"], config["source"], _figure2_numbers(sweep.load_records(f)), f
-        )
-    if kind == "fidelity":
-        res = fidelity.load_fidelity(f)
-        return Result(
-            "fidelity", res.profile, res.runs[0]["source"], _fidelity_numbers(res.runs, res.w_pre_accs), f
-        )
-    if kind == "ablations":
-        res = exports.load_ablations(f)
-        return Result("ablations", res.config.profile, res.config.source, _ablation_numbers(res), f)
-    if kind == "theorem1":
-        points, _, meta = theorem1.load_tables(f)
-        return Result(
-            "theorem1", meta["config"]["profile"], meta["config"]["source"], _theorem1_numbers(points), f
-        )
     if kind in ("ablations-store", "theorem1-store"):
         return _read(_exported_store(f, kind), kind.split("-")[0])
-    raise CompareError(f"{f}: a w_pre-spread export; compare two Figure 2 results and pass it with --spread")
+    if kind == "w_pre-spread":
+        raise CompareError(
+            f"{f}: a w_pre-spread export; compare two Figure 2 results and pass it with --spread"
+        )
+    if kind == "figure2":
+        records, meta = exports.load_figure2(f)
+        return Result(kind, meta["config"]["profile"], meta["config"]["source"], _figure2_numbers(records), f)
+    if kind == "fidelity":
+        res = fidelity.load_fidelity(f)
+        return Result(kind, res.profile, res.runs[0]["source"], _fidelity_numbers(res), f)
+    if kind == "ablations":
+        res = exports.load_ablations(f)
+        return Result(kind, res.config.profile, res.config.source, _ablation_numbers(res), f)
+    if kind == "theorem1":
+        points, _, meta = theorem1.load_tables(f)
+        return Result(kind, meta["config"]["profile"], meta["config"]["source"], _theorem1_numbers(points), f)
+    config = read_config(f)  # a sweep store
+    if not isinstance(config, dict) or "ps" not in config:
+        raise CompareError(f"{f}: config.json is not a sweep's configuration")
+    if not sweep.is_figure2_reading(config):
+        raise CompareError(f"{f}: a fidelity variant's sweep, not Figure 2's: compare the fidelity exports")
+    return Result("figure2", config["profile"], config["source"], _figure2_numbers(sweep.load_records(f)), f)
 
 
 def _exported_store(folder: Path, kind: str) -> Path:
@@ -304,17 +279,16 @@ def _exported_store(folder: Path, kind: str) -> Path:
     out = Path(tempfile.mkdtemp(prefix=f"mixout-compare-{kind}-"))
     if kind == "ablations-store":
         found = [r for r in ablations.load_stored(root) if any(s.dir == folder for s in r.stores.values())]
-        if found:
-            exports.export_ablations(found[0], out)
-            return out
+        export = exports.export_ablations
     else:
         found = [r for r in theorem1.load_stored(root) if r.store.dir == folder]
-        if found:
-            theorem1.export_tables(found[0], out)
-            return out
-    raise CompareError(
-        f"{folder}: not the newest complete store of its study under {root}; compare its export instead"
-    )
+        export = theorem1.export_tables
+    if not found:
+        raise CompareError(
+            f"{folder}: not the newest complete store of its study under {root}; compare its export instead"
+        )
+    export(found[0], out)
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,9 +309,7 @@ class Row:
 
     @property
     def sigmas(self) -> float | None:
-        if self.diff is None or not self.sigma:
-            return None
-        return abs(self.diff) / self.sigma
+        return None if self.diff is None or not self.sigma else abs(self.diff) / self.sigma
 
 
 def spread_taus(folder) -> dict[tuple, float]:
@@ -373,16 +345,15 @@ def compare(a: Result, b: Result, taus: dict | None = None) -> list[Row]:
     rows = []
     for key in [k for k in a.numbers if k in b.numbers]:
         x, y = a.numbers[key], b.numbers[key]
+        diff = sigma = None
         if not (_is_float(x.value) and _is_float(y.value)):
-            rows.append(Row(key, x.kind, x.value, y.value, None, None, x.value == y.value))
-            continue
-        diff = float(y.value) - float(x.value)
-        if x.se is None or y.se is None:
-            rows.append(Row(key, x.kind, x.value, y.value, diff, None, None))
-            continue
-        tau = (taus or {}).get(key, 0.0)
-        sigma = math.sqrt(x.se**2 + y.se**2 + 2 * tau**2)
-        within = abs(diff) <= SIGMAS * sigma if sigma > 0 else diff == 0
+            within = x.value == y.value
+        else:
+            diff, within = float(y.value) - float(x.value), None
+            if x.se is not None and y.se is not None:
+                tau = (taus or {}).get(key, 0.0)
+                sigma = math.sqrt(x.se**2 + y.se**2 + 2 * tau**2)
+                within = abs(diff) <= SIGMAS * sigma if sigma > 0 else diff == 0
         rows.append(Row(key, x.kind, x.value, y.value, diff, sigma, within))
     return rows
 
@@ -392,11 +363,8 @@ def name(study: str, key: tuple) -> str:
     parts = [str(k) for k in key if k != ""]
     if study in ("figure2", "fidelity") and len(key) >= 3:
         *head, p, q = key
-        parts = (
-            [str(h) for h in head if h not in ("", "claim")]
-            + ([f"p={p:g}"] if isinstance(p, float) else [])
-            + [q]
-        )
+        parts = [str(h) for h in head if h not in ("", "claim")]
+        parts += [f"p={p:g}", q] if isinstance(p, float) else [q]
     return f"{study}: " + " ".join(parts)
 
 
@@ -432,10 +400,8 @@ def summary(study: str, rows: list[Row], spread_known: bool) -> str:
     if loose:
         rel = max((abs(r.diff) / max(abs(r.a), 1e-300) for r in loose if r.diff is not None), default=0.0)
         text += f"; not judged (no noise estimate): {len(loose)}, largest relative difference {rel:.2%}"
-    rule = f"|difference| <= {SIGMAS:g} sigma, sigma^2 = se_a^2 + se_b^2" + (
-        " + 2 tau_w_pre^2" if spread_known else ""
-    )
-    return f"{text} (rule: {rule})"
+    tau = " + 2 tau_w_pre^2" if spread_known else ""
+    return f"{text} (rule: |difference| <= {SIGMAS:g} sigma, sigma^2 = se_a^2 + se_b^2{tau})"
 
 
 def agrees(rows: list[Row]) -> bool:
@@ -485,7 +451,5 @@ def against_committed(study: str, folder, profile: str, source: str) -> list[str
             f"compare: no committed {study} results of profile {profile!r}, source {source!r} to compare with"
         ]
     ok, lines = compare_results(ref, read(folder))
-    head = f"compare with the committed results ({ref.where}): " + (
-        "every claim within noise" if ok else "a claim differs"
-    )
-    return [head, *("  " + line for line in lines)]
+    verdict = "every claim within noise" if ok else "a claim differs"
+    return [f"compare with the committed results ({ref.where}): {verdict}", *("  " + line for line in lines)]

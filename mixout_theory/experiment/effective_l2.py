@@ -6,8 +6,7 @@ where no global modulus ``m`` exists, the coefficient that would make it an equa
     ``m(w) = 2 (E L(Phi(w)) - L(w)) / ((p / (1 - p)) ||w - u||^2)``   (norm over the mixed weights),
 
 is measured by :func:`effective_l2` with the library's Monte Carlo estimator
-(:func:`mixout_theory.penalty.empirical_penalty`) and the MLP's own forward (:func:`mlp.hidden1`,
-:func:`mlp.tail`). The ablations' trajectory study follows it along finetuning runs.
+(:func:`mixout_theory.penalty.empirical_penalty`) and the MLP's own forward (:func:`mlp.tail`).
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ __all__ = ["EffectiveL2", "effective_l2"]
 class EffectiveL2:
     """The L2 coefficient that mixout(u, p) implies at one point ``w`` (Corollary 1.1 read backwards).
 
-    ``penalty``: Monte Carlo ``E L(Phi(w)) - L(w)`` (:class:`~mixout_theory.penalty.PenaltyEstimate`),
-    ``dist2 = ||w - u||^2`` over the mixed weights, ``m = 2 penalty / ((p / (1 - p)) dist2)`` (the
-    modulus that would make eq. 9 an equality) with its 95% interval ``(m_lo, m_hi)``, and
+    ``penalty``: Monte Carlo ``E L(Phi(w)) - L(w)``, ``dist2 = ||w - u||^2`` over the mixed weights,
+    ``m = 2 penalty / ((p / (1 - p)) dist2)`` with its 95% interval ``(m_lo, m_hi)``, and
     ``lam = m p / (1 - p) = 2 penalty / dist2``: the lambda of the ``wdecay(u, lambda)`` whose penalty
     equals mixout's at ``w``. ``loss`` is ``L(w)`` on the evaluation batch.
     """
@@ -75,9 +73,9 @@ def effective_l2(
     mixed weights only (Supplement B). Undefined at ``w = u`` (0 / 0): raises ``ValueError``.
 
     ``control_variate=True`` estimates the same expectation from ``L(Phi) - g^T (Phi - w)``, ``g`` the
-    exact gradient of ``L`` at ``w``: the subtracted term has mean exactly 0 (``E Phi = w``, eq. 4),
-    so the estimate stays unbiased, while the first-order noise, which is ``O(||w - u||)`` against a
-    penalty of ``O(||w - u||^2)``, is removed (the residual is second order).
+    exact gradient of ``L`` at ``w``: the subtracted term has mean exactly 0 (``E Phi = w``, eq. 4), so
+    the estimate stays unbiased while its first-order noise, ``O(||w - u||)`` against a penalty of
+    ``O(||w - u||^2)``, is removed.
     """
     if not 0.0 < p < 1.0:
         raise ValueError(f"p must be in (0, 1) for an effective L2 coefficient, got p={p!r}")
@@ -109,15 +107,6 @@ def effective_l2(
             loss, w, u, p, n_samples, level="neuron", generator=generator, batch_size=batch_size
         )
         base = float(tail({k: v.unsqueeze(0) for k, v in w.items()})[0])
-    k = p / (1.0 - p)
-    scale = 2.0 / (k * dist2)
-    return EffectiveL2(
-        p=float(p),
-        loss=base,
-        dist2=dist2,
-        penalty=est,
-        m=scale * est.mean,
-        m_lo=scale * est.lo,
-        m_hi=scale * est.hi,
-        lam=2.0 * est.mean / dist2,
-    )
+    scale = 2.0 / (p / (1.0 - p) * dist2)
+    m, m_lo, m_hi = scale * est.mean, scale * est.lo, scale * est.hi
+    return EffectiveL2(float(p), base, dist2, est, m, m_lo, m_hi, lam=2.0 * est.mean / dist2)

@@ -1,22 +1,14 @@
 """What each study exports (tables with their checksums, figures, reports) and how an export is read back.
 
-Writers (a study's tables and ``meta.json`` with the sha256 of every table, its figures drawn by
-:mod:`~mixout_theory.experiment.plots` from those tables' numbers):
+Writers: :func:`export_experiment` / :func:`render_experiment` (Figure 2's runs, of a set of records or of
+one store), :func:`export_ablations`, :func:`export_theorem1` -- tables, ``meta.json`` with the sha256 of
+every table, figures drawn by :mod:`~mixout_theory.experiment.plots` from those tables' numbers.
 
-* :func:`export_experiment` / :func:`render_experiment` -- Figure 2's runs (of a set of records, of one
-  store);
-* :func:`export_ablations` -- the ablations' tidy and summary CSVs, figures, ``tables.md``;
-* :func:`export_theorem1` -- the Theorem 1 study's tables and figures.
-
-Readers, without the stores (what the committed ``docs/results/`` hold); every table is checked
-against the sha256 its ``meta.json`` records before it is read
-(:func:`~mixout_theory.experiment.store.checked_meta`):
-
-* :func:`load_figure2` -- the run records from ``runs.csv`` and ``meta.json``;
-* :func:`load_ablations` -- the ablations as :class:`~mixout_theory.experiment.ablations.AblationResults`.
-
-The Theorem 1 study reads its own tables (:func:`mixout_theory.experiment.theorem1.load_tables`), the
-fidelity study its own (:func:`mixout_theory.experiment.fidelity.load_fidelity`).
+Readers, without the stores (what the committed ``docs/results/`` hold), every table checked against the
+sha256 its ``meta.json`` records (:func:`~mixout_theory.experiment.store.checked_meta`):
+:func:`load_figure2` (the run records of ``runs.csv`` and ``meta.json``) and :func:`load_ablations`. The
+Theorem 1 and fidelity studies read their own (:func:`~mixout_theory.experiment.theorem1.load_tables`,
+:func:`~mixout_theory.experiment.fidelity.load_fidelity`).
 """
 
 from __future__ import annotations
@@ -25,43 +17,15 @@ from pathlib import Path
 
 import torch
 
-from mixout_theory.experiment import ablations, plots, report, sweep, theorem1
-from mixout_theory.experiment.machine import machines_of
-from mixout_theory.experiment.store import (
-    atomic_write,
-    atomic_write_csv,
-    checked_meta,
-    jsonable,
-    read_csv,
-    run_env,
-    write_meta,
-)
+from mixout_theory.experiment import ablations, plots, report, store, sweep, theorem1
+from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.figures import save_figure
 
-__all__ = [
-    "export_experiment",
-    "render_experiment",
-    "export_ablations",
-    "export_theorem1",
-    "load_figure2",
-    "load_ablations",
-    "RUN_TEXT",
-    "ABLATION_TABLES",
-]
+__all__ = ["export_experiment", "render_experiment", "export_ablations", "export_theorem1"]
+__all__ += ["load_figure2", "load_ablations", "RUN_TEXT", "ABLATION_TABLES"]
 
 #: the columns of the sweep's ``runs.csv`` that are names or hashes, never numbers
-RUN_TEXT = (
-    "run_id",
-    "method",
-    "source",
-    "profile",
-    "config",
-    "device",
-    "mixout_theory",
-    "python",
-    "source_name",
-    "torch",
-)
+RUN_TEXT = tuple("run_id method source profile config device mixout_theory python source_name torch".split())
 #: the run tables of an ablations export, by study
 ABLATION_TABLES = {
     "small_data": "small_data_runs.csv",
@@ -72,42 +36,31 @@ ABLATION_TABLES = {
 
 def load_figure2(folder) -> tuple[list[dict], dict]:
     """``(records, meta)`` of an exported Figure 2 folder, its tables checked against ``meta.json``."""
-    meta = checked_meta(
+    meta = store.checked_meta(
         folder, sweep.EXPORT_TABLES, "export it again from its store (python -m mixout_theory figures)"
     )
-    return sweep.sorted_records(read_csv(Path(folder) / "runs.csv", text=RUN_TEXT)), meta
+    return sweep.sorted_records(store.read_csv(Path(folder) / "runs.csv", text=RUN_TEXT)), meta
 
 
 def load_ablations(folder) -> ablations.AblationResults:
-    """The studies of an exported folder (``*_runs.csv``, ``trajectory.csv``, ``subsets.csv``,
-    ``meta.json``) as :class:`AblationResults`, without the stores: every table is checked against
-    the sha256 in ``meta.json``, setting labels and orders are restored from the settings, and each
-    trajectory run regains its checkpoints. Exports written before ``trajectory_runs.csv`` existed
-    keep only the per-p mean test accuracy of the trajectory runs (``trajectory_summary.csv``); each
-    run then carries that mean, so summaries over restarts are unchanged."""
+    """The studies of an exported folder as :class:`AblationResults`, without the stores: every table
+    checked against ``meta.json``, setting labels and orders restored, each trajectory run with its
+    checkpoints. Exports older than ``trajectory_runs.csv`` keep only the per-p mean test accuracy
+    (``trajectory_summary.csv``): each run carries that mean, so summaries over restarts are unchanged."""
     folder = Path(folder)
-    names = [
-        n
-        for n in (*ABLATION_TABLES.values(), "trajectory_runs.csv", "trajectory_summary.csv", "subsets.csv")
-        if (folder / n).is_file()
-    ]
-    meta = checked_meta(folder, names, "export the studies again (python -m mixout_theory ablations)")
-    settings = {
-        s.name: (i, s.label)
-        for group in (ablations.SMALL_DATA_SETTINGS, ablations.HEAD_SETTINGS)
-        for i, s in enumerate(group)
-    }
-    index = torch.tensor([r["target_train_index"] for r in read_csv(folder / "subsets.csv")])
+    tables = (*ABLATION_TABLES.values(), "trajectory_runs.csv", "trajectory_summary.csv", "subsets.csv")
+    names = [n for n in tables if (folder / n).is_file()]
+    meta = store.checked_meta(folder, names, "export the studies again (python -m mixout_theory ablations)")
+    groups = (ablations.SMALL_DATA_SETTINGS, ablations.HEAD_SETTINGS)
+    settings = {s.name: {"order": i, "label": s.label} for group in groups for i, s in enumerate(group)}
+    index = torch.tensor([r["target_train_index"] for r in store.read_csv(folder / "subsets.csv")])
     res = ablations.AblationResults(
         ablations.config_from_dict(meta["config"]), meta["w_pre_test_acc"], meta["source_name"], index
     )
     for study in ("small_data", "new_head"):
         if (folder / ABLATION_TABLES[study]).is_file():
-            rows = read_csv(folder / ABLATION_TABLES[study], text=("setting",))
-            res.records[study] = [
-                dict(r, study=study, order=settings[r["setting"]][0], label=settings[r["setting"]][1])
-                for r in rows
-            ]
+            rows = store.read_csv(folder / ABLATION_TABLES[study], text=("setting",))
+            res.records[study] = [dict(r, study=study, **settings[r["setting"]]) for r in rows]
     if (folder / "trajectory.csv").is_file():
         res.records["trajectory"] = _trajectory_records(folder, res.config)
     return res
@@ -115,15 +68,12 @@ def load_ablations(folder) -> ablations.AblationResults:
 
 def _trajectory_records(folder: Path, config: ablations.AblationConfig) -> list[dict]:
     if (folder / "trajectory_runs.csv").is_file():
-        runs = read_csv(folder / "trajectory_runs.csv")
+        runs = store.read_csv(folder / "trajectory_runs.csv")
     else:
-        acc = {r["p"]: r["test_acc"] for r in read_csv(folder / "trajectory_summary.csv")}
-        runs = [
-            {"p": p, "restart": k, "test_acc": acc[p]}
-            for p in config.trajectory_ps
-            for k in range(config.trajectory_restarts)
-        ]
-    points = read_csv(folder / "trajectory.csv")
+        acc = {r["p"]: r["test_acc"] for r in store.read_csv(folder / "trajectory_summary.csv")}
+        restarts = range(config.trajectory_restarts)
+        runs = [{"p": p, "restart": k, "test_acc": acc[p]} for p in config.trajectory_ps for k in restarts]
+    points = store.read_csv(folder / "trajectory.csv")
     per_run = {"p", "restart", "size", "eval_size", "mc_samples"}
     records = []
     for run in runs:
@@ -131,10 +81,6 @@ def _trajectory_records(folder: Path, config: ablations.AblationConfig) -> list[
         facts = {k: c[0][k] for k in per_run} | {"steps": c[-1]["step"], "epochs": c[-1]["epoch"]} | run
         records.append(dict(facts, checkpoints=[{k: v for k, v in q.items() if k not in per_run} for q in c]))
     return records
-
-
-# --------------------------------------------------------------------------------------------
-# writers
 
 
 def render_experiment(store_dir, out_dir, band: str = "std") -> list[Path]:
@@ -177,11 +123,10 @@ def export_theorem1(res, out_dir) -> dict:
 def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
     """Write the ablations' tidy CSVs, summary CSVs, figures (PNG, PDF), ``tables.md`` and ``meta.json``
     (configuration, claims, the sha256 of every CSV) into ``out_dir``; returns ``{name: path}``
-    (``meta.json``'s ``this_invocation_seconds`` is empty for results loaded from disk).
-    :func:`exports.load_ablations` reads the folder back."""
+    (``meta.json``'s ``this_invocation_seconds`` is empty for results loaded from disk)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
+    written, tables = {}, []
 
     def write_csv(name, rows, cols=None, exact=False):
         if not rows:
@@ -192,42 +137,29 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
                 {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols}
                 for r in rows
             ]
-        written[name] = atomic_write_csv(out_dir / name, rows, cols, lineterminator="\n")
+        written[name] = store.atomic_write_csv(out_dir / name, rows, cols, lineterminator="\n")
 
     def write_figure(stem, fig):
         written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
 
-    run_cols = [
-        "size",
-        "setting",
-        "restart",
-        "data_seed",
-        "mask_seed",
-        "epochs",
-        "steps",
-        "test_acc",
-        "test_loss",
-        "train_loss",
-        "dist_mixed",
-        "dist_fc1",
-        "dist_fc2",
-        "dist_fc3",
-        "dist_all",
-    ]
-    tables, meta = (
-        [],
-        {
-            "config": jsonable(res.config.asdict()),
-            "w_pre_test_acc": res.w_pre_acc,
-            "source_name": res.source_name,
-            "this_invocation_seconds": res.seconds,
-            "env": run_env(),
-            "machines": machines_of(r for recs in res.records.values() for r in recs),
-            "training": {s: _training_cost(r) for s, r in res.records.items()},
-            "subset_sha256": ablations.subset_sha256(res.subset_index),
-            "store_keys": {s: res.config.key(s) for s in res.records},
-        },
-    )
+    def write_table(title, rows, columns):
+        tables.append(f"{title}\n\n" + report.markdown_table(rows, columns))
+
+    run_cols = (
+        "size setting restart data_seed mask_seed epochs steps test_acc test_loss train_loss dist_mixed "
+        "dist_fc1 dist_fc2 dist_fc3 dist_all"
+    ).split()
+    meta = {
+        "config": store.jsonable(res.config.asdict()),
+        "w_pre_test_acc": res.w_pre_acc,
+        "source_name": res.source_name,
+        "this_invocation_seconds": res.seconds,
+        "env": run_env(),
+        "machines": machines_of(r for recs in res.records.values() for r in recs),
+        "training": {s: _training_cost(r) for s, r in res.records.items()},
+        "subset_sha256": ablations.subset_sha256(res.subset_index),
+        "store_keys": {s: res.config.key(s) for s in res.records},
+    }
     small = head = traj = []
     if "small_data" in res.records:
         recs = res.records["small_data"]
@@ -235,43 +167,35 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
         write_csv("small_data_runs.csv", recs, run_cols, exact=True)
         write_csv("small_data_summary.csv", small)
         write_figure("small_data", plots.small_data_figure(recs, res.w_pre_acc, res.source_name))
-        tables.append(
-            "## Small data, many restarts\n\n" + report.markdown_table(small, report.SUMMARY_COLUMNS)
-        )
+        write_table("## Small data, many restarts", small, report.SUMMARY_COLUMNS)
         paired = report.paired_differences(recs)
         write_csv("small_data_paired.csv", paired)
-        tables.append(
-            "### Paired differences (restart by restart)\n\n"
-            + report.markdown_table(
-                paired,
-                [
-                    ("size", "n train"),
-                    ("a", "a"),
-                    ("b", "b"),
-                    ("n", "restarts"),
-                    ("mean_diff", "mean acc(a) - acc(b)"),
-                    ("sd_diff", "sd"),
-                    ("a_wins", "a better"),
-                    ("ties", "ties"),
-                    ("b_wins", "b better"),
-                ],
-            )
+        write_table(
+            "### Paired differences (restart by restart)",
+            paired,
+            [
+                ("size", "n train"),
+                ("a", "a"),
+                ("b", "b"),
+                ("n", "restarts"),
+                ("mean_diff", "mean acc(a) - acc(b)"),
+                ("sd_diff", "sd"),
+                ("a_wins", "a better"),
+                ("ties", "ties"),
+                ("b_wins", "b better"),
+            ],
         )
     if "new_head" in res.records:
         recs = res.records["new_head"]
         head = report.summarise_runs(recs, res.w_pre_acc)
-        write_csv(
-            "new_head_runs.csv",
-            recs,
-            run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"],
-            exact=True,
-        )
+        head_cols = run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"]
+        write_csv("new_head_runs.csv", recs, head_cols, exact=True)
         write_csv("new_head_summary.csv", head)
         write_figure(
             "new_head",
             plots.new_head_figure(recs, res.w_pre_acc, res.records.get("small_data"), res.source_name),
         )
-        tables.append("## A new output layer\n\n" + report.markdown_table(head, report.HEAD_COLUMNS))
+        write_table("## A new output layer", head, report.HEAD_COLUMNS)
     if "trajectory" in res.records:
         recs = res.records["trajectory"]
         traj = report.trajectory_summary(recs)
@@ -284,23 +208,19 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
         )
         write_csv("trajectory_summary.csv", traj)
         write_figure("trajectory", plots.trajectory_figure(recs, res.source_name, res.config.warmup))
-        tables.append(
-            "## Effective L2 coefficient along the run\n\n"
-            + report.markdown_table(traj, report.TRAJECTORY_COLUMNS)
-        )
+        write_table("## Effective L2 coefficient along the run", traj, report.TRAJECTORY_COLUMNS)
     idx = res.subset_index.tolist()
     write_csv("subsets.csv", [{"rank": i, "target_train_index": j} for i, j in enumerate(idx)])
-    meta["claims"] = jsonable(report.claims(small, head, traj, res.records.get("small_data")))
-    atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
-    written["meta.json"] = write_meta(out_dir, meta, [n for n in written if n.endswith(".csv")])
+    meta["claims"] = store.jsonable(report.claims(small, head, traj, res.records.get("small_data")))
+    store.atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
+    written["meta.json"] = store.write_meta(out_dir, meta, [n for n in written if n.endswith(".csv")])
     written["tables.md"] = out_dir / "tables.md"
     return written
 
 
 def _training_cost(records: list[dict]) -> dict:
     """Runs, member-steps and wall seconds of training (evaluation excluded) summed over the stored
-    runs: each run carries its ensemble's seconds and size (``seconds`` of a trajectory ensemble
-    include its Monte Carlo checkpoints)."""
+    runs, each carrying its ensemble's seconds (a trajectory ensemble's include its checkpoints) and size."""
     secs = sum(
         r.get("chunk_seconds", r.get("seconds", 0.0)) / r.get("chunk_members", len(records)) for r in records
     )

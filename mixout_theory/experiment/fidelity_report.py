@@ -63,27 +63,12 @@ def panel_figure(res: FidelityResults, panels, paper) -> Figure:
             records = [r for r in res.runs if r["variant"] == name]
             ps = sorted({r["p"] for r in records})
             for method, style in STYLE.items():
-                ax.plot(
-                    ps,
-                    [group_mean(records, method, p, metric) for p in ps],
-                    color=color,
-                    lw=1.4,
-                    ms=3.5,
-                    label=f"{name}: {method}",
-                    **style,
-                )
+                means = [group_mean(records, method, p, metric) for p in ps]
+                ax.plot(ps, means, color=color, lw=1.4, ms=3.5, label=f"{name}: {method}", **style)
         for i, (p, value, method) in enumerate(paper):
-            ax.errorbar(
-                [p],
-                [value],
-                yerr=0.01,
-                color="black",
-                marker="X",
-                ms=8,
-                ls="none",
-                capsize=3,
-                label=f"paper, {FIGURE} (+-0.01)" if i == 0 else None,
-            )
+            label = f"paper, {FIGURE} (+-0.01)" if i == 0 else None
+            mark = dict(color="black", marker="X", ms=8, ls="none", capsize=3, label=label)
+            ax.errorbar([p], [value], yerr=0.01, **mark)
             ax.annotate(method or "both", (p, value), textcoords="offset points", xytext=(6, 4), fontsize=7)
         ax.set(xlabel="p (dropout or mixout probability)", ylabel=ylabel, title=title)
         ax.grid(alpha=0.3)
@@ -115,25 +100,12 @@ def export_fidelity(res: FidelityResults, out_dir) -> dict:
         atomic_write_csv(out / name, rows, list(dict.fromkeys(k for r in rows for k in r)))
     atomic_write(out / "fidelity.md", report_markdown(res, ranked))
     paths = save_all(res, out)
-    meta = {
-        "profile": res.profile,
-        "source_name": res.source_name,
-        "variants": res.variants,
-        "rules": {
-            "level": f"within {LEVEL_TOLERANCE} of the paper's",
-            "size": f"within a factor {SIZE_FACTOR}",
-        },
-        "paper_steps": PAPER_STEPS,
-        "env": run_env(),
-        "machines": machines_of(res.runs),
-    }
+    rules = {"level": f"within {LEVEL_TOLERANCE} of the paper's", "size": f"within a factor {SIZE_FACTOR}"}
+    meta = {"profile": res.profile, "source_name": res.source_name, "variants": res.variants, "rules": rules}
+    meta |= {"paper_steps": PAPER_STEPS, "env": run_env(), "machines": machines_of(res.runs)}
     write_meta(out, meta, EXPORT_TABLES)
-    return {
-        "runs": out / "runs.csv",
-        "claims": out / "claims.csv",
-        "report": out / "fidelity.md",
-        "figures": paths,
-    }
+    files = {"runs": out / "runs.csv", "claims": out / "claims.csv", "report": out / "fidelity.md"}
+    return files | {"figures": paths}
 
 
 def _cell(r: dict) -> str:
@@ -163,13 +135,9 @@ def report_markdown(res: FidelityResults, ranked: list[dict]) -> str:
     lines += ["", "| claim | paper | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for c in CLAIMS:
         cells = {r["variant"]: _cell(r) for r in res.rows if r["claim"] == c.key}
-        lines.append(
-            f"| {c.what} | {c.paper:.3f} ({'text' if c.source == TEXT else 'figure'}) | "
-            + " | ".join(cells.get(n, "") for n in names)
-            + " |"
-        )
-    none = [
-        c.what for c in CLAIMS if not any(r["claim"] == c.key and r["reproduced"] == "yes" for r in res.rows)
-    ]
+        paper = f"{c.paper:.3f} ({'text' if c.source == TEXT else 'figure'})"
+        lines.append(f"| {c.what} | {paper} | " + " | ".join(cells.get(n, "") for n in names) + " |")
+    held = {r["claim"] for r in res.rows if r["reproduced"] == "yes"}
+    none = [c.what for c in CLAIMS if c.key not in held]
     lines += ["", "Reproduced by no variant: " + ("; ".join(none) if none else "none") + "."]
     return "\n".join(lines) + "\n"

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import io
 import pickle
@@ -22,13 +23,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from mixout_theory.experiment.store import Staging, md5_file
+from mixout_theory.experiment.store import atomic_write, md5_file
 
-IMAGES_MAGIC = 0x00000803  # uint8, 3 dimensions
-LABELS_MAGIC = 0x00000801  # uint8, 1 dimension
-IMAGES_HEADER = 16
-LABELS_HEADER = 8
 SIDE = 28
+#: IDX files by kind: (magic, header bytes, header layout, bytes per item); uint8 images 3-d, labels 1-d
+IDX = {"images": (0x00000803, 16, ">IIII", SIDE * SIDE), "labels": (0x00000801, 8, ">II", 1)}
 
 
 class DataError(Exception):
@@ -43,15 +42,12 @@ class DataIntegrityError(DataError, ValueError):
     """A file exists but is truncated, altered or not what its name says (never silently replaced)."""
 
 
-# ------------------------------------------------------------------------------------ IDX format
-
-
 def write_idx_images(f: BinaryIO, images: np.ndarray) -> None:
     """Write uint8 images of shape (N, 28, 28) as an IDX3 stream."""
     images = np.ascontiguousarray(images)
     if images.dtype != np.uint8 or images.ndim != 3:
         raise TypeError(f"IDX images must be uint8 (N, H, W), got {images.dtype} {images.shape}")
-    f.write(struct.pack(">IIII", IMAGES_MAGIC, *images.shape))
+    f.write(struct.pack(">IIII", IDX["images"][0], *images.shape))
     f.write(memoryview(images).cast("B"))
 
 
@@ -60,34 +56,26 @@ def write_idx_labels(f: BinaryIO, labels: np.ndarray) -> None:
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.min(initial=0) < 0 or labels.max(initial=0) > 255:
         raise ValueError(f"IDX labels must be 1-d with values in 0..255, got shape {labels.shape}")
-    f.write(struct.pack(">II", LABELS_MAGIC, labels.shape[0]))
+    f.write(struct.pack(">II", IDX["labels"][0], labels.shape[0]))
     f.write(np.ascontiguousarray(labels, dtype=np.uint8).tobytes())
 
 
 def idx_bytes(kind: str, count: int) -> int:
     """Exact size in bytes of an uncompressed IDX file holding ``count`` 28x28 images or labels."""
-    if kind == "images":
-        return IMAGES_HEADER + count * SIDE * SIDE
-    if kind == "labels":
-        return LABELS_HEADER + count
-    raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
+    if kind not in IDX:
+        raise ValueError(f"kind must be 'images' or 'labels', got {kind!r}")
+    return IDX[kind][1] + count * IDX[kind][3]
 
 
 def check_idx(path: Path, kind: str, count: int, what: str, shown: str | None = None) -> None:
-    """Check an IDX file's header and exact size; raise :class:`DataIntegrityError` naming the file.
-
-    ``shown`` names the file in the message when ``path`` is a temporary copy (e.g. ``zip!member``).
-    """
-    expected = idx_bytes(kind, count)
+    """Check an IDX file's header and exact size; raise :class:`DataIntegrityError` naming the file
+    (``shown`` when ``path`` is a temporary copy, e.g. ``zip!member``)."""
+    expected, (magic, header, layout, _) = idx_bytes(kind, count), IDX[kind]
     size = path.stat().st_size
     with open(path, "rb") as f:
-        head = f.read(IMAGES_HEADER if kind == "images" else LABELS_HEADER)
-    if kind == "images":
-        want = (IMAGES_MAGIC, count, SIDE, SIDE)
-        got = struct.unpack(">IIII", head) if len(head) == 16 else None
-    else:
-        want = (LABELS_MAGIC, count)
-        got = struct.unpack(">II", head) if len(head) == 8 else None
+        head = f.read(header)
+    want = (magic, count, SIDE, SIDE) if kind == "images" else (magic, count)
+    got = struct.unpack(layout, head) if len(head) == header else None
     if got != want or size != expected:
         found = "unreadable header" if got is None else f"magic 0x{got[0]:08x}, dims {list(got[1:])}"
         raise DataIntegrityError(
@@ -104,7 +92,7 @@ def check_idx(path: Path, kind: str, count: int, what: str, shown: str | None = 
 def read_idx_labels(path: Path) -> np.ndarray:
     """Labels of an IDX1 file as a uint8 array (header already checked by :func:`check_idx`)."""
     with open(path, "rb") as f:
-        f.seek(LABELS_HEADER)
+        f.seek(IDX["labels"][1])
         return np.frombuffer(f.read(), dtype=np.uint8)
 
 
@@ -123,15 +111,9 @@ def check_class_balance(path: Path, labels: np.ndarray, n_classes: int, per_clas
         )
 
 
-# -------------------------------------------------------------------- manifests (sha256sum format)
-
-
 def write_manifest(path: Path, digests: dict[str, str]) -> None:
     """Write ``<sha256>  <name>`` lines (the ``sha256sum`` format) atomically."""
-    with Staging() as st:
-        tmp = st.path_for(path)
-        tmp.write_text("".join(f"{h}  {name}\n" for name, h in sorted(digests.items())))
-        st.commit()
+    atomic_write(path, "".join(f"{h}  {name}\n" for name, h in sorted(digests.items())))
 
 
 def read_manifest(path: Path) -> dict[str, str]:
@@ -144,19 +126,14 @@ def read_manifest(path: Path) -> dict[str, str]:
     return out
 
 
-# ------------------------------------------------------------------------- archives and folders
-
-
 class SizeLimitExceeded(DataIntegrityError):
     """A stream held more bytes than the file it should be (:func:`stream_copy`)."""
 
 
 def stream_copy(src: BinaryIO, dst_path: Path, gunzip: bool, limit: int | None = None) -> None:
     """Copy a (possibly gzip-compressed) stream to ``dst_path``; CRC errors surface as exceptions.
-
-    ``limit``: the most bytes the (decompressed) copy may hold. Writing stops at the first chunk past
-    it and :class:`SizeLimitExceeded` is raised, so a small archive that inflates to gigabytes (a
-    zip bomb) never fills the disk."""
+    ``limit``: the most bytes the (decompressed) copy may hold; writing stops at the first chunk past
+    it with :class:`SizeLimitExceeded`, so a zip bomb never fills the disk."""
     chunk = 1 << 22
     with open(dst_path, "wb") as out, gzip.GzipFile(fileobj=src) if gunzip else src as stream:
         written = 0
@@ -168,11 +145,8 @@ def stream_copy(src: BinaryIO, dst_path: Path, gunzip: bool, limit: int | None =
 
 
 def find_members(names: Iterable[str], wanted: Iterable[str]) -> dict[str, tuple[str, bool]]:
-    """Map each wanted base name to an archive member ``(member, is_gzipped)``.
-
-    A member matches when its base name is the wanted name or the name plus ``.gz``; uncompressed
-    copies are preferred. Folders inside the archive do not matter (NIST's zip uses ``gzip/``).
-    """
+    """Map each wanted base name to an archive member ``(member, is_gzipped)`` whose base name is the
+    wanted name (preferred) or the name plus ``.gz``, in any folder (NIST's zip uses ``gzip/``)."""
     found: dict[str, tuple[str, bool]] = {}
     names = list(names)
     for want in wanted:
@@ -201,41 +175,31 @@ def open_zip(path: Path, known_md5: str | None, what: str) -> zipfile.ZipFile:
         ) from None
 
 
-# -------------------------------------------------------------------------- safe unpickling
-
-
-def _numpy_reconstruct():
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that only rebuilds numpy arrays (and tuples/lists/numbers); any other global fails.
-
-    Used after the file's sha256 matched, so that even a wrong pin could not run code.
-    """
+    """Unpickler that only rebuilds numpy arrays (and tuples/lists/numbers); any other global fails
+    (used after the file's sha256 matched, so that even a wrong pin could not run code)."""
 
     _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("_codecs", "encode"),  # how Python 3 writes bytes at protocol 2 (harmless: str -> bytes)
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        (
+            "_codecs",
+            "encode",
+        ): codecs.encode,  # how Python 3 writes bytes at protocol 2 (harmless: str -> bytes)
     }
 
     def find_class(self, module: str, name: str):
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a data pickle")
-        if name == "_reconstruct":
-            return _numpy_reconstruct()
-        if module == "_codecs":
-            import codecs
-
-            return codecs.encode
-        return getattr(np, name)
+        return self._ALLOWED[module, name]
 
 
 def load_numpy_pickle(raw: bytes):

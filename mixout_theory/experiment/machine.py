@@ -1,10 +1,9 @@
 """What machine a number was computed on: every stored run and every export records it.
 
-Float32 training rounds differently on different CPUs (vector width, fused multiply-adds, the BLAS
-library, torch's kernel set), so a rerun on another machine agrees with ours to within noise, not bit
-for bit. :func:`machine` names what decides that rounding; :func:`run_env` adds the library's and
-Python's versions (the fields every run record carries); :func:`machines_of` lists the distinct
-machines behind a set of records (what an export states).
+Float32 training rounds differently on different CPUs (vector width, fused multiply-adds, BLAS,
+torch's kernel set), so a rerun elsewhere agrees with ours to within noise, not bit for bit.
+:func:`machine` names what decides that rounding; :func:`run_env` adds the library's and Python's
+versions (every run record's fields); :func:`machines_of` lists the machines behind some records.
 
 Example::
 
@@ -44,11 +43,9 @@ def cpu_model() -> str:
         import subprocess
 
         try:
-            out = subprocess.run(
-                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5
-            )
-            if out.stdout.strip():
-                return out.stdout.strip()
+            cmd = ["sysctl", "-n", "machdep.cpu.brand_string"]
+            if out := subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip():
+                return out
         except (OSError, subprocess.SubprocessError):
             pass
     return platform.processor() or platform.machine() or "unknown"

@@ -1,13 +1,6 @@
 """The experiment's figures, drawn from run records and tables (never trains; the exports that write
-them beside their tables are in :mod:`~mixout_theory.experiment.exports`).
-
-* the paper's Figure 2 (:func:`figure2`: (a) ``||w_ft - w_pre||^2``, (b) MNIST and (c) source
-  validation accuracy against p, dropout vs mixout, with a +-1 std band or, ``band="ci95"``, the
-  t-based 95% confidence interval of the mean) and the per-layer distances
-  (:func:`layer_distance_figure`);
-* the ablations' figures (:func:`small_data_figure`, :func:`new_head_figure`, :func:`trajectory_figure`);
-* the Theorem 1 figures (:func:`theorem1_figure`, :func:`theorem1_trajectory_figure`);
-* :func:`source_target_figure` -- what the two tasks look like;
+them beside their tables are in :mod:`~mixout_theory.experiment.exports`): the paper's Figure 2 and the
+per-layer distances, the ablations', Theorem 1's, and what the two tasks look like.
 
 Every experiment figure names its source task (:func:`report.task_line`). Figures are
 ``matplotlib.figure.Figure`` objects (no pyplot state), written as PNG and PDF; numbers come from
@@ -70,11 +63,10 @@ def plot_metric_vs_p(
     :func:`report.band_halfwidth` (``"std"``: +-1 std, the paper's; ``"ci95"``: t-based 95% CI of the
     mean)."""
     for method, style in METHOD_STYLE.items():
-        rows = sorted((r for r in summary if r["method"] == method), key=lambda r: r["p"])
+        rows = _by_p(summary, "method", method)
         if not rows:
             continue
-        p = np.array([r["p"] for r in rows])
-        mean = np.array([r[f"{metric}_mean"] for r in rows])
+        p, mean = _columns(rows, "p", f"{metric}_mean")
         half = report.band_halfwidth([r[f"{metric}_std"] for r in rows], [r["n"] for r in rows], band)
         ax.plot(p, mean, label=METHOD_LABEL[method], lw=1.6, ms=4, **style)
         ax.fill_between(p, mean - half, mean + half, color=style["color"], alpha=0.2, lw=0)
@@ -84,6 +76,16 @@ def plot_metric_vs_p(
         ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, title=report.BANDS[band], title_fontsize=7)
+
+
+def _by_p(rows: list[dict], key: str, value) -> list[dict]:
+    """The rows whose ``key`` is ``value``, sorted by p."""
+    return sorted((r for r in rows if r[key] == value), key=lambda r: r["p"])
+
+
+def _columns(rows: list[dict], *keys) -> list[np.ndarray]:
+    """Each of ``keys`` over ``rows``, as an array."""
+    return [np.array([r[k] for r in rows]) for k in keys]
 
 
 def figure2(summary: list[dict], meta: dict, band: str = "std") -> Figure:
@@ -173,32 +175,38 @@ def _short(label: str) -> str:
     return label.replace("wdecay", "wd").replace("mixout", "mix").replace("new head: ", "")
 
 
+def _box_panels(records: list[dict], w_pre_acc: float, figsize, panel, title: str) -> Figure:
+    """One box + strip panel per size, ``panel(runs of the size, size) -> (groups, colors, panel title)``,
+    with the cut-offs of :func:`report.failure_thresholds`; ``title`` above them all."""
+    sizes = sorted({r["size"] for r in records})
+    fig = Figure(figsize=(figsize[0] * len(sizes), figsize[1]), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(sizes)))
+    for ax, size in zip(axes, sizes, strict=False):
+        at = [r for r in records if r["size"] == size]
+        groups, colors, head = panel(at, size)
+        _strip_box(ax, groups, colors, seed=size)
+        ax.set_title(f"{head}\n{_threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))}", fontsize=8)
+    axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
+    _threshold_legend(fig)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
 def small_data_figure(records: list[dict], w_pre_acc: float, source_name: str = "") -> Figure:
     """Study 1: target test accuracy of every run, box + strip per setting, one panel per size."""
-    sizes = sorted({r["size"] for r in records})
-    fig = Figure(figsize=(3.9 * len(sizes), 5.4), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(sizes)))
     names = [s.name for s in SMALL_DATA_SETTINGS]
     labels = {s.name: _short(s.label) for s in SMALL_DATA_SETTINGS}
     colors = ["C3"] + ["C2"] * 3 + ["C0"] * 4 + ["C4"]
-    for ax, size in zip(axes, sizes, strict=False):
-        at = [r for r in records if r["size"] == size]
+
+    def panel(at, size):
         present = [n for n in names if any(r["setting"] == n for r in at)]
         groups = [(labels[n], np.array([r["test_acc"] for r in at if r["setting"] == n])) for n in present]
-        _strip_box(ax, groups, [colors[names.index(n)] for n in present], seed=size)
-        cut = _threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))
-        restarts = len({r["restart"] for r in at})
-        steps, epochs = at[0]["steps"], at[0].get("epochs", "?")
-        ax.set_title(
-            f"{size} target images, {restarts} restarts, {steps} steps ({epochs} epochs)\n{cut}", fontsize=8
-        )
-    axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
-    _threshold_legend(fig)
-    fig.suptitle(
-        "Small target sets, many restarts: one dot per run (box: quartiles)\n" + task_line(source_name),
-        fontsize=10,
-    )
-    return fig
+        restarts, steps, epochs = len({r["restart"] for r in at}), at[0]["steps"], at[0].get("epochs", "?")
+        head = f"{size} target images, {restarts} restarts, {steps} steps ({epochs} epochs)"
+        return groups, [colors[names.index(n)] for n in present], head
+
+    title = "Small target sets, many restarts: one dot per run (box: quartiles)\n" + task_line(source_name)
+    return _box_panels(records, w_pre_acc, (3.9, 5.4), panel, title)
 
 
 def new_head_figure(
@@ -206,11 +214,8 @@ def new_head_figure(
 ) -> Figure:
     """Study 2: test accuracy with a re-initialised head, per head regulariser (mixout(w_pre, 0.7) on
     fc2 throughout); ``reference`` (study 1's mixout(w_pre, 0.7) runs, pretrained head) in grey."""
-    sizes = sorted({r["size"] for r in records})
-    fig = Figure(figsize=(3.4 * len(sizes), 5.0), layout="constrained")
-    axes = np.atleast_1d(fig.subplots(1, len(sizes)))
-    for ax, size in zip(axes, sizes, strict=False):
-        at = [r for r in records if r["size"] == size]
+
+    def panel(at, size):
         groups = [
             (_short(s.label), np.array([r["test_acc"] for r in at if r["setting"] == s.name]))
             for s in HEAD_SETTINGS
@@ -221,17 +226,13 @@ def new_head_figure(
         if ref:
             groups.append(("pretrained head,\nmix(w_pre, 0.7)", np.array(ref)))
             colors.append("0.5")
-        _strip_box(ax, groups, colors, seed=size)
-        cut = _threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))
-        ax.set_title(f"{size} target images, {len({r['restart'] for r in at})} restarts\n{cut}", fontsize=8)
-    axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
-    _threshold_legend(fig)
-    fig.suptitle(
+        return groups, colors, f"{size} target images, {len({r['restart'] for r in at})} restarts"
+
+    title = (
         "A new output layer (N(0, 0.02^2)), mixout(w_pre, 0.7) on fc2; the regulariser of the new head on "
-        "the x axis; one dot per run\n" + task_line(source_name),
-        fontsize=10,
+        "the x axis; one dot per run\n" + task_line(source_name)
     )
-    return fig
+    return _box_panels(records, w_pre_acc, (3.4, 5.0), panel, title)
 
 
 def trajectory_figure(
@@ -259,17 +260,12 @@ def trajectory_figure(
     warm = warmup * r0["steps"]
     for ax in axes:
         ax.axvline(warm, color="0.5", lw=0.9, ls=":", label=f"end of warm-up (step {warm:.0f})")
+    margin = dict(
+        xycoords=("axes fraction", "data"), fontsize=7, va="center", color="0.3", annotation_clip=False
+    )
     for lam in lambdas:  # labelled in the right margin, outside the curves
         axes[1].axhline(lam, ls="--", color="0.4", lw=0.8)
-        axes[1].annotate(
-            f"{lam:g}",
-            (1.01, lam),
-            xycoords=("axes fraction", "data"),
-            fontsize=7,
-            va="center",
-            color="0.3",
-            annotation_clip=False,
-        )
+        axes[1].annotate(f"{lam:g}", (1.01, lam), **margin)
     axes[1].plot([], [], ls="--", color="0.4", lw=0.8, label="L2-SP lambdas of study 1 (right margin)")
     axes[0].set_title(
         "(a) implied modulus m_t = 2 (E L(Phi) - L) / ((p/(1-p)) ||w_t - w_pre||^2)", fontsize=9
@@ -309,18 +305,9 @@ SCAN_POINT = {"w_p": "finetuned", "w_pre": "displaced"}
 
 
 def _ratio_bars(ax, x, rows, style, label):
-    so = np.array([r["second_order"] for r in rows])
-    mc, lo, hi = (np.array([r[k] for r in rows]) for k in ("mc", "mc_lo", "mc_hi"))
-    ax.errorbar(
-        x,
-        mc / so,
-        yerr=[(mc - lo) / so, (hi - mc) / so],
-        fmt=style["marker"] + "-",
-        color=style["color"],
-        ms=5,
-        capsize=3,
-        label=label,
-    )
+    so, mc, lo, hi = _columns(rows, "second_order", "mc", "mc_lo", "mc_hi")
+    kw = dict(fmt=style["marker"] + "-", color=style["color"], ms=5, capsize=3, label=label)
+    ax.errorbar(x, mc / so, yerr=[(mc - lo) / so, (hi - mc) / so], **kw)
 
 
 def theorem1_figure(points: list[dict], meta: dict) -> Figure:
@@ -332,59 +319,30 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     fig = Figure(figsize=(12, 8.8), layout="constrained")
     (a, b), (c, d) = fig.subplots(2, 2)
     for part, style in POINT_STYLE.items():
-        rows = sorted((r for r in points if r["part"] == part), key=lambda r: r["p"])
+        rows = _by_p(points, "part", part)
         if not rows:
             continue
-        p = np.array([r["p"] for r in rows])
-        mc, lo, hi = (np.array([r[k] for r in rows]) for k in ("mc", "mc_lo", "mc_hi"))
-        a.errorbar(
-            p,
-            mc,
-            yerr=[mc - lo, hi - mc],
-            fmt=style["marker"],
-            color=style["color"],
-            ms=5,
-            capsize=3,
-            label=f"Monte Carlo (95% CI), {style['label']}",
-        )
+        p, mc, lo, hi = _columns(rows, "p", "mc", "mc_lo", "mc_hi")
+        color, marker, label = style["color"], style["marker"], style["label"]
+        kw = dict(fmt=marker, color=color, ms=5, capsize=3, label=f"Monte Carlo (95% CI), {label}")
+        a.errorbar(p, mc, yerr=[mc - lo, hi - mc], **kw)
         a.plot(
-            p,
-            [r["second_order"] for r in rows],
-            "--",
-            color=style["color"],
-            lw=1.5,
-            label=f"second order, {style['label']}",
+            p, [r["second_order"] for r in rows], "--", color=color, lw=1.5, label=f"second order, {label}"
         )
-        _ratio_bars(b, p, rows, style, style["label"])
-        c.plot(
-            p,
-            [r["m_eff"] for r in rows],
-            style["marker"] + "-",
-            color=style["color"],
-            label=f"m_eff, {style['label']}",
-        )
+        _ratio_bars(b, p, rows, style, label)
+        c.plot(p, [r["m_eff"] for r in rows], marker + "-", color=color, label=f"m_eff, {label}")
         if part == "finetuned" and rows[0].get("m_min") is not None:
             c.plot(p, [r["m_min"] for r in rows], "v:", color="tab:green", label="m_min at w_p (Lanczos)")
     pre = [r for r in points if r["part"] == "w_pre"]
     if pre:
-        c.axhline(
-            pre[0]["m_min"],
-            color="tab:green",
-            ls="--",
-            lw=0.8,
-            label=f"m_min at w_pre ({pre[0]['m_min']:.3g})",
-        )
+        m_min = pre[0]["m_min"]
+        c.axhline(m_min, color="tab:green", ls="--", lw=0.8, label=f"m_min at w_pre ({m_min:.3g})")
     scan = [r for r in points if r["part"] == "scan"]
     for point, part in SCAN_POINT.items():
-        rows = sorted((r for r in scan if r["point"] == point), key=lambda r: r["p"])
+        rows = _by_p(scan, "point", point)
         if rows:
-            _ratio_bars(
-                d,
-                [r["p"] for r in rows],
-                rows,
-                POINT_STYLE[part],
-                f"{POINT_STYLE[part]['label']}, p = {rows[0]['at_p']:g}",
-            )
+            label = f"{POINT_STYLE[part]['label']}, p = {rows[0]['at_p']:g}"
+            _ratio_bars(d, [r["p"] for r in rows], rows, POINT_STYLE[part], label)
     a.set_yscale("log")
     a.set_ylabel("E L(Phi(w)) - L(w)  [nats]")
     a.set_title("(a) the mixout(u, p) penalty on the finetuning loss", fontsize=9)
@@ -397,8 +355,7 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     )
     d.set_ylabel("Monte Carlo / second order")
     d.set_title(
-        "(d) one fixed point, mask probability q (the cubic term changes sign at q = 0.5)",
-        fontsize=9,
+        "(d) one fixed point, mask probability q (the cubic term changes sign at q = 0.5)", fontsize=9
     )
     d.set_xlabel("mask probability q at fixed w and u")
     for ax in (a, b, c):
@@ -408,13 +365,11 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     for ax in (a, b, c, d):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    ctx = meta.get("context", {})
+    ctx, cfg = meta.get("context", {}), meta["config"]
     fig.suptitle(
-        f"Theorem 1 on the finetuned MLP ({meta['config']['profile']} profile, restart "
-        f"{meta['config']['restart']}); {task_line(ctx.get('source_name', '?'))}\n"
-        f"L = mean cross-entropy on {ctx.get('loss_size', '?')} "
-        f"MNIST training images; mixout on fc2 and fc3; {meta['config']['mc_samples']} masks per Monte Carlo "
-        "point",
+        f"Theorem 1 on the finetuned MLP ({cfg['profile']} profile, restart {cfg['restart']}); "
+        f"{task_line(ctx.get('source_name', '?'))}\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
+        f"MNIST training images; mixout on fc2 and fc3; {cfg['mc_samples']} masks per Monte Carlo point",
         fontsize=10,
     )
     return fig
@@ -427,22 +382,12 @@ def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
     axes = fig.subplots(1, 2)
     for i, p in enumerate(sorted({r["p"] for r in trajectory})):
         rows = sorted((r for r in trajectory if r["p"] == p), key=lambda r: r["step"])
-        step = np.array([r["step"] for r in rows])
-        m, lo, hi = (np.array([r[k] for r in rows]) for k in ("m_mc", "m_mc_lo", "m_mc_hi"))
-        eff = np.array([r["m_eff"] for r in rows])
+        step, m, lo, hi, eff = _columns(rows, "step", "m_mc", "m_mc_lo", "m_mc_hi", "m_eff")
         axes[0].plot(step, m, "-o", ms=3, color=f"C{i}", label=f"p = {p:g}: Monte Carlo m_t (95% band)")
         axes[0].fill_between(step, lo, hi, color=f"C{i}", alpha=0.2, lw=0)
         axes[0].plot(step, eff, "--x", ms=5, color=f"C{i}", label=f"p = {p:g}: m_eff(w_t), exact HVPs")
-        axes[1].errorbar(
-            step,
-            m / eff,
-            yerr=[(m - lo) / eff, (hi - m) / eff],
-            fmt="-o",
-            ms=3,
-            capsize=2,
-            color=f"C{i}",
-            label=f"p = {p:g}",
-        )
+        kw = dict(fmt="-o", ms=3, capsize=2, color=f"C{i}", label=f"p = {p:g}")
+        axes[1].errorbar(step, m / eff, yerr=[(m - lo) / eff, (hi - m) / eff], **kw)
     axes[0].set_ylabel("coefficient  [nats per unit ||w_t - w_pre||^2]")
     axes[0].set_title("(a) implied coefficient vs curvature along w_t - w_pre", fontsize=9)
     axes[1].axhline(1.0, color="0.4", lw=0.8)

@@ -38,11 +38,16 @@ from mixout_theory.experiment.store import (
 SEARCH_BUDGETS, SEARCH_SEEDS = range(1, 21), range(5)
 
 
+def seeded_index(total: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` indices of ``range(total)`` drawn by a seeded permutation, ascending."""
+    return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
 def _subset(split, n: int | None, seed: int):
-    x, y = split
+    x, y = (split.x, split.y) if hasattr(split, "x") else tuple(split)
     if n is None or n >= x.shape[0]:
         return x, y
-    idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    idx = seeded_index(x.shape[0], n, seed)
     return x[idx], y[idx]
 
 
@@ -50,21 +55,17 @@ def experiment_tensors(exp, config) -> dict:
     """The (x, y) pairs the sweep uses, sized by the profile (fixed, seeded subsets); the source
     task's images transposed when ``config.orientation`` says so (normalisation is unchanged by it)."""
     source = {
-        "source_train": _subset(_xy(exp.source.train), config.source_train, 1),
-        "source_val": _subset(_xy(exp.source.val), config.eval_size, 2),
+        "source_train": _subset(exp.source.train, config.source_train, 1),
+        "source_val": _subset(exp.source.val, config.eval_size, 2),
     }
     if config.orientation == "transposed":
         source = {k: (transposed_images(x), y) for k, (x, y) in source.items()}
     return {
         **source,
-        "target_train": _subset(_xy(exp.target.train), config.target_train, 3),
-        "target_val": _subset(_xy(exp.target.val), config.eval_size, 4),
-        "target_test": _subset(_xy(exp.target.test), config.eval_size, 5),
+        "target_train": _subset(exp.target.train, config.target_train, 3),
+        "target_val": _subset(exp.target.val, config.eval_size, 4),
+        "target_test": _subset(exp.target.test, config.eval_size, 5),
     }
-
-
-def _xy(split):
-    return (split.x, split.y) if hasattr(split, "x") else tuple(split)
 
 
 def pretrain(store_root, config, tensors: dict, options: RunOptions = RunOptions()) -> dict:
@@ -72,26 +73,18 @@ def pretrain(store_root, config, tensors: dict, options: RunOptions = RunOptions
     file's sha256 in the ``.json`` beside it, and reused only when the file still matches it
     (:func:`load_pretrained`)."""
     path = Path(store_root) / "pretrain" / f"{config.source}-{config.pretrain_key()}.pt"
-    if path.exists():
-        cached = load_pretrained(path)
-        if cached is not None:
-            return cached
+    cached = load_pretrained(path) if path.exists() else None
+    if cached is not None:
+        return cached
     xs, ys = tensors["source_train"]
     xv, yv = tensors["source_val"]
     budgets = SEARCH_BUDGETS if config.pretrain_search else [config.pretrain_epochs]
     seeds = SEARCH_SEEDS if config.pretrain_search else [config.pretrain_seed]
+    kw = dict(dropout=config.dropout_pretrain, wdecay=config.weight_decay_pretrain)
+    members = [engine.Member(**kw, data_seed=s, mask_seed=10_000 + s) for s in seeds]
     best = {"acc": -1.0}
     t0 = time.perf_counter()
     for epochs in budgets:
-        members = [
-            engine.Member(
-                dropout=config.dropout_pretrain,
-                wdecay=config.weight_decay_pretrain,
-                data_seed=s,
-                mask_seed=10_000 + s,
-            )
-            for s in seeds
-        ]
 
         def keep_best(epoch, params, epochs=epochs):
             acc = engine.evaluate(params, xv, yv)["acc"]

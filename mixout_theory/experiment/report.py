@@ -1,16 +1,9 @@
 """What the stored runs say: summaries over restarts, the paper's claims checked, tables.
 
-Everything here is a pure function of run records (the dicts stored by
-:mod:`~mixout_theory.experiment.sweep` and :mod:`~mixout_theory.experiment.ablations`), so it is
-tested on synthetic records and the notebooks call it instead of computing in cells.
-
-* Figure 2 (paper Section 4): :func:`summarise` (mean and std over restarts per method and p),
-  :func:`figure2_claims` (the claims of the figure, as numbers), :func:`summary_table` (``table.csv``,
-  ``table.md``), :func:`experiment_meta` / :func:`caption` (what every figure states about its runs).
-* The ablations (the paper's GLUE questions, Table 3's new output layer): :func:`failure_thresholds`,
-  :func:`summarise_runs`, :func:`paired_differences`, :func:`trajectory_summary`, :func:`trajectory_rows`,
-  :func:`claims`, and the checks notebook 04 asserts: :func:`pairing_check`, :func:`mixed_distance_ratios`,
-  :func:`head_pull_ratios`, :func:`trajectory_checks`; :func:`markdown_table` renders any of them.
+Pure functions of run records (the dicts :mod:`~mixout_theory.experiment.sweep` and
+:mod:`~mixout_theory.experiment.ablations` store), tested on synthetic records and called by the notebooks:
+Figure 2's (paper Section 4), then the ablations' (the paper's GLUE questions, Table 3's new output layer)
+with the checks notebook 04 asserts.
 """
 
 from __future__ import annotations
@@ -22,7 +15,7 @@ import torch
 
 from mixout_theory.experiment.data import task_line  # noqa: F401 - the line every figure names (report.task_line)
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv
-from mixout_theory.experiment.sweep import METHODS
+from mixout_theory.experiment.sweep import METHODS, SUMMARY_METRICS
 
 # --------------------------------------------------------------------------------------------
 # Figure 2
@@ -61,26 +54,8 @@ def caption(meta: dict, band: str = "std") -> str:
 def experiment_meta(records: list[dict]) -> dict:
     """What every experiment figure states about the runs behind it."""
     r = records[0]
-    return {
-        "source": r["source"],
-        "source_name": r.get("source_name", ""),
-        "profile": r["profile"],
-        "config": r["config"],
-        "restarts": len({x["seed"] for x in records}),
-        "runs": len(records),
-    }
-
-
-SUMMARY_METRICS = (
-    "dist_all",
-    "dist_mixed",
-    "dist_fc1",
-    "dist_fc2",
-    "dist_fc3",
-    "target_val_acc",
-    "target_test_acc",
-    "source_val_acc",
-)
+    meta = {"source": r["source"], "source_name": r.get("source_name", ""), "profile": r["profile"]}
+    return meta | {"config": r["config"], "restarts": len({x["seed"] for x in records}), "runs": len(records)}
 
 
 def usable(records: list[dict]) -> list[dict]:
@@ -96,21 +71,13 @@ def summarise(records: list[dict], metrics=SUMMARY_METRICS) -> list[dict]:
     records = usable(records)
     rows = []
     for method in METHODS:
-        ps = sorted({r["p"] for r in records})
-        for p in ps:
-            group = [
-                r
-                for r in records
-                if r["p"] == p and r["method"] in ((method, "none") if p == 0 else (method,))
-            ]
+        for p in sorted({r["p"] for r in records}):
+            methods = (method, "none") if p == 0 else (method,)
+            group = [r for r in records if r["p"] == p and r["method"] in methods]
             if not group:
                 continue
-            row = {
-                "method": method,
-                "p": p,
-                "n": len(group),
-                "failed": sum(r["p"] == p and r["method"] in (method, "none") for r in failed),
-            }
+            failed_here = sum(r["p"] == p and r["method"] in (method, "none") for r in failed)
+            row = {"method": method, "p": p, "n": len(group), "failed": failed_here}
             for m in metrics:
                 vals = torch.tensor([r[m] for r in group], dtype=torch.float64)
                 row[f"{m}_mean"] = float(vals.mean())
@@ -132,20 +99,17 @@ def figure2_claims(records: list[dict]) -> dict:
     mix = [r for r in records if r["method"] in ("mixout", "none")]
     ps = sorted({r["p"] for r in mix})
     have = {(r["seed"], r["p"]) for r in mix}
-    seeds = sorted(
-        s for s in {r["seed"] for r in mix} if all((s, p) in have for p in ps)
-    )  # complete restarts
+    # the complete restarts
+    seeds = sorted(s for s in {r["seed"] for r in mix} if all((s, p) in have for p in ps))
     dist = {(r["seed"], r["p"]): r["dist_mixed"] for r in mix}
-    every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in zip(ps, ps[1:], strict=False))
-    rows = {r["p"]: r for r in summarise(records, metrics=("dist_mixed",)) if r["method"] == "mixout"}
-    margin = min(
-        (rows[a]["dist_mixed_mean"] - rows[b]["dist_mixed_mean"])
-        / max(rows[a]["dist_mixed_std"], rows[b]["dist_mixed_std"], 1e-12)
-        for a, b in zip(ps, ps[1:], strict=False)
-    )
+    neighbours = list(zip(ps, ps[1:], strict=False))
+    every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in neighbours)
+    rows = [r for r in summarise(records, metrics=("dist_mixed",)) if r["method"] == "mixout"]
+    mean, std = ({r["p"]: r[f"dist_mixed_{k}"] for r in rows} for k in ("mean", "std"))
+    margin = min((mean[a] - mean[b]) / max(std[a], std[b], 1e-12) for a, b in neighbours)
     gaps = {p: round(sum(d) / len(d), 4) for p, d in paired_source_diffs(records, seeds).items()}
     report = [
-        "mixout dist_mixed mean by p: " + ", ".join(f"{p}: {rows[p]['dist_mixed_mean']:.4f}" for p in ps),
+        "mixout dist_mixed mean by p: " + ", ".join(f"{p}: {mean[p]:.4f}" for p in ps),
         f"decreasing in every one of {len(seeds)} restarts: {every}; smallest drop = {margin:.1f} std",
         "source acc, mixout - dropout by p: " + ", ".join(f"{p}: {g:+.4f}" for p, g in gaps.items()),
     ]
@@ -156,6 +120,10 @@ def figure2_claims(records: list[dict]) -> dict:
         "source_acc_mixout_ge_dropout": all(g >= 0 for g in gaps.values()),
         "report": report,
     }
+
+
+#: the two claims of :func:`figure2_claims` that hold or do not
+FIGURE2_CLAIMS = ("mixed_distance_decreasing_every_restart", "source_acc_mixout_ge_dropout")
 
 
 def paired_source_diffs(records: list[dict], seeds=None) -> dict[float, list[float]]:
@@ -174,18 +142,14 @@ def paired_source_diffs(records: list[dict], seeds=None) -> dict[float, list[flo
 
 def claims_in_words(checks: dict) -> list[str]:
     """The two claims of :func:`figure2_claims` as sentences, each starting ``held`` or ``did NOT hold``."""
-
-    def verdict(ok: bool) -> str:
-        return "held" if ok else "did NOT hold"
-
+    distance, source = ("held" if checks[k] else "did NOT hold" for k in FIGURE2_CLAIMS)
     gaps = checks["source_acc_gaps"]
     worst = min(gaps.items(), key=lambda kv: kv[1]) if gaps else (float("nan"), float("nan"))
     return [
-        f"{verdict(checks['mixed_distance_decreasing_every_restart'])}: mixout's squared distance to w_pre "
-        f"over the mixed weights (fc2, fc3) falls as p grows, in every restart (smallest drop of the mean "
-        f"{checks['mixed_distance_margin']:.1f} std)",
-        f"{verdict(checks['source_acc_mixout_ge_dropout'])}: mixout keeps at least dropout's source-task "
-        f"accuracy at every p > 0 (smallest mean advantage {worst[1]:+.4f}, at p = {worst[0]:g})",
+        f"{distance}: mixout's squared distance to w_pre over the mixed weights (fc2, fc3) falls as p grows, "
+        f"in every restart (smallest drop of the mean {checks['mixed_distance_margin']:.1f} std)",
+        f"{source}: mixout keeps at least dropout's source-task accuracy at every p > 0 "
+        f"(smallest mean advantage {worst[1]:+.4f}, at p = {worst[0]:g})",
     ]
 
 
@@ -197,17 +161,13 @@ def summary_table(summary: list[dict], meta: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     cols = ["method", "p", "n"] + [f"{c}_{s}" for c in TABLE_COLUMNS for s in ("mean", "std")]
     atomic_write_csv(out_dir / "table.csv", summary, cols, lineterminator="\n")
-    md = [
-        f"<!-- {caption(meta)} -->",
-        f"*{caption(meta)}*",
-        "",
-        "| method | p | n | " + " | ".join(TABLE_COLUMNS) + " |",
-        "|---|---|---|" + "---|" * len(TABLE_COLUMNS),
+    cells = [
+        {"method": r["method"], "p": f"{r['p']:.1f}", "n": str(r["n"])}
+        | {c: f"{r[c + '_mean']:.4f} +- {r[c + '_std']:.4f}" for c in TABLE_COLUMNS}
+        for r in summary
     ]
-    for r in summary:
-        cells = [f"{r[c + '_mean']:.4f} +- {r[c + '_std']:.4f}" for c in TABLE_COLUMNS]
-        md.append(f"| {r['method']} | {r['p']:.1f} | {r['n']} | " + " | ".join(cells) + " |")
-    atomic_write(out_dir / "table.md", "\n".join(md) + "\n")
+    table = markdown_table(cells, ("method", "p", "n", *TABLE_COLUMNS))
+    atomic_write(out_dir / "table.md", f"<!-- {caption(meta)} -->\n*{caption(meta)}*\n\n{table}\n")
     return [out_dir / "table.csv", out_dir / "table.md"]
 
 
@@ -232,14 +192,9 @@ def failure_thresholds(records: list[dict], w_pre_acc: float) -> dict:
         by.setdefault(r["setting"], []).append(r["test_acc"])
     med = {k: float(np.median(v)) for k, v in by.items()}
     best = max(med, key=med.get)
-    sd = float(np.std(by[best], ddof=1)) if len(by[best]) > 1 else 0.0
-    return {
-        "failed_below": float(w_pre_acc),
-        "outlier_below": med[best] - 3.0 * sd,
-        "best_setting": best,
-        "best_median": med[best],
-        "best_sd": sd,
-    }
+    sd = sample_sd(by[best])
+    cuts = {"failed_below": float(w_pre_acc), "outlier_below": med[best] - 3.0 * sd}
+    return cuts | {"best_setting": best, "best_median": med[best], "best_sd": sd}
 
 
 def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
@@ -249,9 +204,8 @@ def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
     for size in sorted({r["size"] for r in records}):
         at = [r for r in records if r["size"] == size]
         th = failure_thresholds(at, w_pre_acc)
-        for name in sorted(
-            {r["setting"] for r in at}, key=lambda s: min(r["order"] for r in at if r["setting"] == s)
-        ):
+        settings = {r["setting"] for r in at}
+        for name in sorted(settings, key=lambda s: min(r["order"] for r in at if r["setting"] == s)):
             g = [r for r in at if r["setting"] == name]
             acc = np.array([r["test_acc"] for r in g])
             flagged = np.array([bool(r.get("failed")) for r in g])  # stored as failed (non-finite numbers)
@@ -261,7 +215,7 @@ def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
                 "label": g[0]["label"],
                 "n": len(g),
                 "mean": float(acc.mean()),
-                "std": float(acc.std(ddof=1)) if len(acc) > 1 else 0.0,
+                "std": sample_sd(acc),
                 "min": float(acc.min()),
                 "median": float(np.median(acc)),
                 "max": float(acc.max()),
@@ -269,13 +223,15 @@ def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
                 "outliers": int((acc < th["outlier_below"]).sum()),
                 "failed_below": th["failed_below"],
                 "outlier_below": th["outlier_below"],
-                "dist_mixed": _finite_mean(r["dist_mixed"] for r in g),
-                "dist_all": _finite_mean(r["dist_all"] for r in g),
             }
-            if "dist_fc3_w0" in g[0]:
-                row["dist_fc3_w0"] = _finite_mean(r["dist_fc3_w0"] for r in g)
-            rows.append(row)
+            dists = ("dist_mixed", "dist_all") + (("dist_fc3_w0",) if "dist_fc3_w0" in g[0] else ())
+            rows.append(row | {k: _finite_mean(r[k] for r in g) for k in dists})
     return rows
+
+
+def sample_sd(values) -> float:
+    """The sample standard deviation (ddof=1) of ``values``; 0 for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _finite_mean(values) -> float:
@@ -304,19 +260,9 @@ def paired_differences(records: list[dict], pairs=PAIRED_COMPARISONS, metric: st
             d = np.array([val[a, k] - val[b, k] for (s, k) in val if s == a and (b, k) in val])
             if d.size == 0:
                 continue
-            rows.append(
-                {
-                    "size": size,
-                    "a": a,
-                    "b": b,
-                    "n": int(d.size),
-                    "mean_diff": float(d.mean()),
-                    "sd_diff": float(d.std(ddof=1)) if d.size > 1 else 0.0,
-                    "a_wins": int((d > 0).sum()),
-                    "ties": int((d == 0).sum()),
-                    "b_wins": int((d < 0).sum()),
-                }
-            )
+            row = {"size": size, "a": a, "b": b, "n": int(d.size), "mean_diff": float(d.mean())}
+            row |= {"sd_diff": sample_sd(d), "a_wins": int((d > 0).sum()), "ties": int((d == 0).sum())}
+            rows.append(row | {"b_wins": int((d < 0).sum())})
     return rows
 
 
@@ -363,28 +309,14 @@ def trajectory_summary(records: list[dict]) -> list[dict]:
         steps = [q["step"] for q in runs[0]]
         k = p / (1 - p)
         i = int(m.argmax())
-        rows.append(
-            {
-                "p": p,
-                "restarts": len(runs),
-                "checkpoints": len(steps),
-                "m_first": float(m[0]),
-                "first_step": steps[0],
-                "m_peak": float(m[i]),
-                "peak_step": steps[i],
-                "m_last": float(m[-1]),
-                "last_step": steps[-1],
-                "peak_over_last": float(m[i] / m[-1]),
-                "lam_peak": float(m[i] * k),
-                "lam_last": float(m[-1] * k),
-                "loss_peak": float(loss[i]),
-                "loss_last": float(loss[-1]),
-                "min_m_lo_after_first": (
-                    float(min(q["m_lo"] for c in runs for q in c[1:])) if len(steps) > 1 else float("nan")
-                ),
-                "test_acc": float(np.mean([r["test_acc"] for r in records if r["p"] == p])),
-            }
-        )
+        row = {"p": p, "restarts": len(runs), "checkpoints": len(steps)}
+        for at, j in (("first", 0), ("peak", i), ("last", -1)):
+            row |= {f"m_{at}": float(m[j]), f"{at}_step": steps[j]}
+        row |= {"peak_over_last": float(m[i] / m[-1]), "lam_peak": float(m[i] * k)}
+        row |= {"lam_last": float(m[-1] * k), "loss_peak": float(loss[i]), "loss_last": float(loss[-1])}
+        later = [q["m_lo"] for c in runs for q in c[1:]]
+        row["min_m_lo_after_first"] = float(min(later)) if len(steps) > 1 else float("nan")
+        rows.append(row | {"test_acc": float(np.mean([r["test_acc"] for r in records if r["p"] == p]))})
     return rows
 
 
@@ -408,19 +340,8 @@ TRAJECTORY_COLUMNS = (
 
 def trajectory_rows(records: list[dict]) -> list[dict]:
     """One flat row per (run, checkpoint) of the trajectory study (a tidy table)."""
-    rows = []
-    for r in records:
-        for c in r["checkpoints"]:
-            rows.append(
-                {
-                    "p": r["p"],
-                    "restart": r["restart"],
-                    "size": r["size"],
-                    "eval_size": r["eval_size"],
-                    "mc_samples": r["mc_samples"],
-                    **c,
-                }
-            )
+    keep = ("p", "restart", "size", "eval_size", "mc_samples")
+    rows = [{**{k: r[k] for k in keep}, **c} for r in records for c in r["checkpoints"]]
     return sorted(rows, key=lambda q: (q["p"], q["restart"], q["step"]))
 
 
@@ -438,14 +359,16 @@ def claims(
     * ``head``: per size, the head regulariser with the best mean;
     * ``m_peak_over_last``: per p, peak / final implied modulus along the run (adaptive L2 if >> 1).
     """
-    out = {
-        "mixout_fewer_failures": {},
-        "mixout_mean_gain": {},
-        "paired_gain_mixout0.8": {},
-        "mixout_wd_gain": {},
-        "head": {},
-        "m_peak_over_last": {t["p"]: t["peak_over_last"] for t in traj},
-    }
+    per_size = (
+        "mixout_fewer_failures",
+        "mixout_mean_gain",
+        "paired_gain_mixout0.8",
+        "mixout_wd_gain",
+        "head",
+    )
+    out = {k: {} for k in per_size} | {"m_peak_over_last": {t["p"]: t["peak_over_last"] for t in traj}}
+    usual_pair = [("mixout0.8", "dropout0.1+wd0.01")]
+    paired = {d["size"]: d for d in paired_differences(small_records, usual_pair)} if small_records else {}
     for size in sorted({r["size"] for r in small}):
         at = {r["setting"]: r for r in small if r["size"] == size}
         usual = at.get("dropout0.1+wd0.01")
@@ -456,16 +379,8 @@ def claims(
             out["mixout_mean_gain"][size] = best["mean"] - usual["mean"]
         if "mixout0.8" in at and "mixout0.8+l2sp0.01" in at:
             out["mixout_wd_gain"][size] = at["mixout0.8+l2sp0.01"]["mean"] - at["mixout0.8"]["mean"]
-        if small_records:
-            acc = {(r["setting"], r["restart"]): r["test_acc"] for r in small_records if r["size"] == size}
-            d = [
-                acc["mixout0.8", k] - acc["dropout0.1+wd0.01", k]
-                for (s, k) in acc
-                if s == "mixout0.8" and ("dropout0.1+wd0.01", k) in acc
-            ]
-            if d:
-                sd = float(np.std(d, ddof=1)) if len(d) > 1 else 0.0
-                out["paired_gain_mixout0.8"][size] = (float(np.mean(d)), sd)
+        if size in paired:
+            out["paired_gain_mixout0.8"][size] = (paired[size]["mean_diff"], paired[size]["sd_diff"])
     for size in sorted({r["size"] for r in head}):
         at = [r for r in head if r["size"] == size]
         out["head"][size] = max(at, key=lambda r: r["mean"])["setting"]
@@ -521,20 +436,8 @@ def trajectory_checks(records: list[dict]) -> dict:
     for r in records:
         c = r["checkpoints"]
         first, peak = c[0], max(c, key=lambda q: q["m"])
-        runs.append(
-            {
-                "p": r["p"],
-                "restart": r["restart"],
-                "first_m": first["m"],
-                "first_step": first["step"],
-                "peak_m": peak["m"],
-                "peak_step": peak["step"],
-                "last_m": c[-1]["m"],
-                "peak_above_first": peak["m_lo"] > first["m_hi"],
-            }
-        )
-    return {
-        "checkpoints_after_first": len(later),
-        "min_m_lo_after_first": min((q["m_lo"] for q in later), default=float("nan")),
-        "runs": runs,
-    }
+        run = {"p": r["p"], "restart": r["restart"], "first_m": first["m"], "first_step": first["step"]}
+        run |= {"peak_m": peak["m"], "peak_step": peak["step"], "last_m": c[-1]["m"]}
+        runs.append(run | {"peak_above_first": peak["m_lo"] > first["m_hi"]})
+    lowest = min((q["m_lo"] for q in later), default=float("nan"))
+    return {"checkpoints_after_first": len(later), "min_m_lo_after_first": lowest, "runs": runs}

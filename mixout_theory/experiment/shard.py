@@ -1,9 +1,8 @@
 """A part of a study's run list, so that several processes or machines can share one study.
 
-A study cuts its run list into ensembles (chunks) fixed by the whole list
-(:func:`~mixout_theory.experiment.store.pending_chunks`); shard ``K/N`` computes the chunks whose
-index is ``K - 1`` modulo ``N``. Every chunk is the same ensemble in a sharded and an unsharded run,
-so the numbers are the same bit for bit, and ``N`` shards together compute every chunk once.
+Shard ``K/N`` computes the chunks (ensembles fixed by the whole list,
+:func:`~mixout_theory.experiment.store.pending_chunks`) whose index is ``K - 1`` modulo ``N``: the same
+ensembles as an unsharded run, so the same numbers bit for bit, and ``N`` shards compute every chunk once.
 """
 
 from __future__ import annotations
@@ -33,8 +32,7 @@ class Shard:
         """``"K/N"`` as a shard (a one-line error for anything else)."""
         if not re.fullmatch(r"[0-9]+/[0-9]+", str(text)):
             raise ValueError(f"shard must be K/N (e.g. 2/8), got {text!r}")
-        k, n = str(text).split("/")
-        return cls(int(k), int(n))
+        return cls(*map(int, str(text).split("/")))
 
     def owns(self, index: int) -> bool:
         """Whether chunk ``index`` (0-based, in the whole run list) is this shard's."""

@@ -1,9 +1,6 @@
-"""How far the source task's framing is from the target's, in numbers (framing statistics, a probe).
-
-:func:`shift_statistics` shows that the source and target tasks of the experiment really differ:
-bounding boxes and centres of mass of the ink (:func:`framing_statistics`), and a linear probe that
-tells the two framings apart on held-out digits, with a same-framing control.
-"""
+"""How far the source task's framing is from the target's, in numbers: :func:`shift_statistics`
+(bounding boxes and centres of mass of the ink, and a linear probe that tells the two framings apart
+on held-out digits, with a same-framing control)."""
 
 from __future__ import annotations
 
@@ -45,20 +42,16 @@ def framing_statistics(images: torch.Tensor, threshold: int = STAT_THRESHOLD) ->
 
 
 def _linear_probe(xa_tr, xb_tr, xa_te, xb_te, l2: float = 1.0, steps: int = 15) -> float:
-    """Test accuracy of a linear classifier telling framing A from framing B.
-
-    L2-regularised logistic regression on 2x2-average-pooled pixels (14x14 = 196 features, still a
-    linear function of the raw pixels), standardised, fitted by Newton's method in float64 (at most
-    ``steps`` steps; it converges in about ten): deterministic, and a fraction of a second.
+    """Test accuracy of a linear classifier telling framing A from framing B: L2-regularised logistic
+    regression on 2x2-average-pooled pixels (196 features, linear in the raw pixels), standardised,
+    fitted by Newton's method in float64 (at most ``steps`` steps; about ten): deterministic, and fast.
     """
 
     def feats(a, b):
         x = torch.cat([a, b]).reshape(-1, 14, 2, 14, 2).double().mean(dim=(2, 4)).reshape(-1, 196)
-        y = torch.cat([torch.ones(len(a)), torch.zeros(len(b))]).double()
-        return x, y
+        return x, torch.cat([torch.ones(len(a)), torch.zeros(len(b))]).double()
 
-    x_tr, y_tr = feats(xa_tr, xb_tr)
-    x_te, y_te = feats(xa_te, xb_te)
+    (x_tr, y_tr), (x_te, y_te) = feats(xa_tr, xb_tr), feats(xa_te, xb_te)
     mu, sd = x_tr.mean(0), x_tr.std(0).clamp(min=1e-3)
     x_tr = torch.cat([(x_tr - mu) / sd, torch.ones(len(x_tr), 1, dtype=torch.float64)], dim=1)
     x_te = torch.cat([(x_te - mu) / sd, torch.ones(len(x_te), 1, dtype=torch.float64)], dim=1)
@@ -81,12 +74,11 @@ def _linear_probe(xa_tr, xb_tr, xa_te, xb_te, l2: float = 1.0, steps: int = 15) 
 def shift_statistics(data: ExperimentData, n: int = 2000, seed: int = 0) -> dict:
     """Show the source/target shift with numbers (framing statistics and a linear probe).
 
-    Framing statistics (:func:`framing_statistics`) on ``n`` random training images of each task;
-    an L2-regularised logistic regression (a linear classifier) on raw pixels, trained on ``n``
-    source-train vs ``n`` target-train images and tested on up to ``n`` source-val vs target-val
-    images (different digits than it was trained on, so it can only succeed by the framing). Chance
-    is 0.5. The control probe does the same with two disjoint sets of *target* images on both sides
-    (same framing), so it should stay near 0.5: the probe finds the framing, not chance structure.
+    Framing statistics (:func:`framing_statistics`) on ``n`` random training images of each task; a
+    linear probe trained on ``n`` source-train vs ``n`` target-train images and tested on up to ``n``
+    source-val vs target-val images (other digits: it can only succeed by the framing; chance 0.5).
+    The control probe sets two disjoint sets of *target* images against each other (same framing), so
+    it should stay near 0.5: the probe finds the framing, not chance structure.
     """
     if not isinstance(n, int) or n < 10:
         raise ValueError(f"n must be an int >= 10, got {n!r}")

@@ -1,18 +1,12 @@
 """What a notebook shows: results computed now, the user's stored ones, or those committed with the
 repository.
 
-The experiment notebooks open at once. Unless recomputing is asked for (``MIXOUT_RECOMPUTE=1``, or
-``recompute=True``), each study shows, in this order:
-
-1. the user's own results of the current profile: the newest export of the study under ``figures/``
-   (what its command, or ``figures`` after it, wrote);
-2. the paper-profile results committed in ``docs/results/``.
-
-Either is read back from its tables, every table checked against the sha256 in its ``meta.json``.
-Recomputing runs the study at the current profile (resuming from what is stored) and exports it.
-:func:`results` is the one loader, for every study: it returns what the study's export holds with a
-:class:`Shown`, which the notebook prints first: where the results come from, the profile, the
-source task and the configuration key.
+Unless recomputing is asked for (``MIXOUT_RECOMPUTE=1``, or ``recompute=True``: the study runs at the
+current profile, resuming from what is stored, and is exported), each study shows the user's newest
+export of the current profile under ``figures/``, else the paper-profile results committed in
+``docs/results/``, read back from its tables, each checked against the sha256 in its ``meta.json``.
+:func:`results` is the one loader; the :class:`Shown` it returns says where the results come from, the
+profile, the source task and the configuration key.
 """
 
 from __future__ import annotations
@@ -62,8 +56,7 @@ def results(study: str, profile: str, recompute: bool | None = None, options: Ru
     """``(results, Shown)`` of ``study`` (a name of :data:`~mixout_theory.experiment.studies.REGISTRY`):
     computed at ``profile`` and exported into ``figures/`` when recomputing (``recompute``, default
     ``$MIXOUT_RECOMPUTE``), else the user's export of ``profile`` under ``figures/``, else the committed
-    paper-profile export. Every table is checked against its sha256 as it is read back
-    (the study's :meth:`~mixout_theory.experiment.study.Study.load`)."""
+    paper-profile export, read back by the study's :meth:`~mixout_theory.experiment.study.Study.load`."""
     s = REGISTRY[study]
     if recompute_requested() if recompute is None else recompute:
         ctx = Context(profile, options=options or RunOptions(progress=False))
@@ -71,11 +64,8 @@ def results(study: str, profile: str, recompute: bool | None = None, options: Ru
         where, origin = s.export_folder(ctx, result), COMPUTED
         complete_export(s, result, ctx, where)
     else:
-        mine = sorted(
-            project_dir("figures").glob(f"{s.export_name}-{profile}-*/meta.json"),
-            key=lambda p: p.stat().st_mtime,
-            reverse=True,
-        )
-        where, origin = (mine[0].parent, STORED) if mine else (s.committed_dir(), SHIPPED)
+        mine = project_dir("figures").glob(f"{s.export_name}-{profile}-*/meta.json")
+        newest = max(mine, key=lambda p: p.stat().st_mtime, default=None)
+        where, origin = (newest.parent, STORED) if newest is not None else (s.committed_dir(), SHIPPED)
     loaded = s.load(where)
     return loaded, Shown(origin, where, *s.shown(loaded))

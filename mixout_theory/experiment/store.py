@@ -1,25 +1,15 @@
-"""What the experiment writes to disk, and how: atomically, hashed, one record per finished run.
+"""What the experiment writes to disk: atomically, hashed, one record per finished run.
 
-One implementation of each of these, used by the data layer, the sweep and the ablations:
-
-* :class:`Staging` -- write several files under hidden temporary names (``.NAME.tmp-*``), flush them
-  to disk, then rename them all into place; on any error (Ctrl-C included) the temporaries are
-  deleted. :func:`atomic_write` / :func:`atomic_write_csv` are the one-file case;
-  :func:`remove_stale_temporaries` cleans what a killed process left.
-* :func:`file_digest` / :func:`sha256_file` -- checksums of files; :func:`config_hash` -- the short
-  hash of a configuration that names a results folder; :func:`jsonable` -- what JSON can hold.
-* :func:`tensors_sha256` -- the content hash of a set of weights (store keys record ``w_pre``'s);
-  :class:`IntegrityError` -- a stored file that no longer matches its recorded checksum.
-* :class:`RunStore` -- a folder of runs: ``config.json`` and ``runs/<run id>.json``, one record per
-  finished run (strict JSON, carrying its own sha256), so a rerun skips what is :meth:`~RunStore.done`;
-  :func:`read_runs` sets aside (``runs/rejected/``) what is not a valid record; :func:`pending_chunks`
-  fixes a study's ensembles by its whole run list (bit-for-bit resumes); :func:`export_csv` the tidy table,
-  :func:`find_stores` the folders holding runs, :func:`runs_written_since` what a command added,
-  :func:`run_env` what a run was computed with.
-* :func:`read_csv` -- an exported table back as dicts; :func:`checked_meta` -- an export's
-  ``meta.json``, after checking its tables against the sha256 it records.
-* :func:`project_dir` -- ``data/``, ``results/``, ``figures/`` (``$MIXOUT_DATA``, ``$MIXOUT_RESULTS``,
-  ``$MIXOUT_FIGURES`` when set, else inside this checkout, else ``./``).
+* :class:`Staging` / :func:`atomic_write` -- files written under hidden temporary names (``.NAME.tmp-*``),
+  flushed, then renamed into place, or deleted on any error; :func:`remove_stale_temporaries` cleans
+  what a killed process left.
+* :class:`RunStore` -- ``config.json`` and ``runs/<run id>.json``, one record per finished run (strict
+  JSON carrying its own sha256 and its store's key), so a rerun skips what is done; :func:`read_runs`
+  sets aside (``runs/rejected/``) what is not a valid record; :func:`pending_chunks` fixes a study's
+  ensembles by its whole run list (bit-for-bit resumes).
+* :func:`write_meta` / :func:`checked_meta` -- an export's ``meta.json``, with the sha256 of its tables.
+* :func:`project_dir` -- ``data/``, ``results/``, ``figures/``: ``$MIXOUT_DATA``, ``$MIXOUT_RESULTS``,
+  ``$MIXOUT_FIGURES`` when set, else inside this checkout, else ``./``.
 """
 
 from __future__ import annotations
@@ -42,26 +32,19 @@ from mixout_theory.experiment.machine import run_env  # noqa: F401 - every study
 from mixout_theory.experiment.shard import Shard
 
 TMP_MARK = ".tmp-"
-
-
 #: the folders a user (or the test suite) can move with an environment variable
 DIR_ENV = {"data": "MIXOUT_DATA", "results": "MIXOUT_RESULTS", "figures": "MIXOUT_FIGURES"}
 
 
 def project_dir(name: str) -> Path:
-    """A project folder: ``$MIXOUT_DATA`` / ``$MIXOUT_RESULTS`` / ``$MIXOUT_FIGURES`` when set (for
-    ``data``, ``results``, ``figures``), else ``name`` inside this checkout when running from one, else
-    ``./name``."""
-    env = os.environ.get(DIR_ENV.get(name, ""), "").strip()
-    if env:
+    """A project folder: its variable of :data:`DIR_ENV` when set, else ``name`` inside this checkout
+    when running from one, else ``./name``."""
+    if env := os.environ.get(DIR_ENV.get(name, ""), "").strip():
         return Path(env).expanduser()
     repo = Path(__file__).resolve().parents[2]
     if (repo / "pyproject.toml").is_file() and (repo / "mixout_theory").is_dir():
         return repo / name
     return Path(name)
-
-
-# ------------------------------------------------------------------------------------- hashing
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
@@ -93,9 +76,6 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(json.dumps(jsonable(config), sort_keys=True).encode()).hexdigest()[:12]
 
 
-# ------------------------------------------------------------------------------- safe writing
-
-
 def tmp_name(final: Path) -> Path:
     """A hidden temporary sibling of ``final`` (same folder, so the final rename is atomic)."""
     return final.with_name(f".{final.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
@@ -115,58 +95,41 @@ class Staging:
     def path_for(self, final: Path) -> Path:
         final = Path(final)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = tmp_name(final)
-        self._pending.append((tmp, final))
-        return tmp
+        self._pending.append((tmp_name(final), final))
+        return self._pending[-1][0]
 
     def commit(self) -> list[Path]:
         """Flush every temporary to disk, then rename each into place; return the final paths."""
         for tmp, _ in self._pending:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
-        done = []
         for tmp, final in self._pending:
             os.replace(tmp, final)
-            done.append(final)
-        self._pending.clear()
+        done, self._pending = [final for _, final in self._pending], []
         return done
-
-    def discard(self) -> None:
-        for tmp, _ in self._pending:
-            try:
-                tmp.unlink()
-            except FileNotFoundError:
-                pass
-        self._pending.clear()
 
     def __enter__(self) -> Staging:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.discard()  # after commit() nothing is pending, so this only cleans up failures
+        for tmp, _ in self._pending:  # after commit() nothing is pending: this only cleans up failures
+            tmp.unlink(missing_ok=True)
+        self._pending.clear()
 
 
 def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list[Path]:
-    """Delete this module's temporaries (``.NAME.tmp-*``) left in ``folder`` by a killed process.
-
-    Only files/folders carrying the temporary mark are touched, and only those older than
-    ``older_than_s`` or written by a process of this machine that no longer runs (the pid in the
-    name, :func:`tmp_name`), so a concurrent process's work in progress is never removed.
-    """
-    removed = []
+    """Delete this module's temporaries (``.NAME.tmp-*``) in ``folder`` older than ``older_than_s`` or
+    whose writer (the pid in the name) no longer runs: a concurrent process's work is never removed."""
     if not folder.is_dir():
-        return removed
-    now = time.time()
+        return []
+    removed, now = [], time.time()
     for p in folder.iterdir():
         if not (p.name.startswith(".") and TMP_MARK in p.name):
             continue
         try:
             if now - p.stat().st_mtime < older_than_s and _writer_alive(p.name):
                 continue
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
             removed.append(p)
         except OSError:
             pass
@@ -176,22 +139,20 @@ def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list
 def _writer_alive(name: str) -> bool:
     """Whether the process whose pid a temporary's name carries still runs (unknown: assume so)."""
     pid = name.split(TMP_MARK, 1)[1].split("-", 1)[0]
-    if not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
+    if pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
     return True
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write ``path`` all or nothing (a :class:`Staging` of one file)."""
     with Staging() as st:
-        tmp = st.path_for(Path(path))
-        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        st.path_for(Path(path)).write_bytes(data.encode() if isinstance(data, str) else data)
         st.commit()
 
 
@@ -210,8 +171,8 @@ class IntegrityError(ValueError):
 
 
 def tensors_sha256(tensors: dict) -> str:
-    """sha256 of a dict of tensors: names, dtypes, shapes and bytes in name order (what a store key
-    records about the weights a run started from; independent of how the file was serialised)."""
+    """sha256 of a dict of tensors: names, dtypes, shapes and bytes in name order (independent of how
+    the file was serialised; store keys record ``w_pre``'s)."""
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -221,8 +182,7 @@ def tensors_sha256(tensors: dict) -> str:
 
 
 def _parse_cell(value: str):
-    """One CSV cell back as a number: ``int`` for integral digits, else ``float``, else the text;
-    empty: ``None``."""
+    """One CSV cell: ``int`` for integral digits, else ``float``, else the text; empty: ``None``."""
     if value == "":
         return None
     try:
@@ -233,15 +193,14 @@ def _parse_cell(value: str):
 
 def read_csv(path, text=()) -> list[dict]:
     """A table written by :func:`atomic_write_csv` back as dicts, cells parsed by :func:`_parse_cell`
-    except those of the columns named in ``text`` (hashes, names), which stay strings."""
+    except in the columns named in ``text`` (hashes, names)."""
     with open(path, newline="") as f:
         return [{k: (v if k in text else _parse_cell(v)) for k, v in r.items()} for r in csv.DictReader(f)]
 
 
 def verify_sha256(path: Path, want: str, recorded_in, what: str, error=IntegrityError) -> str:
-    """The sha256 of ``path`` when it equals ``want``; else ``error`` (default :class:`IntegrityError`):
-    one line naming the file, both hashes, where the expected one is recorded (``recorded_in``) and
-    ``what`` it means and what to do."""
+    """The sha256 of ``path`` when it equals ``want``; else ``error``: one line naming the file, both
+    hashes, where ``want`` is recorded (``recorded_in``) and ``what`` it means and what to do."""
     got = sha256_file(path)
     if got != want:
         raise error(
@@ -270,10 +229,9 @@ def loads_strict(text: str):
 
 
 def read_json_object(path, remedy: str, error=IntegrityError) -> dict:
-    """The JSON object in ``path`` (a side file: ``config.json``, ``meta.json``, a checksum's ``.json``).
-
-    A file that does not parse (invalid JSON, ``NaN``), or holds anything but an object, is ``error``:
-    one line naming the file, what is wrong and ``remedy``. A missing file is ``FileNotFoundError``."""
+    """The JSON object in ``path`` (``config.json``, ``meta.json``, a checksum's ``.json``). A file that
+    does not parse (``NaN`` included) or holds no object is ``error``: one line naming the file, what is
+    wrong and ``remedy``. A missing file is ``FileNotFoundError``."""
     path = Path(path)
     try:
         obj = loads_strict(path.read_text())
@@ -304,7 +262,7 @@ def _json_sha256(obj: dict, leave_out: str) -> str:
 
 def write_meta(folder, meta: dict, tables) -> Path:
     """``folder/meta.json``: ``meta`` with the sha256 of each file in ``tables`` (``"sha256"``) and of
-    its own content (``"meta_sha256"``), written atomically; :func:`checked_meta` reads it back."""
+    its own content (``"meta_sha256"``), written atomically."""
     folder = Path(folder)
     meta = jsonable(dict(meta, sha256={n: sha256_file(folder / n) for n in tables}))
     meta[META_SHA256] = _json_sha256(meta, META_SHA256)
@@ -313,22 +271,20 @@ def write_meta(folder, meta: dict, tables) -> Path:
 
 
 def checked_meta(folder, names, remedy: str) -> dict:
-    """``folder/meta.json``, after checking its own content against the ``meta_sha256`` it carries
-    (:func:`write_meta`) and each file in ``names`` against the sha256 recorded in its ``"sha256"``
-    map; a missing file or a mismatch is a one-line error that ends with ``remedy``."""
+    """``folder/meta.json``, after checking its content against its ``meta_sha256`` and each file in
+    ``names`` against its ``"sha256"`` map; a missing file or a mismatch is one line ending in ``remedy``."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path} not found: {remedy}")
     meta = read_json_object(meta_path, remedy)
+    why = None
     if not is_sha256(meta.get(META_SHA256)):
-        raise IntegrityError(
-            f"{meta_path}: no meta_sha256 recorded in it (an older or edited export): {remedy}"
-        )
-    if meta[META_SHA256] != _json_sha256(meta, META_SHA256):
-        raise IntegrityError(
-            f"{meta_path}: its content differs from the meta_sha256 it carries (altered): {remedy}"
-        )
+        why = "no meta_sha256 recorded in it (an older or edited export)"
+    elif meta[META_SHA256] != _json_sha256(meta, META_SHA256):
+        why = "its content differs from the meta_sha256 it carries (altered)"
+    if why:
+        raise IntegrityError(f"{meta_path}: {why}: {remedy}")
     sums = meta.get("sha256")
     for name in names:
         want = sums.get(name) if isinstance(sums, dict) else None
@@ -338,14 +294,10 @@ def checked_meta(folder, names, remedy: str) -> dict:
     return meta
 
 
-# ---------------------------------------------------------------------------------- run stores
-
-
 class RunStore:
     """A folder of runs: ``config.json`` (written once) and ``runs/<run id>.json``, one record per
-    finished run, each written atomically, so a rerun can skip what is ``done()``. Every record
-    carries the store's key (:func:`store_key`) and its own sha256; it counts only if both match and
-    it holds the fields :attr:`REQUIRED` (see :func:`read_runs`)."""
+    finished run, written atomically, so a rerun can skip what is ``done()``. A record counts only if
+    the store's key (:func:`store_key`) and its own sha256 match and it holds the fields :attr:`REQUIRED`."""
 
     #: the fields every record of this store holds (subclasses name their own)
     REQUIRED: tuple = ("run_id",)
@@ -369,8 +321,8 @@ class RunStore:
         self.key = store_key(self.dir, stored)
 
     def fix_chunk(self, size: int) -> None:
-        """Record the ensemble size this store's runs are trained in (``chunk.json``), or refuse another:
-        ensembles of another size round differently, so a resume or a shard must use the same one."""
+        """Record the ensemble size this store's runs are trained in (``chunk.json``), or refuse another
+        (ensembles of another size round differently)."""
         path = self.dir / "chunk.json"
         if not path.is_file():
             atomic_write(path, json.dumps({"chunk": size}))
@@ -391,11 +343,11 @@ class RunStore:
         bad: list[str] = []
         clean = _finite(jsonable(record), "", bad)
         if bad:
-            bad.sort()
-            clean["failed"] = f"non-finite values in {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}"
+            more = " ..." if len(bad) > 5 else ""
+            clean["failed"] = f"non-finite values in {', '.join(sorted(bad)[:5])}{more}"
             warnings.warn(f"run {record['run_id']}: {clean['failed']}; stored as failed", stacklevel=2)
         clean[STORE_KEY] = self.key
-        clean[RECORD_SHA256] = _record_sha256(clean)
+        clean[RECORD_SHA256] = _json_sha256(clean, RECORD_SHA256)
         text = json.dumps(clean, indent=1, sort_keys=True, allow_nan=False)
         atomic_write(self.runs / f"{record['run_id']}.json", text)
         self.written += 1
@@ -417,20 +369,11 @@ def read_config(folder) -> dict:
 
 
 def store_key(folder, config: dict | None = None) -> str:
-    """The key a store stamps on its records: the hash of its folder's name and its ``config.json``
-    (configuration, data and ``w_pre`` fingerprints; ``config``: its content when already read), so
-    a record copied from another store is refused."""
+    """The key a store stamps on its records (so one copied from another store is refused): the hash of
+    its folder's name and its ``config.json`` (``config``: its content when already read)."""
     return config_hash(
         {"folder": Path(folder).name, "config": read_config(folder) if config is None else config}
     )
-
-
-def _record_sha256(record: dict) -> str:
-    """sha256 of a record's content as canonical JSON (sorted keys, no spaces), its own checksum left out."""
-    body = {k: v for k, v in record.items() if k != RECORD_SHA256}
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    ).hexdigest()
 
 
 def _finite(obj, where: str, bad: list):
@@ -448,24 +391,21 @@ def _finite(obj, where: str, bad: list):
 def read_runs(folder, required=RunStore.REQUIRED, planned=None) -> list[dict]:
     """The valid records under ``folder/runs/``, in file-name order.
 
-    A ``*.json`` file that does not parse (a ``NaN`` included), is not an object, lacks a field of
-    ``required``, holds another run's id, carries no ``record_sha256`` or one its content no longer
-    matches, or carries another store's ``store_key`` (:meth:`RunStore.write` puts both into it) is
-    not a finished run of this store: it is moved to ``runs/rejected/`` with a warning that names it
-    and why (so its run is computed again), never read as one. Records written before the checksum
-    and the store key existed are set aside the same way (their runs are recomputed). Other files are
-    ignored. With ``planned`` (the store's run list), a record of a run not in it is set aside too.
-    The records come back without their checksum and store key."""
+    A ``*.json`` file that does not parse (``NaN`` included), is not an object, lacks a field of
+    ``required``, holds another run's id or one not in ``planned`` (the store's run list, when given),
+    carries no ``record_sha256`` / ``store_key`` (:meth:`RunStore.write` puts both into it), one its
+    content no longer matches or another store's key is moved to ``runs/rejected/`` with a warning
+    naming it and why (its run is computed again). Other files are ignored. The records come back
+    without their checksum and store key."""
     out, key, legacy = [], store_key(folder), []
     for path in sorted(Path(folder, "runs").glob("*.json")):
         try:
             rec = loads_strict(path.read_text())
             why = None if isinstance(rec, dict) else "it is not a JSON object"
         except (OSError, UnicodeDecodeError, ValueError) as e:
-            rec, why = None, f"it does not parse ({type(e).__name__}: {e})"
+            why = f"it does not parse ({type(e).__name__}: {e})"
         if why is None:
-            missing = [k for k in required if k not in rec]
-            if missing:
+            if missing := [k for k in required if k not in rec]:
                 why = f"it lacks the fields {missing}"
             elif rec["run_id"] != path.stem:
                 why = f"it holds the run id {rec['run_id']!r}"
@@ -474,55 +414,43 @@ def read_runs(folder, required=RunStore.REQUIRED, planned=None) -> list[dict]:
             elif RECORD_SHA256 not in rec or STORE_KEY not in rec:
                 legacy.append(path)
                 continue
-            elif rec.pop(RECORD_SHA256) != _record_sha256(rec):
+            elif rec.pop(RECORD_SHA256) != _json_sha256(rec, RECORD_SHA256):
                 why = "its content differs from the sha256 written into it (altered)"
             elif rec.pop(STORE_KEY) != key:
                 why = "it was written into another store (its store_key is not this store's)"
         if why is None:
             out.append(rec)
         else:
-            _reject(path, why)
+            _reject([path], why)
     if legacy:
-        _reject_all(
-            legacy, "no record_sha256 or store_key written into it (edited, or from before both existed)"
-        )
+        _reject(legacy, "no record_sha256 or store_key written into it (edited, or from before both existed)")
     return out
 
 
-def _reject_all(paths: list[Path], why: str) -> None:
-    """:func:`_reject` for many files of one reason, with one warning."""
-    if len(paths) <= 3:
-        for path in paths:
-            _reject(path, why)
-        return
+def _reject(paths: list[Path], why: str) -> None:
+    """Move ``paths`` (not valid records, for one reason) into ``rejected/`` beside them, warning for each
+    (once for all when more than 3)."""
     for path in paths:
-        _move_aside(path)
-    warnings.warn(
-        f"{len(paths)} files under {paths[0].parent} are not valid run records ({why}), "
-        f"e.g. {paths[0].name}: moved to {paths[0].parent / REJECTED}; their runs will be computed again",
-        RejectedRecordWarning,
-        stacklevel=3,
-    )
-
-
-def _move_aside(path: Path) -> str:
-    """Move ``path`` into ``rejected/`` beside it; where it went, in words."""
-    dest = path.parent / REJECTED / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
-    try:
-        dest.parent.mkdir(exist_ok=True)
-        os.replace(path, dest)
-        return f"moved to {dest}"
-    except OSError:
-        return "left in place (could not move it)"
-
-
-def _reject(path: Path, why: str) -> None:
-    where = _move_aside(path)
-    warnings.warn(
-        f"{path} is not a valid run record ({why}): {where}; its run will be computed again",
-        RejectedRecordWarning,
-        stacklevel=3,
-    )
+        dest = path.parent / REJECTED / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+        try:
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(path, dest)
+            where = f"moved to {dest}"
+        except OSError:
+            where = "left in place (could not move it)"
+        if len(paths) <= 3:
+            warnings.warn(
+                f"{path} is not a valid run record ({why}): {where}; its run will be computed again",
+                RejectedRecordWarning,
+                stacklevel=3,
+            )
+    if len(paths) > 3:
+        warnings.warn(
+            f"{len(paths)} files under {paths[0].parent} are not valid run records ({why}), "
+            f"e.g. {paths[0].name}: moved to {paths[0].parent / REJECTED}; their runs will be computed again",
+            RejectedRecordWarning,
+            stacklevel=3,
+        )
 
 
 class RejectedRecordWarning(UserWarning):
@@ -541,14 +469,13 @@ def export_csv(records: list[dict], path: Path) -> Path:
 def pending_chunks(
     items: list, size: int, done: set, run_id=lambda item: item[0], shard: Shard | None = None, group=None
 ) -> list[list]:
-    """The chunks of ``items`` that still hold a run not in ``done``, each whole (``shard``'s only).
+    """The chunks of ``items`` that still hold a run not in ``done``, each whole (``shard``'s only, by
+    index in the whole list).
 
     Chunks are fixed by the whole list (``size`` items each, in order; a new chunk also starts where
-    ``group(item)`` changes), never by what is left, and a chunk a kill left half-stored is trained
-    again whole: a resumed or sharded command trains exactly the ensembles an uninterrupted one
-    trains, so every run's numbers are bit for bit the same whatever the kill point or the shard
-    (callers write only the records that are missing). ``shard`` keeps the chunks it owns by their
-    index in the whole list."""
+    ``group(item)`` changes), never by what is left, and a half-stored chunk is trained again whole: a
+    resumed or sharded command trains exactly the ensembles an uninterrupted one trains, so every run's
+    numbers are bit for bit the same (callers write only the records that are missing)."""
     size, chunks = max(1, size), []
     for item in items:
         last = chunks[-1] if chunks else None
@@ -564,12 +491,11 @@ def pending_chunks(
 
 def runs_written_since(root: str | Path, t0: float) -> dict[Path, tuple[int, int]]:
     """``{store folder: (records written since the epoch time t0, records stored)}`` for every store
-    under ``root`` (at any depth) that gained a record since ``t0`` (what an interrupted command kept)."""
+    under ``root`` (at any depth) that gained a record since ``t0``."""
     out = {}
     for folder in {p.parent.parent for p in Path(root).glob("**/runs/*.json")}:
         times = [p.stat().st_mtime for p in (folder / "runs").glob("*.json")]
-        new = sum(t >= t0 for t in times)
-        if new:
+        if new := sum(t >= t0 for t in times):
             out[folder] = (new, len(times))
     return out
 

@@ -1,16 +1,13 @@
-"""The registry of studies, and what is done the same way for each: export, show, re-render.
-
-:data:`REGISTRY` maps a study's name to its :class:`~mixout_theory.experiment.study.Study`; the
-command line, :mod:`~mixout_theory.experiment.shown` (what a notebook shows) and ``figures`` read it.
-A fifth study is one new module with its ``Study`` subclass, and one line in :data:`REGISTRY`.
-
-* :func:`complete_export` -- a computed result's export, or, while another shard's runs are
-  missing, the list of them (nothing is exported from part of a study).
-* :func:`render_stored` -- every study's export again from what is stored (the ``figures`` command).
+"""The registry of studies (:data:`REGISTRY`, read by the command line, ``figures`` and
+:mod:`~mixout_theory.experiment.shown`), and what is done the same way for each: :func:`complete_export`
+(nothing is exported from part of a study) and :func:`render_stored` (the ``figures`` command). A fifth
+study is one new module with its :class:`~mixout_theory.experiment.study.Study` subclass, and one line in
+:data:`REGISTRY`.
 """
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from mixout_theory.experiment import (
@@ -27,16 +24,8 @@ from mixout_theory.experiment.store import find_stores
 from mixout_theory.experiment.study import Context, Study
 from mixout_theory.figures import render_theory_figures
 
-__all__ = [
-    "REGISTRY",
-    "complete_export",
-    "render_stored",
-    "add_figure_options",
-    "Figure2",
-    "Ablations",
-    "Theorem1",
-    "Fidelity",
-]
+__all__ = ["REGISTRY", "complete_export", "render_stored", "add_figure_options"]
+__all__ += ["Figure2", "Ablations", "Theorem1", "Fidelity"]
 
 
 class Figure2(Study):
@@ -149,8 +138,6 @@ def add_figure_options(parser) -> None:
 
 
 def _positive_int(text: str) -> int:
-    import argparse
-
     try:
         value = int(text)
     except ValueError:
@@ -314,8 +301,7 @@ REGISTRY: dict[str, Study] = {s.name: s for s in (Figure2(), Ablations(), Theore
 def complete_export(study: Study, result, ctx: Context, folder: Path, **export_kwargs):
     """``(written, [])``: ``result`` exported into ``folder`` when every run of its list is stored;
     else ``([], missing run ids)`` and nothing is written (another shard has not finished)."""
-    missing = study.missing(result)
-    if missing:
+    if missing := study.missing(result):
         return [], missing
     return study.export(result, Path(folder), ctx, **export_kwargs), []
 
@@ -323,10 +309,9 @@ def complete_export(study: Study, result, ctx: Context, folder: Path, **export_k
 def render_stored(out_dir, results=None, band: str = "std") -> list[Path]:
     """Every figure from stored results only (never trains): the theory figures; Figure 2 of the newest
     complete sweep store per profile and source (``out_dir/experiment-<profile>-<source>/``, ``band``
-    around the means) and the spread across ``w_pre`` where several were swept; the ablations and
-    Theorem 1 of every profile and source stored; the fidelity study's report and figures from its own
-    exported tables (``out_dir/fidelity-*/``). A sweep store with runs missing (a shard not finished)
-    is not rendered: a warning names how many."""
+    around the means; a store with runs missing is not rendered) and the spread across ``w_pre`` where
+    several were swept; the ablations and Theorem 1 of every profile and source stored; the fidelity
+    study's report and figures from its own exported tables (``out_dir/fidelity-*/``)."""
     report.check_band(band)  # a bad band fails before anything is drawn
     out_dir = Path(out_dir)
     paths = render_theory_figures(out_dir)
@@ -339,14 +324,11 @@ def render_stored(out_dir, results=None, band: str = "std") -> list[Path]:
             seen.add(kind)
             paths += exports.render_experiment(store, out_dir, band)
     paths += w_pre_spread.render_spreads(results, out_dir)
-    for res in ablations.load_stored(results):
-        paths += REGISTRY["ablations"].export(
-            res, out_dir / f"ablations-{res.config.profile}-{res.config.source}", None
-        )
-    for res in theorem1.load_stored(results):
-        paths += REGISTRY["theorem1"].export(
-            res, out_dir / f"theorem1-{res.config.profile}-{res.config.source}", None
-        )
+    for name, module in (("ablations", ablations), ("theorem1", theorem1)):
+        for res in module.load_stored(results):
+            paths += REGISTRY[name].export(
+                res, out_dir / f"{name}-{res.config.profile}-{res.config.source}", None
+            )
     for meta in sorted(out_dir.glob("fidelity-*/meta.json")):  # from the study's own tables
         paths += REGISTRY["fidelity"].export(fidelity.load_fidelity(meta.parent), meta.parent, None)
     return paths

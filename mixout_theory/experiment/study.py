@@ -1,19 +1,11 @@
 """The one shape every study has: a :class:`Study`, run from a :class:`Context`, cut into shards.
 
-A study (Figure 2's sweep, the ablations, Theorem 1 on the network, the fidelity study) says what is
-its own: its name and command, its profile sizes, how it computes its runs from a :class:`Context`,
-how it exports its tables and figures and reads them back, and what its command prints.
-:mod:`~mixout_theory.experiment.studies` holds the registry and does, once for all studies, what is
-the same for each: exporting only when every run is stored, and re-rendering what is stored; the
-command line (:mod:`mixout_theory.cli`) builds each study's command with the shared options from the
-registry, and :mod:`~mixout_theory.experiment.shown` shows the user's results, else the committed
-ones, else computes them.
-
-A study's runs are stored as they finish (:class:`~mixout_theory.experiment.store.RunStore`), in
-ensembles fixed by its whole run list (:func:`~mixout_theory.experiment.store.pending_chunks`). A
-:class:`~mixout_theory.experiment.shard.Shard` ``K/N`` computes the chunks whose index is ``K - 1``
-modulo ``N``: the same ensembles as an unsharded run, so the same numbers bit for bit, and ``N``
-shards together compute every chunk.
+A study (Figure 2's sweep, the ablations, Theorem 1 on the network, the fidelity study) says what is its
+own: name and command, profile sizes, how it computes its runs from a :class:`Context`, exports and
+reads back its tables and figures, and what its command prints. Its runs are stored as they finish
+(:class:`~mixout_theory.experiment.store.RunStore`), in ensembles fixed by its whole run list
+(:func:`~mixout_theory.experiment.store.pending_chunks`), so a
+:class:`~mixout_theory.experiment.shard.Shard` computes the same numbers bit for bit.
 """
 
 from __future__ import annotations
@@ -34,9 +26,8 @@ class Context:
     """What every study is run with: the profile, the folders, the source task, how to run.
 
     ``results`` / ``figures`` / ``data_root``: ``None`` means ``$MIXOUT_RESULTS`` / ``$MIXOUT_FIGURES`` /
-    ``$MIXOUT_DATA``, else the checkout's ``results/``, ``figures/``, ``data/``. ``source``: ``"auto"``,
-    ``"emnist"`` or ``"stand-in"``; ``emnist_from``: a local EMNIST copy; ``options``: device, workers,
-    chunk, progress and shard (:class:`~mixout_theory.experiment.engine.RunOptions`).
+    ``$MIXOUT_DATA``, else the checkout's folders. ``source``: ``"auto"``, ``"emnist"`` or ``"stand-in"``;
+    ``emnist_from``: a local EMNIST copy; ``options``: device, workers, chunk, progress and shard.
 
     Example:
         >>> Context("smoke").results_dir.name
@@ -90,17 +81,11 @@ class Study:
     (``{profile: overrides of the configuration's paper-size defaults}``) and ``noun`` (what a run is).
     """
 
-    name: str = ""
-    command: str = ""
-    help: str = ""
-    description: str = ""
-    export_name: str = ""
-    committed: str = ""
+    name = command = help = description = export_name = committed = ""
     chunk: int | None = None
     sizes: dict = {}
     noun: str = "runs"
 
-    # -- what each study writes
     def run(self, ctx: Context, **overrides):
         """Compute every run not yet stored (this shard's share under ``ctx.options.shard``); the results."""
         raise NotImplementedError
@@ -133,7 +118,6 @@ class Study:
         """What the command prints after its export (the claims, where the files are)."""
         return [f"wrote {len(written)} files to {folder}"]
 
-    # -- the command line: the study's own options beside the shared ones
     def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--export",
@@ -157,14 +141,10 @@ class Study:
             return Path(args.export)
         return ctx.figures_dir / f"{self.export_name}-{ctx.profile}-{self.source(result)}"
 
-    # -- what is the same for every study
     def missing(self, result) -> list[str]:
         """The run ids of the whole run list not stored yet (other shards' share, or an interruption)."""
-        out = []
-        for s in self.stores(result):
-            done = s.done()
-            out += [f"{s.dir.name}/{r}" for r in (s.planned or ()) if r not in done]
-        return out
+        stores = [(s, s.done()) for s in self.stores(result)]
+        return [f"{s.dir.name}/{r}" for s, done in stores for r in (s.planned or ()) if r not in done]
 
     def committed_dir(self) -> Path:
         return project_dir("docs") / "results" / self.committed

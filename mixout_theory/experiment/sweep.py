@@ -1,17 +1,12 @@
-"""Pretraining, the p-sweep of the paper's Figure 2, and the results store they write to.
+"""The p-sweep of the paper's Figure 2 from a cached ``w_pre`` (:func:`pretrained`), and its results store.
 
 Protocol: paper Section 4 / Supplement C.1 (Adam, lr 1e-4 pretraining / 5e-5 finetuning, batch 32,
 10% warm-up then linear decay, 5 finetuning epochs, p in {0, 0.1, ..., 0.8}, 10 restarts).
-
-* :func:`pretrain` trains ``w_pre`` on the source task and keeps the best validation checkpoint;
-  it is cached in the store with its configuration and reused.
-* :func:`run_sweep` finetunes ``w_pre`` on MNIST for every (method, p, restart): p = 0 is the
-  unregularised run, shared by both methods; restarts differ only in data order, and restart ``r``
-  uses the same data order in every setting, so comparisons across p and method are paired.
-* :class:`SweepStore` keeps one folder per configuration hash; every finished run is one JSON record,
-  written atomically as its ensemble chunk finishes, so an interrupted sweep resumes where it stopped
-  and a changed configuration never mixes with old records.
-* :data:`SIZES` -- what ``smoke`` / ``quick`` / ``paper`` mean for the sweep (each study has its own).
+:func:`run_sweep` finetunes ``w_pre`` on MNIST for every (method, p, restart): p = 0 is the unregularised
+run, shared by both methods; restart ``r`` uses the same data order in every setting, so comparisons
+across p and method are paired. :class:`SweepStore` keeps one folder per configuration hash and one JSON
+record per finished run, written as its ensemble chunk finishes: an interrupted sweep resumes where it
+stopped, and a changed configuration never mixes with old records.
 """
 
 from __future__ import annotations
@@ -43,6 +38,17 @@ from mixout_theory.profiles import PROFILES
 
 METHODS = ("dropout", "mixout")
 PAPER_PS = tuple(round(0.1 * k, 1) for k in range(9))  # 0.0, 0.1, ..., 0.8
+#: the numbers of every run that Figure 2 summarises (:func:`report.summarise`)
+SUMMARY_METRICS = (
+    "dist_all",
+    "dist_mixed",
+    "dist_fc1",
+    "dist_fc2",
+    "dist_fc3",
+    "target_val_acc",
+    "target_test_acc",
+    "source_val_acc",
+)
 
 
 @dataclass(frozen=True)
@@ -98,25 +104,7 @@ class SweepConfig:
 
     def pretrain_key(self) -> str:
         """Short hash of the fields that change ``w_pre``."""
-        keep = (
-            "source",
-            "source_train",
-            "eval_size",
-            "pretrain_epochs",
-            "pretrain_seed",
-            "pretrain_search",
-            "batch_size",
-            "lr_pretrain",
-            "weight_decay_pretrain",
-            "dropout_pretrain",
-            "warmup",
-            "dropout_placement",
-            "normalisation",
-            "data",
-            "engine",
-            "orientation",
-        )
-        return config_hash(self._fields(keep))
+        return config_hash(self._fields(PRETRAIN_FIELDS))
 
     @property
     def mixed(self) -> tuple:
@@ -127,6 +115,11 @@ class SweepConfig:
 #: What mixout and dropout act on: the hidden layers (fc2 / fc3 mixed, dropout on the hidden units:
 #: the paper's description) or every Linear layer (fc1 too: the input pixels).
 MIXED_LAYERS = tuple(mlp.MIXED_BY_LAYERS)
+#: The fields that change ``w_pre``.
+PRETRAIN_FIELDS = (
+    "source source_train eval_size pretrain_epochs pretrain_seed pretrain_search batch_size lr_pretrain "
+    "weight_decay_pretrain dropout_pretrain warmup dropout_placement normalisation data engine orientation"
+).split()
 #: Fields added after results were stored, with the defaults that leave those results' keys alone.
 LATER_FIELDS = {"orientation": "upright", "mixed_layers": "hidden"}
 
@@ -167,23 +160,7 @@ def profile_config(profile: str, **overrides) -> SweepConfig:
 class SweepStore(RunStore):
     """The sweep's store: ``root/<profile>-<source>-<config hash>/``, plus ``runs.csv``."""
 
-    REQUIRED = (
-        "run_id",
-        "method",
-        "p",
-        "seed",
-        "source",
-        "profile",
-        "config",
-        "dist_all",
-        "dist_mixed",
-        "dist_fc1",
-        "dist_fc2",
-        "dist_fc3",
-        "target_val_acc",
-        "target_test_acc",
-        "source_val_acc",
-    )
+    REQUIRED = ("run_id", "method", "p", "seed", "source", "profile", "config", *SUMMARY_METRICS)
 
     def __init__(self, root: str | Path, config: SweepConfig):
         self.config = config
@@ -252,15 +229,11 @@ def sorted_records(records: list[dict]) -> list[dict]:
 def store_context(folder: str | Path) -> dict:
     """What an export records about the runs of a store: its ``config.json`` and, when cached next to
     it, the pretraining's summary (``pretrain/<source>-<key>.json``: best epoch, accuracy, seconds)."""
-    folder = Path(folder)
-    config = read_config(folder)
-    sweep_config = stored_config(folder)
-    pre = folder.parent / "pretrain" / f"{sweep_config.source}-{sweep_config.pretrain_key()}.json"
-    pretrain = (
-        {k: v for k, v in read_json_object(pre, "pretrain again").items() if k != "config"}
-        if pre.is_file()
-        else None
-    )
+    config, sweep_config = read_config(folder), stored_config(folder)
+    pre = Path(folder).parent / "pretrain" / f"{sweep_config.source}-{sweep_config.pretrain_key()}.json"
+    pretrain = None
+    if pre.is_file():
+        pretrain = {k: v for k, v in read_json_object(pre, "pretrain again").items() if k != "config"}
     return {"config": config, "pretrain": pretrain}
 
 
@@ -285,23 +258,17 @@ def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> li
 
 def sweep_members(config: SweepConfig) -> list[tuple[str, dict, engine.Member]]:
     """``(run_id, fields, Member)`` for every run of the sweep; p = 0 appears once (method "none")."""
+    all_layers = config.mixed_layers == "all"  # fc1 too: the input pixels
     runs = []
     for seed in range(config.restarts):
         for p in config.ps:
             for method in ("none",) if p == 0 else METHODS:
                 mask_seed = int(hashlib.sha256(f"{method}/{p}/{seed}".encode()).hexdigest()[:8], 16)
-                inputs = config.mixed_layers == "all"  # fc1 too: the input pixels
-                member = engine.Member(
-                    dropout=p if method == "dropout" else 0.0,
-                    mixout=p if method == "mixout" else 0.0,
-                    data_seed=seed,
-                    mask_seed=mask_seed,
-                    input_dropout=p if method == "dropout" and inputs else 0.0,
-                    input_mixout=p if method == "mixout" and inputs else 0.0,
-                )
-                runs.append(
-                    (f"{method}-p{p:.2f}-seed{seed}", {"method": method, "p": p, "seed": seed}, member)
-                )
+                rates = {m: p if m == method else 0.0 for m in METHODS}  # dropout, mixout
+                inputs = {f"input_{m}": r for m, r in rates.items()} if all_layers else {}
+                member = engine.Member(**rates, **inputs, data_seed=seed, mask_seed=mask_seed)
+                run_id = f"{method}-p{p:.2f}-seed{seed}"
+                runs.append((run_id, {"method": method, "p": p, "seed": seed}, member))
     return runs
 
 
@@ -350,12 +317,10 @@ def finetune(config: SweepConfig, w_pre: dict, members: list, tensors: dict, opt
     """One ensemble of ``members`` finetuning ``w_pre`` on the target training split with the sweep's
     protocol (Supplement C.1: Adam, ``lr_finetune``, batch 32, warm-up then linear decay); mixout
     mixes towards ``w_pre``. The result of :func:`engine.train_ensemble`."""
-    xt, yt = tensors["target_train"]
     return engine.train_ensemble(
         w_pre,
         members,
-        xt,
-        yt,
+        *tensors["target_train"],
         epochs=config.finetune_epochs,
         lr=config.lr_finetune,
         batch_size=config.batch_size,
@@ -370,31 +335,16 @@ def finetune(config: SweepConfig, w_pre: dict, members: list, tensors: dict, opt
 def _records(part, result, w_pre, tensors, config, source_name, device) -> list[dict]:
     dist = mlp.squared_distances(result.params, w_pre, config.mixed)
     ev = {k: engine.evaluate(result.params, *tensors[k]) for k in ("target_val", "target_test", "source_val")}
-    env = run_env(device)
+    head = dict(source=config.source, source_name=source_name, profile=config.profile, config=config.key())
+    head |= {k: getattr(config, k) for k in ("orientation", "mixed_layers", "finetune_epochs")}
+    tail = dict(chunk_seconds=result.seconds, chunk_members=len(part), steps=result.steps, **run_env(device))
     out = []
     for e, (run_id, fields, _) in enumerate(part):
-        rec = {
-            "run_id": run_id,
-            **fields,
-            "source": config.source,
-            "source_name": source_name,
-            "profile": config.profile,
-            "config": config.key(),
-            "orientation": config.orientation,
-            "mixed_layers": config.mixed_layers,
-            "finetune_epochs": config.finetune_epochs,
-        }
+        rec = {"run_id": run_id, **fields, **head}
         rec.update({f"dist_{k}": float(v[e]) for k, v in dist.items() if "." not in k})
         rec.update({f"{k}_acc": float(v["acc"][e]) for k, v in ev.items()})
         rec.update({f"{k}_loss": float(v["loss"][e]) for k, v in ev.items()})
-        rec.update(
-            train_loss=float(result.train_loss[e]),
-            chunk_seconds=result.seconds,
-            chunk_members=len(part),
-            steps=result.steps,
-            **env,
-        )
-        out.append(rec)
+        out.append(dict(rec, train_loss=float(result.train_loss[e]), **tail))
     return out
 
 
@@ -408,14 +358,8 @@ def run_experiment(ctx: Context, **overrides) -> SweepStore:
     ``overrides``: fields of :class:`SweepConfig` (e.g. ``pretrain_search=True``)."""
     exp = ctx.experiment()
     config, tensors, w_pre = pretrained(ctx.results_dir, ctx.profile, exp, ctx.options, **overrides)
-    return run_sweep(
-        ctx.results_dir,
-        config,
-        tensors,
-        w_pre,
-        ctx.options,
-        source_name=oriented_name(exp.source_name, config.orientation),
-    )
+    name = oriented_name(exp.source_name, config.orientation)
+    return run_sweep(ctx.results_dir, config, tensors, w_pre, ctx.options, source_name=name)
 
 
 def pretrained(results, profile: str, exp, options: RunOptions = RunOptions(), **overrides):

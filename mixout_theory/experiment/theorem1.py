@@ -1,11 +1,11 @@
 """Theorem 1 on the paper's MLP itself: the finetuned network's mixout penalty, its second-order
 value, the curvature behind it, and where Corollary 1.1 (eq. 9) holds.
 
-The loss is the finetuning loss: ``L(w)`` = mean cross-entropy of the MLP in eval mode over a fixed,
+``L(w)``: the finetuning loss, mean cross-entropy of the MLP in eval mode (float64) over a fixed,
 seeded subset of the MNIST training split (``loss_size`` images, 5,000 at the paper profile; seed
-``loss_seed``), in float64, as a function of the mixed weights ``fc2.weight`` / ``fc3.weight``
-(31,000 coordinates; ``fc1``, the biases and LayerNorm stay fixed). For a point ``w`` and a target
-``u``, with ``d = w - u`` and ``k = p / (1 - p)``, each record holds
+``loss_seed``), as a function of the mixed weights ``fc2.weight`` / ``fc3.weight`` (31,000
+coordinates; ``fc1``, the biases and LayerNorm stay fixed). For a point ``w`` and a target ``u``,
+with ``d = w - u`` and ``k = p / (1 - p)``, each record holds
 
 * ``mc``: the Monte Carlo ``E L(Phi(w)) - L(w)`` of mixout(u, p) with its 95% interval
   (:func:`mixout_theory.experiment.effective_l2.effective_l2`, control variate, float64);
@@ -15,15 +15,14 @@ seeded subset of the MNIST training split (``loss_size`` images, 5,000 at the pa
   :func:`mixout_theory.second_order.curvature`), and Corollary 1.1's value ``m (k / 2) ||d||^2`` with
   ``m = m_min`` (vacuous when ``m_min <= 0``) and with ``m = m_eff`` (= ``second_order``).
 
-Four parts, each a set of records in one resumable store (``results/theorem1/<profile>-<source>-<key>/``):
+Four parts, records of one resumable store (``results/theorem1/<profile>-<source>-<key>/``):
 
-* ``finetuned`` -- at the final weights of the sweep's mixout(w_pre, p) run of restart ``restart``
-  for every p (retrained here with the sweep's seeds; the weights are kept in the store's
-  ``weights/`` folder with their sha256, never committed), ``u = w_pre``.
-* ``displaced`` -- the same displacement ``d_p = w_p - w_pre`` taken at ``w_pre`` itself
-  (``w = w_pre``, ``u = w_pre - d_p``): what the penalty would be if only ``d`` changed and the
-  curvature stayed that of ``w_pre``. ``m_eff`` there against ``m_eff`` at ``w_p`` separates "the
-  curvature changes" from "the displacement changes".
+* ``finetuned`` -- at the final weights ``w_p`` of the sweep's mixout(w_pre, p) run of restart
+  ``restart`` for every p (retrained with the sweep's seeds; kept in the store's ``weights/`` with
+  their sha256, never committed), ``u = w_pre``.
+* ``displaced`` -- the same ``d_p = w_p - w_pre`` taken at ``w_pre`` (``w = w_pre``,
+  ``u = w_pre - d_p``): ``m_eff`` there against ``m_eff`` at ``w_p`` separates "the curvature
+  changes" from "the displacement changes".
 * ``scan`` -- at the finetuned and the displaced point of ``p* = ps[len(ps) // 2]``, the Monte Carlo
   penalty of masks with other probabilities ``q`` (``scan_ps``) against the second-order value
   ``(q / (2 (1 - q))) sum_g d_g^T H_gg d_g`` (the sum does not depend on ``q``). With
@@ -42,7 +41,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +50,10 @@ import torch
 import torch.nn.functional as F
 
 from mixout_theory import second_order
-from mixout_theory.experiment import ablations, engine, mlp, sweep
+from mixout_theory.experiment import ablations, mlp, sweep
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.machine import machines_of
+from mixout_theory.experiment.pretraining import seeded_index
 from mixout_theory.experiment.store import (
     IntegrityError,
     RunStore,
@@ -63,6 +62,7 @@ from mixout_theory.experiment.store import (
     atomic_write_csv,
     checked_meta,
     config_hash,
+    find_stores,
     is_sha256,
     project_dir,
     read_config,
@@ -139,23 +139,19 @@ class Theorem1Store(RunStore):
 
     def __init__(self, root, config: Theorem1Config):
         self.config = config
-        super().__init__(
-            Path(root) / "theorem1" / f"{config.profile}-{config.source}-{config.key()}",
-            dataclasses.asdict(config),
-        )
+        folder = Path(root) / "theorem1" / f"{config.profile}-{config.source}-{config.key()}"
+        super().__init__(folder, dataclasses.asdict(config))
         self.weights = self.dir / "weights"
 
     def save_weights(self, run_id: str, params: dict) -> Path:
         """One network's parameters as ``weights/<run_id>.pt``, its sha256 beside it in
         ``<run_id>.sha256``."""
-        path = self.weights / f"{run_id}.pt"
-        buf = io.BytesIO()
+        path, buf = self.weights / f"{run_id}.pt", io.BytesIO()
         torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, buf)
+        sha = hashlib.sha256(buf.getvalue()).hexdigest()
         with Staging() as st:  # the weights and their checksum appear together
             st.path_for(path).write_bytes(buf.getvalue())
-            st.path_for(path.with_suffix(".sha256")).write_text(
-                f"{hashlib.sha256(buf.getvalue()).hexdigest()}  {path.name}\n"
-            )
+            st.path_for(path.with_suffix(".sha256")).write_text(f"{sha}  {path.name}\n")
             st.commit()
         return path
 
@@ -183,11 +179,9 @@ class Theorem1Store(RunStore):
 
 
 def network_loss(params: dict, x: torch.Tensor, y: torch.Tensor):
-    """``(loss_fn, w)``: the mean cross-entropy as a function of the mixed weights, and their values.
-
-    Float64, eval mode; ``fc1``'s output :func:`mlp.hidden1` is computed once, ``loss_fn`` runs
-    :func:`mlp.tail` with the given ``fc2.weight`` / ``fc3.weight``.
-    """
+    """``(loss_fn, w)``: the mean cross-entropy (float64, eval mode) as a function of the mixed weights,
+    and their values; ``fc1``'s output :func:`mlp.hidden1` is computed once, ``loss_fn`` runs
+    :func:`mlp.tail` with the given ``fc2.weight`` / ``fc3.weight``."""
     net = {k: v.detach().double() for k, v in params.items()}
     h1 = mlp.hidden1(net, x.double())
 
@@ -195,6 +189,10 @@ def network_loss(params: dict, x: torch.Tensor, y: torch.Tensor):
         return F.cross_entropy(mlp.tail(net, h1, mixed["fc2.weight"], mixed["fc3.weight"]), y)
 
     return loss_fn, {k: net[k] for k in mlp.MIXED}
+
+
+def _mc_fields(penalty, n_samples: int) -> dict:
+    return dict(mc=penalty.mean, mc_se=penalty.se, mc_lo=penalty.lo, mc_hi=penalty.hi, mc_samples=n_samples)
 
 
 def measure_point(
@@ -211,10 +209,8 @@ def measure_point(
     """Every quantity of the module docstring at ``w = params`` with ``u = reference`` (mixed weights),
     one dict."""
     t0 = time.perf_counter()
-    net, x = (
-        {k: v.detach().double() for k, v in params.items()},
-        x.double(),
-    )  # float64 once, for both estimates
+    net = {k: v.detach().double() for k, v in params.items()}  # float64 once, for both estimates
+    x = x.double()
     loss_fn, w = network_loss(net, x, y)
     u = {k: reference[k].detach().double() for k in mlp.MIXED}
     terms = second_order.second_order_terms(loss_fn, w, u)
@@ -225,20 +221,14 @@ def measure_point(
         "p": p,
         "loss": terms.loss,
         "dist2": terms.dist2,
-        "mc": mc.penalty.mean,
-        "mc_se": mc.penalty.se,
-        "mc_lo": mc.penalty.lo,
-        "mc_hi": mc.penalty.hi,
-        "mc_samples": mc_samples,
+        **_mc_fields(mc.penalty, mc_samples),
         "m_mc": mc.m,
         "m_mc_lo": mc.m_lo,
         "m_mc_hi": mc.m_hi,
         "second_order": terms.penalty(p),
         "m_eff": terms.m_eff,
-        "quad_fc2": terms.by_entry["fc2.weight"],
-        "quad_fc3": terms.by_entry["fc3.weight"],
-        "dist2_fc2": float((w["fc2.weight"] - u["fc2.weight"]).pow(2).sum()),
-        "dist2_fc3": float((w["fc3.weight"] - u["fc3.weight"]).pow(2).sum()),
+        **{f"quad_{n[:3]}": terms.by_entry[n] for n in mlp.MIXED},  # quad_fc2, quad_fc3
+        **{f"dist2_{n[:3]}": float((w[n] - u[n]).pow(2).sum()) for n in mlp.MIXED},
         "corollary_m_eff": terms.m_eff * k / 2.0 * terms.dist2,
         "seconds_second_order": t_second,
     }
@@ -269,21 +259,14 @@ def checkpoint_epochs(epochs: int, n: int) -> list[int]:
 
 def _loss_batch(exp, config: Theorem1Config):
     x, y = exp.target.train.x, exp.target.train.y
-    n = min(config.loss_size, x.shape[0])
-    idx = (
-        torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(config.loss_seed))[:n]
-        .sort()
-        .values
-    )
-    return x[idx], y[idx], hashlib.sha256(idx.numpy().astype("<i8").tobytes()).hexdigest()
+    idx = seeded_index(x.shape[0], min(config.loss_size, x.shape[0]), config.loss_seed)
+    return x[idx], y[idx], ablations.subset_sha256(idx)
 
 
 def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
-    """The final weights of the sweep's mixout runs of restart ``config.restart``: kept ones, or retrained.
-
-    One ensemble trains them all whenever one is missing (a kill between two weights files, or an
-    altered file deleted), and only the missing ones are written: the same ensemble as an
-    uninterrupted run, so the same weights bit for bit."""
+    """The final weights of the sweep's mixout runs of restart ``config.restart``: kept ones, or retrained
+    (one ensemble trains them all whenever one is missing, the same as an uninterrupted run's, so the
+    same weights bit for bit; only the missing ones are written)."""
     runs = {
         rid: m
         for rid, f, m in sweep.sweep_members(sweep_cfg)
@@ -351,83 +334,31 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
             mc = effective_l2(
                 net, u, q, x.double(), y, n_samples=config.mc_samples, generator=config.mc_seed
             ).penalty
-            store.write(
-                {
-                    "run_id": f"scan-{point}-p{q:.2f}",
-                    "part": "scan",
-                    "point": point,
-                    "at_p": at,
-                    "p": q,
-                    "dist2": base[point]["dist2"],
-                    "m_eff": base[point]["m_eff"],
-                    "mc": mc.mean,
-                    "mc_se": mc.se,
-                    "mc_lo": mc.lo,
-                    "mc_hi": mc.hi,
-                    "mc_samples": mc.n_samples,
-                    "second_order": q / (2.0 * (1.0 - q)) * quad,
-                }
-            )
+            rec = dict(run_id=f"scan-{point}-p{q:.2f}", part="scan", point=point, at_p=at, p=q)
+            rec.update({k: base[point][k] for k in ("dist2", "m_eff")}, **_mc_fields(mc, mc.n_samples))
+            store.write(dict(rec, second_order=q / (2.0 * (1.0 - q)) * quad))
 
 
 def _trajectory(store, config, acfg, atensors, w_pre, options) -> None:
     """The ablations' trajectory runs of restart 0, measured at :func:`checkpoint_epochs`: all of them
     as one ensemble whenever one is missing (bit for bit an uninterrupted run's), the missing written."""
-    done = store.done()
-    if all(f"trajectory-p{p:.2f}" in done for p in acfg.trajectory_ps):
+    done, ps = store.done(), list(acfg.trajectory_ps)
+    if all(f"trajectory-p{p:.2f}" in done for p in ps):
         return
-    todo = list(acfg.trajectory_ps)
-    x, y = atensors["pool"][0][: acfg.trajectory_size], atensors["pool"][1][: acfg.trajectory_size]
-    n_eval = x.shape[0] if acfg.trajectory_eval is None else min(acfg.trajectory_eval, x.shape[0])
     epochs = ablations.epochs_for(acfg.trajectory_size, acfg)
     marks = checkpoint_epochs(epochs, config.checkpoints)
-    spe = math.ceil(acfg.trajectory_size / acfg.batch_size)
-    points = {p: [] for p in todo}
+    points = {p: [] for p in ps}
+    mc = dict(mc_samples=acfg.trajectory_samples, mc_seed=acfg.trajectory_mc_seed)
 
-    def on_epoch_end(epoch, params):
-        if epoch + 1 not in marks:
-            return
-        for e, p in enumerate(todo):
-            one = {k: v[e].detach().cpu() for k, v in params.items()}
-            row = measure_point(
-                one,
-                w_pre,
-                p,
-                x[:n_eval],
-                y[:n_eval],
-                mc_samples=acfg.trajectory_samples,
-                mc_seed=acfg.trajectory_mc_seed,
-            )
-            points[p].append(dict(row, epoch=epoch + 1, step=(epoch + 1) * spe))
+    def measure(e, one, xe, ye, epoch, step):
+        points[ps[e]].append(dict(measure_point(one, w_pre, ps[e], xe, ye, **mc), epoch=epoch, step=step))
 
-    members = [ablations.Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p).member(0) for p in todo]
-    engine.train_ensemble(
-        w_pre,
-        members,
-        x,
-        y,
-        epochs=epochs,
-        lr=acfg.lr,
-        batch_size=acfg.batch_size,
-        warmup=acfg.warmup,
-        target=w_pre,
-        device=options.device,
-        on_epoch_end=on_epoch_end,
-        workers=options.n_workers,
-        progress="trajectory runs" if options.progress else False,
-    )
-    for p in (p for p in todo if f"trajectory-p{p:.2f}" not in done):
-        store.write(
-            {
-                "run_id": f"trajectory-p{p:.2f}",
-                "part": "trajectory",
-                "p": p,
-                "epochs": epochs,
-                "eval_size": n_eval,
-                "checkpoints": points[p],
-                **run_env(options.device),
-            }
-        )
+    members = [ablations.Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p).member(0) for p in ps]
+    progress = "trajectory runs" if options.progress else False
+    _, n_eval = ablations.trajectory_runs(acfg, atensors, w_pre, members, options, marks, measure, progress)
+    run = dict(part="trajectory", epochs=epochs, eval_size=n_eval, **run_env(options.device))
+    for p in (p for p in ps if f"trajectory-p{p:.2f}" not in done):
+        store.write(dict(run, run_id=f"trajectory-p{p:.2f}", p=p, checkpoints=points[p]))
 
 
 @dataclass
@@ -464,20 +395,9 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
     results = ctx.results_dir
     exp = ctx.experiment() if exp is None else exp
     sweep_cfg, tensors, w_pre = sweep.pretrained(results, profile, exp, options)
-    acfg = ablations.ablation_config(
-        profile,
-        source=exp.source_key,
-        data=sweep_cfg.data,
-        pretrain=sweep_cfg.pretrain_key(),
-        w_pre=sweep_cfg.w_pre,
-    )
-    config = theorem1_config(
-        profile,
-        source=exp.source_key,
-        sweep_key=sweep_cfg.key(),
-        trajectory_key=acfg.key("trajectory"),
-        **overrides,
-    )
+    acfg = ablations.sweep_ablation_config(profile, exp, sweep_cfg)
+    keys = dict(source=exp.source_key, sweep_key=sweep_cfg.key(), trajectory_key=acfg.key("trajectory"))
+    config = theorem1_config(profile, **keys, **overrides)
     store = Theorem1Store(results, config)
     x, y, loss_sha = _loss_batch(exp, config)
     context = {
@@ -500,18 +420,8 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
     if "w_pre" not in done and "w_pre" in measured and options.owns(0):
         loss_fn, w = network_loss(w_pre, x, y)
         c = second_order.curvature(loss_fn, w, tol=config.lanczos_tol)
-        store.write(
-            {
-                "run_id": "w_pre",
-                "part": "w_pre",
-                "p": 0.0,
-                "loss": float(loss_fn(w)),
-                "m_min": c.m_min,
-                "m_max": c.m_max,
-                "lanczos_hvp": c.n_hvp,
-                "point": "w_pre",
-            }
-        )
+        rec = dict(run_id="w_pre", part="w_pre", point="w_pre", p=0.0, loss=float(loss_fn(w)))
+        store.write(dict(rec, m_min=c.m_min, m_max=c.m_max, lanczos_hvp=c.n_hvp))
     if options.owns(0) and any(rid not in done for rid in points):
         weights = _finetuned(store, config, sweep_cfg, tensors, w_pre, options)
         sweep_runs = {r["run_id"]: r for r in sweep.SweepStore(results, sweep_cfg).records()}
@@ -531,54 +441,14 @@ def _results(config: Theorem1Config, store: Theorem1Store, context: dict) -> The
 # --------------------------------------------------------------------------------------------
 # tables (what the figures and the notebook read) and the claims they support
 
-POINT_COLUMNS = (
-    "part",
-    "point",
-    "at_p",
-    "p",
-    "loss",
-    "dist2",
-    "dist2_fc2",
-    "dist2_fc3",
-    "mc",
-    "mc_se",
-    "mc_lo",
-    "mc_hi",
-    "mc_samples",
-    "second_order",
-    "ratio",
-    "m_eff",
-    "m_mc",
-    "m_mc_lo",
-    "m_mc_hi",
-    "quad_fc2",
-    "quad_fc3",
-    "m_min",
-    "m_max",
-    "lanczos_hvp",
-    "corollary_m_min",
-    "corollary_m_eff",
-    "sweep_run",
-    "sweep_dist_mixed",
-    "seconds_second_order",
-    "seconds_lanczos",
-    "seconds",
+POINT_COLUMNS = tuple(
+    "part point at_p p loss dist2 dist2_fc2 dist2_fc3 mc mc_se mc_lo mc_hi mc_samples second_order ratio "
+    "m_eff m_mc m_mc_lo m_mc_hi quad_fc2 quad_fc3 m_min m_max lanczos_hvp corollary_m_min corollary_m_eff "
+    "sweep_run sweep_dist_mixed seconds_second_order seconds_lanczos seconds".split()
 )
-TRAJECTORY_COLUMNS = (
-    "p",
-    "epoch",
-    "step",
-    "loss",
-    "dist2",
-    "mc",
-    "mc_lo",
-    "mc_hi",
-    "second_order",
-    "m_mc",
-    "m_mc_lo",
-    "m_mc_hi",
-    "m_eff",
-    "seconds_second_order",
+TRAJECTORY_COLUMNS = tuple(
+    "p epoch step loss dist2 mc mc_lo mc_hi second_order m_mc m_mc_lo m_mc_hi m_eff "
+    "seconds_second_order".split()
 )
 TABLES = ("network_penalty.csv", "trajectory.csv")
 TEXT_COLUMNS = ("part", "point")
@@ -620,12 +490,8 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
     the sha256 of each table) in ``out_dir``; returns ``{name: path}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    points, traj = table_rows(res)
     written = {}
-    for name, rows, cols in (
-        ("network_penalty.csv", points, POINT_COLUMNS),
-        ("trajectory.csv", traj, TRAJECTORY_COLUMNS),
-    ):
+    for name, rows, cols in zip(TABLES, table_rows(res), (POINT_COLUMNS, TRAJECTORY_COLUMNS), strict=True):
         written[name] = atomic_write_csv(
             out / name, [{k: _cell(r.get(k)) for k in cols} for r in rows], cols, lineterminator="\n"
         )
@@ -635,16 +501,15 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
         "context": res.context,
         "env": run_env(),
         "machines": machines_of(r for recs in res.records.values() for r in recs),
+        "claims": claims(*load_tables_from(written)),
     }
-    tables = load_tables_from(written)
-    meta["claims"] = claims(*tables)
     written["meta.json"] = write_meta(out, meta, TABLES)
     return written
 
 
 def load_tables_from(paths: dict) -> tuple[list[dict], list[dict]]:
     """The two tables read back from their CSV files (numbers parsed)."""
-    return read_csv(paths[TABLES[0]], text=TEXT_COLUMNS), read_csv(paths[TABLES[1]], text=TEXT_COLUMNS)
+    return tuple(read_csv(paths[name], text=TEXT_COLUMNS) for name in TABLES)
 
 
 class Tables(NamedTuple):
@@ -677,9 +542,7 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
         rows = sorted((r for r in points if r["part"] == part), key=lambda r: r["p"])
         out[part] = {
             "ps": [r["p"] for r in rows],
-            "ratio": [r["mc"] / r["second_order"] for r in rows],
-            "ratio_lo": [r["mc_lo"] / r["second_order"] for r in rows],
-            "ratio_hi": [r["mc_hi"] / r["second_order"] for r in rows],
+            **{f"ratio{s}": [r[f"mc{s}"] / r["second_order"] for r in rows] for s in ("", "_lo", "_hi")},
             "so_in_ci": [r["p"] for r in rows if r["mc_lo"] <= r["second_order"] <= r["mc_hi"]],
             "m_eff": [r["m_eff"] for r in rows],
             "m_min": [r.get("m_min") for r in rows],
@@ -688,11 +551,9 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
     out["w_pre"] = {"m_min": pre[0]["m_min"], "m_max": pre[0]["m_max"]} if pre else {}
     fin = {r["p"]: r for r in points if r["part"] == "finetuned"}
     out["curvature_change"] = {
-        p: fin[p]["m_eff"] / r["m_eff"]
+        r["p"]: fin[r["p"]]["m_eff"] / r["m_eff"]
         for r in points
-        if r["part"] == "displaced"
-        for p in [r["p"]]
-        if p in fin
+        if r["part"] == "displaced" and r["p"] in fin
     }
     mins = [m for m in out["finetuned"]["m_min"] + [out["w_pre"].get("m_min")] if m is not None]
     out["corollary_vacuous"] = bool(mins) and max(mins) <= 0.0
@@ -716,19 +577,9 @@ def load_stored(results=None) -> list[Theorem1Results]:
     """The studies stored under ``results/theorem1/`` (no data, no training): the newest per profile and
     source."""
     root = (project_dir("results") if results is None else Path(results)) / "theorem1"
-    stored = [
-        d for d in root.glob("*-*") if (d / "context.json").is_file() and any((d / "runs").glob("*.json"))
-    ]
-    folders = sorted(
-        stored, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True
-    )
     out, seen = [], set()
-    names = {f.name for f in dataclasses.fields(Theorem1Config)}
-    for folder in folders:
-        fields = read_config(folder)
-        config = Theorem1Config(
-            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items() if k in names}
-        )
+    for folder in (d for d in find_stores(root) if (d / "context.json").is_file()):  # newest first
+        config = ablations.config_from_dict(read_config(folder), Theorem1Config)
         if (config.profile, config.source) in seen:
             continue
         seen.add((config.profile, config.source))

@@ -86,11 +86,7 @@ def seed_stats(records: list[dict]) -> dict[tuple, tuple[float, float, int]]:
         for m in SPREAD_METRICS:
             out[method, row["p"], m] = (row[f"{m}_mean"], row[f"{m}_std"], row["n"])
     for p, diffs in report.paired_source_diffs(report.usable(records)).items():
-        out[(*GAP[:1], p, GAP[1])] = (
-            float(np.mean(diffs)),
-            float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0,
-            len(diffs),
-        )
+        out[GAP[0], p, GAP[1]] = (float(np.mean(diffs)), report.sample_sd(diffs), len(diffs))
     return out
 
 
@@ -108,22 +104,9 @@ def spread_rows(records_by_seed: dict[int, list[dict]]) -> list[dict]:
         sd_w = float(np.std(means, ddof=1)) if len(means) > 1 else float("nan")
         tau = math.sqrt(max(0.0, sd_w**2 - sd_r**2 / n)) if len(means) > 1 else float("nan")
         se_r = sd_r / math.sqrt(n)
-        rows.append(
-            {
-                "method": key[0],
-                "p": key[1],
-                "quantity": key[2],
-                "w_pre_seeds": len(means),
-                "restarts": n,
-                "mean": float(means.mean()),
-                "sd_restarts": sd_r,
-                "sd_w_pre": sd_w,
-                "tau": tau,
-                "ratio": sd_w / se_r if se_r > 0 else float("nan"),
-                "min_seed_mean": float(means.min()),
-                "max_seed_mean": float(means.max()),
-            }
-        )
+        spread = (sd_r, sd_w, tau, sd_w / se_r if se_r > 0 else float("nan"))
+        row = (*key, len(means), n, float(means.mean()), *spread, float(means.min()), float(means.max()))
+        rows.append(dict(zip(SPREAD_COLUMNS, row, strict=True)))  # (method, p, quantity) is the key
     return rows
 
 
@@ -150,11 +133,8 @@ def claim_rows(records_by_seed: dict[int, list[dict]], w_pre_info: dict[int, dic
 
 def claims_for_every_w_pre(claims: list[dict]) -> dict:
     """Which of Figure 2's claims hold for every ``w_pre`` (and for how many)."""
-    out = {}
-    for name in ("mixed_distance_decreasing_every_restart", "source_acc_mixout_ge_dropout"):
-        held = sum(bool(r[name]) for r in claims)
-        out[name] = {"held": held, "of": len(claims), "every_w_pre": held == len(claims)}
-    return out
+    held = {name: sum(bool(r[name]) for r in claims) for name in report.FIGURE2_CLAIMS}
+    return {name: {"held": h, "of": len(claims), "every_w_pre": h == len(claims)} for name, h in held.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,21 +148,11 @@ def seed_stores(results) -> dict[tuple, dict[int, Path]]:
     groups: dict[tuple, dict[int, Path]] = {}
     for folder in find_stores(results):
         config = read_config(folder)
-        if (
-            not isinstance(config, dict)
-            or "pretrain_seed" not in config
-            or not sweep.is_figure2_reading(config)
-        ):
-            continue
-        seed = config["pretrain_seed"]
-        rest = {k: v for k, v in config.items() if k not in ("pretrain_seed", "w_pre")}
-        key = (config.get("profile"), config.get("source"), json.dumps(rest, sort_keys=True))
-        groups.setdefault(key, {}).setdefault(seed, folder)
+        if isinstance(config, dict) and "pretrain_seed" in config and sweep.is_figure2_reading(config):
+            rest = {k: v for k, v in config.items() if k not in ("pretrain_seed", "w_pre")}
+            key = (config.get("profile"), config.get("source"), json.dumps(rest, sort_keys=True))
+            groups.setdefault(key, {}).setdefault(config["pretrain_seed"], folder)
     return {k: v for k, v in groups.items() if len(v) > 1}
-
-
-def _w_pre_info(folder: Path) -> dict:
-    return sweep.store_context(folder).get("pretrain") or {}
 
 
 def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
@@ -193,7 +163,8 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     records = {seed: sweep.load_records(folder) for seed, folder in sorted(stores.items())}
     spread = spread_rows(records)
-    claims = claim_rows(records, {seed: _w_pre_info(folder) for seed, folder in stores.items()})
+    w_pre_info = {seed: sweep.store_context(folder).get("pretrain") or {} for seed, folder in stores.items()}
+    claims = claim_rows(records, w_pre_info)
     atomic_write_csv(out / TABLES[0], spread, SPREAD_COLUMNS, lineterminator="\n")
     atomic_write_csv(out / TABLES[1], claims, CLAIM_COLUMNS, lineterminator="\n")
     first = records[min(records)]
@@ -215,11 +186,8 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
 def load_spread(folder) -> tuple[list[dict], list[dict], dict]:
     """``(spread rows, claim rows, meta)`` of an exported folder, its tables checked against ``meta.json``."""
     meta = checked_meta(folder, TABLES, "export it again (python -m mixout_theory figures)")
-    return (
-        read_csv(Path(folder) / TABLES[0], text=("method", "quantity")),
-        read_csv(Path(folder) / TABLES[1], text=("config",)),
-        meta,
-    )
+    spread = read_csv(Path(folder) / TABLES[0], text=("method", "quantity"))
+    return spread, read_csv(Path(folder) / TABLES[1], text=("config",)), meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,42 +200,28 @@ def spread_figure(rows: list[dict], meta: dict) -> Figure:
     ``w_pre``, and each ``w_pre``'s extreme means."""
     fig = Figure(figsize=(14, 4.6), layout="constrained")
     for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS, strict=False):
+        at = [r for r in rows if r["quantity"] == metric]
         for method, style in METHOD_STYLE.items():
-            sel = sorted(
-                (r for r in rows if r["method"] in (method, "none") and r["quantity"] == metric),
-                key=lambda r: r["p"],
-            )
+            sel = sorted((r for r in at if r["method"] in (method, "none")), key=lambda r: r["p"])
             if not sel:
                 continue
-            p, mean = np.array([r["p"] for r in sel]), np.array([r["mean"] for r in sel])
-            sd_r, sd_w = np.array([r["sd_restarts"] for r in sel]), np.array([r["sd_w_pre"] for r in sel])
-            ax.plot(p, mean, label=f"{METHOD_LABEL[method]}: mean", lw=1.6, ms=4, **style)
-            ax.fill_between(
-                p,
-                mean - sd_w,
-                mean + sd_w,
-                color=style["color"],
-                alpha=0.35,
-                lw=0,
-                label=f"{METHOD_LABEL[method]}: +-1 std across w_pre (of a w_pre's mean)",
+            p, mean, sd_r, sd_w = (
+                np.array([r[k] for r in sel]) for k in ("p", "mean", "sd_restarts", "sd_w_pre")
             )
-            ax.plot(
-                p,
-                mean - sd_r,
-                ls=":",
-                color=style["color"],
-                lw=1.0,
-                label=f"{METHOD_LABEL[method]}: +-1 std across restarts (one w_pre)",
-            )
-            ax.plot(p, mean + sd_r, ls=":", color=style["color"], lw=1.0)
+            name, color = METHOD_LABEL[method], style["color"]
+            ax.plot(p, mean, label=f"{name}: mean", lw=1.6, ms=4, **style)
+            band = f"{name}: +-1 std across w_pre (of a w_pre's mean)"
+            ax.fill_between(p, mean - sd_w, mean + sd_w, color=color, alpha=0.35, lw=0, label=band)
+            dotted = dict(ls=":", color=color, lw=1.0)
+            ax.plot(p, mean - sd_r, label=f"{name}: +-1 std across restarts (one w_pre)", **dotted)
+            ax.plot(p, mean + sd_r, **dotted)
         ax.set_xlabel("p (dropout or mixout probability)")
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = fig.axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=8)
-    n = rows[0]["w_pre_seeds"] if rows else 0
-    restarts = rows[0]["restarts"] if rows else 0
+    n, restarts = (rows[0]["w_pre_seeds"], rows[0]["restarts"]) if rows else (0, 0)
     fig.suptitle(
         f"Figure 2 from {n} pretrained w_pre (seeds 0..{n - 1}), {restarts} restarts each\n"
         f"{report.task_line(meta.get('source_name') or meta.get('source'))} | profile: {meta.get('profile')}",
@@ -293,8 +247,7 @@ def summary_lines(folder) -> list[str]:
     rows, claims, meta = load_spread(folder)
     lines = [f"across {len(claims)} w_pre (pretraining seeds 0..{len(claims) - 1}):"]
     lines += [
-        f"  {name}: held for {c['held']} of {c['of']} w_pre"
-        for name, c in meta["claims_for_every_w_pre"].items()
+        f"  {n}: held for {c['held']} of {c['of']} w_pre" for n, c in meta["claims_for_every_w_pre"].items()
     ]
     levels = [r for r in rows if r["quantity"] != "source_acc_gap" and r["p"] > 0]
     if levels:
