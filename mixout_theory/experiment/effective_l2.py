@@ -42,9 +42,7 @@ class EffectiveL2:
     lam: float
 
 
-def _tail_losses(
-    params: dict, h1: torch.Tensor, y: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor
-) -> torch.Tensor:
+def _tail_losses(params: dict, h1, y, w2, w3) -> torch.Tensor:
     """Mean cross-entropy for each of ``S`` samples of the mixed weights ``w2 (S, 100, 300)``,
     ``w3 (S, 10, 100)``, the rest of the network fixed (eval mode): :func:`mlp.tail` on a shared ``h1``."""
     z = mlp.tail(params, h1.expand(w2.shape[0], *h1.shape), w2, w3)  # (S, B, 10)
@@ -89,7 +87,7 @@ def effective_l2(
     with torch.no_grad():
         h1 = mlp.hidden1(params, x.to(w["fc2.weight"].dtype))  # fc1 is never mixed: computed once
     tail = lambda b: _tail_losses(params, h1, y, b["fc2.weight"], b["fc3.weight"])  # noqa: E731
-    grad = None
+    grad = {}
     if control_variate:
         leaves = {k: v.clone().requires_grad_(True) for k, v in w.items()}
         value = tail({k: v.unsqueeze(0) for k, v in leaves.items()})[0]
@@ -97,9 +95,8 @@ def effective_l2(
 
     def loss(b):
         out = tail(b)
-        if grad is not None:  # minus the first-order term g^T (Phi - w), whose mean is exactly 0
-            for k, g in grad.items():
-                out = out - ((b[k] - w[k]) * g).flatten(1).sum(1)
+        for k, g in grad.items():  # minus the first-order term g^T (Phi - w), whose mean is exactly 0
+            out = out - ((b[k] - w[k]) * g).flatten(1).sum(1)
         return out
 
     with torch.no_grad():

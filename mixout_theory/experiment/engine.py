@@ -1,34 +1,28 @@
 """The training engine: many configurations of the MLP trained at once as one batched ensemble.
 
 Every parameter is stacked along a leading *member* dim ``E``; one ``bmm`` per layer serves all
-members. Each member has its own data order, its own dropout / mixout masks (its own random
-streams, see :class:`Member`), its own p and method, and its own Adam state. Adam is elementwise and
-the ensemble loss is the *sum* of the members' mean losses, so each member receives exactly the
-gradient and update it would receive alone: the ensemble is the same computation as ``E`` solo
-runs (``tests/experiment/test_engine.py`` checks it).
+members. Each member has its own data order, dropout / mixout masks (its own random streams, see
+:class:`Member`), p, method and Adam state. Adam is elementwise and the ensemble loss is the *sum* of
+the members' mean losses, so each member receives exactly the gradient and update it would receive
+alone: the ensemble is the same computation as ``E`` solo runs.
 
-Speed (see ``benchmarks/``): the gradient is computed by hand (:func:`mlp.loss_and_grad`, checked
-against autograd) into preallocated buffers, activations live in buffers reused from step to step,
-members that share a data seed share one batch gather and sit side by side (dropout members
-first, mixout members last, so that a worker's part seldom needs both kinds of mask), masks are drawn
-``MASK_BLOCK`` steps at a time, and one fused Adam call updates every member. ``workers=2`` trains
-two halves of the ensemble in two threads (one core each), which beats the kernels' own threading
-and degrades gracefully on a shared machine.
+Speed (see ``benchmarks/``): a hand-written gradient (:func:`mlp.loss_and_grad`) into preallocated
+buffers, one batch gather per data seed, masks drawn ``MASK_BLOCK`` steps at a time, one fused Adam
+call for every member, and with ``workers=2`` two halves of the ensemble in two threads.
 
 Protocol (paper Section 4 / Supplement C.1): Adam(0.9, 0.999), linear warm-up over the first 10% of
 steps then linear decay to 0, batch 32; coupled weight decay ``wdecay(0, lambda)`` on the Linear
 weights only (gradient ``+ lambda * w``); dropout masks drawn per example, mixout masks per
 mini-batch (shared by the batch, as in the authors' code); eval mode mixes nothing.
-
-:class:`RunOptions` says *how* to run (device, CPU workers, ensemble size, progress bars), never what
-is computed; every long-running function of the experiment takes one.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +41,9 @@ ENGINE_VERSION = "2"
 #: Masks are drawn this many steps at a time per member (a fixed constant so that a member's
 #: random stream does not depend on the ensemble it is trained in).
 MASK_BLOCK = 16
+DECAYED = ("fc1.weight", "fc2.weight", "fc3.weight")  # wdecay acts on the Linear weights only
+#: dims of one network's tensors (a stacked tensor has one more)
+_NDIM = {k: (2 if k.endswith("weight") and k.startswith("fc") else 1) for k in mlp.PARAM_NAMES}
 
 
 def _pair(value, name: str) -> tuple[float, float]:
@@ -74,14 +71,6 @@ class Member:
     pixel per mini-batch); 0 (the paper's reading) leaves ``fc1`` alone.
     """
 
-    @property
-    def uses_mixout(self) -> bool:
-        return max(self.mixout) > 0 or self.input_mixout > 0
-
-    @property
-    def uses_dropout(self) -> bool:
-        return max(self.dropout) > 0 or self.input_dropout > 0
-
     dropout: float | tuple = 0.0
     mixout: float | tuple = 0.0
     wdecay: float = 0.0
@@ -91,12 +80,19 @@ class Member:
     input_mixout: float = 0.0
 
     def __post_init__(self):
-        object.__setattr__(self, "dropout", _pair(self.dropout, "dropout"))
-        object.__setattr__(self, "mixout", _pair(self.mixout, "mixout"))
-        for name in ("input_dropout", "input_mixout"):
-            object.__setattr__(self, name, _pair(getattr(self, name), name)[0])
+        for name in ("dropout", "mixout", "input_dropout", "input_mixout"):  # the input ones: one p
+            pair = _pair(getattr(self, name), name)
+            object.__setattr__(self, name, pair[0] if name.startswith("input") else pair)
         if not (isinstance(self.wdecay, (int, float)) and self.wdecay >= 0):
             raise ValueError(f"wdecay must be a number >= 0, got {self.wdecay!r}")
+
+    @property
+    def uses_mixout(self) -> bool:
+        return max(self.mixout) > 0 or self.input_mixout > 0
+
+    @property
+    def uses_dropout(self) -> bool:
+        return max(self.dropout) > 0 or self.input_dropout > 0
 
 
 def lr_factor(step: int, total: int, warmup: float = 0.1) -> float:
@@ -110,41 +106,31 @@ def lr_factor(step: int, total: int, warmup: float = 0.1) -> float:
 class _MaskStreams:
     """Per-member random masks, drawn ``MASK_BLOCK`` steps at a time from each member's own stream.
 
-    Member ``e``'s stream is the PCG64 generator seeded with its ``mask_seed`` (numpy's
-    ``PCG64(mask_seed).random_raw``, read as 32-bit unsigned integers ``U``), so what a member draws
-    never depends on the ensemble it is trained in. Per block of ``k`` steps a dropout member draws
-    ``k x B x 400`` integers (one per example and hidden unit), then a mixout member ``k x 400`` (one
-    per hidden unit, shared by the mini-batch), each only where that member uses it; unit ``j`` is
-    kept when ``U >= round(p_j 2^32)``: Bernoulli(1 - p_j) to within 2^-33. (A 32-bit integer per
-    mask is about 4x cheaper than ``torch.rand`` in float64.) Blocks are stored already scaled
-    (``Bernoulli(1-p) / (1-p)``) in buffers reused from block to block, laid out ``(E, k, B, 400)``
-    so that each member's draw is one contiguous piece; members that do not use a regulariser keep
-    the ones written once.
+    Member ``e``'s stream is numpy's ``PCG64(mask_seed).random_raw`` read as 32-bit unsigned integers
+    ``U``, so what a member draws never depends on the ensemble it is trained in. Per block of ``k``
+    steps a dropout member draws ``k x B x 400`` integers (one per example and hidden unit), then a
+    mixout member ``k x 400`` (one per hidden unit, shared by the mini-batch), each only where that
+    member uses it; unit ``j`` is kept when ``U >= round(p_j 2^32)``: Bernoulli(1 - p_j) to within
+    2^-33. Blocks are stored already scaled (``Bernoulli(1-p) / (1-p)``) in reused buffers laid out
+    ``(E, k, B, 400)`` (each member's draw one contiguous piece); members that do not use a
+    regulariser keep the ones written once.
     """
 
     def __init__(self, members, batch_size: int, total_steps: int, widths=(300, 100), inputs: int = 784):
-        self.members, self.b, self.total, self.widths, self.inputs = (
-            members,
-            batch_size,
-            total_steps,
-            widths,
-            inputs,
-        )
+        self.members, self.b, self.total = members, batch_size, total_steps
+        self.widths, self.inputs = widths, inputs
         self.gens = [np.random.PCG64(m.mask_seed) for m in members]
-        # per unit, (E, 400) then (E, 784): hidden dropout, hidden mixout, input dropout, input mixout
-        self.p = [
-            self._per_unit([m.dropout for m in members], widths),
-            self._per_unit([m.mixout for m in members], widths),
-            self._per_unit([(m.input_dropout,) for m in members], (inputs,)),
-            self._per_unit([(m.input_mixout,) for m in members], (inputs,)),
-        ]
+
+        def per_unit(attr, w):  # (E, sum(w)): each member's p for each unit
+            p = torch.tensor([getattr(m, attr) for m in members], dtype=torch.float64)
+            return p.view(len(members), -1).repeat_interleave(torch.tensor(w), dim=1)
+
+        # (E, 400) then (E, 784): hidden dropout, hidden mixout, input dropout, input mixout
+        self.p = [per_unit(a, w) for a, w in (("dropout", widths), ("mixout", widths))]
+        self.p += [per_unit(a, [inputs]) for a in ("input_dropout", "input_mixout")]
         self.used = [bool(p.any()) for p in self.p]
         self.any_drop, self.any_mix, self.any_input = self.used[0], self.used[1], any(self.used[2:])
         self._start, self._key = None, None
-
-    @staticmethod
-    def _per_unit(ps, widths):
-        return torch.tensor(ps, dtype=torch.float64).repeat_interleave(torch.tensor(widths), dim=1)
 
     @staticmethod
     def _draw(gen, shape, p: torch.Tensor, out: torch.Tensor) -> None:
@@ -178,8 +164,7 @@ class _MaskStreams:
         is drawn): ``drop`` two ``(E, rows, 300)`` / ``(E, rows, 100)`` masks (the first ``rows``
         examples'), ``mix`` two ``(E, 1, 300)`` / ``(E, 1, 100)``; None where no member uses one. When
         a member masks the inputs, each is a triple led by the input's ``(E, rows, 784)`` /
-        ``(E, 1, 784)`` mask (None for the parts no member uses).
-        Steps must be asked for in order (a block is drawn when ``step`` leaves the current one)."""
+        ``(E, 1, 784)`` mask (None for the parts no member uses). Steps must be asked for in order."""
         if not any(self.used):
             return None, None
         device = torch.device(device)
@@ -207,13 +192,13 @@ class _MaskStreams:
 
 
 class _Adam:
-    """Adam(0.9, 0.999) on lists of stacked tensors, one fused kernel call per step.
-
-    ``torch._fused_adam_`` (what ``torch.optim.Adam(fused=True)`` runs) called directly on the
-    engine's own gradient buffers, without the optimizer object's per-step Python work; where this
-    torch or device has no fused kernel, the functional ``torch.optim.adam.adam`` (foreach). Both are
-    the standard Adam update, elementwise, so each member's update is exactly its solo update.
+    """Adam(0.9, 0.999) on lists of stacked tensors: ``torch._fused_adam_`` (what
+    ``torch.optim.Adam(fused=True)`` runs) without the optimizer object's per-step Python work, or the
+    functional ``torch.optim.adam.adam`` (foreach) where there is no fused kernel. Both are the
+    standard elementwise update, so each member's update is exactly its solo update.
     """
+
+    HYPER = dict(beta1=BETAS[0], beta2=BETAS[1], weight_decay=0.0, eps=EPS, amsgrad=False, maximize=False)
 
     def __init__(self, params: list, grads: list):
         self.params, self.grads = params, grads
@@ -224,49 +209,18 @@ class _Adam:
         self.fused = hasattr(torch, "_fused_adam_")
 
     def step(self, lr: float) -> None:
+        lists = (self.params, self.grads, self.exp_avgs, self.exp_avg_sqs, [])
         if self.fused:
             self.step_count += 1
             try:
-                torch._fused_adam_(
-                    self.params,
-                    self.grads,
-                    self.exp_avgs,
-                    self.exp_avg_sqs,
-                    [],
-                    self.steps,
-                    lr=lr,
-                    beta1=BETAS[0],
-                    beta2=BETAS[1],
-                    weight_decay=0.0,
-                    eps=EPS,
-                    amsgrad=False,
-                    maximize=False,
-                )
+                torch._fused_adam_(*lists, self.steps, lr=lr, **self.HYPER)
                 return
             except (RuntimeError, NotImplementedError, TypeError):  # no fused kernel here
                 self.step_count -= 1
                 self.fused = False
                 # the functional adam counts the step itself, once per tensor: one counter each
                 self.steps = [self.step_count.clone() for _ in self.params]
-        _functional_adam(
-            self.params,
-            self.grads,
-            self.exp_avgs,
-            self.exp_avg_sqs,
-            [],
-            self.steps,
-            foreach=True,
-            amsgrad=False,
-            beta1=BETAS[0],
-            beta2=BETAS[1],
-            lr=lr,
-            weight_decay=0.0,
-            eps=EPS,
-            maximize=False,
-        )
-
-
-DECAYED = ("fc1.weight", "fc2.weight", "fc3.weight")  # wdecay acts on the Linear weights only
+        _functional_adam(*lists, self.steps, foreach=True, lr=lr, **self.HYPER)
 
 
 def _add_wdecay(params: dict, grads: dict, lam: torch.Tensor, target: dict | None) -> None:
@@ -275,11 +229,6 @@ def _add_wdecay(params: dict, grads: dict, lam: torch.Tensor, target: dict | Non
         w = params[name]
         diff = w if target is None else w - target[name]
         grads[name].add_(diff * lam.view(-1, *([1] * (w.dim() - 1))))
-
-
-def _kind_rank(m: Member) -> int:
-    """0 for dropout only, 1 for neither (or both), 2 for mixout only."""
-    return 1 + m.uses_mixout - m.uses_dropout
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -294,17 +243,14 @@ def check_device(device: str | torch.device) -> torch.device:
     try:
         dev = resolve_device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from None
-    if dev.type not in ("cpu", "cuda"):  # meta, mps, xla, ...: the engine trains on the CPU or CUDA
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):  # meta, mps, xla, ...: the engine needs CPU or CUDA
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    where = f"device {str(device)!r}"
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r}: CUDA is not available on this machine (use 'auto' or 'cpu')"
-        )
+        raise ValueError(f"{where}: CUDA is not available on this machine (use 'auto' or 'cpu')")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-        )
+        raise ValueError(f"{where}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
 
 
@@ -385,12 +331,9 @@ def train_ensemble(
     steps), or a caller's bar to advance by member-steps.
 
     ``workers`` (CPU only): split the members into this many parts trained concurrently, each in its
-    own thread running single-threaded kernels (``torch.set_num_threads(1)`` for the duration of the
-    call, restored after). On a machine with ``workers`` free cores this scales better than the
-    kernels' own threads and degrades gracefully when the cores are shared (see ``benchmarks/``).
-    The numbers are the same either way, to rounding: each member's computation never depends on
-    the others' values, but the matrix library may round differently for a different grouping of
-    members into batched products (bit for bit for the same ``workers`` and ensemble).
+    own thread with single-threaded kernels (``torch.set_num_threads(1)`` during the call). The
+    numbers are the same either way to rounding (the matrix library may round differently for
+    another grouping of members into batched products; bit for bit for the same ``workers``).
     """
     if not members:
         raise ValueError("members is empty: give at least one Member")
@@ -402,56 +345,39 @@ def train_ensemble(
     if target is None and any(m.uses_mixout for m in members):
         raise ValueError("a member uses mixout but no target (w_pre) was given")
     dev = resolve_device(device)
-    stacked = _stacked(init)
-    if stacked and init["fc1.weight"].shape[0] != E:
+    if init["fc1.weight"].dim() == 3 and init["fc1.weight"].shape[0] != E:
         raise ValueError(f"init is stacked for {init['fc1.weight'].shape[0]} members, not {E}")
-    dtype = init["fc1.weight"].dtype
+    if init["fc1.weight"].dim() != 3:
+        init = {k: v.unsqueeze(0).expand(E, *v.shape) for k, v in init.items()}
     # members that share a data seed see the same batches: put them side by side (the caller's
     # order is restored on the way out) so that fc1 runs once per shared batch; within a data
     # group dropout members come first and mixout members last, so that a worker's part tends to
     # hold one kind and skips the other's masks altogether
     seeds = list(dict.fromkeys(m.data_seed for m in members))
-    order = sorted(range(E), key=lambda e: (seeds.index(members[e].data_seed), _kind_rank(members[e])))
+    kind = [m.uses_mixout - m.uses_dropout for m in members]  # -1 dropout only, 0 neither or both, 1 mixout
+    order = sorted(range(E), key=lambda e: (seeds.index(members[e].data_seed), kind[e]))
     workers = min(workers, E) if dev.type == "cpu" else 1
     cuts = [round(i * E / workers) for i in range(workers + 1)]
     parts = [order[a:b] for a, b in zip(cuts[:-1], cuts[1:], strict=False)]
 
-    def pick(t, index, name):  # the rows of a stacked (E, ...) tensor for these members
-        if t.dim() == _NDIM.get(name, t.dim()) + 1:
-            return t.index_select(0, torch.as_tensor(index, device=t.device))
-        return t
+    def pick(params, index, names):  # these members' rows of each stacked (E, ...) tensor
+        if params is None:
+            return None
+        out = {k: params[k].detach() for k in names}
+        for k, t in out.items():
+            if t.dim() == _NDIM.get(k, t.dim()) + 1:
+                out[k] = t.index_select(0, torch.as_tensor(index, device=t.device))
+        return out
 
-    x, y = x.to(dev, dtype), y.to(dev)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    bar = _Progress(total, E, progress)
+    x, y = x.to(dev, init["fc1.weight"].dtype), y.to(dev)
+    total = epochs * math.ceil(n / batch_size)
+    bar = _Progress(total, progress)
+    common = {"dev": dev, "lr": lr, "total": total, "warmup": warmup, "batch_size": batch_size, "bar": bar}
     runs = []
     for index in parts:
-        init_p = {
-            k: pick(v.detach(), index, k) if stacked else v.detach().unsqueeze(0).expand(len(index), *v.shape)
-            for k, v in init.items()
-        }
-        tgt = None if target is None else {k: pick(v.detach(), index, k) for k, v in target.items()}
-        wdt = (
-            None if wdecay_target is None else {k: pick(wdecay_target[k].detach(), index, k) for k in DECAYED}
-        )
-        runs.append(
-            _Part(
-                init_p,
-                [members[e] for e in index],
-                x,
-                y,
-                tgt,
-                wdt,
-                dev=dev,
-                lr=lr,
-                total=total,
-                warmup=warmup,
-                batch_size=batch_size,
-                bar=bar,
-                lead=not runs,
-            )
-        )
+        tgt, wdt = pick(target, index, target), pick(wdecay_target, index, DECAYED)
+        sub = [members[e] for e in index]
+        runs.append(_Part(pick(init, index, init), sub, x, y, tgt, wdt, lead=not runs, **common))
     flat = [e for index in parts for e in index]
     inv = None if flat == list(range(E)) else torch.tensor(flat).argsort()
 
@@ -461,12 +387,9 @@ def train_ensemble(
 
     t0 = time.perf_counter()
     last_loss = torch.zeros(E, dtype=torch.float64)
-    threads = torch.get_num_threads()
-    pool = None
+    threads, pool = torch.get_num_threads(), None
     try:
         if len(runs) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
             torch.set_num_threads(1)
             pool = ThreadPoolExecutor(len(runs), thread_name_prefix="train_ensemble")
         for epoch in range(epochs):
@@ -487,17 +410,11 @@ def train_ensemble(
     return TrainResult(out, last_loss, time.perf_counter() - t0, total)
 
 
-#: dims of one network's tensors (a stacked tensor has one more)
-_NDIM = {k: (2 if k.endswith("weight") and k.startswith("fc") else 1) for k in mlp.PARAM_NAMES}
-
-
 class _Part:
     """One batched ensemble's state and training loop (the whole ensemble, or one worker's part).
 
     Members are in data-seed order, so each data group ``[a, b)`` is a contiguous range that shares
-    one batch per step. Each step: the group batches, this step's masks (views of the pre-drawn
-    block), :func:`mlp.loss_and_grad` into preallocated gradient buffers, wdecay, one fused Adam
-    call over all parameters.
+    one batch per step.
     """
 
     def __init__(
@@ -507,16 +424,9 @@ class _Part:
             k: init[k].to(dev).clone(memory_format=torch.contiguous_format) for k in mlp.PARAM_NAMES
         }
         self.dtype = self.params["fc1.weight"].dtype
-        self.members, self.x, self.y, self.target, self.wd_target, self.dev = (
-            members,
-            x,
-            y,
-            target,
-            wd_target,
-            dev,
-        )
-        self.lr, self.total, self.warmup, self.batch_size, self.bar = lr, total, warmup, batch_size, bar
-        self.lead = lead  # the part whose steps advance a bar of steps
+        self.members, self.x, self.y, self.target, self.wd_target = members, x, y, target, wd_target
+        self.dev, self.lr, self.total, self.warmup, self.batch_size = dev, lr, total, warmup, batch_size
+        self.bar, self.lead = bar, lead  # lead: the part whose steps advance a bar of steps
         E = len(members)
         seeds = list(dict.fromkeys(m.data_seed for m in members))
         sizes = [sum(m.data_seed == s for m in members) for s in seeds]
@@ -540,16 +450,13 @@ class _Part:
 
     def epoch(self) -> None:
         x, y, n, B = self.x, self.y, self.x.shape[0], self.batch_size
-        order = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens]).to(
-            self.dev
-        )  # (groups, n)
+        # one order of the n examples per data group: (groups, n)
+        order = torch.stack([torch.randperm(n, generator=g) for g in self.data_gens]).to(self.dev)
         total_loss = torch.zeros(len(self.members), dtype=torch.float64, device=self.dev)
-        groups = self.groups if self.shared else None
+        groups, k = self.groups if self.shared else None, len(self.data_gens)
         for start in range(0, n, B):
             idx = order[:, start : start + B]
-            rows = idx.shape[1]
-            flat = idx.reshape(-1)
-            k = len(self.data_gens)
+            rows, flat = idx.shape[1], idx.reshape(-1)
             xb = mlp.reused_buffer(self.work, "xb", (k * rows, x.shape[1]), x.dtype, self.dev)
             xb = torch.index_select(x, 0, flat, out=xb).view(k, rows, -1)
             yb = y.index_select(0, flat).view(k, rows)
@@ -568,10 +475,6 @@ class _Part:
         self.epoch_loss = (total_loss / n).cpu()
 
 
-def _stacked(params: dict) -> bool:
-    return params["fc1.weight"].dim() == 3
-
-
 def member_step_bar(enabled: bool, total: int, label: str, leave: bool = True):
     """A progress bar of member-steps for a whole study (pass it to :func:`train_ensemble` as
     ``progress``, which advances it), or None when ``enabled`` is False or there is nothing to do."""
@@ -586,20 +489,16 @@ class _Progress:
     """Steps of this run on a fresh bar (``progress`` True or a label), or member-steps on the
     caller's own bar (``progress`` any object with ``update``, e.g. a sweep-wide ``tqdm``)."""
 
-    def __init__(self, total: int, members: int, progress):
-        import threading
-
+    def __init__(self, total: int, progress):
         self.lock = threading.Lock()  # workers update one bar
         self.outer = hasattr(progress, "update")
-        if self.outer:
-            self.bar = progress
-        elif progress:
+        self.bar = progress if self.outer else None
+        if progress and not self.outer:
             from tqdm.auto import tqdm
 
-            label = progress if isinstance(progress, str) else "training"
-            self.bar = tqdm(total=total, desc=label, unit="step", leave=False)
-        else:
-            self.bar = None
+            desc = progress if isinstance(progress, str) else "training"
+            self.bar = tqdm(total=total, desc=desc, unit="step", leave=False)
+        self.own = self.bar is not None and not self.outer  # a bar of this run's steps, closed here
 
     def update(self, members: int, lead: bool = True) -> None:
         """One step of a part of ``members`` members (the ``lead`` part's steps count on a bar of steps)."""
@@ -608,11 +507,11 @@ class _Progress:
                 self.bar.update(members if self.outer else 1)
 
     def epoch_done(self, epoch: int, loss: torch.Tensor) -> None:
-        if self.bar is not None and not self.outer:
+        if self.own:
             self.bar.set_postfix(epoch=epoch + 1, loss=f"{loss.mean():.4f}")
 
     def close(self) -> None:
-        if self.bar is not None and not self.outer:
+        if self.own:
             self.bar.close()
 
 
@@ -623,7 +522,7 @@ def evaluate(params: dict, x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) 
     Returns ``{"acc": (E,), "loss": (E,)}`` as float64 CPU tensors (scalars' shape ``(1,)`` for one
     unstacked network).
     """
-    if not _stacked(params):
+    if params["fc1.weight"].dim() != 3:
         params = mlp.stack(params, 1)
     dev = params["fc1.weight"].device
     correct = loss = 0.0

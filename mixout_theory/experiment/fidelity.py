@@ -32,24 +32,11 @@ from pathlib import Path
 
 from mixout_theory.experiment import engine, exports, sweep
 from mixout_theory.experiment.data import ORIENTATIONS, oriented_name
-from mixout_theory.experiment.store import (
-    checked_meta,
-    read_csv,
-)
+from mixout_theory.experiment.store import checked_meta, read_csv
 from mixout_theory.experiment.study import Context, profile_sizes
 
-__all__ = [
-    "Variant",
-    "GRID",
-    "CLAIMS",
-    "DISTANCES",
-    "PAPER_STEPS",
-    "run_fidelity",
-    "claim_rows",
-    "scores",
-    "load_fidelity",
-    "EXPORT_TABLES",
-]
+__all__ = ["Variant", "GRID", "CLAIMS", "DISTANCES", "PAPER_STEPS", "run_fidelity", "claim_rows", "scores"]
+__all__ += ["load_fidelity", "EXPORT_TABLES"]
 
 PAPER_TARGET_TRAIN = 54_000  # MNIST's training split less its 6,000 validation images (Supplement C.1)
 PAPER_STEPS = 5 * math.ceil(PAPER_TARGET_TRAIN / 32)  # 8,440 finetuning steps
@@ -103,58 +90,29 @@ class Claim:
     kind: str  # "level" or "size"
 
 
+_AFTER, _MNIST = "source accuracy after finetuning", "MNIST validation accuracy"
 CLAIMS = (
     Claim("w_pre_source_acc", "source accuracy of w_pre", 0.992, TEXT, "level"),
-    Claim("source_acc_p0", "source accuracy after finetuning, p = 0", 0.72, FIGURE, "level"),
-    Claim(
-        "source_acc_mixout", "source accuracy after finetuning, mixout, mean over p > 0", 0.723, TEXT, "level"
-    ),
-    Claim(
-        "source_acc_dropout_p0.8",
-        "source accuracy after finetuning, dropout, p = 0.8",
-        0.522,
-        FIGURE,
-        "level",
-    ),
+    Claim("source_acc_p0", f"{_AFTER}, p = 0", 0.72, FIGURE, "level"),
+    Claim("source_acc_mixout", f"{_AFTER}, mixout, mean over p > 0", 0.723, TEXT, "level"),
+    Claim("source_acc_dropout_p0.8", f"{_AFTER}, dropout, p = 0.8", 0.522, FIGURE, "level"),
     *(
         Claim(f"source_gap_p{p}", f"dropout's source accuracy below mixout's, p = {p}", g, TEXT, "size")
         for p, g in ((0.1, 0.041), (0.2, 0.074), (0.3, 0.105))
     ),
-    Claim("target_acc_p0", "MNIST validation accuracy, p = 0", 0.972, FIGURE, "level"),
-    Claim("target_acc_dropout_p0.8", "MNIST validation accuracy, dropout, p = 0.8", 0.917, FIGURE, "level"),
-    Claim("target_acc_mixout_p0.8", "MNIST validation accuracy, mixout, p = 0.8", 0.970, FIGURE, "level"),
-    Claim(
-        "target_fall_dropout",
-        "MNIST validation accuracy, dropout, fall from p = 0 to 0.8",
-        0.055,
-        FIGURE,
-        "size",
-    ),
+    Claim("target_acc_p0", f"{_MNIST}, p = 0", 0.972, FIGURE, "level"),
+    Claim("target_acc_dropout_p0.8", f"{_MNIST}, dropout, p = 0.8", 0.917, FIGURE, "level"),
+    Claim("target_acc_mixout_p0.8", f"{_MNIST}, mixout, p = 0.8", 0.970, FIGURE, "level"),
+    Claim("target_fall_dropout", f"{_MNIST}, dropout, fall from p = 0 to 0.8", 0.055, FIGURE, "size"),
     *(
-        c
-        for d in DISTANCES
-        for c in (
-            Claim(f"dist_{d}_p0", f"distance at p = 0 [{DISTANCES[d]}]", 1.55, FIGURE, "size"),
-            Claim(
-                f"dist_{d}_mixout_p0.8", f"distance, mixout, p = 0.8 [{DISTANCES[d]}]", 0.40, FIGURE, "size"
-            ),
-            Claim(
-                f"dist_{d}_dropout_p0.8", f"distance, dropout, p = 0.8 [{DISTANCES[d]}]", 2.51, FIGURE, "size"
-            ),
-            Claim(
-                f"dist_{d}_mixout_ratio",
-                f"distance, mixout, p = 0.8 over p = 0 [{DISTANCES[d]}]",
-                0.40 / 1.55,
-                FIGURE,
-                "size",
-            ),
-            Claim(
-                f"dist_{d}_dropout_ratio",
-                f"distance, dropout, p = 0.8 over p = 0 [{DISTANCES[d]}]",
-                2.51 / 1.55,
-                FIGURE,
-                "size",
-            ),
+        Claim(f"dist_{d}_{key}", f"distance{what} [{name}]", paper, FIGURE, "size")
+        for d, name in DISTANCES.items()
+        for key, what, paper in (
+            ("p0", " at p = 0", 1.55),
+            ("mixout_p0.8", ", mixout, p = 0.8", 0.40),
+            ("dropout_p0.8", ", dropout, p = 0.8", 2.51),
+            ("mixout_ratio", ", mixout, p = 0.8 over p = 0", 0.40 / 1.55),
+            ("dropout_ratio", ", dropout, p = 0.8 over p = 0", 2.51 / 1.55),
         )
     ),
 )
@@ -162,43 +120,36 @@ CLAIMS = (
 
 def group_mean(records: list[dict], method: str, p: float, metric: str) -> float:
     """Mean of ``metric`` over the usable runs of (method, p); p = 0 is the shared run ("none")."""
-    vals = [
-        r[metric]
-        for r in records
-        if r["p"] == p and r["method"] == ("none" if p == 0 else method) and not r.get("failed")
-    ]
+    method = "none" if p == 0 else method
+    vals = [r[metric] for r in records if r["p"] == p and r["method"] == method and not r.get("failed")]
     return statistics.fmean(vals) if vals else math.nan
 
 
 def ours(records: list[dict], w_pre_acc: float) -> dict:
     """Our value of every claim from one variant's run records (NaN where its p grid lacks the p)."""
     ps = sorted({r["p"] for r in records if r["p"] > 0})
+
+    def mean(method, p, metric):
+        return group_mean(records, method, p, metric)
+
     src, tgt = "source_val_acc", "target_val_acc"
     out = {
         "w_pre_source_acc": w_pre_acc,
-        "source_acc_p0": group_mean(records, "none", 0.0, src),
-        "source_acc_mixout": statistics.fmean(group_mean(records, "mixout", p, src) for p in ps)
-        if ps
-        else math.nan,
-        "source_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, src),
-        "target_acc_p0": group_mean(records, "none", 0.0, tgt),
-        "target_acc_dropout_p0.8": group_mean(records, "dropout", 0.8, tgt),
-        "target_acc_mixout_p0.8": group_mean(records, "mixout", 0.8, tgt),
+        "source_acc_p0": mean("none", 0.0, src),
+        "source_acc_mixout": statistics.fmean(mean("mixout", p, src) for p in ps) if ps else math.nan,
+        "source_acc_dropout_p0.8": mean("dropout", 0.8, src),
+        "target_acc_p0": mean("none", 0.0, tgt),
+        "target_acc_dropout_p0.8": mean("dropout", 0.8, tgt),
+        "target_acc_mixout_p0.8": mean("mixout", 0.8, tgt),
     }
     for p in (0.1, 0.2, 0.3):
-        out[f"source_gap_p{p}"] = group_mean(records, "mixout", p, src) - group_mean(
-            records, "dropout", p, src
-        )
+        out[f"source_gap_p{p}"] = mean("mixout", p, src) - mean("dropout", p, src)
     out["target_fall_dropout"] = out["target_acc_p0"] - out["target_acc_dropout_p0.8"]
     for d in DISTANCES:
-        at0 = group_mean(records, "none", 0.0, f"dist_{d}")
-        out[f"dist_{d}_p0"] = at0
+        out[f"dist_{d}_p0"] = at0 = mean("none", 0.0, f"dist_{d}")
         for method in sweep.METHODS:
-            end = group_mean(records, method, 0.8, f"dist_{d}")
-            out[f"dist_{d}_{method}_p0.8"], out[f"dist_{d}_{method}_ratio"] = (
-                end,
-                end / at0 if at0 else math.nan,
-            )
+            out[f"dist_{d}_{method}_p0.8"] = end = mean(method, 0.8, f"dist_{d}")
+            out[f"dist_{d}_{method}_ratio"] = end / at0 if at0 else math.nan
     return out
 
 
@@ -219,20 +170,13 @@ def claim_rows(runs: list[dict], w_pre_accs: dict) -> list[dict]:
     for name in dict.fromkeys(r["variant"] for r in runs):
         values = ours([r for r in runs if r["variant"] == name], w_pre_accs[name])
         for c in CLAIMS:
-            v = values[c.key]
-            ok = reproduced(c, v)
+            v, ok = values[c.key], reproduced(c, values[c.key])
             rows.append(
-                {
-                    "variant": name,
-                    "claim": c.key,
-                    "what": c.what,
-                    "paper": c.paper,
-                    "paper_source": c.source,
-                    "kind": c.kind,
-                    "ours": v,
-                    "ratio": v / c.paper if math.isfinite(v) else math.nan,
-                    "reproduced": "" if ok is None else ("yes" if ok else "no"),
-                }
+                dict(
+                    variant=name, claim=c.key, what=c.what, paper=c.paper, paper_source=c.source, kind=c.kind
+                )
+                | dict(ours=v, ratio=v / c.paper if math.isfinite(v) else math.nan)
+                | dict(reproduced="" if ok is None else ("yes" if ok else "no"))
             )
     return rows
 
@@ -243,14 +187,9 @@ def scores(rows: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["variant"] for r in rows):
         mine = [r for r in rows if r["variant"] == name and r["reproduced"]]
         logs = [abs(math.log(r["ratio"])) for r in mine if r["ratio"] > 0]
-        out.append(
-            {
-                "variant": name,
-                "reproduced": sum(r["reproduced"] == "yes" for r in mine),
-                "measured": len(mine),
-                "median_abs_log_ratio": statistics.median(logs) if logs else math.nan,
-            }
-        )
+        yes = sum(r["reproduced"] == "yes" for r in mine)
+        median = statistics.median(logs) if logs else math.nan
+        out.append(dict(variant=name, reproduced=yes, measured=len(mine), median_abs_log_ratio=median))
     return sorted(out, key=lambda s: (-s["reproduced"], s["median_abs_log_ratio"]))
 
 
@@ -260,22 +199,21 @@ def scores(rows: list[dict]) -> list[dict]:
 
 @dataclass
 class FidelityResults:
+    """The study's runs and variants, and their claims table ``rows`` (:func:`claim_rows`)."""
+
     profile: str
     source_name: str
     runs: list[dict]  # every variant's records, with "variant"
     variants: dict  # name -> {"config": key, "store": folder, "w_pre_source_acc": ..., "fields": {...}}
-    rows: list[dict]  # claim_rows
     stores: list = field(default_factory=list)  # the sweep stores (when computed, not when read back)
     pending: list = field(default_factory=list)  # sweeps not started yet (another shard's runs missing)
 
+    def __post_init__(self):
+        self.rows = claim_rows(self.runs, self.w_pre_accs)
+
     @property
     def w_pre_accs(self) -> dict:
-        return _accs(self.variants)
-
-
-def _accs(variants: dict) -> dict:
-    """Each variant's w_pre source accuracy, from the variants' summaries."""
-    return {k: v["w_pre_source_acc"] for k, v in variants.items()}
+        return {k: v["w_pre_source_acc"] for k, v in self.variants.items()}
 
 
 def run_fidelity(ctx: Context) -> FidelityResults:
@@ -286,27 +224,21 @@ def run_fidelity(ctx: Context) -> FidelityResults:
     exp = ctx.experiment()
     sizes = profile_sizes(SIZES, profile)
     base = sweep.profile_config(profile, **sizes)
-    n_target = base.target_train or len(exp.target.train.y)
+    n_train = len(exp.target.train.y)
+    n_target = base.target_train or n_train
     runs, variants, stores, pending = [], {}, [], []
 
     def run(variant: Variant) -> None:
-        fields = variant.overrides(base.finetune_epochs, len(exp.target.train.y))
+        fields = variant.overrides(base.finetune_epochs, n_train)
         config, tensors, w_pre = sweep.pretrained(results, profile, exp, options, **sizes, **fields)
-        store = sweep.run_sweep(
-            results,
-            config,
-            tensors,
-            w_pre,
-            options,
-            source_name=oriented_name(exp.source_name, variant.orientation),
-        )
-        acc = float(engine.evaluate(w_pre, *tensors["source_val"])["acc"][0])
+        name = oriented_name(exp.source_name, variant.orientation)
+        store = sweep.run_sweep(results, config, tensors, w_pre, options, source_name=name)
         stores.append(store)
         runs.extend(dict(r, variant=variant.name) for r in store.records())
         variants[variant.name] = {
             "config": config.key(),
             "store": store.dir.name,
-            "w_pre_source_acc": acc,
+            "w_pre_source_acc": float(engine.evaluate(w_pre, *tensors["source_val"])["acc"][0]),
             "fields": dataclasses.asdict(variant),
             "finetune_epochs": config.finetune_epochs,
             "finetune_steps": config.finetune_epochs * math.ceil(n_target / config.batch_size),
@@ -314,15 +246,13 @@ def run_fidelity(ctx: Context) -> FidelityResults:
 
     for variant in GRID:
         run(variant)
-    if len(exp.target.train.y) < PAPER_TARGET_TRAIN:
+    if n_train < PAPER_TARGET_TRAIN:
         if any(r not in s.done() for s in stores for r in s.planned):
             pending.append("the matched-steps sweep (it follows the grid's best variant)")
         else:
-            best = scores(claim_rows(runs, _accs(variants)))[0]["variant"]
+            best = scores(FidelityResults(profile, exp.source_name, runs, variants).rows)[0]["variant"]
             run(dataclasses.replace(next(v for v in GRID if v.name == best), matched_steps=True))
-    return FidelityResults(
-        profile, exp.source_name, runs, variants, claim_rows(runs, _accs(variants)), stores, pending
-    )
+    return FidelityResults(profile, exp.source_name, runs, variants, stores, pending)
 
 
 # --------------------------------------------------------------------------------------------
@@ -337,9 +267,5 @@ def load_fidelity(folder) -> FidelityResults:
     folder = Path(folder)
     meta = checked_meta(folder, EXPORT_TABLES, "export the study again (python -m mixout_theory fidelity)")
     runs = read_csv(folder / "runs.csv", text=RUN_TEXT)
-    variants = {
-        n: meta["variants"][n] for n in dict.fromkeys(r["variant"] for r in runs)
-    }  # the study's order
-    return FidelityResults(
-        meta["profile"], meta["source_name"], runs, variants, claim_rows(runs, _accs(variants))
-    )
+    variants = {n: meta["variants"][n] for n in dict.fromkeys(r["variant"] for r in runs)}  # study's order
+    return FidelityResults(meta["profile"], meta["source_name"], runs, variants)

@@ -8,18 +8,16 @@ the next Linear, and dropout(p) = mixout(0, p) on ``fc2`` / ``fc3`` up to when m
 ``fc3.weight`` (100->10), the weights leaving hidden neurons; ``fc1`` (784->300) only under the other
 reading of the protocol, "every Linear" (:data:`MIXED_BY_LAYERS`), with dropout then on the inputs too.
 
-:func:`forward` works on a dict of parameters with an optional leading *member* dimension, so the
-same code runs one network or a stacked ensemble (:mod:`mixout_theory.experiment.engine`); it is
-:func:`hidden1` followed by :func:`tail` (the part mixout changes, also used on its own to evaluate
-many mixed weights at once). :func:`loss_and_grad` is the same function with a hand-written
-backward, for the engine. The mixed weights of both come from :func:`mixout_theory.mixing.mixed_weight`.
+:func:`forward` takes a dict of parameters with an optional leading *member* dim (one network or a
+stacked ensemble); it is :func:`hidden1` then :func:`tail` (the part mixout changes).
+:func:`loss_and_grad` is the same function with a hand-written backward, for the engine.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from mixout_theory.mixing import mixed_weight
 
@@ -27,17 +25,8 @@ SIZES = (784, 300, 100, 10)
 INIT_STD = 0.02
 LN_EPS = 1e-5
 #: Parameter names in forward order (the ``state_dict`` keys of :class:`MLP`).
-PARAM_NAMES = (
-    "fc1.weight",
-    "fc1.bias",
-    "ln1.weight",
-    "ln1.bias",
-    "fc2.weight",
-    "fc2.bias",
-    "ln2.weight",
-    "ln2.bias",
-    "fc3.weight",
-    "fc3.bias",
+PARAM_NAMES = tuple(
+    f"{layer}.{p}" for layer in ("fc1", "ln1", "fc2", "ln2", "fc3") for p in ("weight", "bias")
 )
 #: The weights that mixout mixes: those leaving the two hidden layers.
 MIXED = ("fc2.weight", "fc3.weight")
@@ -68,7 +57,7 @@ class MLP(nn.Module):
             for ln in (self.ln1, self.ln2):
                 ln.reset_parameters()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         # through its own submodules, so that mixout_model can swap fc2 / fc3 for MixLinear layers
         h = self.drop1(self.ln1(F.relu(self.fc1(self.drop0(x)))))
         h = self.drop2(self.ln2(F.relu(self.fc2(h))))
@@ -126,12 +115,10 @@ def _layer_norm(h, gain, shift):
     return F.layer_norm(h, h.shape[-1:], eps=LN_EPS) * gain.unsqueeze(-2) + shift.unsqueeze(-2)
 
 
-def hidden1(params: dict, x: torch.Tensor, w1: torch.Tensor | None = None) -> torch.Tensor:
+def hidden1(params: dict, x: Tensor, w1: Tensor | None = None) -> Tensor:
     """The first hidden layer, ``LayerNorm(ReLU(fc1(x)))`` (before its dropout); ``w1`` replaces
-    ``fc1.weight`` (a mixed one).
-
-    ``x`` is ``(B, 784)`` or ``(E, B, 784)``; a 2-D ``x`` with stacked parameters is shared by every member.
-    """
+    ``fc1.weight`` (a mixed one). ``x`` is ``(B, 784)`` (with stacked parameters: shared by every
+    member) or ``(E, B, 784)``."""
     w1 = params["fc1.weight"] if w1 is None else w1
     if x.dim() == 2 and w1.dim() == 3:
         x = x.unsqueeze(0).expand(w1.shape[0], *x.shape)
@@ -140,12 +127,8 @@ def hidden1(params: dict, x: torch.Tensor, w1: torch.Tensor | None = None) -> to
 
 
 def tail(
-    params: dict,
-    h1: torch.Tensor,
-    w2: torch.Tensor | None = None,
-    w3: torch.Tensor | None = None,
-    dropout=None,
-) -> torch.Tensor:
+    params: dict, h1: Tensor, w2: Tensor | None = None, w3: Tensor | None = None, dropout=None
+) -> Tensor:
     """Logits from the first hidden layer's output on: ``fc3(dropout(LayerNorm(ReLU(fc2(h1)))))``.
 
     ``w2`` / ``w3`` replace ``fc2.weight`` / ``fc3.weight`` (e.g. mixed weights); stacked ``(S, ...)``
@@ -161,12 +144,8 @@ def tail(
 
 
 def forward(
-    params: dict,
-    x: torch.Tensor,
-    drop: tuple | None = None,
-    mix: tuple | None = None,
-    target: dict | None = None,
-) -> torch.Tensor:
+    params: dict, x: Tensor, drop: tuple | None = None, mix: tuple | None = None, target: dict | None = None
+) -> Tensor:
     """Logits of the MLP for parameters ``params`` (optionally stacked: every tensor ``(E, ...)``).
 
     ``x`` is ``(B, 784)`` or ``(E, B, 784)``. ``drop = (d1, d2)``: scaled activation masks for the
@@ -174,23 +153,14 @@ def forward(
     ``mix = (m2, m3)``: scaled column masks ``B/(1-p)`` of shape ``(E, 1, 300)`` / ``(E, 1, 100)`` for
     ``fc2.weight`` / ``fc3.weight``, mixed towards ``target`` by eq. 4: ``W_eff = u + m (W - u)``.
     ``None`` means no dropout / no mixing (evaluation). Equal to ``tail(params, hidden1(params, x) * d1,
-    Phi_2, Phi_3, dropout=lambda h: h * d2)``; :class:`MLP` is the same network as modules
-    (``tests/experiment/test_engine.py`` checks that they agree). Triples ``(d0, d1, d2)`` /
-    ``(m1, m2, m3)`` also mask the input pixels (``(E, B, 784)``) / mix ``fc1.weight`` (``(E, 1, 784)``);
-    any entry may be None.
+    Phi_2, Phi_3, dropout=lambda h: h * d2)``; :class:`MLP` is the same network as modules. Triples
+    ``(d0, d1, d2)`` / ``(m1, m2, m3)`` also mask the input pixels (``(E, B, 784)``) / mix ``fc1.weight``
+    (``(E, 1, 784)``); any entry may be None.
     """
-    (d0, d1, d2), (m1, m2, m3) = _masks(drop), _masks(mix)
-    # eq. 4, Phi = u + (M / mu) (w - u), for each mixed weight
-    w1, w2, w3 = (
-        None if m is None else mixed_weight(params[n], target[n], m)
-        for n, m in (("fc1.weight", m1), ("fc2.weight", m2), ("fc3.weight", m3))
-    )
-    if d0 is not None:
-        x = x * d0
-    h = hidden1(params, x, w1)
-    if d1 is not None:
-        h = h * d1
-    return tail(params, h, w2, w3, None if d2 is None else (lambda h2: h2 * d2))
+    d0, d1, d2 = _masks(drop)
+    w1, w2, w3 = _mixed_weights(params, mix, target)
+    h = hidden1(params, x if d0 is None else x * d0, w1)
+    return tail(params, h if d1 is None else h * d1, w2, w3, None if d2 is None else (lambda h2: h2 * d2))
 
 
 def _masks(masks) -> tuple:
@@ -200,33 +170,30 @@ def _masks(masks) -> tuple:
     return tuple(masks) if len(masks) == 3 else (None, *masks)
 
 
-def _groups_of(x: torch.Tensor, n_members: int, groups):
-    """``[(start, stop, x_g)]``: member ranges and the ``(B, in)`` input they share, or None if
-    every member has its own rows (``x`` of shape ``(E, B, in)``)."""
-    if groups is not None:
-        if x.dim() != 3 or len(groups) != x.shape[0]:
-            raise ValueError(f"groups: {len(groups)} member ranges for inputs of shape {tuple(x.shape)}")
-        return [(a, b, x[g]) for g, (a, b) in enumerate(groups)]
-    if x.dim() == 2:
-        return [(0, n_members, x)]
-    return None
+def _mixed_weights(params: dict, mix, target: dict | None, buf=None) -> list:
+    """eq. 4, ``Phi = u + (M / mu) (w - u)``, for ``fc1`` / ``fc2`` / ``fc3.weight`` (``w`` itself where
+    unmixed), written into ``buf(name, *shape)`` when given."""
+    ws = []
+    for n, m in zip(MIXED_BY_LAYERS["all"], _masks(mix), strict=True):
+        out = None if m is None or buf is None else buf(n, *params[n].shape)
+        ws.append(params[n] if m is None else mixed_weight(params[n], target[n], m, out=out))
+    return ws
 
 
-def reused_buffer(work: dict | None, name: str, shape: tuple, dtype, device) -> torch.Tensor:
+def reused_buffer(work: dict | None, name: str, shape: tuple, dtype, device) -> Tensor:
     """An uninitialised tensor kept in ``work`` under ``(name, shape)`` and handed out again on the
     next call (a fresh one when ``work`` is None): step after step, no new memory."""
     if work is None:
         return torch.empty(shape, dtype=dtype, device=device)
-    key = (name, shape)
-    if key not in work:
-        work[key] = torch.empty(shape, dtype=dtype, device=device)
-    return work[key]
+    if (name, shape) not in work:
+        work[name, shape] = torch.empty(shape, dtype=dtype, device=device)
+    return work[name, shape]
 
 
 def loss_and_grad(
     params: dict,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Tensor,
+    y: Tensor,
     drop: tuple | None = None,
     mix: tuple | None = None,
     target: dict | None = None,
@@ -238,73 +205,62 @@ def loss_and_grad(
     """Every member's mean cross-entropy and its exact gradient, by hand (no autograd graph).
 
     The same computation as ``F.cross_entropy(forward(params, x, drop, mix, target)[e], y[e])``
-    differentiated by autograd (``tests/experiment/test_engine.py`` checks it), written for speed: the
-    gradient of eq. 4's mixed weight ``Phi = u + M (w - u)`` is ``dL/dPhi * M`` column by column,
-    i.e. ``dy^T (h * M)`` (one ``bmm`` on the ``(E, B, in)`` input scaled by the column mask);
-    ``fc1``'s product is computed as ``W x^T`` (``(E, 300, B)``), BLAS's faster shape for this layer.
+    differentiated by autograd, written for speed: the gradient of eq. 4's mixed weight
+    ``Phi = u + M (w - u)`` is ``dL/dPhi * M`` column by column, i.e. ``dy^T (h * M)``.
 
     ``params`` stacked ``(E, ...)``. ``x``: ``(B, 784)`` shared by every member, ``(E, B, 784)`` one
     batch per member, or ``(G, B, 784)`` with ``groups = [(start, stop), ...]`` (``G`` ranges of
     members, in order, that share a batch). ``y``: ``(E, B)`` labels. ``drop`` / ``mix`` / ``target``
     as in :func:`forward`. Returns ``(losses, grads)``: the ``(E,)`` losses and the gradients by
     parameter name, written into ``out`` (preallocated ``(E, ...)`` tensors, overwritten) when given.
-    ``work``: a dict kept by the caller between calls, where the activations' buffers are kept and
-    reused (no fresh memory, hence no page faults, at each step).
+    ``work``: a dict kept by the caller between calls, where the activations' buffers are reused.
     """
-    w1 = params["fc1.weight"]
-    E, d1, d_in = w1.shape
-    rows = x.shape[-2]
-    dt, dev = w1.dtype, w1.device
+    E, d1, d_in = params["fc1.weight"].shape
+    rows, dt, dev = x.shape[-2], params["fc1.weight"].dtype, params["fc1.weight"].device
 
     def buf(name, *shape):
         return reused_buffer(work, name, shape, dt, dev)
 
     if out is None:
         out = {k: torch.empty_like(v) for k, v in params.items()}
-    b1 = params["fc1.bias"]
-    g1, s1 = params["ln1.weight"].unsqueeze(1), params["ln1.bias"].unsqueeze(1)
-    g2, s2 = params["ln2.weight"].unsqueeze(1), params["ln2.bias"].unsqueeze(1)
-    w2, w3 = params["fc2.weight"], params["fc3.weight"]
-    d2, d3 = w2.shape[1], w3.shape[1]
     (k0, k1, k2), (m1, m2, m3) = _masks(drop), _masks(mix)
-    # eq. 4, Phi = u + (M / mu) (w - u)
-    if m1 is not None:
-        w1 = mixed_weight(w1, target["fc1.weight"], m1, out=buf("w1", E, d1, d_in))
-    if m2 is not None:
-        w2 = mixed_weight(w2, target["fc2.weight"], m2, out=buf("w2", E, d2, d1))
-    if m3 is not None:
-        w3 = mixed_weight(w3, target["fc3.weight"], m3, out=buf("w3", E, d3, d2))
-    split = _groups_of(x, E, groups)
+    w1, w2, w3 = _mixed_weights(params, mix, target, buf)
+    # [(start, stop, x_g)]: member ranges and the (B, in) input they share; None: (E, B, in), one each
+    if groups is not None:
+        if x.dim() != 3 or len(groups) != x.shape[0]:
+            raise ValueError(f"groups: {len(groups)} member ranges for inputs of shape {tuple(x.shape)}")
+        split = [(a, b, x[g]) for g, (a, b) in enumerate(groups)]
+    else:
+        split = [(0, E, x)] if x.dim() == 2 else None
     if k0 is not None or m1 is not None:  # masked inputs: every member its own (E, B, 784) copy
         xe = buf("xe", E, rows, d_in)
         for a, b, xg in split or [(0, E, x)]:
             xe[a:b] = xg
         x, split = (xe if k0 is None else xe.mul_(k0)), None
 
-    # forward: fc1 as (E, 300, B) = W x^T + b, then ReLU while transposing back to (E, B, 300)
-    a1t = buf("a1t", E, d1, rows)
+    def hidden_forward(i, r, k):
+        """LayerNorm and dropout ``k`` of hidden layer ``i`` from its ReLU output ``r``: ``(h, saved)``."""
+        # normalise without affine (the gain and shift are per member, below); CPU's kernel is about
+        # twice as fast given a weight, and n * 1 + 0 is n exactly
+        d, g = r.shape[-1], params[f"ln{i}.weight"].unsqueeze(1)
+        ones, zeros = buf(f"one{i}", d).fill_(1), buf(f"zero{i}", d).zero_()
+        n, mean, rstd = torch.native_layer_norm(r, [d], ones, zeros, LN_EPS)
+        h = torch.addcmul(params[f"ln{i}.bias"].unsqueeze(1), n, g, out=buf(f"h{i}", E, rows, d))
+        if k is not None:
+            h.mul_(k)
+        return h, (k, n, g, r, mean, rstd)
+
+    # forward: fc1 as (E, 300, B) = W x^T + b (BLAS's faster shape), ReLU'd back to (E, B, 300)
+    a1t, b1 = buf("a1t", E, d1, rows), params["fc1.bias"]
     if split is None:
         torch.baddbmm(b1.unsqueeze(2), w1, x.transpose(1, 2), out=a1t)
     else:
         for a, b, xg in split:
             torch.baddbmm(b1[a:b].unsqueeze(2), w1[a:b], xg.t().expand(b - a, d_in, rows), out=a1t[a:b])
-    r1 = torch.clamp_min(a1t.transpose(1, 2), 0, out=buf("r1", E, rows, d1))
-    # normalise without affine (the gain and shift are per member, below); CPU's kernel is about
-    # twice as fast given a weight, and n * 1 + 0 is n exactly
-    n1, mean1, rstd1 = torch.native_layer_norm(
-        r1, [d1], buf("one1", d1).fill_(1), buf("zero1", d1).zero_(), LN_EPS
-    )
-    h1 = torch.addcmul(s1, n1, g1, out=buf("h1", E, rows, d1))
-    if k1 is not None:
-        h1.mul_(k1)
+    h1, saved1 = hidden_forward(1, torch.clamp_min(a1t.transpose(1, 2), 0, out=buf("r1", E, rows, d1)), k1)
+    d2, d3 = w2.shape[1], w3.shape[1]
     r2 = torch.baddbmm(params["fc2.bias"].unsqueeze(1), h1, w2.transpose(1, 2), out=buf("r2", E, rows, d2))
-    r2.clamp_min_(0)
-    n2, mean2, rstd2 = torch.native_layer_norm(
-        r2, [d2], buf("one2", d2).fill_(1), buf("zero2", d2).zero_(), LN_EPS
-    )
-    h2 = torch.addcmul(s2, n2, g2, out=buf("h2", E, rows, d2))
-    if k2 is not None:
-        h2.mul_(k2)
+    h2, saved2 = hidden_forward(2, r2.clamp_min_(0), k2)
     z = torch.baddbmm(params["fc3.bias"].unsqueeze(1), h2, w3.transpose(1, 2), out=buf("z", E, rows, d3))
 
     # loss and dL/dz = (softmax - onehot) / B for each member's mean loss
@@ -316,12 +272,10 @@ def loss_and_grad(
     dz.mul_(1.0 / rows)
 
     # backward, layer by layer, into out[...]
-    torch.sum(dz, 1, out=out["fc3.bias"])
-    torch.bmm(
-        dz.transpose(1, 2),
-        h2 if m3 is None else torch.mul(h2, m3, out=buf("hm2", E, rows, d2)),
-        out=out["fc3.weight"],
-    )
+    def weight_grad(i, da, h, m):
+        """``dL/dW_i = da^T (h * M)`` (``h`` when unmixed) into ``out["fc{i}.weight"]``."""
+        hm = h if m is None else torch.mul(h, m, out=buf(f"hm{i}", *h.shape))
+        torch.bmm(da.transpose(1, 2), hm, out=out[f"fc{i}.weight"])
 
     def hidden_backward(i, dh, k, n, g, r, mean, rstd):
         """Hidden layer ``i`` (Linear -> ReLU -> LayerNorm -> dropout ``k``), from ``dL/dh`` (consumed
@@ -337,21 +291,16 @@ def loss_and_grad(
         torch.sum(da, 1, out=out[f"fc{i}.bias"])
         return da
 
-    da2 = hidden_backward(2, torch.bmm(dz, w3, out=buf("dh2", E, rows, d2)), k2, n2, g2, r2, mean2, rstd2)
-    torch.bmm(
-        da2.transpose(1, 2),
-        h1 if m2 is None else torch.mul(h1, m2, out=buf("hm1", E, rows, d1)),
-        out=out["fc2.weight"],
-    )
-    da1 = hidden_backward(1, torch.bmm(da2, w2, out=buf("dh1", E, rows, d1)), k1, n1, g1, r1, mean1, rstd1)
-    gw1 = out["fc1.weight"]
+    torch.sum(dz, 1, out=out["fc3.bias"])
+    weight_grad(3, dz, h2, m3)
+    da2 = hidden_backward(2, torch.bmm(dz, w3, out=buf("dh2", E, rows, d2)), *saved2)
+    weight_grad(2, da2, h1, m2)
+    da1 = hidden_backward(1, torch.bmm(da2, w2, out=buf("dh1", E, rows, d1)), *saved1)
     if split is None:
-        torch.bmm(
-            da1.transpose(1, 2), x if m1 is None else torch.mul(x, m1, out=buf("xm", E, rows, d_in)), out=gw1
-        )
+        weight_grad(1, da1, x, m1)
     else:
         for a, b, xg in split:
-            torch.bmm(da1[a:b].transpose(1, 2), xg.expand(b - a, rows, d_in), out=gw1[a:b])
+            torch.bmm(da1[a:b].transpose(1, 2), xg.expand(b - a, rows, d_in), out=out["fc1.weight"][a:b])
     return loss, out
 
 

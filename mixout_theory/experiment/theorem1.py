@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from mixout_theory import second_order
 from mixout_theory.experiment import ablations, mlp, sweep
 from mixout_theory.experiment.effective_l2 import effective_l2
-from mixout_theory.experiment.machine import machines_of
+from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.experiment.pretraining import seeded_index
 from mixout_theory.experiment.store import (
     IntegrityError,
@@ -68,31 +68,17 @@ from mixout_theory.experiment.store import (
     read_config,
     read_csv,
     read_json_object,
-    run_env,
     verify_sha256,
     write_meta,
 )
 from mixout_theory.experiment.study import Context, profile_sizes
 
-__all__ = [
-    "PARTS",
-    "Theorem1Config",
-    "theorem1_config",
-    "Theorem1Store",
-    "Theorem1Results",
-    "network_loss",
-    "measure_point",
-    "checkpoint_epochs",
-    "run_theorem1",
-    "load_stored",
-    "table_rows",
-    "export_tables",
-    "load_tables",
-    "claims",
-    "SUMMARY_COLUMNS",
-]
+__all__ = ["PARTS", "Theorem1Config", "theorem1_config", "Theorem1Store", "Theorem1Results", "network_loss"]
+__all__ += ["measure_point", "checkpoint_epochs", "run_theorem1", "load_stored", "table_rows"]
+__all__ += ["export_tables", "load_tables", "claims", "SUMMARY_COLUMNS"]
 
 PARTS = ("finetuned", "displaced", "scan", "trajectory")
+POINTS = {"finetuned": "w_p", "displaced": "w_pre"}  # where each part measures
 
 
 @dataclass(frozen=True)
@@ -132,8 +118,7 @@ def theorem1_config(profile: str, **overrides) -> Theorem1Config:
 
 
 class Theorem1Store(RunStore):
-    """``root/theorem1/<profile>-<source>-<key>/``: ``config.json``, ``runs/<part>-p<p>.json`` and
-    ``weights/``."""
+    """``root/theorem1/<profile>-<source>-<key>/``: ``config.json``, ``runs/<part>-p<p>.json``, weights."""
 
     REQUIRED = ("run_id", "part", "p")
 
@@ -144,8 +129,7 @@ class Theorem1Store(RunStore):
         self.weights = self.dir / "weights"
 
     def save_weights(self, run_id: str, params: dict) -> Path:
-        """One network's parameters as ``weights/<run_id>.pt``, its sha256 beside it in
-        ``<run_id>.sha256``."""
+        """One network's parameters as ``weights/<run_id>.pt``, its sha256 in ``<run_id>.sha256``."""
         path, buf = self.weights / f"{run_id}.pt", io.BytesIO()
         torch.save({k: v.detach().cpu().contiguous() for k, v in params.items()}, buf)
         sha = hashlib.sha256(buf.getvalue()).hexdigest()
@@ -196,18 +180,10 @@ def _mc_fields(penalty, n_samples: int) -> dict:
 
 
 def measure_point(
-    params: dict,
-    reference: dict,
-    p: float,
-    x,
-    y,
-    *,
-    mc_samples: int,
-    mc_seed: int,
-    lanczos_tol: float | None = None,
+    params: dict, reference: dict, p: float, x, y, *, mc_samples: int, mc_seed: int, lanczos_tol=None
 ) -> dict:
     """Every quantity of the module docstring at ``w = params`` with ``u = reference`` (mixed weights),
-    one dict."""
+    one dict (``lanczos_tol=None``: without the extreme eigenvalues)."""
     t0 = time.perf_counter()
     net = {k: v.detach().double() for k, v in params.items()}  # float64 once, for both estimates
     x = x.double()
@@ -217,31 +193,18 @@ def measure_point(
     t_second = time.perf_counter() - t0
     mc = effective_l2(net, u, p, x, y, n_samples=mc_samples, generator=mc_seed)
     k = p / (1.0 - p)
-    row = {
-        "p": p,
-        "loss": terms.loss,
-        "dist2": terms.dist2,
-        **_mc_fields(mc.penalty, mc_samples),
-        "m_mc": mc.m,
-        "m_mc_lo": mc.m_lo,
-        "m_mc_hi": mc.m_hi,
-        "second_order": terms.penalty(p),
-        "m_eff": terms.m_eff,
-        **{f"quad_{n[:3]}": terms.by_entry[n] for n in mlp.MIXED},  # quad_fc2, quad_fc3
-        **{f"dist2_{n[:3]}": float((w[n] - u[n]).pow(2).sum()) for n in mlp.MIXED},
-        "corollary_m_eff": terms.m_eff * k / 2.0 * terms.dist2,
-        "seconds_second_order": t_second,
-    }
+    row = dict(p=p, loss=terms.loss, dist2=terms.dist2, **_mc_fields(mc.penalty, mc_samples))
+    row.update(m_mc=mc.m, m_mc_lo=mc.m_lo, m_mc_hi=mc.m_hi, second_order=terms.penalty(p), m_eff=terms.m_eff)
+    row.update({f"quad_{n[:3]}": terms.by_entry[n] for n in mlp.MIXED})  # quad_fc2, quad_fc3
+    row.update({f"dist2_{n[:3]}": float((w[n] - u[n]).pow(2).sum()) for n in mlp.MIXED})
+    row.update(corollary_m_eff=terms.m_eff * k / 2.0 * terms.dist2, seconds_second_order=t_second)
     if lanczos_tol is not None:
         t1 = time.perf_counter()
         c = second_order.curvature(loss_fn, w, tol=lanczos_tol)
         row.update(
-            m_min=c.m_min,
-            m_max=c.m_max,
-            lanczos_hvp=c.n_hvp,
-            seconds_lanczos=time.perf_counter() - t1,
-            corollary_m_min=c.m_min * k / 2.0 * terms.dist2 if c.m_min > 0 else None,
+            m_min=c.m_min, m_max=c.m_max, lanczos_hvp=c.n_hvp, seconds_lanczos=time.perf_counter() - t1
         )
+        row["corollary_m_min"] = c.m_min * k / 2.0 * terms.dist2 if c.m_min > 0 else None
     row["seconds"] = time.perf_counter() - t0
     return row
 
@@ -257,16 +220,9 @@ def checkpoint_epochs(epochs: int, n: int) -> list[int]:
 # the study
 
 
-def _loss_batch(exp, config: Theorem1Config):
-    x, y = exp.target.train.x, exp.target.train.y
-    idx = seeded_index(x.shape[0], min(config.loss_size, x.shape[0]), config.loss_seed)
-    return x[idx], y[idx], ablations.subset_sha256(idx)
-
-
 def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
     """The final weights of the sweep's mixout runs of restart ``config.restart``: kept ones, or retrained
-    (one ensemble trains them all whenever one is missing, the same as an uninterrupted run's, so the
-    same weights bit for bit; only the missing ones are written)."""
+    as one ensemble whenever one is missing (bit for bit an uninterrupted run's; the missing written)."""
     runs = {
         rid: m
         for rid, f, m in sweep.sweep_members(sweep_cfg)
@@ -283,34 +239,27 @@ def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
     return {p: kept[f"mixout-p{p:.2f}-seed{config.restart}"] for p in config.ps}
 
 
-def _displaced_target(w_pre: dict, w_p: dict) -> dict:
-    """``u = w_pre - d`` with ``d = w_p - w_pre`` on the mixed weights (float64, so ``w_pre - u = d``
-    exactly)."""
-    return {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}
+def _w_u(point: str, w_pre: dict, w_p: dict) -> tuple[dict, dict]:
+    """``(w, u)`` at ``w_p`` (``u = w_pre``), or at ``w_pre`` along the same ``d = w_p - w_pre``
+    (``u = w_pre - d`` on the mixed weights, float64, so ``w_pre - u = d`` exactly)."""
+    if point == "w_p":
+        return w_p, w_pre
+    return w_pre, {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}
 
 
 def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) -> None:
-    """The ``finetuned`` and ``displaced`` records of every p, then the ``scan`` at
-    ``p* = ps[len(ps) // 2]``."""
+    """The ``finetuned`` and ``displaced`` records of every p, then the ``scan`` at ``ps[len(ps) // 2]``."""
     kw = dict(mc_samples=config.mc_samples, mc_seed=config.mc_seed)
     done = store.done()  # the ids written below are new ones
     for p in config.ps:
-        w_p, rid = weights[p], f"mixout-p{p:.2f}-seed{config.restart}"
-        for part, (w, u, tol) in {
-            "finetuned": (w_p, w_pre, config.lanczos_tol),
-            "displaced": (w_pre, _displaced_target(w_pre, w_p), None),
-        }.items():
+        rid = f"mixout-p{p:.2f}-seed{config.restart}"
+        for part, point in POINTS.items():
             if part not in parts or f"{part}-p{p:.2f}" in done:
                 continue
-            row = measure_point(w, u, p, x, y, lanczos_tol=tol, **kw)
-            row.update(
-                run_id=f"{part}-p{p:.2f}",
-                part=part,
-                point="w_p" if part == "finetuned" else "w_pre",
-                sweep_run=rid,
-                sweep_dist_mixed=sweep_runs.get(rid, {}).get("dist_mixed"),
-            )
-            store.write(row)
+            tol = config.lanczos_tol if part == "finetuned" else None
+            row = measure_point(*_w_u(point, w_pre, weights[p]), p, x, y, lanczos_tol=tol, **kw)
+            row.update(run_id=f"{part}-p{p:.2f}", part=part, point=point)
+            store.write(dict(row, sweep_run=rid, sweep_dist_mixed=sweep_runs.get(rid, {}).get("dist_mixed")))
             if progress:
                 print(
                     f"{part} p={p:g}: Monte Carlo {row['mc']:.4g} [{row['mc_lo']:.4g}, {row['mc_hi']:.4g}], "
@@ -320,20 +269,16 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
                 )
     if "scan" not in parts:
         return
-    at = config.ps[len(config.ps) // 2]
-    base = {
-        r["point"]: r for r in store.read() if r["run_id"] in (f"finetuned-p{at:.2f}", f"displaced-p{at:.2f}")
-    }
-    pairs = {"w_p": (weights[at], w_pre), "w_pre": (w_pre, _displaced_target(w_pre, weights[at]))}
-    for point, (w, u) in pairs.items():
+    at, x = config.ps[len(config.ps) // 2], x.double()
+    base = {r["point"]: r for r in store.read() if r["run_id"] in {f"{part}-p{at:.2f}" for part in POINTS}}
+    for point in POINTS.values():
+        w, u = _w_u(point, w_pre, weights[at])
         quad = base[point]["m_eff"] * base[point]["dist2"]  # sum_g d_g^T H_gg d_g does not depend on p
         net = {k: v.double() for k, v in w.items()}
         for q in config.scan_ps:
             if f"scan-{point}-p{q:.2f}" in done:
                 continue
-            mc = effective_l2(
-                net, u, q, x.double(), y, n_samples=config.mc_samples, generator=config.mc_seed
-            ).penalty
+            mc = effective_l2(net, u, q, x, y, n_samples=config.mc_samples, generator=config.mc_seed).penalty
             rec = dict(run_id=f"scan-{point}-p{q:.2f}", part="scan", point=point, at_p=at, p=q)
             rec.update({k: base[point][k] for k in ("dist2", "m_eff")}, **_mc_fields(mc, mc.n_samples))
             store.write(dict(rec, second_order=q / (2.0 * (1.0 - q)) * quad))
@@ -373,46 +318,36 @@ class Theorem1Results:
 
 def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem1Results:
     """Data, ``w_pre`` (the sweep's cached pretraining), the finetuned weights and the parts asked for
-    (:data:`PARTS`).
+    (:data:`PARTS`); every record is written as it is measured, so an interrupted study resumes there.
 
-    Every record is written as it is measured, so an interrupted study resumes where it stopped;
-    ``exp``: prepared data (default: ``ctx.experiment()``); ``overrides``: fields of
-    :class:`Theorem1Config`. Its run list is two chunks: the measurements at the finetuned weights
-    and at ``w_pre`` (chunk 0) and the trajectory runs (chunk 1), so two shards share it.
+    ``exp``: prepared data (default: ``ctx.experiment()``); ``overrides``: fields of :class:`Theorem1Config`.
+    The run list is two chunks: the measurements at the finetuned weights and at ``w_pre`` (chunk 0) and
+    the trajectory runs (chunk 1), so two shards share it.
     """
-    profile, options = ctx.profile, ctx.options
-    unknown = [p for p in parts if p not in PARTS]
-    if unknown:
+    profile, options, results = ctx.profile, ctx.options, ctx.results_dir
+    if unknown := [p for p in parts if p not in PARTS]:
         raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
     sweep_ps = sweep.profile_config(profile).ps
-    overrides.setdefault("ps", tuple(p for p in sweep_ps if p > 0))
-    stray = [p for p in overrides["ps"] if p not in sweep_ps or p == 0]
+    mixout_ps = [p for p in sweep_ps if p > 0]
+    stray = [p for p in overrides.setdefault("ps", tuple(mixout_ps)) if p not in sweep_ps or p == 0]
     if stray:  # refused before any work
-        raise ValueError(
-            f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: "
-            f"{[p for p in sweep_ps if p > 0]})"
-        )
-    results = ctx.results_dir
+        raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: {mixout_ps})")
     exp = ctx.experiment() if exp is None else exp
     sweep_cfg, tensors, w_pre = sweep.pretrained(results, profile, exp, options)
     acfg = ablations.sweep_ablation_config(profile, exp, sweep_cfg)
     keys = dict(source=exp.source_key, sweep_key=sweep_cfg.key(), trajectory_key=acfg.key("trajectory"))
     config = theorem1_config(profile, **keys, **overrides)
     store = Theorem1Store(results, config)
-    x, y, loss_sha = _loss_batch(exp, config)
-    context = {
-        "source_name": exp.source_name,
-        "loss_size": int(x.shape[0]),
-        "loss_subset_sha256": loss_sha,
-        "trajectory_size": acfg.trajectory_size,
-        "trajectory_ps": list(acfg.trajectory_ps),
-        "trajectory_samples": acfg.trajectory_samples,
-        "finetune_epochs": sweep_cfg.finetune_epochs,
-        "target_train": int(tensors["target_train"][0].shape[0]),
-    }
+    x, y = exp.target.train.x, exp.target.train.y
+    idx = seeded_index(x.shape[0], min(config.loss_size, x.shape[0]), config.loss_seed)  # the loss batch
+    x, y, loss_sha = x[idx], y[idx], ablations.subset_sha256(idx)
+    context = dict(source_name=exp.source_name, loss_size=int(x.shape[0]), loss_subset_sha256=loss_sha)
+    context.update(trajectory_size=acfg.trajectory_size, trajectory_ps=list(acfg.trajectory_ps))
+    context.update(trajectory_samples=acfg.trajectory_samples, finetune_epochs=sweep_cfg.finetune_epochs)
+    context["target_train"] = int(tensors["target_train"][0].shape[0])
     atomic_write(store.dir / "context.json", json.dumps(context, indent=1, sort_keys=True))
-    points = [f"{part}-p{p:.2f}" for p in config.ps for part in ("finetuned", "displaced") if part in parts]
-    points += [f"scan-{pt}-p{q:.2f}" for pt in ("w_p", "w_pre") for q in config.scan_ps if "scan" in parts]
+    points = [f"{part}-p{p:.2f}" for p in config.ps for part in POINTS if part in parts]
+    points += [f"scan-{pt}-p{q:.2f}" for pt in POINTS.values() for q in config.scan_ps if "scan" in parts]
     measured = ["w_pre"] * ("finetuned" in parts or "displaced" in parts) + points
     traj = [f"trajectory-p{p:.2f}" for p in acfg.trajectory_ps] if "trajectory" in parts else []
     store.planned = measured + traj
@@ -433,9 +368,8 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
 
 def _results(config: Theorem1Config, store: Theorem1Store, context: dict) -> Theorem1Results:
     recs = store.records()
-    return Theorem1Results(
-        config, store, {part: [r for r in recs if r["part"] == part] for part in ("w_pre",) + PARTS}, context
-    )
+    by_part = {part: [r for r in recs if r["part"] == part] for part in ("w_pre",) + PARTS}
+    return Theorem1Results(config, store, by_part, context)
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,11 +406,8 @@ SUMMARY_COLUMNS = (
 def table_rows(res: Theorem1Results) -> tuple[list[dict], list[dict]]:
     """The study's two tidy tables from its records: one row per point (``w_pre``; finetuned and
     displaced per p; the scan per point and q), and one row per trajectory checkpoint."""
-    points = [
-        dict(r, ratio=r["mc"] / r["second_order"]) if "mc" in r else r
-        for part in ("w_pre", "finetuned", "displaced", "scan")
-        for r in res.records.get(part, [])
-    ]
+    recs = [r for part in ("w_pre", "finetuned", "displaced", "scan") for r in res.records.get(part, [])]
+    points = [dict(r, ratio=r["mc"] / r["second_order"]) if "mc" in r else r for r in recs]
     traj = [dict(c, p=r["p"]) for r in res.records.get("trajectory", []) for c in r["checkpoints"]]
     return points, traj
 
@@ -492,17 +423,11 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for name, rows, cols in zip(TABLES, table_rows(res), (POINT_COLUMNS, TRAJECTORY_COLUMNS), strict=True):
-        written[name] = atomic_write_csv(
-            out / name, [{k: _cell(r.get(k)) for k in cols} for r in rows], cols, lineterminator="\n"
-        )
-    meta = {
-        "config": dataclasses.asdict(res.config),
-        "store_key": res.config.key(),
-        "context": res.context,
-        "env": run_env(),
-        "machines": machines_of(r for recs in res.records.values() for r in recs),
-        "claims": claims(*load_tables_from(written)),
-    }
+        rows = [{k: _cell(r.get(k)) for k in cols} for r in rows]
+        written[name] = atomic_write_csv(out / name, rows, cols, lineterminator="\n")
+    meta = dict(config=dataclasses.asdict(res.config), store_key=res.config.key(), context=res.context)
+    meta.update(env=run_env(), machines=machines_of(r for recs in res.records.values() for r in recs))
+    meta["claims"] = claims(*load_tables_from(written))
     written["meta.json"] = write_meta(out, meta, TABLES)
     return written
 
@@ -523,8 +448,7 @@ class Tables(NamedTuple):
 def load_tables(folder) -> Tables:
     """``(points, trajectory, meta)`` from an exported folder, every table checked against its sha256."""
     meta = checked_meta(folder, TABLES, "export the study again (python -m mixout_theory theorem1)")
-    points, traj = load_tables_from({n: Path(folder) / n for n in TABLES})
-    return Tables(points, traj, meta)
+    return Tables(*load_tables_from({n: Path(folder) / n for n in TABLES}), meta)
 
 
 def claims(points: list[dict], trajectory: list[dict]) -> dict:
@@ -550,26 +474,17 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
     pre = [r for r in points if r["part"] == "w_pre"]
     out["w_pre"] = {"m_min": pre[0]["m_min"], "m_max": pre[0]["m_max"]} if pre else {}
     fin = {r["p"]: r for r in points if r["part"] == "finetuned"}
-    out["curvature_change"] = {
-        r["p"]: fin[r["p"]]["m_eff"] / r["m_eff"]
-        for r in points
-        if r["part"] == "displaced" and r["p"] in fin
-    }
+    disp = [r for r in points if r["part"] == "displaced" and r["p"] in fin]
+    out["curvature_change"] = {r["p"]: fin[r["p"]]["m_eff"] / r["m_eff"] for r in disp}
     mins = [m for m in out["finetuned"]["m_min"] + [out["w_pre"].get("m_min")] if m is not None]
     out["corollary_vacuous"] = bool(mins) and max(mins) <= 0.0
     out["trajectory"] = {}
     for p in sorted({r["p"] for r in trajectory}):
         rows = [r for r in trajectory if r["p"] == p]
         ratio = [r["m_mc"] / r["m_eff"] for r in rows]
-        inside = [r["m_mc_lo"] <= r["m_eff"] <= r["m_mc_hi"] for r in rows]
-        out["trajectory"][p] = {
-            "ratio_min": min(ratio),
-            "ratio_max": max(ratio),
-            "m_eff_in_ci": sum(inside) / len(rows),
-            "m_eff_first": rows[0]["m_eff"],
-            "m_eff_last": rows[-1]["m_eff"],
-            "n": len(rows),
-        }
+        in_ci = sum(r["m_mc_lo"] <= r["m_eff"] <= r["m_mc_hi"] for r in rows) / len(rows)
+        out["trajectory"][p] = dict(ratio_min=min(ratio), ratio_max=max(ratio), m_eff_in_ci=in_ci)
+        out["trajectory"][p].update(m_eff_first=rows[0]["m_eff"], m_eff_last=rows[-1]["m_eff"], n=len(rows))
     return out
 
 
@@ -588,8 +503,6 @@ def load_stored(results=None) -> list[Theorem1Results]:
             raise ValueError(
                 f"{folder / 'config.json'} does not hash to its folder's name: the file was altered"
             )
-        context = read_json_object(
-            folder / "context.json", "rerun the theorem1 command (nothing is recomputed)"
-        )
-        out.append(_results(config, store, context))
+        remedy = "rerun the theorem1 command (nothing is recomputed)"
+        out.append(_results(config, store, read_json_object(folder / "context.json", remedy)))
     return out
