@@ -11,7 +11,7 @@ PROFILE ?= paper
 # PyTorch's CPU wheels instead: make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: reproduce test test-portable lint figures env clean-env
+.PHONY: reproduce test test-portable lint figures docs env clean-env
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 env: $(VENV)/.installed
+
+$(VENV)/.docs-installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[dev,models,docs]'
+	touch $@
 
 reproduce: env
 	$(PY) -m mixout_theory reproduce --profile $(PROFILE)
@@ -36,6 +40,12 @@ test: env
 # bit for bit fails here. Tests marked slow are left out (make test runs them).
 test-portable: env
 	ATEN_CPU_CAPABILITY=default MIXOUT_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest tests/library -m "not slow" -q
+
+# The documentation site: README, notebooks executed now (quick profile, committed results), results
+# pages, API reference; open docs/_build/html/index.html. A warning (a broken link, a failing cell) fails it.
+docs: $(VENV)/.docs-installed
+	rm -rf docs/_build/html
+	$(VENV)/bin/sphinx-build -W --keep-going -q -c docs . docs/_build/html
 
 lint: env
 	$(VENV)/bin/ruff format --check .

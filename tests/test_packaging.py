@@ -19,7 +19,9 @@ def _req(line: str) -> tuple[str, str]:
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    wanted = dict(_req(r) for r in project["dependencies"] + extras["dev"] + extras["models"])
+    wanted = dict(
+        _req(r) for r in project["dependencies"] + sum((extras[e] for e in ("dev", "models", "docs")), [])
+    )
     wanted = {CONDA_NAMES.get(k, k): v for k, v in wanted.items()}
     text = (ROOT / "environment.yml").read_text()
     assert "conda-forge" in text and "defaults" not in text.split("dependencies:")[0]
