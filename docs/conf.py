@@ -4,8 +4,9 @@ The source folder is the repository root, so the README, the notebooks and ``doc
 relative paths they have on GitHub; ``include_patterns`` names the pages. The notebooks are executed
 at build time by myst-nb (Sphinx with myst-nb rather than Jupyter Book: the same notebook executor,
 but Sphinx's own autodoc reads the library's docstrings for the API reference, and every piece is a
-plain PyPI package). They run on the ``quick`` profile with empty results folders, so the experiment
-notebooks show the committed paper-profile results, as they do in a fresh clone.
+plain PyPI package). They run on the ``quick`` profile (``$MIXOUT_DOCS_PROFILE`` to change it: CI builds
+at ``smoke`` to save time) with empty results folders, so the experiment notebooks show the committed
+paper-profile results, as they do in a fresh clone.
 """
 
 import os
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # What the notebooks see when the build executes them (the kernel inherits this environment).
 _scratch = Path(tempfile.mkdtemp(prefix="mixout-docs-"))
 os.environ.update(
-    MIXOUT_PROFILE="quick",
+    MIXOUT_PROFILE=os.environ.get("MIXOUT_DOCS_PROFILE", "quick"),
     MIXOUT_RECOMPUTE="0",
     MIXOUT_RESULTS=str(_scratch / "results"),
     MIXOUT_FIGURES=str(_scratch / "figures"),
