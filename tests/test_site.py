@@ -1,9 +1,9 @@
 """The documentation site (``make docs``) in a real browser: headless Chromium driven by chromedriver
 (Debian's ``chromium`` and ``chromium-driver``), the site served over HTTP as GitHub Pages would.
 
-On the front page, the results page and a notebook page: every image has loaded (``naturalWidth > 0``),
-the browser logged no JavaScript error, and every link inside the site leads to a page that exists and
-holds the anchor it names. Skipped, with the reason, when the site is not built or there is no browser;
+Every notebook page holds the images of its figure cells. On the front page, the results page and a
+notebook page: every image has loaded (``naturalWidth > 0``), the browser logged no JavaScript error,
+and every link inside the site leads to a page that exists and holds the anchor it names. Skipped, with the reason, when the site is not built or there is no browser;
 ``MIXOUT_REQUIRE_SITE=1`` (set by CI) turns those skips into failures.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit
 
 import pytest
+from test_notebooks import DRAWING
 
 ROOT = Path(__file__).resolve().parents[1]
 SITE = ROOT / "docs" / "_build" / "html"
@@ -36,10 +37,15 @@ def _which(names) -> str | None:
 
 
 @pytest.fixture(scope="module")
-def served():
-    """The built site served on a free local port: its base URL."""
+def built() -> Path:
     if not (SITE / "index.html").is_file():
         _unavailable(f"the documentation site is not built ({SITE}); run `make docs`")
+    return SITE
+
+
+@pytest.fixture(scope="module")
+def served(built):
+    """The built site served on a free local port: its base URL."""
     handler = functools.partial(_QuietHandler, directory=str(SITE))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -66,6 +72,13 @@ def browser():
     chrome = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
     yield chrome
     chrome.quit()
+
+
+def test_every_figure_a_notebook_draws_is_on_its_page(built):
+    for name, drawing in DRAWING.items():
+        page = (built / "notebooks" / name).with_suffix(".html").read_text(encoding="utf-8")
+        images = re.findall(r'<img [^>]*src="[^"]*_images/[^"]+\.png"', page)
+        assert len(images) >= drawing, f"{name}: {len(images)} images on its page, {drawing} cells draw"
 
 
 def _anchors(html: str) -> set[str]:
