@@ -3,8 +3,9 @@
 
 Every notebook page holds the images of its figure cells. On the front page, the results page and a
 notebook page: every image has loaded (``naturalWidth > 0``), the browser logged no JavaScript error,
-and every link inside the site leads to a page that exists and holds the anchor it names. Skipped, with the reason, when the site is not built or there is no browser;
-``MIXOUT_REQUIRE_SITE=1`` (set by CI) turns those skips into failures.
+and every link inside the site leads to a page that exists and holds the anchor it names. Skipped,
+with the reason, when the site is not built or there is no browser; ``MIXOUT_REQUIRE_SITE=1`` (set by
+CI) turns those skips into failures.
 """
 
 import functools
