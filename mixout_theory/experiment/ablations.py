@@ -8,14 +8,12 @@ Supplement C.1 (Adam, lr 5e-5, batch 32, 10% warm-up then linear decay to 0).
 Studies (each a resumable store under ``results/ablations/`` with a ``context.json``: ``w_pre``'s
 target test accuracy, the source task, the subset checksum; so figures render without training):
 
-* ``small_data`` -- fixed nested target subsets (100, 300, 1,000, 3,000 images), 20 restarts, for the
-  usual recipe dropout(0.1) + wdecay(0, 0.01), L2-SP wdecay(w_pre, lambda), mixout(w_pre, p) and
-  mixout(w_pre, 0.8) + wdecay(w_pre, 0.01) (:data:`SMALL_DATA_SETTINGS`). Failed runs are counted
-  by :func:`failure_thresholds`.
+* ``small_data`` -- fixed nested target subsets (100, 300, 1,000, 3,000 images), 20 restarts, for
+  :data:`SMALL_DATA_SETTINGS` (the usual recipe, L2-SP, mixout(w_pre, p), mixout + L2-SP); failed
+  runs are counted by :func:`failure_thresholds`.
 * ``new_head`` -- the 100->10 layer re-initialised (``N(0, 0.02^2)``, bias 0) before finetuning, with
   mixout(w_pre, 0.7) on fc2 and, on the new head, nothing, dropout(0.7) on its inputs, or
-  mixout(w_0, 0.7) towards its own initialisation ``w_0`` (the paper's Table 3 design,
-  :data:`HEAD_SETTINGS`).
+  mixout(w_0, 0.7) towards its own initialisation ``w_0`` (Table 3's design, :data:`HEAD_SETTINGS`).
 * ``trajectory`` -- the L2 coefficient that mixout(w_pre, p) implies along a finetuning run (eq. 9
   read backwards): ``m_t = 2 (E L(Phi(w_t)) - L(w_t)) / ((p / (1 - p)) ||w_t - w_pre||^2)`` on the
   mixed weights, at epoch-end checkpoints (:func:`mixout_theory.experiment.effective_l2.effective_l2`).
@@ -53,7 +51,7 @@ import torch
 from mixout_theory.experiment import engine, mlp, sweep
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.engine import RunOptions
-from mixout_theory.experiment.pretraining import seeded_index
+from mixout_theory.experiment.pretraining import seeded_subset
 from mixout_theory.experiment.store import (
     IntegrityError,
     RunStore,
@@ -67,27 +65,10 @@ from mixout_theory.experiment.store import (
 )
 from mixout_theory.experiment.study import Context, profile_sizes
 
-__all__ = [
-    "STUDIES",
-    "Setting",
-    "SMALL_DATA_SETTINGS",
-    "HEAD_SETTINGS",
-    "AblationConfig",
-    "ablation_config",
-    "AblationStore",
-    "steps_budget",
-    "epochs_for",
-    "nested_subsets",
-    "ablation_tensors",
-    "head_init",
-    "run_small_data",
-    "run_new_head",
-    "run_trajectory",
-    "run_ablations",
-    "AblationResults",
-    "load_stored",
-    "subset_sha256",
-]
+__all__ = ["STUDIES", "Setting", "SMALL_DATA_SETTINGS", "HEAD_SETTINGS", "AblationConfig", "ablation_config"]
+__all__ += ["AblationStore", "steps_budget", "epochs_for", "nested_subsets", "ablation_tensors", "head_init"]
+__all__ += ["run_small_data", "run_new_head", "run_trajectory", "run_ablations", "AblationResults"]
+__all__ += ["load_stored", "subset_sha256"]
 
 STUDIES = ("small_data", "new_head", "trajectory")
 MASK_SEED0 = 1000
@@ -119,20 +100,14 @@ class Setting:
     head: str = "pretrained"
 
     def __post_init__(self):
-        if self.wdecay_to not in ("origin", "w_pre"):
-            raise ValueError(f"wdecay_to must be 'origin' or 'w_pre', got {self.wdecay_to!r}")
-        if self.head not in ("pretrained", "new"):
-            raise ValueError(f"head must be 'pretrained' or 'new', got {self.head!r}")
+        for name, allowed in (("wdecay_to", ("origin", "w_pre")), ("head", ("pretrained", "new"))):
+            if (value := getattr(self, name)) not in allowed:
+                raise ValueError(f"{name} must be {' or '.join(map(repr, allowed))}, got {value!r}")
 
     def member(self, restart: int) -> engine.Member:
         """The engine member of restart ``restart`` (seeds shared by every setting: paired runs)."""
-        return engine.Member(
-            dropout=self.dropout,
-            mixout=self.mixout,
-            wdecay=self.wdecay,
-            data_seed=restart,
-            mask_seed=MASK_SEED0 + restart,
-        )
+        rates = {k: getattr(self, k) for k in ("dropout", "mixout", "wdecay")}
+        return engine.Member(**rates, data_seed=restart, mask_seed=MASK_SEED0 + restart)
 
     @property
     def group(self) -> str:
@@ -140,15 +115,14 @@ class Setting:
         return self.wdecay_to if self.wdecay > 0 else "any"
 
 
+def _mixout(p: float) -> Setting:
+    return Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p)
+
+
 SMALL_DATA_SETTINGS = (
     Setting("dropout0.1+wd0.01", "dropout(0.1) + wdecay(0, 0.01)", dropout=0.1, wdecay=0.01),
-    Setting("l2sp0.01", "wdecay(w_pre, 0.01)", wdecay=0.01, wdecay_to="w_pre"),
-    Setting("l2sp0.1", "wdecay(w_pre, 0.1)", wdecay=0.1, wdecay_to="w_pre"),
-    Setting("l2sp1", "wdecay(w_pre, 1)", wdecay=1.0, wdecay_to="w_pre"),
-    Setting("mixout0.5", "mixout(w_pre, 0.5)", mixout=0.5),
-    Setting("mixout0.7", "mixout(w_pre, 0.7)", mixout=0.7),
-    Setting("mixout0.8", "mixout(w_pre, 0.8)", mixout=0.8),
-    Setting("mixout0.9", "mixout(w_pre, 0.9)", mixout=0.9),
+    *(Setting(f"l2sp{w:g}", f"wdecay(w_pre, {w:g})", wdecay=w, wdecay_to="w_pre") for w in (0.01, 0.1, 1.0)),
+    *map(_mixout, (0.5, 0.7, 0.8, 0.9)),
     Setting(
         "mixout0.8+l2sp0.01",
         "mixout(w_pre, 0.8) + wdecay(w_pre, 0.01)",
@@ -210,16 +184,12 @@ class AblationConfig:
     trajectory_eval: int | None = None  # None: the whole training subset is the evaluation batch
     trajectory_mc_seed: int = 7
 
-    COMMON = tuple(
-        "profile source data pretrain w_pre reference_size reference_epochs lr batch_size warmup subset_seed "
-        "test_size".split()
-    )
+    COMMON = ("profile", "source", "data", "pretrain", "w_pre", "reference_size", "reference_epochs", "lr")
+    COMMON += ("batch_size", "warmup", "subset_seed", "test_size")
     FIELDS = {
         "small_data": ("sizes", "restarts"),
         "new_head": ("head_sizes", "head_restarts", "head_std"),
-        "trajectory": tuple(
-            f"trajectory_{k}" for k in ("size", "ps", "restarts", "every", "samples", "eval", "mc_seed")
-        ),
+        "trajectory": tuple(f"trajectory_{k}" for k in "size ps restarts every samples eval mc_seed".split()),
     }
 
     def key(self, study: str) -> str:
@@ -227,11 +197,8 @@ class AblationConfig:
         if study not in STUDIES:
             raise ValueError(f"study must be one of {STUDIES}, got {study!r}")
         d = {k: getattr(self, k) for k in self.COMMON + self.FIELDS[study]}
-        d["settings"] = [
-            repr(s) for s in {"small_data": SMALL_DATA_SETTINGS, "new_head": HEAD_SETTINGS}.get(study, ())
-        ]
-        d["seeds"] = (MASK_SEED0, HEAD_SEED0)
-        return config_hash(d)
+        settings = {"small_data": SMALL_DATA_SETTINGS, "new_head": HEAD_SETTINGS}.get(study, ())
+        return config_hash(d | {"settings": list(map(repr, settings)), "seeds": (MASK_SEED0, HEAD_SEED0)})
 
     def asdict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -250,10 +217,8 @@ SIZES = {
         test_size=2000,
         head_sizes=(300,),
         head_restarts=3,
-        trajectory_size=300,
         trajectory_ps=(0.5, 0.8),
         trajectory_restarts=1,
-        trajectory_every=1,
         trajectory_samples=96,
     ),
     "quick": dict(restarts=5, head_restarts=5, trajectory_restarts=1, trajectory_samples=128),
@@ -325,11 +290,8 @@ def ablation_tensors(exp, config: AblationConfig) -> dict:
     """``pool`` (x, y) of the nested training subsets in subset order, its ``index`` into the target
     training split, and ``test`` (x, y): the whole test split, or a seeded ``test_size`` subset."""
     idx = nested_subsets(exp.target.train.x.shape[0], config.pool_sizes(), config.subset_seed)
-    xt, yt = exp.target.test.x, exp.target.test.y
-    if config.test_size is not None and config.test_size < xt.shape[0]:
-        keep = seeded_index(xt.shape[0], config.test_size, 5)
-        xt, yt = xt[keep], yt[keep]
-    return {"pool": (exp.target.train.x[idx], exp.target.train.y[idx]), "index": idx, "test": (xt, yt)}
+    test = seeded_subset(exp.target.test, config.test_size, 5)
+    return {"pool": (exp.target.train.x[idx], exp.target.train.y[idx]), "index": idx, "test": test}
 
 
 def _subset(tensors: dict, size: int):
@@ -352,38 +314,17 @@ def head_init(restart: int, std: float = mlp.INIT_STD, sizes=mlp.SIZES) -> dict:
 
 
 def _fields(setting: Setting, order: int, size: int, restart: int, config, study: str) -> dict:
-    return {
-        "run_id": f"n{size}-{setting.name}-r{restart}",
-        "study": study,
-        "size": size,
-        "setting": setting.name,
-        "label": setting.label,
-        "order": order,
-        "restart": restart,
-        "data_seed": restart,
-        "mask_seed": MASK_SEED0 + restart,
-        "profile": config.profile,
-        "source": config.source,
-        "config": config.key(study),
-    }
+    run = dict(run_id=f"n{size}-{setting.name}-r{restart}", study=study, size=size, setting=setting.name)
+    seeds = dict(restart=restart, data_seed=restart, mask_seed=MASK_SEED0 + restart)
+    where = dict(profile=config.profile, source=config.source, config=config.key(study))
+    return dict(run, label=setting.label, order=order, **seeds, **where)
 
 
 def _train(config: AblationConfig, init, members, x, y, epochs: int, options: RunOptions, progress, **kw):
     """:func:`engine.train_ensemble` with the finetuning protocol of ``config`` (lr, batch, warm-up)."""
-    return engine.train_ensemble(
-        init,
-        members,
-        x,
-        y,
-        epochs=epochs,
-        lr=config.lr,
-        batch_size=config.batch_size,
-        warmup=config.warmup,
-        device=options.device,
-        workers=options.n_workers,
-        progress=progress,
-        **kw,
-    )
+    kw.update(lr=config.lr, batch_size=config.batch_size, warmup=config.warmup, device=options.device)
+    kw.update(workers=options.n_workers, progress=progress)
+    return engine.train_ensemble(init, members, x, y, epochs=epochs, **kw)
 
 
 def _run_chunks(study, store_root, config, todo, tensors, w_pre, options, start) -> AblationStore:
@@ -394,10 +335,9 @@ def _run_chunks(study, store_root, config, todo, tensors, w_pre, options, start)
     store = AblationStore(store_root, study, config)
     done = store.done()
     store.planned = [f["run_id"] for _, f, _ in todo]
-    store.fix_chunk(options.chunk_or(CHUNK))
-    plan = pending_chunks(
-        todo, options.chunk_or(CHUNK), done, lambda t: t[1]["run_id"], options.shard, group=lambda t: t[0]
-    )
+    size = options.chunk_or(CHUNK)
+    store.fix_chunk(size)
+    plan = pending_chunks(todo, size, done, lambda t: t[1]["run_id"], options.shard, group=lambda t: t[0])
     steps = sum(
         len(c) * epochs_for(c[0][0][0], config) * math.ceil(c[0][0][0] / config.batch_size) for c in plan
     )
@@ -408,8 +348,7 @@ def _run_chunks(study, store_root, config, todo, tensors, w_pre, options, start)
         x, y = _subset(tensors, key[0])
         epochs = epochs_for(key[0], config)
         init, kw, w_0 = start(key, part)
-        members = [m for _, _, m in chunk]
-        result = _train(config, init, members, x, y, epochs, options, bar if bar is not None else False, **kw)
+        result = _train(config, init, [m for _, _, m in chunk], x, y, epochs, options, bar, **kw)
         ev = engine.evaluate(result.params, *tensors["test"])
         dist = mlp.squared_distances(result.params, w_pre)
         run = dict(epochs=epochs, steps=result.steps, chunk_seconds=result.seconds, chunk_members=len(part))
@@ -468,10 +407,8 @@ def run_new_head(
     ]
 
     def start(key, part):
-        init = mlp.stack(w_pre, len(part))
         heads = [head_init(f["restart"], config.head_std) for f in part]
-        init["fc3.weight"] = torch.stack([h["fc3.weight"] for h in heads])
-        init["fc3.bias"] = torch.stack([h["fc3.bias"] for h in heads])
+        init = mlp.stack(w_pre, len(part)) | {k: torch.stack([h[k] for h in heads]) for k in heads[0]}
         target = {"fc2.weight": w_pre["fc2.weight"], "fc3.weight": init["fc3.weight"].clone()}
         return init, dict(target=target), target["fc3.weight"]
 
@@ -508,13 +445,11 @@ def run_trajectory(
     record per run; all runs train as one ensemble (``options.chunk`` does not apply).
     """
     store = AblationStore(store_root, "trajectory", config)
-    done = store.done()
-    size, ps = config.trajectory_size, config.trajectory_ps
-    settings = [Setting(f"mixout{p:g}", f"mixout(w_pre, {p:g})", mixout=p) for p in ps]
+    done, size = store.done(), config.trajectory_size
     todo = [
-        (_fields(s, i, size, r, config, "trajectory"), s.member(r), p)
+        (_fields(s, i, size, r, config, "trajectory"), s.member(r), s.mixout)
         for r in range(config.trajectory_restarts)
-        for i, (s, p) in enumerate(zip(settings, ps, strict=False))
+        for i, s in enumerate(map(_mixout, config.trajectory_ps))
     ]
     store.planned = [f["run_id"] for f, _, _ in todo]
     if all(f["run_id"] in done for f, _, _ in todo) or not options.owns(0):
@@ -535,9 +470,7 @@ def run_trajectory(
 
     t0 = time.perf_counter()
     members = [m for _, m, _ in todo]
-    result, n_eval = trajectory_runs(
-        config, tensors, w_pre, members, options, marks, measure, bar if bar is not None else False
-    )
+    result, n_eval = trajectory_runs(config, tensors, w_pre, members, options, marks, measure, bar)
     seconds = time.perf_counter() - t0
     if bar is not None:
         bar.close()
@@ -585,8 +518,7 @@ def run_ablations(ctx: Context, studies=STUDIES, **overrides) -> AblationResults
     Every stage resumes from what is stored under ``ctx.results_dir``; ``overrides`` are fields of
     :class:`AblationConfig`.
     """
-    unknown = [s for s in studies if s not in STUDIES]
-    if unknown:
+    if unknown := [s for s in studies if s not in STUDIES]:
         raise ValueError(f"unknown studies {unknown}; choose from {STUDIES}")
     results, options, t0 = ctx.results_dir, ctx.options, time.perf_counter()
     exp = ctx.experiment()

@@ -1,24 +1,20 @@
-"""Do two results of one study agree? Number by number, within noise
-(``python -m mixout_theory compare A B``).
+"""Do two results of one study agree, number by number, within noise? (``python -m mixout_theory compare``)
 
-A result is an exported folder of a study (Figure 2, the ablations, Theorem 1, fidelity; e.g.
-``docs/results/figure2-paper-stand-in/``) or a results store (a sweep store, or a store of the
-ablations or of Theorem 1, exported on the fly). Each study's numbers are of two kinds:
+A result is a study's exported folder (e.g. ``docs/results/figure2-paper-stand-in/``) or a results store
+(a sweep's, or one of the ablations or of Theorem 1, exported on the fly). Its numbers are **claims** (the
+study's findings: gaps, ratios, which method wins, which claims held) and **levels** (the means they rest
+on: accuracy and distance per method and p, Monte Carlo penalties).
 
-* **claims**, what the study reports as findings (gaps, ratios, which method wins, which claims held),
-* **levels**, the means they rest on (accuracy and distance per method and p, Monte Carlo penalties).
-
-The rule. For a number with values ``a`` and ``b``, standard errors ``se_a`` and ``se_b`` over the
-restarts (the jackknife over restarts: leave each restart out, recompute; for a mean it is
-``std / sqrt(n)``; Theorem 1's Monte Carlo values carry their own), and ``tau`` the spread a
-different ``w_pre`` brings (:mod:`~mixout_theory.experiment.w_pre_spread`, known for Figure 2's
-numbers when a w_pre-spread export of the same profile and source is given or committed):
+The rule: with ``se_a``, ``se_b`` the standard errors over the restarts (the jackknife: leave each restart
+out, recompute; ``std / sqrt(n)`` for a mean; Theorem 1's Monte Carlo values carry their own) and ``tau``
+the spread a different ``w_pre`` brings (:mod:`~mixout_theory.experiment.w_pre_spread`; for Figure 2's
+numbers, from a w_pre-spread export of the same profile and source, given or committed),
 
     |a - b| <= 3 sqrt(se_a^2 + se_b^2 + 2 tau^2)
 
-is within noise. Booleans, counts and names must be equal. A number with no noise estimate on
-either side (a deterministic function of trained weights, e.g. a Hessian eigenvalue) is listed as
-not judged, with its relative difference; it never decides the verdict.
+is within noise. Booleans, counts and names must be equal. A number with no noise estimate on either side
+(a deterministic function of trained weights, e.g. a Hessian eigenvalue) is not judged: it is listed with
+its relative difference and never decides the verdict.
 """
 
 from __future__ import annotations
@@ -33,11 +29,10 @@ import numpy as np
 
 from mixout_theory.experiment import report, sweep
 from mixout_theory.experiment.store import project_dir, read_config
-from mixout_theory.experiment.w_pre_spread import seed_stats
+from mixout_theory.experiment.w_pre_spread import STUDY, load_spread, seed_stats
 
 #: how many standard errors of the difference count as noise
 SIGMAS = 3.0
-STUDIES = ("figure2", "ablations", "theorem1", "fidelity")
 
 
 class CompareError(ValueError):
@@ -57,8 +52,7 @@ class Number:
 
 @dataclass
 class Result:
-    """A study's result read for comparison: which study, profile, source, its numbers by key, and
-    the folder it was read from."""
+    """A study's result read for comparison: its numbers by key, and the folder it was read from."""
 
     study: str
     profile: str
@@ -69,8 +63,6 @@ class Result:
 
 # --------------------------------------------------------------------------------------------
 # the jackknife over restarts: one rule for every claim's noise
-
-
 def jackknife(records: list[dict], restart_key: str, fn) -> dict[tuple, tuple[object, float | None]]:
     """``{key: (value, se)}`` of the numbers ``fn(records)`` returns, with the jackknife standard error
     over restarts: ``se^2 = (n - 1) / n * sum_r (f_(-r) - mean_r f_(-r))^2`` where ``f_(-r)`` is ``fn``
@@ -80,13 +72,12 @@ def jackknife(records: list[dict], restart_key: str, fn) -> dict[tuple, tuple[ob
     if len(restarts) < 2:
         return {k: (v, None) for k, v in full.items()}
     loo = [fn([r for r in records if r.get(restart_key) != k]) for k in restarts]
-    out = {}
+    n, out = len(restarts), {}
     for key, value in full.items():
         se = None
         if _is_float(value):
             vals = np.array([d.get(key, math.nan) for d in loo], dtype=float)
             if np.all(np.isfinite(vals)) and np.ptp(vals) > 0:  # else no restart moves it: no noise estimate
-                n = len(vals)
                 se = float(math.sqrt((n - 1) / n * np.sum((vals - vals.mean()) ** 2)))
         out[key] = (value, se)
     return out
@@ -97,20 +88,16 @@ def _is_float(v) -> bool:
 
 
 def _numbers(records: list[dict], restart_key: str, fn) -> dict:
-    """:class:`Number` objects from ``fn(records) -> {(kind, key): value}`` (kind ``level`` or ``claim``),
-    each with its :func:`jackknife` standard error: one pass over the restarts for both kinds."""
+    """A :class:`Number` per value of ``fn(records) -> {(kind, key): value}``, its :func:`jackknife` se."""
     return {k: Number(k, kind, v, se) for (kind, k), (v, se) in jackknife(records, restart_key, fn).items()}
 
 
 # --------------------------------------------------------------------------------------------
 # each study's claims and levels
-
-
 def figure2_values(records: list[dict]) -> dict:
     """``{(kind, key): value}`` of one sweep. Levels: the mean of each of :data:`w_pre_spread.SPREAD_METRICS`
-    per (method, p). Claims: the paired source-accuracy gap mixout - dropout per p, mixout's
-    mixed-distance ratio between the largest p and p = 0 (how far the pull goes), and the two claims of
-    :func:`report.figure2_claims`."""
+    per (method, p). Claims: the paired source-accuracy gap mixout - dropout per p, mixout's mixed-distance
+    ratio between the largest p and p = 0, and the two claims of :func:`report.figure2_claims`."""
     stats = seed_stats(records)
     out = {("claim" if k[0] == "gap" else "level", k): v[0] for k, v in stats.items()}
     ps = sorted(p for (m, p, q) in stats if m == "mixout" and q == "dist_mixed")
@@ -178,9 +165,7 @@ def _theorem1_numbers(points: list[dict]) -> dict:
     second order per part and p (its 95% interval's half-width / 1.96 as the standard error), and
     whether Corollary 1.1 is vacuous (no positive smallest eigenvalue)."""
     out = []
-    for r in points:
-        if r["part"] not in ("finetuned", "displaced"):
-            continue
+    for r in [q for q in points if q["part"] in ("finetuned", "displaced")]:
         key = (r["part"], r["p"])
         out.append(Number((*key, "mc"), "level", r["mc"], r.get("mc_se")))
         for q in ("loss", "second_order", "m_eff"):
@@ -202,8 +187,6 @@ def _finite(v) -> bool:
 
 # --------------------------------------------------------------------------------------------
 # reading a folder
-
-
 def detect(folder) -> str:
     """Which study a folder holds: an export (by its tables) or a store (by its ``config.json`` and runs)."""
     f = Path(folder)
@@ -221,8 +204,7 @@ def detect(folder) -> str:
         if (f / "runs.csv").is_file() and (f / "table.csv").is_file():
             return "figure2"
     if (f / "config.json").is_file() and (f / "runs").is_dir():
-        parent = f.parent.name
-        return {"ablations": "ablations-store", "theorem1": "theorem1-store"}.get(parent, "sweep-store")
+        return f"{f.parent.name}-store" if f.parent.name in ("ablations", "theorem1") else "sweep-store"
     raise CompareError(
         f"{f}: neither an exported study (meta.json and its tables) nor a results store "
         "(config.json and runs/)"
@@ -235,8 +217,6 @@ def read(folder) -> Result:
     kind = detect(f)
     try:
         return _read(f, kind)
-    except CompareError:
-        raise
     except (KeyError, TypeError, IndexError, AttributeError, json.JSONDecodeError) as e:
         raise CompareError(f"{f}: not a readable {kind} result ({type(e).__name__}: {e})") from None
 
@@ -271,8 +251,7 @@ def _read(f: Path, kind: str) -> Result:
 
 
 def _exported_store(folder: Path, kind: str) -> Path:
-    """A store of the ablations or of Theorem 1, exported into a temporary folder (the export reads
-    the results root the store sits in, as ``figures`` does)."""
+    """A store of the ablations or of Theorem 1, exported (from its results root) into a temporary folder."""
     from mixout_theory.experiment import ablations, exports, theorem1
 
     root = folder.parent.parent
@@ -293,8 +272,6 @@ def _exported_store(folder: Path, kind: str) -> Path:
 
 # --------------------------------------------------------------------------------------------
 # comparing
-
-
 @dataclass(frozen=True)
 class Row:
     """One compared number: both values, the difference, its noise and the verdict (``None``: not judged)."""
@@ -312,25 +289,9 @@ class Row:
         return None if self.diff is None or not self.sigma else abs(self.diff) / self.sigma
 
 
-def spread_taus(folder) -> dict[tuple, float]:
-    """``{(method, p, quantity): tau}`` from a w_pre-spread export (:func:`w_pre_spread.load_spread`)."""
-    from mixout_theory.experiment.w_pre_spread import load_spread
-
-    rows, _, _ = load_spread(folder)
-    return {(r["method"], r["p"], r["quantity"]): r["tau"] for r in rows if _finite(r.get("tau"))}
-
-
-def committed_spread(profile: str, source: str) -> Path | None:
-    """The committed w_pre-spread export of this profile and source, if there is one."""
-    from mixout_theory.experiment.w_pre_spread import STUDY
-
-    folder = project_dir("docs") / "results" / f"{STUDY}-{profile}-{source}"
-    return folder if (folder / "meta.json").is_file() else None
-
-
 def compare(a: Result, b: Result, taus: dict | None = None) -> list[Row]:
     """Every number both results hold, compared by the rule of the module docstring (``taus``: the
-    w_pre spread of Figure 2's numbers, keyed as :func:`spread_taus`; applied to Figure 2 only)."""
+    w_pre spread of Figure 2's numbers, ``{(method, p, quantity): tau}``; applied to Figure 2 only)."""
     if a.study != b.study:
         raise CompareError(
             f"{a.where} holds the {a.study} study, {b.where} the {b.study} study: "
@@ -351,8 +312,7 @@ def compare(a: Result, b: Result, taus: dict | None = None) -> list[Row]:
         else:
             diff, within = float(y.value) - float(x.value), None
             if x.se is not None and y.se is not None:
-                tau = (taus or {}).get(key, 0.0)
-                sigma = math.sqrt(x.se**2 + y.se**2 + 2 * tau**2)
+                sigma = math.sqrt(x.se**2 + y.se**2 + 2 * (taus or {}).get(key, 0.0) ** 2)
                 within = abs(diff) <= SIGMAS * sigma if sigma > 0 else diff == 0
         rows.append(Row(key, x.kind, x.value, y.value, diff, sigma, within))
     return rows
@@ -372,16 +332,13 @@ def outside_lines(study: str, rows: list[Row]) -> list[str]:
     """One line per number outside noise (claims first, then levels, the largest deviations first)."""
     bad = [r for r in rows if r.within is False]
     bad.sort(key=lambda r: (r.kind != "claim", -(r.sigmas or math.inf)))
-    lines = []
-    for r in bad:
-        if r.diff is None:
-            lines.append(f"{name(study, r.key)} ({r.kind}): {r.a} vs {r.b}")
-        else:
-            lines.append(
-                f"{name(study, r.key)} ({r.kind}): {r.a:.6g} vs {r.b:.6g}, difference {r.diff:+.4g} = "
-                f"{r.sigmas:.1f} sigma (sigma {r.sigma:.3g})"
-            )
-    return lines
+    return [f"{name(study, r.key)} ({r.kind}): {_values(r)}" for r in bad]
+
+
+def _values(r: Row) -> str:
+    if r.diff is None:
+        return f"{r.a} vs {r.b}"
+    return f"{r.a:.6g} vs {r.b:.6g}, difference {r.diff:+.4g} = {r.sigmas:.1f} sigma (sigma {r.sigma:.3g})"
 
 
 def summary(study: str, rows: list[Row], spread_known: bool) -> str:
@@ -391,8 +348,7 @@ def summary(study: str, rows: list[Row], spread_known: bool) -> str:
         judged = [r for r in rows if r.kind == kind and r.within is not None]
         return f"{sum(r.within for r in judged)} of {len(judged)} within noise"
 
-    judged = [r for r in rows if r.sigmas is not None]
-    worst = max(judged, key=lambda r: r.sigmas, default=None)
+    worst = max((r for r in rows if r.sigmas is not None), key=lambda r: r.sigmas, default=None)
     loose = [r for r in rows if r.within is None]
     text = f"claims: {count('claim')}; levels: {count('level')}"
     if worst is not None:
@@ -413,14 +369,16 @@ def compare_results(ra: Result, rb: Result, spread=None) -> tuple[bool, list[str
     """Compare two results read by :func:`read`: ``(every claim within noise, the lines to print)``;
     ``spread``: a w_pre-spread export (default: the committed one of the same profile and source, for
     Figure 2; ``"none"``: restarts only)."""
-    if ra.study == "figure2" and spread is None:
-        spread = committed_spread(ra.profile, ra.source)
-    use = ra.study == "figure2" and spread is not None and str(spread) != "none"
-    taus = spread_taus(spread) if use else {}
+    taus = {}
+    if ra.study == "figure2":
+        if spread is None:  # the committed w_pre-spread export, if there is one
+            spread = project_dir("docs") / "results" / f"{STUDY}-{ra.profile}-{ra.source}"
+            spread = spread if (spread / "meta.json").is_file() else None
+        if spread is not None and str(spread) != "none":
+            found = load_spread(spread)[0]
+            taus = {(r["method"], r["p"], r["quantity"]): r["tau"] for r in found if _finite(r.get("tau"))}
     rows = compare(ra, rb, taus)
-    lines = outside_lines(ra.study, rows)
-    lines.append(summary(ra.study, rows, bool(taus)))
-    return agrees(rows), lines
+    return agrees(rows), outside_lines(ra.study, rows) + [summary(ra.study, rows, bool(taus))]
 
 
 def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
@@ -428,25 +386,17 @@ def compare_folders(a, b, spread=None) -> tuple[bool, list[str]]:
     return compare_results(read(a), read(b), spread)
 
 
-def committed(study: str, profile: str, source: str) -> Result | None:
-    """The committed export of ``study`` (``docs/results/``), read, when it holds this profile and source."""
+def against_committed(study: str, folder, profile: str, source: str) -> list[str]:
+    """What a study command prints at its end: the comparison of its export with the committed one
+    (``docs/results/``) of the same profile and source, or a line saying there is none."""
     from mixout_theory.experiment.studies import REGISTRY
 
-    folder = REGISTRY[study].committed_dir()
-    if not (folder / "meta.json").is_file():
-        return None
+    committed = REGISTRY[study].committed_dir()
     try:
-        res = read(folder)
+        ref = read(committed) if (committed / "meta.json").is_file() else None
     except (CompareError, ValueError, OSError):
-        return None
-    return res if (res.profile, res.source) == (profile, source) else None
-
-
-def against_committed(study: str, folder, profile: str, source: str) -> list[str]:
-    """What a study command prints at its end: the comparison of its export with the committed one of
-    the same profile and source, or a line saying there is none."""
-    ref = committed(study, profile, source)
-    if ref is None:
+        ref = None
+    if ref is None or (ref.profile, ref.source) != (profile, source):
         return [
             f"compare: no committed {study} results of profile {profile!r}, source {source!r} to compare with"
         ]

@@ -6,17 +6,15 @@ transposed to MNIST's orientation.
 * :func:`prepare` (``python -m mixout_theory data``) finds, fetches (:mod:`.sources`), verifies and
   caches everything under a root (default: the repository's ``data/``) and reports what it did.
 * ``source="emnist" | "stand-in" | "auto"``: "auto" falls back, with a :class:`StandInWarning` saying
-  how to get EMNIST, to the **stand-in** "EMNIST-style MNIST" when EMNIST cannot be had: MNIST's
-  60,000 training images in two fixed disjoint halves, half A re-rendered the way EMNIST frames
-  digits (:mod:`.standin`) as the source task, half B plain MNIST for finetuning. It is labelled as
-  such everywhere (never "EMNIST").
+  how to get EMNIST, to the **stand-in** "EMNIST-style MNIST": MNIST's 60,000 training images in two
+  fixed disjoint halves, half A re-rendered EMNIST-style (:mod:`.standin`) as the source task, half B
+  plain for finetuning; labelled as such everywhere (never "EMNIST").
 * :func:`load_experiment` -- the prepared splits as tensors (``x`` float32 (N, 784),
   ``(pixel/255 - mean) / std`` with the constants of that task's training split; ``y`` int64), read
   from a cache under ``root/cache`` in about a second.
 
-Files are written under temporary names and renamed only once verified; a truncated or altered file
-raises :class:`DataIntegrityError` (the file, expected vs actual) and is never replaced; no route at
-all raises :class:`DataUnavailableError` saying how to provide the data.
+Files are written under temporary names and renamed once verified; a truncated or altered file raises
+:class:`DataIntegrityError` and is never replaced; no route raises :class:`DataUnavailableError`.
 """
 
 from __future__ import annotations
@@ -83,30 +81,25 @@ def _split_sizes(n: int) -> tuple[int, int]:
     return n - val, val
 
 
-def _split_indices(
-    root: Path, name: str, n: int, parts: list[tuple[str, int]], seed: int
-) -> tuple[dict, Path]:
+def _split_indices(root: Path, name: str, n: int, parts: list[tuple], seed: int) -> tuple[dict, Path]:
     """Seeded disjoint index sets, stored as ``root/splits/NAME-nN-seedS.npz``: a permutation of
     ``range(n)`` from ``torch.Generator().manual_seed(seed)`` cut into consecutive parts of the given
-    sizes, each sorted. An existing file must hold exactly that split, else :class:`DataIntegrityError`.
-    """
+    sizes, each sorted. An existing file must hold exactly that split, else :class:`DataIntegrityError`."""
     path = root / "splits" / f"{name}-n{n}-seed{seed}.npz"
     if sum(s for _, s in parts) != n:
         raise ValueError(f"split parts {parts} do not add up to n={n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    idx, start = {}, 0
-    for k, s in parts:
-        idx[k] = np.sort(perm[start : start + s]).astype(np.int64)
-        start += s
+    ends = np.cumsum([s for _, s in parts])
+    idx = {k: np.sort(perm[end - s : end]).astype(np.int64) for (k, s), end in zip(parts, ends, strict=True)}
     if path.exists():
         try:
             with np.load(path) as z:
-                stored = {k: z[k].astype(np.int64) for k, _ in parts}
+                same = all([np.array_equal(z[k].astype(np.int64), idx[k]) for k, _ in parts])
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
             raise DataIntegrityError(
                 f"{path}: unreadable split index file ({e}); it was left as it is."
             ) from None
-        if not all(np.array_equal(stored[k], idx[k]) for k, _ in parts):
+        if not same:
             raise DataIntegrityError(
                 f"{path}: split indices differ from the seeded split they must hold ({len(parts)} parts "
                 f"of sizes {[s for _, s in parts]} of 0..{n - 1}, seed {seed}); altered file? It was left "
@@ -132,16 +125,15 @@ def _pick(x, y, train, val, test) -> dict:
 
 
 # ------------------------------------------------------------------------------ splits and cache
-
-
-def _mean_std(images_u8: torch.Tensor) -> tuple[float, float]:
-    """Exact mean and std (population) of pixels/255 over a uint8 set, from a 256-bin histogram."""
+def _normalisation(task: str, images_u8: torch.Tensor) -> dict:
+    """Exact mean and std (population) of pixels/255 over a task's uint8 training images (histogram)."""
     counts = torch.bincount(images_u8.reshape(-1), minlength=256).double()
     v = torch.arange(256, dtype=torch.float64) / 255.0
     n = counts.sum()
     mean = (counts * v).sum() / n
     var = (counts * (v - mean) ** 2).sum() / n
-    return float(mean), float(var.sqrt())
+    on = f"{task} train split ({images_u8.shape[0]:,} images), pixels/255"
+    return {"mean": float(mean), "std": float(var.sqrt()), "computed_on": on}
 
 
 def _cache_path(root: Path, key: str) -> Path | None:
@@ -161,13 +153,6 @@ def _cache_path(root: Path, key: str) -> Path | None:
     else:
         parts["render"] = RENDER
     return root / "cache" / f"experiment-{key}-v{CACHE_VERSION}-{store.config_hash(parts)}.pt"
-
-
-def _rel(root: Path, p: Path) -> str:
-    try:
-        return p.relative_to(root).as_posix()
-    except ValueError:
-        return str(p)
 
 
 def _build_cache(root: Path, key: str, path: Path, log: sources.Log) -> dict:
@@ -200,23 +185,19 @@ def _build_cache(root: Path, key: str, path: Path, log: sources.Log) -> dict:
             "target = MNIST training half B, plain (+ MNIST test, plain). Not EMNIST.",
         }
     tasks = {"source": source, "target": target}
-    norm = {}
-    for task, d in tasks.items():
-        mean, std = _mean_std(d["train"][0])
-        on = f"{task} train split ({d['train'][0].shape[0]:,} images), pixels/255"
-        norm[task] = {"mean": mean, "std": std, "computed_on": on}
     info = {
         "source_key": key,
         "source_name": SOURCE_NAMES[key],
         "target_name": "MNIST",
         "cache_version": CACHE_VERSION,
-        "cache_file": _rel(root, path),
-        "normalisation": norm,
+        "cache_file": path.relative_to(root).as_posix(),
+        "normalisation": {task: _normalisation(task, d["train"][0]) for task, d in tasks.items()},
         "sizes": {t: {s: int(d[s][0].shape[0]) for s in SPLITS} for t, d in tasks.items()},
         "split_seeds": dict(SEEDS),
         "val_fraction": VAL_FRACTION,
         "index_files": {
-            k: {"path": _rel(root, p), "sha256": store.sha256_file(p)} for k, p in index_files.items()
+            k: {"path": p.relative_to(root).as_posix(), "sha256": store.sha256_file(p)}
+            for k, p in index_files.items()
         },
         "checksums": checksums,
         **extra,
@@ -227,9 +208,8 @@ def _build_cache(root: Path, key: str, path: Path, log: sources.Log) -> dict:
     with store.Staging() as st:
         tmp = st.path_for(path)
         torch.save(payload, tmp)
-        side = st.path_for(path.with_suffix(".json"))  # the same record, readable, and the file's sha256
-        record = {**info, CACHE_SHA256: store.sha256_file(tmp)}
-        side.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+        record = {**info, CACHE_SHA256: store.sha256_file(tmp)}  # the same record, readable, + its sha256
+        st.path_for(path.with_suffix(".json")).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
         st.commit()
     log(f"cache: wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t0:.1f} s")
     return info
@@ -247,8 +227,7 @@ def _side_info(path: Path) -> dict | None:
 def _verified_cache(path: Path) -> str | None:
     """The cache file's sha256 when it matches the one recorded beside it; ``None`` when none is
     recorded (an older cache, rebuilt by :func:`prepare`). A mismatch is a :class:`DataIntegrityError`."""
-    want = (_side_info(path) or {}).get(CACHE_SHA256)
-    if want is None:
+    if (want := (_side_info(path) or {}).get(CACHE_SHA256)) is None:
         return None
     remedy = (
         "the cache was altered or damaged. It is derived data: delete it and "
@@ -272,8 +251,6 @@ def _torch_load(path: Path) -> dict:
 
 
 # -------------------------------------------------------------------------------------- prepare
-
-
 def prepare(
     root=None, source: str = "auto", emnist_from=None, download: bool = True, log: sources.Log | None = print
 ) -> dict:
@@ -306,9 +283,7 @@ def prepare(
             raise ValueError(f"emnist_from={str(emnist_from)!r} makes no sense with source='stand-in'")
         emnist_from = Path(emnist_from).expanduser()
         if not emnist_from.exists():
-            raise DataUnavailableError(
-                f"--emnist-from {emnist_from}: no such file or folder.\n" + sources.emnist_how_to(root)
-            )
+            raise sources.no_emnist(root, f"--emnist-from {emnist_from}: no such file or folder.")
     root.mkdir(parents=True, exist_ok=True)
     for d in (root, sources.mnist_raw(root), emnist_raw(root), root / "splits", root / "cache"):
         store.remove_stale_temporaries(d)
@@ -378,8 +353,6 @@ def format_report(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------ loaded experiment
-
-
 @dataclass
 class Split:
     """One split: ``x`` float32 (N, 784), normalised; ``y`` int64 (N,). Unpacks as ``x, y``."""
@@ -415,11 +388,9 @@ class Splits:
 
 @dataclass
 class ExperimentData:
-    """Source (pretraining) and target (finetuning) tasks, in memory, plus what they are made of.
-
-    ``source_name`` (:data:`SOURCE_NAMES` of ``source_key``) must be shown with every result and
-    figure. Each task is normalised with its own training split's constants (``info['normalisation']``).
-    """
+    """Source (pretraining) and target (finetuning) tasks in memory, and what they are made of.
+    ``source_name`` (:data:`SOURCE_NAMES` of ``source_key``) must be shown with every result and figure.
+    Each task is normalised with its own training split's constants (``info['normalisation']``)."""
 
     source_name: str
     source_key: str
@@ -436,8 +407,7 @@ class ExperimentData:
         """The first ``n`` images of a split as float32 (n, 28, 28) in [0, 1] (exactly k/255)."""
         if n is not None and (not isinstance(n, int) or n < 0):
             raise ValueError(f"n must be a non-negative int or None, got {n!r}")
-        x = self.task(task)[split].x
-        return self._pixels(task, x if n is None else x[:n])
+        return self._pixels(task, self.task(task)[split].x[:n])
 
     def _pixels(self, task: str, x: torch.Tensor) -> torch.Tensor:
         t = self.task(task)
@@ -459,8 +429,7 @@ def task_line(source_name: str) -> str:
 
 def _from_cache(path: Path, sha: str | None = None) -> ExperimentData:
     """The cache at ``path``; ``sha``: its sha256 if the caller has just verified it (else done here)."""
-    sha = sha or _verified_cache(path)
-    if sha is None:
+    if (sha := sha or _verified_cache(path)) is None:
         raise DataIntegrityError(
             f"{path}: no checksum recorded beside it (an older cache): run "
             "`python -m mixout_theory data` to rebuild it"
@@ -511,20 +480,15 @@ def load_experiment(
             f"the data for source={source!r} is not prepared under {root}: "
             f"run `{cmd(root, f' --source {source}')}` first."
         )
-        if source == "emnist":
-            msg += "\n" + sources.emnist_how_to(root)
-        raise DataUnavailableError(msg)
+        raise sources.no_emnist(root, msg) if source == "emnist" else DataUnavailableError(msg)
     report = prepare(root, source=source, emnist_from=emnist_from, download=True, log=log)
     return _from_cache(Path(report["cache"]["path"]))
 
 
 # ----------------------------------------------------------------------------------- orientation
-
-#: How the source task's images are oriented: as MNIST's (upright: EMNIST transposed back by
-#: sources.py, the default; the stand-in as rendered) or transposed relative to them (EMNIST as its
-#: files store it and ``torchvision.datasets.EMNIST`` returns it, so a pipeline built on that pretrains
-#: on transposed digits; the stand-in transposed the same way: the fidelity study's first option,
-#: applied by pretraining.experiment_tensors).
+#: The source images' orientation: as MNIST's ("upright": EMNIST transposed back by sources.py, the
+#: default; the stand-in as rendered) or transposed (EMNIST as stored and as ``torchvision.datasets.EMNIST``
+#: returns it; the stand-in likewise: the fidelity study's first option, see pretraining.experiment_tensors).
 ORIENTATIONS = ("upright", "transposed")
 
 

@@ -1,14 +1,12 @@
 """What each study exports (tables with their checksums, figures, reports) and how an export is read back.
 
-Writers: :func:`export_experiment` / :func:`render_experiment` (Figure 2's runs, of a set of records or of
-one store), :func:`export_ablations`, :func:`export_theorem1` -- tables, ``meta.json`` with the sha256 of
-every table, figures drawn by :mod:`~mixout_theory.experiment.plots` from those tables' numbers.
+Writers: :func:`export_experiment` / :func:`render_experiment` (Figure 2's runs, of records or of one
+store), :func:`export_ablations`, :func:`export_theorem1` -- tables, ``meta.json`` with the sha256 of every
+table, figures drawn by :mod:`~mixout_theory.experiment.plots` from those tables' numbers.
 
-Readers, without the stores (what the committed ``docs/results/`` hold), every table checked against the
-sha256 its ``meta.json`` records (:func:`~mixout_theory.experiment.store.checked_meta`):
-:func:`load_figure2` (the run records of ``runs.csv`` and ``meta.json``) and :func:`load_ablations`. The
-Theorem 1 and fidelity studies read their own (:func:`~mixout_theory.experiment.theorem1.load_tables`,
-:func:`~mixout_theory.experiment.fidelity.load_fidelity`).
+Readers, without the stores (what ``docs/results/`` holds), every table checked against its ``meta.json``
+(:func:`~mixout_theory.experiment.store.checked_meta`): :func:`load_figure2` and :func:`load_ablations`
+(Theorem 1 and fidelity read their own: ``theorem1.load_tables``, ``fidelity.load_fidelity``).
 """
 
 from __future__ import annotations
@@ -27,11 +25,12 @@ __all__ += ["load_figure2", "load_ablations", "RUN_TEXT", "ABLATION_TABLES"]
 #: the columns of the sweep's ``runs.csv`` that are names or hashes, never numbers
 RUN_TEXT = tuple("run_id method source profile config device mixout_theory python source_name torch".split())
 #: the run tables of an ablations export, by study
-ABLATION_TABLES = {
-    "small_data": "small_data_runs.csv",
-    "new_head": "new_head_runs.csv",
-    "trajectory": "trajectory.csv",
-}
+ABLATION_TABLES = {s: f"{s}_runs.csv" for s in ("small_data", "new_head")} | {"trajectory": "trajectory.csv"}
+#: what every checkpoint of one trajectory run shares (``trajectory.csv`` repeats it on each)
+PER_RUN = ("p", "restart", "size", "eval_size", "mc_samples")
+#: the columns of ``tables.md``'s paired differences: keys, or ``(key, header)``
+PAIRED_COLUMNS = [("size", "n train"), "a", "b", ("n", "restarts"), ("mean_diff", "mean acc(a) - acc(b)")]
+PAIRED_COLUMNS += [("sd_diff", "sd"), ("a_wins", "a better"), "ties", ("b_wins", "b better")]
 
 
 def load_figure2(folder) -> tuple[list[dict], dict]:
@@ -74,12 +73,11 @@ def _trajectory_records(folder: Path, config: ablations.AblationConfig) -> list[
         restarts = range(config.trajectory_restarts)
         runs = [{"p": p, "restart": k, "test_acc": acc[p]} for p in config.trajectory_ps for k in restarts]
     points = store.read_csv(folder / "trajectory.csv")
-    per_run = {"p", "restart", "size", "eval_size", "mc_samples"}
     records = []
     for run in runs:
         c = [r for r in points if (r["p"], r["restart"]) == (run["p"], run["restart"])]
-        facts = {k: c[0][k] for k in per_run} | {"steps": c[-1]["step"], "epochs": c[-1]["epoch"]} | run
-        records.append(dict(facts, checkpoints=[{k: v for k, v in q.items() if k not in per_run} for q in c]))
+        facts = {k: c[0][k] for k in PER_RUN} | {"steps": c[-1]["step"], "epochs": c[-1]["epoch"]} | run
+        records.append(dict(facts, checkpoints=[{k: v for k, v in q.items() if k not in PER_RUN} for q in c]))
     return records
 
 
@@ -126,7 +124,7 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
     (``meta.json``'s ``this_invocation_seconds`` is empty for results loaded from disk)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, tables = {}, []
+    written, tables, small_recs = {}, [], res.records.get("small_data")
 
     def write_csv(name, rows, cols=None, exact=False):
         if not rows:
@@ -161,57 +159,32 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
         "store_keys": {s: res.config.key(s) for s in res.records},
     }
     small = head = traj = []
-    if "small_data" in res.records:
-        recs = res.records["small_data"]
-        small = report.summarise_runs(recs, res.w_pre_acc)
-        write_csv("small_data_runs.csv", recs, run_cols, exact=True)
+    if small_recs is not None:
+        small = report.summarise_runs(small_recs, res.w_pre_acc)
+        write_csv("small_data_runs.csv", small_recs, run_cols, exact=True)
         write_csv("small_data_summary.csv", small)
-        write_figure("small_data", plots.small_data_figure(recs, res.w_pre_acc, res.source_name))
+        write_figure("small_data", plots.small_data_figure(small_recs, res.w_pre_acc, res.source_name))
         write_table("## Small data, many restarts", small, report.SUMMARY_COLUMNS)
-        paired = report.paired_differences(recs)
+        paired = report.paired_differences(small_recs)
         write_csv("small_data_paired.csv", paired)
-        write_table(
-            "### Paired differences (restart by restart)",
-            paired,
-            [
-                ("size", "n train"),
-                ("a", "a"),
-                ("b", "b"),
-                ("n", "restarts"),
-                ("mean_diff", "mean acc(a) - acc(b)"),
-                ("sd_diff", "sd"),
-                ("a_wins", "a better"),
-                ("ties", "ties"),
-                ("b_wins", "b better"),
-            ],
-        )
-    if "new_head" in res.records:
-        recs = res.records["new_head"]
+        write_table("### Paired differences (restart by restart)", paired, PAIRED_COLUMNS)
+    if (recs := res.records.get("new_head")) is not None:
         head = report.summarise_runs(recs, res.w_pre_acc)
         head_cols = run_cols[:3] + ["head_seed"] + run_cols[3:] + ["dist_fc3_w0"]
         write_csv("new_head_runs.csv", recs, head_cols, exact=True)
         write_csv("new_head_summary.csv", head)
-        write_figure(
-            "new_head",
-            plots.new_head_figure(recs, res.w_pre_acc, res.records.get("small_data"), res.source_name),
-        )
+        write_figure("new_head", plots.new_head_figure(recs, res.w_pre_acc, small_recs, res.source_name))
         write_table("## A new output layer", head, report.HEAD_COLUMNS)
-    if "trajectory" in res.records:
-        recs = res.records["trajectory"]
+    if (recs := res.records.get("trajectory")) is not None:
         traj = report.trajectory_summary(recs)
         write_csv("trajectory.csv", report.trajectory_rows(recs), exact=True)
-        write_csv(
-            "trajectory_runs.csv",
-            recs,
-            ["p", "restart", "size", "eval_size", "mc_samples", "epochs", "steps", "test_acc"],
-            exact=True,
-        )
+        write_csv("trajectory_runs.csv", recs, [*PER_RUN, "epochs", "steps", "test_acc"], exact=True)
         write_csv("trajectory_summary.csv", traj)
         write_figure("trajectory", plots.trajectory_figure(recs, res.source_name, res.config.warmup))
         write_table("## Effective L2 coefficient along the run", traj, report.TRAJECTORY_COLUMNS)
     idx = res.subset_index.tolist()
     write_csv("subsets.csv", [{"rank": i, "target_train_index": j} for i, j in enumerate(idx)])
-    meta["claims"] = store.jsonable(report.claims(small, head, traj, res.records.get("small_data")))
+    meta["claims"] = store.jsonable(report.claims(small, head, traj, small_recs))
     store.atomic_write(out_dir / "tables.md", "\n\n".join(tables) + "\n")
     written["meta.json"] = store.write_meta(out_dir, meta, [n for n in written if n.endswith(".csv")])
     written["tables.md"] = out_dir / "tables.md"
@@ -224,8 +197,4 @@ def _training_cost(records: list[dict]) -> dict:
     secs = sum(
         r.get("chunk_seconds", r.get("seconds", 0.0)) / r.get("chunk_members", len(records)) for r in records
     )
-    return {
-        "runs": len(records),
-        "member_steps": int(sum(r["steps"] for r in records)),
-        "seconds": float(secs),
-    }
+    return dict(runs=len(records), member_steps=int(sum(r["steps"] for r in records)), seconds=float(secs))

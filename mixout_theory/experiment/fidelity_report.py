@@ -10,24 +10,13 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from mixout_theory.experiment import data
-from mixout_theory.experiment.fidelity import (
-    CLAIMS,
-    EXPORT_TABLES,
-    FIGURE,
-    LEVEL_TOLERANCE,
-    PAPER_STEPS,
-    SIZE_FACTOR,
-    TEXT,
-    FidelityResults,
-    group_mean,
-    scores,
-)
+from mixout_theory.experiment import data, fidelity
+from mixout_theory.experiment.fidelity import CLAIMS, FIGURE, LEVEL_TOLERANCE, SIZE_FACTOR, FidelityResults
 from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.experiment.store import atomic_write, atomic_write_csv, write_meta
 from mixout_theory.figures import save_figure
 
-__all__ = ["PANELS", "panel_figure", "save_all", "export_fidelity", "report_markdown"]
+__all__ = ["PANELS", "panel_figure", "export_fidelity", "report_markdown"]
 
 #: (stem, [(metric, panel title, y label)], the paper's endpoints [(p, value, method or None for both)])
 PANELS = (
@@ -54,17 +43,15 @@ STYLE = {"mixout": dict(ls="-", marker="o"), "dropout": dict(ls="--", marker="s"
 
 
 def panel_figure(res: FidelityResults, panels, paper) -> Figure:
-    names = list(res.variants)
-    colors = [f"C{i}" for i in range(len(names))]
     fig = Figure(figsize=(max(11.0, 6.2 * len(panels)), 6.0), layout="constrained")  # room for the legend
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (metric, title, ylabel) in zip(axes, panels, strict=False):
-        for name, color in zip(names, colors, strict=False):
+        for i, name in enumerate(res.variants):
             records = [r for r in res.runs if r["variant"] == name]
             ps = sorted({r["p"] for r in records})
             for method, style in STYLE.items():
-                means = [group_mean(records, method, p, metric) for p in ps]
-                ax.plot(ps, means, color=color, lw=1.4, ms=3.5, label=f"{name}: {method}", **style)
+                means = [fidelity.group_mean(records, method, p, metric) for p in ps]
+                ax.plot(ps, means, color=f"C{i}", lw=1.4, ms=3.5, label=f"{name}: {method}", **style)
         for i, (p, value, method) in enumerate(paper):
             label = f"paper, {FIGURE} (+-0.01)" if i == 0 else None
             mark = dict(color="black", marker="X", ms=8, ls="none", capsize=3, label=label)
@@ -82,28 +69,22 @@ def panel_figure(res: FidelityResults, panels, paper) -> Figure:
     return fig
 
 
-def save_all(res: FidelityResults, out_dir) -> list[Path]:
-    """Every panel's figure as PNG and PDF into ``out_dir``."""
-    paths = []
-    for stem, panels, paper in PANELS:
-        paths += save_figure(panel_figure(res, panels, paper), Path(out_dir), stem)
-    return paths
-
-
 def export_fidelity(res: FidelityResults, out_dir) -> dict:
     """``runs.csv``, ``claims.csv``, ``scores.csv``, ``fidelity.md``, the figures (PNG + PDF) and
     ``meta.json`` (variants, store keys, w_pre accuracies, the tables' sha256) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ranked = scores(res.rows)
+    ranked = fidelity.scores(res.rows)
     for name, rows in (("runs.csv", res.runs), ("claims.csv", res.rows), ("scores.csv", ranked)):
         atomic_write_csv(out / name, rows, list(dict.fromkeys(k for r in rows for k in r)))
     atomic_write(out / "fidelity.md", report_markdown(res, ranked))
-    paths = save_all(res, out)
+    paths = []
+    for stem, panels, paper in PANELS:  # every panel's figure, PNG and PDF
+        paths += save_figure(panel_figure(res, panels, paper), out, stem)
     rules = {"level": f"within {LEVEL_TOLERANCE} of the paper's", "size": f"within a factor {SIZE_FACTOR}"}
     meta = {"profile": res.profile, "source_name": res.source_name, "variants": res.variants, "rules": rules}
-    meta |= {"paper_steps": PAPER_STEPS, "env": run_env(), "machines": machines_of(res.runs)}
-    write_meta(out, meta, EXPORT_TABLES)
+    meta |= {"paper_steps": fidelity.PAPER_STEPS, "env": run_env(), "machines": machines_of(res.runs)}
+    write_meta(out, meta, fidelity.EXPORT_TABLES)
     files = {"runs": out / "runs.csv", "claims": out / "claims.csv", "report": out / "fidelity.md"}
     return files | {"figures": paths}
 
@@ -135,7 +116,7 @@ def report_markdown(res: FidelityResults, ranked: list[dict]) -> str:
     lines += ["", "| claim | paper | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for c in CLAIMS:
         cells = {r["variant"]: _cell(r) for r in res.rows if r["claim"] == c.key}
-        paper = f"{c.paper:.3f} ({'text' if c.source == TEXT else 'figure'})"
+        paper = f"{c.paper:.3f} ({'text' if c.source == fidelity.TEXT else 'figure'})"
         lines.append(f"| {c.what} | {paper} | " + " | ".join(cells.get(n, "") for n in names) + " |")
     held = {r["claim"] for r in res.rows if r["reproduced"] == "yes"}
     none = [c.what for c in CLAIMS if c.key not in held]

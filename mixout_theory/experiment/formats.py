@@ -5,8 +5,7 @@
 * manifests in the ``sha256sum`` format; zip archives and gzip members, streamed.
 * :class:`NumpyOnlyUnpickler` -- unpickles plain numpy arrays and refuses any other global, as a
   second line of defence after a file's sha256 has been checked.
-* :class:`DataUnavailableError` / :class:`DataIntegrityError` -- every message names the file and
-  says what to do.
+* :class:`DataUnavailableError` / :class:`DataIntegrityError` -- each message names the file, says what to do.
 """
 
 from __future__ import annotations
@@ -78,14 +77,12 @@ def check_idx(path: Path, kind: str, count: int, what: str, shown: str | None = 
     got = struct.unpack(layout, head) if len(head) == header else None
     if got != want or size != expected:
         found = "unreadable header" if got is None else f"magic 0x{got[0]:08x}, dims {list(got[1:])}"
+        fate = "It was left as it is; replace it with a good copy (see data/README.md)."
+        if shown:
+            fate = "Nothing was written; the source was left as it is."
         raise DataIntegrityError(
             f"{shown or path}: not a complete {what} file: expected {expected:,} bytes (magic "
-            f"0x{want[0]:08x}, dims {list(want[1:])}), found {size:,} bytes ({found}). "
-            + (
-                "Nothing was written; the source was left as it is."
-                if shown
-                else "It was left as it is; replace it with a good copy (see data/README.md)."
-            )
+            f"0x{want[0]:08x}, dims {list(want[1:])}), found {size:,} bytes ({found}). {fate}"
         )
 
 
@@ -165,13 +162,12 @@ def open_zip(path: Path, known_md5: str | None, what: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        size = path.stat().st_size
-        extra = ""
+        size, md5 = path.stat().st_size, ""
         if known_md5:
-            extra = f" NIST's gzip.zip has md5 {known_md5}; this file's md5 is {md5_file(path)}."
+            md5 = f" NIST's gzip.zip has md5 {known_md5}; this file's md5 is {md5_file(path)}."
         raise DataIntegrityError(
             f"{path}: not a readable zip archive ({e}; {size:,} bytes), so it cannot be {what}: "
-            f"truncated or altered download?{extra} It was left as it is."
+            f"truncated or altered download?{md5} It was left as it is."
         ) from None
 
 
@@ -190,10 +186,8 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
-        (
-            "_codecs",
-            "encode",
-        ): codecs.encode,  # how Python 3 writes bytes at protocol 2 (harmless: str -> bytes)
+        # how Python 3 writes bytes at protocol 2 (harmless: str -> bytes)
+        ("_codecs", "encode"): codecs.encode,
     }
 
     def find_class(self, module: str, name: str):

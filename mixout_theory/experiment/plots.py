@@ -1,11 +1,7 @@
-"""The experiment's figures, drawn from run records and tables (never trains; the exports that write
-them beside their tables are in :mod:`~mixout_theory.experiment.exports`): the paper's Figure 2 and the
-per-layer distances, the ablations', Theorem 1's, and what the two tasks look like.
-
-Every experiment figure names its source task (:func:`report.task_line`). Figures are
-``matplotlib.figure.Figure`` objects (no pyplot state), written as PNG and PDF; numbers come from
-:mod:`~mixout_theory.experiment.report`.
-"""
+"""The experiment's figures, drawn from run records and tables (:mod:`~mixout_theory.experiment.exports`
+writes them): the paper's Figure 2 and the per-layer distances, the ablations', Theorem 1's, and the two
+tasks. Each is a ``matplotlib.figure.Figure`` (no pyplot state) naming its source task
+(:func:`report.task_line`), its numbers from :mod:`~mixout_theory.experiment.report`."""
 
 from __future__ import annotations
 
@@ -33,8 +29,6 @@ __all__ = [
 
 # --------------------------------------------------------------------------------------------
 # Figure 2 and the per-layer distances (paper Section 4)
-
-
 METHOD_STYLE = {"dropout": dict(color="tab:red", marker="s"), "mixout": dict(color="tab:blue", marker="o")}
 METHOD_LABEL = {"dropout": "dropout(p)", "mixout": "mixout(w_pre, p)"}
 DIST_LABEL = r"$\|w_{ft} - w_{pre}\|^2$  (sum of squares)"
@@ -59,9 +53,8 @@ LAYER_PANELS = (
 def plot_metric_vs_p(
     ax, summary: list[dict], metric: str, title: str = "", ylabel: str = "", band: str = "std"
 ) -> None:
-    """Mean over restarts against p, dropout vs mixout (p = 0 shared), with a band of
-    :func:`report.band_halfwidth` (``"std"``: +-1 std, the paper's; ``"ci95"``: t-based 95% CI of the
-    mean)."""
+    """Mean over restarts against p, dropout vs mixout (p = 0 shared), with a :func:`report.band_halfwidth`
+    band (``"std"``: +-1 std, the paper's; ``"ci95"``: t-based 95% CI of the mean)."""
     for method, style in METHOD_STYLE.items():
         rows = _by_p(summary, "method", method)
         if not rows:
@@ -88,28 +81,26 @@ def _columns(rows: list[dict], *keys) -> list[np.ndarray]:
     return [np.array([r[k] for r in rows]) for k in keys]
 
 
+def _panels_vs_p(summary: list[dict], meta: dict, band: str, figsize, panels, title: str) -> Figure:
+    """A :func:`plot_metric_vs_p` panel per ``(metric, title, y label)``; ``title`` and the caption above."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    for ax, (metric, head, ylabel) in zip(fig.subplots(1, len(panels)), panels, strict=False):
+        plot_metric_vs_p(ax, summary, metric, head, ylabel, band)
+    fig.suptitle(f"{title}\n{report.caption(meta, band)}", fontsize=10)
+    return fig
+
+
 def figure2(summary: list[dict], meta: dict, band: str = "std") -> Figure:
     """The paper's Figure 2: (a) squared distance to w_pre, (b) target and (c) source accuracy vs p."""
-    fig = Figure(figsize=(14, 4.4), layout="constrained")
-    for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS, strict=False):
-        plot_metric_vs_p(ax, summary, metric, title, ylabel, band)
-    fig.suptitle(
-        "Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)\n"
-        + report.caption(meta, band),
-        fontsize=10,
-    )
-    return fig
+    title = "Mixout vs dropout when finetuning w_pre on MNIST (Lee, Cho, Kang 2020, Fig. 2)"
+    return _panels_vs_p(summary, meta, band, (14, 4.4), FIG2_PANELS, title)
 
 
 def layer_distance_figure(summary: list[dict], meta: dict, band: str = "std") -> Figure:
     """Squared distance to w_pre per layer vs p: mixout pulls only the layers it mixes (Supp. B)."""
-    fig = Figure(figsize=(18, 4.0), layout="constrained")
-    for ax, (metric, title) in zip(fig.subplots(1, len(LAYER_PANELS)), LAYER_PANELS, strict=False):
-        plot_metric_vs_p(ax, summary, metric, title, DIST_LABEL, band)
-    fig.suptitle(
-        "Where the finetuned weights move, layer by layer\n" + report.caption(meta, band), fontsize=10
-    )
-    return fig
+    panels = [(metric, title, DIST_LABEL) for metric, title in LAYER_PANELS]
+    title = "Where the finetuned weights move, layer by layer"
+    return _panels_vs_p(summary, meta, band, (18, 4.0), panels, title)
 
 
 def source_target_figure(exp, n: int = 10) -> Figure:
@@ -132,21 +123,6 @@ def source_target_figure(exp, n: int = 10) -> Figure:
 
 # --------------------------------------------------------------------------------------------
 # the ablations (the paper's GLUE questions; Table 3's new output layer)
-
-
-def _strip_box(ax, groups: list[tuple[str, np.ndarray]], colors, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    data = [g for _, g in groups]
-    bp = ax.boxplot(data, positions=range(len(data)), widths=0.55, showfliers=False, patch_artist=True)
-    for patch, c in zip(bp["boxes"], colors, strict=False):
-        patch.set(facecolor=c, alpha=0.25)
-    for i, (vals, c) in enumerate(zip(data, colors, strict=False)):
-        ax.scatter(i + rng.uniform(-0.18, 0.18, len(vals)), vals, s=9, color=c, zorder=3, linewidths=0)
-    ax.set_xticks(range(len(data)))
-    ax.set_xticklabels([n for n, _ in groups], rotation=60, ha="right", fontsize=7)
-    ax.grid(True, axis="y", alpha=0.3)
-
-
 #: the two failure cut-offs of :func:`report.failure_thresholds`: key, line style, what it means
 THRESHOLD_STYLE = (
     ("failed_below", "-", "w_pre's target test accuracy (a run below it failed)"),
@@ -154,40 +130,39 @@ THRESHOLD_STYLE = (
 )
 
 
-def _threshold_lines(ax, th: dict) -> str:
-    """Draw the cut-offs that fall inside the panel's range; return their values for its title."""
-    lo, hi = ax.get_ylim()
-    for key, style, _ in THRESHOLD_STYLE:
-        if lo <= th[key] <= hi:
-            ax.axhline(th[key], ls=style, color="0.3", lw=0.9)
-    return f"w_pre {th['failed_below']:.3f}, median - 3 sd {th['outlier_below']:.3f}"
-
-
-def _threshold_legend(fig) -> None:
-    """One legend for the cut-off lines of every panel, below the panels (it never covers a run)."""
-    handles = [
-        Line2D([], [], ls=style, color="0.3", lw=0.9, label=text) for _, style, text in THRESHOLD_STYLE
-    ]
-    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-
-
 def _short(label: str) -> str:
     return label.replace("wdecay", "wd").replace("mixout", "mix").replace("new head: ", "")
 
 
 def _box_panels(records: list[dict], w_pre_acc: float, figsize, panel, title: str) -> Figure:
-    """One box + strip panel per size, ``panel(runs of the size, size) -> (groups, colors, panel title)``,
-    with the cut-offs of :func:`report.failure_thresholds`; ``title`` above them all."""
+    """One box + strip panel per size (a box per group, its runs as jittered dots), ``panel(runs of the
+    size, size) -> (groups, colors, panel title)``, with the cut-offs of :func:`report.failure_thresholds`
+    in its range (their values in its title, their legend below the panels); ``title`` above them all."""
     sizes = sorted({r["size"] for r in records})
     fig = Figure(figsize=(figsize[0] * len(sizes), figsize[1]), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(sizes)))
     for ax, size in zip(axes, sizes, strict=False):
         at = [r for r in records if r["size"] == size]
         groups, colors, head = panel(at, size)
-        _strip_box(ax, groups, colors, seed=size)
-        ax.set_title(f"{head}\n{_threshold_lines(ax, report.failure_thresholds(at, w_pre_acc))}", fontsize=8)
+        rng, data = np.random.default_rng(size), [g for _, g in groups]
+        bp = ax.boxplot(data, positions=range(len(data)), widths=0.55, showfliers=False, patch_artist=True)
+        for patch, c in zip(bp["boxes"], colors, strict=False):
+            patch.set(facecolor=c, alpha=0.25)
+        for i, (vals, c) in enumerate(zip(data, colors, strict=False)):
+            ax.scatter(i + rng.uniform(-0.18, 0.18, len(vals)), vals, s=9, color=c, zorder=3, linewidths=0)
+        ax.set_xticks(range(len(data)))
+        ax.set_xticklabels([n for n, _ in groups], rotation=60, ha="right", fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+        th = report.failure_thresholds(at, w_pre_acc)
+        lo, hi = ax.get_ylim()
+        for key, style, _ in THRESHOLD_STYLE:
+            if lo <= th[key] <= hi:
+                ax.axhline(th[key], ls=style, color="0.3", lw=0.9)
+        cuts = f"w_pre {th['failed_below']:.3f}, median - 3 sd {th['outlier_below']:.3f}"
+        ax.set_title(f"{head}\n{cuts}", fontsize=8)
     axes[0].set_ylabel("target (MNIST) test accuracy, fraction")
-    _threshold_legend(fig)
+    handles = [Line2D([], [], ls=ls, color="0.3", lw=0.9, label=text) for _, ls, text in THRESHOLD_STYLE]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     return fig
 
@@ -243,23 +218,23 @@ def trajectory_figure(
     step; one line per run (restart), the end of the ``warmup`` fraction of the steps marked."""
     fig = Figure(figsize=(15, 4.8), layout="constrained")
     axes = fig.subplots(1, 3)
-    ps = sorted({r["p"] for r in records})
     restarts = len({r["restart"] for r in records})
-    for i, p in enumerate(ps):
+    for i, p in enumerate(sorted({r["p"] for r in records})):
         for j, r in enumerate(rr for rr in records if rr["p"] == p):
             c = r["checkpoints"]
             step = np.array([q["step"] for q in c])
             lab = f"p = {p:g}" if j == 0 else None
-            axes[0].plot(step, [q["m"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab, alpha=0.9)
+            for ax, key, alpha in zip(axes, ("m", "lam", "dist2"), (0.9, None, None), strict=True):
+                ax.plot(step, [q[key] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab, alpha=alpha)
             axes[0].fill_between(
                 step, [q["m_lo"] for q in c], [q["m_hi"] for q in c], color=f"C{i}", alpha=0.15, lw=0
             )
-            axes[1].plot(step, [q["lam"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab)
-            axes[2].plot(step, [q["dist2"] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab)
     r0 = records[0]
     warm = warmup * r0["steps"]
     for ax in axes:
         ax.axvline(warm, color="0.5", lw=0.9, ls=":", label=f"end of warm-up (step {warm:.0f})")
+        ax.set_xlabel("optimiser step")
+        ax.grid(True, which="both", alpha=0.3)
     margin = dict(
         xycoords=("axes fraction", "data"), fontsize=7, va="center", color="0.3", annotation_clip=False
     )
@@ -277,9 +252,6 @@ def trajectory_figure(
     axes[2].set_ylabel("||w_t - w_pre||^2  (sum of squares, log)")
     axes[1].set_yscale("log", nonpositive="mask")
     axes[2].set_yscale("log", nonpositive="mask")
-    for ax in axes:
-        ax.set_xlabel("optimiser step")
-        ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, loc="upper right")  # the colours: p; (b) and (c) name their reference lines
     for ax, loc in ((axes[1], "lower center"), (axes[2], "lower right")):
         lines = [h for h in ax.get_lines() if not h.get_label().startswith(("p = ", "_"))]
@@ -295,8 +267,6 @@ def trajectory_figure(
 
 # --------------------------------------------------------------------------------------------
 # Theorem 1 on the network (mixout_theory.experiment.theorem1)
-
-
 POINT_STYLE = {
     "finetuned": dict(color="tab:blue", marker="o", label="w = w_p (finetuned), u = w_pre"),
     "displaced": dict(color="tab:orange", marker="s", label="w = w_pre, u = w_pre - d_p"),
@@ -322,13 +292,11 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
         rows = _by_p(points, "part", part)
         if not rows:
             continue
-        p, mc, lo, hi = _columns(rows, "p", "mc", "mc_lo", "mc_hi")
+        p, mc, lo, hi, so = _columns(rows, "p", "mc", "mc_lo", "mc_hi", "second_order")
         color, marker, label = style["color"], style["marker"], style["label"]
         kw = dict(fmt=marker, color=color, ms=5, capsize=3, label=f"Monte Carlo (95% CI), {label}")
         a.errorbar(p, mc, yerr=[mc - lo, hi - mc], **kw)
-        a.plot(
-            p, [r["second_order"] for r in rows], "--", color=color, lw=1.5, label=f"second order, {label}"
-        )
+        a.plot(p, so, "--", color=color, lw=1.5, label=f"second order, {label}")
         _ratio_bars(b, p, rows, style, label)
         c.plot(p, [r["m_eff"] for r in rows], marker + "-", color=color, label=f"m_eff, {label}")
         if part == "finetuned" and rows[0].get("m_min") is not None:
@@ -343,8 +311,7 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
         if rows:
             label = f"{POINT_STYLE[part]['label']}, p = {rows[0]['at_p']:g}"
             _ratio_bars(d, [r["p"] for r in rows], rows, POINT_STYLE[part], label)
-    a.set_yscale("log")
-    a.set_ylabel("E L(Phi(w)) - L(w)  [nats]")
+    a.set(yscale="log", ylabel="E L(Phi(w)) - L(w)  [nats]")
     a.set_title("(a) the mixout(u, p) penalty on the finetuning loss", fontsize=9)
     b.set_ylabel("Monte Carlo / second order")
     b.set_title("(b) what the second-order expansion misses", fontsize=9)
@@ -353,11 +320,10 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     c.set_title(
         "(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2, and m_min (< 0: Corollary 1.1 is vacuous)", fontsize=9
     )
-    d.set_ylabel("Monte Carlo / second order")
+    d.set(ylabel="Monte Carlo / second order", xlabel="mask probability q at fixed w and u")
     d.set_title(
         "(d) one fixed point, mask probability q (the cubic term changes sign at q = 0.5)", fontsize=9
     )
-    d.set_xlabel("mask probability q at fixed w and u")
     for ax in (a, b, c):
         ax.set_xlabel("mixout probability p (of the run and of the mask)")
     for ax in (b, c, d):

@@ -3,11 +3,9 @@
 * :func:`experiment_tensors` -- the fixed, seeded subsets of the prepared data a sweep uses (the
   source images transposed when its configuration says so);
 * :func:`pretrain` -- the best source-validation checkpoint (one seed for ``pretrain_epochs``, or the
-  paper's search over seeds and epoch budgets), cached as ``pretrain/<source>-<key>.pt`` with its
-  sha256 beside it and reused only while it still matches (:func:`load_pretrained`).
-
-The configuration is the sweep's (:class:`~mixout_theory.experiment.sweep.SweepConfig`); its
-``pretrain_key()`` names the cache.
+  paper's search over seeds and epoch budgets), cached as ``pretrain/<source>-<key>.pt`` (``key``: the
+  :class:`~mixout_theory.experiment.sweep.SweepConfig`'s ``pretrain_key()``) with its sha256 beside
+  it, reused only while it still matches (:func:`load_pretrained`).
 """
 
 from __future__ import annotations
@@ -43,7 +41,8 @@ def seeded_index(total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
-def _subset(split, n: int | None, seed: int):
+def seeded_subset(split, n: int | None, seed: int):
+    """``(x, y)`` of ``split`` (a data split or a pair), or ``n`` of its examples (:func:`seeded_index`)."""
     x, y = (split.x, split.y) if hasattr(split, "x") else tuple(split)
     if n is None or n >= x.shape[0]:
         return x, y
@@ -55,16 +54,16 @@ def experiment_tensors(exp, config) -> dict:
     """The (x, y) pairs the sweep uses, sized by the profile (fixed, seeded subsets); the source
     task's images transposed when ``config.orientation`` says so (normalisation is unchanged by it)."""
     source = {
-        "source_train": _subset(exp.source.train, config.source_train, 1),
-        "source_val": _subset(exp.source.val, config.eval_size, 2),
+        "source_train": seeded_subset(exp.source.train, config.source_train, 1),
+        "source_val": seeded_subset(exp.source.val, config.eval_size, 2),
     }
     if config.orientation == "transposed":
         source = {k: (transposed_images(x), y) for k, (x, y) in source.items()}
     return {
         **source,
-        "target_train": _subset(exp.target.train, config.target_train, 3),
-        "target_val": _subset(exp.target.val, config.eval_size, 4),
-        "target_test": _subset(exp.target.test, config.eval_size, 5),
+        "target_train": seeded_subset(exp.target.train, config.target_train, 3),
+        "target_val": seeded_subset(exp.target.val, config.eval_size, 4),
+        "target_test": seeded_subset(exp.target.test, config.eval_size, 5),
     }
 
 
@@ -76,14 +75,13 @@ def pretrain(store_root, config, tensors: dict, options: RunOptions = RunOptions
     cached = load_pretrained(path) if path.exists() else None
     if cached is not None:
         return cached
-    xs, ys = tensors["source_train"]
-    xv, yv = tensors["source_val"]
+    (xs, ys), (xv, yv) = tensors["source_train"], tensors["source_val"]
     budgets = SEARCH_BUDGETS if config.pretrain_search else [config.pretrain_epochs]
     seeds = SEARCH_SEEDS if config.pretrain_search else [config.pretrain_seed]
-    kw = dict(dropout=config.dropout_pretrain, wdecay=config.weight_decay_pretrain)
-    members = [engine.Member(**kw, data_seed=s, mask_seed=10_000 + s) for s in seeds]
-    best = {"acc": -1.0}
-    t0 = time.perf_counter()
+    reg = dict(dropout=config.dropout_pretrain, wdecay=config.weight_decay_pretrain)
+    members = [engine.Member(**reg, data_seed=s, mask_seed=10_000 + s) for s in seeds]
+    fit = dict(lr=config.lr_pretrain, batch_size=config.batch_size, warmup=config.warmup)
+    best, t0 = {"acc": -1.0}, time.perf_counter()
     for epochs in budgets:
 
         def keep_best(epoch, params, epochs=epochs):
@@ -91,27 +89,13 @@ def pretrain(store_root, config, tensors: dict, options: RunOptions = RunOptions
             k = int(acc.argmax())
             # with the search, only a run's final epoch counts (each budget is its own run)
             if (not config.pretrain_search or epoch == epochs - 1) and acc[k] > best["acc"]:
-                best.update(
-                    acc=float(acc[k]),
-                    epoch=epoch + 1,
-                    budget=epochs,
-                    seed=seeds[k],
-                    params={n: v[k].detach().cpu().clone() for n, v in params.items()},
-                )
+                params = {n: v[k].detach().cpu().clone() for n, v in params.items()}
+                best.update(acc=float(acc[k]), epoch=epoch + 1, budget=epochs, seed=seeds[k], params=params)
 
-        engine.train_ensemble(
-            mlp.init_params(len(members), seed=1000 * config.pretrain_seed),
-            members,
-            xs,
-            ys,
-            epochs=epochs,
-            lr=config.lr_pretrain,
-            batch_size=config.batch_size,
-            warmup=config.warmup,
-            device=options.device,
-            on_epoch_end=keep_best,
-            progress=f"pretrain ({config.source}, {epochs} epochs)" if options.progress else False,
-        )
+        init = mlp.init_params(len(members), seed=1000 * config.pretrain_seed)
+        label = f"pretrain ({config.source}, {epochs} epochs)" if options.progress else False
+        run = dict(epochs=epochs, device=options.device, on_epoch_end=keep_best, progress=label)
+        engine.train_ensemble(init, members, xs, ys, **fit, **run)
     meta = {k: v for k, v in best.items() if k != "params"}
     meta.update(seconds=time.perf_counter() - t0, config=jsonable(dataclasses.asdict(config)))
     buf = io.BytesIO()

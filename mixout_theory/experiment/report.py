@@ -1,10 +1,8 @@
 """What the stored runs say: summaries over restarts, the paper's claims checked, tables.
 
-Pure functions of run records (the dicts :mod:`~mixout_theory.experiment.sweep` and
-:mod:`~mixout_theory.experiment.ablations` store), tested on synthetic records and called by the notebooks:
-Figure 2's (paper Section 4), then the ablations' (the paper's GLUE questions, Table 3's new output layer)
-with the checks notebook 04 asserts.
-"""
+Pure functions of the run records :mod:`~mixout_theory.experiment.sweep` and
+:mod:`~mixout_theory.experiment.ablations` store: Figure 2's (paper Section 4), then the ablations'
+(the paper's GLUE questions, Table 3's new output layer) with the checks notebook 04 asserts."""
 
 from __future__ import annotations
 
@@ -19,7 +17,6 @@ from mixout_theory.experiment.sweep import METHODS, SUMMARY_METRICS
 
 # --------------------------------------------------------------------------------------------
 # Figure 2
-
 #: the bands a figure can draw around a mean over restarts (``std``: the paper's Figure 2)
 BANDS = {"std": "mean +- 1 std", "ci95": "mean with its 95% CI (t, n - 1 dof)"}
 
@@ -98,10 +95,8 @@ def figure2_claims(records: list[dict]) -> dict:
     records = usable(records)  # a failed run is no evidence either way
     mix = [r for r in records if r["method"] in ("mixout", "none")]
     ps = sorted({r["p"] for r in mix})
-    have = {(r["seed"], r["p"]) for r in mix}
-    # the complete restarts
-    seeds = sorted(s for s in {r["seed"] for r in mix} if all((s, p) in have for p in ps))
     dist = {(r["seed"], r["p"]): r["dist_mixed"] for r in mix}
+    seeds = sorted(s for s in {s for s, _ in dist} if all((s, p) in dist for p in ps))  # complete restarts
     neighbours = list(zip(ps, ps[1:], strict=False))
     every = all(dist[s, a] > dist[s, b] for s in seeds for a, b in neighbours)
     rows = [r for r in summarise(records, metrics=("dist_mixed",)) if r["method"] == "mixout"]
@@ -113,13 +108,9 @@ def figure2_claims(records: list[dict]) -> dict:
         f"decreasing in every one of {len(seeds)} restarts: {every}; smallest drop = {margin:.1f} std",
         "source acc, mixout - dropout by p: " + ", ".join(f"{p}: {g:+.4f}" for p, g in gaps.items()),
     ]
-    return {
-        "mixed_distance_decreasing_every_restart": every,
-        "mixed_distance_margin": margin,
-        "source_acc_gaps": gaps,
-        "source_acc_mixout_ge_dropout": all(g >= 0 for g in gaps.values()),
-        "report": report,
-    }
+    checks = {"mixed_distance_decreasing_every_restart": every, "mixed_distance_margin": margin}
+    checks |= {"source_acc_gaps": gaps, "source_acc_mixout_ge_dropout": all(g >= 0 for g in gaps.values())}
+    return checks | {"report": report}
 
 
 #: the two claims of :func:`figure2_claims` that hold or do not
@@ -173,19 +164,15 @@ def summary_table(summary: list[dict], meta: dict, out_dir: Path) -> list[Path]:
 
 # --------------------------------------------------------------------------------------------
 # the ablations
-
-
 def failure_thresholds(records: list[dict], w_pre_acc: float) -> dict:
     """The two cut-offs under which a run counts as failed, for the runs of one study at one size.
 
-    * ``failed_below = w_pre_acc``: the target test accuracy of ``w_pre`` itself (pretrained head, no
-      finetuning). A run below it ended worse than not finetuning at all, the analogue of the paper's
-      degenerate (chance-level) GLUE runs. It is fixed before any finetuning, the same for every
-      setting, and does not count a setting as failing merely for being slightly worse.
+    * ``failed_below = w_pre_acc``: the target test accuracy of ``w_pre`` itself (no finetuning): a run
+      below it ended worse than not finetuning at all (the paper's degenerate GLUE runs). Fixed before
+      any finetuning, the same for every setting.
     * ``outlier_below = median_best - 3 sd_best``: the best setting (highest median) and its sample
-      standard deviation (ddof=1). A normal run of the best setting falls below it with probability
-      0.13%; it flags unlucky runs, and also every run of a setting that is uniformly worse by more
-      than 3 sd_best, so it is reported as a second count, not as the failure count.
+      std (ddof=1). A normal run of it falls below with probability 0.13%; every run of a setting
+      uniformly worse by over 3 sd_best falls below too, so it is a second count, not the failure count.
     """
     by = {}
     for r in records:
@@ -209,21 +196,12 @@ def summarise_runs(records: list[dict], w_pre_acc: float) -> list[dict]:
             g = [r for r in at if r["setting"] == name]
             acc = np.array([r["test_acc"] for r in g])
             flagged = np.array([bool(r.get("failed")) for r in g])  # stored as failed (non-finite numbers)
-            row = {
-                "size": size,
-                "setting": name,
-                "label": g[0]["label"],
-                "n": len(g),
-                "mean": float(acc.mean()),
-                "std": sample_sd(acc),
-                "min": float(acc.min()),
-                "median": float(np.median(acc)),
-                "max": float(acc.max()),
-                "failed": int(((acc < th["failed_below"]) | flagged).sum()),
-                "outliers": int((acc < th["outlier_below"]).sum()),
-                "failed_below": th["failed_below"],
-                "outlier_below": th["outlier_below"],
-            }
+            row = {"size": size, "setting": name, "label": g[0]["label"], "n": len(g)}
+            row |= {"mean": float(acc.mean()), "std": sample_sd(acc), "min": float(acc.min())}
+            row |= {"median": float(np.median(acc)), "max": float(acc.max())}
+            row |= {"failed": int(((acc < th["failed_below"]) | flagged).sum())}
+            row |= {"outliers": int((acc < th["outlier_below"]).sum())}
+            row |= {k: th[k] for k in ("failed_below", "outlier_below")}
             dists = ("dist_mixed", "dist_all") + (("dist_fc3_w0",) if "dist_fc3_w0" in g[0] else ())
             rows.append(row | {k: _finite_mean(r[k] for r in g) for k in dists})
     return rows
@@ -304,8 +282,7 @@ def trajectory_summary(records: list[dict]) -> list[dict]:
     rows = []
     for p in sorted({r["p"] for r in records}):
         runs = [r["checkpoints"] for r in records if r["p"] == p]
-        m = np.array([[q["m"] for q in c] for c in runs]).mean(0)
-        loss = np.array([[q["loss"] for q in c] for c in runs]).mean(0)
+        m, loss = (np.array([[q[key] for q in c] for c in runs]).mean(0) for key in ("m", "loss"))
         steps = [q["step"] for q in runs[0]]
         k = p / (1 - p)
         i = int(m.argmax())
@@ -359,14 +336,8 @@ def claims(
     * ``head``: per size, the head regulariser with the best mean;
     * ``m_peak_over_last``: per p, peak / final implied modulus along the run (adaptive L2 if >> 1).
     """
-    per_size = (
-        "mixout_fewer_failures",
-        "mixout_mean_gain",
-        "paired_gain_mixout0.8",
-        "mixout_wd_gain",
-        "head",
-    )
-    out = {k: {} for k in per_size} | {"m_peak_over_last": {t["p"]: t["peak_over_last"] for t in traj}}
+    keys = ("mixout_fewer_failures", "mixout_mean_gain", "paired_gain_mixout0.8", "mixout_wd_gain", "head")
+    out = {k: {} for k in keys} | {"m_peak_over_last": {t["p"]: t["peak_over_last"] for t in traj}}
     usual_pair = [("mixout0.8", "dropout0.1+wd0.01")]
     paired = {d["size"]: d for d in paired_differences(small_records, usual_pair)} if small_records else {}
     for size in sorted({r["size"] for r in small}):
@@ -389,16 +360,13 @@ def claims(
 
 # --------------------------------------------------------------------------------------------
 # what notebook 04 asserts, as functions
-
-
 def pairing_check(records: list[dict]) -> tuple[bool, int]:
     """Whether every (size, setting) holds the same restarts with the same data and mask seeds, and
     how many restarts that is (the comparisons of a study are paired only if so)."""
     seeds: dict = {}
     for r in records:
         seeds.setdefault((r["size"], r["setting"]), set()).add((r["restart"], r["data_seed"], r["mask_seed"]))
-    sets = set(map(frozenset, seeds.values()))
-    return len(sets) == 1, len(next(iter(seeds.values()))) if seeds else 0
+    return len(set(map(frozenset, seeds.values()))) == 1, len(next(iter(seeds.values()))) if seeds else 0
 
 
 def mixed_distance_ratios(

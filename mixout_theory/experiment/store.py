@@ -1,20 +1,19 @@
 """What the experiment writes to disk: atomically, hashed, one record per finished run.
 
 * :class:`Staging` / :func:`atomic_write` -- files written under hidden temporary names (``.NAME.tmp-*``),
-  flushed, then renamed into place, or deleted on any error; :func:`remove_stale_temporaries` cleans
-  what a killed process left.
-* :class:`RunStore` -- ``config.json`` and ``runs/<run id>.json``, one record per finished run (strict
-  JSON carrying its own sha256 and its store's key), so a rerun skips what is done; :func:`read_runs`
-  sets aside (``runs/rejected/``) what is not a valid record; :func:`pending_chunks` fixes a study's
-  ensembles by its whole run list (bit-for-bit resumes).
+  flushed, then renamed into place, or deleted on any error (:func:`remove_stale_temporaries`: what a
+  killed process left).
+* :class:`RunStore` -- ``config.json`` and ``runs/<run id>.json``, one strict JSON record per finished run
+  carrying its sha256 and store key, so a rerun skips what is done (:func:`read_runs` sets aside what is
+  not valid); :func:`pending_chunks` fixes ensembles by the whole run list (bit-for-bit resumes).
 * :func:`write_meta` / :func:`checked_meta` -- an export's ``meta.json``, with the sha256 of its tables.
-* :func:`project_dir` -- ``data/``, ``results/``, ``figures/``: ``$MIXOUT_DATA``, ``$MIXOUT_RESULTS``,
-  ``$MIXOUT_FIGURES`` when set, else inside this checkout, else ``./``.
+* :func:`project_dir` -- ``data/``, ``results/``, ``figures/`` (each moved by a variable of :data:`DIR_ENV`).
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -56,14 +55,8 @@ def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int =
     return h.hexdigest()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """sha256 of a file (hex)."""
-    return file_digest(path, "sha256")
-
-
-def md5_file(path: str | os.PathLike) -> str:
-    """md5 of a file (hex); only used to compare with a checksum a data provider publishes."""
-    return file_digest(path, "md5")
+sha256_file = functools.partial(file_digest, algorithm="sha256")
+md5_file = functools.partial(file_digest, algorithm="md5")  # only to compare with a provider's checksum
 
 
 def jsonable(obj):
@@ -120,10 +113,8 @@ class Staging:
 def remove_stale_temporaries(folder: Path, older_than_s: float = 3600.0) -> list[Path]:
     """Delete this module's temporaries (``.NAME.tmp-*``) in ``folder`` older than ``older_than_s`` or
     whose writer (the pid in the name) no longer runs: a concurrent process's work is never removed."""
-    if not folder.is_dir():
-        return []
     removed, now = [], time.time()
-    for p in folder.iterdir():
+    for p in folder.iterdir() if folder.is_dir() else ():
         if not (p.name.startswith(".") and TMP_MARK in p.name):
             continue
         try:
@@ -255,9 +246,8 @@ META_SHA256 = "meta_sha256"  # an export's meta.json carries the sha256 of its o
 def _json_sha256(obj: dict, leave_out: str) -> str:
     """sha256 of ``obj`` as canonical JSON (sorted keys, no spaces), its field ``leave_out`` left out."""
     body = {k: v for k, v in obj.items() if k != leave_out}
-    return hashlib.sha256(
-        json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-    ).hexdigest()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_meta(folder, meta: dict, tables) -> Path:
@@ -312,8 +302,7 @@ class RunStore:
         if not (self.dir / "config.json").exists():
             atomic_write(self.dir / "config.json", json.dumps(jsonable(config), indent=1, sort_keys=True))
         stored, want = read_config(self.dir), jsonable(config)
-        changed = sorted(k for k in stored if k in want and stored[k] != want[k])
-        if changed:  # the folder's name says this configuration; its config.json says another
+        if changed := sorted(k for k in stored if k in want and stored[k] != want[k]):
             raise IntegrityError(
                 f"{self.dir / 'config.json'}: {', '.join(changed)} differ from the configuration the "
                 "folder is named for (the file was altered): move the folder away and rerun"
@@ -389,14 +378,13 @@ def _finite(obj, where: str, bad: list):
 
 
 def read_runs(folder, required=RunStore.REQUIRED, planned=None) -> list[dict]:
-    """The valid records under ``folder/runs/``, in file-name order.
+    """The valid records under ``folder/runs/``, in file-name order, without their checksum and store key.
 
-    A ``*.json`` file that does not parse (``NaN`` included), is not an object, lacks a field of
-    ``required``, holds another run's id or one not in ``planned`` (the store's run list, when given),
-    carries no ``record_sha256`` / ``store_key`` (:meth:`RunStore.write` puts both into it), one its
-    content no longer matches or another store's key is moved to ``runs/rejected/`` with a warning
-    naming it and why (its run is computed again). Other files are ignored. The records come back
-    without their checksum and store key."""
+    A ``*.json`` file that does not parse (``NaN`` included), is not an object, lacks a field of ``required``,
+    holds another run's id or one not in ``planned`` (the store's run list, when given), carries no
+    ``record_sha256`` / ``store_key`` (:meth:`RunStore.write` writes both), one its content no longer
+    matches or another store's key is moved to ``runs/rejected/`` with a warning naming it and why (its run
+    is computed again). Other files are ignored."""
     out, key, legacy = [], store_key(folder), []
     for path in sorted(Path(folder, "runs").glob("*.json")):
         try:
@@ -430,6 +418,7 @@ def read_runs(folder, required=RunStore.REQUIRED, planned=None) -> list[dict]:
 def _reject(paths: list[Path], why: str) -> None:
     """Move ``paths`` (not valid records, for one reason) into ``rejected/`` beside them, warning for each
     (once for all when more than 3)."""
+    notes = []
     for path in paths:
         dest = path.parent / REJECTED / f"{path.name}.{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
         try:
@@ -438,19 +427,14 @@ def _reject(paths: list[Path], why: str) -> None:
             where = f"moved to {dest}"
         except OSError:
             where = "left in place (could not move it)"
-        if len(paths) <= 3:
-            warnings.warn(
-                f"{path} is not a valid run record ({why}): {where}; its run will be computed again",
-                RejectedRecordWarning,
-                stacklevel=3,
-            )
+        notes.append(f"{path} is not a valid run record ({why}): {where}; its run will be computed again")
     if len(paths) > 3:
-        warnings.warn(
+        notes = [
             f"{len(paths)} files under {paths[0].parent} are not valid run records ({why}), "
-            f"e.g. {paths[0].name}: moved to {paths[0].parent / REJECTED}; their runs will be computed again",
-            RejectedRecordWarning,
-            stacklevel=3,
-        )
+            f"e.g. {paths[0].name}: moved to {paths[0].parent / REJECTED}; their runs will be computed again"
+        ]
+    for note in notes:
+        warnings.warn(note, RejectedRecordWarning, stacklevel=3)
 
 
 class RejectedRecordWarning(UserWarning):
@@ -460,10 +444,8 @@ class RejectedRecordWarning(UserWarning):
 def export_csv(records: list[dict], path: Path) -> Path:
     """One row per run, one column per scalar field (a tidy table)."""
     cols = sorted({k for r in records for k, v in r.items() if not isinstance(v, (dict, list))})
-    first = ["run_id", "method", "p", "seed", "source", "profile"]
-    return atomic_write_csv(
-        path, records, [c for c in first if c in cols] + [c for c in cols if c not in first]
-    )
+    first = [c for c in ("run_id", "method", "p", "seed", "source", "profile") if c in cols]
+    return atomic_write_csv(path, records, first + [c for c in cols if c not in first])
 
 
 def pending_chunks(
@@ -502,8 +484,6 @@ def runs_written_since(root: str | Path, t0: float) -> dict[Path, tuple[int, int
 
 def find_stores(root: str | Path) -> list[Path]:
     """Store folders under ``root`` that hold at least one run, newest first."""
-    root = Path(root)
-    found = [d for d in root.glob("*-*") if d.is_dir() and any((d / "runs").glob("*.json"))]
-    return sorted(
-        found, key=lambda d: max(p.stat().st_mtime for p in (d / "runs").glob("*.json")), reverse=True
-    )
+    stamps = {d: [p.stat().st_mtime for p in (d / "runs").glob("*.json")] for d in Path(root).glob("*-*")}
+    found = [d for d, t in stamps.items() if t and d.is_dir()]
+    return sorted(found, key=lambda d: max(stamps[d]), reverse=True)

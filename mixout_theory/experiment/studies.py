@@ -1,8 +1,7 @@
-"""The registry of studies (:data:`REGISTRY`, read by the command line, ``figures`` and
-:mod:`~mixout_theory.experiment.shown`), and what is done the same way for each: :func:`complete_export`
-(nothing is exported from part of a study) and :func:`render_stored` (the ``figures`` command). A fifth
-study is one new module with its :class:`~mixout_theory.experiment.study.Study` subclass, and one line in
-:data:`REGISTRY`.
+"""The registry of studies (:data:`REGISTRY`, read by the command line, ``figures`` and ``shown``), and
+what is done the same way for each: :func:`complete_export` (nothing is exported from part of a study)
+and :func:`render_stored` (the ``figures`` command). A fifth study is one new module with its
+:class:`~mixout_theory.experiment.study.Study` subclass, and one line in :data:`REGISTRY`.
 """
 
 from __future__ import annotations
@@ -10,16 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mixout_theory.experiment import (
-    ablations,
-    exports,
-    fidelity,
-    fidelity_report,
-    report,
-    sweep,
-    theorem1,
-    w_pre_spread,
-)
+from mixout_theory.experiment import ablations, exports, fidelity, report, sweep, theorem1, w_pre_spread
+from mixout_theory.experiment.fidelity_report import export_fidelity
 from mixout_theory.experiment.store import find_stores
 from mixout_theory.experiment.study import Context, Study
 from mixout_theory.figures import render_theory_figures
@@ -87,7 +78,6 @@ class Figure2(Study):
     def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--emnist-from",
-            default=None,
             metavar="PATH",
             help="a local EMNIST gzip.zip or folder holding the digits files (default: none)",
         )
@@ -124,7 +114,6 @@ def add_figure_options(parser) -> None:
     ``reproduce``."""
     parser.add_argument(
         "--out",
-        default=None,
         metavar="DIR",
         help="figure folder (default: $MIXOUT_FIGURES, else the checkout's figures/)",
     )
@@ -157,6 +146,7 @@ class Ablations(Study):
         "figures and tables; every finished run is stored and skipped on a rerun."
     )
     chunk, sizes = ablations.CHUNK, ablations.SIZES
+    export_files = "tables.md, meta.json, the CSV tables and figures"
 
     def run(self, ctx: Context, studies=ablations.STUDIES, **overrides):
         return ablations.run_ablations(ctx, tuple(studies), **overrides)
@@ -164,27 +154,18 @@ class Ablations(Study):
     def stores(self, result) -> list:
         return list(result.stores.values())
 
-    def source(self, result) -> str:
-        return result.config.source
-
-    def source_name(self, result) -> str:
-        return result.source_name
-
     def export(self, result, folder: Path, ctx: Context) -> list[Path]:
         return list(exports.export_ablations(result, folder).values())
 
-    def load(self, folder: Path):
-        return exports.load_ablations(folder)
+    load = staticmethod(exports.load_ablations)
 
     def shown(self, loaded) -> tuple[str, str, str]:
         keys = ", ".join(f"{s} {loaded.config.key(s)}" for s in loaded.records)
         return loaded.config.profile, loaded.source_name, keys
 
     def summary(self, result, folder: Path, written) -> list[str]:
-        return [
-            f"w_pre target test accuracy {result.w_pre_acc:.4f}",
-            f"wrote {len(written)} files to {folder} (tables.md, meta.json, the CSV tables and figures)",
-        ]
+        lines = super().summary(result, folder, written)
+        return [f"w_pre target test accuracy {result.w_pre_acc:.4f}", *lines]
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
@@ -214,6 +195,9 @@ class Theorem1(Study):
         "tables and figures. Every finished measurement is stored and skipped on a rerun."
     )
     sizes, noun = theorem1.SIZES, "measurements"
+    export_files = "network_penalty.csv, trajectory.csv, meta.json, figures"
+
+    load = staticmethod(theorem1.load_tables)
 
     def run(self, ctx: Context, **overrides):
         return theorem1.run_theorem1(ctx, **overrides)
@@ -221,27 +205,15 @@ class Theorem1(Study):
     def stores(self, result) -> list:
         return [result.store]
 
-    def source(self, result) -> str:
-        return result.config.source
-
     def source_name(self, result) -> str:
         return result.context["source_name"]
 
     def export(self, result, folder: Path, ctx: Context) -> list[Path]:
         return list(exports.export_theorem1(result, folder).values())
 
-    def load(self, folder: Path) -> theorem1.Tables:
-        return theorem1.load_tables(folder)
-
     def shown(self, loaded) -> tuple[str, str, str]:
         meta = loaded.meta
         return meta["config"]["profile"], meta["context"]["source_name"], meta["store_key"]
-
-    def summary(self, result, folder: Path, written) -> list[str]:
-        return [
-            f"wrote {len(written)} files to {folder} "
-            "(network_penalty.csv, trajectory.csv, meta.json, figures)"
-        ]
 
 
 class Fidelity(Study):
@@ -258,6 +230,8 @@ class Fidelity(Study):
     )
     chunk, sizes = sweep.CHUNK, fidelity.SIZES
 
+    load = staticmethod(fidelity.load_fidelity)
+
     def run(self, ctx: Context):
         return fidelity.run_fidelity(ctx)
 
@@ -270,28 +244,20 @@ class Fidelity(Study):
     def source(self, result) -> str:
         return result.runs[0]["source"]
 
-    def source_name(self, result) -> str:
-        return result.source_name
-
     def export(self, result, folder: Path, ctx: Context) -> list[Path]:
-        written = fidelity_report.export_fidelity(result, folder)
+        written = export_fidelity(result, folder)
         return [written["report"], *written["figures"]]
-
-    def load(self, folder: Path):
-        return fidelity.load_fidelity(folder)
 
     def shown(self, loaded) -> tuple[str, str, str]:
         return loaded.profile, loaded.source_name, ", ".join(v["config"] for v in loaded.variants.values())
 
     def summary(self, result, folder: Path, written) -> list[str]:
-        lines = [
+        last = f"report: {written[0]} (claims.csv, scores.csv, runs.csv, meta.json and figures beside it)"
+        return [
             f"  {s['variant']}: {s['reproduced']} of {s['measured']} claims reproduced "
             f"(median |log(ours / paper)| {s['median_abs_log_ratio']:.2f})"
             for s in fidelity.scores(result.rows)
-        ]
-        return lines + [
-            f"report: {written[0]} (claims.csv, scores.csv, runs.csv, meta.json and figures beside it)"
-        ]
+        ] + [last]
 
 
 #: every study, by name (the order of the command line's commands)
@@ -326,9 +292,8 @@ def render_stored(out_dir, results=None, band: str = "std") -> list[Path]:
     paths += w_pre_spread.render_spreads(results, out_dir)
     for name, module in (("ablations", ablations), ("theorem1", theorem1)):
         for res in module.load_stored(results):
-            paths += REGISTRY[name].export(
-                res, out_dir / f"{name}-{res.config.profile}-{res.config.source}", None
-            )
+            folder = out_dir / f"{name}-{res.config.profile}-{res.config.source}"
+            paths += REGISTRY[name].export(res, folder, None)
     for meta in sorted(out_dir.glob("fidelity-*/meta.json")):  # from the study's own tables
         paths += REGISTRY["fidelity"].export(fidelity.load_fidelity(meta.parent), meta.parent, None)
     return paths

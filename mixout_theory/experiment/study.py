@@ -78,10 +78,11 @@ class Study:
     ``help`` / ``description`` (its CLI texts), ``export_name`` (its export folder is
     ``figures/<export_name>-<profile>-<source>/``), ``committed`` (its paper-profile export under
     ``docs/results/``), ``chunk`` (runs per ensemble unless ``--chunk`` says otherwise), ``sizes``
-    (``{profile: overrides of the configuration's paper-size defaults}``) and ``noun`` (what a run is).
+    (``{profile: overrides of the configuration's paper-size defaults}``), ``noun`` (what a run is) and
+    ``export_files`` (what the summary says an export holds).
     """
 
-    name = command = help = description = export_name = committed = ""
+    name = command = help = description = export_name = committed = export_files = ""
     chunk: int | None = None
     sizes: dict = {}
     noun: str = "runs"
@@ -108,20 +109,20 @@ class Study:
 
     def source(self, result) -> str:
         """The source task's key (``emnist`` / ``stand-in``) of ``result`` (names its export folder)."""
-        raise NotImplementedError
+        return result.config.source
 
     def source_name(self, result) -> str:
         """The source task's name as figures and summaries state it (the stand-in said to be one)."""
-        raise NotImplementedError
+        return result.source_name
 
     def summary(self, result, folder: Path, written) -> list[str]:
         """What the command prints after its export (the claims, where the files are)."""
-        return [f"wrote {len(written)} files to {folder}"]
+        files = f" ({self.export_files})" if self.export_files else ""
+        return [f"wrote {len(written)} files to {folder}{files}"]
 
     def add_arguments(self, parser) -> None:
         parser.add_argument(
             "--export",
-            default=None,
             metavar="DIR",
             help=f"folder for the tables, figures and meta.json (default: the figure folder's "
             f"{self.export_name}-<profile>-<source>/)",

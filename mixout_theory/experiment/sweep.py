@@ -4,9 +4,8 @@ Protocol: paper Section 4 / Supplement C.1 (Adam, lr 1e-4 pretraining / 5e-5 fin
 10% warm-up then linear decay, 5 finetuning epochs, p in {0, 0.1, ..., 0.8}, 10 restarts).
 :func:`run_sweep` finetunes ``w_pre`` on MNIST for every (method, p, restart): p = 0 is the unregularised
 run, shared by both methods; restart ``r`` uses the same data order in every setting, so comparisons
-across p and method are paired. :class:`SweepStore` keeps one folder per configuration hash and one JSON
-record per finished run, written as its ensemble chunk finishes: an interrupted sweep resumes where it
-stopped, and a changed configuration never mixes with old records.
+across p and method are paired. :class:`SweepStore` keeps one folder per configuration hash, one JSON
+record per run written as its ensemble finishes (a sweep resumes; configurations never mix).
 """
 
 from __future__ import annotations
@@ -40,14 +39,8 @@ METHODS = ("dropout", "mixout")
 PAPER_PS = tuple(round(0.1 * k, 1) for k in range(9))  # 0.0, 0.1, ..., 0.8
 #: the numbers of every run that Figure 2 summarises (:func:`report.summarise`)
 SUMMARY_METRICS = (
-    "dist_all",
-    "dist_mixed",
-    "dist_fc1",
-    "dist_fc2",
-    "dist_fc3",
-    "target_val_acc",
-    "target_test_acc",
-    "source_val_acc",
+    *(f"dist_{k}" for k in ("all", "mixed", "fc1", "fc2", "fc3")),
+    *(f"{k}_acc" for k in ("target_val", "target_test", "source_val")),
 )
 
 
@@ -135,14 +128,7 @@ def data_fingerprint(exp) -> str:
 #: finetuning steps; with fewer (e.g. 470), dropout(0.8) barely leaves w_pre and so forgets less than
 #: mixout: the paper's regime needs the model to actually train.
 SIZES = {
-    "smoke": dict(
-        source_train=None,
-        target_train=8000,
-        eval_size=None,
-        pretrain_epochs=3,
-        ps=(0.0, 0.3, 0.6, 0.8),
-        restarts=4,
-    ),
+    "smoke": dict(target_train=8000, pretrain_epochs=3, ps=(0.0, 0.3, 0.6, 0.8), restarts=4),
     "quick": dict(pretrain_epochs=5, restarts=4),
     "paper": dict(),
 }
@@ -163,10 +149,8 @@ class SweepStore(RunStore):
     REQUIRED = ("run_id", "method", "p", "seed", "source", "profile", "config", *SUMMARY_METRICS)
 
     def __init__(self, root: str | Path, config: SweepConfig):
-        self.config = config
-        super().__init__(
-            Path(root) / f"{config.profile}-{config.source}-{config.key()}", dataclasses.asdict(config)
-        )
+        self.config, folder = config, Path(root) / f"{config.profile}-{config.source}-{config.key()}"
+        super().__init__(folder, dataclasses.asdict(config))
 
     def records(self) -> list[dict]:
         return load_records(self.dir)
@@ -277,21 +261,14 @@ CHUNK = 17
 
 
 def run_sweep(
-    store_root,
-    config: SweepConfig,
-    tensors: dict,
-    w_pre: dict,
-    options: RunOptions = RunOptions(),
-    *,
-    source_name: str = "",
+    store_root, config: SweepConfig, tensors: dict, w_pre: dict, options=RunOptions(), *, source_name=""
 ) -> SweepStore:
     """Finetune ``w_pre`` for every run not yet in the store, ``options.chunk`` runs per batched ensemble.
 
-    Each chunk's records are written as soon as it finishes, so an interrupted sweep keeps them.
-    Chunks are fixed by the whole list of runs (:func:`store.pending_chunks`), so a resumed sweep
-    trains the same ensembles and every run's numbers are bit for bit those of an uninterrupted one.
-    Each run's numbers are the same for any ``chunk`` and ``workers`` to rounding (the matrix library
-    may round differently for a different grouping of members), and bit for bit for the same ones.
+    Each chunk's records are written as it finishes. Chunks are fixed by the whole run list
+    (:func:`store.pending_chunks`), so a resumed sweep trains the same ensembles, bit for bit. A run's
+    numbers are the same for any ``chunk`` and ``workers`` to rounding (the matrix library may round
+    differently for another grouping of members), and bit for bit for the same ones.
     """
     store = SweepStore(store_root, config)
     done, members = store.done(), sweep_members(config)
@@ -301,9 +278,7 @@ def run_sweep(
     steps = config.finetune_epochs * -(-tensors["target_train"][0].shape[0] // config.batch_size)
     bar = engine.member_step_bar(options.progress, sum(map(len, chunks)) * steps, f"sweep ({config.profile})")
     for part in chunks:
-        result = finetune(
-            config, w_pre, [m for _, _, m in part], tensors, options, bar if bar is not None else False
-        )
+        result = finetune(config, w_pre, [m for _, _, m in part], tensors, options, bar)
         for record in _records(part, result, w_pre, tensors, config, source_name, options.device):
             if record["run_id"] not in done:
                 store.write(record)
@@ -317,19 +292,9 @@ def finetune(config: SweepConfig, w_pre: dict, members: list, tensors: dict, opt
     """One ensemble of ``members`` finetuning ``w_pre`` on the target training split with the sweep's
     protocol (Supplement C.1: Adam, ``lr_finetune``, batch 32, warm-up then linear decay); mixout
     mixes towards ``w_pre``. The result of :func:`engine.train_ensemble`."""
-    return engine.train_ensemble(
-        w_pre,
-        members,
-        *tensors["target_train"],
-        epochs=config.finetune_epochs,
-        lr=config.lr_finetune,
-        batch_size=config.batch_size,
-        warmup=config.warmup,
-        target=w_pre,
-        device=options.device,
-        workers=options.n_workers,
-        progress=progress,
-    )
+    fit = dict(epochs=config.finetune_epochs, lr=config.lr_finetune, batch_size=config.batch_size)
+    run = dict(warmup=config.warmup, target=w_pre, device=options.device, workers=options.n_workers)
+    return engine.train_ensemble(w_pre, members, *tensors["target_train"], progress=progress, **fit, **run)
 
 
 def _records(part, result, w_pre, tensors, config, source_name, device) -> list[dict]:

@@ -46,29 +46,13 @@ from mixout_theory.figures import save_figure
 #: Figure 2's levels whose spread is reported: the two distances, target and source accuracy
 SPREAD_METRICS = ("dist_mixed", "dist_all", "target_val_acc", "source_val_acc")
 GAP = ("gap", "source_acc_gap")  # (method, quantity) of the paired gap mixout - dropout
-SPREAD_COLUMNS = (
-    "method",
-    "p",
-    "quantity",
-    "w_pre_seeds",
-    "restarts",
-    "mean",
-    "sd_restarts",
-    "sd_w_pre",
-    "tau",
-    "ratio",
-    "min_seed_mean",
-    "max_seed_mean",
+SPREAD_COLUMNS = tuple(
+    "method p quantity w_pre_seeds restarts mean sd_restarts sd_w_pre tau ratio min_seed_mean "
+    "max_seed_mean".split()
 )
-CLAIM_COLUMNS = (
-    "pretrain_seed",
-    "config",
-    "w_pre_source_acc",
-    "w_pre_epoch",
-    "mixed_distance_decreasing_every_restart",
-    "mixed_distance_margin",
-    "source_acc_mixout_ge_dropout",
-    "min_source_acc_gap",
+CLAIM_COLUMNS = tuple(
+    "pretrain_seed config w_pre_source_acc w_pre_epoch mixed_distance_decreasing_every_restart "
+    "mixed_distance_margin source_acc_mixout_ge_dropout min_source_acc_gap".split()
 )
 TABLES = ("w_pre_spread.csv", "w_pre_claims.csv")
 #: what the export folder is called (under the figure folder and ``docs/results/``)
@@ -76,10 +60,9 @@ STUDY = "w_pre-spread"
 
 
 def seed_stats(records: list[dict]) -> dict[tuple, tuple[float, float, int]]:
-    """``{(method, p, quantity): (mean, std, n)}`` over the restarts of one ``w_pre``'s sweep: the
-    levels of :data:`SPREAD_METRICS` (:func:`report.summarise`; p = 0, the run both methods share, once
-    as method ``none``) and the paired gap of source accuracy mixout - dropout per p > 0 (restart by
-    restart, as :func:`report.figure2_claims` pairs them)."""
+    """``{(method, p, quantity): (mean, std, n)}`` over the restarts of one ``w_pre``'s sweep: the levels of
+    :data:`SPREAD_METRICS` (:func:`report.summarise`; p = 0, shared by both methods, once as method ``none``)
+    and the paired gap of source accuracy mixout - dropout per p > 0 (:func:`report.paired_source_diffs`)."""
     out = {}
     for row in report.summarise(records, SPREAD_METRICS):
         method = "none" if row["p"] == 0 else row["method"]
@@ -114,20 +97,11 @@ def claim_rows(records_by_seed: dict[int, list[dict]], w_pre_info: dict[int, dic
     """Figure 2's claims (:func:`report.figure2_claims`) for each ``w_pre``, one row per seed."""
     rows = []
     for seed, recs in sorted(records_by_seed.items()):
-        c = report.figure2_claims(recs)
-        info = w_pre_info.get(seed, {})
-        rows.append(
-            {
-                "pretrain_seed": seed,
-                "config": recs[0]["config"] if recs else "",
-                "w_pre_source_acc": info.get("acc"),
-                "w_pre_epoch": info.get("epoch"),
-                "mixed_distance_decreasing_every_restart": c["mixed_distance_decreasing_every_restart"],
-                "mixed_distance_margin": c["mixed_distance_margin"],
-                "source_acc_mixout_ge_dropout": c["source_acc_mixout_ge_dropout"],
-                "min_source_acc_gap": min(c["source_acc_gaps"].values(), default=float("nan")),
-            }
-        )
+        c, info = report.figure2_claims(recs), w_pre_info.get(seed, {})
+        row = {"pretrain_seed": seed, "config": recs[0]["config"] if recs else ""}
+        row |= {"w_pre_source_acc": info.get("acc"), "w_pre_epoch": info.get("epoch")}
+        row |= {k: c[k] for k in CLAIM_COLUMNS[4:7]}  # the claims' checks, as figure2_claims names them
+        rows.append(row | {"min_source_acc_gap": min(c["source_acc_gaps"].values(), default=float("nan"))})
     return rows
 
 
@@ -139,8 +113,6 @@ def claims_for_every_w_pre(claims: list[dict]) -> dict:
 
 # --------------------------------------------------------------------------------------------
 # the stores: which sweeps differ only in their w_pre
-
-
 def seed_stores(results) -> dict[tuple, dict[int, Path]]:
     """``{(profile, source, config without seed): {pretraining seed: store folder}}`` for every group of
     Figure 2 sweep stores under ``results`` that differ only in ``pretrain_seed`` (and so ``w_pre``);
@@ -167,18 +139,12 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
     claims = claim_rows(records, w_pre_info)
     atomic_write_csv(out / TABLES[0], spread, SPREAD_COLUMNS, lineterminator="\n")
     atomic_write_csv(out / TABLES[1], claims, CLAIM_COLUMNS, lineterminator="\n")
-    first = records[min(records)]
-    meta = {
-        "study": STUDY,
-        "profile": first[0]["profile"],
-        "source": first[0]["source"],
-        "source_name": first[0].get("source_name", ""),
-        "config": sweep.store_context(stores[min(stores)])["config"],
-        "stores": {str(s): f.name for s, f in sorted(stores.items())},
-        "claims_for_every_w_pre": claims_for_every_w_pre(claims),
-        "env": run_env(),
-        "machines": machines_of(r for recs in records.values() for r in recs),
-    }
+    first, config = records[min(records)][0], sweep.store_context(stores[min(stores)])["config"]
+    meta = {"study": STUDY, "profile": first["profile"], "source": first["source"]}
+    meta |= {"source_name": first.get("source_name", ""), "config": config}
+    meta |= {"stores": {str(s): f.name for s, f in sorted(stores.items())}}
+    meta |= {"claims_for_every_w_pre": claims_for_every_w_pre(claims), "env": run_env()}
+    meta["machines"] = machines_of(r for recs in records.values() for r in recs)
     paths = save_figure(spread_figure(spread, meta), out, "figure2_w_pre")
     return [out / t for t in TABLES] + paths + [write_meta(out, meta, TABLES)]
 
@@ -192,12 +158,9 @@ def load_spread(folder) -> tuple[list[dict], list[dict], dict]:
 
 # --------------------------------------------------------------------------------------------
 # the figure
-
-
 def spread_figure(rows: list[dict], meta: dict) -> Figure:
-    """Figure 2's three panels, mean over every ``w_pre`` and restart, with both bands: +-1 std over
-    the restarts of one ``w_pre`` (pooled: the paper's band) and +-1 std of a ``w_pre``'s mean across
-    ``w_pre``, and each ``w_pre``'s extreme means."""
+    """Figure 2's three panels, mean over every ``w_pre`` and restart, with +-1 std over the restarts of one
+    ``w_pre`` (pooled: the paper's band) and +-1 std of a ``w_pre``'s mean across ``w_pre``."""
     fig = Figure(figsize=(14, 4.6), layout="constrained")
     for ax, (metric, title, ylabel) in zip(fig.subplots(1, 3), FIG2_PANELS, strict=False):
         at = [r for r in rows if r["quantity"] == metric]
@@ -215,8 +178,7 @@ def spread_figure(rows: list[dict], meta: dict) -> Figure:
             dotted = dict(ls=":", color=color, lw=1.0)
             ax.plot(p, mean - sd_r, label=f"{name}: +-1 std across restarts (one w_pre)", **dotted)
             ax.plot(p, mean + sd_r, **dotted)
-        ax.set_xlabel("p (dropout or mixout probability)")
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel="p (dropout or mixout probability)", ylabel=ylabel)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     handles, labels = fig.axes[0].get_legend_handles_labels()
@@ -242,8 +204,7 @@ def render_spreads(results, out_dir) -> list[Path]:
 
 
 def summary_lines(folder) -> list[str]:
-    """What ``reproduce --pretrain-seeds`` prints: which claims held for every w_pre, how wide each
-    spread is."""
+    """What ``reproduce --pretrain-seeds`` prints: the claims that held for every w_pre, the spreads."""
     rows, claims, meta = load_spread(folder)
     lines = [f"across {len(claims)} w_pre (pretraining seeds 0..{len(claims) - 1}):"]
     lines += [
