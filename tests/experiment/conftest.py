@@ -277,3 +277,18 @@ def make_exp():
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def small_sweep(make_exp):
+    """``small_sweep(**overrides) -> (exp, config)``: the small sweep that the resume, integrity and
+    shard tests run (300 / 100 / 100 source and 96 / 100 / 100 target images; p = 0, 0.3, 0.6; two
+    restarts; one pretraining epoch), ``overrides`` changing its configuration."""
+    from mixout_theory.experiment import sweep
+
+    def build(**overrides):
+        exp = make_exp(source=(300, 100, 100), target=(96, 100, 100))
+        fields = dict(source="stand-in", target_train=None, pretrain_epochs=1, ps=(0.0, 0.3, 0.6), restarts=2)
+        return exp, sweep.profile_config("smoke", data=sweep.data_fingerprint(exp), **(fields | overrides))
+
+    return build

@@ -23,23 +23,18 @@ TIMING = {"chunk_seconds"}
 
 
 @pytest.fixture(scope="module")
-def exp(make_exp):
-    return make_exp(source=(300, 100, 100), target=(96, 100, 100))
+def small(small_sweep):
+    return small_sweep(source_train=None, eval_size=None, pretrain_epochs=2)
 
 
 @pytest.fixture(scope="module")
-def config(exp):
-    return sweep.profile_config(
-        "smoke",
-        source="stand-in",
-        data=sweep.data_fingerprint(exp),
-        source_train=None,
-        target_train=None,
-        eval_size=None,
-        pretrain_epochs=2,
-        ps=(0.0, 0.3, 0.6),
-        restarts=2,
-    )
+def exp(small):
+    return small[0]
+
+
+@pytest.fixture(scope="module")
+def config(small):
+    return small[1]
 
 
 @pytest.fixture(scope="module")

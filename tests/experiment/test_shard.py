@@ -52,17 +52,8 @@ SHARD_JOB = textwrap.dedent(
 )
 
 
-def test_two_shards_at_the_same_time_equal_one_unsharded_run_bit_for_bit(make_exp, tmp_path):
-    exp = make_exp(source=(300, 100, 100), target=(96, 100, 100))
-    config = sweep.profile_config(
-        "smoke",
-        source="stand-in",
-        data=sweep.data_fingerprint(exp),
-        target_train=None,
-        pretrain_epochs=1,
-        ps=(0.0, 0.3, 0.6),
-        restarts=2,
-    )
+def test_two_shards_at_the_same_time_equal_one_unsharded_run_bit_for_bit(small_sweep, tmp_path):
+    exp, config = small_sweep()
     tensors = pretraining.experiment_tensors(exp, config)
     w_pre = pretraining.pretrain(tmp_path / "whole", config, tensors, OPTIONS)
     whole = sweep.run_sweep(tmp_path / "whole", config, tensors, w_pre, OPTIONS)
