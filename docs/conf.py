@@ -10,6 +10,7 @@ paper-profile results, as they do in a fresh clone.
 """
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -66,7 +67,9 @@ suppress_warnings = ["misc.highlighting_failure"]
 
 
 def _front_page(app, exception):
-    """The site's ``index.html`` at the output root, forwarding to the front page (``docs/index.html``)."""
+    """The site's ``index.html`` at the output root, forwarding to the front page (``docs/index.html``);
+    the notebooks' scratch folders removed."""
+    shutil.rmtree(_scratch, ignore_errors=True)
     if exception is None and app.builder.format == "html":
         page = "docs/index.html"
         (Path(app.outdir) / "index.html").write_text(
