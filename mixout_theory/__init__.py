@@ -8,9 +8,10 @@ the one sampler), layers that apply it (:mod:`~mixout_theory.layers`, sharing
 (:mod:`~mixout_theory.bounds`, over the tensor collections of :mod:`~mixout_theory.entries`),
 estimators of the mixout penalty ``E L(Phi(w)) - L(w)``
 (:mod:`~mixout_theory.penalty`), the same penalty to second order from exact Hessian-vector products
-(:mod:`~mixout_theory.second_order`), the theory's worked cases (:mod:`~mixout_theory.cases`) and their
-figures (:mod:`~mixout_theory.figures`). Importing it never loads the EMNIST Digits -> MNIST
-experiment, which lives in :mod:`mixout_theory.experiment` and is driven by the command line
+(:mod:`~mixout_theory.second_order`) and beyond it (:mod:`~mixout_theory.scale`), the theory's
+worked cases (:mod:`~mixout_theory.cases`) and their figures (:mod:`~mixout_theory.figures`).
+Importing it never loads the EMNIST Digits -> MNIST experiment, which lives in
+:mod:`mixout_theory.experiment` and is driven by the command line
 (:mod:`mixout_theory.cli`).
 
 Every public name's docstring ends with an example that runs after ``import torch``,
@@ -75,10 +76,12 @@ from mixout_theory.penalty import (
     empirical_penalty,
     mixout_least_squares,
     neuron_groups,
+    penalty_samples,
     quadratic_penalty,
     wdecay,
 )
 from mixout_theory.profiles import by_profile, current_profile
+from mixout_theory.scale import mask_moment, scale_fit, scale_scan, scaled_target
 from mixout_theory.second_order import (
     Curvature,
     MixedHessian,
@@ -138,6 +141,7 @@ __all__ = [
     # penalty: estimators of E L(Phi(w)) - L(w), wdecay
     "PenaltyEstimate",
     "empirical_penalty",
+    "penalty_samples",
     "quadratic_penalty",
     "neuron_groups",
     "mixout_least_squares",
@@ -149,6 +153,11 @@ __all__ = [
     "second_order_penalty",
     "Curvature",
     "curvature",
+    # scale: the penalty's orders in the displacement (the scale scan)
+    "scaled_target",
+    "scale_scan",
+    "scale_fit",
+    "mask_moment",
     # cases: the theory's worked examples
     "TheoryCase",
     "theory_cases",

@@ -49,6 +49,7 @@ __all__ = [
     "LEVELS",
     "PenaltyEstimate",
     "empirical_penalty",
+    "penalty_samples",
     "quadratic_penalty",
     "wdecay",
     "neuron_groups",
@@ -92,6 +93,15 @@ class PenaltyEstimate:
     n_samples: int
     std: float
 
+    @classmethod
+    def of(cls, samples: torch.Tensor) -> PenaltyEstimate:
+        """The estimate from independent samples ``(n,)`` of ``L(Phi) - L(w)`` (:func:`penalty_samples`)."""
+        d = torch.as_tensor(samples, dtype=torch.float64)
+        n, mean = d.numel(), d.mean().item()
+        std = d.std(correction=1).item()
+        se = std / math.sqrt(n)
+        return cls(mean, se, mean - Z95 * se, mean + Z95 * se, n, std)
+
     def within(self, value: float, n_se: float = 4.0) -> bool:
         """Whether ``value`` lies within ``n_se`` standard errors of the mean."""
         return abs(self.mean - float(value)) <= n_se * self.se
@@ -133,14 +143,16 @@ def _as_scalar(value, what: str) -> torch.Tensor:
 
 
 def _evaluate(loss_fn, batch, size: int, batched: bool, state: dict) -> torch.Tensor:
-    """Losses of a batch of ``size`` parameter samples, shape ``(size,)``."""
+    """Losses of ``size`` parameter samples: ``(size,)``, or ``(size, K)`` if ``state["columns"]``."""
     if batched:
         out = loss_fn(batch)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (size,):
+        shaped = isinstance(out, torch.Tensor) and out.dim() in (1, 1 + state["columns"])
+        if not shaped or out.shape[0] != size:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            want = f"({size},)" + (f" or ({size}, K)" if state["columns"] else "")
             raise ValueError(
                 f"a batched loss_fn must map a batch of {size} parameter samples to a tensor of shape "
-                f"({size},), got {got}; pass batched=False for a loss of one parameter sample"
+                f"{want}, got {got}; pass batched=False for a loss of one parameter sample"
             )
         return out
     if state["vectorize"] == "vmap":
@@ -213,6 +225,51 @@ def empirical_penalty(
         >>> est.within(corollary11_penalty(torch.ones(3), None, 1.0, 0.5))
         True
     """
+    args = (loss_fn, w, u, p, n_samples, level, generator, batch_size, batched, vectorize, mixed)
+    return PenaltyEstimate.of(_samples(*args, columns=False))
+
+
+def penalty_samples(
+    loss_fn: Callable,
+    w,
+    u,
+    p: float,
+    n_samples: int,
+    level: str = "neuron",
+    generator: torch.Generator | int | None = None,
+    batch_size: int = 1024,
+    batched: bool = True,
+    vectorize: str = "vmap",
+    mixed=None,
+) -> torch.Tensor:
+    """The Monte Carlo samples behind :func:`empirical_penalty`: ``L(Phi(w; u, M_s)) - L(w)``, one per mask.
+
+    The same masks, arguments and checks as :func:`empirical_penalty` (which is
+    ``PenaltyEstimate.of(penalty_samples(...))``). A batched ``loss_fn`` may return ``K`` values per
+    sample, ``(S, K)``: every column is then differenced against its value at ``w`` on the *same* masks,
+    so that the difference of two columns is a paired estimate (e.g. a network and a variant of it).
+
+    Args:
+        loss_fn, w, u, p, n_samples, level, generator, batch_size, batched, vectorize, mixed: as for
+            :func:`empirical_penalty`; a batched ``loss_fn`` may return ``(S, K)``.
+
+    Returns:
+        Tensor: the samples, float64.
+
+    Shape:
+        returns ``(n_samples,)``, or ``(n_samples, K)`` for a loss returning ``(S, K)``; float64.
+
+    Example:
+        >>> loss = lambda W: torch.stack([W.pow(2).sum(-1), W.pow(3).sum(-1)], -1)  # two losses, K = 2
+        >>> d = penalty_samples(loss, torch.ones(3), None, 0.5, 1000, level="parameter", generator=0)
+        >>> d.shape, PenaltyEstimate.of(d[:, 0]).within(3.0)  # E ||Phi||^2 - ||w||^2 = 3 p / (1 - p)
+        (torch.Size([1000, 2]), True)
+    """
+    args = (loss_fn, w, u, p, n_samples, level, generator, batch_size, batched, vectorize, mixed)
+    return _samples(*args, columns=True)
+
+
+def _samples(loss_fn, w, u, p, n_samples, level, generator, batch_size, batched, vectorize, mixed, columns):
     p = check_mixing_p(p)
     n_samples = _check_count("n_samples", n_samples, 2)
     batch_size = _check_count("batch_size", batch_size, 1)
@@ -223,18 +280,21 @@ def empirical_penalty(
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     entries = [(k, as_float(wt), as_float(ut)) for k, wt, ut in paired_entries(w, u)]  # integers: as float64
     selections = resolve_mixed(entries, mixed)
-    if p == 0.0:  # Phi = w: nothing is mixed, and no loss is evaluated
-        finite = all(
-            bool(only_mixed(wt - ut, sel).isfinite().all())
-            for (_, wt, ut), sel in zip(entries, selections, strict=True)
-        )
-        zero = 0.0 if finite else math.nan
-        return PenaltyEstimate(zero, zero, zero, zero, n_samples, zero)
     gen = _make_generator(generator, entries[0][1].device)
-    state = {"vectorize": vectorize}
+    state = {"vectorize": vectorize, "columns": columns}
     mu = 1.0 - p
     with torch.no_grad():
         ws = [wt.detach() for _, wt, _ in entries]
+        if p == 0.0:  # Phi = w: nothing is mixed, and no loss is evaluated (columns: one evaluation at w)
+            finite = all(
+                bool(only_mixed(wt - ut, sel).isfinite().all())
+                for (_, wt, ut), sel in zip(entries, selections, strict=True)
+            )
+            shape = (n_samples,)
+            if columns and batched:
+                base = _evaluate(loss_fn, rebuild_entries(w, [x.unsqueeze(0) for x in ws]), 1, True, state)
+                shape += tuple(base.shape[1:])
+            return torch.full(shape, 0.0 if finite else math.nan, dtype=torch.float64)
         if batched:
             base = _evaluate(loss_fn, rebuild_entries(w, [x.unsqueeze(0) for x in ws]), 1, True, state)[0]
         else:
@@ -255,11 +315,7 @@ def empirical_penalty(
                 samples.append(phi)
             losses = _evaluate(loss_fn, rebuild_entries(w, samples), size, batched, state)
             diffs.append(losses.to(torch.float64) - base)
-        d = torch.cat(diffs)
-    mean = d.mean().item()
-    std = d.std(correction=1).item()
-    se = std / math.sqrt(n_samples)
-    return PenaltyEstimate(mean, se, mean - Z95 * se, mean + Z95 * se, n_samples, std)
+        return torch.cat(diffs)
 
 
 # --------------------------------------------------------------------------------------------

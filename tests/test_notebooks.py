@@ -18,7 +18,7 @@ DRAWING = {
     "02_theorem1_bound.ipynb": 3,
     "03_emnist_to_mnist.ipynb": 4,
     "04_ablations.ipynb": 3,
-    "05_theorem1_on_the_network.ipynb": 2,
+    "05_theorem1_on_the_network.ipynb": 3,
 }
 EXPERIMENT = ("03_emnist_to_mnist.ipynb", "04_ablations.ipynb", "05_theorem1_on_the_network.ipynb")
 

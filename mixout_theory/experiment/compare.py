@@ -240,8 +240,9 @@ def _read(f: Path, kind: str) -> Result:
         res = exports.load_ablations(f)
         return Result(kind, res.config.profile, res.config.source, _ablation_numbers(res), f)
     if kind == "theorem1":
-        points, _, meta = theorem1.load_tables(f)
-        return Result(kind, meta["config"]["profile"], meta["config"]["source"], _theorem1_numbers(points), f)
+        tables = theorem1.load_tables(f)
+        cfg = tables.meta["config"]
+        return Result(kind, cfg["profile"], cfg["source"], _theorem1_numbers(tables.points), f)
     config = read_config(f)  # a sweep store
     if not isinstance(config, dict) or "ps" not in config:
         raise CompareError(f"{f}: config.json is not a sweep's configuration")

@@ -109,10 +109,14 @@ def export_theorem1(res, out_dir) -> dict:
     """The Theorem 1 study's tables and ``meta.json`` (:func:`theorem1.export_tables`) and its two
     figures, rendered from the tables just written, into ``out_dir``; returns ``{name: path}``."""
     written = theorem1.export_tables(res, out_dir)
-    points, traj, meta = theorem1.load_tables(out_dir)
-    figs = {"theorem1_network": plots.theorem1_figure(points, meta)}
-    if traj:
-        figs["theorem1_trajectory"] = plots.theorem1_trajectory_figure(traj, meta)
+    tables = theorem1.load_tables(out_dir)
+    figs = {"theorem1_network": plots.theorem1_figure(tables.points, tables.meta)}
+    if tables.trajectory:
+        figs["theorem1_trajectory"] = plots.theorem1_trajectory_figure(tables.trajectory, tables.meta)
+    if tables.layers or tables.scale:
+        figs["beyond_second_order"] = plots.beyond_second_order_figure(
+            tables.layers, tables.scale, tables.meta
+        )
     for stem, fig in figs.items():
         written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
     return written

@@ -129,18 +129,27 @@ def hidden1(params: dict, x: Tensor, w1: Tensor | None = None) -> Tensor:
 def tail(
     params: dict, h1: Tensor, w2: Tensor | None = None, w3: Tensor | None = None, dropout=None
 ) -> Tensor:
-    """Logits from the first hidden layer's output on: ``fc3(dropout(LayerNorm(ReLU(fc2(h1)))))``.
+    """Logits from the first hidden layer's output on: ``fc3(dropout(LayerNorm(ReLU(fc2(h1)))))``, that is
+    :func:`head` of ``ReLU(`` :func:`pre2` ``)``.
 
     ``w2`` / ``w3`` replace ``fc2.weight`` / ``fc3.weight`` (e.g. mixed weights); stacked ``(S, ...)``
     weights with an ``(S, B, 300)`` ``h1`` evaluate ``S`` networks that share everything else.
     ``dropout``: a function applied to the second hidden layer (``None``: none).
     """
-    w2 = params["fc2.weight"] if w2 is None else w2
-    w3 = params["fc3.weight"] if w3 is None else w3
-    h = _layer_norm(F.relu(_linear(h1, w2, params["fc2.bias"])), params["ln2.weight"], params["ln2.bias"])
+    return head(params, F.relu(pre2(params, h1, w2)), w3, dropout)
+
+
+def pre2(params: dict, h1: Tensor, w2: Tensor | None = None) -> Tensor:
+    """``fc2``'s output ``z = h1 W2^T + b2``, the pre-activation of the second hidden layer's ReLU."""
+    return _linear(h1, params["fc2.weight"] if w2 is None else w2, params["fc2.bias"])
+
+
+def head(params: dict, a2: Tensor, w3: Tensor | None = None, dropout=None) -> Tensor:
+    """Logits from the second hidden layer's activation ``a2`` on: ``fc3(dropout(LayerNorm(a2)))``."""
+    h = _layer_norm(a2, params["ln2.weight"], params["ln2.bias"])
     if dropout is not None:
         h = dropout(h)
-    return _linear(h, w3, params["fc3.bias"])
+    return _linear(h, params["fc3.weight"] if w3 is None else w3, params["fc3.bias"])
 
 
 def forward(

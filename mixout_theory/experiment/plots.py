@@ -23,6 +23,7 @@ __all__ = [
     "trajectory_figure",
     "theorem1_figure",
     "theorem1_trajectory_figure",
+    "beyond_second_order_figure",
     "source_target_figure",
 ]
 
@@ -370,6 +371,125 @@ def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
         f"Along finetuning; {task_line(ctx.get('source_name', '?'))}\none mixout(w_pre, p) run per p on "
         f"{ctx.get('trajectory_size', '?')} MNIST images (restart 0), L on the same images, "
         f"{ctx.get('trajectory_samples', '?')} masks per checkpoint",
+        fontsize=10,
+    )
+    return fig
+
+
+PART_STYLE = {  # the three parts of the penalty (mixout_theory.experiment.penalty_parts)
+    "second_order": dict(color="tab:blue", label="second order (exact, Theorem 1)"),
+    "smooth": dict(color="tab:green", label="smooth higher order (ReLU pattern frozen at w)"),
+    "kink": dict(color="tab:red", label="kinks (hidden units of fc2 crossing 0)"),
+}
+LAYER_STYLE = {"fc2": ("tab:purple", "^"), "fc3": ("tab:olive", "v"), "both": ("k", "o")}
+
+
+def _stacked_shares(ax, rows, title: str) -> None:
+    """The parts of the penalty as shares of their sum, stacked (negative parts below 0), per p."""
+    p = np.array([r["p"] for r in rows])
+    total = sum(np.array([r[k] for r in rows]) for k in PART_STYLE)
+    up, down, width = np.zeros(len(rows)), np.zeros(len(rows)), 0.07
+    for key, style in PART_STYLE.items():
+        share = np.array([r[key] for r in rows]) / total
+        bottom = np.where(share >= 0, up, down)
+        ax.bar(p, share, width, bottom=bottom, color=style["color"], alpha=0.75, label=style["label"])
+        if key != "second_order":  # its 95% interval, at the top of its segment
+            lo, hi = (np.array([r[f"{key}{s}"] for r in rows]) / total for s in ("_lo", "_hi"))
+            top = bottom + share
+            ax.errorbar(p, top, yerr=[share - lo, hi - share], fmt="none", ecolor="0.15", capsize=3, lw=1)
+        up, down = np.where(share >= 0, up + share, up), np.where(share < 0, down + share, down)
+    ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.set_ylim(min(down.min(), 0.0) - 0.05, max(up.max(), 1.0) + 0.45)  # room for the legend above
+    ax.set(xlabel="mixout probability p", ylabel="share of the penalty E L(Phi) - L(w)", xticks=p)
+    ax.set_title(title, fontsize=9)
+
+
+def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict) -> Figure:
+    """Where the second-order (adaptive L2) reading of mixout holds on the MLP, and what else there is:
+    (a, b) the penalty split into second order, smooth higher order and kinks, as stacked shares against
+    p, at the finetuned and the displaced points (both layers mixed); (c) the fraction of the second hidden
+    layer's units that a mask flips; (d) Monte Carlo / second order with fc2, fc3 or both mixed; (e, f)
+    the scale scan on log-log axes, the parts against the scale t of the displacement, with reference
+    slopes t^2 and t^3. Read from the exported tables."""
+    fig = Figure(figsize=(15, 9), layout="constrained")
+    (a, b, c), (d, e, f) = fig.subplots(2, 3)
+    names = {"w_p": "finetuned: w = w_p, u = w_pre", "w_pre": "displaced: w = w_pre, u = w_pre - d_p"}
+    for ax, (point, name) in zip((a, b), names.items(), strict=True):
+        rows = _by_p([r for r in layers if r["mixed"] == "both"], "point", point)
+        if rows:
+            _stacked_shares(ax, rows, f"({'ab'[ax is b]}) {name}; fc2 and fc3 mixed")
+    for point, style in zip(names, POINT_STYLE.values(), strict=True):
+        for layer in ("fc2", "both"):
+            rows = _by_p([r for r in layers if r["mixed"] == layer], "point", point)
+            if rows:
+                ls = "-" if layer == "both" else ":"
+                c.plot(
+                    *_columns(rows, "p"),
+                    100 * _columns(rows, "flips")[0],
+                    style["marker"] + ls,
+                    color=style["color"],
+                    label=f"{names[point].split(':')[0]}, {layer} mixed",
+                )
+        for layer, (color, marker) in LAYER_STYLE.items():
+            rows = _by_p([r for r in layers if r["mixed"] == layer], "point", point)
+            if rows:
+                ls = "-" if point == "w_pre" else "--"
+                d.plot(
+                    *_columns(rows, "p"),
+                    _columns(rows, "mc")[0] / _columns(rows, "second_order")[0],
+                    marker + ls,
+                    color=color,
+                    label=f"{layer} mixed, {names[point].split(':')[0]}",
+                )
+    c.set(xlabel="mixout probability p", ylabel="units that flip on a mask draw  [% of (example, unit)]")
+    c.set_title("(c) second hidden layer: ReLU units pushed across 0 by the mask", fontsize=9)
+    d.axhline(1.0, color="0.4", lw=0.8)
+    d.set(xlabel="mixout probability p", ylabel="Monte Carlo / second order")
+    d.set_title("(d) which layer: fc3 has no ReLU after it, fc2 has", fontsize=9)
+    for ax, point in zip((e, f), names, strict=True):
+        rows = sorted((r for r in scan if r["point"] == point), key=lambda r: (r["p"], r["t"]))
+        if not rows:
+            ax.set_visible(False)
+            continue
+        t = _columns(rows, "t")[0]
+        for key, style in PART_STYLE.items():
+            y = np.array([r[key] for r in rows])
+            if key == "second_order":
+                ax.plot(t, y, "-", color=style["color"], lw=2, label=style["label"])
+                continue
+            lo, hi = _columns(rows, f"{key}_lo", f"{key}_hi")
+            neg = y < 0  # |y| on the log axis; its interval flips with the sign, cut above 0
+            below, above = np.where(neg, hi - y, y - lo), np.where(neg, y - lo, hi - y)
+            yerr = [np.minimum(below, 0.999 * np.abs(y)), above]
+            ax.errorbar(t, np.abs(y), yerr=yerr, fmt="-", color=style["color"], capsize=2, lw=1.2)
+            ax.plot(t[~neg], y[~neg], "o", color=style["color"], ms=5, label=f"|{style['label']}|")
+            if neg.any():
+                ax.plot(
+                    t[neg], -y[neg], "o", color=style["color"], mfc="white", ms=5, label="  (open: negative)"
+                )
+            k, mid = (2 if key == "kink" else 3), len(t) // 2
+            ref = 0.3 * abs(y[mid]) * (t / t[mid]) ** k
+            ax.plot(t, ref, ":", color=style["color"], lw=1.2, label=f"reference slope {k} (t^{k})")
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="scale t of the displacement (u_t = w - t d)",
+            ylabel="part of E L(Phi) - L(w)  [nats]",
+        )
+        ax.set_title(
+            f"({'ef'[ax is f]}) scale scan, {names[point].split(':')[0]}, p = {rows[0]['p']:g}", fontsize=9
+        )
+    for ax in (a, b, c, d, e, f):
+        if ax.get_visible():
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    ctx, cfg = meta.get("context", {}), meta["config"]
+    fig.suptitle(
+        f"Beyond second order: the mixout penalty of the finetuned MLP split into its parts "
+        f"({cfg['profile']} profile, restart {cfg['restart']}); {task_line(ctx.get('source_name', '?'))}\n"
+        f"L = mean cross-entropy on {ctx.get('loss_size', '?')} MNIST training images; "
+        f"{cfg['mc_samples']} masks per point, the same "
+        "masks for every part (paired 95% intervals)",
         fontsize=10,
     )
     return fig

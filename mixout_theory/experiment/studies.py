@@ -191,11 +191,15 @@ class Theorem1(Study):
     description = (
         "Measure the mixout penalty of the finetuned network (Monte Carlo), its exact second-order value "
         "from Hessian-vector products, the curvature m_eff along w - w_pre and the extreme eigenvalues of "
-        "the Hessian (Lanczos), at the finetuned weights, at w_pre, and along finetuning runs; export the "
-        "tables and figures. Every finished measurement is stored and skipped on a rerun."
+        "the Hessian (Lanczos), at the finetuned weights, at w_pre, and along finetuning runs; the penalty "
+        "split into second order, smooth higher order and ReLU kinks per layer and against the scale of the "
+        "displacement; export the tables and figures. Every finished measurement is stored and skipped on a "
+        "rerun."
     )
     sizes, noun = theorem1.SIZES, "measurements"
-    export_files = "network_penalty.csv, trajectory.csv, meta.json, figures"
+    export_files = (
+        "network_penalty.csv, trajectory.csv, beyond_second_order.csv, scale_scan.csv, meta.json, figures"
+    )
 
     load = staticmethod(theorem1.load_tables)
 

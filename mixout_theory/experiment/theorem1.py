@@ -15,7 +15,7 @@ with ``d = w - u`` and ``k = p / (1 - p)``, each record holds
   :func:`mixout_theory.second_order.curvature`), and Corollary 1.1's value ``m (k / 2) ||d||^2`` with
   ``m = m_min`` (vacuous when ``m_min <= 0``) and with ``m = m_eff`` (= ``second_order``).
 
-Four parts, records of one resumable store (``results/theorem1/<profile>-<source>-<key>/``):
+Six parts, records of one resumable store (``results/theorem1/<profile>-<source>-<key>/``):
 
 * ``finetuned`` -- at the final weights ``w_p`` of the sweep's mixout(w_pre, p) run of restart
   ``restart`` for every p (retrained with the sweep's seeds; kept in the store's ``weights/`` with
@@ -30,6 +30,10 @@ Four parts, records of one resumable store (``results/theorem1/<profile>-<source
   ``E X^3 / E X^2 = (2q - 1) / (1 - q)``; a term that is itself of second order in the mask (such as
   ReLU units pushed across 0 by a dropped neuron, which the almost-everywhere Hessian does not see)
   scales like ``E X^2`` and leaves the ratio Monte Carlo / second order flat in ``q``.
+* ``layers`` and ``scale`` -- the penalty split into its second-order, smooth higher-order and kink parts,
+  with mixout on ``fc2``, ``fc3`` or both, and for the displacement scaled by ``t``
+  (:mod:`mixout_theory.experiment.beyond_second_order`; both read the points' second-order terms, so
+  they measure ``finetuned`` and ``displaced`` first).
 * ``trajectory`` -- the ablations' trajectory runs (restart 0, ``trajectory_size`` images, the same
   seeds, :mod:`mixout_theory.experiment.ablations`), at geometrically spaced epoch ends: the Monte Carlo
   coefficient ``2 mc / (k ||d||^2)`` the ablations store, beside ``m_eff(w_t)`` on the same batch.
@@ -50,9 +54,10 @@ import torch
 import torch.nn.functional as F
 
 from mixout_theory import second_order
-from mixout_theory.experiment import ablations, mlp, sweep
+from mixout_theory.experiment import ablations, beyond_second_order, mlp, sweep
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.machine import machines_of, run_env
+from mixout_theory.experiment.penalty_parts import LAYERS
 from mixout_theory.experiment.pretraining import seeded_index
 from mixout_theory.experiment.store import (
     IntegrityError,
@@ -77,7 +82,7 @@ __all__ = ["PARTS", "Theorem1Config", "theorem1_config", "Theorem1Store", "Theor
 __all__ += ["measure_point", "checkpoint_epochs", "run_theorem1", "load_stored", "table_rows"]
 __all__ += ["export_tables", "load_tables", "claims", "SUMMARY_COLUMNS"]
 
-PARTS = ("finetuned", "displaced", "scan", "trajectory")
+PARTS = ("finetuned", "displaced", "scan", "layers", "scale", "trajectory")
 POINTS = {"finetuned": "w_p", "displaced": "w_pre"}  # where each part measures
 
 
@@ -98,7 +103,10 @@ class Theorem1Config:
     lanczos_tol: float = 1e-6
     checkpoints: int = 10
     scan_ps: tuple = (0.1, 0.3, 0.5, 0.7, 0.9)
-    version: int = 1
+    scale_ps: tuple = (0.8,)
+    scale_ts: tuple = tuple(round(0.05 * 20 ** (i / 6), 4) for i in range(7))  # 0.05 ... 1, geometric
+    parts_batch: int = 4  # masks per evaluation in the layers / scale parts (sets which masks are drawn)
+    version: int = 2
 
     def key(self) -> str:
         return config_hash(dataclasses.asdict(self))
@@ -106,7 +114,7 @@ class Theorem1Config:
 
 #: What each profile means for the study (overrides of :class:`Theorem1Config`'s paper-size defaults).
 SIZES = {
-    "smoke": dict(loss_size=500, mc_samples=256, checkpoints=4),
+    "smoke": dict(loss_size=500, mc_samples=256, checkpoints=4, scale_ts=(0.1, 0.3, 1.0)),
     "quick": dict(loss_size=2000, mc_samples=500),
     "paper": {},
 }
@@ -327,11 +335,15 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
     profile, options, results = ctx.profile, ctx.options, ctx.results_dir
     if unknown := [p for p in parts if p not in PARTS]:
         raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
+    if {"layers", "scale"} & set(parts):  # both read the second-order terms of the points' records
+        parts = tuple(dict.fromkeys(("finetuned", "displaced", *parts)))
     sweep_ps = sweep.profile_config(profile).ps
     mixout_ps = [p for p in sweep_ps if p > 0]
     stray = [p for p in overrides.setdefault("ps", tuple(mixout_ps)) if p not in sweep_ps or p == 0]
     if stray:  # refused before any work
         raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: {mixout_ps})")
+    if stray := [p for p in overrides.get("scale_ps", Theorem1Config.scale_ps) if p not in overrides["ps"]]:
+        raise ValueError(f"scale_ps {stray} are not among the study's ps {list(overrides['ps'])}")
     exp = ctx.experiment() if exp is None else exp
     sweep_cfg, tensors, w_pre = sweep.pretrained(results, profile, exp, options)
     acfg = ablations.sweep_ablation_config(profile, exp, sweep_cfg)
@@ -348,6 +360,20 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
     atomic_write(store.dir / "context.json", json.dumps(context, indent=1, sort_keys=True))
     points = [f"{part}-p{p:.2f}" for p in config.ps for part in POINTS if part in parts]
     points += [f"scan-{pt}-p{q:.2f}" for pt in POINTS.values() for q in config.scan_ps if "scan" in parts]
+    points += [
+        f"layers-{pt}-{m}-p{p:.2f}"
+        for p in config.ps
+        for pt in POINTS.values()
+        for m in LAYERS
+        if "layers" in parts
+    ]
+    points += [
+        f"scale-{pt}-p{p:.2f}-t{t:.4f}"
+        for p in config.scale_ps
+        for pt in POINTS.values()
+        for t in config.scale_ts
+        if "scale" in parts
+    ]
     measured = ["w_pre"] * ("finetuned" in parts or "displaced" in parts) + points
     traj = [f"trajectory-p{p:.2f}" for p in acfg.trajectory_ps] if "trajectory" in parts else []
     store.planned = measured + traj
@@ -361,6 +387,14 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
         weights = _finetuned(store, config, sweep_cfg, tensors, w_pre, options)
         sweep_runs = {r["run_id"]: r for r in sweep.SweepStore(results, sweep_cfg).records()}
         _points(store, config, parts, weights, w_pre, x, y, sweep_runs, options.progress)
+        at = {pt: {p: _w_u(pt, w_pre, weights[p]) for p in config.ps} for pt in POINTS.values()}
+        base = {(r["point"], r["p"]): r for r in store.read() if r["part"] in POINTS}
+        for part, measure in (
+            ("layers", beyond_second_order.measure_layers),
+            ("scale", beyond_second_order.measure_scale),
+        ):
+            if part in parts:
+                measure(store, config, at, base, x, y, options.progress)
     if traj and options.owns(1):
         _trajectory(store, config, acfg, ablations.ablation_tensors(exp, acfg), w_pre, options)
     return _results(config, store, context)
@@ -384,8 +418,14 @@ TRAJECTORY_COLUMNS = tuple(
     "p epoch step loss dist2 mc mc_lo mc_hi second_order m_mc m_mc_lo m_mc_hi m_eff "
     "seconds_second_order".split()
 )
-TABLES = ("network_penalty.csv", "trajectory.csv")
-TEXT_COLUMNS = ("part", "point")
+TABLES = ("network_penalty.csv", "trajectory.csv", "beyond_second_order.csv", "scale_scan.csv")
+COLUMNS = (
+    POINT_COLUMNS,
+    TRAJECTORY_COLUMNS,
+    beyond_second_order.LAYER_COLUMNS,
+    beyond_second_order.SCALE_COLUMNS,
+)
+TEXT_COLUMNS = ("part", "point", "mixed")
 #: the columns a reader looks at first, as ``(key, header)`` for :func:`report.markdown_table`
 SUMMARY_COLUMNS = (
     ("part", "point"),
@@ -403,13 +443,19 @@ SUMMARY_COLUMNS = (
 )
 
 
-def table_rows(res: Theorem1Results) -> tuple[list[dict], list[dict]]:
-    """The study's two tidy tables from its records: one row per point (``w_pre``; finetuned and
-    displaced per p; the scan per point and q), and one row per trajectory checkpoint."""
+def table_rows(res: Theorem1Results) -> tuple[list[dict], ...]:
+    """The study's four tidy tables (:data:`TABLES`) from its records: one row per point (``w_pre``;
+    finetuned and displaced per p; the scan per point and q), one per trajectory checkpoint, one per
+    point, p and mixed layers (``layers``), and one per point, p and scale t (``scale``)."""
     recs = [r for part in ("w_pre", "finetuned", "displaced", "scan") for r in res.records.get(part, [])]
     points = [dict(r, ratio=r["mc"] / r["second_order"]) if "mc" in r else r for r in recs]
     traj = [dict(c, p=r["p"]) for r in res.records.get("trajectory", []) for c in r["checkpoints"]]
-    return points, traj
+    order = list(LAYERS)
+    layers = sorted(
+        res.records.get("layers", []), key=lambda r: (r["point"], r["p"], order.index(r["mixed"]))
+    )
+    scan = sorted(res.records.get("scale", []), key=lambda r: (r["point"], r["p"], r["t"]))
+    return points, traj, layers, scan
 
 
 def _cell(v):
@@ -422,7 +468,7 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
-    for name, rows, cols in zip(TABLES, table_rows(res), (POINT_COLUMNS, TRAJECTORY_COLUMNS), strict=True):
+    for name, rows, cols in zip(TABLES, table_rows(res), COLUMNS, strict=True):
         rows = [{k: _cell(r.get(k)) for k in cols} for r in rows]
         written[name] = atomic_write_csv(out / name, rows, cols, lineterminator="\n")
     meta = dict(config=dataclasses.asdict(res.config), store_key=res.config.key(), context=res.context)
@@ -432,26 +478,28 @@ def export_tables(res: Theorem1Results, out_dir) -> dict:
     return written
 
 
-def load_tables_from(paths: dict) -> tuple[list[dict], list[dict]]:
-    """The two tables read back from their CSV files (numbers parsed)."""
+def load_tables_from(paths: dict) -> tuple[list[dict], ...]:
+    """The four tables read back from their CSV files (numbers parsed)."""
     return tuple(read_csv(paths[name], text=TEXT_COLUMNS) for name in TABLES)
 
 
 class Tables(NamedTuple):
-    """An exported study read back: the measured points, the trajectory checkpoints, ``meta.json``."""
+    """An exported study read back: its four tables (:data:`TABLES`) and ``meta.json``."""
 
     points: list
     trajectory: list
+    layers: list
+    scale: list
     meta: dict
 
 
 def load_tables(folder) -> Tables:
-    """``(points, trajectory, meta)`` from an exported folder, every table checked against its sha256."""
+    """:class:`Tables` from an exported folder, every table checked against its sha256."""
     meta = checked_meta(folder, TABLES, "export the study again (python -m mixout_theory theorem1)")
     return Tables(*load_tables_from({n: Path(folder) / n for n in TABLES}), meta)
 
 
-def claims(points: list[dict], trajectory: list[dict]) -> dict:
+def claims(points: list[dict], trajectory: list[dict], layers=(), scale=()) -> dict:
     """What the tables say, as numbers (the notebook states and asserts them; nothing here is a threshold).
 
     ``ratio``: Monte Carlo / second order per p (finetuned and displaced), with the ratio's 95%
@@ -459,7 +507,8 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
     Monte Carlo 95% interval; ``m_min``: the smallest eigenvalue at ``w_pre`` and at each finetuned
     point; ``m_eff``; ``curvature_change``: ``m_eff(w_p) / m_eff(w_pre along d_p)``; for the
     trajectory, per p, the range of ``m_t / m_eff(w_t)`` and the fraction of checkpoints where
-    ``m_eff`` lies inside the Monte Carlo 95% interval.
+    ``m_eff`` lies inside the Monte Carlo 95% interval; ``beyond``: the layer split and the scale scan
+    (:func:`beyond_second_order.claims`).
     """
     out = {}
     for part in ("finetuned", "displaced"):
@@ -485,6 +534,7 @@ def claims(points: list[dict], trajectory: list[dict]) -> dict:
         in_ci = sum(r["m_mc_lo"] <= r["m_eff"] <= r["m_mc_hi"] for r in rows) / len(rows)
         out["trajectory"][p] = dict(ratio_min=min(ratio), ratio_max=max(ratio), m_eff_in_ci=in_ci)
         out["trajectory"][p].update(m_eff_first=rows[0]["m_eff"], m_eff_last=rows[-1]["m_eff"], n=len(rows))
+    out["beyond"] = beyond_second_order.claims(list(layers), list(scale))
     return out
 
 

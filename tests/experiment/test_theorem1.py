@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mixout_theory.experiment import compare, exports, mlp, theorem1
+from mixout_theory.experiment import beyond_second_order, compare, exports, mlp, theorem1
 from mixout_theory.experiment.engine import RunOptions
 from mixout_theory.experiment.study import Context
 
@@ -69,15 +69,12 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
         loss_size=200,
         checkpoints=2,
         scan_ps=(0.2, 0.6),
+        scale_ps=(0.6,),
+        scale_ts=(0.5, 1.0),
     )
     res = theorem1.run_theorem1(ctx, **kw)
-    assert [len(res.records[k]) for k in ("w_pre", "finetuned", "displaced", "scan", "trajectory")] == [
-        1,
-        1,
-        1,
-        4,
-        2,
-    ]
+    parts = ("w_pre", "finetuned", "displaced", "scan", "layers", "scale", "trajectory")
+    assert [len(res.records[k]) for k in parts] == [1, 1, 1, 4, 6, 4, 2]
     assert res.context["loss_size"] == 200 and len(res.context["loss_subset_sha256"]) == 64
     fin, dis = res.records["finetuned"][0], res.records["displaced"][0]
     assert fin["dist2"] == pytest.approx(dis["dist2"], rel=1e-12)  # the same displacement d at two points
@@ -91,11 +88,19 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
         dis["second_order"] * (0.2 / 0.8) / (0.6 / 0.4), rel=1e-10
     )
 
+    layers = {(r["point"], r["mixed"]): r for r in res.records["layers"]}
+    assert layers["w_p", "fc3"]["kink"] == 0.0 and layers["w_p", "fc3"]["flips"] == 0.0  # no ReLU after fc3
+    assert layers["w_p", "both"]["second_order"] == pytest.approx(fin["second_order"], rel=1e-12)
+    scale = {(r["point"], r["t"]): r for r in res.records["scale"]}
+    assert scale["w_pre", 1.0]["mc"] == pytest.approx(layers["w_pre", "both"]["mc"], rel=1e-9)  # t = 1
+    assert scale["w_pre", 0.5]["second_order"] == pytest.approx(0.25 * dis["second_order"], rel=1e-12)
+
     # a rerun measures nothing again
     def no_work(*a, **k):  # pragma: no cover - must not be reached
         raise AssertionError("a stored measurement was recomputed")
 
     monkeypatch.setattr(theorem1, "measure_point", no_work)
+    monkeypatch.setattr(beyond_second_order, "penalty_parts", no_work)
     again = theorem1.run_theorem1(ctx, **kw)
     assert again.records == res.records
 
@@ -119,10 +124,18 @@ def test_the_study_end_to_end(exp, tmp_path, monkeypatch):
         "theorem1_network.png",
         "theorem1_network.pdf",
         "theorem1_trajectory.png",
+        "beyond_second_order.csv",
+        "scale_scan.csv",
+        "beyond_second_order.png",
     ):
         assert written[name].is_file() and written[name].stat().st_size > 0, name
     assert written["theorem1_network.png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    points, traj, meta = theorem1.load_tables(out)
+    points, traj, layer_rows, scale_rows, meta = theorem1.load_tables(out)
+    assert [(r["point"], r["mixed"]) for r in layer_rows] == [
+        (pt, m) for pt in ("w_p", "w_pre") for m in ("fc2", "fc3", "both")
+    ]
+    assert [r["t"] for r in scale_rows] == [0.5, 1.0, 0.5, 1.0] and "sha256" in meta
+    assert set(meta["sha256"]) == set(theorem1.TABLES) and meta["claims"]["beyond"]["fc3_kink_max"] == 0.0
     assert [r["part"] for r in points] == ["w_pre", "finetuned", "displaced"] + ["scan"] * 4 and len(
         traj
     ) == 4
@@ -151,4 +164,12 @@ def test_bad_parts_are_refused_before_any_work(tmp_path):
 def test_ps_outside_the_sweep_are_refused_before_any_work(exp, tmp_path):
     with pytest.raises(ValueError, match=r"ps \[0.5\] are not mixout runs of the smoke sweep"):
         theorem1.run_theorem1(Context("smoke", results=tmp_path, options=CPU), exp=exp, ps=(0.3, 0.5))
+    assert not any(tmp_path.iterdir())
+
+
+def test_scale_ps_outside_the_studys_ps_are_refused_before_any_work(exp, tmp_path):
+    with pytest.raises(ValueError, match=r"scale_ps \[0.6\] are not among the study's ps \[0.3\]"):
+        theorem1.run_theorem1(
+            Context("smoke", results=tmp_path, options=CPU), exp=exp, ps=(0.3,), scale_ps=(0.6,)
+        )
     assert not any(tmp_path.iterdir())
