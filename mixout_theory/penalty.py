@@ -97,6 +97,10 @@ class PenaltyEstimate:
     def of(cls, samples: torch.Tensor) -> PenaltyEstimate:
         """The estimate from independent samples ``(n,)`` of ``L(Phi) - L(w)`` (:func:`penalty_samples`)."""
         d = torch.as_tensor(samples, dtype=torch.float64)
+        if d.dim() != 1 or d.numel() < 2:
+            raise ValueError(
+                f"PenaltyEstimate.of needs a 1-D tensor of >= 2 samples, got shape {tuple(d.shape)}"
+            )
         n, mean = d.numel(), d.mean().item()
         std = d.std(correction=1).item()
         se = std / math.sqrt(n)
@@ -280,7 +284,6 @@ def _samples(loss_fn, w, u, p, n_samples, level, generator, batch_size, batched,
         raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     entries = [(k, as_float(wt), as_float(ut)) for k, wt, ut in paired_entries(w, u)]  # integers: as float64
     selections = resolve_mixed(entries, mixed)
-    gen = _make_generator(generator, entries[0][1].device)
     state = {"vectorize": vectorize, "columns": columns}
     mu = 1.0 - p
     with torch.no_grad():
@@ -295,6 +298,7 @@ def _samples(loss_fn, w, u, p, n_samples, level, generator, batch_size, batched,
                 base = _evaluate(loss_fn, rebuild_entries(w, [x.unsqueeze(0) for x in ws]), 1, True, state)
                 shape += tuple(base.shape[1:])
             return torch.full(shape, 0.0 if finite else math.nan, dtype=torch.float64)
+        gen = _make_generator(generator, entries[0][1].device)
         if batched:
             base = _evaluate(loss_fn, rebuild_entries(w, [x.unsqueeze(0) for x in ws]), 1, True, state)[0]
         else:
@@ -314,6 +318,10 @@ def _samples(loss_fn, w, u, p, n_samples, level, generator, batch_size, batched,
                     phi = torch.where(sel, phi, wd)
                 samples.append(phi)
             losses = _evaluate(loss_fn, rebuild_entries(w, samples), size, batched, state)
+            if losses.shape[1:] != base.shape:
+                raise ValueError(
+                    f"loss_fn returned {tuple(losses.shape[1:])} values per sample, {tuple(base.shape)} at w"
+                )
             diffs.append(losses.to(torch.float64) - base)
         return torch.cat(diffs)
 

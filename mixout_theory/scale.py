@@ -108,9 +108,19 @@ def scale_fit(ts: Sequence[float], values: Sequence[float], orders: Sequence[int
     """
     t = np.asarray(ts, dtype=np.float64)
     y = np.asarray(values, dtype=np.float64)
-    if t.ndim != 1 or t.shape != y.shape or t.size < len(orders) or (t <= 0).any():
+    orders = list(orders)
+    if (
+        not orders
+        or len(set(orders)) != len(orders)
+        or not all(isinstance(k, int) and k >= 0 for k in orders)
+    ):
+        raise ValueError(f"orders must be distinct non-negative integers, got {orders}")
+    if t.ndim != 1 or t.shape != y.shape:
+        raise ValueError(f"scale_fit needs one value per scale, got {t.size} scales and {y.size} values")
+    if (t <= 0).any() or np.unique(t).size < len(orders):
         raise ValueError(
-            f"scale_fit needs as many positive scales as values, at least {len(orders)}; got ts={list(ts)}"
+            f"scale_fit needs positive scales, at least {len(orders)} distinct ones for orders {orders}; "
+            f"got ts={list(ts)}"
         )
     low = min(orders)
     design = np.stack([t ** (k - low) for k in orders], axis=1)
@@ -136,5 +146,7 @@ def mask_moment(p: float, k: int) -> float:
         (0.25, -0.1875, 0.0)
     """
     p = check_mixing_p(p)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        raise ValueError(f"k must be a non-negative integer, got k={k!r}")
     mu = 1.0 - p
     return mu * (1.0 / mu - 1.0) ** k + p * (-1.0) ** k

@@ -17,21 +17,39 @@ kinds of point (``w_p`` with ``u = w_pre``; ``w_pre`` with ``u = w_pre - d_p``):
 
 from __future__ import annotations
 
-import math
 import time
 
 from mixout_theory import scale
 from mixout_theory.experiment import mlp
 from mixout_theory.experiment.penalty_parts import LAYERS, penalty_parts
 
-__all__ = ["LAYER_COLUMNS", "SCALE_COLUMNS", "measure_layers", "measure_scale", "claims"]
+__all__ = ["LAYER_COLUMNS", "SCALE_COLUMNS", "planned", "measure_layers", "measure_scale", "claims"]
 
-ESTIMATES = ("mc", "mc_frozen", "kink", "smooth", "quadratic")
+ESTIMATES = ("mc", "mc_frozen", "kink", "smooth", "quadratic", "beyond")
 _NUMBERS = tuple(f"{e}{s}" for e in ESTIMATES for s in ("", "_lo", "_hi")) + ("second_order", "flips")
 #: the columns of ``beyond_second_order.csv`` (one row per point, p and mixed layers)
 LAYER_COLUMNS = ("point", "p", "mixed") + _NUMBERS + ("dist2", "mc_samples", "seconds")
 #: the columns of ``scale_scan.csv`` (one row per point, p and scale t)
 SCALE_COLUMNS = ("point", "p", "t") + _NUMBERS + ("mc_samples", "seconds")
+
+
+def _layers_id(point: str, layer: str, p: float) -> str:
+    return f"layers-{point}-{layer}-p{p:.2f}"
+
+
+def _scale_id(point: str, p: float, t: float) -> str:
+    return f"scale-{point}-p{p:.2f}-t{t:.4f}"
+
+
+def planned(config, parts, points) -> list[str]:
+    """The run ids of the ``layers`` and ``scale`` parts (those in ``parts``) at ``points``."""
+    ids = (
+        [_layers_id(pt, m, p) for p in config.ps for pt in points for m in LAYERS]
+        if "layers" in parts
+        else []
+    )
+    scale_ids = [_scale_id(pt, p, t) for p in config.scale_ps for pt in points for t in config.scale_ts]
+    return ids + (scale_ids if "scale" in parts else [])
 
 
 def _fields(parts, n_samples: int, second_order: float, t0: float) -> dict:
@@ -62,7 +80,7 @@ def measure_layers(store, config, points: dict, base: dict, x, y, progress: bool
     for p in config.ps:
         for point, at in points.items():
             for layer in LAYERS:
-                rid = f"layers-{point}-{layer}-p{p:.2f}"
+                rid = _layers_id(point, layer, p)
                 if rid in done:
                     continue
                 t0 = time.perf_counter()
@@ -82,7 +100,7 @@ def measure_scale(store, config, points: dict, base: dict, x, y, progress: bool)
         for point, at in points.items():
             w, u = at[p]
             for t in config.scale_ts:
-                rid = f"scale-{point}-p{p:.2f}-t{t:.4f}"
+                rid = _scale_id(point, p, t)
                 if rid in done:
                     continue
                 t0 = time.perf_counter()
@@ -109,49 +127,60 @@ def _say(progress: bool, what: str, row: dict) -> None:
         )
 
 
-def _slope(ts, values) -> float | None:
-    """The least-squares slope of ``log |value|`` against ``log t`` (None unless all share one sign)."""
-    if len(ts) < 2 or not (all(v > 0 for v in values) or all(v < 0 for v in values)):
-        return None
-    lt, lv = [math.log(t) for t in ts], [math.log(abs(v)) for v in values]
-    mt, mv = sum(lt) / len(lt), sum(lv) / len(lv)
-    return sum((a - mt) * (b - mv) for a, b in zip(lt, lv, strict=True)) / sum((a - mt) ** 2 for a in lt)
+#: the orders fitted to each part of the scale scan (:func:`mixout_theory.scale.scale_fit`)
+FIT_ORDERS = (2, 3, 4)
+
+
+def _per_p(rows: list[dict]) -> dict:
+    """Per p (both layers mixed): the parts as shares of ``total = second order + beyond`` (None where
+    ``total <= 0``), ``ratio = total / second order`` with its 95% interval, where 0 lies inside each
+    part's interval, and the flipped fraction."""
+    total = [r["second_order"] + r["beyond"] for r in rows]
+    out = dict(ps=[r["p"] for r in rows], flips=[r["flips"] for r in rows], total=total)
+    for k in ("second_order", "smooth", "kink", "beyond"):
+        out[k] = [r[k] / t if t > 0 else None for r, t in zip(rows, total, strict=True)]
+    for s in ("", "_lo", "_hi"):
+        out[f"ratio{s}"] = [
+            1 + r[f"beyond{s}"] / r["second_order"] if r["second_order"] > 0 else None for r in rows
+        ]
+    for part in ("kink", "smooth", "beyond"):
+        out[f"{part}_in_ci"] = [r["p"] for r in rows if r[f"{part}_lo"] <= 0 <= r[f"{part}_hi"]]
+    return out
+
+
+def _scan(rows: list[dict], p: float) -> dict:
+    """One scale scan: ``t``; each part over the second-order value at its ``t`` (a part of second order
+    in ``t`` keeps its ratio as ``t -> 0``, a third-order one falls like ``t``), with its interval; the fit
+    of each part over :data:`FIT_ORDERS` (None with fewer scales than orders); ``E X^3``."""
+    ts = [r["t"] for r in rows]
+    out = dict(t=ts, flips=[r["flips"] for r in rows], mask_moment_3=scale.mask_moment(p, 3))
+    out["second_order_coef"] = rows[-1]["second_order"] / rows[-1]["t"] ** 2
+    for part in ("kink", "smooth"):
+        for s in ("", "_lo", "_hi"):
+            out[f"{part}{s}_over_second_order"] = [r[f"{part}{s}"] / r["second_order"] for r in rows]
+        enough = len(ts) >= len(FIT_ORDERS)
+        out[f"{part}_fit"] = scale.scale_fit(ts, [r[part] for r in rows], FIT_ORDERS) if enough else None
+    return out
 
 
 def claims(layers: list[dict], scan: list[dict]) -> dict:
     """What the two tables say, as numbers (nothing here is a threshold).
 
-    ``shares``: per point, the fractions of the penalty (both layers) that are second order, smooth and
-    kink, per p; ``kink_in_ci`` / ``smooth_in_ci``: the p where 0 lies inside the part's 95% interval;
-    ``flips``: the flipped fraction per p; ``fc3_kink_max``: the largest ``|kink|`` with ``fc3`` alone
-    (0: no ReLU follows it); ``scale``: per point and p, the fits of the smooth part (orders 3, 4) and of
-    the kink part (orders 2, 3) with :func:`mixout_theory.scale.scale_fit`, their log-log slopes, and
-    ``E X^3``.
+    ``shares``: per point, :func:`_per_p` of the rows with both layers mixed; ``layers``: per point and
+    mixed layers, ``ratio = (second order + beyond) / second order`` per p (None where the layer's
+    second-order value is not positive); ``fc3_kink_max``: the largest ``|kink|`` with ``fc3`` alone (0:
+    no ReLU follows it); ``scale``: per point and p, :func:`_scan`.
     """
-    out = {
-        "shares": {},
-        "fc3_kink_max": max((abs(r["kink"]) for r in layers if r["mixed"] == "fc3"), default=None),
-    }
+    out = {"shares": {}, "layers": {}, "scale": {}}
+    out["fc3_kink_max"] = max((abs(r["kink"]) for r in layers if r["mixed"] == "fc3"), default=None)
     for point in sorted({r["point"] for r in layers}):
-        rows = sorted(
-            (r for r in layers if r["point"] == point and r["mixed"] == "both"), key=lambda r: r["p"]
-        )
-        share = {k: [r[k] / r["mc"] for r in rows] for k in ("second_order", "smooth", "kink")}
-        out["shares"][point] = dict(ps=[r["p"] for r in rows], flips=[r["flips"] for r in rows], **share)
-        for part in ("kink", "smooth"):
-            out["shares"][point][f"{part}_in_ci"] = [
-                r["p"] for r in rows if r[f"{part}_lo"] <= 0 <= r[f"{part}_hi"]
-            ]
-    out["scale"] = {}
+        by_layer = {
+            m: sorted((r for r in layers if r["point"] == point and r["mixed"] == m), key=lambda r: r["p"])
+            for m in LAYERS
+        }
+        out["shares"][point] = _per_p(by_layer["both"])
+        out["layers"][point] = {m: _per_p(rows)["ratio"] for m, rows in by_layer.items()}
     for point, p in sorted({(r["point"], r["p"]) for r in scan}):
         rows = sorted((r for r in scan if r["point"] == point and r["p"] == p), key=lambda r: r["t"])
-        ts = [r["t"] for r in rows]
-        fit = {}
-        for part, orders in (("smooth", (3, 4)), ("kink", (2, 3))):
-            values = [r[part] for r in rows]
-            fit[part] = dict(coef=scale.scale_fit(ts, values, orders), slope=_slope(ts, values))
-        fit["second_order_coef"] = rows[-1]["second_order"] / rows[-1]["t"] ** 2
-        fit["mask_moment_3"] = scale.mask_moment(p, 3)
-        fit["flips"] = [r["flips"] for r in rows]
-        out["scale"][f"{point} p={p:g}"] = fit
+        out["scale"][f"{point} p={p:g}"] = _scan(rows, p)
     return out

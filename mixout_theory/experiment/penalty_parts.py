@@ -42,9 +42,12 @@ class PenaltyParts:
     """The parts of the penalty at one point, each a :class:`~mixout_theory.penalty.PenaltyEstimate`.
 
     ``mc``: ``E L(Phi) - L(w)``; ``mc_frozen``: the same with the ReLU pattern frozen at ``w``;
-    ``kink = mc - mc_frozen`` and ``smooth = mc_frozen - second order`` (paired); ``quadratic``: the
-    Monte Carlo mean of ``(1/2) v^T H v`` (whose exact mean is the second-order value); ``flips``: the
-    mean fraction of (example, unit) pairs of the second hidden layer whose on/off differs from ``w``'s.
+    ``kink``: ``mc - mc_frozen``; ``quadratic``: the Monte Carlo mean of ``(1/2) v^T H v``, whose exact
+    mean is the second-order value; ``smooth``: ``mc_frozen - quadratic``, mask by mask, an unbiased
+    estimate of ``E L_0(Phi) - L(w) - second order``; ``beyond = smooth + kink``, everything beyond second
+    order, so that ``second order + beyond`` estimates the penalty without the quadratic's Monte Carlo
+    noise. ``flips``: the mean fraction of (example, unit) pairs of the second hidden layer whose on/off
+    differs from ``w``'s.
     """
 
     mc: penalty.PenaltyEstimate
@@ -52,6 +55,7 @@ class PenaltyParts:
     kink: penalty.PenaltyEstimate
     smooth: penalty.PenaltyEstimate
     quadratic: penalty.PenaltyEstimate
+    beyond: penalty.PenaltyEstimate
     flips: float
 
 
@@ -142,6 +146,13 @@ def estimates(d: torch.Tensor) -> PenaltyParts:
     """:class:`PenaltyParts` from the ``(n, 4)`` samples of :func:`parts_loss`'s columns."""
     est = penalty.PenaltyEstimate.of
     mc, frozen, smooth, flips = d.unbind(1)
+    kink = mc - frozen
     return PenaltyParts(
-        est(mc), est(frozen), est(mc - frozen), est(smooth), est(frozen - smooth), flips.mean().item()
+        est(mc),
+        est(frozen),
+        est(kink),
+        est(smooth),
+        est(frozen - smooth),
+        est(kink + smooth),
+        flips.mean().item(),
     )

@@ -431,20 +431,16 @@ def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict)
                     label=f"{names[point].split(':')[0]}, {layer} mixed",
                 )
         for layer, (color, marker) in LAYER_STYLE.items():
-            rows = _by_p([r for r in layers if r["mixed"] == layer], "point", point)
+            rows = [r for r in _by_p(layers, "point", point) if r["mixed"] == layer and r["second_order"] > 0]
             if rows:
-                ls = "-" if point == "w_pre" else "--"
-                d.plot(
-                    *_columns(rows, "p"),
-                    _columns(rows, "mc")[0] / _columns(rows, "second_order")[0],
-                    marker + ls,
-                    color=color,
-                    label=f"{layer} mixed, {names[point].split(':')[0]}",
-                )
+                p, so, b, lo, hi = _columns(rows, "p", "second_order", "beyond", "beyond_lo", "beyond_hi")
+                kw = dict(fmt=marker + ("-" if point == "w_pre" else "--"), color=color, ms=5, capsize=2)
+                label = f"{layer} mixed, {names[point].split(':')[0]}"
+                d.errorbar(p, 1 + b / so, yerr=[(b - lo) / so, (hi - b) / so], label=label, **kw)
     c.set(xlabel="mixout probability p", ylabel="units that flip on a mask draw  [% of (example, unit)]")
     c.set_title("(c) second hidden layer: ReLU units pushed across 0 by the mask", fontsize=9)
     d.axhline(1.0, color="0.4", lw=0.8)
-    d.set(xlabel="mixout probability p", ylabel="Monte Carlo / second order")
+    d.set(xlabel="mixout probability p", ylabel="(second order + beyond) / second order  (95% CI)")
     d.set_title("(d) which layer: fc3 has no ReLU after it, fc2 has", fontsize=9)
     for ax, point in zip((e, f), names, strict=True):
         rows = sorted((r for r in scan if r["point"] == point), key=lambda r: (r["p"], r["t"]))

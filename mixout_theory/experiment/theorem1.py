@@ -342,8 +342,13 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
     stray = [p for p in overrides.setdefault("ps", tuple(mixout_ps)) if p not in sweep_ps or p == 0]
     if stray:  # refused before any work
         raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: {mixout_ps})")
-    if stray := [p for p in overrides.get("scale_ps", Theorem1Config.scale_ps) if p not in overrides["ps"]]:
-        raise ValueError(f"scale_ps {stray} are not among the study's ps {list(overrides['ps'])}")
+    if "scale" in parts:  # refused before any work, too
+        scale_ps = overrides.get("scale_ps", Theorem1Config.scale_ps)
+        if stray := [p for p in scale_ps if p not in overrides["ps"]]:
+            raise ValueError(f"scale_ps {stray} are not among the study's ps {list(overrides['ps'])}")
+        ts = overrides.get("scale_ts", theorem1_config(profile).scale_ts)
+        if any(t <= 0 for t in ts) or len({f"{t:.4f}" for t in ts}) != len(ts):
+            raise ValueError(f"scale_ts must be positive and distinct to 4 decimals, got {list(ts)}")
     exp = ctx.experiment() if exp is None else exp
     sweep_cfg, tensors, w_pre = sweep.pretrained(results, profile, exp, options)
     acfg = ablations.sweep_ablation_config(profile, exp, sweep_cfg)
@@ -360,20 +365,7 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
     atomic_write(store.dir / "context.json", json.dumps(context, indent=1, sort_keys=True))
     points = [f"{part}-p{p:.2f}" for p in config.ps for part in POINTS if part in parts]
     points += [f"scan-{pt}-p{q:.2f}" for pt in POINTS.values() for q in config.scan_ps if "scan" in parts]
-    points += [
-        f"layers-{pt}-{m}-p{p:.2f}"
-        for p in config.ps
-        for pt in POINTS.values()
-        for m in LAYERS
-        if "layers" in parts
-    ]
-    points += [
-        f"scale-{pt}-p{p:.2f}-t{t:.4f}"
-        for p in config.scale_ps
-        for pt in POINTS.values()
-        for t in config.scale_ts
-        if "scale" in parts
-    ]
+    points += beyond_second_order.planned(config, parts, POINTS.values())
     measured = ["w_pre"] * ("finetuned" in parts or "displaced" in parts) + points
     traj = [f"trajectory-p{p:.2f}" for p in acfg.trajectory_ps] if "trajectory" in parts else []
     store.planned = measured + traj

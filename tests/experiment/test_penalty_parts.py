@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mixout_theory import second_order
-from mixout_theory.experiment import effective_l2, mlp, penalty_parts, theorem1
+from mixout_theory.experiment import beyond_second_order, effective_l2, mlp, penalty_parts, theorem1
 
 
 def _net(seed=0, shift=0.3):
@@ -41,16 +41,17 @@ def _frozen_loss(net, x, y, w2, w3):
     return F.cross_entropy(h2 @ w3.T + net["fc3.bias"], y)
 
 
-def test_every_column_equals_its_independent_computation(blob_task):
+@pytest.mark.parametrize("layer", ["both", "fc2"])
+def test_every_column_equals_its_independent_computation(blob_task, layer):
     """With the masks (here: any mixed weights) fixed: L - g.v, L_0 - g.v and L_0 - g.v - v^T H v / 2
     against the network's forward, a hand-written frozen network, autograd's gradient and its second
-    directional derivative (double backward)."""
+    directional derivative (double backward); fc2 alone leaves fc3 at w."""
     net = _net()
     x, y = blob_task(40, 1)
     x = x.double()
-    loss_fn, w = penalty_parts.parts_loss(net, x, y)
+    loss_fn, w = penalty_parts.parts_loss(net, x, y, penalty_parts.LAYERS[layer])
     v = _target(net, 2, 0.05)
-    v = {k: v[k] - net[k] for k in mlp.MIXED}
+    v = {k: (v[k] - net[k]) * (k in penalty_parts.LAYERS[layer]) for k in mlp.MIXED}
     out = loss_fn({k: torch.stack([w[k] + v[k], w[k] - 0.5 * v[k]]) for k in mlp.MIXED})
     assert out.shape == (2, 4)
     for i, s in enumerate((1.0, -0.5)):
@@ -96,15 +97,12 @@ def test_a_network_without_kinks_has_no_kink_part(blob_task):
     assert parts.mc.mean > 10 * parts.mc.se  # a penalty there is, all of it smooth
 
 
-def test_the_parts_add_up_and_the_quadratic_is_theorem1s(blob_task):
-    """mc = quadratic + smooth + kink on the same masks; the Monte Carlo mean of v^T H v / 2 agrees with the
-    exact second-order value from Hessian-vector products; the network has kinks that masks cross."""
+def test_the_quadratic_is_theorem1s(blob_task):
+    """The Monte Carlo mean of v^T H v / 2 agrees with the exact second-order value from Hessian-vector
+    products (so ``smooth`` estimates ``mc_frozen - second order``); the network has kinks masks cross."""
     net, (x, y) = _net(), blob_task(80, 4)
     u, p = _target(net), 0.4
     parts = penalty_parts.penalty_parts(net, u, p, x, y, n_samples=2000, seed=3, batch_size=250)
-    total = parts.quadratic.mean + parts.smooth.mean + parts.kink.mean
-    assert parts.mc.mean == pytest.approx(total, rel=1e-9)
-    assert parts.mc_frozen.mean == pytest.approx(parts.quadratic.mean + parts.smooth.mean, rel=1e-9)
     loss_fn, w = theorem1.network_loss(net, x, y)
     exact = second_order.second_order_terms(loss_fn, w, u).penalty(p)
     assert parts.quadratic.within(exact, 4.0) and parts.quadratic.se < 0.05 * exact
@@ -119,3 +117,43 @@ def test_the_penalty_is_the_studys_monte_carlo(blob_task):
     est = effective_l2.effective_l2(net, u, 0.3, x.double(), y, n_samples=128, generator=9, batch_size=64)
     assert parts.mc.mean == pytest.approx(est.penalty.mean, rel=1e-9, abs=1e-15)
     assert parts.mc.se == pytest.approx(est.penalty.se, rel=1e-6)
+
+
+def _row(point, mixed, p, so, smooth, kink, half=1e-5, **kw):
+    row = dict(point=point, mixed=mixed, p=p, second_order=so, smooth=smooth, kink=kink, flips=0.01, **kw)
+    for k, v in (("smooth", smooth), ("kink", kink), ("beyond", smooth + kink)):
+        row.update({k: v, f"{k}_lo": v - half, f"{k}_hi": v + half})
+    return row
+
+
+def test_the_claims_read_the_tables_without_tripping():
+    """Shares of ``second order + beyond`` add up to 1; a total or a second-order value that is not
+    positive gives None, not a huge ratio; a kink part that changes sign across the scan, or too few
+    scales for the fit, are reported, not raised."""
+    layers = [
+        _row("w_pre", "both", 0.5, 2e-3, 1e-4, 4e-4),
+        _row("w_pre", "both", 0.8, 1e-7, 1e-7, -5e-7),  # total < 0
+        _row("w_pre", "fc2", 0.5, -1e-4, 1e-5, 2e-4),  # an indefinite Hessian: second order < 0
+        _row("w_pre", "fc3", 0.5, 1e-3, 1e-6, 0.0),
+    ]
+    out = beyond_second_order.claims(layers, [])
+    shares = out["shares"]["w_pre"]
+    assert shares["second_order"][0] + shares["smooth"][0] + shares["kink"][0] == pytest.approx(
+        1.0, rel=1e-12
+    )
+    assert shares["kink"][1] is None and shares["ratio"][0] == pytest.approx(1.25)
+    assert out["layers"]["w_pre"]["fc2"] == [None] and out["fc3_kink_max"] == 0.0
+    assert shares["smooth_in_ci"] == shares["kink_in_ci"] == [0.8]  # the tiny parts of p = 0.8
+    scan = [
+        _row("w_pre", "both", 0.8, 1e-3 * t**2, 2e-4 * t**3, 1e-4 * t**2 - 2e-4 * t**3, t=t)
+        for t in (0.25, 0.5, 1.0)
+    ]
+    fit = beyond_second_order.claims([], scan)["scale"]["w_pre p=0.8"]
+    assert fit["kink_fit"][2] == pytest.approx(1e-4, rel=1e-6) and fit["kink_fit"][3] == pytest.approx(
+        -2e-4, rel=1e-6
+    )
+    assert fit["smooth_fit"][2] == pytest.approx(0.0, abs=1e-12) and fit[
+        "second_order_coef"
+    ] == pytest.approx(1e-3)
+    assert fit["kink_over_second_order"] == pytest.approx([0.1 - 0.2 * t for t in (0.25, 0.5, 1.0)])
+    assert beyond_second_order.claims([], scan[:2])["scale"]["w_pre p=0.8"]["kink_fit"] is None

@@ -21,10 +21,17 @@ def test_scale_fit_recovers_a_polynomial_exactly():
     fit = S.scale_fit(ts, values, (2, 3, 4))
     assert fit[2] == pytest.approx(3e-3, rel=1e-10) and fit[3] == pytest.approx(-4e-4, rel=1e-9)
     assert fit[4] == pytest.approx(2e-5, rel=1e-7)
-    with pytest.raises(ValueError, match="positive scales"):
-        S.scale_fit([0.0, 1.0], [0.0, 1.0])
-    with pytest.raises(ValueError, match="at least 3"):
-        S.scale_fit([0.5, 1.0], [1.0, 2.0], (2, 3, 4))
+    for ts, vals, orders, match in (
+        ([0.0, 1.0], [0.0, 1.0], (2, 3), "positive scales"),
+        ([0.5, 1.0], [1.0, 2.0], (2, 3, 4), "at least 3 distinct"),
+        ([0.5, 0.5], [1.0, 2.0], (2, 3), "at least 2 distinct"),  # rank-deficient: refused, not min-norm
+        ([0.5, 1.0], [1.0], (2,), "one value per scale"),
+        ([0.5, 1.0], [1.0, 2.0], (2, 2), "distinct non-negative integers"),
+        ([0.5, 1.0], [1.0, 2.0], (2.5,), "distinct non-negative integers"),
+        ([0.5, 1.0], [1.0, 2.0], (), "distinct non-negative integers"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            S.scale_fit(ts, vals, orders)
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])
@@ -36,6 +43,12 @@ def test_mask_moment_is_the_masks_central_moment(p, gen):
     for k in (2, 3):
         se = x.pow(k).std().item() / math.sqrt(x.numel())
         assert abs(x.pow(k).mean().item() - S.mask_moment(p, k)) <= 4 * se + 1e-15  # X^2 = 1 at p = 0.5
+
+
+def test_mask_moment_refuses_a_non_integer_order():
+    for k in (0.5, -1, True):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            S.mask_moment(0.5, k)
 
 
 def test_scaled_target_scales_the_displacement():
@@ -97,5 +110,10 @@ def test_penalty_samples_columns_are_paired_and_empirical_penalty_is_their_estim
         P.empirical_penalty(loss2, w, u, 0.3, 500, level="parameter", generator=4, batch_size=64)
     with pytest.raises(TypeError, match="seed must be an int"):
         S.scale_scan(loss2, w, u, 0.3, [1.0], 10, seed=torch.Generator())
+    with pytest.raises(ValueError, match=r"1-D tensor of >= 2 samples, got shape \(500, 2\)"):
+        P.PenaltyEstimate.of(d)  # the columns are estimated one by one
+    shifty = lambda W: loss2(W) if W.shape[0] == 1 else loss2(W)[:, :1]  # noqa: E731
+    with pytest.raises(ValueError, match=r"returned \(1,\) values per sample, \(2,\) at w"):
+        P.penalty_samples(shifty, w, u, 0.3, 10, level="parameter")
     zero = P.penalty_samples(loss2, w, u, 0.0, 10, level="parameter")
     assert zero.shape == (10, 2) and not zero.any()
