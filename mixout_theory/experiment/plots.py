@@ -433,10 +433,10 @@ def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict)
         for layer, (color, marker) in LAYER_STYLE.items():
             rows = [r for r in _by_p(layers, "point", point) if r["mixed"] == layer and r["second_order"] > 0]
             if rows:
-                p, so, b, lo, hi = _columns(rows, "p", "second_order", "beyond", "beyond_lo", "beyond_hi")
+                ps, so, up, lo, hi = _columns(rows, "p", "second_order", "beyond", "beyond_lo", "beyond_hi")
                 kw = dict(fmt=marker + ("-" if point == "w_pre" else "--"), color=color, ms=5, capsize=2)
                 label = f"{layer} mixed, {names[point].split(':')[0]}"
-                d.errorbar(p, 1 + b / so, yerr=[(b - lo) / so, (hi - b) / so], label=label, **kw)
+                d.errorbar(ps, 1 + up / so, yerr=[(up - lo) / so, (hi - up) / so], label=label, **kw)
     c.set(xlabel="mixout probability p", ylabel="units that flip on a mask draw  [% of (example, unit)]")
     c.set_title("(c) second hidden layer: ReLU units pushed across 0 by the mask", fontsize=9)
     d.axhline(1.0, color="0.4", lw=0.8)
