@@ -451,7 +451,7 @@ def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict)
         for key, style in PART_STYLE.items():
             y = np.array([r[key] for r in rows])
             if key == "second_order":
-                ax.plot(t, y, "-", color=style["color"], lw=2, label=style["label"])
+                ax.plot(t, y, "-", color=style["color"], lw=5, alpha=0.4, zorder=1, label=style["label"])
                 continue
             lo, hi = _columns(rows, f"{key}_lo", f"{key}_hi")
             neg = y < 0  # |y| on the log axis; its interval flips with the sign, cut above 0
