@@ -56,8 +56,9 @@ def test_ablations_show_the_committed_export(nothing_stored):
 
 
 def test_theorem1_shows_the_committed_tables(nothing_stored):
-    (points, traj, meta), what = shown.results("theorem1", "smoke")
-    assert what.origin == shown.SHIPPED and what.profile == "paper" and points and traj
+    tables, what = shown.results("theorem1", "smoke")
+    assert what.origin == shown.SHIPPED and what.profile == "paper"
+    assert tables.points and tables.trajectory and tables.layers and tables.scale
 
 
 def test_fidelity_shows_the_committed_study_and_its_claims_recompute(nothing_stored):
