@@ -38,6 +38,9 @@ __all__ = ["scaled_target", "scale_scan", "scale_fit", "mask_moment"]
 def scaled_target(w, u, t: float):
     """The target ``u_t = w - t (w - u)``, so that ``w - u_t = t (w - u)`` (``u = None``: the origin).
 
+    ``w - u_t`` is recovered from ``u_t`` to a relative precision of about ``eps / t`` (float32: 1e-5 at
+    ``t = 0.01``); scan small ``t`` in float64.
+
     Args:
         w (Tensor or collection): the point.
         u (same structure as ``w``, optional): the target at ``t = 1``.
