@@ -26,7 +26,10 @@ from mixout_theory.experiment.penalty_parts import LAYERS, penalty_parts
 __all__ = ["LAYER_COLUMNS", "SCALE_COLUMNS", "planned", "measure_layers", "measure_scale", "claims"]
 
 ESTIMATES = ("mc", "mc_frozen", "kink", "smooth", "quadratic", "beyond")
-_NUMBERS = tuple(f"{e}{s}" for e in ESTIMATES for s in ("", "_lo", "_hi")) + ("second_order", "flips")
+_INTERVALS = tuple(f"{e}{s}" for e in ESTIMATES for s in ("", "_lo", "_hi"))
+_NUMBERS = (
+    _INTERVALS[:6] + ("second_order",) + _INTERVALS[6:] + ("flips",)
+)  # mc, mc_frozen, second order first
 #: the columns of ``beyond_second_order.csv`` (one row per point, p and mixed layers)
 LAYER_COLUMNS = ("point", "p", "mixed") + _NUMBERS + ("dist2", "mc_samples", "seconds")
 #: the columns of ``scale_scan.csv`` (one row per point, p and scale t)
