@@ -27,9 +27,7 @@ __all__ = ["LAYER_COLUMNS", "SCALE_COLUMNS", "planned", "measure_layers", "measu
 
 ESTIMATES = ("mc", "mc_frozen", "kink", "smooth", "quadratic", "beyond")
 _INTERVALS = tuple(f"{e}{s}" for e in ESTIMATES for s in ("", "_lo", "_hi"))
-_NUMBERS = (
-    _INTERVALS[:6] + ("second_order",) + _INTERVALS[6:] + ("flips",)
-)  # mc, mc_frozen, second order first
+_NUMBERS = (*_INTERVALS[:6], "second_order", *_INTERVALS[6:], "flips")  # mc, mc_frozen, second order first
 #: the columns of ``beyond_second_order.csv`` (one row per point, p and mixed layers)
 LAYER_COLUMNS = ("point", "p", "mixed") + _NUMBERS + ("dist2", "mc_samples", "seconds")
 #: the columns of ``scale_scan.csv`` (one row per point, p and scale t)
@@ -86,10 +84,9 @@ def measure_layers(store, config, points: dict, base: dict, x, y, progress: bool
                 rid = _layers_id(point, layer, p)
                 if rid in done:
                     continue
-                t0 = time.perf_counter()
-                parts = penalty_parts(*at[p], p, x, y, layer=layer, **_mc(config))
+                t0, (w, u) = time.perf_counter(), at[p]
+                parts = penalty_parts(w, u, p, x, y, layer=layer, **_mc(config))
                 row = _fields(parts, config.mc_samples, _second_order(base[point, p], layer), t0)
-                w, u = at[p]
                 dist2 = sum(float((w[n].double() - u[n].double()).pow(2).sum()) for n in LAYERS[layer])
                 store.write(dict(row, run_id=rid, part="layers", point=point, p=p, mixed=layer, dist2=dist2))
                 _say(progress, f"layers {point} {layer} p={p:g}", row)
@@ -153,14 +150,17 @@ def _per_p(rows: list[dict]) -> dict:
 
 def _scan(rows: list[dict], p: float) -> dict:
     """One scale scan: ``t``; each part over the second-order value at its ``t`` (a part of second order
-    in ``t`` keeps its ratio as ``t -> 0``, a third-order one falls like ``t``), with its interval; the fit
+    in ``t`` keeps its ratio as ``t -> 0``, a third-order one falls like ``t``; None where the second
+    order is not positive), with its interval; the fit
     of each part over :data:`FIT_ORDERS` (None with fewer scales than orders); ``E X^3``."""
     ts = [r["t"] for r in rows]
     out = dict(t=ts, flips=[r["flips"] for r in rows], mask_moment_3=scale.mask_moment(p, 3))
     out["second_order_coef"] = rows[-1]["second_order"] / rows[-1]["t"] ** 2
     for part in ("kink", "smooth"):
         for s in ("", "_lo", "_hi"):
-            out[f"{part}{s}_over_second_order"] = [r[f"{part}{s}"] / r["second_order"] for r in rows]
+            out[f"{part}{s}_over_second_order"] = [
+                r[f"{part}{s}"] / r["second_order"] if r["second_order"] > 0 else None for r in rows
+            ]
         enough = len(ts) >= len(FIT_ORDERS)
         out[f"{part}_fit"] = scale.scale_fit(ts, [r[part] for r in rows], FIT_ORDERS) if enough else None
     return out
