@@ -92,8 +92,12 @@ def test_page_loads_its_images_links_and_scripts(page, served, browser, tmp_path
 
     browser.get_log("browser")  # what earlier pages logged
     browser.get(urljoin(served, page))
-    if page == "index.html":  # the output root's index.html forwards to the front page
-        WebDriverWait(browser, 10).until(lambda b: b.current_url.endswith("/docs/index.html"))
+    want = "/docs/index.html" if page == "index.html" else page  # the root's index.html forwards there
+
+    def loaded(b):  # the URL changes when the forward starts; the new document loads after it
+        return b.current_url.endswith(want) and b.execute_script("return document.readyState") == "complete"
+
+    WebDriverWait(browser, 30).until(loaded)
     browser.execute_script("window.scrollTo(0, document.body.scrollHeight)")  # lazy images, if any
     images = browser.execute_script(
         "return Array.from(document.images, i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
