@@ -328,10 +328,9 @@ def _train(config: AblationConfig, init, members, x, y, epochs: int, options: Ru
 
 
 def _run_chunks(study, store_root, config, todo, tensors, w_pre, options, start) -> AblationStore:
-    """Train every chunk of ``todo`` (``(key, fields, member)``, ``key[0]`` the subset size) that holds
-    a run not yet stored, one ensemble each, and write its missing records. ``start(key, fields)``
-    gives the ensemble's ``init``, its further :func:`engine.train_ensemble` arguments and the new
-    head's ``w_0`` (or ``None``)."""
+    """Train each chunk of ``todo`` (``(key, fields, member)``, ``key[0]`` the size) holding an unstored
+    run, one ensemble each; write its missing records. ``start(key, fields)`` gives ``init``, further
+    :func:`engine.train_ensemble` arguments and the new head's ``w_0`` (or ``None``)."""
     store = AblationStore(store_root, study, config)
     done = store.done()
     store.planned = [f["run_id"] for _, f, _ in todo]

@@ -26,7 +26,8 @@ from mixout_theory.experiment.penalty_parts import LAYERS, penalty_parts
 __all__ = ["LAYER_COLUMNS", "SCALE_COLUMNS", "planned", "measure_layers", "measure_scale", "claims"]
 
 ESTIMATES = ("mc", "mc_frozen", "kink", "smooth", "quadratic", "beyond")
-_INTERVALS = tuple(f"{e}{s}" for e in ESTIMATES for s in ("", "_lo", "_hi"))
+_SUFFIXES = {"": "mean", "_lo": "lo", "_hi": "hi"}  # a column's suffix: the estimate's field it holds
+_INTERVALS = tuple(f"{e}{s}" for e in ESTIMATES for s in _SUFFIXES)
 _NUMBERS = (*_INTERVALS[:6], "second_order", *_INTERVALS[6:], "flips")  # mc, mc_frozen, second order first
 #: the columns of ``beyond_second_order.csv`` (one row per point, p and mixed layers)
 LAYER_COLUMNS = ("point", "p", "mixed") + _NUMBERS + ("dist2", "mc_samples", "seconds")
@@ -44,28 +45,15 @@ def _scale_id(point: str, p: float, t: float) -> str:
 
 def planned(config, parts, points) -> list[str]:
     """The run ids of the ``layers`` and ``scale`` parts (those in ``parts``) at ``points``."""
-    ids = (
-        [_layers_id(pt, m, p) for p in config.ps for pt in points for m in LAYERS]
-        if "layers" in parts
-        else []
-    )
-    scale_ids = [_scale_id(pt, p, t) for p in config.scale_ps for pt in points for t in config.scale_ts]
-    return ids + (scale_ids if "scale" in parts else [])
+    layers = [_layers_id(pt, m, p) for p in config.ps for pt in points for m in LAYERS]
+    scales = [_scale_id(pt, p, t) for p in config.scale_ps for pt in points for t in config.scale_ts]
+    return (layers if "layers" in parts else []) + (scales if "scale" in parts else [])
 
 
 def _fields(parts, n_samples: int, second_order: float, t0: float) -> dict:
-    row = {
-        f"{e}{s}": getattr(getattr(parts, e), a)
-        for e in ESTIMATES
-        for s, a in zip(("", "_lo", "_hi"), ("mean", "lo", "hi"), strict=True)
-    }
-    return dict(
-        row,
-        second_order=second_order,
-        flips=parts.flips,
-        mc_samples=n_samples,
-        seconds=time.perf_counter() - t0,
-    )
+    row = {f"{e}{s}": getattr(getattr(parts, e), a) for e in ESTIMATES for s, a in _SUFFIXES.items()}
+    row.update(second_order=second_order, flips=parts.flips, mc_samples=n_samples)
+    return dict(row, seconds=time.perf_counter() - t0)
 
 
 def _second_order(base: dict, layer: str) -> float:
@@ -99,15 +87,13 @@ def measure_scale(store, config, points: dict, base: dict, x, y, progress: bool)
     for p in config.scale_ps:
         for point, at in points.items():
             w, u = at[p]
+            w64, u64 = ({n: v[n].double() for n in mlp.MIXED} for v in (w, u))
             for t in config.scale_ts:
                 rid = _scale_id(point, p, t)
                 if rid in done:
                     continue
                 t0 = time.perf_counter()
-                target = scale.scaled_target(
-                    {n: w[n].double() for n in mlp.MIXED}, {n: u[n].double() for n in mlp.MIXED}, t
-                )
-                parts = penalty_parts(w, target, p, x, y, **_mc(config))
+                parts = penalty_parts(w, scale.scaled_target(w64, u64, t), p, x, y, **_mc(config))
                 row = _fields(parts, config.mc_samples, t * t * _second_order(base[point, p], "both"), t0)
                 store.write(dict(row, run_id=rid, part="scale", point=point, p=p, t=t))
                 _say(progress, f"scale {point} p={p:g} t={t:g}", row)
@@ -139,7 +125,7 @@ def _per_p(rows: list[dict]) -> dict:
     out = dict(ps=[r["p"] for r in rows], flips=[r["flips"] for r in rows], total=total)
     for k in ("second_order", "smooth", "kink", "beyond"):
         out[k] = [r[k] / t if t > 0 else None for r, t in zip(rows, total, strict=True)]
-    for s in ("", "_lo", "_hi"):
+    for s in _SUFFIXES:
         out[f"ratio{s}"] = [
             1 + r[f"beyond{s}"] / r["second_order"] if r["second_order"] > 0 else None for r in rows
         ]
@@ -150,14 +136,13 @@ def _per_p(rows: list[dict]) -> dict:
 
 def _scan(rows: list[dict], p: float) -> dict:
     """One scale scan: ``t``; each part over the second-order value at its ``t`` (a part of second order
-    in ``t`` keeps its ratio as ``t -> 0``, a third-order one falls like ``t``; None where the second
-    order is not positive), with its interval; the fit
-    of each part over :data:`FIT_ORDERS` (None with fewer scales than orders); ``E X^3``."""
+    in ``t`` keeps its ratio as ``t -> 0``, a third-order one falls like ``t``; None where the second order
+    is not positive), with its interval; its fit (:data:`FIT_ORDERS`; None with fewer scales); ``E X^3``."""
     ts = [r["t"] for r in rows]
     out = dict(t=ts, flips=[r["flips"] for r in rows], mask_moment_3=scale.mask_moment(p, 3))
     out["second_order_coef"] = rows[-1]["second_order"] / rows[-1]["t"] ** 2
     for part in ("kink", "smooth"):
-        for s in ("", "_lo", "_hi"):
+        for s in _SUFFIXES:
             out[f"{part}{s}_over_second_order"] = [
                 r[f"{part}{s}"] / r["second_order"] if r["second_order"] > 0 else None for r in rows
             ]
@@ -177,10 +162,8 @@ def claims(layers: list[dict], scan: list[dict]) -> dict:
     out = {"shares": {}, "layers": {}, "scale": {}}
     out["fc3_kink_max"] = max((abs(r["kink"]) for r in layers if r["mixed"] == "fc3"), default=None)
     for point in sorted({r["point"] for r in layers}):
-        by_layer = {
-            m: sorted((r for r in layers if r["point"] == point and r["mixed"] == m), key=lambda r: r["p"])
-            for m in LAYERS
-        }
+        at = sorted((r for r in layers if r["point"] == point), key=lambda r: r["p"])
+        by_layer = {m: [r for r in at if r["mixed"] == m] for m in LAYERS}
         out["shares"][point] = _per_p(by_layer["both"])
         out["layers"][point] = {m: _per_p(rows)["ratio"] for m, rows in by_layer.items()}
     for point, p in sorted({(r["point"], r["p"]) for r in scan}):

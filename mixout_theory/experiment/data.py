@@ -56,6 +56,7 @@ CACHE_SHA256 = "cache_sha256"  # the cache file's own sha256, recorded in the .j
 SOURCE_NAMES = {"emnist": "EMNIST Digits", "stand-in": "stand-in: EMNIST-style MNIST (not EMNIST)"}
 SOURCE_CHOICES = ("auto", "emnist", "stand-in")
 SPLITS = ("train", "val", "test")
+_DERIVED = "It is derived data: delete it and run `python -m mixout_theory data`"  # a bad cache's remedy
 
 
 class StandInWarning(UserWarning):
@@ -82,14 +83,12 @@ def _split_sizes(n: int) -> tuple[int, int]:
 
 
 def _split_indices(root: Path, name: str, n: int, parts: list[tuple], seed: int) -> tuple[dict, Path]:
-    """Seeded disjoint index sets, stored as ``root/splits/NAME-nN-seedS.npz``: a permutation of
-    ``range(n)`` from ``torch.Generator().manual_seed(seed)`` cut into consecutive parts of the given
-    sizes, each sorted. An existing file must hold exactly that split, else :class:`DataIntegrityError`."""
+    """The sorted parts of a seeded permutation of ``range(n)``, checked against or stored in ``splits/``."""
     path = root / "splits" / f"{name}-n{n}-seed{seed}.npz"
-    if sum(s for _, s in parts) != n:
+    if sum(sizes := [s for _, s in parts]) != n:
         raise ValueError(f"split parts {parts} do not add up to n={n}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
-    ends = np.cumsum([s for _, s in parts])
+    ends = np.cumsum(sizes)
     idx = {k: np.sort(perm[end - s : end]).astype(np.int64) for (k, s), end in zip(parts, ends, strict=True)}
     if path.exists():
         try:
@@ -102,7 +101,7 @@ def _split_indices(root: Path, name: str, n: int, parts: list[tuple], seed: int)
         if not same:
             raise DataIntegrityError(
                 f"{path}: split indices differ from the seeded split they must hold ({len(parts)} parts "
-                f"of sizes {[s for _, s in parts]} of 0..{n - 1}, seed {seed}); altered file? It was left "
+                f"of sizes {sizes} of 0..{n - 1}, seed {seed}); altered file? It was left "
                 "as it is (move it away to recreate it)."
             )
         return idx, path
@@ -225,14 +224,10 @@ def _side_info(path: Path) -> dict | None:
 
 
 def _verified_cache(path: Path) -> str | None:
-    """The cache file's sha256 when it matches the one recorded beside it; ``None`` when none is
-    recorded (an older cache, rebuilt by :func:`prepare`). A mismatch is a :class:`DataIntegrityError`."""
+    """The cache's sha256 if it matches the one beside it (else DataIntegrityError); None if none recorded."""
     if (want := (_side_info(path) or {}).get(CACHE_SHA256)) is None:
         return None
-    remedy = (
-        "the cache was altered or damaged. It is derived data: delete it and "
-        "run `python -m mixout_theory data` to rebuild it."
-    )
+    remedy = f"the cache was altered or damaged. {_DERIVED} to rebuild it."
     return store.verify_sha256(path, want, path.with_suffix(".json").name, remedy, error=DataIntegrityError)
 
 
@@ -245,8 +240,7 @@ def _torch_load(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise DataIntegrityError(
-            f"{path}: unreadable cache file ({type(e).__name__}: {e}). It is derived data: delete it and "
-            "run `python -m mixout_theory data` again to rebuild it."
+            f"{path}: unreadable cache file ({type(e).__name__}: {e}). {_DERIVED} again to rebuild it."
         ) from None
 
 

@@ -17,6 +17,7 @@ import torch
 
 from mixout_theory.experiment import ablations, plots, report, store, sweep, theorem1
 from mixout_theory.experiment.machine import machines_of, run_env
+from mixout_theory.experiment.report import PER_RUN
 from mixout_theory.figures import save_figure
 
 __all__ = ["export_experiment", "render_experiment", "export_ablations", "export_theorem1"]
@@ -26,8 +27,6 @@ __all__ += ["load_figure2", "load_ablations", "RUN_TEXT", "ABLATION_TABLES"]
 RUN_TEXT = tuple("run_id method source profile config device mixout_theory python source_name torch".split())
 #: the run tables of an ablations export, by study
 ABLATION_TABLES = {s: f"{s}_runs.csv" for s in ("small_data", "new_head")} | {"trajectory": "trajectory.csv"}
-#: what every checkpoint of one trajectory run shares (``trajectory.csv`` repeats it on each)
-PER_RUN = ("p", "restart", "size", "eval_size", "mc_samples")
 #: the columns of ``tables.md``'s paired differences: keys, or ``(key, header)``
 PAIRED_COLUMNS = [("size", "n train"), "a", "b", ("n", "restarts"), ("mean_diff", "mean acc(a) - acc(b)")]
 PAIRED_COLUMNS += [("sd_diff", "sd"), ("a_wins", "a better"), "ties", ("b_wins", "b better")]
@@ -53,9 +52,8 @@ def load_ablations(folder) -> ablations.AblationResults:
     groups = (ablations.SMALL_DATA_SETTINGS, ablations.HEAD_SETTINGS)
     settings = {s.name: {"order": i, "label": s.label} for group in groups for i, s in enumerate(group)}
     index = torch.tensor([r["target_train_index"] for r in store.read_csv(folder / "subsets.csv")])
-    res = ablations.AblationResults(
-        ablations.config_from_dict(meta["config"]), meta["w_pre_test_acc"], meta["source_name"], index
-    )
+    config = ablations.config_from_dict(meta["config"])
+    res = ablations.AblationResults(config, meta["w_pre_test_acc"], meta["source_name"], index)
     for study in ("small_data", "new_head"):
         if (folder / ABLATION_TABLES[study]).is_file():
             rows = store.read_csv(folder / ABLATION_TABLES[study], text=("setting",))
@@ -87,8 +85,7 @@ def render_experiment(store_dir, out_dir, band: str = "std") -> list[Path]:
     records = sweep.load_records(store_dir)
     if not records:
         return []
-    meta = report.experiment_meta(records)
-    out = Path(out_dir) / f"experiment-{meta['profile']}-{meta['source']}"
+    out = Path(out_dir) / f"experiment-{records[0]['profile']}-{records[0]['source']}"
     return export_experiment(records, out, sweep.store_context(store_dir), band)
 
 
@@ -135,10 +132,7 @@ def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
             return
         cols = cols or [k for k in rows[0] if not isinstance(rows[0][k], (list, dict))]
         if not exact:
-            rows = [
-                {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items() if k in cols}
-                for r in rows
-            ]
+            rows = [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()} for r in rows]
         written[name] = store.atomic_write_csv(out_dir / name, rows, cols, lineterminator="\n")
 
     def write_figure(stem, fig):

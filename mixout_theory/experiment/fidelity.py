@@ -28,6 +28,7 @@ import dataclasses
 import math
 import statistics
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from mixout_theory.experiment import engine, exports, sweep
@@ -128,10 +129,7 @@ def group_mean(records: list[dict], method: str, p: float, metric: str) -> float
 def ours(records: list[dict], w_pre_acc: float) -> dict:
     """Our value of every claim from one variant's run records (NaN where its p grid lacks the p)."""
     ps = sorted({r["p"] for r in records if r["p"] > 0})
-
-    def mean(method, p, metric):
-        return group_mean(records, method, p, metric)
-
+    mean = partial(group_mean, records)
     src, tgt = "source_val_acc", "target_val_acc"
     out = {
         "w_pre_source_acc": w_pre_acc,
@@ -171,13 +169,9 @@ def claim_rows(runs: list[dict], w_pre_accs: dict) -> list[dict]:
         values = ours([r for r in runs if r["variant"] == name], w_pre_accs[name])
         for c in CLAIMS:
             v, ok = values[c.key], reproduced(c, values[c.key])
-            rows.append(
-                dict(
-                    variant=name, claim=c.key, what=c.what, paper=c.paper, paper_source=c.source, kind=c.kind
-                )
-                | dict(ours=v, ratio=v / c.paper if math.isfinite(v) else math.nan)
-                | dict(reproduced="" if ok is None else ("yes" if ok else "no"))
-            )
+            row = dict(variant=name, claim=c.key, what=c.what, paper=c.paper, paper_source=c.source)
+            row |= dict(kind=c.kind, ours=v, ratio=v / c.paper if math.isfinite(v) else math.nan)
+            rows.append(row | dict(reproduced="" if ok is None else ("yes" if ok else "no")))
     return rows
 
 

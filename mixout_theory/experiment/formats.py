@@ -144,16 +144,13 @@ def stream_copy(src: BinaryIO, dst_path: Path, gunzip: bool, limit: int | None =
 def find_members(names: Iterable[str], wanted: Iterable[str]) -> dict[str, tuple[str, bool]]:
     """Map each wanted base name to an archive member ``(member, is_gzipped)`` whose base name is the
     wanted name (preferred) or the name plus ``.gz``, in any folder (NIST's zip uses ``gzip/``)."""
-    found: dict[str, tuple[str, bool]] = {}
-    names = list(names)
+    first: dict[str, str] = {}  # base name -> the first member with it
+    for name in names:
+        first.setdefault(name.replace("\\", "/").rsplit("/", 1)[-1], name)
+    found = {}
     for want in wanted:
-        for name in names:
-            base = name.replace("\\", "/").rsplit("/", 1)[-1]
-            if base == want:
-                found[want] = (name, False)
-                break
-            if base == want + ".gz" and want not in found:
-                found[want] = (name, True)
+        if want in first or want + ".gz" in first:
+            found[want] = (first[want], False) if want in first else (first[want + ".gz"], True)
     return found
 
 
@@ -186,8 +183,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
-        # how Python 3 writes bytes at protocol 2 (harmless: str -> bytes)
-        ("_codecs", "encode"): codecs.encode,
+        ("_codecs", "encode"): codecs.encode,  # how Python 3 writes bytes at protocol 2 (harmless)
     }
 
     def find_class(self, module: str, name: str):

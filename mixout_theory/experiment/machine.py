@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -32,22 +33,17 @@ MACHINE_FIELDS = ("cpu", "cores", "cpu_capability", "blas", "torch", "numpy", "d
 @functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux, ``sysctl`` on macOS, else ``platform``)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith(("model name", "hardware", "cpu model")):
-                    return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return " ".join(line.split(":", 1)[1].split())
     if platform.system() == "Darwin":
         import subprocess
 
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             cmd = ["sysctl", "-n", "machdep.cpu.brand_string"]
             if out := subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.strip():
                 return out
-        except (OSError, subprocess.SubprocessError):
-            pass
     return platform.processor() or platform.machine() or "unknown"
 
 

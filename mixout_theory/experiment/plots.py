@@ -33,14 +33,11 @@ __all__ = [
 METHOD_STYLE = {"dropout": dict(color="tab:red", marker="s"), "mixout": dict(color="tab:blue", marker="o")}
 METHOD_LABEL = {"dropout": "dropout(p)", "mixout": "mixout(w_pre, p)"}
 DIST_LABEL = r"$\|w_{ft} - w_{pre}\|^2$  (sum of squares)"
+SOURCE_ACC_LABEL = "source validation accuracy (fraction)"
 FIG2_PANELS = (
     ("dist_all", r"(a) squared distance to $w_{pre}$, all parameters", DIST_LABEL),
     ("target_val_acc", "(b) target task: MNIST validation accuracy", "MNIST validation accuracy (fraction)"),
-    (
-        "source_val_acc",
-        "(c) source task validation accuracy, after finetuning",
-        "source validation accuracy (fraction)",
-    ),
+    ("source_val_acc", "(c) source task validation accuracy, after finetuning", SOURCE_ACC_LABEL),
 )
 LAYER_PANELS = (
     ("dist_mixed", "mixed weights (fc2 + fc3)"),
@@ -115,10 +112,8 @@ def source_target_figure(exp, n: int = 10) -> Figure:
             ax.set_xticks([]), ax.set_yticks([])
             ax.set_title(str(int(lab)), fontsize=8)
         axes[row][0].set_ylabel(name, fontsize=9)
-    fig.suptitle(
-        f"{task_line(exp.source_name)}\nfirst {n} validation images of each task, digit label above each",
-        fontsize=10,
-    )
+    head = f"first {n} validation images of each task, digit label above each"
+    fig.suptitle(f"{task_line(exp.source_name)}\n{head}", fontsize=10)
     return fig
 
 
@@ -223,29 +218,24 @@ def trajectory_figure(
     for i, p in enumerate(sorted({r["p"] for r in records})):
         for j, r in enumerate(rr for rr in records if rr["p"] == p):
             c = r["checkpoints"]
-            step = np.array([q["step"] for q in c])
+            step, lo, hi = _columns(c, "step", "m_lo", "m_hi")
             lab = f"p = {p:g}" if j == 0 else None
             for ax, key, alpha in zip(axes, ("m", "lam", "dist2"), (0.9, None, None), strict=True):
                 ax.plot(step, [q[key] for q in c], "-o", ms=2.5, color=f"C{i}", label=lab, alpha=alpha)
-            axes[0].fill_between(
-                step, [q["m_lo"] for q in c], [q["m_hi"] for q in c], color=f"C{i}", alpha=0.15, lw=0
-            )
+            axes[0].fill_between(step, lo, hi, color=f"C{i}", alpha=0.15, lw=0)
     r0 = records[0]
     warm = warmup * r0["steps"]
     for ax in axes:
         ax.axvline(warm, color="0.5", lw=0.9, ls=":", label=f"end of warm-up (step {warm:.0f})")
         ax.set_xlabel("optimiser step")
         ax.grid(True, which="both", alpha=0.3)
-    margin = dict(
-        xycoords=("axes fraction", "data"), fontsize=7, va="center", color="0.3", annotation_clip=False
-    )
+    margin = dict(xycoords=("axes fraction", "data"), fontsize=7, va="center", color="0.3")
     for lam in lambdas:  # labelled in the right margin, outside the curves
         axes[1].axhline(lam, ls="--", color="0.4", lw=0.8)
-        axes[1].annotate(f"{lam:g}", (1.01, lam), **margin)
+        axes[1].annotate(f"{lam:g}", (1.01, lam), annotation_clip=False, **margin)
     axes[1].plot([], [], ls="--", color="0.4", lw=0.8, label="L2-SP lambdas of study 1 (right margin)")
-    axes[0].set_title(
-        "(a) implied modulus m_t = 2 (E L(Phi) - L) / ((p/(1-p)) ||w_t - w_pre||^2)", fontsize=9
-    )
+    title = "(a) implied modulus m_t = 2 (E L(Phi) - L) / ((p/(1-p)) ||w_t - w_pre||^2)"
+    axes[0].set_title(title, fontsize=9)
     axes[0].set_ylabel("m_t  [nats per unit ||w_t - w_pre||^2]  (band: 95% CI)")
     axes[1].set_title("(b) implied wdecay(w_pre, lambda): lambda_t = m_t p / (1-p)", fontsize=9)
     axes[1].set_ylabel("lambda_t  [nats per unit ||w_t - w_pre||^2]  (log)")
@@ -318,13 +308,11 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     b.set_title("(b) what the second-order expansion misses", fontsize=9)
     c.set_yscale("symlog", linthresh=0.01)
     c.set_ylabel("curvature  [nats per unit ||d||^2]  (symlog)")
-    c.set_title(
-        "(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2, and m_min (< 0: Corollary 1.1 is vacuous)", fontsize=9
-    )
+    title = "(c) m_eff = sum_g d_g^T H_gg d_g / ||d||^2, and m_min (< 0: Corollary 1.1 is vacuous)"
+    c.set_title(title, fontsize=9)
     d.set(ylabel="Monte Carlo / second order", xlabel="mask probability q at fixed w and u")
-    d.set_title(
-        "(d) one fixed point, mask probability q (the cubic term changes sign at q = 0.5)", fontsize=9
-    )
+    title = "(d) one fixed point, mask probability q (the cubic term changes sign at q = 0.5)"
+    d.set_title(title, fontsize=9)
     for ax in (a, b, c):
         ax.set_xlabel("mixout probability p (of the run and of the mask)")
     for ax in (b, c, d):
@@ -422,20 +410,15 @@ def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict)
         for layer in ("fc2", "both"):
             rows = _by_p([r for r in layers if r["mixed"] == layer], "point", point)
             if rows:
-                ls = "-" if layer == "both" else ":"
-                c.plot(
-                    *_columns(rows, "p"),
-                    100 * _columns(rows, "flips")[0],
-                    style["marker"] + ls,
-                    color=style["color"],
-                    label=f"{names[point].split(':')[0]}, {layer} mixed",
-                )
+                p, flips = _columns(rows, "p", "flips")
+                fmt = style["marker"] + ("-" if layer == "both" else ":")
+                c.plot(p, 100 * flips, fmt, color=style["color"], label=f"{SCAN_POINT[point]}, {layer} mixed")
         for layer, (color, marker) in LAYER_STYLE.items():
             rows = [r for r in _by_p(layers, "point", point) if r["mixed"] == layer and r["second_order"] > 0]
             if rows:
                 ps, so, up, lo, hi = _columns(rows, "p", "second_order", "beyond", "beyond_lo", "beyond_hi")
                 kw = dict(fmt=marker + ("-" if point == "w_pre" else "--"), color=color, ms=5, capsize=2)
-                label = f"{layer} mixed, {names[point].split(':')[0]}"
+                label = f"{layer} mixed, {SCAN_POINT[point]}"
                 d.errorbar(ps, 1 + up / so, yerr=[(up - lo) / so, (hi - up) / so], label=label, **kw)
     c.set(xlabel="mixout probability p", ylabel="units that flip on a mask draw  [% of (example, unit)]")
     c.set_title("(c) second hidden layer: ReLU units pushed across 0 by the mask", fontsize=9)
@@ -449,32 +432,24 @@ def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict)
             continue
         t = _columns(rows, "t")[0]
         for key, style in PART_STYLE.items():
-            y = np.array([r[key] for r in rows])
+            y, color = np.array([r[key] for r in rows]), style["color"]
             if key == "second_order":
-                ax.plot(t, y, "-", color=style["color"], lw=5, alpha=0.4, zorder=1, label=style["label"])
+                ax.plot(t, y, "-", color=color, lw=5, alpha=0.4, zorder=1, label=style["label"])
                 continue
             lo, hi = _columns(rows, f"{key}_lo", f"{key}_hi")
             neg = y < 0  # |y| on the log axis; its interval flips with the sign, cut above 0
             below, above = np.where(neg, hi - y, y - lo), np.where(neg, y - lo, hi - y)
             yerr = [np.minimum(below, 0.999 * np.abs(y)), above]
-            ax.errorbar(t, np.abs(y), yerr=yerr, fmt="-", color=style["color"], capsize=2, lw=1.2)
-            ax.plot(t[~neg], y[~neg], "o", color=style["color"], ms=5, label=f"|{style['label']}|")
+            ax.errorbar(t, np.abs(y), yerr=yerr, fmt="-", color=color, capsize=2, lw=1.2)
+            ax.plot(t[~neg], y[~neg], "o", color=color, ms=5, label=f"|{style['label']}|")
             if neg.any():
-                ax.plot(
-                    t[neg], -y[neg], "o", color=style["color"], mfc="white", ms=5, label="  (open: negative)"
-                )
+                ax.plot(t[neg], -y[neg], "o", color=color, mfc="white", ms=5, label="  (open: negative)")
             k, mid = (2 if key == "kink" else 3), len(t) // 2
             ref = 0.3 * abs(y[mid]) * (t / t[mid]) ** k
-            ax.plot(t, ref, ":", color=style["color"], lw=1.2, label=f"reference slope {k} (t^{k})")
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="scale t of the displacement (u_t = w - t d)",
-            ylabel="part of E L(Phi) - L(w)  [nats]",
-        )
-        ax.set_title(
-            f"({'ef'[ax is f]}) scale scan, {names[point].split(':')[0]}, p = {rows[0]['p']:g}", fontsize=9
-        )
+            ax.plot(t, ref, ":", color=color, lw=1.2, label=f"reference slope {k} (t^{k})")
+        xlabel, ylabel = "scale t of the displacement (u_t = w - t d)", "part of E L(Phi) - L(w)  [nats]"
+        ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel)
+        ax.set_title(f"({'ef'[ax is f]}) scale scan, {SCAN_POINT[point]}, p = {rows[0]['p']:g}", fontsize=9)
     for ax in (a, b, c, d, e, f):
         if ax.get_visible():
             ax.grid(True, which="both", alpha=0.3)
@@ -484,8 +459,7 @@ def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict)
         f"Beyond second order: the mixout penalty of the finetuned MLP split into its parts "
         f"({cfg['profile']} profile, restart {cfg['restart']}); {task_line(ctx.get('source_name', '?'))}\n"
         f"L = mean cross-entropy on {ctx.get('loss_size', '?')} MNIST training images; "
-        f"{cfg['mc_samples']} masks per point, the same "
-        "masks for every part (paired 95% intervals)",
+        f"{cfg['mc_samples']} masks per point, the same masks for every part (paired 95% intervals)",
         fontsize=10,
     )
     return fig

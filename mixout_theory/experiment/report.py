@@ -315,10 +315,13 @@ TRAJECTORY_COLUMNS = (
 )
 
 
+#: what every checkpoint of one trajectory run shares (``trajectory.csv`` repeats it on each)
+PER_RUN = ("p", "restart", "size", "eval_size", "mc_samples")
+
+
 def trajectory_rows(records: list[dict]) -> list[dict]:
     """One flat row per (run, checkpoint) of the trajectory study (a tidy table)."""
-    keep = ("p", "restart", "size", "eval_size", "mc_samples")
-    rows = [{**{k: r[k] for k in keep}, **c} for r in records for c in r["checkpoints"]]
+    rows = [{**{k: r[k] for k in PER_RUN}, **c} for r in records for c in r["checkpoints"]]
     return sorted(rows, key=lambda q: (q["p"], q["restart"], q["step"]))
 
 

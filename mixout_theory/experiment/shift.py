@@ -42,10 +42,8 @@ def framing_statistics(images: torch.Tensor, threshold: int = STAT_THRESHOLD) ->
 
 
 def _linear_probe(xa_tr, xb_tr, xa_te, xb_te, l2: float = 1.0, steps: int = 15) -> float:
-    """Test accuracy of a linear classifier telling framing A from framing B: L2-regularised logistic
-    regression on 2x2-average-pooled pixels (196 features, linear in the raw pixels), standardised,
-    fitted by Newton's method in float64 (at most ``steps`` steps; about ten): deterministic, and fast.
-    """
+    """Test accuracy of L2-regularised logistic regression telling framing A from B on standardised 2x2-pooled
+    pixels (196 features), fitted by Newton's method in float64 (at most ``steps`` steps; about ten)."""
 
     def feats(a, b):
         x = torch.cat([a, b]).reshape(-1, 14, 2, 14, 2).double().mean(dim=(2, 4)).reshape(-1, 196)

@@ -89,6 +89,7 @@ EMNIST_FILES = tuple(
     f"emnist-digits-{s}-{k}-ubyte" for s in ("train", "test") for k in ("images-idx3", "labels-idx1")
 )
 EMNIST_MANIFEST = "emnist-digits.sha256"  # sha256 recorded when the files were first verified
+_STRUCTURE_CHECKS = "sizes, headers, class balance"  # what verify_emnist_structure checks
 
 
 @dataclass(frozen=True)
@@ -207,12 +208,10 @@ def mnist_via_torchvision(tmp: Path, log: Log) -> dict[str, Path]:
     """torchvision's own MNIST download (online), into a temporary root."""
     if not reachable(MNIST_MIRROR_HOST):
         raise RouteFailed(f"torchvision download: no connection to {MNIST_MIRROR_HOST}")
-    import torchvision
+    from torchvision.datasets import MNIST
 
     log("MNIST: trying torchvision's download ...")
-    fetch_online(
-        "torchvision download", lambda: torchvision.datasets.MNIST(str(tmp), train=True, download=True)
-    )
+    fetch_online("torchvision download", lambda: MNIST(str(tmp), train=True, download=True))
     return {name: tmp / "MNIST" / "raw" / name for name in MNIST_FILES}
 
 
@@ -426,8 +425,7 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
     if len(digests) == len(EMNIST_FILES):
         if not (raw / EMNIST_MANIFEST).exists():
             formats.write_manifest(raw / EMNIST_MANIFEST, digests)
-        checks = f"sizes, headers, class balance, sha256 {EMNIST_MANIFEST}"
-        log(f"EMNIST: found in {raw}, 4 files verified ({checks})")
+        log(f"EMNIST: found in {raw}, 4 files verified ({_STRUCTURE_CHECKS}, sha256 {EMNIST_MANIFEST})")
         if emnist_from is not None:
             log(f"EMNIST: --emnist-from {emnist_from} not needed (files already present)")
         status, route, extra = "found, verified", "present", {}
@@ -452,9 +450,7 @@ def ensure_emnist(root: Path, emnist_from: Path | None, download: bool, log: Log
         extra = extract_emnist(Path(src), raw, wanted, log)
         digests = {n: sha256_file(raw / n) for n in EMNIST_FILES}
         formats.write_manifest(raw / EMNIST_MANIFEST, digests)
-        log(
-            f"EMNIST: {len(wanted)} digits file(s) written to {raw}, verified (sizes, headers, class balance)"
-        )
+        log(f"EMNIST: {len(wanted)} digits file(s) written to {raw}, verified ({_STRUCTURE_CHECKS})")
         status = f"extracted via {route}, verified"
     files = {n: {"sha256": h} for n, h in digests.items()}
     return {"available": True, "status": status, "route": route, "folder": str(raw), "files": files, **extra}

@@ -81,9 +81,8 @@ class SweepConfig:
     def __post_init__(self):
         check_orientation(self.orientation)
         if self.mixed_layers not in MIXED_LAYERS:
-            raise ValueError(
-                f"mixed_layers must be one of {', '.join(map(repr, MIXED_LAYERS))}, got {self.mixed_layers!r}"
-            )
+            choices = ", ".join(map(repr, MIXED_LAYERS))
+            raise ValueError(f"mixed_layers must be one of {choices}, got {self.mixed_layers!r}")
 
     def _fields(self, names=None) -> dict:
         """The fields (all, or ``names``), without the later ones at their defaults: configurations

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 
 from mixout_theory import second_order
 from mixout_theory.experiment import ablations, beyond_second_order, mlp, sweep
+from mixout_theory.experiment.beyond_second_order import measure_layers, measure_scale
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.experiment.penalty_parts import LAYERS
@@ -155,9 +156,8 @@ class Theorem1Store(RunStore):
         sums, remedy = path.with_suffix(".sha256"), "delete it and rerun (it is recomputed)"
         want = (sums.read_text().split() or [""])[0] if sums.is_file() else ""
         if not is_sha256(want):
-            raise IntegrityError(
-                f"{sums}: no valid sha256 recorded for {path.name} (missing or garbled); {remedy}"
-            )
+            what = f"no valid sha256 recorded for {path.name} (missing or garbled)"
+            raise IntegrityError(f"{sums}: {what}; {remedy}")
         verify_sha256(path, want, sums.name, f"the file was altered: {remedy}")
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -209,9 +209,8 @@ def measure_point(
     if lanczos_tol is not None:
         t1 = time.perf_counter()
         c = second_order.curvature(loss_fn, w, tol=lanczos_tol)
-        row.update(
-            m_min=c.m_min, m_max=c.m_max, lanczos_hvp=c.n_hvp, seconds_lanczos=time.perf_counter() - t1
-        )
+        row.update(m_min=c.m_min, m_max=c.m_max, lanczos_hvp=c.n_hvp)
+        row["seconds_lanczos"] = time.perf_counter() - t1
         row["corollary_m_min"] = c.m_min * k / 2.0 * terms.dist2 if c.m_min > 0 else None
     row["seconds"] = time.perf_counter() - t0
     return row
@@ -229,13 +228,9 @@ def checkpoint_epochs(epochs: int, n: int) -> list[int]:
 
 
 def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
-    """The final weights of the sweep's mixout runs of restart ``config.restart``: kept ones, or retrained
-    as one ensemble whenever one is missing (bit for bit an uninterrupted run's; the missing written)."""
-    runs = {
-        rid: m
-        for rid, f, m in sweep.sweep_members(sweep_cfg)
-        if f["method"] == "mixout" and f["seed"] == config.restart and f["p"] in config.ps
-    }
+    """The sweep's mixout weights of restart ``config.restart`` by p: kept, or all retrained (bit for bit)."""
+    ids = {p: f"mixout-p{p:.2f}-seed{config.restart}" for p in config.ps}
+    runs = {rid: m for rid, _, m in sweep.sweep_members(sweep_cfg) if rid in ids.values()}
     kept = {rid: store.load_weights(rid) for rid in runs}
     if any(w is None for w in kept.values()):
         progress = "finetune (mixout, one restart)" if options.progress else False
@@ -244,12 +239,11 @@ def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
             if kept[rid] is None:
                 kept[rid] = {k: v[e] for k, v in result.params.items()}
                 store.save_weights(rid, kept[rid])
-    return {p: kept[f"mixout-p{p:.2f}-seed{config.restart}"] for p in config.ps}
+    return {p: kept[rid] for p, rid in ids.items()}
 
 
 def _w_u(point: str, w_pre: dict, w_p: dict) -> tuple[dict, dict]:
-    """``(w, u)`` at ``w_p`` (``u = w_pre``), or at ``w_pre`` along the same ``d = w_p - w_pre``
-    (``u = w_pre - d`` on the mixed weights, float64, so ``w_pre - u = d`` exactly)."""
+    """``(w, u)`` at ``w_p`` (``u = w_pre``), or at ``w_pre`` with ``u = w_pre - d`` (mixed, float64)."""
     if point == "w_p":
         return w_p, w_pre
     return w_pre, {k: 2 * w_pre[k].double() - w_p[k].double() for k in mlp.MIXED}
@@ -293,8 +287,7 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
 
 
 def _trajectory(store, config, acfg, atensors, w_pre, options) -> None:
-    """The ablations' trajectory runs of restart 0, measured at :func:`checkpoint_epochs`: all of them
-    as one ensemble whenever one is missing (bit for bit an uninterrupted run's), the missing written."""
+    """The ablations' trajectory runs measured at :func:`checkpoint_epochs`, all rerun if one is missing."""
     done, ps = store.done(), list(acfg.trajectory_ps)
     if all(f"trajectory-p{p:.2f}" in done for p in ps):
         return
@@ -337,10 +330,8 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
         raise ValueError(f"unknown parts {unknown}; choose from {PARTS}")
     if {"layers", "scale"} & set(parts):  # both read the second-order terms of the points' records
         parts = tuple(dict.fromkeys(("finetuned", "displaced", *parts)))
-    sweep_ps = sweep.profile_config(profile).ps
-    mixout_ps = [p for p in sweep_ps if p > 0]
-    stray = [p for p in overrides.setdefault("ps", tuple(mixout_ps)) if p not in sweep_ps or p == 0]
-    if stray:  # refused before any work
+    mixout_ps = [p for p in sweep.profile_config(profile).ps if p > 0]  # stray ps: refused before any work
+    if stray := [p for p in overrides.setdefault("ps", tuple(mixout_ps)) if p not in mixout_ps]:
         raise ValueError(f"ps {stray} are not mixout runs of the {profile} sweep (its p > 0: {mixout_ps})")
     if "scale" in parts:  # refused before any work, too
         scale_ps = overrides.get("scale_ps", Theorem1Config.scale_ps)
@@ -381,10 +372,7 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
         _points(store, config, parts, weights, w_pre, x, y, sweep_runs, options.progress)
         at = {pt: {p: _w_u(pt, w_pre, weights[p]) for p in config.ps} for pt in POINTS.values()}
         base = {(r["point"], r["p"]): r for r in store.read() if r["part"] in POINTS}
-        for part, measure in (
-            ("layers", beyond_second_order.measure_layers),
-            ("scale", beyond_second_order.measure_scale),
-        ):
+        for part, measure in (("layers", measure_layers), ("scale", measure_scale)):
             if part in parts:
                 measure(store, config, at, base, x, y, options.progress)
     if traj and options.owns(1):
@@ -542,9 +530,8 @@ def load_stored(results=None) -> list[Theorem1Results]:
         seen.add((config.profile, config.source))
         store = Theorem1Store(root.parent, config)
         if store.dir != folder:
-            raise ValueError(
-                f"{folder / 'config.json'} does not hash to its folder's name: the file was altered"
-            )
+            path = folder / "config.json"
+            raise ValueError(f"{path} does not hash to its folder's name: the file was altered")
         remedy = "rerun the theorem1 command (nothing is recomputed)"
         out.append(_results(config, store, read_json_object(folder / "context.json", remedy)))
     return out

@@ -30,17 +30,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from mixout_theory.experiment import report, sweep
+from mixout_theory.experiment import report, store, sweep
 from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.experiment.plots import FIG2_PANELS, METHOD_LABEL, METHOD_STYLE
-from mixout_theory.experiment.store import (
-    atomic_write_csv,
-    checked_meta,
-    find_stores,
-    read_config,
-    read_csv,
-    write_meta,
-)
 from mixout_theory.figures import save_figure
 
 #: Figure 2's levels whose spread is reported: the two distances, target and source accuracy
@@ -118,8 +110,8 @@ def seed_stores(results) -> dict[tuple, dict[int, Path]]:
     Figure 2 sweep stores under ``results`` that differ only in ``pretrain_seed`` (and so ``w_pre``);
     only groups with two or more seeds."""
     groups: dict[tuple, dict[int, Path]] = {}
-    for folder in find_stores(results):
-        config = read_config(folder)
+    for folder in store.find_stores(results):
+        config = store.read_config(folder)
         if isinstance(config, dict) and "pretrain_seed" in config and sweep.is_figure2_reading(config):
             rest = {k: v for k, v in config.items() if k not in ("pretrain_seed", "w_pre")}
             key = (config.get("profile"), config.get("source"), json.dumps(rest, sort_keys=True))
@@ -137,8 +129,8 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
     spread = spread_rows(records)
     w_pre_info = {seed: sweep.store_context(folder).get("pretrain") or {} for seed, folder in stores.items()}
     claims = claim_rows(records, w_pre_info)
-    atomic_write_csv(out / TABLES[0], spread, SPREAD_COLUMNS, lineterminator="\n")
-    atomic_write_csv(out / TABLES[1], claims, CLAIM_COLUMNS, lineterminator="\n")
+    store.atomic_write_csv(out / TABLES[0], spread, SPREAD_COLUMNS, lineterminator="\n")
+    store.atomic_write_csv(out / TABLES[1], claims, CLAIM_COLUMNS, lineterminator="\n")
     first, config = records[min(records)][0], sweep.store_context(stores[min(stores)])["config"]
     meta = {"study": STUDY, "profile": first["profile"], "source": first["source"]}
     meta |= {"source_name": first.get("source_name", ""), "config": config}
@@ -146,14 +138,14 @@ def export_spread(stores: dict[int, Path], out_dir) -> list[Path]:
     meta |= {"claims_for_every_w_pre": claims_for_every_w_pre(claims), "env": run_env()}
     meta["machines"] = machines_of(r for recs in records.values() for r in recs)
     paths = save_figure(spread_figure(spread, meta), out, "figure2_w_pre")
-    return [out / t for t in TABLES] + paths + [write_meta(out, meta, TABLES)]
+    return [out / t for t in TABLES] + paths + [store.write_meta(out, meta, TABLES)]
 
 
 def load_spread(folder) -> tuple[list[dict], list[dict], dict]:
     """``(spread rows, claim rows, meta)`` of an exported folder, its tables checked against ``meta.json``."""
-    meta = checked_meta(folder, TABLES, "export it again (python -m mixout_theory figures)")
-    spread = read_csv(Path(folder) / TABLES[0], text=("method", "quantity"))
-    return spread, read_csv(Path(folder) / TABLES[1], text=("config",)), meta
+    meta = store.checked_meta(folder, TABLES, "export it again (python -m mixout_theory figures)")
+    spread = store.read_csv(Path(folder) / TABLES[0], text=("method", "quantity"))
+    return spread, store.read_csv(Path(folder) / TABLES[1], text=("config",)), meta
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,9 +199,8 @@ def summary_lines(folder) -> list[str]:
     """What ``reproduce --pretrain-seeds`` prints: the claims that held for every w_pre, the spreads."""
     rows, claims, meta = load_spread(folder)
     lines = [f"across {len(claims)} w_pre (pretraining seeds 0..{len(claims) - 1}):"]
-    lines += [
-        f"  {n}: held for {c['held']} of {c['of']} w_pre" for n, c in meta["claims_for_every_w_pre"].items()
-    ]
+    for name, c in meta["claims_for_every_w_pre"].items():
+        lines.append(f"  {name}: held for {c['held']} of {c['of']} w_pre")
     levels = [r for r in rows if r["quantity"] != "source_acc_gap" and r["p"] > 0]
     if levels:
         widest = max(levels, key=lambda r: r["ratio"])
