@@ -320,14 +320,19 @@ def theorem1_figure(points: list[dict], meta: dict) -> Figure:
     for ax in (a, b, c, d):
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    ctx, cfg = meta.get("context", {}), meta["config"]
-    fig.suptitle(
-        f"Theorem 1 on the finetuned MLP ({cfg['profile']} profile, restart {cfg['restart']}); "
-        f"{task_line(ctx.get('source_name', '?'))}\nL = mean cross-entropy on {ctx.get('loss_size', '?')} "
-        f"MNIST training images; mixout on fc2 and fc3; {cfg['mc_samples']} masks per Monte Carlo point",
-        fontsize=10,
-    )
+    masks = f"mixout on fc2 and fc3; {meta['config']['mc_samples']} masks per Monte Carlo point"
+    fig.suptitle(_theorem1_caption(meta, "Theorem 1 on the finetuned MLP", masks), fontsize=10)
     return fig
+
+
+def _theorem1_caption(meta: dict, title: str, masks: str) -> str:
+    """``title`` with what a Theorem 1 figure was measured on: profile, restart, source task, the loss."""
+    ctx, cfg = meta.get("context", {}), meta["config"]
+    task, loss_size = task_line(ctx.get("source_name", "?")), ctx.get("loss_size", "?")
+    return (
+        f"{title} ({cfg['profile']} profile, restart {cfg['restart']}); {task}\n"
+        f"L = mean cross-entropy on {loss_size} MNIST training images; {masks}"
+    )
 
 
 def theorem1_trajectory_figure(trajectory: list[dict], meta: dict) -> Figure:
@@ -454,12 +459,8 @@ def beyond_second_order_figure(layers: list[dict], scan: list[dict], meta: dict)
         if ax.get_visible():
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=7, loc="best")
-    ctx, cfg = meta.get("context", {}), meta["config"]
-    fig.suptitle(
-        f"Beyond second order: the mixout penalty of the finetuned MLP split into its parts "
-        f"({cfg['profile']} profile, restart {cfg['restart']}); {task_line(ctx.get('source_name', '?'))}\n"
-        f"L = mean cross-entropy on {ctx.get('loss_size', '?')} MNIST training images; "
-        f"{cfg['mc_samples']} masks per point, the same masks for every part (paired 95% intervals)",
-        fontsize=10,
-    )
+    title = "Beyond second order: the mixout penalty of the finetuned MLP split into its parts"
+    n = meta["config"]["mc_samples"]
+    masks = f"{n} masks per point, the same masks for every part (paired 95% intervals)"
+    fig.suptitle(_theorem1_caption(meta, title, masks), fontsize=10)
     return fig
