@@ -13,8 +13,11 @@ TORCH_INDEX ?=
 
 .PHONY: reproduce test test-portable lint figures docs env clean-env
 
+# Too little disk is said up front, as a warning, rather than as pip's "No space left on device" later.
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ -n "$(TORCH_INDEX)" ] || [ "$$free" -ge 8 ] || \
+		echo "warning: $$free GiB free here; the default PyTorch (CUDA build) needs about 8 GiB to install (see README.md)" >&2
 	$(PY) -m pip install --quiet --upgrade pip
 	$(if $(TORCH_INDEX),$(PY) -m pip install --quiet torch torchvision --index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev,models]'

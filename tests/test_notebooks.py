@@ -4,6 +4,7 @@ must produce an ``image/png`` output (``--nbval-lax`` compares no outputs, so a 
 ``<Figure ...>`` text would pass nbval), and the experiment notebooks must say first which results they
 show. nbval itself runs the notebooks as a user opens them: on stored or committed results."""
 
+import json
 import os
 from pathlib import Path
 
@@ -31,6 +32,14 @@ def _draws(cell) -> bool:
 
 def test_every_notebook_is_checked():
     assert sorted(DRAWING) == sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("name", sorted(DRAWING))
+def test_every_cell_has_its_own_id(name):
+    # nbformat >= 5.1.4 warns of a cell without an id (format 4.5) and says later versions will refuse it
+    cells = json.loads((ROOT / "notebooks" / name).read_text())["cells"]
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids), ids
 
 
 @pytest.mark.slow  # recomputes each notebook at the smoke size: ~15 s to several minutes each
