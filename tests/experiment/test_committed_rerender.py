@@ -1,9 +1,10 @@
 """Every committed export under docs/results/ re-renders from its own tables to the same bytes: its
 tables and reports (figures too on the matplotlib that drew them, which a test cannot assume).
 
-The ablations' summaries are the exception, named here: they were computed from the stores' full
-precision and the export keeps six significant digits of each run, so four summary files re-render
-with a last digit changed."""
+The committed ablations are the exception, named here: their export predates exact run tables and
+keeps six significant digits of each run, while its summaries were computed from the stores' full
+precision, so four summary files re-render with a last digit changed (an export written now keeps the
+runs exact, and ``test_plots`` reads one back as the same results)."""
 
 from pathlib import Path
 
