@@ -21,7 +21,7 @@ from mixout_theory.experiment.report import PER_RUN
 from mixout_theory.figures import save_figure
 
 __all__ = ["export_experiment", "render_experiment", "export_ablations", "export_theorem1"]
-__all__ += ["load_figure2", "load_ablations", "RUN_TEXT", "ABLATION_TABLES"]
+__all__ += ["theorem1_figures", "load_figure2", "load_ablations", "RUN_TEXT", "ABLATION_TABLES"]
 
 #: the columns of the sweep's ``runs.csv`` that are names or hashes, never numbers
 RUN_TEXT = tuple("run_id method source profile config device mixout_theory python source_name torch".split())
@@ -103,10 +103,18 @@ def export_experiment(records: list[dict], out_dir, context: dict, band: str = "
 
 
 def export_theorem1(res, out_dir) -> dict:
-    """The Theorem 1 study's tables and ``meta.json`` (:func:`theorem1.export_tables`) and its two
-    figures, rendered from the tables just written, into ``out_dir``; returns ``{name: path}``."""
+    """The Theorem 1 study's tables and ``meta.json`` (:func:`theorem1.export_tables`) and its figures
+    (:func:`theorem1_figures`), drawn from the tables just written, into ``out_dir``; returns
+    ``{name: path}``."""
     written = theorem1.export_tables(res, out_dir)
-    tables = theorem1.load_tables(out_dir)
+    for stem, fig in theorem1_figures(theorem1.load_tables(out_dir)).items():
+        written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
+    return written
+
+
+def theorem1_figures(tables: theorem1.Tables) -> dict:
+    """The Theorem 1 study's figures drawn from its exported tables: ``{file stem: Figure}`` (the
+    trajectory and the beyond-second-order figure only where their tables have rows)."""
     figs = {"theorem1_network": plots.theorem1_figure(tables.points, tables.meta)}
     if tables.trajectory:
         figs["theorem1_trajectory"] = plots.theorem1_trajectory_figure(tables.trajectory, tables.meta)
@@ -114,9 +122,7 @@ def export_theorem1(res, out_dir) -> dict:
         figs["beyond_second_order"] = plots.beyond_second_order_figure(
             tables.layers, tables.scale, tables.meta
         )
-    for stem, fig in figs.items():
-        written.update({p.name: p for p in save_figure(fig, out_dir, stem)})
-    return written
+    return figs
 
 
 def export_ablations(res: ablations.AblationResults, out_dir) -> dict:
