@@ -239,6 +239,11 @@ def export_runs(records: list[dict], out_dir, context: dict, claims: dict) -> li
 # the sweep
 
 
+def run_id_of(method: str, p: float, seed: int) -> str:
+    """The id of one run of the sweep, e.g. ``mixout-p0.50-seed3`` (method ``none`` at p = 0)."""
+    return f"{method}-p{p:.2f}-seed{seed}"
+
+
 def sweep_members(config: SweepConfig) -> list[tuple[str, dict, engine.Member]]:
     """``(run_id, fields, Member)`` for every run of the sweep; p = 0 appears once (method "none")."""
     all_layers = config.mixed_layers == "all"  # fc1 too: the input pixels
@@ -250,8 +255,7 @@ def sweep_members(config: SweepConfig) -> list[tuple[str, dict, engine.Member]]:
                 rates = {m: p if m == method else 0.0 for m in METHODS}  # dropout, mixout
                 inputs = {f"input_{m}": r for m, r in rates.items()} if all_layers else {}
                 member = engine.Member(**rates, **inputs, data_seed=seed, mask_seed=mask_seed)
-                run_id = f"{method}-p{p:.2f}-seed{seed}"
-                runs.append((run_id, {"method": method, "p": p, "seed": seed}, member))
+                runs.append((run_id_of(method, p, seed), {"method": method, "p": p, "seed": seed}, member))
     return runs
 
 

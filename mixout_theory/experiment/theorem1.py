@@ -55,7 +55,6 @@ import torch.nn.functional as F
 
 from mixout_theory import second_order
 from mixout_theory.experiment import ablations, beyond_second_order, mlp, sweep
-from mixout_theory.experiment.beyond_second_order import measure_layers, measure_scale
 from mixout_theory.experiment.effective_l2 import effective_l2
 from mixout_theory.experiment.machine import machines_of, run_env
 from mixout_theory.experiment.penalty_parts import LAYERS
@@ -229,7 +228,7 @@ def checkpoint_epochs(epochs: int, n: int) -> list[int]:
 
 def _finetuned(store, config, sweep_cfg, tensors, w_pre, options) -> dict:
     """The sweep's mixout weights of restart ``config.restart`` by p: kept, or all retrained (bit for bit)."""
-    ids = {p: f"mixout-p{p:.2f}-seed{config.restart}" for p in config.ps}
+    ids = {p: sweep.run_id_of("mixout", p, config.restart) for p in config.ps}
     runs = {rid: m for rid, _, m in sweep.sweep_members(sweep_cfg) if rid in ids.values()}
     kept = {rid: store.load_weights(rid) for rid in runs}
     if any(w is None for w in kept.values()):
@@ -254,7 +253,7 @@ def _points(store, config, parts, weights, w_pre, x, y, sweep_runs, progress) ->
     kw = dict(mc_samples=config.mc_samples, mc_seed=config.mc_seed)
     done = store.done()  # the ids written below are new ones
     for p in config.ps:
-        rid = f"mixout-p{p:.2f}-seed{config.restart}"
+        rid = sweep.run_id_of("mixout", p, config.restart)
         for part, point in POINTS.items():
             if part not in parts or f"{part}-p{p:.2f}" in done:
                 continue
@@ -372,7 +371,10 @@ def run_theorem1(ctx: Context, *, exp=None, parts=PARTS, **overrides) -> Theorem
         _points(store, config, parts, weights, w_pre, x, y, sweep_runs, options.progress)
         at = {pt: {p: _w_u(pt, w_pre, weights[p]) for p in config.ps} for pt in POINTS.values()}
         base = {(r["point"], r["p"]): r for r in store.read() if r["part"] in POINTS}
-        for part, measure in (("layers", measure_layers), ("scale", measure_scale)):
+        for part, measure in (
+            ("layers", beyond_second_order.measure_layers),
+            ("scale", beyond_second_order.measure_scale),
+        ):
             if part in parts:
                 measure(store, config, at, base, x, y, options.progress)
     if traj and options.owns(1):
